@@ -1,0 +1,3 @@
+"""pgqueue: a PostgreSQL-native job queue for Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,36 @@
+"""What every command shares: the --dsn option, DSN resolution, and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from pgqueue.errors import PgqueueError
+from pgqueue.settings import ResolvedDSN, redact_dsn, resolve_dsn
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option("--dsn", help="Database URL (else PGQUEUE_DSN, DATABASE_URL, then the embedded server).",
+                 show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit non-zero: the CLI's only way to report a user error."""
+    print(f"pgqueue: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def resolve(dsn: str | None) -> str:
+    """Resolve the DSN for a command; say on stderr when the embedded server is used."""
+    try:
+        resolved: ResolvedDSN = resolve_dsn(dsn)
+    except PgqueueError as exc:
+        fail(str(exc))
+    if resolved.embedded:
+        print(f"pgqueue: no DSN configured, using the embedded PostgreSQL server ({redact_dsn(resolved.dsn)})",
+              file=sys.stderr)
+    return resolved.dsn

@@ -1,0 +1,152 @@
+"""Settings: every knob has an environment variable and a default that serves a small deployment.
+
+Resolution order for the database: explicit ``dsn``, then ``PGQUEUE_DSN``, then ``DATABASE_URL``,
+then the embedded server (unless ``PGQUEUE_EMBEDDED=0``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pgqueue.errors import ConfigurationError, InvalidDSN
+
+_SQLALCHEMY_PREFIX = re.compile(r"^postgres(?:ql)?\+[a-z0-9_]+://", re.IGNORECASE)
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} must be a number") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be greater than zero")
+    return value
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name}={raw!r} must be 1/0, true/false, yes/no or on/off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings, read from the environment by :meth:`from_env`.
+
+    Attributes:
+        dsn: the database, or None to resolve it later (see :func:`resolve_dsn`).
+        lease_seconds: how long a worker's claim on its running jobs lasts without a heartbeat.
+        poll_seconds: fallback poll interval when no notification arrives.
+        shutdown_grace_seconds: how long SIGTERM waits for running jobs.
+        log_format: ``console`` or ``json`` (used by the CLI only).
+        max_payload_bytes: upper bound on a job's serialised args.
+    """
+
+    dsn: str | None = None
+    lease_seconds: float = 30.0
+    poll_seconds: float = 5.0
+    shutdown_grace_seconds: float = 30.0
+    log_format: str = "console"
+    max_payload_bytes: int = 1024 * 1024
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    encrypt_all: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``); keyword overrides win when not None."""
+        env = os.environ if env is None else env
+        log_format = env.get("PGQUEUE_LOG_FORMAT", "console") or "console"
+        if log_format not in {"console", "json"}:
+            raise ConfigurationError(f"PGQUEUE_LOG_FORMAT={log_format!r} must be 'console' or 'json'")
+        keys = tuple(k.strip() for k in env.get("PGQUEUE_ENCRYPTION_KEYS", "").split(",") if k.strip())
+        settings = cls(
+            dsn=env.get("PGQUEUE_DSN") or env.get("DATABASE_URL") or None,
+            lease_seconds=_env_float(env, "PGQUEUE_LEASE_SECONDS", 30.0),
+            poll_seconds=_env_float(env, "PGQUEUE_POLL_SECONDS", 5.0),
+            shutdown_grace_seconds=_env_float(env, "PGQUEUE_SHUTDOWN_GRACE_SECONDS", 30.0),
+            log_format=log_format,
+            encryption_keys=keys,
+            encrypt_all=_env_bool(env, "PGQUEUE_ENCRYPT_ALL", False),
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(settings, **given) if given else settings
+
+
+def normalize_dsn(dsn: str) -> str:
+    """Accept both libpq URLs and SQLAlchemy's ``postgresql+psycopg://`` form; return a libpq one."""
+    dsn = dsn.strip()
+    if not dsn:
+        raise InvalidDSN("the DSN is empty")
+    if _SQLALCHEMY_PREFIX.match(dsn):
+        dsn = "postgresql://" + dsn.split("://", 1)[1]
+    elif "://" in dsn and not re.match(r"^postgres(?:ql)?://", dsn, re.IGNORECASE):
+        scheme = dsn.split("://", 1)[0]
+        raise InvalidDSN(f"DSN scheme {scheme!r} is not PostgreSQL: use postgresql://user@host/db")
+    return dsn
+
+
+def redact_dsn(dsn: str) -> str:
+    """Render a DSN for logs and messages without its password."""
+    if "://" not in dsn:
+        return re.sub(r"password\s*=\s*\S+", "password=***", dsn)
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def embedded_allowed(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return _env_bool(env, "PGQUEUE_EMBEDDED", True)
+
+
+def pgqueue_home(env: Mapping[str, str] | None = None) -> Path | None:
+    """PGQUEUE_HOME when set, else None (the embedded module picks its default)."""
+    env = os.environ if env is None else env
+    raw = env.get("PGQUEUE_HOME")
+    return Path(raw).expanduser() if raw else None
+
+
+@dataclass(frozen=True)
+class ResolvedDSN:
+    dsn: str
+    embedded: bool
+
+
+def resolve_dsn(explicit: str | None = None, env: Mapping[str, str] | None = None) -> ResolvedDSN:
+    """Find the database: explicit, PGQUEUE_DSN, DATABASE_URL, then the embedded server.
+
+    Raises:
+        ConfigurationError: no DSN is configured and ``PGQUEUE_EMBEDDED=0`` forbids the fallback.
+        EmbeddedServerError: the embedded server could not be started.
+    """
+    env = os.environ if env is None else env
+    for candidate in (explicit, env.get("PGQUEUE_DSN"), env.get("DATABASE_URL")):
+        if candidate:
+            return ResolvedDSN(normalize_dsn(candidate), embedded=False)
+    if not embedded_allowed(env):
+        raise ConfigurationError(
+            "no database configured: set --dsn or PGQUEUE_DSN (PGQUEUE_EMBEDDED=0 forbids the embedded server)"
+        )
+    from pgqueue import _embedded  # imported lazily: production never needs it
+
+    return ResolvedDSN(_embedded.ensure_server(pgqueue_home(env)), embedded=True)
