@@ -39,10 +39,11 @@ def _root(
 
 def _register() -> None:
     # Imported here so each command module can import `app` helpers without a cycle.
-    from pgqueue.cli import embedded, migrate
+    from pgqueue.cli import embedded, migrate, worker
 
     app.add_typer(embedded.app, name="embedded")
     app.command("migrate")(migrate.migrate)
+    app.command("worker")(worker.worker)
 
 
 _register()

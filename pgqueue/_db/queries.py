@@ -1,0 +1,81 @@
+"""The only place SQL text enters Python: named blocks from ``queries/*.sql``, loaded once.
+
+Each ``.sql`` file holds blocks that start with ``-- name: <identifier>``. Each file has a
+NamedTuple listing its block names; a missing or extra block fails at import time, so a typo
+can never reach a database.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import LiteralString, NamedTuple, TypeVar
+
+_NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+T = TypeVar("T", bound=tuple[str, ...])
+
+
+def _parse(text: str) -> dict[str, str]:
+    blocks: dict[str, str] = {}
+    matches = list(_NAME.finditer(text))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        body = text[match.end() : end].strip()
+        blocks[match.group(1)] = body
+    return blocks
+
+
+def load_queries(shape: type[T], filename: str) -> T:
+    """Load ``filename``'s named blocks into an instance of the NamedTuple ``shape``."""
+    text = resources.files("pgqueue._db").joinpath("queries", filename).read_text(encoding="utf-8")
+    blocks = _parse(text)
+    fields: tuple[str, ...] = shape._fields  # type: ignore[attr-defined]
+    missing = set(fields) - set(blocks)
+    extra = set(blocks) - set(fields)
+    if missing or extra:
+        raise RuntimeError(f"{filename}: missing blocks {sorted(missing)}, unexpected blocks {sorted(extra)}")
+    return shape(*(blocks[name] for name in fields))
+
+
+class JobQueries(NamedTuple):
+    insert_job: LiteralString
+    insert_jobs: LiteralString
+    find_live_job_by_unique_key: LiteralString
+    claim_jobs: LiteralString
+    claim_jobs_any_queue: LiteralString
+    complete_jobs: LiteralString
+    fail_jobs: LiteralString
+    release_jobs: LiteralString
+    update_progress: LiteralString
+    lock_running_job: LiteralString
+    stage_jobs: LiteralString
+    rescue_jobs: LiteralString
+    get_job: LiteralString
+    list_jobs: LiteralString
+    retry_jobs: LiteralString
+    cancel_job: LiteralString
+    delete_job: LiteralString
+    purge_queue: LiteralString
+
+
+class QueueQueries(NamedTuple):
+    set_queue_paused: LiteralString
+    queue_stats: LiteralString
+    notification_queue_usage: LiteralString
+
+
+class WorkerQueries(NamedTuple):
+    heartbeat_worker: LiteralString
+    deregister_worker: LiteralString
+    delete_expired_workers: LiteralString
+    list_workers: LiteralString
+    acquire_leadership: LiteralString
+    resign_leadership: LiteralString
+
+
+JOBS = load_queries(JobQueries, "jobs.sql")
+QUEUES = load_queries(QueueQueries, "queues.sql")
+WORKERS = load_queries(WorkerQueries, "workers.sql")
+
+NOTIFY_CHANNEL = "pgqueue_jobs"

@@ -1,0 +1,325 @@
+-- Queries on pgqueue.jobs. Every state change writes its pgqueue.job_events row in the same
+-- statement (a data-modifying CTE), so the audit trail commits or rolls back with the change.
+-- NOTIFY: pg_notify de-duplicates identical (channel, payload) pairs within a transaction,
+-- so however many rows a statement touches, each queue is woken once per transaction.
+
+-- name: insert_job
+WITH input AS (
+    SELECT
+        %(task)s::text AS task,
+        %(queue)s::text AS queue,
+        %(priority)s::int AS priority,
+        %(args)s::jsonb AS args,
+        %(max_attempts)s::int AS max_attempts,
+        COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
+        %(unique_key)s::text AS unique_key,
+        %(tags)s::text[] AS tags
+), inserted AS (
+    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
+    SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           priority, args, max_attempts, run_at, unique_key, tags
+    FROM input
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
+    DO NOTHING
+    RETURNING id, queue, state, attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
+
+-- name: insert_jobs
+-- Ids are drawn up front so the result can be returned in input order, and rows that lost a
+-- unique_key conflict can be told apart from rows that were inserted.
+WITH input AS (
+    SELECT
+        nextval('pgqueue.jobs_id_seq') AS id,
+        i.ord, i.task, i.queue, i.priority, i.args::jsonb AS args, i.max_attempts,
+        COALESCE(i.run_at, now() + make_interval(secs => i.delay)) AS run_at,
+        i.unique_key,
+        CASE WHEN i.tags IS NULL THEN '{}'::text[]
+             ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags
+    FROM unnest(
+        %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[], %(args)s::text[],
+        %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[], %(unique_keys)s::text[],
+        %(tags)s::text[]
+    ) WITH ORDINALITY AS i(task, queue, priority, args, max_attempts, run_at, delay, unique_key, tags, ord)
+), inserted AS (
+    INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
+    SELECT id, task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           priority, args, max_attempts, run_at, unique_key, tags
+    FROM input
+    ORDER BY ord
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
+    DO NOTHING
+    RETURNING id, queue, state, attempt, unique_key
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+)
+SELECT input.ord, COALESCE(ins.id, first_of_key.id) AS id, input.unique_key, (SELECT count(*) FROM notified) AS notified
+FROM input
+LEFT JOIN inserted AS ins ON ins.id = input.id
+LEFT JOIN LATERAL (
+    SELECT min(x.id) AS id FROM inserted AS x WHERE ins.id IS NULL AND x.unique_key = input.unique_key
+) AS first_of_key ON true
+ORDER BY input.ord;
+
+-- name: find_live_job_by_unique_key
+SELECT id FROM pgqueue.jobs
+WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'running');
+
+-- name: claim_jobs
+-- MATERIALIZED keeps the LIMIT applied before the UPDATE, so a batch never takes more rows than
+-- it asked for. FOR NO KEY UPDATE (not FOR UPDATE) lets audit rows and other readers proceed.
+-- SKIP LOCKED lets concurrent workers pass each other instead of queueing on the same rows.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'available'
+      AND queue = ANY(%(queues)s::text[])
+      AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE paused))
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
+)
+SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags FROM claimed;
+
+-- name: claim_jobs_any_queue
+-- The same claim for a worker serving every queue; a separate query so the planner can use the
+-- queue-less claim index.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'available'
+      AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE paused))
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
+)
+SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags FROM claimed;
+
+-- name: complete_jobs
+-- Group commit: many finished jobs in one statement. The lease token fences out a worker whose
+-- claim was rescued and re-run elsewhere; ids missing from the result lost their lease.
+WITH done AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(results)s::text[],
+                         %(progress)s::real[], %(progress_notes)s::text[])
+        AS d(id, token, result, progress, progress_note)
+), updated AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'completed', finished_at = now(), result = d.result::jsonb,
+        progress = COALESCE(d.progress, j.progress), progress_note = COALESCE(d.progress_note, j.progress_note)
+    FROM done AS d
+    WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running'
+    RETURNING j.id, j.attempt, j.worker_id
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'completed', 'running', 'completed', attempt, worker_id FROM updated
+)
+SELECT id FROM updated;
+
+-- name: fail_jobs
+-- A failed attempt: the worker decided the next state (scheduled/available for a retry, failed
+-- when no attempts are left or the handler discarded it) and the event name.
+WITH failed AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(delays)s::float8[],
+                         %(errors)s::text[], %(events)s::text[])
+        AS f(id, token, state, delay, error, event)
+), updated AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = f.state,
+        run_at = CASE WHEN f.state = 'failed' THEN j.run_at ELSE now() + make_interval(secs => f.delay) END,
+        finished_at = CASE WHEN f.state = 'failed' THEN now() END,
+        last_error = f.error::jsonb
+    FROM failed AS f
+    WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'running'
+    RETURNING j.id, j.queue, j.state, j.attempt, j.worker_id, f.event, j.last_error ->> 'type' AS error_type
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
+    SELECT id, event, 'running', state, attempt, worker_id, jsonb_build_object('error_type', error_type)
+    FROM updated
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM updated;
+
+-- name: release_jobs
+-- Graceful shutdown hands unfinished jobs back at once. The interrupted attempt is not counted
+-- (attempt is decremented) so a deploy never pushes a job towards the dead-letter state.
+WITH released AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'available', attempt = GREATEST(j.attempt - 1, 0), run_at = now(), lease_token = NULL
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+    WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
+    RETURNING j.id, j.queue, j.attempt, j.worker_id
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
+    SELECT id, 'released', 'running', 'available', attempt, worker_id,
+           jsonb_build_object('reason', 'worker shutdown', 'counted_attempt', false)
+    FROM released
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM released) AS q
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM released;
+
+-- name: update_progress
+UPDATE pgqueue.jobs AS j
+SET progress = p.progress, progress_note = p.note
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progress)s::real[], %(notes)s::text[]) AS p(id, token, progress, note)
+WHERE j.id = p.id AND j.lease_token = p.token AND j.state = 'running';
+
+-- name: lock_running_job
+-- A transactional handler's completion: lock the row under the claim's token first, so the
+-- handler's writes and the completion commit together or not at all.
+SELECT id FROM pgqueue.jobs
+WHERE id = %(id)s AND lease_token = %(token)s::uuid AND state = 'running'
+FOR NO KEY UPDATE;
+
+-- name: stage_jobs
+-- Scheduled jobs whose time has come become claimable (run by the maintenance leader).
+WITH due AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'scheduled' AND run_at <= now()
+    ORDER BY run_at
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), staged AS (
+    UPDATE pgqueue.jobs AS j SET state = 'available'
+    FROM due WHERE j.id = due.id
+    RETURNING j.id, j.queue, j.attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt)
+    SELECT id, 'available', 'scheduled', 'available', attempt FROM staged
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM staged) AS q
+)
+SELECT count(*) AS staged, (SELECT count(*) FROM notified) AS notified FROM staged;
+
+-- name: rescue_jobs
+-- Running jobs whose worker stopped heartbeating go back to available, or to failed when they
+-- have no attempts left. The lease token is cleared, so the lost worker's late ack is refused.
+WITH orphaned AS MATERIALIZED (
+    SELECT j.id FROM pgqueue.jobs AS j
+    WHERE j.state = 'running'
+      AND NOT EXISTS (
+          SELECT 1 FROM pgqueue.workers AS w WHERE w.id = j.worker_id AND w.lease_expires_at > now()
+      )
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available' END,
+        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        run_at = now(),
+        lease_token = NULL,
+        last_error = jsonb_build_object(
+            'type', 'LeaseExpired',
+            'message', 'worker ' || COALESCE(j.worker_id, '?') || ' stopped heartbeating while the job ran')
+    FROM orphaned
+    WHERE j.id = orphaned.id
+    RETURNING j.id, j.queue, j.state, j.attempt, j.worker_id
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
+    SELECT id, 'rescued', 'running', state, attempt, worker_id, jsonb_build_object('error_type', 'LeaseExpired')
+    FROM rescued
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+)
+SELECT id, state, (SELECT count(*) FROM notified) AS notified FROM rescued;
+
+-- name: get_job
+SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
+       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id
+FROM pgqueue.jobs WHERE id = %(id)s;
+
+-- name: list_jobs
+SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
+       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id
+FROM pgqueue.jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: retry_jobs
+-- Failed or cancelled jobs go back to available now. A job that used all its attempts gets one
+-- more, so a manual retry always runs at least once.
+WITH retried AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'available', run_at = now(), finished_at = NULL, lease_token = NULL,
+        max_attempts = GREATEST(j.max_attempts, j.attempt + 1)
+    WHERE j.state IN ('failed', 'cancelled')
+      AND (%(ids)s::bigint[] IS NULL OR j.id = ANY(%(ids)s::bigint[]))
+      AND (%(only_failed)s::boolean IS FALSE OR j.state = 'failed')
+      AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
+    RETURNING j.id, j.queue, j.attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    SELECT id, 'retried', 'available', attempt, %(actor)s FROM retried
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM retried) AS q
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
+
+-- name: cancel_job
+-- A running job may be cancelled too: its worker's ack is then refused (state is no longer
+-- running) and the outcome stays cancelled.
+WITH before AS (
+    SELECT id, state FROM pgqueue.jobs WHERE id = %(id)s FOR NO KEY UPDATE
+), cancelled AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'cancelled', finished_at = now(), lease_token = NULL
+    FROM before
+    WHERE j.id = before.id AND before.state IN ('scheduled', 'available', 'running')
+    RETURNING j.id, before.state AS from_state, j.attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
+    SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
+)
+SELECT before.state AS previous_state, (SELECT count(*) FROM cancelled) AS cancelled FROM before;
+
+-- name: delete_job
+WITH deleted AS (
+    DELETE FROM pgqueue.jobs WHERE id = %(id)s AND state <> 'running'
+    RETURNING id, state, attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor)
+    SELECT id, 'deleted', state, attempt, %(actor)s FROM deleted
+)
+SELECT id FROM deleted;
+
+-- name: purge_queue
+WITH purged AS (
+    DELETE FROM pgqueue.jobs
+    WHERE queue = %(queue)s
+      AND state <> 'running'
+      AND (%(state)s::text IS NULL OR state = %(state)s::text)
+    RETURNING id, state, attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor, detail)
+    SELECT id, 'purged', state, attempt, %(actor)s, jsonb_build_object('queue', %(queue)s::text) FROM purged
+)
+SELECT count(*) AS purged FROM purged;

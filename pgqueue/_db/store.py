@@ -1,0 +1,339 @@
+"""JobStore / AsyncJobStore: one method per named query; rows in, dataclasses out.
+
+Database errors are translated here and nowhere else: a lost connection becomes
+``DatabaseUnavailable``, a missing schema ``SchemaNotReady``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue._db.queries import JOBS, QUEUES, WORKERS
+from pgqueue.errors import DatabaseUnavailable, PgqueueError, SchemaNotReady
+from pgqueue.jobs import Job
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated row to insert (args already JSON text)."""
+
+    task: str
+    queue: str
+    priority: int
+    args: str
+    max_attempts: int
+    run_at: datetime | None
+    delay: float
+    unique_key: str | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished attempt, waiting to be written: completed, retried or failed."""
+
+    job_id: int
+    token: str
+    state: str  # completed | scheduled | available | failed
+    result: str | None = None
+    delay: float = 0.0
+    error: str | None = None
+    event: str = "completed"
+    progress: float | None = None
+    progress_note: str | None = None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Map psycopg failures the caller can act on to pgqueue's typed errors."""
+    try:
+        yield
+    except PgqueueError:
+        raise
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
+        raise SchemaNotReady(f"the pgqueue schema is missing or out of date ({exc.diag.message_primary}): "
+                             "run `pgqueue migrate`") from exc
+    except psycopg.OperationalError as exc:
+        text = str(exc).strip().splitlines()
+        raise DatabaseUnavailable(f"database unavailable: {text[0] if text else type(exc).__name__}") from exc
+
+
+def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
+    return {
+        "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args,
+        "max_attempts": job.max_attempts, "run_at": job.run_at, "delay": job.delay,
+        "unique_key": job.unique_key, "tags": list(job.tags), "actor": actor,
+    }
+
+
+def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
+    from pgqueue._payload import encode_json
+
+    return {
+        "tasks": [j.task for j in jobs],
+        "queues": [j.queue for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "args": [j.args for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "run_ats": [j.run_at for j in jobs],
+        "delays": [j.delay for j in jobs],
+        "unique_keys": [j.unique_key for j in jobs],
+        "tags": [encode_json(list(j.tags)) if j.tags else None for j in jobs],
+        "actor": actor,
+    }
+
+
+def _bulk_ids(rows: Sequence[tuple[Any, ...]]) -> tuple[list[int | None], list[tuple[int, str]]]:
+    ids: list[int | None] = []
+    unresolved: list[tuple[int, str]] = []
+    for index, (_ord, job_id, unique_key, _n) in enumerate(rows):
+        ids.append(job_id)
+        if job_id is None:
+            unresolved.append((index, unique_key))
+    return ids, unresolved
+
+
+def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
+    job_id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags = row
+    return Job(
+        id=job_id, task=task, queue=queue, args=args if args is not None else {}, attempt=attempt,
+        max_attempts=max_attempts, enqueued_at=enqueued_at, priority=priority, tags=tuple(tags or ()),
+        lease_token=token,
+    )
+
+
+def _outcome_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "ids": [o.job_id for o in outcomes],
+        "tokens": [o.token for o in outcomes],
+        "results": [o.result for o in outcomes],
+        "progress": [o.progress for o in outcomes],
+        "progress_notes": [o.progress_note for o in outcomes],
+        "states": [o.state for o in outcomes],
+        "delays": [o.delay for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "events": [o.event for o in outcomes],
+    }
+
+
+_COMPLETE_KEYS = ("ids", "tokens", "results", "progress", "progress_notes")
+_FAIL_KEYS = ("ids", "tokens", "states", "delays", "errors", "events")
+
+
+class JobStore:
+    """Synchronous queries on a psycopg connection owned by someone else (never committed here)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def insert_job(self, job: NewJob, actor: str | None = None) -> int:
+        with translate_errors(), self.conn.cursor() as cur:
+            for _ in range(5):
+                cur.execute(JOBS.insert_job, _insert_params(job, actor))
+                row = cur.fetchone()
+                if row is not None:
+                    return int(row[0])
+                # Lost a unique_key conflict: return the live job. It may have finished in the
+                # meantime, in which case the next INSERT succeeds.
+                cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": job.unique_key})
+                existing = cur.fetchone()
+                if existing is not None:
+                    return int(existing[0])
+        raise DatabaseUnavailable(f"could not enqueue unique job {job.unique_key!r}: it kept changing state")
+
+    def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        if not jobs:
+            return []
+        with translate_errors(), self.conn.cursor() as cur:
+            cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
+            ids, unresolved = _bulk_ids(cur.fetchall())
+            for index, key in unresolved:
+                cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": key})
+                row = cur.fetchone()
+                ids[index] = int(row[0]) if row else self.insert_job(jobs[index], actor)
+        return [int(i) for i in ids if i is not None]
+
+    # --- worker side (sync: used by the heartbeat thread and transactional handlers) ---
+
+    def heartbeat_worker(self, worker: dict[str, Any]) -> None:
+        with translate_errors():
+            self.conn.execute(WORKERS.heartbeat_worker, worker)
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with translate_errors():
+            self.conn.execute(WORKERS.deregister_worker, {"id": worker_id})
+
+    def update_progress(self, updates: Sequence[tuple[int, str, float, str | None]]) -> None:
+        with translate_errors():
+            self.conn.execute(JOBS.update_progress, {
+                "ids": [u[0] for u in updates], "tokens": [u[1] for u in updates],
+                "progress": [u[2] for u in updates], "notes": [u[3] for u in updates],
+            })
+
+    def lock_running_job(self, job_id: int, token: str) -> bool:
+        with translate_errors():
+            return self.conn.execute(JOBS.lock_running_job, {"id": job_id, "token": token}).fetchone() is not None
+
+    def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
+        params = _outcome_params(outcomes)
+        with translate_errors():
+            rows = self.conn.execute(JOBS.complete_jobs, {k: params[k] for k in _COMPLETE_KEYS}).fetchall()
+        return {r[0] for r in rows}
+
+    def acquire_leadership(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        with translate_errors():
+            row = self.conn.execute(
+                WORKERS.acquire_leadership, {"name": name, "holder": holder, "ttl_seconds": ttl_seconds}
+            ).fetchone()
+        return row is not None
+
+    def resign_leadership(self, name: str, holder: str) -> None:
+        with translate_errors():
+            self.conn.execute(WORKERS.resign_leadership, {"name": name, "holder": holder})
+
+    def stage_jobs(self, limit: int = 1000) -> int:
+        with translate_errors():
+            row = self.conn.execute(JOBS.stage_jobs, {"limit": limit}).fetchone()
+        return int(row[0]) if row else 0
+
+    def rescue_jobs(self, limit: int = 1000) -> list[tuple[int, str]]:
+        with translate_errors():
+            rows = self.conn.execute(JOBS.rescue_jobs, {"limit": limit}).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def delete_expired_workers(self, keep_seconds: float) -> int:
+        with translate_errors():
+            return self.conn.execute(WORKERS.delete_expired_workers, {"keep_seconds": keep_seconds}).rowcount
+
+    # --- administration ---
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(JOBS.get_job, {"id": job_id})
+            return cur.fetchone()
+
+    def list_jobs(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(JOBS.list_jobs, {"queue": queue, "state": state, "limit": limit})
+            return cur.fetchall()
+
+    def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
+                   actor: str | None) -> list[int]:
+        with translate_errors():
+            rows = self.conn.execute(JOBS.retry_jobs, {
+                "ids": list(ids) if ids is not None else None, "queue": queue,
+                "only_failed": only_failed, "actor": actor,
+            }).fetchall()
+        return [r[0] for r in rows]
+
+    def cancel_job(self, job_id: int, actor: str | None) -> tuple[str | None, bool]:
+        with translate_errors():
+            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor}).fetchone()
+        if row is None:
+            return None, False
+        return row[0], bool(row[1])
+
+    def delete_job(self, job_id: int, actor: str | None) -> bool:
+        with translate_errors():
+            return self.conn.execute(JOBS.delete_job, {"id": job_id, "actor": actor}).fetchone() is not None
+
+    def purge_queue(self, queue: str, state: str | None, actor: str | None) -> int:
+        with translate_errors():
+            row = self.conn.execute(JOBS.purge_queue, {"queue": queue, "state": state, "actor": actor}).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_queue_paused(self, queue: str, paused: bool, actor: str | None) -> None:
+        with translate_errors():
+            self.conn.execute(QUEUES.set_queue_paused, {"queue": queue, "paused": paused, "actor": actor})
+
+    def queue_stats(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUEUES.queue_stats)
+            return cur.fetchall()
+
+    def notification_queue_usage(self) -> float:
+        with translate_errors():
+            row = self.conn.execute(QUEUES.notification_queue_usage).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(WORKERS.list_workers)
+            return cur.fetchall()
+
+
+class AsyncJobStore:
+    """Async queries used by enqueue_async and the worker's claim/ack loop."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def insert_job(self, job: NewJob, actor: str | None = None) -> int:
+        with translate_errors():
+            async with self.conn.cursor() as cur:
+                for _ in range(5):
+                    await cur.execute(JOBS.insert_job, _insert_params(job, actor))
+                    row = await cur.fetchone()
+                    if row is not None:
+                        return int(row[0])
+                    await cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": job.unique_key})
+                    existing = await cur.fetchone()
+                    if existing is not None:
+                        return int(existing[0])
+        raise DatabaseUnavailable(f"could not enqueue unique job {job.unique_key!r}: it kept changing state")
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        if not jobs:
+            return []
+        with translate_errors():
+            async with self.conn.cursor() as cur:
+                await cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
+                ids, unresolved = _bulk_ids(await cur.fetchall())
+                for index, key in unresolved:
+                    await cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": key})
+                    row = await cur.fetchone()
+                    ids[index] = int(row[0]) if row else await self.insert_job(jobs[index], actor)
+        return [int(i) for i in ids if i is not None]
+
+    async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str) -> list[Job]:
+        token = str(uuid.uuid4())
+        params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}
+        if queues:
+            params["queues"] = list(queues)
+            query = JOBS.claim_jobs
+        else:
+            query = JOBS.claim_jobs_any_queue
+        with translate_errors():
+            cur = await self.conn.execute(query, params)
+            rows = await cur.fetchall()
+        return [_job_from_row(row, token) for row in rows]
+
+    async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
+        params = _outcome_params(outcomes)
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.complete_jobs, {k: params[k] for k in _COMPLETE_KEYS})
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def fail_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
+        params = _outcome_params(outcomes)
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.fail_jobs, {k: params[k] for k in _FAIL_KEYS})
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def release_jobs(self, jobs: Sequence[tuple[int, str]]) -> set[int]:
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.release_jobs, {
+                "ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs],
+            })
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}

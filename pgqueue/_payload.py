@@ -1,0 +1,72 @@
+"""JSON encoding for args and results, with the checks PostgreSQL's jsonb would otherwise turn
+into a database traceback: NaN/Infinity, NUL characters, non-object args, oversized payloads."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pgqueue.errors import ArgsNotSerializable, InvalidQueueName, PayloadTooLarge
+
+QUEUE_NAME = re.compile(r"^[a-z0-9_-]{1,63}$")
+# json.dumps escapes a NUL character as \u0000; an even run of backslashes before it means the
+# backslashes are escaped and the "u0000" is plain text.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class _UnsupportedValue(ValueError):
+    pass
+
+
+def _dumps(value: Any) -> str:
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except ValueError as exc:  # NaN / Infinity, or a circular reference
+        raise _UnsupportedValue(str(exc)) from None
+    except TypeError as exc:  # an object json cannot encode
+        raise _UnsupportedValue(str(exc)) from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise _UnsupportedValue("strings must not contain the NUL character \\u0000 (jsonb refuses it)")
+    return text
+
+
+def encode_args(args: Any, max_bytes: int) -> str:
+    """Serialise job args to the JSON text stored in ``jobs.args``.
+
+    Raises:
+        ArgsNotSerializable: args are not a JSON object, or contain values jsonb refuses.
+        PayloadTooLarge: the encoded args exceed ``max_bytes``.
+    """
+    if not isinstance(args, Mapping):
+        raise ArgsNotSerializable(f"job args must be a JSON object (a dict), got {type(args).__name__}")
+    if not all(isinstance(key, str) for key in args):
+        raise ArgsNotSerializable("job args keys must all be strings")
+    try:
+        text = _dumps(dict(args))
+    except _UnsupportedValue as exc:
+        raise ArgsNotSerializable(f"job args are not JSON-serialisable: {exc}") from None
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise PayloadTooLarge(f"job args are {size} bytes, over the {max_bytes}-byte limit")
+    return text
+
+
+def encode_result(value: Any) -> str:
+    """Serialise a handler's return value for ``jobs.result``; raises ValueError if jsonb refuses it."""
+    try:
+        return _dumps(value)
+    except _UnsupportedValue as exc:
+        raise ValueError(f"handler result is not JSON-serialisable: {exc}") from None
+
+
+def encode_json(value: Any) -> str:
+    """Serialise an internal value (errors, tags); these never carry user data that can fail."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def check_queue_name(queue: str) -> str:
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise InvalidQueueName(f"queue name {queue!r} must match [a-z0-9_-]{{1,63}}")
+    return queue

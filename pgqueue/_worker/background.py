@@ -1,0 +1,143 @@
+"""Background threads of a worker process, each with its own connection so that a handler
+blocking the event loop or every thread of the pool cannot stop them.
+
+- :class:`Heartbeat` renews the worker's lease and flushes ``job.set_progress`` updates.
+- :class:`Maintenance` elects one leader across all workers (a lease row, not an advisory lock)
+  which stages due scheduled jobs and rescues the running jobs of dead workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from pgqueue._db.store import JobStore
+from pgqueue._log import get_logger
+from pgqueue.errors import PgqueueError
+
+
+class _ConnectedLoop(threading.Thread):
+    """A daemon thread that runs ``tick`` every ``interval`` seconds on its own connection,
+    reconnecting with capped backoff when the database goes away."""
+
+    def __init__(self, name: str, dsn: str, interval: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.dsn = dsn
+        self.interval = interval
+        self.stopping = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self.healthy = threading.Event()
+
+    def tick(self, store: JobStore) -> None:
+        raise NotImplementedError
+
+    def on_stop(self, store: JobStore) -> None:
+        """Last words on the way out (deregister, resign); errors are ignored."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    def run(self) -> None:
+        log = get_logger(f"pgqueue.{self.name}")
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self.tick(JobStore(self._connect()))
+                if failures:
+                    log.info("database.reconnected", thread=self.name)
+                failures = 0
+                self.healthy.set()
+                wait = self.interval
+            except (psycopg.Error, PgqueueError) as exc:
+                failures += 1
+                self.healthy.clear()
+                wait = min(0.5 * 2 ** min(failures, 5), 10.0, self.interval * 4)
+                log.warning("database.unavailable", thread=self.name, error_type=type(exc).__name__,
+                            error=str(exc).strip().splitlines()[0] if str(exc).strip() else "", retry_in_s=wait)
+                self._close()
+            self.stopping.wait(wait)
+        with contextlib.suppress(psycopg.Error, PgqueueError):
+            self.on_stop(JobStore(self._connect()))
+        self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+class Heartbeat(_ConnectedLoop):
+    """Renews the worker's lease every ``lease/4`` seconds and flushes progress every tick."""
+
+    def __init__(self, dsn: str, worker_row: dict[str, Any], lease_seconds: float,
+                 take_progress: Callable[[], list[tuple[int, str, float, str | None]]]) -> None:
+        super().__init__("heartbeat", dsn, interval=min(0.5, lease_seconds / 4))
+        self.worker_row = worker_row
+        self.lease_seconds = lease_seconds
+        self._take_progress = take_progress
+        self._last_beat = 0.0
+
+    def tick(self, store: JobStore) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= self.lease_seconds / 4:
+            store.heartbeat_worker(self.worker_row)
+            self._last_beat = now
+        updates = self._take_progress()
+        if updates:
+            store.update_progress(updates)
+
+    def beat_now(self, store: JobStore) -> None:
+        store.heartbeat_worker(self.worker_row)
+        self._last_beat = time.monotonic()
+
+    def on_stop(self, store: JobStore) -> None:
+        store.deregister_worker(self.worker_row["id"])
+
+
+class Maintenance(_ConnectedLoop):
+    """Leader-only duties: stage due scheduled jobs, rescue jobs of dead workers, forget workers
+    long dead. Every worker runs this thread; only the lease holder acts."""
+
+    LEADER = "maintenance"
+
+    def __init__(self, dsn: str, holder: str, lease_seconds: float, interval: float = 0.5,
+                 extra_duties: list[Callable[[JobStore], None]] | None = None) -> None:
+        super().__init__("maintenance", dsn, interval=interval)
+        self.holder = holder
+        self.ttl = max(lease_seconds, 5.0)
+        self.is_leader = False
+        self.extra_duties = extra_duties or []
+
+    def tick(self, store: JobStore) -> None:
+        was_leader = self.is_leader
+        self.is_leader = store.acquire_leadership(self.LEADER, self.holder, self.ttl)
+        if self.is_leader != was_leader:
+            get_logger("pgqueue.maintenance").info(
+                "maintenance.leader_elected" if self.is_leader else "maintenance.leadership_lost", holder=self.holder)
+        if not self.is_leader:
+            return
+        while store.stage_jobs(limit=1000) == 1000:
+            pass
+        rescued = store.rescue_jobs(limit=1000)
+        if rescued:
+            log = get_logger("pgqueue.maintenance")
+            for job_id, state in rescued:
+                log.warning("job.rescued", job_id=job_id, to_state=state)
+        store.delete_expired_workers(keep_seconds=max(self.ttl * 10, 300.0))
+        for duty in self.extra_duties:
+            duty(store)
+
+    def on_stop(self, store: JobStore) -> None:
+        if self.is_leader:
+            store.resign_leadership(self.LEADER, self.holder)

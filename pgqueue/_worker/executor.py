@@ -1,0 +1,171 @@
+"""Run one job and turn what happened into an :class:`Outcome`: completed, retried or failed.
+
+The executor never writes the outcome itself (the worker's acker batches them), except for
+transactional tasks, whose completion must commit in the handler's own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextvars import copy_context
+from typing import Any
+
+from pgqueue._db.store import Outcome
+from pgqueue._log import get_logger
+from pgqueue._payload import encode_json, encode_result
+from pgqueue.jobs import Discard, Job, Retry
+from pgqueue.tasks import Task
+
+_TRACEBACK_LIMIT = 8000
+
+
+class JobTimeout(Exception):
+    """The attempt ran longer than the task's timeout."""
+
+
+class TaskNotRegistered(Exception):
+    """The job's task name is not registered with the worker's app."""
+
+
+class LeaseLost(Exception):
+    """The job's claim was rescued and handed to another worker before this one finished."""
+
+
+def error_json(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    return encode_json({
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": text[-_TRACEBACK_LIMIT:],
+    })
+
+
+def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
+    """Decide retry or dead-letter for an attempt that raised ``exc``."""
+    def dead(event: str) -> Outcome:
+        return Outcome(job_id=job.id, token=job.lease_token, state="failed", event=event, error=error_json(exc))
+
+    if isinstance(exc, Discard):
+        return dead("discarded")
+    if task is None or isinstance(exc, TaskNotRegistered):
+        return dead("failed")
+    if isinstance(exc, Retry):
+        delay = exc.delay
+    elif isinstance(exc, task.discard_on) or not isinstance(exc, task.retry_on):
+        return dead("discarded")
+    else:
+        delay = task.backoff.delay(job.attempt)
+    if job.attempt >= job.max_attempts:
+        return dead("failed")
+    return Outcome(job_id=job.id, token=job.lease_token, state="scheduled" if delay > 0 else "available",
+                   delay=delay, event="retry_scheduled", error=error_json(exc))
+
+
+class JobRunner:
+    """Runs handlers: async ones on the event loop, sync ones in a thread pool.
+
+    A sync handler that overruns its timeout cannot be stopped (Python threads cannot be
+    killed), so its thread is abandoned and the slot is freed; ``threads_factory`` supplies a
+    fresh pool when abandoned threads would otherwise starve the other slots.
+    """
+
+    def __init__(self, threads_factory: Callable[[], Executor], headroom: int,
+                 transactional: Callable[[Task, Job], Any]) -> None:
+        self._threads_factory = threads_factory
+        self._threads = threads_factory()
+        self._headroom = headroom
+        self._abandoned = 0
+        self._run_transactional = transactional
+        self.abandoned_total = 0
+
+    def shutdown(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _abandon_thread(self) -> None:
+        self._abandoned += 1
+        self.abandoned_total += 1
+        if self._abandoned >= self._headroom:
+            old = self._threads
+            self._threads = self._threads_factory()
+            old.shutdown(wait=False)
+            self._abandoned = 0
+
+    async def _call(self, task: Task, job: Job) -> Any:
+        if task.transactional:
+            return await self._run_transactional(task, job)
+        if task.is_async:
+            return await task.fn(job, **job.args)
+        loop = asyncio.get_running_loop()
+        context = copy_context()
+        return await loop.run_in_executor(self._threads, lambda: context.run(task.fn, job, **job.args))
+
+    async def run(self, task: Task | None, job: Job) -> Outcome | None:
+        """Run ``job``; return its outcome, or None when a transactional handler already wrote it."""
+        log = get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
+        started = time.monotonic()
+        if task is None:
+            exc: BaseException = TaskNotRegistered(
+                f"task {job.task!r} is not registered with this worker's app; "
+                "the job is kept as failed for inspection and `pgqueue jobs retry`")
+            log.error("job.failed", error_type=type(exc).__name__, reason="task not registered")
+            return failure_outcome(job, None, exc)
+        log.debug("job.started")
+        try:
+            if task.timeout is not None:
+                result = await asyncio.wait_for(self._call(task, job), task.timeout)
+            else:
+                result = await self._call(task, job)
+        except TimeoutError:
+            if not task.is_async and not task.transactional:
+                self._abandon_thread()
+            outcome = failure_outcome(job, task, JobTimeout(f"attempt exceeded the {task.timeout:g}s timeout"))
+            self._log_outcome(log, task, outcome, started, "JobTimeout")
+            return outcome
+        except LeaseLost:
+            log.warning("job.lease_lost", duration_ms=round((time.monotonic() - started) * 1000, 1))
+            return None
+        except asyncio.CancelledError:
+            if _current_task_cancelling():
+                raise  # the worker itself is shutting down hard
+            outcome = failure_outcome(job, task, asyncio.CancelledError("handler raised CancelledError"))
+            self._log_outcome(log, task, outcome, started, "CancelledError")
+            return outcome
+        # The one place every handler error lands: whatever a handler raises (including
+        # SystemExit and KeyboardInterrupt from its own code) is an outcome, never a crash.
+        except BaseException as exc:  # noqa: BLE001
+            outcome = failure_outcome(job, task, exc)
+            self._log_outcome(log, task, outcome, started, type(exc).__name__)
+            return outcome
+        if task.transactional:
+            log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
+            return None
+        try:
+            result_text = encode_result(result)
+        except ValueError as exc:
+            # Retrying would run the side effects again only to produce the same bad result.
+            outcome = Outcome(job_id=job.id, token=job.lease_token, state="failed", event="failed",
+                              error=error_json(exc))
+            self._log_outcome(log, task, outcome, started, "ResultNotSerializable")
+            return outcome
+        log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
+        return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text)
+
+    @staticmethod
+    def _log_outcome(log: Any, task: Task, outcome: Outcome, started: float, error_type: str) -> None:
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        fields: dict[str, Any] = {"error_type": error_type, "duration_ms": duration_ms}
+        if task.encrypt:
+            fields["error"] = "(redacted: encrypted job)"
+        if outcome.state == "failed":
+            log.warning("job.failed" if outcome.event == "failed" else "job.discarded", **fields)
+        else:
+            log.info("job.retry_scheduled", retry_in_s=round(outcome.delay, 3), **fields)
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,444 @@
+"""The worker loop: wait (LISTEN/NOTIFY or poll) -> claim a batch -> dispatch -> ack in batches.
+
+One asyncio loop per process. Claims and acks run on two dedicated autocommit connections;
+the heartbeat and maintenance run in threads with their own connections (see ``background``).
+Acks are group-committed: while one batch is being written, finished jobs accumulate for the
+next, so a busy worker writes many outcomes per round trip and an idle one writes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from pgqueue._db.queries import NOTIFY_CHANNEL
+from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
+from pgqueue._log import get_logger
+from pgqueue._payload import encode_result
+from pgqueue._worker.background import Heartbeat, Maintenance
+from pgqueue._worker.executor import JobRunner, LeaseLost
+from pgqueue.errors import PgqueueError
+from pgqueue.jobs import Job
+from pgqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    from pgqueue._db.store import JobStore as _JobStore
+    from pgqueue.app import App
+    from pgqueue.tasks import Task
+
+# Keepalives let a half-open connection (the network vanished without a FIN) fail in about
+# 10 + 3 * 5 = 25 s instead of hanging until the kernel's two-hour default.
+_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
+}
+_MAX_CLAIM_BATCH = 200
+
+
+class _Connection:
+    """One autocommit connection that reconnects on demand after a failure."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        self.dsn = dsn
+        self.name = name
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            await self.close()
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, application_name=f"pgqueue-{self.name}", **_KEEPALIVES)
+        return self.conn
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self.conn.close()
+            self.conn = None
+
+
+class Worker:
+    """Runs jobs from ``queues`` (all queues when None) with up to ``concurrency`` at once.
+
+    Args:
+        app: the App whose tasks this worker runs.
+        queues: queue names to serve, or None for every queue.
+        concurrency: jobs running at once in this process.
+        settings: lease, poll and shutdown-grace settings (default: ``app.settings``).
+        extra_duties: callables run by the maintenance leader each tick (e.g. the scheduler).
+    """
+
+    def __init__(self, app: App, *, queues: Sequence[str] | None = None, concurrency: int = 10,
+                 settings: Settings | None = None, worker_id: str | None = None,
+                 extra_duties: list[Callable[[_JobStore], None]] | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency {concurrency} must be >= 1")
+        self.app = app
+        self.queues = sorted(set(queues)) if queues else None
+        self.concurrency = concurrency
+        self.settings = settings or app.settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.extra_duties = extra_duties or []
+        self.exit_code = 0
+        self.stuck_threads = False
+        self._stopping = False
+        self._hard_stop = False
+        self._acks_closing = False
+        self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self._acks: list[Outcome] = []
+        self._progress: dict[int, tuple[str, float, str | None]] = {}
+        self._progress_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # asyncio.Event binds to a loop on first use, not at creation, so these are safe here.
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._ack_ready = asyncio.Event()
+        self._heartbeat_ok = asyncio.Event()
+        self._tx_pool: ConnectionPool[Any] | None = None
+        self._async_tx_pool: AsyncConnectionPool[Any] | None = None
+        self.completed = 0
+        self.failed = 0
+
+    # --- lifecycle ---
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until stopped (SIGTERM/SIGINT, or :meth:`stop`); returns the process exit code."""
+        return asyncio.run(self.run_async(install_signal_handlers))
+
+    def stop(self) -> None:
+        """Ask the worker to stop claiming and shut down gracefully (thread-safe)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._begin_stop)
+
+    def _begin_stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        get_logger("pgqueue.worker", worker_id=self.worker_id).info(
+            "worker.stopping", running=len(self._running), grace_s=self.settings.shutdown_grace_seconds)
+        self._wakeup.set()
+        self._slot_freed.set()
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stopping:
+            # A second signal means "now": leases return the running jobs to the queue.
+            get_logger("pgqueue.worker", worker_id=self.worker_id).warning("worker.exit_now", signal=signum)
+            os._exit(130)
+        self._begin_stop()
+
+    async def run_async(self, install_signal_handlers: bool = False) -> int:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        self._loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        dsn = self.app.dsn
+        worker_row = {
+            "id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid(),
+            "queues": self.queues or [], "concurrency": self.concurrency,
+            "lease_seconds": self.settings.lease_seconds,
+        }
+        heartbeat = Heartbeat(dsn, worker_row, self.settings.lease_seconds, self._take_progress)
+        maintenance = Maintenance(dsn, self.worker_id, self.settings.lease_seconds, extra_duties=self.extra_duties)
+        runner = JobRunner(
+            lambda: ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="pgqueue-job"),
+            headroom=4, transactional=self._run_transactional,
+        )
+        claim_conn = _Connection(dsn, "claim")
+        ack_conn = _Connection(dsn, "ack")
+        log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
+                 tasks=len(self.app.tasks), pid=os.getpid())
+        heartbeat.start()
+        maintenance.start()
+        listener = asyncio.create_task(self._listen(dsn))
+        acker = asyncio.create_task(self._ack_loop(ack_conn))
+        try:
+            await self._claim_loop(claim_conn, runner, heartbeat)
+            await self._drain(runner)
+        finally:
+            listener.cancel()
+            self._stopping = True
+            self._acks_closing = True
+            self._ack_ready.set()
+            try:
+                await asyncio.wait_for(acker, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("worker.acks_unwritten", count=len(self._acks))
+            await self._release_unfinished(ack_conn)
+            heartbeat.stop()
+            maintenance.stop()
+            for thread in (heartbeat, maintenance):
+                await asyncio.to_thread(thread.join, 10)
+            await claim_conn.close()
+            await ack_conn.close()
+            await self._close_pools()
+            runner.shutdown()
+            self.stuck_threads = self.stuck_threads or runner.abandoned_total > 0 or any(
+                t.name.startswith("pgqueue-job") and t.is_alive() for t in threading.enumerate())
+            log.info("worker.stopped", completed=self.completed, failed=self.failed)
+        return self.exit_code
+
+    # --- waking up ---
+
+    async def _listen(self, dsn: str) -> None:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        failures = 0
+        probe_every = max(1.0, min(self.settings.poll_seconds, 5.0))
+        while not self._stopping:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, application_name="pgqueue-listen", **_KEEPALIVES)
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                if failures:
+                    log.info("listener.reconnected")
+                failures = 0
+                # Anything enqueued while we were not listening was not announced to us.
+                self._wake()
+                while not self._stopping:
+                    async for notify in conn.notifies(timeout=probe_every):
+                        if self.queues is None or notify.payload in self.queues:
+                            self._wake()
+                    # A quiet connection may be a dead one: probe it, bounded in time.
+                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                failures += 1
+                wait = min(0.25 * 2 ** min(failures, 6), 10.0)
+                log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)
+                await asyncio.sleep(wait)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    # --- claiming and dispatch ---
+
+    async def _claim_loop(self, claim_conn: _Connection, runner: JobRunner, heartbeat: Heartbeat) -> None:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        failures = 0
+        # Claim nothing until our worker row exists: the rescuer treats jobs of unknown workers as orphans.
+        while not self._stopping and not await asyncio.to_thread(heartbeat.healthy.wait, 0.5):
+            pass
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                if self.concurrency - len(self._running) <= 0:
+                    await self._slot_freed.wait()
+                continue
+            # Cleared before claiming, so a notification that arrives during the claim is kept.
+            self._wakeup.clear()
+            try:
+                conn = await claim_conn.get()
+                jobs = await AsyncJobStore(conn).claim_jobs(self.queues, min(free, _MAX_CLAIM_BATCH), self.worker_id)
+                if failures:
+                    log.info("database.reconnected", role="claim")
+                failures = 0
+            except (PgqueueError, psycopg.Error, OSError) as exc:
+                failures += 1
+                wait = min(0.25 * 2 ** min(failures, 6), 10.0)
+                log.warning("database.unavailable", role="claim", error_type=type(exc).__name__,
+                            error=_first_line(exc), retry_in_s=wait)
+                await claim_conn.close()
+                await self._sleep_unless_stopping(wait)
+                continue
+            for job in jobs:
+                self._dispatch(job, runner)
+            if len(jobs) < min(free, _MAX_CLAIM_BATCH):
+                # The queue is (momentarily) empty: sleep until notified, or poll as a fallback.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.poll_seconds)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        # _wakeup is also set by a stop request, so shutdown never waits out a backoff.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
+
+    def _dispatch(self, job: Job, runner: JobRunner) -> None:
+        job._progress_sink = self._record_progress
+        task = self.app.tasks.get(job.task)
+        handle = asyncio.create_task(self._execute(job, task, runner), name=f"pgqueue-job-{job.id}")
+        self._running[job.id] = (job, handle)
+
+    async def _execute(self, job: Job, task: Task | None, runner: JobRunner) -> None:
+        try:
+            outcome = await runner.run(task, job)
+        finally:
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+        if outcome is None:
+            self._take_job_progress(job.id)
+            if task is not None and task.transactional:
+                self.completed += 1
+            return
+        progress = self._take_job_progress(job.id)
+        if progress is not None:
+            outcome = replace(outcome, progress=progress[1], progress_note=progress[2])
+        self._acks.append(outcome)
+        self._ack_ready.set()
+
+    # --- acknowledging outcomes ---
+
+    async def _ack_loop(self, ack_conn: _Connection) -> None:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        failures = 0
+        while True:
+            if not self._acks:
+                if self._acks_closing:
+                    return
+                self._ack_ready.clear()
+                await self._ack_ready.wait()
+                continue
+            batch, self._acks = self._acks, []
+            try:
+                await self._write_outcomes(await ack_conn.get(), batch, log)
+                failures = 0
+            except (PgqueueError, psycopg.Error, OSError) as exc:
+                # Outcomes are idempotent under their lease token: put them back and retry.
+                self._acks[:0] = batch
+                failures += 1
+                wait = min(0.25 * 2 ** min(failures, 6), 5.0)
+                log.warning("database.unavailable", role="ack", error_type=type(exc).__name__,
+                            error=_first_line(exc), pending=len(self._acks), retry_in_s=wait)
+                await ack_conn.close()
+                await asyncio.sleep(wait)
+
+    async def _write_outcomes(self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome], log: Any) -> None:
+        store = AsyncJobStore(conn)
+        completed = [o for o in batch if o.state == "completed"]
+        failed = [o for o in batch if o.state != "completed"]
+        written: set[int] = set()
+        if completed:
+            written |= await store.complete_jobs(completed)
+            self.completed += sum(1 for o in completed if o.job_id in written)
+        if failed:
+            written_failed = await store.fail_jobs(failed)
+            written |= written_failed
+            self.failed += sum(1 for o in failed if o.job_id in written_failed and o.state == "failed")
+        for outcome in batch:
+            if outcome.job_id not in written:
+                # Our claim was rescued (or the job cancelled) while we ran it: someone else owns
+                # the outcome now, and ours must not overwrite it.
+                log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
+
+    async def _drain(self, runner: JobRunner) -> None:
+        """Give running jobs the grace period, then cancel what is left (it is released)."""
+        if not self._running:
+            return
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        handles = [handle for _, handle in self._running.values()]
+        _, pending = await asyncio.wait(handles, timeout=self.settings.shutdown_grace_seconds)
+        if pending:
+            log.warning("worker.grace_expired", unfinished=len(pending))
+            self._hard_stop = True
+
+    async def _release_unfinished(self, ack_conn: _Connection) -> None:
+        if not self._running:
+            return
+        unfinished = [(job.id, job.lease_token) for job, _ in self._running.values()]
+        for _, handle in self._running.values():
+            handle.cancel()
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        for attempt in range(3):
+            try:
+                released = await AsyncJobStore(await ack_conn.get()).release_jobs(unfinished)
+                log.info("worker.released", released=sorted(released))
+                break
+            except (PgqueueError, psycopg.Error, OSError) as exc:
+                await ack_conn.close()
+                log.warning("database.unavailable", role="release", error_type=type(exc).__name__,
+                            attempt=attempt + 1)
+                await asyncio.sleep(0.5)
+        self.stuck_threads = True
+
+    # --- progress ---
+
+    def _record_progress(self, job: Job, percent: float, note: str | None) -> None:
+        with self._progress_lock:
+            self._progress[job.id] = (job.lease_token, percent, note)
+
+    def _take_progress(self) -> list[tuple[int, str, float, str | None]]:
+        with self._progress_lock:
+            items, self._progress = self._progress, {}
+        return [(job_id, token, percent, note) for job_id, (token, percent, note) in items.items()]
+
+    def _take_job_progress(self, job_id: int) -> tuple[str, float, str | None] | None:
+        with self._progress_lock:
+            return self._progress.pop(job_id, None)
+
+    # --- transactional tasks ---
+
+    async def _run_transactional(self, task: Task, job: Job) -> None:
+        if task.is_async:
+            pool = await self._get_async_tx_pool()
+            async with pool.connection() as conn, conn.transaction():
+                job.connection = conn
+                result = await task.fn(job, **job.args)
+                outcome = self._tx_outcome(job, result)
+                if job.id not in await AsyncJobStore(conn).complete_jobs([outcome]):
+                    raise LeaseLost(f"job {job.id} was rescued before it finished")
+            return
+        tx_pool = self._get_tx_pool()
+
+        def run_in_thread() -> None:
+            with tx_pool.connection() as conn, conn.transaction():
+                job.connection = conn
+                result = task.fn(job, **job.args)
+                outcome = self._tx_outcome(job, result)
+                if job.id not in JobStore(conn).complete_jobs([outcome]):
+                    raise LeaseLost(f"job {job.id} was rescued before it finished")
+
+        await asyncio.to_thread(run_in_thread)
+
+    def _tx_outcome(self, job: Job, result: Any) -> Outcome:
+        progress = self._take_job_progress(job.id)
+        return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=encode_result(result),
+                       progress=progress[1] if progress else None, progress_note=progress[2] if progress else None)
+
+    def _get_tx_pool(self) -> ConnectionPool[Any]:
+        if self._tx_pool is None:
+            from psycopg_pool import ConnectionPool
+
+            self._tx_pool = ConnectionPool(self.app.dsn, min_size=0, max_size=self.concurrency, open=True,
+                                           kwargs=dict(_KEEPALIVES), name="pgqueue-tx")
+        return self._tx_pool
+
+    async def _get_async_tx_pool(self) -> AsyncConnectionPool[Any]:
+        if self._async_tx_pool is None:
+            from psycopg_pool import AsyncConnectionPool
+
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self.app.dsn, min_size=0, max_size=self.concurrency, open=False,
+                kwargs=dict(_KEEPALIVES), name="pgqueue-async-tx")
+            await pool.open()
+            self._async_tx_pool = pool
+        return self._async_tx_pool
+
+    async def _close_pools(self) -> None:
+        if self._tx_pool is not None:
+            await asyncio.to_thread(self._tx_pool.close, 5)
+        if self._async_tx_pool is not None:
+            await self._async_tx_pool.close(5)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

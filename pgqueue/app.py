@@ -1,0 +1,311 @@
+"""The App: task registry, settings, and enqueueing on the caller's own transaction."""
+
+from __future__ import annotations
+
+import getpass
+import math
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, overload
+
+import psycopg
+
+from pgqueue._db.connections import async_connection, sync_connection
+from pgqueue._db.store import AsyncJobStore, JobStore, NewJob
+from pgqueue._payload import check_queue_name, encode_args
+from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
+from pgqueue.errors import (
+    ConfigurationError,
+    EncryptionKeyMissing,
+    InvalidEnqueueOption,
+    UnknownTask,
+)
+from pgqueue.jobs import JobSpec
+from pgqueue.settings import Settings, resolve_dsn
+from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Task, resolve_priority
+
+if TYPE_CHECKING:
+    from pgqueue.schedules import ScheduleSpec
+
+_MAX_TAGS = 32
+_MAX_TAG_LENGTH = 128
+
+
+def _delay_seconds(delay: float | timedelta | None) -> float:
+    if delay is None:
+        return 0.0
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    valid = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    if not valid or not math.isfinite(seconds) or seconds < 0:
+        raise InvalidEnqueueOption(f"delay {delay!r} must be a non-negative number of seconds or a timedelta")
+    return float(seconds)
+
+
+def _check_run_at(run_at: datetime | None) -> datetime | None:
+    if run_at is None:
+        return None
+    if not isinstance(run_at, datetime) or run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise InvalidEnqueueOption(f"run_at {run_at!r} must be a timezone-aware datetime")
+    return run_at
+
+
+def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        raise InvalidEnqueueOption("tags must be a list of strings, not a single string")
+    result = tuple(tags)
+    if len(result) > _MAX_TAGS:
+        raise InvalidEnqueueOption(f"a job takes at most {_MAX_TAGS} tags, got {len(result)}")
+    for tag in result:
+        if not isinstance(tag, str) or not 0 < len(tag) <= _MAX_TAG_LENGTH or "\x00" in tag:
+            raise InvalidEnqueueOption(
+                f"tag {tag!r} must be a non-empty string of at most {_MAX_TAG_LENGTH} characters")
+    return result
+
+
+class App:
+    """A pgqueue application: the registry of tasks and the settings workers and enqueuers share.
+
+    Args:
+        dsn: the database. When None, ``PGQUEUE_DSN``, ``DATABASE_URL`` or the embedded server is
+            used the first time a connection is needed.
+        settings: overrides for :class:`pgqueue.settings.Settings` (default: read the environment).
+        require_registered_tasks: refuse to enqueue task names this app has not registered
+            (off by default, so a producer can enqueue tasks that only the workers define).
+
+    Example:
+        >>> app = pgqueue.App()
+        >>> @app.task(queue="emails", max_attempts=5)
+        ... def send_email(job: pgqueue.Job, to: str) -> None: ...
+    """
+
+    def __init__(self, dsn: str | None = None, *, settings: Settings | None = None,
+                 require_registered_tasks: bool = False) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._dsn = dsn
+        self.tasks: dict[str, Task] = {}
+        self.schedules: dict[str, ScheduleSpec] = {}
+        self.require_registered_tasks = require_registered_tasks
+
+    # --- configuration ---
+
+    @property
+    def dsn(self) -> str:
+        """The resolved database URL (may start the embedded server on first use)."""
+        if self._dsn is None:
+            self._dsn = resolve_dsn(self.settings.dsn).dsn
+        return self._dsn
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        """Open a new psycopg connection to the app's database (the caller closes it)."""
+        from pgqueue._db.store import translate_errors
+
+        with translate_errors():
+            return psycopg.connect(self.dsn, autocommit=autocommit)
+
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+        priority: int | str = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
+        encrypt: bool = False, tags: Sequence[str] = (),
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+        priority: int | str = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
+        encrypt: bool = False, tags: Sequence[str] = (),
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a handler as a task. Sync and ``async def`` handlers are both supported.
+
+        Args:
+            name: the task name stored in jobs (default: the function's ``module.qualname``).
+            queue: default queue for its jobs.
+            priority: default priority; smaller runs first (int or critical/high/normal/low).
+            max_attempts: attempts before the job is ``failed``.
+            timeout: seconds an attempt may run before it is failed (and retried per policy).
+            backoff: delay between attempts.
+            retry_on: exception types worth retrying; others fail the job at once.
+            discard_on: exception types that fail the job at once.
+            transactional: give the handler ``job.connection``; its writes commit with the
+                job's completion (exactly-once effects for those writes).
+
+        Example:
+            >>> @app.task(name="send-email", queue="emails", max_attempts=5, timeout=30)
+            ... def send_email(job: pgqueue.Job, to: str, subject: str) -> dict: ...
+        """
+
+        def register(func: Callable[..., Any]) -> Task:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if not task_name or len(task_name) > 255:
+                raise ConfigurationError(f"task name {task_name!r} must be 1-255 characters")
+            if max_attempts < 1:
+                raise ConfigurationError(f"task {task_name!r}: max_attempts {max_attempts} must be >= 1")
+            if timeout is not None and timeout <= 0:
+                raise ConfigurationError(f"task {task_name!r}: timeout {timeout} must be > 0")
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ConfigurationError(f"task {task_name!r} is registered twice")
+            registered = Task(
+                app=self, fn=func, name=task_name, queue=check_queue_name(queue),
+                priority=resolve_priority(priority), max_attempts=max_attempts, timeout=timeout,
+                backoff=backoff, retry_on=tuple(retry_on), discard_on=tuple(discard_on),
+                transactional=transactional, encrypt=encrypt, tags=_check_tags(tags),
+            )
+            self.tasks[task_name] = registered
+            return registered
+
+        return register(fn) if fn is not None else register
+
+    def schedule(self, name: str, *, cron: str, task: str, args: dict[str, Any] | None = None,
+                 timezone: str = "UTC", queue: str | None = None, priority: int | str | None = None,
+                 misfire: str = "once", max_catchup: int = 100) -> ScheduleSpec:
+        """Declare a cron schedule in code; ``pgqueue scheduler`` syncs it to the database.
+
+        Example:
+            >>> app.schedule("daily-report", cron="0 9 * * *", task="render-report",
+            ...              args={"report_id": 1}, timezone="America/New_York", queue="reports")
+        """
+        from pgqueue.schedules import ScheduleSpec
+
+        known = self.tasks.get(task)
+        spec = ScheduleSpec.build(
+            name=name, cron=cron, task=task, args=args or {}, timezone=timezone,
+            queue=queue or (known.queue if known else DEFAULT_QUEUE),
+            priority=resolve_priority(priority, known.priority if known else DEFAULT_PRIORITY),
+            misfire=misfire, max_catchup=max_catchup, max_payload_bytes=self.settings.max_payload_bytes,
+        )
+        self.schedules[name] = spec
+        return spec
+
+    # --- enqueueing ---
+
+    def _new_job(self, task: str, args: Any, *, queue: str | None = None, priority: int | str | None = None,
+                 delay: float | timedelta | None = None, run_at: datetime | None = None,
+                 max_attempts: int | None = None, unique_key: str | None = None,
+                 encrypt: bool | None = None, tags: Iterable[str] | None = None) -> NewJob:
+        if not isinstance(task, str) or not task:
+            raise UnknownTask(f"task name {task!r} must be a non-empty string")
+        known = self.tasks.get(task)
+        if known is None and self.require_registered_tasks:
+            raise UnknownTask(f"task {task!r} is not registered with this app")
+        if encrypt or (encrypt is None and ((known is not None and known.encrypt) or self.settings.encrypt_all)):
+            if not self.settings.encryption_keys:
+                raise EncryptionKeyMissing(
+                    "encryption requested but PGQUEUE_ENCRYPTION_KEYS is not set (see `pgqueue keys generate`)")
+            raise ConfigurationError("payload encryption is not available in this pgqueue version yet; "
+                                     "nothing was enqueued")
+        if delay is not None and run_at is not None:
+            raise InvalidEnqueueOption("give delay or run_at, not both")
+        attempts = max_attempts if max_attempts is not None else (known.max_attempts if known else DEFAULT_MAX_ATTEMPTS)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10_000:
+            raise InvalidEnqueueOption(f"max_attempts {attempts!r} must be an integer from 1 to 10000")
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key or "\x00" in unique_key):
+            raise InvalidEnqueueOption(f"unique_key {unique_key!r} must be a non-empty string")
+        default_tags = known.tags if known else ()
+        return NewJob(
+            task=task,
+            queue=check_queue_name(queue if queue is not None else (known.queue if known else DEFAULT_QUEUE)),
+            priority=resolve_priority(priority, known.priority if known else DEFAULT_PRIORITY),
+            args=encode_args(args if args is not None else {}, self.settings.max_payload_bytes),
+            max_attempts=attempts,
+            run_at=_check_run_at(run_at),
+            delay=_delay_seconds(delay),
+            unique_key=unique_key,
+            tags=_check_tags(tags) if tags is not None else default_tags,
+        )
+
+    def _spec_job(self, spec: JobSpec) -> NewJob:
+        return self._new_job(
+            spec.task, spec.args, queue=spec.queue, priority=spec.priority, delay=spec.delay, run_at=spec.run_at,
+            max_attempts=spec.max_attempts, unique_key=spec.unique_key, encrypt=spec.encrypt, tags=spec.tags,
+        )
+
+    def enqueue(self, conn: Any, task: str, args: dict[str, Any] | None = None, *, queue: str | None = None,
+                priority: int | str | None = None, delay: float | timedelta | None = None,
+                run_at: datetime | None = None, max_attempts: int | None = None, unique_key: str | None = None,
+                encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
+        """Enqueue one job on ``conn``, inside the caller's transaction, and return its id.
+
+        pgqueue never commits or rolls back ``conn``: roll back and the job never existed;
+        commit and it is durable and a worker is woken. Pass ``conn=None`` to have pgqueue open
+        its own connection to the app's database and commit at once.
+
+        Args:
+            conn: a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection`` (psycopg driver).
+            task: the task name.
+            args: keyword arguments for the handler (a JSON object).
+            queue, priority, max_attempts: override the task's defaults.
+            delay: seconds (or timedelta) to wait before the job becomes available.
+            run_at: aware datetime at which the job becomes available.
+            unique_key: while a job with this key is scheduled, available or running, return its
+                id instead of inserting another.
+            tags: short plaintext labels (never PHI).
+
+        Returns:
+            The job id (the existing job's id when ``unique_key`` matched a live job).
+
+        Raises:
+            pgqueue.errors.EnqueueError: bad queue name, priority, args or options (nothing written).
+            pgqueue.errors.DatabaseUnavailable: the database could not be reached.
+
+        Example:
+            >>> with psycopg.connect(dsn) as conn:
+            ...     job_id = app.enqueue(conn, "send-email", {"to": "a@example.com"}, delay=60)
+        """
+        new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                                max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
+        if conn is None:
+            with self.connect() as own:
+                return JobStore(own).insert_job(new_job, actor=_actor())
+        return JobStore(sync_connection(conn)).insert_job(new_job, actor=_actor())
+
+    def enqueue_many(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
+        """Enqueue many jobs in one round trip; returns their ids in input order.
+
+        Every spec is validated before anything is written, so one bad spec enqueues nothing.
+
+        Example:
+            >>> ids = app.enqueue_many(conn, [pgqueue.JobSpec("send-email", {"to": t}) for t in recipients])
+        """
+        new_jobs = [self._spec_job(spec) for spec in jobs]
+        if conn is None:
+            with self.connect() as own:
+                return JobStore(own).insert_jobs(new_jobs, actor=_actor())
+        return JobStore(sync_connection(conn)).insert_jobs(new_jobs, actor=_actor())
+
+    async def enqueue_async(self, conn: Any, task: str, args: dict[str, Any] | None = None, *,
+                            queue: str | None = None, priority: int | str | None = None,
+                            delay: float | timedelta | None = None, run_at: datetime | None = None,
+                            max_attempts: int | None = None, unique_key: str | None = None,
+                            encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
+        """Async twin of :meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy
+        ``AsyncSession``/``AsyncConnection``.
+
+        Example:
+            >>> async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            ...     job_id = await app.enqueue_async(aconn, "send-email", {"to": "a@example.com"})
+        """
+        new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                                max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
+        return await AsyncJobStore(await async_connection(conn)).insert_job(new_job, actor=_actor())
+
+    async def enqueue_many_async(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
+        """Async twin of :meth:`enqueue_many`."""
+        new_jobs = [self._spec_job(spec) for spec in jobs]
+        return await AsyncJobStore(await async_connection(conn)).insert_jobs(new_jobs, actor=_actor())
+
+
+def _actor() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

@@ -1,0 +1,77 @@
+"""pgqueue worker: run jobs until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from pgqueue._loader import load_app
+from pgqueue._payload import check_queue_name
+from pgqueue.cli._context import DsnOption, fail, resolve
+from pgqueue.errors import PgqueueError
+from pgqueue.settings import Settings, normalize_dsn
+
+AppOption = Annotated[str, typer.Option("--app", help="Your App, as 'package.module:app'.")]
+
+
+def worker(
+    app_path: AppOption,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queue to serve (repeatable; default all).")] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=1000, help="Jobs at once per process.")] = 10,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64, help="Worker processes.")] = 1,
+    lease_seconds: Annotated[
+        float | None, typer.Option(envvar="PGQUEUE_LEASE_SECONDS", help="Lease without heartbeat.")] = None,
+    poll_seconds: Annotated[
+        float | None, typer.Option(envvar="PGQUEUE_POLL_SECONDS", help="Fallback poll interval.")] = None,
+    shutdown_grace_seconds: Annotated[
+        float | None, typer.Option(envvar="PGQUEUE_SHUTDOWN_GRACE_SECONDS", help="SIGTERM grace period.")] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
+    period, release the rest."""
+    try:
+        queues = [check_queue_name(q) for q in queue] if queue else None
+        for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds),
+                            ("--shutdown-grace-seconds", shutdown_grace_seconds)):
+            if value is not None and value <= 0:
+                fail(f"{name} {value} must be greater than zero")
+        settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
+                                     shutdown_grace_seconds=shutdown_grace_seconds)
+        app = load_app(app_path)
+        app.settings = settings
+        if dsn:
+            app._dsn = normalize_dsn(dsn)
+        elif app._dsn is None:
+            app._dsn = resolve(None)
+    except PgqueueError as exc:
+        fail(str(exc))
+    if processes > 1:
+        from pgqueue._worker.supervisor import Supervisor
+
+        argv = [sys.executable, "-m", "pgqueue", "worker", "--app", app_path, "--concurrency", str(concurrency)]
+        for name in queues or []:
+            argv += ["--queue", name]
+        os.environ["PGQUEUE_DSN"] = app.dsn  # children read it from the environment, never from argv
+        os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
+        os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
+        os.environ["PGQUEUE_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)
+        raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())
+
+    from pgqueue._worker.loop import Worker
+    from pgqueue._worker.supervisor import watch_parent
+
+    watch_parent()
+    runner = Worker(app, queues=queues, concurrency=concurrency, settings=settings)
+    code = runner.run()
+    if runner.stuck_threads:
+        # A handler thread that ignored shutdown would keep the interpreter alive; its job has
+        # been released (or will be rescued), so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)

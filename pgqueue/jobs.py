@@ -1,0 +1,113 @@
+"""What a handler sees (:class:`Job`), what it can raise (:class:`Retry`, :class:`Discard`), and
+the job states of the contract (:class:`JobState`)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    """The states a job moves through; the strings are what SQL, the CLI and the API show."""
+
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+LIVE_STATES = (JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING)
+FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for :meth:`pgqueue.App.enqueue_many`; ``None`` options take the task's defaults.
+
+    Example:
+        >>> JobSpec("send-email", {"to": "b@example.com"}, priority="high")
+        JobSpec(task='send-email', args={'to': 'b@example.com'}, ...)
+    """
+
+    task: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    priority: int | str | None = None
+    delay: float | timedelta | None = None
+    run_at: datetime | None = None
+    max_attempts: int | None = None
+    unique_key: str | None = None
+    tags: Sequence[str] | None = None
+    encrypt: bool | None = None
+
+
+class Retry(Exception):
+    """Raise from a handler to retry the job after ``delay`` seconds (counts as an attempt).
+
+    Example:
+        >>> raise pgqueue.Retry(delay=60)   # the provider asked us to come back in a minute
+    """
+
+    def __init__(self, delay: float | timedelta = 0.0, reason: str | None = None) -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError(f"Retry delay {seconds} must be >= 0")
+        self.delay = seconds
+        self.reason = reason
+        super().__init__(reason or f"retry in {seconds:g}s")
+
+
+class Discard(Exception):
+    """Raise from a handler to fail the job at once, with no further attempts.
+
+    Example:
+        >>> raise pgqueue.Discard("recipient unsubscribed")
+    """
+
+    def __init__(self, reason: str = "discarded") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass
+class Job:
+    """The job a handler is running. Passed as the handler's first argument.
+
+    Attributes:
+        id: the job's id in ``pgqueue.jobs``.
+        task, queue, args: what was enqueued.
+        attempt: this attempt's number, starting at 1.
+        max_attempts: attempts allowed before the job is ``failed``.
+        enqueued_at: when the job was enqueued (database clock).
+        connection: for ``transactional=True`` tasks, the psycopg connection whose transaction
+            also marks the job completed; None otherwise.
+    """
+
+    id: int
+    task: str
+    queue: str
+    args: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    enqueued_at: datetime
+    priority: int = 100
+    tags: tuple[str, ...] = ()
+    lease_token: str = ""
+    connection: Any = None
+    _progress_sink: Callable[[Job, float, str | None], None] | None = field(default=None, repr=False)
+
+    def set_progress(self, percent: float, note: str | None = None) -> None:
+        """Record progress (0-100) and an optional note, visible to other processes within a second.
+
+        Raises:
+            ValueError: ``percent`` is outside 0-100.
+        """
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress {percent} must be between 0 and 100")
+        if self._progress_sink is not None:
+            self._progress_sink(self, float(percent), note)

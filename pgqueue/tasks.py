@@ -1,0 +1,83 @@
+"""Tasks: a registered handler with its defaults (queue, priority, retries, timeout)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
+from pgqueue.errors import InvalidPriority
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+
+PRIORITIES: dict[str, int] = {"critical": 0, "high": 25, "normal": 100, "low": 200}
+DEFAULT_PRIORITY = 100
+DEFAULT_MAX_ATTEMPTS = 20
+DEFAULT_QUEUE = "default"
+
+
+def resolve_priority(priority: int | str | None, default: int = DEFAULT_PRIORITY) -> int:
+    """Turn an int or one of critical/high/normal/low into the stored integer (smaller runs first)."""
+    if priority is None:
+        return default
+    if isinstance(priority, bool):
+        raise InvalidPriority(f"priority {priority!r} must be an integer or one of {', '.join(PRIORITIES)}")
+    if isinstance(priority, int):
+        if not -32768 <= priority <= 32767:
+            raise InvalidPriority(f"priority {priority} must be between -32768 and 32767")
+        return priority
+    if isinstance(priority, str):
+        name = priority.strip().lower()
+        if name in PRIORITIES:
+            return PRIORITIES[name]
+        try:
+            return resolve_priority(int(name), default)
+        except ValueError:
+            pass
+    raise InvalidPriority(f"priority {priority!r} must be an integer or one of {', '.join(PRIORITIES)}")
+
+
+@dataclass
+class Task:
+    """A handler registered with :meth:`pgqueue.App.task`.
+
+    Calling the task runs the handler directly (handy in tests); :meth:`enqueue` puts a job on
+    the queue inside the caller's transaction.
+    """
+
+    app: App
+    fn: Callable[..., Any]
+    name: str
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None
+    backoff: Backoff = DEFAULT_BACKOFF
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    discard_on: tuple[type[BaseException], ...] = ()
+    transactional: bool = False
+    encrypt: bool = False
+    tags: tuple[str, ...] = ()
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def enqueue(self, conn: Any, /, **args: Any) -> int:
+        """Enqueue this task with ``args`` on ``conn`` (see :meth:`pgqueue.App.enqueue`).
+
+        Example:
+            >>> with psycopg.connect(dsn) as conn:
+            ...     job_id = send_email.enqueue(conn, to="a@example.com", subject="hi")
+        """
+        return self.app.enqueue(conn, self.name, args)
+
+    async def enqueue_async(self, conn: Any, /, **args: Any) -> int:
+        """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects."""
+        return await self.app.enqueue_async(conn, self.name, args)
