@@ -63,6 +63,7 @@ class QueueQueries(NamedTuple):
     set_queue_paused: LiteralString
     queue_stats: LiteralString
     notification_queue_usage: LiteralString
+    summarize_queues: LiteralString
 
 
 class WorkerQueries(NamedTuple):

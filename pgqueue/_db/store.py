@@ -259,6 +259,11 @@ class JobStore:
             cur.execute(QUEUES.queue_stats)
             return cur.fetchall()
 
+    def summarize_queues(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUEUES.summarize_queues)
+            return cur.fetchall()
+
     def notification_queue_usage(self) -> float:
         with translate_errors():
             row = self.conn.execute(QUEUES.notification_queue_usage).fetchone()

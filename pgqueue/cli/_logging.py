@@ -28,3 +28,8 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def set_level(level: int) -> None:
+    """Change the minimum level after configure_logging (structlog.configure updates only what it is given)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))

@@ -44,6 +44,9 @@ def _register() -> None:
     app.add_typer(embedded.app, name="embedded")
     app.command("migrate")(migrate.migrate)
     app.command("worker")(worker.worker)
+    from pgqueue.cli import demo
+
+    app.command("demo")(demo.demo)
 
 
 _register()

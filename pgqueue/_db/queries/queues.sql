@@ -25,3 +25,18 @@ ORDER BY queue;
 
 -- name: notification_queue_usage
 SELECT pg_notification_queue_usage() AS usage;
+
+-- name: summarize_queues
+-- Per-queue outcome summary for reports and the demo: attempts beyond the first are retries;
+-- run time is the final attempt's.
+SELECT queue,
+       count(*) AS jobs,
+       count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state IN ('scheduled', 'available', 'running')) AS pending,
+       COALESCE(sum(GREATEST(attempt - 1, 0)), 0) AS retries,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at))
+           FILTER (WHERE state = 'completed') * 1000 AS run_ms_p50
+FROM pgqueue.jobs
+GROUP BY queue
+ORDER BY queue;
