@@ -41,7 +41,8 @@ def test_demo_runs_the_whole_system_and_exits_zero(pg_server_dsn: str, demo_data
             assert row is not None
             return int(row[0])
 
-        states: dict[str, int] = dict(conn.execute("SELECT state, count(*) FROM pgqueue.jobs GROUP BY state").fetchall())
+        rows = conn.execute("SELECT state, count(*) FROM pgqueue.jobs GROUP BY state").fetchall()
+        states: dict[str, int] = dict(rows)
         retried = scalar("SELECT count(*) FROM pgqueue.job_events WHERE event = 'retry_scheduled'")
         delayed = scalar("SELECT count(*) FROM pgqueue.job_events WHERE event = 'available'")
         progress = scalar("SELECT count(*) FROM pgqueue.jobs WHERE task = 'render-report' AND progress = 100")
