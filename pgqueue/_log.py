@@ -8,6 +8,7 @@ NullHandler), so they appear only if the app configured stdlib logging.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -21,10 +22,18 @@ _STDLIB_PROCESSORS: list[Any] = [
 ]
 
 
-def get_logger(name: str, **context: Any) -> Any:
-    """A bound logger for ``name`` with ``context`` (job_id, task, queue, attempt ...)."""
-    if structlog.is_configured():
-        return structlog.get_logger(name).bind(**context)
+@lru_cache(maxsize=64)
+def _stdlib_logger(name: str) -> Any:
     return structlog.wrap_logger(
         logging.getLogger(name), processors=_STDLIB_PROCESSORS, wrapper_class=structlog.stdlib.BoundLogger,
-    ).bind(**context)
+    )
+
+
+def get_logger(name: str, **context: Any) -> Any:
+    """A bound logger for ``name`` with ``context`` (job_id, task, queue, attempt ...).
+
+    Cheap enough to call per job: the unconfigured fallback is built once per name.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger(name).bind(**context)
+    return _stdlib_logger(name).bind(**context)

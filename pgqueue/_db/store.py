@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgqueue._db.queries import JOBS, QUEUES, WORKERS
+from pgqueue._db.queries import EVENTS, JOBS, QUEUES, WORKERS
 from pgqueue.errors import DatabaseUnavailable, PgqueueError, SchemaNotReady
 from pgqueue.jobs import Job
 
@@ -92,12 +92,21 @@ def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
 
 
 def _bulk_ids(rows: Sequence[tuple[Any, ...]]) -> tuple[list[int | None], list[tuple[int, str]]]:
+    """Ids in input order; a row that lost a unique_key conflict takes the id of the row of the same
+    batch that won it, and is otherwise left for the caller to look up (a live job from before)."""
     ids: list[int | None] = []
     unresolved: list[tuple[int, str]] = []
-    for index, (_ord, job_id, unique_key, _n) in enumerate(rows):
-        ids.append(job_id)
-        if job_id is None:
-            unresolved.append((index, unique_key))
+    winners: dict[str, int] = {}
+    for job_id, unique_key, inserted, _notified in rows:
+        if inserted:
+            ids.append(job_id)
+            if unique_key is not None:
+                winners[unique_key] = job_id
+        elif unique_key in winners:
+            ids.append(winners[unique_key])
+        else:
+            ids.append(None)
+            unresolved.append((len(ids) - 1, unique_key))
     return ids, unresolved
 
 
@@ -223,6 +232,11 @@ class JobStore:
     def list_jobs(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(JOBS.list_jobs, {"queue": queue, "state": state, "limit": limit})
+            return cur.fetchall()
+
+    def list_job_events(self, job_id: int) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(EVENTS.list_job_events, {"job_id": job_id})
             return cur.fetchall()
 
     def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,

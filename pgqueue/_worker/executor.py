@@ -113,7 +113,6 @@ class JobRunner:
                 "the job is kept as failed for inspection and `pgqueue jobs retry`")
             log.error("job.failed", error_type=type(exc).__name__, reason="task not registered")
             return failure_outcome(job, None, exc)
-        log.debug("job.started")
         try:
             if task.timeout is not None:
                 result = await asyncio.wait_for(self._call(task, job), task.timeout)

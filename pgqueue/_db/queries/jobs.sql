@@ -13,7 +13,7 @@ WITH input AS (
         %(max_attempts)s::int AS max_attempts,
         COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
         %(unique_key)s::text AS unique_key,
-        %(tags)s::text[] AS tags
+        %(tags)b::text[] AS tags
 ), inserted AS (
     INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
     SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
@@ -42,9 +42,9 @@ WITH input AS (
         CASE WHEN i.tags IS NULL THEN '{}'::text[]
              ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags
     FROM unnest(
-        %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[], %(args)s::text[],
-        %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[], %(unique_keys)s::text[],
-        %(tags)s::text[]
+        %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[], %(args)b::text[],
+        %(max_attempts)b::int[], %(run_ats)b::timestamptz[], %(delays)b::float8[], %(unique_keys)b::text[],
+        %(tags)b::text[]
     ) WITH ORDINALITY AS i(task, queue, priority, args, max_attempts, run_at, delay, unique_key, tags, ord)
 ), inserted AS (
     INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
@@ -61,12 +61,10 @@ WITH input AS (
 ), notified AS (
     SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
 )
-SELECT input.ord, COALESCE(ins.id, first_of_key.id) AS id, input.unique_key, (SELECT count(*) FROM notified) AS notified
+-- Rows that lost a unique_key conflict come back with inserted = false; the caller resolves them.
+SELECT input.id, input.unique_key, ins.id IS NOT NULL AS inserted, (SELECT count(*) FROM notified) AS notified
 FROM input
 LEFT JOIN inserted AS ins ON ins.id = input.id
-LEFT JOIN LATERAL (
-    SELECT min(x.id) AS id FROM inserted AS x WHERE ins.id IS NULL AND x.unique_key = input.unique_key
-) AS first_of_key ON true
 ORDER BY input.ord;
 
 -- name: find_live_job_by_unique_key
@@ -80,7 +78,7 @@ WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'runni
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
-      AND queue = ANY(%(queues)s::text[])
+      AND queue = ANY(%(queues)b::text[])
       AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE paused))
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
@@ -125,8 +123,8 @@ SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags
 -- Group commit: many finished jobs in one statement. The lease token fences out a worker whose
 -- claim was rescued and re-run elsewhere; ids missing from the result lost their lease.
 WITH done AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(results)s::text[],
-                         %(progress)s::real[], %(progress_notes)s::text[])
+    SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(results)b::text[],
+                         %(progress)b::real[], %(progress_notes)b::text[])
         AS d(id, token, result, progress, progress_note)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
@@ -145,8 +143,8 @@ SELECT id FROM updated;
 -- A failed attempt: the worker decided the next state (scheduled/available for a retry, failed
 -- when no attempts are left or the handler discarded it) and the event name.
 WITH failed AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(delays)s::float8[],
-                         %(errors)s::text[], %(events)s::text[])
+    SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(states)b::text[], %(delays)b::float8[],
+                         %(errors)b::text[], %(events)b::text[])
         AS f(id, token, state, delay, error, event)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
@@ -172,7 +170,7 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM updated;
 WITH released AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'available', attempt = GREATEST(j.attempt - 1, 0), run_at = now(), lease_token = NULL
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[]) AS r(id, token)
     WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
     RETURNING j.id, j.queue, j.attempt, j.worker_id
 ), audit AS (
@@ -188,7 +186,7 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM released;
 -- name: update_progress
 UPDATE pgqueue.jobs AS j
 SET progress = p.progress, progress_note = p.note
-FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progress)s::real[], %(notes)s::text[]) AS p(id, token, progress, note)
+FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(progress)b::real[], %(notes)b::text[]) AS p(id, token, progress, note)
 WHERE j.id = p.id AND j.lease_token = p.token AND j.state = 'running';
 
 -- name: lock_running_job
@@ -272,7 +270,7 @@ WITH retried AS (
     SET state = 'available', run_at = now(), finished_at = NULL, lease_token = NULL,
         max_attempts = GREATEST(j.max_attempts, j.attempt + 1)
     WHERE j.state IN ('failed', 'cancelled')
-      AND (%(ids)s::bigint[] IS NULL OR j.id = ANY(%(ids)s::bigint[]))
+      AND (%(ids)b::bigint[] IS NULL OR j.id = ANY(%(ids)b::bigint[]))
       AND (%(only_failed)s::boolean IS FALSE OR j.state = 'failed')
       AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
     RETURNING j.id, j.queue, j.attempt
