@@ -14,6 +14,8 @@ from concurrent.futures import Executor
 from contextvars import copy_context
 from typing import Any
 
+import structlog
+
 from pgqueue._db.store import Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import encode_json, encode_result
@@ -106,6 +108,9 @@ class JobRunner:
     async def run(self, task: Task | None, job: Job) -> Outcome | None:
         """Run ``job``; return its outcome, or None when a transactional handler already wrote it."""
         log = get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
+        # Each job runs in its own asyncio task (its own context), and sync handlers get a copy of
+        # it in their thread: the handler's own structlog calls carry the job's context too.
+        structlog.contextvars.bind_contextvars(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         started = time.monotonic()
         if task is None:
             exc: BaseException = TaskNotRegistered(
