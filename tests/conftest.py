@@ -1,0 +1,112 @@
+"""Shared fixtures: one PostgreSQL server, one migrated template database, a fresh database per test.
+
+The server is ``PGQUEUE_TEST_DSN`` when set (any superuser DSN, e.g.
+``postgresql://root@127.0.0.1:5432/postgres``), else the embedded server kept under
+``/tmp/pgqueue-test-home``, which every run and every xdist worker shares.
+
+Fixtures (all DSNs are libpq DSNs, in the same form as the server's: URL or ``key=value``):
+
+- ``pg_server_dsn`` (session): the server's admin database (``postgres``). Superuser; do not
+  create objects in it.
+- ``template_db`` (session): name of a database migrated to alembic head, built once per
+  schema version (its name hashes the migration scripts and ``sql/schema.sql``) and reused by
+  later runs. Nobody can connect to it; it only serves as ``CREATE DATABASE ... TEMPLATE``.
+- ``dsn``: a fresh database cloned from the template (schema at head, no rows), dropped
+  ``WITH (FORCE)`` after the test, so leftover connections never block the drop.
+- ``empty_dsn``: a fresh database with no pgqueue schema at all (for migration tests).
+- ``conn``: a psycopg connection (``autocommit=False``) to ``dsn``, closed after the test.
+
+``tests/helpers.py`` has ``wait_until`` for anything that waits on another connection or process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from pgqueue import _migrate
+from pgqueue.settings import normalize_dsn
+from tests.helpers import REPO_ROOT, admin_connection, dsn_for_database, scratch_database
+
+TEST_HOME = Path("/tmp/pgqueue-test-home")
+# Serialises template builds across xdist workers and concurrent runs (the bytes of "pgqtest!").
+_TEMPLATE_LOCK_KEY = int.from_bytes(b"pgqtest!", "big")
+
+# Tests must never touch the developer's own embedded server or application database: code under
+# test that resolves a DSN by itself finds the test home, and no inherited PGQUEUE_DSN/DATABASE_URL.
+os.environ["PGQUEUE_HOME"] = str(TEST_HOME)
+os.environ.pop("PGQUEUE_DSN", None)
+os.environ.pop("DATABASE_URL", None)
+
+
+def _template_name() -> str:
+    digest = hashlib.sha256()
+    versions = _migrate.script_location() / "versions"
+    for path in [*sorted(versions.glob("*.py")), REPO_ROOT / "sql" / "schema.sql"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"pgq_tpl_{digest.hexdigest()[:16]}"
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> str:
+    configured = os.environ.get("PGQUEUE_TEST_DSN")
+    if configured:
+        return normalize_dsn(configured)
+    from pgqueue import _embedded  # only needed when no server is given
+
+    return _embedded.ensure_server(TEST_HOME)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_dsn: str) -> str:
+    name = _template_name()
+    with admin_connection(pg_server_dsn) as admin:
+        # Session-level lock on the admin connection: only one worker builds, the others wait and reuse.
+        admin.execute("SELECT pg_advisory_lock(%s)", [_TEMPLATE_LOCK_KEY])
+        try:
+            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+                # Built under a temporary name and renamed when complete, so a run killed halfway never
+                # leaves a half-migrated database under the final name.
+                building = sql.Identifier(f"{name}_building")
+                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [f"{name}_building"]).fetchone():
+                    admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(building))
+                    admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(building))
+                admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(building))
+                _migrate.upgrade(dsn_for_database(pg_server_dsn, f"{name}_building"))
+                # A stray connection to a template makes CREATE DATABASE ... TEMPLATE fail: forbid them.
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(building)
+                )
+                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(building, sql.Identifier(name)))
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(%s)", [_TEMPLATE_LOCK_KEY])
+    return name
+
+
+@pytest.fixture
+def dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
+    with scratch_database(pg_server_dsn, template_db) as database_dsn:
+        yield database_dsn
+
+
+@pytest.fixture
+def empty_dsn(pg_server_dsn: str) -> Iterator[str]:
+    with scratch_database(pg_server_dsn, "template0") as database_dsn:
+        yield database_dsn
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
+    connection = psycopg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        connection.close()

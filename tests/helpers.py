@@ -1,0 +1,99 @@
+"""Small helpers shared by the test suites."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _describe(predicate: object, message: str | None) -> str:
+    return message or getattr(predicate, "__qualname__", None) or repr(predicate)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               message: str | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that value.
+
+    Use it instead of ``sleep(); assert`` whenever a test waits for another connection, thread or
+    process. The predicate is always tried once more after the deadline, so a slow machine only
+    fails when the condition is really unmet.
+
+    Raises:
+        AssertionError: still falsy after ``timeout`` seconds (the message names the predicate).
+
+    Example:
+        >>> wait_until(lambda: 1 + 1, timeout=0.1)
+        2
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {_describe(predicate, message)}"
+                                 f" (last value: {last!r})")
+        time.sleep(interval)
+
+
+# The same signature as wait_until; the deadline is checked between polls, not by cancellation.
+async def wait_until_async(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = 10.0,  # noqa: ASYNC109
+    interval: float = 0.05,
+    message: str | None = None,
+) -> T:
+    """The async twin of :func:`wait_until`: awaits ``predicate()`` and sleeps with ``asyncio.sleep``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = await predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {_describe(predicate, message)}"
+                                 f" (last value: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def dsn_for_database(server_dsn: str, dbname: str) -> str:
+    """``server_dsn`` pointed at another database on the same server, keeping its form."""
+    if "://" not in server_dsn:
+        params = psycopg.conninfo.conninfo_to_dict(server_dsn)
+        params["dbname"] = dbname
+        return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+    parts = urlsplit(server_dsn)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "dbname"])
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, query, parts.fragment))
+
+
+@contextmanager
+def admin_connection(server_dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        yield admin
+
+
+@contextmanager
+def scratch_database(server_dsn: str, template: str) -> Iterator[str]:
+    """Create ``pgq_test_<random>`` from ``template``, yield its DSN, drop it afterwards."""
+    name = f"pgq_test_{uuid.uuid4().hex[:16]}"
+    with admin_connection(server_dsn) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    try:
+        yield dsn_for_database(server_dsn, name)
+    finally:
+        with admin_connection(server_dsn) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
