@@ -43,11 +43,9 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import platformdirs
-import structlog
 
+from pgqueue._log import get_logger
 from pgqueue.errors import EmbeddedServerError
-
-log = structlog.get_logger(__name__)
 
 SERVICE_USER = "pgqueue"
 ROOT_HOME = Path("/var/lib/pgqueue")
@@ -263,7 +261,7 @@ def stop(home: Path | None = None) -> bool:
                     f"see {layout.log}"
                 )
             time.sleep(0.05)
-    log.info("embedded.stopped", home=str(layout.home), pid=postmaster.pid, port=postmaster.port)
+    get_logger(__name__).info("embedded.stopped", home=str(layout.home), pid=postmaster.pid, port=postmaster.port)
     return True
 
 
@@ -279,7 +277,7 @@ def _start(layout: _Layout, install: Path, account: _Account | None) -> int:
     saved = _read_state(layout).get("port")
     port = saved if isinstance(saved, int) and _port_free(saved) else _free_port()
     if isinstance(saved, int) and port != saved:
-        log.info("embedded.port_changed", home=str(layout.home), old_port=saved, port=port)
+        get_logger(__name__).info("embedded.port_changed", home=str(layout.home), old_port=saved, port=port)
     _clear_stale_pidfile(layout)
     try:
         _pg_ctl_start(layout, bin_dir, account, port)
@@ -288,12 +286,12 @@ def _start(layout: _Layout, install: Path, account: _Account | None) -> int:
         if _port_free(port):
             raise
         port = _free_port()
-        log.info("embedded.port_changed", home=str(layout.home), old_port=saved, port=port)
+        get_logger(__name__).info("embedded.port_changed", home=str(layout.home), old_port=saved, port=port)
         _pg_ctl_start(layout, bin_dir, account, port)
     postmaster = _read_postmaster(layout)
     pid = postmaster.pid if postmaster is not None else None
     _write_state(layout, {"port": port, "pid": pid, "version": version})
-    log.info("embedded.started", home=str(layout.home), port=port, pid=pid, version=version)
+    get_logger(__name__).info("embedded.started", home=str(layout.home), port=port, pid=pid, version=version)
     return port
 
 
@@ -317,7 +315,7 @@ def _initdb(layout: _Layout, bin_dir: Path, account: _Account | None) -> None:
     with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
         conf.write(_SERVER_CONF)
     staging.rename(layout.data)
-    log.info("embedded.initialized", home=str(layout.home), data_dir=str(layout.data))
+    get_logger(__name__).info("embedded.initialized", home=str(layout.home), data_dir=str(layout.data))
 
 
 def _pg_ctl_start(layout: _Layout, bin_dir: Path, account: _Account | None, port: int) -> None:
@@ -411,7 +409,7 @@ def _clear_stale_pidfile(layout: _Layout) -> None:
         return
     if _process_exists(pid) and not _is_postmaster(pid):
         layout.pidfile.unlink(missing_ok=True)
-        log.warning("embedded.stale_pidfile_removed", home=str(layout.home), pid=pid)
+        get_logger(__name__).warning("embedded.stale_pidfile_removed", home=str(layout.home), pid=pid)
 
 
 def _accepting(port: int) -> bool:
@@ -499,7 +497,7 @@ def _reachable_install(layout: _Layout, install: Path, account: _Account | None)
         raise EmbeddedServerError(
             f"the PostgreSQL binaries copied to {root} do not run as user {account.name!r}: {_last_lines(output)}"
         )
-    log.info("embedded.binaries_copied", source=str(install), target=str(copy), version=version)
+    get_logger(__name__).info("embedded.binaries_copied", source=str(install), target=str(copy), version=version)
     return copy
 
 
@@ -622,7 +620,7 @@ def _create_service_user() -> None:
             f"{_last_lines(result.stderr)}"
         ) from None
     if result.returncode == 0:  # otherwise another process created it first
-        log.info("embedded.service_user_created", user=SERVICE_USER)
+        get_logger(__name__).info("embedded.service_user_created", user=SERVICE_USER)
 
 
 def _prepare_home(layout: _Layout, account: _Account | None) -> None:
