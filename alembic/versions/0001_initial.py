@@ -122,6 +122,7 @@ def upgrade() -> None:
             misfire      text        NOT NULL DEFAULT 'once',
             max_catchup  integer     NOT NULL DEFAULT 100,
             source       text        NOT NULL DEFAULT 'runtime',
+            disabled_at  timestamptz,
             next_run_at  timestamptz,
             last_run_at  timestamptz,
             created_at   timestamptz NOT NULL DEFAULT now(),
