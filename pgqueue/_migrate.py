@@ -186,3 +186,18 @@ def sql(dsn: str | None = None) -> str:
     buffer = io.StringIO()
     command.upgrade(alembic_config(output_buffer=buffer), "head", sql=True)
     return buffer.getvalue()
+
+
+def upgrade_connection(connection: sa.Connection) -> None:
+    """Run pgqueue's migrations on an application's open SQLAlchemy connection.
+
+    The caller owns the transaction: when the connection is already inside one (an app's alembic
+    ``env.py`` running its own migrations), pgqueue's revisions join it and commit with it.
+    Revisions are still recorded in ``pgqueue_alembic_version``.
+    """
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:
+        raise PgqueueError(f"migration failed: {exc}") from exc
