@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from pgqueue.errors import ConfigurationError
+from pgqueue.errors import ConfigurationError, DatabaseUnavailable, InvalidDSN
 
 
 def _driver_connection(raw: Any) -> Any:
@@ -79,3 +79,63 @@ async def async_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
         f"cannot enqueue on a {type(conn).__name__}: pass a psycopg AsyncConnection or a SQLAlchemy "
         "AsyncSession/AsyncConnection"
     )
+
+
+# Used when neither the DSN nor PGCONNECT_TIMEOUT sets one: an operator's command against an
+# unreachable host should fail within seconds, not hang on the OS's TCP timeout.
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def _password_of(conninfo: str) -> str | None:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(conninfo).get("password")  # type: ignore[return-value]
+    except psycopg.Error:
+        from urllib.parse import urlsplit
+
+        try:
+            return urlsplit(conninfo).password if "://" in conninfo else None
+        except ValueError:
+            return None
+
+
+def _reason(exc: BaseException, password: str | None) -> str:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0].strip() if lines else type(exc).__name__
+    return reason.replace(password, "***") if password else reason
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """Open a connection of pgqueue's own (CLI, maintenance), not one the application lends us.
+
+    The caller closes it (``with connect(dsn) as conn:`` commits on success, rolls back on error).
+
+    Raises:
+        InvalidDSN: ``dsn`` is not a PostgreSQL address psycopg can parse.
+        DatabaseUnavailable: the server cannot be reached or refused us. The message shows the DSN
+            without its password.
+    """
+    import os
+
+    from pgqueue.settings import normalize_dsn, redact_dsn
+
+    conninfo = normalize_dsn(dsn)
+    password = _password_of(conninfo)
+    try:
+        shown = redact_dsn(conninfo)
+    except ValueError:  # a URL urllib cannot take apart (e.g. a non-numeric port): show none of it
+        shown = "the configured DSN"
+    if password and password in shown:  # a form redact_dsn does not know; never echo the secret
+        shown = shown.replace(password, "***")
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        raise InvalidDSN(f"{shown} is not a valid PostgreSQL DSN: {_reason(exc, password)}") from None
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+        extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit, **extra)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to {shown}: {_reason(exc, password)}") from None
+    except psycopg.Error as exc:
+        raise InvalidDSN(f"{shown}: {_reason(exc, password)}") from None

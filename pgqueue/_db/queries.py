@@ -75,8 +75,13 @@ class WorkerQueries(NamedTuple):
     resign_leadership: LiteralString
 
 
+class EventQueries(NamedTuple):
+    list_job_events: LiteralString
+
+
 JOBS = load_queries(JobQueries, "jobs.sql")
 QUEUES = load_queries(QueueQueries, "queues.sql")
 WORKERS = load_queries(WorkerQueries, "workers.sql")
+EVENTS = load_queries(EventQueries, "events.sql")
 
 NOTIFY_CHANNEL = "pgqueue_jobs"

@@ -48,6 +48,14 @@ def _register() -> None:
 
     app.command("demo")(demo.demo)
 
+    from pgqueue.cli import enqueue, jobs, queues, stats
+
+    app.command("enqueue")(enqueue.enqueue)
+    app.add_typer(jobs.app, name="jobs")
+    app.add_typer(queues.app, name="queues")
+    app.command("stats")(stats.stats)
+    app.command("health")(stats.health)
+
 
 _register()
 

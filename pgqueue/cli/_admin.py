@@ -1,0 +1,51 @@
+"""What the operator commands share: who is acting, parsing ids and states, a store on a fresh connection."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from pgqueue._db.connections import connect
+from pgqueue._db.store import JobStore, translate_errors
+from pgqueue.cli._context import fail, resolve
+from pgqueue.jobs import JobState
+
+_MAX_BIGINT = 2**63 - 1
+
+
+def actor() -> str:
+    """The ``actor`` written to ``pgqueue.job_events`` for actions taken from this CLI."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (e.g. an arbitrary uid in a container)
+        user = f"uid:{os.getuid()}"
+    return f"cli:{user}"
+
+
+def parse_job_id(raw: str) -> int:
+    """A job id as typed by an operator; anything else is a one-line error."""
+    text = raw.strip().lstrip("#")
+    if not text.isdigit() or not 1 <= int(text) <= _MAX_BIGINT:
+        fail(f"job id {raw!r} must be a positive integer")
+    return int(text)
+
+
+def parse_state(raw: str | None, allowed: Iterable[str] = tuple(JobState)) -> str | None:
+    """A ``--state`` value, checked against the contract's job states (or a subset of them)."""
+    if raw is None:
+        return None
+    state = raw.strip().lower()
+    valid = [str(s) for s in allowed]
+    if state not in valid:
+        fail(f"state {raw!r} is not valid here; valid states: {', '.join(valid)}")
+    return state
+
+
+@contextmanager
+def open_store(dsn: str | None) -> Iterator[JobStore]:
+    """A :class:`JobStore` on a new connection, committed when the block succeeds, else rolled back."""
+    target = resolve(dsn)
+    with translate_errors(), connect(target) as conn:
+        yield JobStore(conn)

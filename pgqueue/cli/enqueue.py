@@ -1,0 +1,94 @@
+"""pgqueue enqueue TASK: put one job on a queue from the shell and print its id.
+
+Validation is :meth:`pgqueue.App.enqueue`'s, so the CLI accepts exactly what the Python API accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from pgqueue._payload import check_queue_name
+from pgqueue.app import App
+from pgqueue.cli._admin import open_store
+from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._output import print_json
+from pgqueue.tasks import resolve_priority
+
+
+def _parse_args(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"--args is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (character {exc.pos})")
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        fail(f"--args must be a JSON object such as '{{\"to\": \"a@example.com\"}}', got {kind}")
+    return value
+
+
+def _parse_run_at(raw: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        fail(f"--run-at {raw!r} is not an ISO 8601 date-time such as 2030-01-01T09:00:00+00:00")
+    if when.tzinfo is None or when.utcoffset() is None:
+        fail(f"--run-at {raw!r} needs a UTC offset (e.g. {raw.strip()}+00:00 or {raw.strip()}Z)")
+    return when
+
+
+def enqueue(
+    task: Annotated[str, typer.Argument(metavar="TASK", help="The task name.", show_default=False)],
+    args: Annotated[
+        str | None, typer.Option("--args", "-a", help='Handler arguments as a JSON object, e.g. \'{"to": "a@b.c"}\'.')
+    ] = None,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Queue (default: 'default').")] = None,
+    priority: Annotated[
+        str | None, typer.Option("--priority", "-p", help="Integer (smaller runs first) or critical|high|normal|low.")
+    ] = None,
+    delay: Annotated[float | None, typer.Option("--delay", help="Seconds to wait before the job may run.")] = None,
+    run_at: Annotated[
+        str | None, typer.Option("--run-at", help="When it may run: ISO 8601 with a UTC offset.")
+    ] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts", help="Attempts before it fails.")] = None,
+    unique_key: Annotated[
+        str | None, typer.Option("--unique-key", help="Reuse the live job with this key instead of adding one.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="A plaintext label (repeatable; no PHI).")
+    ] = None,
+    encrypt: Annotated[
+        bool, typer.Option("--encrypt", help="Store args encrypted (needs PGQUEUE_ENCRYPTION_KEYS).")
+    ] = False,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Enqueue one job and print its id (with --unique-key, the live job's id if one exists).
+
+    Example: pgqueue enqueue send-email --args '{"to": "a@example.com"}' --queue emails --priority high
+    """
+    payload = _parse_args(args) if args is not None else {}
+    when = _parse_run_at(run_at) if run_at is not None else None
+    if delay is not None and when is not None:
+        fail("give --delay or --run-at, not both")
+    if delay is not None and not 0 <= delay < math.inf:
+        fail(f"--delay {delay:g} must be a number of seconds, 0 or more")
+    # Cheap checks before connecting (App.enqueue repeats them): a typo should not need a database.
+    if queue is not None:
+        check_queue_name(queue)
+    resolve_priority(priority)
+    app = App()
+    with open_store(dsn) as store:
+        # A task the CLI has never seen is fine: producers need not import the workers' code.
+        job_id = app.enqueue(
+            store.conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
+            max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt else None, tags=tag,
+        )
+    if json_output:
+        print_json({"id": job_id})
+    else:
+        print(job_id)

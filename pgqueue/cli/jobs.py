@@ -1,0 +1,214 @@
+"""pgqueue jobs list|show|retry|cancel|delete: inspect and manage individual jobs.
+
+Every change is written with its ``pgqueue.job_events`` row (actor ``cli:<os user>``) in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+from pgqueue._payload import check_queue_name
+from pgqueue.cli._admin import actor, open_store, parse_job_id, parse_state
+from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._output import Column, emit, emit_message, emit_record, format_value, print_json
+from pgqueue.jobs import LIVE_STATES
+
+app = typer.Typer(help="Inspect and manage jobs: list, show, retry, cancel, delete.", no_args_is_help=True)
+
+JobIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The job's id.", show_default=False)]
+_MAX_LIMIT = 10_000
+
+
+def _attempts(row: Mapping[str, Any]) -> str:
+    return f"{row['attempt']}/{row['max_attempts']}"
+
+
+def _progress(row: Mapping[str, Any]) -> str:
+    if row.get("progress") is None:
+        return format_value(row.get("progress_note"))
+    text = f"{row['progress']:g}%"
+    return f"{text} ({row['progress_note']})" if row.get("progress_note") else text
+
+
+def _args(value: Any) -> str:
+    # args are NULL only for encrypted jobs: the plaintext never reaches the database.
+    return "(encrypted)" if value is None else format_value(value)
+
+
+def _error_summary(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return format_value(value)
+    kind, message = value.get("type"), value.get("message")
+    if kind and message:
+        return f"{kind}: {message}"
+    return str(kind or message or format_value(dict(value)))
+
+
+LIST_COLUMNS = [
+    Column("id", "ID", justify="right"),
+    Column("task", "TASK"),
+    Column("queue", "QUEUE"),
+    Column("state", "STATE"),
+    Column("priority", "PRIORITY", justify="right"),
+    Column("attempt", "ATTEMPT", compute=_attempts, justify="right"),
+    Column("run_at", "RUN AT"),
+    Column("enqueued_at", "ENQUEUED AT"),
+    Column("finished_at", "FINISHED AT"),
+    Column("tags", "TAGS"),
+]
+
+SHOW_FIELDS = [
+    Column("id", "id"),
+    Column("task", "task"),
+    Column("queue", "queue"),
+    Column("state", "state"),
+    Column("priority", "priority"),
+    Column("attempt", "attempt", compute=_attempts),
+    Column("run_at", "run at"),
+    Column("enqueued_at", "enqueued at"),
+    Column("started_at", "started at"),
+    Column("finished_at", "finished at"),
+    Column("worker_id", "worker"),
+    Column("unique_key", "unique key"),
+    Column("tags", "tags"),
+    Column("progress", "progress", compute=_progress),
+    Column("args", "args", render=_args),
+    Column("result", "result"),
+    Column("last_error", "last error", render=_error_summary),
+]
+
+EVENT_COLUMNS = [
+    Column("id", "ID", justify="right"),
+    Column("at", "AT"),
+    Column("event", "EVENT"),
+    Column("from_state", "FROM"),
+    Column("to_state", "TO"),
+    Column("attempt", "ATTEMPT", justify="right"),
+    Column("worker_id", "WORKER"),
+    Column("actor", "ACTOR"),
+    Column("detail", "DETAIL", fold=True),
+]
+
+
+@app.command("list")
+def list_command(
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Only jobs in this queue.")] = None,
+    state: Annotated[str | None, typer.Option("--state", "-s", help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help=f"At most this many (1-{_MAX_LIMIT}).")] = 50,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """List jobs, newest first.
+
+    With --json, prints a JSON array with every column of pgqueue.jobs (as `jobs show`, without events).
+    """
+    if queue is not None:
+        check_queue_name(queue)
+    wanted = parse_state(state)
+    if not 1 <= limit <= _MAX_LIMIT:
+        fail(f"--limit {limit} must be between 1 and {_MAX_LIMIT}")
+    with open_store(dsn) as store:
+        rows = store.list_jobs(queue, wanted, limit)
+    emit(rows, LIST_COLUMNS, json_output=json_output, empty="no jobs match")
+
+
+@app.command("show")
+def show_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Show one job: every column (args, result, progress, last error, tags) and its audit trail.
+
+    With --json, prints the job as a JSON object whose "events" key lists its pgqueue.job_events rows.
+    """
+    wanted = parse_job_id(job_id)
+    with open_store(dsn) as store:
+        job = store.get_job(wanted)
+        if job is None:
+            fail(f"job {wanted} not found")
+        events = store.list_job_events(wanted)
+    if json_output:
+        print_json({**job, "events": events})
+        return
+    emit_record(job, SHOW_FIELDS, title=f"job {wanted}")
+    print()
+    plural = "" if len(events) == 1 else "s"
+    emit(events, EVENT_COLUMNS, json_output=False, title=f"audit trail ({len(events)} event{plural})",
+         empty="no audit events (they may have been pruned)")
+    error = job.get("last_error")
+    if isinstance(error, Mapping) and error.get("traceback"):
+        print("\nlast error traceback:")
+        print(str(error["traceback"]).rstrip())
+
+
+@app.command("retry")
+def retry_command(
+    job_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="The job to retry (failed or cancelled).", show_default=False)
+    ] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job (the dead-letter set).")] = False,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="With --failed: only this queue.")] = None,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Make a failed or cancelled job available again now, or every failed job with --failed.
+
+    A job that used all its attempts gets one more, so a manual retry always runs.
+    """
+    if (job_id is None) == (not failed):
+        fail("give a job ID or --failed (not both)")
+    if queue is not None and not failed:
+        fail("--queue only applies to --failed")
+    if queue is not None:
+        check_queue_name(queue)
+    wanted = parse_job_id(job_id) if job_id is not None else None
+    with open_store(dsn) as store:
+        if wanted is None:
+            ids = store.retry_jobs(None, queue, only_failed=True, actor=actor())
+        else:
+            ids = store.retry_jobs([wanted], None, only_failed=False, actor=actor())
+            if not ids:
+                job = store.get_job(wanted)
+                if job is None:
+                    fail(f"job {wanted} not found")
+                fail(f"job {wanted} is {job['state']}; only failed or cancelled jobs can be retried")
+    if wanted is not None:
+        message = f"retried job {wanted}: it is available again"
+    else:
+        where = f" in queue {queue!r}" if queue else ""
+        message = f"retried {len(ids)} failed job{'' if len(ids) == 1 else 's'}{where}"
+    emit_message(message, {"retried": sorted(ids), "count": len(ids)}, json_output=json_output)
+
+
+@app.command("cancel")
+def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Cancel a scheduled, available or running job.
+
+    A running attempt is not interrupted: its worker finishes it, but its outcome is discarded and
+    the job stays cancelled.
+    """
+    wanted = parse_job_id(job_id)
+    with open_store(dsn) as store:
+        previous, cancelled = store.cancel_job(wanted, actor())
+    if previous is None:
+        fail(f"job {wanted} not found")
+    if not cancelled:
+        live = ", ".join(str(s) for s in LIVE_STATES[:-1]) + f" or {LIVE_STATES[-1]}"
+        fail(f"job {wanted} is {previous}; only {live} jobs can be cancelled")
+    note = "; its running attempt finishes but its outcome is discarded" if previous == "running" else ""
+    emit_message(f"cancelled job {wanted} (was {previous}){note}",
+                 {"id": wanted, "previous_state": previous, "state": "cancelled"}, json_output=json_output)
+
+
+@app.command("delete")
+def delete_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Delete a job that is not running (its audit trail stays, with a 'deleted' event)."""
+    wanted = parse_job_id(job_id)
+    with open_store(dsn) as store:
+        if not store.delete_job(wanted, actor()):
+            job = store.get_job(wanted)
+            if job is None:
+                fail(f"job {wanted} not found")
+            fail(f"job {wanted} is {job['state']}; a running job cannot be deleted: cancel it first")
+    emit_message(f"deleted job {wanted}", {"id": wanted, "deleted": True}, json_output=json_output)

@@ -1,0 +1,181 @@
+"""pgqueue stats and pgqueue health: what the queue is doing, and whether it is well.
+
+Both report ``pg_notification_queue_usage()``. pgqueue wakes workers with NOTIFY, and NOTIFY is
+transactional: PostgreSQL keeps every committed notification in one server-wide queue until each
+listening session has read it. If that queue fills up (a LISTENing session stuck in a long
+transaction is the usual cause), every transaction that sent a NOTIFY fails at COMMIT, so the
+application's own writes that enqueued a job fail with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+import typer
+
+from pgqueue._db.connections import connect
+from pgqueue._db.store import JobStore, translate_errors
+from pgqueue.cli._admin import open_store
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._output import Column, emit, format_seconds, print_json
+from pgqueue.cli.queues import QUEUE_COLUMNS
+from pgqueue.errors import PgqueueError, SchemaNotReady
+from pgqueue.jobs import JobState
+from pgqueue.settings import redact_dsn
+
+NOTIFICATION_NOTE = (
+    "NOTIFY is transactional: PostgreSQL holds committed notifications in one server-wide queue until every "
+    "listening session has read them. If it fills (usually a LISTENing session idle in a long transaction), "
+    "every COMMIT that enqueued a job fails, taking the application's own writes with it. Keep it near 0%."
+)
+NOTIFICATION_LIMIT = 0.5
+UNHEALTHY_EXIT_CODE = 2
+
+WORKER_COLUMNS = [
+    Column("id", "ID"),
+    Column("hostname", "HOST"),
+    Column("pid", "PID", justify="right"),
+    Column("queues", "QUEUES", compute=lambda row: ", ".join(row["queues"]) or "(all)"),
+    Column("concurrency", "CONCURRENCY", justify="right"),
+    Column("started_at", "STARTED AT"),
+    Column("heartbeat_at", "LAST HEARTBEAT"),
+    Column("alive", "ALIVE"),
+]
+
+
+def _totals(queues: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {str(state): sum(int(row[str(state)]) for row in queues) for state in JobState}
+    ages = [row["oldest_available_seconds"] for row in queues if row["oldest_available_seconds"] is not None]
+    totals["oldest_available_seconds"] = max(ages) if ages else None
+    return totals
+
+
+def stats(json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Show jobs per queue and state (with totals), the workers, and PostgreSQL's notification queue usage.
+
+    The notification queue matters because NOTIFY is transactional: if it fills, every commit that
+    enqueues a job fails, including the application's own writes in that transaction.
+    """
+    with open_store(dsn) as store:
+        queues = store.queue_stats()
+        workers = store.list_workers()
+        usage = store.notification_queue_usage()
+    totals = _totals(queues)
+    live = sum(1 for worker in workers if worker["alive"])
+    if json_output:
+        print_json({
+            "queues": queues, "totals": totals, "workers": workers, "live_workers": live,
+            "notification_queue_usage": usage, "notification_queue_note": NOTIFICATION_NOTE,
+        })
+        return
+    emit(queues, QUEUE_COLUMNS, json_output=False, title="jobs per queue and state",
+         empty="no queues yet (a queue appears with its first job)",
+         footer={"queue": "total", "paused": "", **totals})
+    print()
+    emit(workers, WORKER_COLUMNS, json_output=False, title=f"workers ({live} live)", empty="no workers registered")
+    print()
+    print(f"notification queue usage: {usage:.1%} (pg_notification_queue_usage(); health fails at "
+          f"{NOTIFICATION_LIMIT:.0%})")
+    print(NOTIFICATION_NOTE)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | fail | skipped
+    detail: str
+
+
+def _backlog_check(store: JobStore, max_age: float) -> Check:
+    queues = store.queue_stats()
+    workers = [w for w in store.list_workers() if w["alive"]]
+    oldest: float | None = None
+    stranded: list[str] = []
+    paused: list[str] = []
+    for row in queues:
+        age = row["oldest_available_seconds"]
+        if age is None:
+            continue
+        if row["paused"]:  # its backlog waits on purpose
+            paused.append(repr(row["queue"]))
+            continue
+        oldest = age if oldest is None else max(oldest, age)
+        served = any(not w["queues"] or row["queue"] in w["queues"] for w in workers)
+        if age > max_age and not served:
+            stranded.append(f"{row['queue']!r} (oldest waiting {format_seconds(age)})")
+    if stranded:
+        return Check("workers", "fail", f"jobs available for over {format_seconds(max_age)} and no live worker "
+                                        f"serves their queue: {', '.join(stranded)}")
+    waiting = "no job available" if oldest is None else f"oldest available job waiting {format_seconds(oldest)}"
+    if paused:
+        waiting += f" (paused queues not counted: {', '.join(paused)})"
+    return Check("workers", "ok", f"{len(workers)} live worker{'' if len(workers) == 1 else 's'}; {waiting}")
+
+
+def _notification_check(usage: float) -> Check:
+    detail = f"{usage:.1%} used (limit {NOTIFICATION_LIMIT:.0%})"
+    if usage >= NOTIFICATION_LIMIT:
+        return Check("notification_queue", "fail", f"{detail}: a LISTENing session may be stuck in a long "
+                                                   "transaction; when it is full, every commit that enqueues fails")
+    return Check("notification_queue", "ok", detail)
+
+
+def _schema_check(dsn: str) -> Check:
+    from pgqueue import _migrate  # alembic and SQLAlchemy: only loaded for this check
+
+    try:
+        pending = _migrate.check(dsn)
+    except PgqueueError as exc:
+        return Check("schema", "fail", str(exc))
+    if pending:
+        return Check("schema", "fail", f"pending migrations: {' '.join(pending)} (run `pgqueue migrate`)")
+    return Check("schema", "ok", "at head, no pending migrations")
+
+
+def _run_checks(target: str, max_age: float) -> list[Check]:
+    try:
+        conn = connect(target)
+    except PgqueueError as exc:
+        skipped = [Check(name, "skipped", "database unreachable") for name in ("schema", "workers",
+                                                                                  "notification_queue")]
+        return [Check("database", "fail", str(exc)), *skipped]
+    checks = [Check("database", "ok", f"reachable at {redact_dsn(target)}"), _schema_check(target)]
+    with translate_errors(), conn:
+        store = JobStore(conn)
+        try:
+            checks.append(_backlog_check(store, max_age))
+        except SchemaNotReady:
+            conn.rollback()
+            checks.append(Check("workers", "skipped", "the pgqueue schema is missing"))
+        checks.append(_notification_check(store.notification_queue_usage()))
+    return checks
+
+
+def health(
+    max_age: Annotated[
+        float, typer.Option("--max-age", help="Seconds a job may wait as available with no live worker for its queue.")
+    ] = 300.0,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Check that pgqueue is healthy; exit 0 if so, 2 if not (for probes and monitoring).
+
+    Checks: the database is reachable; the schema is at the newest migration; every queue with a job
+    available for more than --max-age seconds has a live worker serving it (paused queues excepted);
+    PostgreSQL's notification queue is under 50% full (if it fills, commits that enqueue jobs fail).
+    """
+    if not max_age > 0:
+        fail(f"--max-age {max_age} must be greater than zero")
+    checks = _run_checks(resolve(dsn), max_age)
+    healthy = all(check.status != "fail" for check in checks)
+    if json_output:
+        print_json({"healthy": healthy, "checks": [asdict(check) for check in checks]})
+    else:
+        for check in checks:
+            label = {"ok": "ok", "fail": "FAIL", "skipped": "skip"}[check.status]
+            print(f"{label:<5} {check.name}: {check.detail}")
+        print("healthy" if healthy else "unhealthy")
+    if not healthy:
+        raise typer.Exit(UNHEALTHY_EXIT_CODE)

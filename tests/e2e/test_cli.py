@@ -1,0 +1,362 @@
+"""The operator CLI end to end: the installed ``pgqueue`` executable against a real database.
+
+Every call goes through :func:`run`, which also checks that no traceback ever reaches stderr.
+CLI start-up costs most of a second, so each test makes a handful of calls on one database and
+checks the rest with SQL; the error cases share one database for the module.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from pgqueue import App
+from tests.helpers import scratch_database
+
+_NEXT_TO_PYTHON = Path(sys.executable).with_name("pgqueue")
+# The script next to this interpreter skips version-manager shims (pyenv adds ~0.3 s per call).
+PGQUEUE = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else (shutil.which("pgqueue") or "pgqueue")
+ACTOR = f"cli:{getpass.getuser()}"
+Conn = psycopg.Connection[TupleRow]
+
+
+def _env(dsn: str | None) -> dict[str, str]:
+    env = {**os.environ, "PGQUEUE_EMBEDDED": "0"}  # a misconfigured test must never start a server
+    env.pop("COLUMNS", None)  # tables are laid out for a pipe, whatever the terminal running pytest
+    env.pop("DATABASE_URL", None)
+    if dsn is not None:
+        env["PGQUEUE_DSN"] = dsn
+    return env
+
+
+def run(dsn: str | None, *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([PGQUEUE, *args], env=_env(dsn), stdin=stdin, capture_output=True, text=True,
+                            timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def ok(dsn: str, *args: str) -> str:
+    result = run(dsn, *args)
+    assert result.returncode == 0, f"pgqueue {' '.join(args)} exited {result.returncode}: {result.stderr}"
+    return result.stdout
+
+
+def ok_json(dsn: str, *args: str) -> Any:
+    return json.loads(ok(dsn, *args, "--json"))
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pgqueue: error: "), lines[0]
+    assert expected in lines[0], lines[0]
+
+
+def enqueue(conn: Conn, task: str = "t", queue: str = "default", state: str | None = None, **options: Any) -> int:
+    """A committed job, optionally forced into ``state`` as a worker would have left it."""
+    job_id = App().enqueue(conn, task, {"n": 1}, queue=queue, **options)
+    if state is not None:
+        conn.execute(
+            """UPDATE pgqueue.jobs SET state = %(state)s, attempt = 1,
+                      worker_id = CASE WHEN %(state)s = 'running' THEN 'w-test' END,
+                      lease_token = CASE WHEN %(state)s = 'running' THEN gen_random_uuid() END,
+                      finished_at = CASE WHEN %(state)s IN ('completed', 'failed', 'cancelled') THEN now() END
+               WHERE id = %(id)s""", {"state": state, "id": job_id})
+    conn.commit()
+    return job_id
+
+
+def audit(conn: Conn, job_id: int | None, event: str) -> list[tuple[Any, ...]]:
+    """(actor, detail) of the audit rows for ``event``, of a job or of queue actions (job_id NULL)."""
+    rows = conn.execute(
+        "SELECT actor, detail FROM pgqueue.job_events WHERE job_id IS NOT DISTINCT FROM %s AND event = %s ORDER BY id",
+        [job_id, event]).fetchall()
+    conn.rollback()
+    return rows
+
+
+def job_state(conn: Conn, job_id: int) -> str | None:
+    row = conn.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    conn.rollback()
+    return row[0] if row else None
+
+
+def add_live_worker(conn: Conn, queues: list[str]) -> None:
+    conn.execute("INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, lease_expires_at) "
+                 "VALUES ('w-test', 'test-host', 4242, %s, 4, now() + interval '5 minutes')", [queues])
+    conn.commit()
+
+
+# --- enqueue ---
+
+
+def test_enqueue_prints_the_new_jobs_id_and_stores_every_option(dsn: str, conn: Conn) -> None:
+    out = ok(dsn, "enqueue", "send-email", "--args", '{"to": "a@example.com", "n": [1, 2]}', "--queue", "emails",
+             "--priority", "high", "--run-at", "2030-01-02T03:04:05+02:00", "--max-attempts", "3",
+             "--unique-key", "welcome-42", "--tag", "billing", "--tag", "facility:001")
+    second = ok_json(dsn, "enqueue", "render-report", "--priority", "7", "--delay", "3600")
+
+    job_id = int(out.strip())
+    row = conn.execute("SELECT task, queue, state, priority, args, max_attempts, run_at, unique_key, tags "
+                       "FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None
+    task, queue, state, priority, args, max_attempts, run_at, unique_key, tags = row
+    assert (task, queue, state, priority, max_attempts) == ("send-email", "emails", "scheduled", 25, 3)
+    assert args == {"to": "a@example.com", "n": [1, 2]}
+    assert run_at.isoformat().startswith("2030-01-02T01:04:05")
+    assert (unique_key, tags) == ("welcome-42", ["billing", "facility:001"])
+    assert set(second) == {"id"}
+    delayed = conn.execute("SELECT state, priority, run_at - enqueued_at > interval '59 minutes' FROM pgqueue.jobs "
+                           "WHERE id = %s", [second["id"]]).fetchone()
+    assert delayed == ("scheduled", 7, True)
+
+
+# --- jobs ---
+
+
+def test_jobs_list_and_show_print_tables_for_people_and_every_column_as_json(dsn: str, conn: Conn) -> None:
+    job_id = enqueue(conn, "send-email", "emails", tags=["billing"])
+    enqueue(conn, "other", "reports")
+    conn.execute("""UPDATE pgqueue.jobs SET state = 'failed', attempt = 2, max_attempts = 2, progress = 40,
+                    progress_note = 'page 2', finished_at = now(),
+                    last_error = '{"type": "ValueError", "message": "bad [input]", "traceback": "Traceback ..."}'
+                    WHERE id = %s""", [job_id])
+    conn.commit()
+
+    table = ok(dsn, "jobs", "list", "--queue", "emails")
+    listed = ok_json(dsn, "jobs", "list", "--state", "failed", "--limit", "5")
+    shown = ok(dsn, "jobs", "show", str(job_id))
+    detail = ok_json(dsn, "jobs", "show", str(job_id))
+
+    header = table.splitlines()[0].split()
+    assert header[:5] == ["ID", "TASK", "QUEUE", "STATE", "PRIORITY"]
+    assert "send-email" in table
+    assert "other" not in table
+    assert [j["id"] for j in listed] == [job_id]
+    assert {"id", "task", "queue", "state", "priority", "args", "attempt", "max_attempts", "run_at", "enqueued_at",
+            "started_at", "finished_at", "progress", "progress_note", "result", "last_error", "unique_key", "tags",
+            "worker_id"} <= set(listed[0])
+    assert "ValueError: bad [input]" in shown  # printed as text, not eaten as rich markup
+    assert "40% (page 2)" in shown
+    assert "audit trail (1 event)" in shown
+    assert "last error traceback:" in shown
+    assert detail["state"] == "failed"
+    assert detail["last_error"]["type"] == "ValueError"
+    assert (detail["progress"], detail["progress_note"], detail["tags"]) == (40, "page 2", ["billing"])
+    assert detail["enqueued_at"].endswith("+00:00")  # ISO 8601 with its offset
+    assert [e["event"] for e in detail["events"]] == ["enqueued"]
+
+
+def test_jobs_retry_cancel_and_delete_change_state_and_write_audit_rows_with_the_cli_actor(
+        dsn: str, conn: Conn) -> None:
+    failed = enqueue(conn, queue="a", state="failed")
+    failed_a = enqueue(conn, queue="a", state="failed")
+    failed_b = enqueue(conn, queue="b", state="failed")
+    running = enqueue(conn, queue="a", state="running")
+    completed = enqueue(conn, queue="a", state="completed")
+
+    retried = ok(dsn, "jobs", "retry", str(failed))
+    bulk = ok_json(dsn, "jobs", "retry", "--failed", "--queue", "a")
+    cancelled = ok(dsn, "jobs", "cancel", str(running))
+    deleted = ok_json(dsn, "jobs", "delete", str(completed))
+
+    assert f"retried job {failed}" in retried
+    assert bulk == {"retried": [failed_a], "count": 1}
+    assert f"cancelled job {running} (was running)" in cancelled
+    assert deleted == {"id": completed, "deleted": True}
+    assert [job_state(conn, j) for j in (failed, failed_a, failed_b, running, completed)] == [
+        "available", "available", "failed", "cancelled", None]
+    assert audit(conn, failed, "retried") == [(ACTOR, None)]
+    assert audit(conn, failed_a, "retried") == [(ACTOR, None)]
+    assert audit(conn, running, "cancelled") == [(ACTOR, None)]
+    assert audit(conn, completed, "deleted") == [(ACTOR, None)]
+
+
+# --- queues ---
+
+
+def test_queues_list_pause_resume_and_purge_with_audit_rows(dsn: str, conn: Conn) -> None:
+    failed = enqueue(conn, queue="emails", state="failed")
+    completed = enqueue(conn, queue="emails", state="completed")
+    running = enqueue(conn, queue="emails", state="running")
+
+    ok(dsn, "queues", "pause", "emails")
+    paused = ok_json(dsn, "queues", "list")
+    ok(dsn, "queues", "resume", "emails")
+    table = ok(dsn, "queues", "list")
+    unconfirmed = run(dsn, "queues", "purge", "emails")  # stdin is not a terminal and no --yes
+    purged_failed = ok_json(dsn, "queues", "purge", "emails", "--state", "failed", "--yes")
+    purged_rest = ok(dsn, "queues", "purge", "emails", "--yes")
+
+    assert paused == [{"queue": "emails", "paused": True, "scheduled": 0, "available": 0, "running": 1,
+                       "completed": 1, "failed": 1, "cancelled": 0, "oldest_available_seconds": None}]
+    assert table.splitlines()[0].split()[:3] == ["QUEUE", "PAUSED", "SCHEDULED"]
+    assert "emails" in table
+    assert_one_line_error(unconfirmed, "stdin is not a terminal; pass --yes")
+    assert purged_failed == {"queue": "emails", "state": "failed", "purged": 1}
+    assert "purged 1 jobs from queue 'emails'" in purged_rest
+    assert [job_state(conn, j) for j in (failed, completed, running)] == [None, None, "running"]
+    assert audit(conn, None, "queue_paused") == [(ACTOR, {"queue": "emails"})]
+    assert audit(conn, None, "queue_resumed") == [(ACTOR, {"queue": "emails"})]
+    assert audit(conn, failed, "purged") == [(ACTOR, {"queue": "emails"})]
+    assert audit(conn, completed, "purged") == [(ACTOR, {"queue": "emails"})]
+
+
+def _purge_on_a_terminal(dsn: str, answer: str) -> subprocess.CompletedProcess[str]:
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, answer.encode())  # typed ahead; the prompt reads it from the terminal
+        return run(dsn, "queues", "purge", "emails", stdin=terminal)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+def test_queues_purge_on_a_terminal_deletes_only_after_the_operator_says_yes(dsn: str, conn: Conn) -> None:
+    job_id = enqueue(conn, queue="emails", state="failed")
+
+    refused = _purge_on_a_terminal(dsn, "n\n")
+    assert job_state(conn, job_id) == "failed"
+    accepted = _purge_on_a_terminal(dsn, "y\n")
+
+    assert "Delete 1 jobs from queue 'emails'" in refused.stderr
+    assert refused.returncode == 1
+    assert "purge cancelled; nothing was deleted" in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    assert "purged 1 jobs from queue 'emails'" in accepted.stdout
+    assert job_state(conn, job_id) is None
+
+
+# --- stats and health ---
+
+
+def test_stats_shows_counts_per_queue_and_state_totals_workers_and_notification_queue_usage(
+        dsn: str, conn: Conn) -> None:
+    enqueue(conn, queue="emails")
+    enqueue(conn, queue="emails", state="failed")
+    enqueue(conn, queue="reports", state="completed")
+    add_live_worker(conn, ["emails"])
+
+    text = ok(dsn, "stats")
+    data = ok_json(dsn, "stats")
+
+    assert "jobs per queue and state" in text
+    assert "total" in text
+    assert "workers (1 live)" in text
+    assert "test-host" in text
+    assert "notification queue usage: 0.0%" in text
+    assert "NOTIFY is transactional" in text
+    assert [(q["queue"], q["available"], q["failed"], q["completed"]) for q in data["queues"]] == [
+        ("emails", 1, 1, 0), ("reports", 0, 0, 1)]
+    assert data["totals"] == {"scheduled": 0, "available": 1, "running": 0, "completed": 1, "failed": 1,
+                              "cancelled": 0, "oldest_available_seconds": data["queues"][0]["oldest_available_seconds"]}
+    assert [(w["id"], w["alive"], w["queues"]) for w in data["workers"]] == [("w-test", True, ["emails"])]
+    assert data["live_workers"] == 1
+    assert 0.0 <= data["notification_queue_usage"] < 0.5
+    assert "COMMIT" in data["notification_queue_note"]
+
+
+def test_health_fails_with_exit_2_while_an_old_backlog_has_no_live_worker_and_passes_once_one_serves_it(
+        dsn: str, conn: Conn) -> None:
+    job_id = enqueue(conn, queue="emails")
+    conn.execute("UPDATE pgqueue.jobs SET run_at = now() - interval '10 minutes' WHERE id = %s", [job_id])
+    conn.commit()
+
+    stranded = run(dsn, "health", "--max-age", "60")
+    add_live_worker(conn, [])  # serves every queue
+    healthy = run(dsn, "health", "--json")
+
+    assert stranded.returncode == 2, stranded.stderr
+    lines = stranded.stdout.splitlines()
+    assert lines[0].startswith("ok    database: reachable at")
+    assert lines[1] == "ok    schema: at head, no pending migrations"
+    assert lines[2].startswith("FAIL  workers: ")
+    assert "'emails'" in lines[2]
+    assert lines[3].startswith("ok    notification_queue: ")
+    assert lines[-1] == "unhealthy"
+    assert healthy.returncode == 0, healthy.stdout
+    report = json.loads(healthy.stdout)
+    assert report["healthy"] is True
+    assert [(c["name"], c["status"]) for c in report["checks"]] == [
+        ("database", "ok"), ("schema", "ok"), ("workers", "ok"), ("notification_queue", "ok")]
+
+
+def test_health_fails_when_the_schema_is_not_migrated(empty_dsn: str) -> None:
+    result = run(empty_dsn, "health")
+
+    assert result.returncode == 2
+    assert "FAIL  schema: pending migrations: " in result.stdout
+    assert "skip  workers: the pgqueue schema is missing" in result.stdout
+
+
+def test_health_fails_without_a_traceback_or_the_password_when_the_database_is_unreachable() -> None:
+    result = run("postgresql://root:s3cret-pw@127.0.0.1:1/postgres", "health")
+
+    assert result.returncode == 2
+    assert "FAIL  database: cannot connect to postgresql://root:***@127.0.0.1:1/postgres" in result.stdout
+    assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+# --- user errors: one line on stderr, exit 1, no traceback ---
+
+
+@pytest.fixture(scope="module")
+def error_db(pg_server_dsn: str, template_db: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """One database for the error cases (they change nothing): a completed and a running job."""
+    with scratch_database(pg_server_dsn, template_db) as database_dsn, psycopg.connect(database_dsn) as conn:
+        yield database_dsn, {"completed": enqueue(conn, state="completed"), "running": enqueue(conn, state="running")}
+
+
+USER_ERRORS = [
+    (["enqueue", "t", "--args", '{"to": oops}'], "--args is not valid JSON: Expecting value at line 1, column 8"),
+    (["enqueue", "t", "--args", "[1, 2]"], "--args must be a JSON object"),
+    (["enqueue", "t", "--priority", "urgent"], "priority 'urgent' must be an integer or one of critical, high"),
+    (["enqueue", "t", "--queue", "Bad Queue"], "queue name 'Bad Queue' must match [a-z0-9_-]{1,63}"),
+    (["enqueue", "t", "--run-at", "2030-01-01T09:00"], "needs a UTC offset"),
+    (["jobs", "show", "424242"], "job 424242 not found"),
+    (["jobs", "retry", "424242"], "job 424242 not found"),
+    (["jobs", "show", "abc"], "job id 'abc' must be a positive integer"),
+    (["jobs", "list", "--state", "done"],
+     "state 'done' is not valid here; valid states: scheduled, available, running, completed, failed, cancelled"),
+    (["jobs", "cancel", "<completed>"],
+     "job <completed> is completed; only scheduled, available or running jobs can be cancelled"),
+    (["jobs", "delete", "<running>"], "job <running> is running; a running job cannot be deleted: cancel it first"),
+    (["queues", "pause", "Bad Queue"], "queue name 'Bad Queue' must match"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), USER_ERRORS, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in
+                                                                  enumerate(USER_ERRORS)])
+def test_a_user_error_prints_one_line_and_exits_1(error_db: tuple[str, dict[str, int]], argv: list[str],
+                                                  message: str) -> None:
+    database_dsn, ids = error_db
+
+    def fill(text: str) -> str:
+        for name, job_id in ids.items():
+            text = text.replace(f"<{name}>", str(job_id))
+        return text
+
+    result = run(database_dsn, *map(fill, argv))
+
+    assert_one_line_error(result, fill(message))
+    assert result.stdout == ""
+
+
+def test_an_unreachable_database_is_one_line_without_the_password() -> None:
+    result = run("postgresql://root:s3cret-pw@127.0.0.1:1/postgres", "jobs", "list")
+
+    assert_one_line_error(result, "cannot connect to postgresql://root:***@127.0.0.1:1/postgres")
+    assert "s3cret-pw" not in result.stderr
