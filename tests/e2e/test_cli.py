@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -257,7 +258,7 @@ def test_stats_shows_counts_per_queue_and_state_totals_workers_and_notification_
     assert "total" in text
     assert "workers (1 live)" in text
     assert "test-host" in text
-    assert "notification queue usage: 0.0%" in text
+    assert re.search(r"notification queue usage: \d+\.\d%", text)  # server-wide, so not necessarily 0
     assert "NOTIFY is transactional" in text
     assert [(q["queue"], q["available"], q["failed"], q["completed"]) for q in data["queues"]] == [
         ("emails", 1, 1, 0), ("reports", 0, 0, 1)]
