@@ -67,6 +67,8 @@ def encode_json(value: Any) -> str:
 
 
 def check_queue_name(queue: str) -> str:
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+    # fullmatch: with match, "$" also matches before a trailing newline, which the database's
+    # CHECK constraint then refuses with a traceback instead of this typed error.
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
         raise InvalidQueueName(f"queue name {queue!r} must match [a-z0-9_-]{{1,63}}")
     return queue
