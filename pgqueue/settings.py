@@ -103,15 +103,18 @@ def normalize_dsn(dsn: str) -> str:
 def redact_dsn(dsn: str) -> str:
     """Render a DSN for logs and messages without its password."""
     if "://" not in dsn:
-        return re.sub(r"password\s*=\s*\S+", "password=***", dsn)
+        # A quoted value may hold spaces: password='a b' must go whole, not up to the space.
+        return re.sub(r"password\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+)", "password=***", dsn)
     parts = urlsplit(dsn)
+    # libpq also takes the password as a query parameter: postgresql://u@h/db?password=...
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
     if parts.password is None:
-        return dsn
+        return dsn if query == parts.query else urlunsplit(parts._replace(query=query))
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
     netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def embedded_allowed(env: Mapping[str, str] | None = None) -> bool:
