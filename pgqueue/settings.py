@@ -110,9 +110,9 @@ def redact_dsn(dsn: str) -> str:
     query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
     if parts.password is None:
         return dsn if query == parts.query else urlunsplit(parts._replace(query=query))
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # The raw host part, not .hostname/.port: those reject what libpq accepts (several hosts,
+    # a port list) and a bad port must still be rendered, not crash the error message.
+    host = parts.netloc.rpartition("@")[2]
     netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

@@ -120,10 +120,7 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
 
     conninfo = normalize_dsn(dsn)
     password = _password_of(conninfo)
-    try:
-        shown = redact_dsn(conninfo)
-    except ValueError:  # a URL urllib cannot take apart (e.g. a non-numeric port): show none of it
-        shown = "the configured DSN"
+    shown = redact_dsn(conninfo)
     if password and password in shown:  # a form redact_dsn does not know; never echo the secret
         shown = shown.replace(password, "***")
     try:

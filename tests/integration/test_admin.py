@@ -110,7 +110,7 @@ def test_retry_of_a_failed_job_makes_it_available_with_one_more_attempt_and_audi
     job = store.get_job(job_id)
     assert job is not None
     assert (job["state"], job["finished_at"], job["max_attempts"]) == ("available", None, 4)
-    assert events(tx, job_id)[-1][:4] == ("retried", None, "available", ACTOR)
+    assert events(tx, job_id)[-1][:4] == ("retried", "failed", "available", ACTOR)
 
 
 @pytest.mark.parametrize("state", ["scheduled", "available", "running", "completed"])
@@ -292,7 +292,8 @@ def test_list_job_events_returns_one_jobs_trail_in_the_order_it_happened(tx: Con
     ("postgresql://root:s3cret-pw@127.0.0.1:1/postgres", DatabaseUnavailable,
      "cannot connect to postgresql://root:***@127.0.0.1:1/postgres: "),
     ("host=127.0.0.1 port=1 user=root password=s3cret-pw", DatabaseUnavailable, "password=***"),
-    ("postgresql://root:s3cret-pw@127.0.0.1:notaport/postgres", DatabaseUnavailable, "the configured DSN"),
+    ("postgresql://root:s3cret-pw@127.0.0.1:notaport/postgres", DatabaseUnavailable,
+     "postgresql://root:***@127.0.0.1:notaport/postgres"),
     ("postgresql://root:s3cret-pw@127.0.0.1/postgres?bogus=1", InvalidDSN, "is not a valid PostgreSQL DSN"),
 ])
 def test_connect_names_the_dsn_without_its_password_when_it_cannot_connect(

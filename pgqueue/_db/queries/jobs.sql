@@ -265,18 +265,24 @@ LIMIT %(limit)s;
 -- name: retry_jobs
 -- Failed or cancelled jobs go back to available now. A job that used all its attempts gets one
 -- more, so a manual retry always runs at least once.
-WITH retried AS (
-    UPDATE pgqueue.jobs AS j
-    SET state = 'available', run_at = now(), finished_at = NULL, lease_token = NULL,
-        max_attempts = GREATEST(j.max_attempts, j.attempt + 1)
+-- The rows are locked first so the audit row can record the state each job left.
+WITH before AS MATERIALIZED (
+    SELECT id, state FROM pgqueue.jobs AS j
     WHERE j.state IN ('failed', 'cancelled')
       AND (%(ids)b::bigint[] IS NULL OR j.id = ANY(%(ids)b::bigint[]))
       AND (%(only_failed)s::boolean IS FALSE OR j.state = 'failed')
       AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
-    RETURNING j.id, j.queue, j.attempt
+    FOR NO KEY UPDATE
+), retried AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'available', run_at = now(), finished_at = NULL, lease_token = NULL,
+        max_attempts = GREATEST(j.max_attempts, j.attempt + 1)
+    FROM before
+    WHERE j.id = before.id
+    RETURNING j.id, j.queue, j.attempt, before.state AS from_state
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
-    SELECT id, 'retried', 'available', attempt, %(actor)s FROM retried
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
+    SELECT id, 'retried', from_state, 'available', attempt, %(actor)s FROM retried
 ), notified AS (
     SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
