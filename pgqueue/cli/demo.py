@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue import _demo, _migrate
+from pgqueue import _demo
 from pgqueue._db.admin import recreate_database
 from pgqueue._db.store import JobStore
 from pgqueue._worker.loop import Worker
@@ -74,6 +74,8 @@ def demo(
         demo_dsn = server
     try:
         errors.print(f"[dim]database: {redact_dsn(demo_dsn)}[/dim]")
+        from pgqueue import _migrate  # alembic + SQLAlchemy: loaded only by the commands that migrate
+
         _migrate.upgrade(demo_dsn)
         app = _demo.app
         app._dsn = demo_dsn

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from pgqueue import _migrate
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
 
@@ -21,6 +20,9 @@ def migrate(
     ] = False,
 ) -> None:
     """Create or upgrade the pgqueue schema (safe to run from several deploys at once)."""
+    # Imported here: alembic and SQLAlchemy cost ~0.2 s, which every other command would pay.
+    from pgqueue import _migrate
+
     if check and sql:
         fail("--check and --sql cannot be combined")
     try:
