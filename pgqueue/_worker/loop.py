@@ -119,8 +119,11 @@ class Worker:
         return asyncio.run(self.run_async(install_signal_handlers))
 
     def stop(self) -> None:
-        """Ask the worker to stop claiming and shut down gracefully (thread-safe)."""
-        if self._loop is not None:
+        """Ask the worker to stop claiming and shut down gracefully (thread-safe, idempotent)."""
+        if self._loop is None:
+            self._stopping = True  # not started yet: run() starts, sees this, and stops at once
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: run() has already returned
             self._loop.call_soon_threadsafe(self._begin_stop)
 
     def _begin_stop(self) -> None:
