@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -29,6 +30,7 @@ from pgqueue._log import get_logger
 from pgqueue._payload import encode_result
 from pgqueue._worker.background import Heartbeat, Maintenance
 from pgqueue._worker.executor import JobRunner, LeaseLost
+from pgqueue._worker.supervisor import PARENT_ENV
 from pgqueue.errors import PgqueueError
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
@@ -47,6 +49,8 @@ _KEEPALIVES: dict[str, Any] = {
 }
 _MAX_CLAIM_BATCH = 200
 
+T = TypeVar("T")
+
 
 class _Connection:
     """One autocommit connection that reconnects on demand after a failure."""
@@ -62,6 +66,26 @@ class _Connection:
             self.conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, application_name=f"pgqueue-{self.name}", **_KEEPALIVES)
         return self.conn
+
+    async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``operation``, replacing at once a session that turns out to be dead on first use.
+
+        The server ends idle sessions (a role's ``idle_session_timeout``, ``pg_terminate_backend``,
+        a restart) and the client only learns it with its next statement, which then never ran.
+        Retrying it once on a new session is what a caller backing off would do anyway, minus
+        the delay and the warning; a failure on a fresh session, or a statement error on a live
+        one (read-only, timeout), still reaches the caller.
+        """
+        reused = self.conn is not None and not self.conn.closed and not self.conn.broken
+        conn = await self.get()
+        try:
+            return await operation(conn)
+        except (PgqueueError, psycopg.Error):
+            if not (reused and conn.broken):
+                raise
+        get_logger("pgqueue.worker").debug("database.session_replaced", role=self.name)
+        await self.close()
+        return await operation(await self.get())
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -137,8 +161,16 @@ class Worker:
 
     def _on_signal(self, signum: int) -> None:
         if self._stopping:
+            log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+            if os.environ.get(PARENT_ENV):
+                # Under --processes, Ctrl-C (the terminal signals the whole process group) and a
+                # cgroup-wide SIGTERM (systemd's default) reach a child directly *and* through its
+                # supervisor: one request to stop, not two. The supervisor's own second signal
+                # SIGKILLs its children, so "exit now" still works.
+                log.info("worker.signal_ignored", signal=signum, reason="already stopping")
+                return
             # A second signal means "now": leases return the running jobs to the queue.
-            get_logger("pgqueue.worker", worker_id=self.worker_id).warning("worker.exit_now", signal=signum)
+            log.warning("worker.exit_now", signal=signum)
             os._exit(130)
         self._begin_stop()
 
@@ -206,13 +238,16 @@ class Worker:
                 conn = await psycopg.AsyncConnection.connect(
                     dsn, autocommit=True, application_name="pgqueue-listen", **_KEEPALIVES)
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                # Probe before the server's idle_session_timeout would end the session.
+                idle_limit = await AsyncJobStore(conn).idle_session_timeout()
+                probe = probe_every if idle_limit <= 0 else max(0.1, min(probe_every, idle_limit / 2))
                 if failures:
                     log.info("listener.reconnected")
                 failures = 0
                 # Anything enqueued while we were not listening was not announced to us.
                 self._wake()
                 while not self._stopping:
-                    async for notify in conn.notifies(timeout=probe_every):
+                    async for notify in conn.notifies(timeout=probe):
                         if self.queues is None or notify.payload in self.queues:
                             self._wake()
                     # A quiet connection may be a dead one: probe it, bounded in time.
@@ -250,8 +285,7 @@ class Worker:
             # Cleared before claiming, so a notification that arrives during the claim is kept.
             self._wakeup.clear()
             try:
-                conn = await claim_conn.get()
-                jobs = await AsyncJobStore(conn).claim_jobs(self.queues, min(free, _MAX_CLAIM_BATCH), self.worker_id)
+                jobs = await claim_conn.run(functools.partial(self._claim, limit=min(free, _MAX_CLAIM_BATCH)))
                 if failures:
                     log.info("database.reconnected", role="claim")
                 failures = 0
@@ -269,6 +303,9 @@ class Worker:
                 # The queue is (momentarily) empty: sleep until notified, or poll as a fallback.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.poll_seconds)
+
+    async def _claim(self, conn: psycopg.AsyncConnection[Any], limit: int) -> list[Job]:
+        return await AsyncJobStore(conn).claim_jobs(self.queues, limit, self.worker_id)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         # _wakeup is also set by a stop request, so shutdown never waits out a backoff.
@@ -312,7 +349,7 @@ class Worker:
                 continue
             batch, self._acks = self._acks, []
             try:
-                await self._write_outcomes(await ack_conn.get(), batch, log)
+                await ack_conn.run(functools.partial(self._write_outcomes, batch=batch, log=log))
                 failures = 0
             except (PgqueueError, psycopg.Error, OSError) as exc:
                 # Outcomes are idempotent under their lease token: put them back and retry.
@@ -392,7 +429,7 @@ class Worker:
     async def _run_transactional(self, task: Task, job: Job) -> None:
         if task.is_async:
             pool = await self._get_async_tx_pool()
-            async with pool.connection() as conn, conn.transaction():
+            async with _live_async_connection(pool) as conn, conn.transaction():
                 job.connection = conn
                 result = await task.fn(job, **job.args)
                 outcome = self._tx_outcome(job, result)
@@ -402,7 +439,7 @@ class Worker:
         tx_pool = self._get_tx_pool()
 
         def run_in_thread() -> None:
-            with tx_pool.connection() as conn, conn.transaction():
+            with _live_connection(tx_pool) as conn, conn.transaction():
                 job.connection = conn
                 result = task.fn(job, **job.args)
                 outcome = self._tx_outcome(job, result)
@@ -440,6 +477,43 @@ class Worker:
             await asyncio.to_thread(self._tx_pool.close, 5)
         if self._async_tx_pool is not None:
             await self._async_tx_pool.close(5)
+
+
+# A pooled session may have been ended by the server while it sat idle (a role's
+# idle_session_timeout, a restart); a handler given one would fail its attempt on its first
+# statement. So each is pinged and dead ones are dropped (the pool replaces them) before a handler
+# gets a connection. Not psycopg_pool's check=: it sleeps about a second between failed checks,
+# longer than an aggressive idle_session_timeout, so each replacement died idle before its turn.
+@contextlib.contextmanager
+def _live_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    conn = pool.getconn()
+    for _ in range(pool.max_size):
+        try:
+            pool.check_connection(conn)
+            break
+        except psycopg.Error:
+            pool.putconn(conn)
+            conn = pool.getconn()
+    try:
+        yield conn
+    finally:
+        pool.putconn(conn)
+
+
+@contextlib.asynccontextmanager
+async def _live_async_connection(pool: AsyncConnectionPool[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    conn = await pool.getconn()
+    for _ in range(pool.max_size):
+        try:
+            await pool.check_connection(conn)
+            break
+        except psycopg.Error:
+            await pool.putconn(conn)
+            conn = await pool.getconn()
+    try:
+        yield conn
+    finally:
+        await pool.putconn(conn)
 
 
 def _first_line(exc: BaseException) -> str:
