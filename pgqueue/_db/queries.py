@@ -73,6 +73,7 @@ class WorkerQueries(NamedTuple):
     list_workers: LiteralString
     acquire_leadership: LiteralString
     resign_leadership: LiteralString
+    idle_session_timeout: LiteralString
 
 
 class EventQueries(NamedTuple):

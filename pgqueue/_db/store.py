@@ -322,6 +322,12 @@ class AsyncJobStore:
                     ids[index] = int(row[0]) if row else await self.insert_job(jobs[index], actor)
         return [int(i) for i in ids if i is not None]
 
+    async def idle_session_timeout(self) -> float:
+        with translate_errors():
+            cur = await self.conn.execute(WORKERS.idle_session_timeout)
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
     async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str) -> list[Job]:
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}

@@ -47,12 +47,27 @@ class _ConnectedLoop(threading.Thread):
             self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
         return self._conn
 
+    def _tick_replacing_dead_session(self) -> None:
+        # A session the server ended while idle (idle_session_timeout, pg_terminate_backend) fails
+        # on its next statement, which never ran: replace it and tick again at once, as
+        # loop._Connection.run does. Failing on a fresh session is the database being unavailable.
+        reused = self._conn is not None and not self._conn.closed and not self._conn.broken
+        conn = self._connect()
+        try:
+            self.tick(JobStore(conn))
+        except (psycopg.Error, PgqueueError):
+            if not (reused and conn.broken):
+                raise
+            get_logger(f"pgqueue.{self.name}").debug("database.session_replaced", thread=self.name)
+            self._close()
+            self.tick(JobStore(self._connect()))
+
     def run(self) -> None:
         log = get_logger(f"pgqueue.{self.name}")
         failures = 0
         while not self.stopping.is_set():
             try:
-                self.tick(JobStore(self._connect()))
+                self._tick_replacing_dead_session()
                 if failures:
                     log.info("database.reconnected", thread=self.name)
                 failures = 0

@@ -35,3 +35,9 @@ RETURNING holder;
 
 -- name: resign_leadership
 DELETE FROM pgqueue.leaders WHERE name = %(name)s AND holder = %(holder)s;
+
+-- name: idle_session_timeout
+-- Seconds after which the server ends a session idle outside a transaction (0: never). A role or
+-- database may set it to reap idle pooled connections; the worker's LISTEN session probes within
+-- it, since a listener that is dropped again and again also drops the notifications sent meanwhile.
+SELECT COALESCE(extract(epoch FROM current_setting('idle_session_timeout', true)::interval), 0)::float8;
