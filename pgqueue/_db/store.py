@@ -64,6 +64,12 @@ def translate_errors() -> Iterator[None]:
     except psycopg.OperationalError as exc:
         text = str(exc).strip().splitlines()
         raise DatabaseUnavailable(f"database unavailable: {text[0] if text else type(exc).__name__}") from exc
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        # A primary fenced read-only (default_transaction_read_only) or a DSN that now reaches a
+        # standby: the server is up but takes no writes, so nothing was written. Not an
+        # OperationalError in psycopg's hierarchy (it is SQLSTATE class 25), hence its own clause.
+        raise DatabaseUnavailable(f"database unavailable for writes: it is read-only "
+                                  f"({exc.diag.message_primary})") from exc
 
 
 def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
