@@ -1,0 +1,261 @@
+"""The claim query: what a batch claim takes, in what order, how it locks, and how it is planned.
+
+Behaviour tests call ``AsyncJobStore.claim_jobs`` (what the worker loop runs) on real, concurrent
+connections. The plan tests EXPLAIN both claim queries against a table holding 100k finished jobs
+and 1k claimable ones: the claim must use its partial index, never scan the table's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from pgqueue import App, JobSpec
+from pgqueue._db.queries import JOBS
+from pgqueue._db.store import AsyncJobStore
+from pgqueue.jobs import Job
+from pgqueue.settings import Settings
+from tests.helpers import scratch_database
+
+Conn = psycopg.Connection[TupleRow]
+
+FINISHED_JOBS = 100_000
+CLAIMABLE_JOBS = 1_000
+
+
+@pytest.fixture(scope="module")
+def module_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
+    with scratch_database(pg_server_dsn, template_db) as database_dsn:
+        yield database_dsn
+
+
+@pytest.fixture
+def dsn(module_dsn: str) -> str:
+    """Overrides the per-test database: one per module, emptied before each test (claims commit)."""
+    with psycopg.connect(module_dsn, autocommit=True) as setup:
+        setup.execute("TRUNCATE pgqueue.jobs, pgqueue.job_events, pgqueue.queues RESTART IDENTITY")
+    return module_dsn
+
+
+@pytest.fixture
+def app(dsn: str) -> App:
+    return App(dsn, settings=Settings(dsn=dsn))
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+async def claim(dsn: str, queues: list[str] | None, limit: int, worker_id: str = "w-test") -> list[Job]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        return await AsyncJobStore(conn).claim_jobs(queues, limit, worker_id)
+
+
+# --- what a claim takes -----------------------------------------------------------------------
+
+
+def test_concurrent_batch_claims_never_take_more_than_asked_and_never_the_same_job_twice(
+        app: App, dsn: str, db: Conn) -> None:
+    app.enqueue_many(None, [JobSpec("t", {"n": n}) for n in range(100)])
+    claimers, batch_size = 8, 5
+
+    async def claimer(conn: psycopg.AsyncConnection[Any], worker_id: str, go: asyncio.Event) -> list[list[int]]:
+        store = AsyncJobStore(conn)
+        batches: list[list[int]] = []
+        await go.wait()
+        while batch := await store.claim_jobs(None, batch_size, worker_id):
+            batches.append([job.id for job in batch])
+        return batches
+
+    async def scenario() -> list[list[list[int]]]:
+        conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(claimers)]
+        go = asyncio.Event()
+        try:
+            tasks = [asyncio.create_task(claimer(conn, f"w{i}", go)) for i, conn in enumerate(conns)]
+            go.set()
+            return await asyncio.gather(*tasks)
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    results = asyncio.run(scenario())
+
+    batches = [batch for per_claimer in results for batch in per_claimer]
+    assert all(1 <= len(batch) <= batch_size for batch in batches), [len(b) for b in batches]
+    claimed = [job_id for batch in batches for job_id in batch]
+    assert len(claimed) == 100
+    assert len(set(claimed)) == 100, "a job was claimed twice"
+    assert sum(1 for per_claimer in results if per_claimer) > 1, "one claimer took everything: no concurrency"
+    assert db.execute(
+        "SELECT count(*), count(DISTINCT lease_token), min(attempt), max(attempt) FROM pgqueue.jobs"
+        " WHERE state = 'running'").fetchone() == (100, len(batches), 1, 1)
+    assert db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'claimed'").fetchone() == (100,)
+
+
+def test_claims_follow_priority_then_run_at_then_id(app: App, dsn: str, conn: Conn) -> None:
+    now = datetime.now(UTC)
+    ago = {n: now - timedelta(minutes=n) for n in range(1, 4)}
+    low = app.enqueue(conn, "t", {}, priority="low", run_at=ago[3])
+    normal_later = app.enqueue(conn, "t", {}, priority="normal", run_at=ago[1])
+    critical_later = app.enqueue(conn, "t", {}, priority="critical", run_at=ago[1])
+    normal_earlier = app.enqueue(conn, "t", {}, priority="normal", run_at=ago[2], queue="other")
+    critical_earlier = app.enqueue(conn, "t", {}, priority="critical", run_at=ago[2])
+    critical_earlier_too = app.enqueue(conn, "t", {}, priority="critical", run_at=ago[2])
+    conn.commit()
+
+    order = [job.id for _ in range(6) for job in asyncio.run(claim(dsn, None, 1))]
+
+    assert order == [critical_earlier, critical_earlier_too, critical_later, normal_earlier, normal_later, low]
+
+
+def test_a_claim_for_named_queues_takes_only_their_jobs_in_priority_order(app: App, dsn: str, conn: Conn) -> None:
+    emails_low = app.enqueue(conn, "t", {}, queue="emails", priority="low")
+    reports_high = app.enqueue(conn, "t", {}, queue="reports", priority="high")
+    app.enqueue(conn, "t", {}, queue="other", priority="critical")
+    conn.commit()
+
+    claimed = asyncio.run(claim(dsn, ["emails", "reports"], 10))
+
+    assert [job.id for job in claimed] == [reports_high, emails_low]
+
+
+def test_scheduled_jobs_are_not_claimed_before_their_time(app: App, dsn: str, conn: Conn) -> None:
+    app.enqueue(conn, "t", {}, delay=3600)
+    conn.commit()
+
+    assert asyncio.run(claim(dsn, None, 10)) == []
+
+
+def test_jobs_of_paused_queues_are_skipped_until_the_queue_resumes(
+        app: App, dsn: str, conn: Conn, db: Conn) -> None:
+    paused_job = app.enqueue(conn, "t", {}, queue="paused", priority="critical")
+    open_job = app.enqueue(conn, "t", {}, queue="open")
+    conn.commit()
+    db.execute("INSERT INTO pgqueue.queues (name, paused) VALUES ('paused', true)")
+
+    assert asyncio.run(claim(dsn, ["paused"], 10)) == []
+    assert [job.id for job in asyncio.run(claim(dsn, None, 10))] == [open_job]
+
+    db.execute("UPDATE pgqueue.queues SET paused = false WHERE name = 'paused'")
+    assert [job.id for job in asyncio.run(claim(dsn, ["paused", "open"], 10))] == [paused_job]
+
+
+def test_a_claim_returns_what_the_handler_needs_and_starts_a_lease(app: App, dsn: str, conn: Conn, db: Conn) -> None:
+    job_id = app.enqueue(conn, "send-email", {"to": "a@example.com"}, queue="emails", priority="high",
+                         max_attempts=3, tags=["billing"])
+    conn.commit()
+
+    [claimed] = asyncio.run(claim(dsn, ["emails"], 10, worker_id="w-7"))
+
+    assert (claimed.id, claimed.task, claimed.queue, claimed.args, claimed.attempt, claimed.max_attempts,
+            claimed.priority, claimed.tags) == (job_id, "send-email", "emails", {"to": "a@example.com"}, 1, 3, 25,
+                                                ("billing",))
+    row = db.execute("SELECT state, worker_id, lease_token::text, started_at IS NOT NULL FROM pgqueue.jobs"
+                     " WHERE id = %s", [job_id]).fetchone()
+    assert row == ("running", "w-7", claimed.lease_token, True)
+
+
+def test_claimed_rows_stay_open_to_key_share_locks_and_skipped_by_other_claimers(
+        app: App, dsn: str, conn: Conn, db: Conn) -> None:
+    ids = app.enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(4)])
+    conn.commit()
+
+    with asyncio.Runner() as runner:
+        holder = runner.run(psycopg.AsyncConnection.connect(dsn))  # a claim transaction left open
+        try:
+            held = {job.id for job in runner.run(AsyncJobStore(holder).claim_jobs(None, 2, "w-holder"))}
+            assert held == set(ids[:2])
+
+            # Another claimer passes the held rows instead of waiting for them.
+            others = {job.id for job in runner.run(claim(dsn, None, 10, "w-other"))}
+            assert others == set(ids[2:])
+
+            db.execute("SET lock_timeout = '500ms'")
+            for job_id in held:
+                # What a row referencing the job (an FK, an audit row) needs: FOR NO KEY UPDATE allows it.
+                assert db.execute("SELECT id FROM pgqueue.jobs WHERE id = %s FOR KEY SHARE", [job_id]).fetchone()
+                # ...while the row really is locked against writers (so the check above is not vacuous).
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    db.execute("SELECT id FROM pgqueue.jobs WHERE id = %s FOR UPDATE", [job_id])
+        finally:
+            runner.run(holder.rollback())
+            runner.run(holder.close())
+
+    # Rolled back: the held jobs are claimable again.
+    assert db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'available'").fetchone() == (2,)
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def history_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
+    """100k completed jobs (the history a busy queue keeps) and 1k claimable ones over 3 queues."""
+    with scratch_database(pg_server_dsn, template_db) as database_dsn:
+        with psycopg.connect(database_dsn, autocommit=True) as setup:
+            setup.execute(
+                "INSERT INTO pgqueue.jobs (task, queue, state, priority, args, attempt, run_at, enqueued_at,"
+                "                          started_at, finished_at, result)"
+                " SELECT 'done', 'q' || mod(g, 3), 'completed', 100, jsonb_build_object('n', g), 1,"
+                "        now() - interval '1 day', now() - interval '1 day', now() - interval '1 day', now(), 'null'"
+                " FROM generate_series(1, %s) AS g", [FINISHED_JOBS])
+            setup.execute(
+                "INSERT INTO pgqueue.jobs (task, queue, state, priority, args, run_at)"
+                " SELECT 'todo', 'q' || mod(g, 3), 'available', mod(g, 4) * 50, jsonb_build_object('n', g),"
+                "        now() - make_interval(secs => g)"
+                " FROM generate_series(1, %s) AS g", [CLAIMABLE_JOBS])
+            setup.execute("ANALYZE pgqueue.jobs")
+        yield database_dsn
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def explain(dsn: str, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("EXPLAIN (FORMAT JSON) " + query, params).fetchone()
+        conn.rollback()
+    assert row is not None
+    document = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return list(plan_nodes(document[0]["Plan"]))
+
+
+CLAIM_INDEXES = {"jobs_claim_idx", "jobs_claim_any_queue_idx"}
+
+
+@pytest.mark.parametrize("limit", [1, 200])
+@pytest.mark.parametrize(("name", "queues", "indexes"), [
+    # For named queues the planner may also walk the queue-less index in claim order and filter
+    # by queue (it does for small limits): both are partial indexes over claimable rows only.
+    ("claim_jobs", ["q1"], CLAIM_INDEXES),
+    ("claim_jobs", ["q0", "q2"], CLAIM_INDEXES),
+    ("claim_jobs_any_queue", None, {"jobs_claim_any_queue_idx"}),
+])
+def test_the_claim_uses_its_partial_index_and_never_scans_the_jobs_history(
+        history_dsn: str, name: str, queues: list[str] | None, indexes: set[str], limit: int) -> None:
+    query = getattr(JOBS, name)
+    params: dict[str, Any] = {"limit": limit, "worker_id": "w-plan", "lease_token": str(uuid.uuid4())}
+    if queues is not None:
+        params["queues"] = queues
+
+    nodes = explain(history_dsn, query, params)
+
+    jobs_scans = [n for n in nodes if n.get("Relation Name") == "jobs"]
+    assert not [n for n in jobs_scans if n["Node Type"] == "Seq Scan"], f"sequential scan on jobs: {jobs_scans}"
+    used = {n["Index Name"] for n in nodes if "Index Name" in n}  # bitmap index scans name no relation
+    assert used & indexes, f"{name} used none of {sorted(indexes)}; indexes used: {sorted(used)}"
+    # Whatever finds the rows to claim, the only other way into jobs is by primary key (the UPDATE).
+    assert used <= CLAIM_INDEXES | {"jobs_pkey"}, f"unexpected indexes: {sorted(used)}"
