@@ -86,3 +86,24 @@ WORKERS = load_queries(WorkerQueries, "workers.sql")
 EVENTS = load_queries(EventQueries, "events.sql")
 
 NOTIFY_CHANNEL = "pgqueue_jobs"
+
+
+class ScheduleQueries(NamedTuple):
+    db_now: LiteralString
+    lock_for_sync: LiteralString
+    list_schedules: LiteralString
+    get_schedule: LiteralString
+    get_schedule_for_update: LiteralString
+    insert_schedule: LiteralString
+    update_schedule: LiteralString
+    delete_schedule: LiteralString
+    set_schedule_paused: LiteralString
+    disable_code_schedules: LiteralString
+    lock_due_schedules: LiteralString
+    insert_scheduled_jobs: LiteralString
+    record_misfire: LiteralString
+    advance_schedule: LiteralString
+    next_wakeup: LiteralString
+
+
+SCHEDULES = load_queries(ScheduleQueries, "schedules.sql")

@@ -1,0 +1,243 @@
+"""ScheduleStore: one method per named query on pgqueue.schedules and pgqueue.schedule_runs.
+
+The store never decides anything (what is due, which fire times to insert): ``pgqueue.schedules``
+and ``pgqueue._scheduler`` do, with the time the store reads from the database. Transactions are
+the caller's: :meth:`ScheduleStore.transaction` is a real transaction on an autocommit
+connection and a savepoint inside the caller's transaction otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
+
+from pgqueue._db.queries import SCHEDULES
+from pgqueue._db.store import translate_errors
+from pgqueue._payload import encode_json
+from pgqueue.errors import PgqueueError, SchemaNotReady
+from pgqueue.settings import normalize_dsn
+
+#: A row of pgqueue.schedules, keyed by column name.
+ScheduleRow = dict[str, Any]
+
+# Keepalives let a half-open connection fail in about 25 s instead of the kernel's two hours.
+_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
+}
+
+
+@dataclass(frozen=True)
+class ScheduleValues:
+    """The definition columns written by an add, a replace or a sync (args as JSON text)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args_json: str
+    priority: int
+    misfire: str
+    max_catchup: int
+    source: str
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A schedule locked by a scheduler pass because a run is due (or it has no next_run_at yet)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    args: dict[str, Any]
+    priority: int
+    misfire: str
+    max_catchup: int
+    next_run_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """What every run of one schedule inserts (validated by the App, args as JSON text)."""
+
+    task: str
+    queue: str
+    priority: int
+    args_json: str
+    max_attempts: int
+    tags: tuple[str, ...]
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        with translate_errors():
+            yield
+    except psycopg.errors.UndefinedColumn as exc:
+        raise SchemaNotReady(f"the pgqueue schema is out of date ({exc.diag.message_primary}): "
+                             "run `pgqueue migrate`") from exc
+    except psycopg.Error as exc:
+        # Anything else (a lock or statement timeout, a deadlock) reaches the scheduler loop as a
+        # PgqueueError, which it logs and retries, and the CLI as one line.
+        text = str(exc).strip().splitlines()
+        raise PgqueueError(f"database error ({exc.sqlstate or type(exc).__name__}): "
+                           f"{text[0] if text else type(exc).__name__}") from exc
+
+
+class ScheduleStore:
+    """Queries on a psycopg connection. Built on a connection the caller owns, or with
+    :meth:`connect` on one of its own (closed by :meth:`close`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @classmethod
+    def connect(cls, dsn: str, *, application_name: str = "pgqueue-scheduler") -> ScheduleStore:
+        """A store on a new autocommit connection of its own."""
+        with _translated():
+            conn = psycopg.connect(normalize_dsn(dsn), autocommit=True, application_name=application_name,
+                                   **_KEEPALIVES)
+        return cls(conn)
+
+    @property
+    def usable(self) -> bool:
+        return not (self.conn.closed or self.conn.broken)
+
+    def close(self) -> None:
+        # Closing a broken connection can fail; there is nothing left to release then.
+        with suppress(psycopg.Error):
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All statements inside commit together, or none do.
+
+        On an autocommit connection this is a transaction of its own. On any other connection it
+        joins the caller's transaction as a savepoint, and the caller commits (as with enqueue).
+        """
+        with _translated():
+            if not self.conn.autocommit and self.conn.info.transaction_status == TransactionStatus.IDLE:
+                # psycopg's transaction() on an idle connection would BEGIN and COMMIT by itself;
+                # a first statement opens the caller's transaction so ours nests in it instead.
+                self.conn.execute(SCHEDULES.db_now)
+            with self.conn.transaction():
+                yield
+
+    # --- reads ---
+
+    def db_now(self) -> datetime:
+        with _translated():
+            row = self.conn.execute(SCHEDULES.db_now).fetchone()
+        if row is None:  # pragma: no cover - SELECT now() always returns a row
+            raise PgqueueError("SELECT now() returned no row")
+        value: datetime = row[0]
+        return value
+
+    def list_schedules(self) -> list[ScheduleRow]:
+        with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(SCHEDULES.list_schedules)
+            return cur.fetchall()
+
+    def get_schedule(self, name: str, *, for_update: bool = False) -> ScheduleRow | None:
+        query = SCHEDULES.get_schedule_for_update if for_update else SCHEDULES.get_schedule
+        with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, {"name": name})
+            return cur.fetchone()
+
+    def next_wakeup(self, exclude: Sequence[str] = ()) -> tuple[datetime, datetime | None]:
+        """The database's clock and the earliest next_run_at of an active schedule not in ``exclude``."""
+        with _translated():
+            row = self.conn.execute(SCHEDULES.next_wakeup, {"exclude": list(exclude)}).fetchone()
+        if row is None:  # pragma: no cover - an aggregate always returns a row
+            raise PgqueueError("next_wakeup returned no row")
+        return row[0], row[1]
+
+    # --- administration (each writes its audit row in the same statement) ---
+
+    def lock_for_sync(self) -> None:
+        with _translated():
+            self.conn.execute(SCHEDULES.lock_for_sync)
+
+    def insert_schedule(self, values: ScheduleValues, next_run_at: datetime | None, *, actor: str | None) -> bool:
+        """Insert a schedule; False when the name is taken (nothing written)."""
+        with _translated():
+            row = self.conn.execute(SCHEDULES.insert_schedule, _value_params(values, next_run_at, actor)).fetchone()
+        return row is not None
+
+    def update_schedule(self, values: ScheduleValues, next_run_at: datetime | None, *, event: str,
+                        actor: str | None, changed: Sequence[str], keep_next_run_at: bool = False) -> bool:
+        """Update a schedule of ``values.source``; ``keep_next_run_at`` leaves the current value."""
+        params = _value_params(values, next_run_at, actor) | {
+            "event": event, "changed": encode_json(list(changed)), "keep_next_run_at": keep_next_run_at}
+        with _translated():
+            return self.conn.execute(SCHEDULES.update_schedule, params).fetchone() is not None
+
+    def delete_schedule(self, name: str, *, actor: str | None) -> bool:
+        with _translated():
+            return self.conn.execute(SCHEDULES.delete_schedule, {"name": name, "actor": actor}).fetchone() is not None
+
+    def set_paused(self, name: str, paused: bool, next_run_at: datetime | None, *, actor: str | None) -> bool:
+        params = {"name": name, "paused": paused, "next_run_at": next_run_at, "actor": actor}
+        with _translated():
+            return self.conn.execute(SCHEDULES.set_schedule_paused, params).fetchone() is not None
+
+    def disable_code_schedules(self, keep: Sequence[str], *, actor: str | None) -> list[str]:
+        """Disable code schedules whose names are not in ``keep``; returns their names."""
+        with _translated():
+            rows = self.conn.execute(SCHEDULES.disable_code_schedules, {"keep": list(keep), "actor": actor}).fetchall()
+        return [r[0] for r in rows]
+
+    # --- the scheduler's pass ---
+
+    def lock_due_schedules(self, limit: int) -> list[DueSchedule]:
+        with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(SCHEDULES.lock_due_schedules, {"limit": limit})
+            return [DueSchedule(**row) for row in cur.fetchall()]
+
+    def insert_scheduled_jobs(self, schedule: str, job: ScheduledJob, fire_times: Sequence[datetime],
+                              catch_up: Sequence[bool], *, actor: str) -> list[tuple[int, datetime]]:
+        """Insert one job per fire time not yet recorded in schedule_runs.
+
+        Returns:
+            (job id, fire time) of the jobs inserted; fire times already recorded are left out.
+        """
+        params = {
+            "schedule": schedule, "fire_times": list(fire_times), "catch_up": list(catch_up),
+            "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args_json,
+            "max_attempts": job.max_attempts, "tags": list(job.tags), "actor": actor,
+        }
+        with _translated():
+            rows = self.conn.execute(SCHEDULES.insert_scheduled_jobs, params).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def record_misfire(self, schedule: str, *, policy: str, missed: int, missed_truncated: bool, inserted: int,
+                       dropped: int, first_missed: datetime | None, last_missed: datetime | None,
+                       actor: str) -> None:
+        with _translated():
+            self.conn.execute(SCHEDULES.record_misfire, {
+                "schedule": schedule, "policy": policy, "missed": missed, "missed_truncated": missed_truncated,
+                "inserted": inserted, "dropped": dropped, "first_missed": first_missed,
+                "last_missed": last_missed, "actor": actor,
+            })
+
+    def advance_schedule(self, name: str, next_run_at: datetime | None, last_run_at: datetime | None) -> None:
+        with _translated():
+            self.conn.execute(SCHEDULES.advance_schedule,
+                              {"name": name, "next_run_at": next_run_at, "last_run_at": last_run_at})
+
+
+def _value_params(values: ScheduleValues, next_run_at: datetime | None, actor: str | None) -> dict[str, Any]:
+    return {
+        "name": values.name, "cron": values.cron, "timezone": values.timezone, "task": values.task,
+        "queue": values.queue, "args": values.args_json, "priority": values.priority, "misfire": values.misfire,
+        "max_catchup": values.max_catchup, "source": values.source, "next_run_at": next_run_at, "actor": actor,
+    }
