@@ -846,4 +846,3 @@ def _safe_zone(name: str) -> tzinfo:
         return load_timezone(name)
     except InvalidTimezone:
         return UTC
-
