@@ -44,6 +44,10 @@ def _register() -> None:
     app.add_typer(embedded.app, name="embedded")
     app.command("migrate")(migrate.migrate)
     app.command("worker")(worker.worker)
+    from pgqueue.cli import scheduler, schedules
+
+    app.command("scheduler")(scheduler.scheduler)
+    app.add_typer(schedules.app, name="schedules")
     from pgqueue.cli import demo
 
     app.command("demo")(demo.demo)

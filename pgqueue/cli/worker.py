@@ -30,6 +30,8 @@ def worker(
         float | None, typer.Option(envvar="PGQUEUE_POLL_SECONDS", help="Fallback poll interval.")] = None,
     shutdown_grace_seconds: Annotated[
         float | None, typer.Option(envvar="PGQUEUE_SHUTDOWN_GRACE_SECONDS", help="SIGTERM grace period.")] = None,
+    with_scheduler: Annotated[bool, typer.Option(
+        "--with-scheduler", help="Also run the cron scheduler in this process (syncs the app's schedules).")] = False,
     dsn: DsnOption = None,
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
@@ -56,6 +58,8 @@ def worker(
         argv = [sys.executable, "-m", "pgqueue", "worker", "--app", app_path, "--concurrency", str(concurrency)]
         for name in queues or []:
             argv += ["--queue", name]
+        if with_scheduler:
+            argv.append("--with-scheduler")
         os.environ["PGQUEUE_DSN"] = app.dsn  # children read it from the environment, never from argv
         os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
@@ -66,8 +70,20 @@ def worker(
     from pgqueue._worker.supervisor import watch_parent
 
     watch_parent()
+    cron = None
+    if with_scheduler:
+        from pgqueue._scheduler import start_in_worker
+
+        try:
+            cron = start_in_worker(app)
+        except PgqueueError as exc:
+            fail(str(exc))
     runner = Worker(app, queues=queues, concurrency=concurrency, settings=settings)
-    code = runner.run()
+    try:
+        code = runner.run()
+    finally:
+        if cron is not None:
+            cron.stop()
     if runner.stuck_threads:
         # A handler thread that ignored shutdown would keep the interpreter alive; its job has
         # been released (or will be rescued), so leave now.

@@ -1,0 +1,202 @@
+"""pgqueue schedules list|add|remove|pause|resume: cron schedules managed at run time.
+
+Code schedules (``app.schedule``) are synced by ``pgqueue scheduler``; these commands manage
+run-time ones, and can pause, resume or remove either kind. Every change writes a
+``pgqueue.job_events`` row (job_id NULL, detail ``{"schedule": ...}``) with actor ``cli:<os user>``.
+Bad input is reported in one line before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from pgqueue._db.schedule_store import ScheduleStore
+from pgqueue.cli._admin import actor
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._output import Column, emit, emit_message
+from pgqueue.errors import PgqueueError
+from pgqueue.schedules import (
+    DEFAULT_MAX_CATCHUP,
+    MISFIRE_POLICIES,
+    Schedule,
+    ScheduleSpec,
+    add_schedule,
+    database_now,
+    describe,
+    list_schedules,
+    pause_schedule,
+    remove_schedule,
+    resume_schedule,
+)
+from pgqueue.settings import Settings
+from pgqueue.tasks import DEFAULT_QUEUE
+
+app = typer.Typer(
+    help="Cron schedules: list, add, remove, pause, resume (code schedules are synced by `pgqueue scheduler`).",
+    no_args_is_help=True,
+)
+
+NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name.", show_default=False)]
+
+
+@contextmanager
+def _connection(dsn: str | None) -> Iterator[Any]:
+    try:
+        store = ScheduleStore.connect(resolve(dsn), application_name="pgqueue-cli")
+    except PgqueueError as exc:
+        fail(str(exc))
+    try:
+        yield store.conn
+    except PgqueueError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+
+
+def _times(values: Any) -> str:
+    return "\n".join(values) if values else "-"
+
+
+def _local(value: str | None) -> str:
+    # ISO 8601 from describe(); a space reads better than "T" in a table.
+    return value.replace("T", " ") if value else "-"
+
+
+def _state(row: Mapping[str, Any]) -> str:
+    if row["state"] == "disabled":
+        return "disabled (not in code)"
+    return str(row["state"])
+
+
+SCHEDULE_COLUMNS = [
+    Column("name", "NAME"),
+    Column("cron", "CRON"),
+    Column("timezone", "TIME ZONE"),
+    Column("task", "TASK"),
+    Column("queue", "QUEUE"),
+    Column("source", "SOURCE"),
+    Column("state", "STATE", compute=_state),
+    Column("misfire", "MISFIRE"),
+    Column("last_run_at", "LAST RUN", render=_local),
+    Column("next_fire_times", "NEXT FIRE TIMES", compute=lambda row: _times(
+        [_local(t) for t in row["next_fire_times"]])),
+]
+
+
+@app.command("list")
+def list_command(json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """List schedules: state, last run and next three fire times, in each schedule's own time zone.
+
+    The state is active, paused, or disabled (a code schedule no longer in the code). With --json,
+    a JSON array: every column of pgqueue.schedules plus "state" and "next_fire_times" (ISO 8601
+    with the schedule's UTC offset; empty when paused or disabled).
+    """
+    with _connection(dsn) as conn:
+        now = database_now(conn)
+        rows = describe(list_schedules(conn), now)
+    emit(rows, SCHEDULE_COLUMNS, json_output=json_output,
+         empty="no schedules (declare them with app.schedule(...) or add one with `pgqueue schedules add`)")
+
+
+def _parse_args(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"--args {raw!r} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+    if not isinstance(value, dict):
+        fail(f"--args must be a JSON object such as '{{\"report_id\": 1}}', got {type(value).__name__}")
+    return value
+
+
+def _parse_max_catchup(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        fail(f"--max-catchup {raw!r} must be an integer from 1 to 10000")
+
+
+def _summary(schedule: Schedule, now: Any) -> dict[str, Any]:
+    return describe([schedule], now)[0]
+
+
+@app.command("add")
+def add_command(
+    name: NameArgument,
+    cron: Annotated[str, typer.Option(
+        "--cron", help="5 fields (minute hour day month weekday), or 6 with leading seconds: '*/10 * * * * *'.",
+        show_default=False)],
+    task: Annotated[str, typer.Option("--task", help="Task name each run enqueues.", show_default=False)],
+    args: Annotated[str | None, typer.Option("--args", metavar="JSON", help="Task args, a JSON object.")] = None,
+    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone the cron is read in.")] = "UTC",
+    queue: Annotated[str, typer.Option("--queue", help="Queue of the jobs.")] = DEFAULT_QUEUE,
+    priority: Annotated[str | None, typer.Option(
+        "--priority", help="Integer (smaller runs first) or critical/high/normal/low. [default: 100]")] = None,
+    misfire: Annotated[str, typer.Option(
+        "--misfire", help="Runs missed while no scheduler ran: once (one run), skip (none), all (each).")] = "once",
+    max_catchup: Annotated[str, typer.Option(
+        "--max-catchup", metavar="N", help="Most runs one scheduler pass inserts for this schedule.")
+    ] = str(DEFAULT_MAX_CATCHUP),
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite a run-time schedule of that name.")] = False,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Add a run-time schedule (or replace one with --replace). Its first run is the next fire time."""
+    if misfire not in MISFIRE_POLICIES:
+        fail(f"--misfire {misfire!r} must be one of {', '.join(MISFIRE_POLICIES)}")
+    try:
+        spec = ScheduleSpec.build(
+            name=name, cron=cron, task=task, args=_parse_args(args), timezone=timezone, queue=queue,
+            priority=priority, misfire=misfire, max_catchup=_parse_max_catchup(max_catchup),
+            max_payload_bytes=Settings.from_env().max_payload_bytes,
+        )
+    except PgqueueError as exc:
+        fail(str(exc))
+    with _connection(dsn) as conn:
+        schedule = add_schedule(conn, spec, replace=replace, actor=actor())
+        summary = _summary(schedule, database_now(conn))
+    verb = "replaced" if replace else "added"
+    first = _local(summary["next_fire_times"][0]) if summary["next_fire_times"] else "-"
+    emit_message(f"{verb} schedule {name!r}: {spec.cron} ({spec.timezone}) -> task {spec.task!r} on queue "
+                 f"{spec.queue!r}; first run {first}", summary, json_output=json_output)
+
+
+@app.command("remove")
+def remove_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Remove a schedule. Its fire-time history stays, so no run it inserted is ever inserted again."""
+    with _connection(dsn) as conn:
+        schedule = remove_schedule(conn, name, actor=actor())
+    if schedule.source == "code":
+        print(f"pgqueue: note: {name!r} is defined in code; the next `pgqueue scheduler` start re-creates it "
+              "unless it is removed from the code (pause it to stop it for good)", file=sys.stderr)
+    emit_message(f"removed schedule {name!r}", {"name": name, "removed": True, "source": schedule.source},
+                 json_output=json_output)
+
+
+@app.command("pause")
+def pause_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Pause a schedule: no runs are inserted until it is resumed (none are caught up then)."""
+    with _connection(dsn) as conn:
+        schedule = pause_schedule(conn, name, actor=actor())
+    emit_message(f"paused schedule {name!r}", {"name": name, "paused": schedule.paused, "state": schedule.state},
+                 json_output=json_output)
+
+
+@app.command("resume")
+def resume_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Resume a paused schedule at its next fire time (runs that would have fired while paused are skipped)."""
+    with _connection(dsn) as conn:
+        schedule = resume_schedule(conn, name, actor=actor())
+        summary = _summary(schedule, database_now(conn))
+    if schedule.state == "disabled":
+        print(f"pgqueue: note: {name!r} is disabled because it is no longer defined in code; it fires again "
+              "only when it is back in the code", file=sys.stderr)
+    first = _local(summary["next_fire_times"][0]) if summary["next_fire_times"] else "-"
+    emit_message(f"resumed schedule {name!r}; next run {first}", summary, json_output=json_output)
