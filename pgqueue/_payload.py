@@ -53,12 +53,16 @@ def encode_args(args: Any, max_bytes: int) -> str:
     return text
 
 
+class ResultNotSerializable(ValueError):
+    """A handler returned something jsonb refuses; running it again would return the same."""
+
+
 def encode_result(value: Any) -> str:
-    """Serialise a handler's return value for ``jobs.result``; raises ValueError if jsonb refuses it."""
+    """Serialise a handler's return value for ``jobs.result``; raises ResultNotSerializable if jsonb refuses it."""
     try:
         return _dumps(value)
     except _UnsupportedValue as exc:
-        raise ValueError(f"handler result is not JSON-serialisable: {exc}") from None
+        raise ResultNotSerializable(f"handler result is not JSON-serialisable: {exc}") from None
 
 
 def encode_json(value: Any) -> str:

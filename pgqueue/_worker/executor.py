@@ -18,7 +18,7 @@ import structlog
 
 from pgqueue._db.store import Outcome
 from pgqueue._log import get_logger
-from pgqueue._payload import encode_json, encode_result
+from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
 from pgqueue.jobs import Discard, Job, Retry
 from pgqueue.tasks import Task
 
@@ -53,7 +53,8 @@ def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
 
     if isinstance(exc, Discard):
         return dead("discarded")
-    if task is None or isinstance(exc, TaskNotRegistered):
+    # A transactional handler's bad result surfaces here (its completion raised it): not worth a retry.
+    if task is None or isinstance(exc, TaskNotRegistered | ResultNotSerializable):
         return dead("failed")
     if isinstance(exc, Retry):
         delay = exc.delay

@@ -386,6 +386,32 @@ def test_a_result_jsonb_refuses_fails_the_job_cleanly_instead_of_leaving_it_runn
     assert "not JSON-serialisable" in failed["last_error"]["message"]
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_transactional_result_jsonb_refuses_fails_the_job_at_once_and_rolls_back_its_writes(
+        app: App, db: Conn, start_worker: StartWorker, kind: str) -> None:
+    insert = "INSERT INTO public.ledger (job_id, attempt, amount) VALUES (%s, %s, 1)"
+
+    if kind == "sync":
+        @app.task(name="bad-tx-result", transactional=True, max_attempts=3, backoff=Backoff.fixed(0))
+        def bad_tx_result(job: Job) -> float:
+            job.connection.execute(insert, [job.id, job.attempt])
+            return math.nan
+    else:
+        @app.task(name="bad-tx-result", transactional=True, max_attempts=3, backoff=Backoff.fixed(0))
+        async def bad_tx_result_async(job: Job) -> float:
+            await job.connection.execute(insert, [job.id, job.attempt])
+            return math.nan
+
+    job_id = app.enqueue(None, "bad-tx-result", {})
+    start_worker()
+
+    failed = wait_for_state(db, job_id, "failed")
+    assert ledger(db) == []
+    # As for other tasks: the same handler would only produce the same bad result again.
+    assert failed["attempt"] == 1, events(db, job_id)
+    assert "not JSON-serialisable" in failed["last_error"]["message"]
+
+
 def test_an_unknown_task_fails_the_job_with_a_not_registered_error_and_keeps_it(
         app: App, db: Conn, start_worker: StartWorker) -> None:
     job_id = app.enqueue(None, "nobody-registered-this", {"n": 1}, max_attempts=5)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pgqueue._payload import check_queue_name, encode_args, encode_result
+from pgqueue._payload import ResultNotSerializable, check_queue_name, encode_args, encode_result
 from pgqueue.errors import ArgsNotSerializable, EnqueueError, InvalidQueueName, PayloadTooLarge
 
 LIMIT = 1024 * 1024
@@ -103,9 +103,11 @@ def test_results_of_any_json_type_are_encoded() -> None:
 
 
 @pytest.mark.parametrize("result", [math.nan, {"v": math.inf}, "nul\x00", {1, 2}])
-def test_results_jsonb_refuses_raise_value_error(result: Any) -> None:
-    with pytest.raises(ValueError, match="handler result is not JSON-serialisable"):
+def test_results_jsonb_refuses_raise_result_not_serializable(result: Any) -> None:
+    with pytest.raises(ResultNotSerializable, match="handler result is not JSON-serialisable") as info:
         encode_result(result)
+
+    assert isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize("name", ["default", "emails", "a", "q-1_b", "x" * 63])
