@@ -180,7 +180,7 @@ def test_claimed_rows_stay_open_to_key_share_locks_and_skipped_by_other_claimers
             others = {job.id for job in runner.run(claim(dsn, None, 10, "w-other"))}
             assert others == set(ids[2:])
 
-            db.execute("SET lock_timeout = '500ms'")
+            db.execute("SET lock_timeout = '200ms'")
             for job_id in held:
                 # What a row referencing the job (an FK, an audit row) needs: FOR NO KEY UPDATE allows it.
                 assert db.execute("SELECT id FROM pgqueue.jobs WHERE id = %s FOR KEY SHARE", [job_id]).fetchone()

@@ -602,14 +602,17 @@ def test_max_attempts_and_tags_are_stored(app: App, conn: Conn) -> None:
 
 
 def test_enqueue_many_stores_each_spec_options(app: App, conn: Conn) -> None:
+    run_at = (stored_now(conn) + timedelta(hours=1)).astimezone(UTC)
     ids = app.enqueue_many(conn, [
         JobSpec("a", {"n": 1}, priority="high", tags=["x"], max_attempts=2),
         JobSpec("b", {"n": 2}, queue="other", delay=30, unique_key="bulk-key"),
+        JobSpec("c", {"n": 3}, run_at=run_at, tags=["y", "z"]),
     ])
 
     assert stored(conn, ids[0], "task, priority, tags, max_attempts, state") == ("a", 25, ["x"], 2, "available")
     assert stored(conn, ids[1], "task, queue, unique_key, state, run_at - now()") == (
         "b", "other", "bulk-key", "scheduled", timedelta(seconds=30))
+    assert stored(conn, ids[2], "state, run_at, tags") == ("scheduled", run_at, ["y", "z"])
 
 
 def test_args_that_are_literal_backslash_u0000_text_round_trip_through_jsonb(app: App, conn: Conn) -> None:
