@@ -62,6 +62,11 @@ def nightly_cleanup(job: Job, table: str) -> dict[str, Any]:
     return {"vacuumed": table}
 
 
+# A cron schedule with a seconds field, so the demo shows the scheduler at work within seconds.
+app.schedule("appointment-sweep", cron="*/2 * * * * *", task="nightly-cleanup",
+             args={"table": "appointments"}, timezone="America/New_York", queue="maintenance")
+
+
 def workload(scale: int = 1) -> list[JobSpec]:
     """A few hundred jobs across queues and priorities; some fail and retry, some are delayed."""
     rng = random.Random(42)

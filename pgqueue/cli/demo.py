@@ -83,10 +83,13 @@ def demo(
         specs = _demo.workload(scale)
         ids = app.enqueue_many(None, specs)
         errors.print(f"enqueued {len(ids)} jobs on queues {', '.join(_demo.QUEUES)}; starting a worker "
-                     f"(concurrency {concurrency})")
+                     f"(concurrency {concurrency}) and a scheduler (cron '*/2 * * * * *' -> nightly-cleanup)")
     except PgqueueError as exc:
         fail(str(exc))
 
+    from pgqueue._scheduler import start_in_worker
+
+    scheduler = start_in_worker(app, demo_dsn)
     worker = Worker(app, concurrency=concurrency, settings=app.settings)
     thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
     started = time.monotonic()
@@ -107,6 +110,7 @@ def demo(
     except PgqueueError as exc:
         fail(str(exc))
     finally:
+        scheduler.stop()
         worker.stop()
         thread.join(timeout=15)
     elapsed = time.monotonic() - started

@@ -45,6 +45,7 @@ def test_demo_runs_the_whole_system_and_exits_zero(pg_server_dsn: str, demo_data
         states: dict[str, int] = dict(rows)
         retried = scalar("SELECT count(*) FROM pgqueue.job_events WHERE event = 'retry_scheduled'")
         delayed = scalar("SELECT count(*) FROM pgqueue.job_events WHERE event = 'available'")
+        cron_runs = scalar("SELECT count(*) FROM pgqueue.schedule_runs WHERE schedule_name = 'appointment-sweep'")
         progress = scalar("SELECT count(*) FROM pgqueue.jobs WHERE task = 'render-report' AND progress = 100")
     # Every job reached a terminal state; some failed for good, some were retried, some delayed.
     assert set(states) <= {"completed", "failed"}, states
@@ -53,3 +54,4 @@ def test_demo_runs_the_whole_system_and_exits_zero(pg_server_dsn: str, demo_data
     assert retried > 0
     assert delayed > 0
     assert progress == 30
+    assert cron_runs >= 1  # the scheduler ran beside the worker
