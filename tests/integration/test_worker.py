@@ -331,6 +331,19 @@ def test_retry_with_a_delay_schedules_the_next_attempt_at_that_time(
     assert scheduled["last_error"]["message"] == "provider said later"
 
 
+def test_retry_on_the_last_attempt_fails_the_job(app: App, db: Conn, start_worker: StartWorker) -> None:
+    @app.task(name="out-of-tries", max_attempts=1)
+    def out_of_tries(job: Job) -> None:
+        raise Retry(delay=1)
+
+    job_id = app.enqueue(None, "out-of-tries", {})
+    start_worker()
+
+    failed = wait_for_state(db, job_id, "failed")
+    assert (failed["attempt"], failed["last_error"]["type"]) == (1, "Retry")
+    assert events(db, job_id)[-1] == "failed"
+
+
 def test_discard_fails_the_job_at_once_whatever_attempts_are_left(
         app: App, db: Conn, start_worker: StartWorker) -> None:
     @app.task(name="unsubscribed", max_attempts=5)
@@ -596,6 +609,34 @@ def test_a_late_ack_from_a_worker_whose_lease_expired_is_refused(
         ("claimed", 2, rescuer.worker_id),
         ("completed", 2, rescuer.worker_id),
     ]
+
+
+def test_a_job_rescued_with_no_attempts_left_is_failed_and_the_late_ack_cannot_revive_it(
+        app: App, db: Conn) -> None:
+    started, proceed = threading.Event(), threading.Event()
+
+    @app.task(name="last-chance", max_attempts=1)
+    def last_chance(job: Job) -> str:
+        started.set()
+        proceed.wait(WAIT)
+        return "too late"
+
+    job_id = app.enqueue(None, "last-chance", {})
+    with _WorkerThreads(app, db) as workers, released(proceed):
+        paused = workers.start(concurrency=1)
+        assert started.wait(WAIT), "the attempt never started"
+        db.execute("INSERT INTO public.frozen_workers (id) VALUES (%s)", [paused.worker_id])
+        db.execute("UPDATE pgqueue.workers SET lease_expires_at = now() - interval '1 minute' WHERE id = %s",
+                   [paused.worker_id])
+
+        failed = wait_for_state(db, job_id, "failed")
+        proceed.set()
+        workers.stop(paused)
+
+    assert failed["last_error"]["type"] == "LeaseExpired"
+    final = job(db, job_id)
+    assert (final["state"], final["attempt"], final["result"]) == ("failed", 1, None)
+    assert events(db, job_id) == ["enqueued", "claimed", "rescued"]
 
 
 # --- heartbeats -------------------------------------------------------------------------------
