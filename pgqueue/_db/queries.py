@@ -73,6 +73,7 @@ class WorkerQueries(NamedTuple):
     list_workers: LiteralString
     acquire_leadership: LiteralString
     resign_leadership: LiteralString
+    connection_limits: LiteralString
     idle_session_timeout: LiteralString
 
 

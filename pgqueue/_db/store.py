@@ -328,6 +328,21 @@ class AsyncJobStore:
                     ids[index] = int(row[0]) if row else await self.insert_job(jobs[index], actor)
         return [int(i) for i in ids if i is not None]
 
+    async def connection_limit(self) -> tuple[str, int | None, str]:
+        """(login role, most sessions it may hold here or None when unlimited, what sets that limit)."""
+        with translate_errors():
+            cur = await self.conn.execute(WORKERS.connection_limits)
+            row = await cur.fetchone()
+        if row is None:
+            return "", None, ""
+        role, superuser, role_limit, database_limit = row
+        limits = [] if superuser else [(n, what) for n, what in ((role_limit, "role"), (database_limit, "database"))
+                                       if n >= 0]
+        if not limits:
+            return role, None, ""
+        limit, what = min(limits)
+        return role, limit, what
+
     async def idle_session_timeout(self) -> float:
         with translate_errors():
             cur = await self.conn.execute(WORKERS.idle_session_timeout)

@@ -31,7 +31,7 @@ from pgqueue._payload import encode_result
 from pgqueue._worker.background import Heartbeat, Maintenance
 from pgqueue._worker.executor import JobRunner, LeaseLost
 from pgqueue._worker.supervisor import PARENT_ENV
-from pgqueue.errors import PgqueueError
+from pgqueue.errors import ConfigurationError, PgqueueError
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
 
@@ -48,6 +48,9 @@ _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
 }
 _MAX_CLAIM_BATCH = 200
+# Sessions a worker process holds whatever its concurrency: claim, ack, listen, heartbeat and
+# maintenance. Transactional tasks add a pool of up to `concurrency` more, opened on demand.
+WORKER_SESSIONS = 5
 
 T = TypeVar("T")
 
@@ -121,6 +124,7 @@ class Worker:
         self._stopping = False
         self._hard_stop = False
         self._acks_closing = False
+        self._connection_limit: int | None = None
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._acks: list[Outcome] = []
         self._progress: dict[int, tuple[str, float, str | None]] = {}
@@ -181,6 +185,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         dsn = self.app.dsn
+        await self._check_connection_limit(dsn)
         worker_row = {
             "id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid(),
             "queues": self.queues or [], "concurrency": self.concurrency,
@@ -225,6 +230,30 @@ class Worker:
                 t.name.startswith("pgqueue-job") and t.is_alive() for t in threading.enumerate())
             log.info("worker.stopped", completed=self.completed, failed=self.failed)
         return self.exit_code
+
+    async def _check_connection_limit(self, dsn: str) -> None:
+        """Refuse to start when the role or database can never grant the sessions a worker needs
+        (otherwise one of them keeps failing: jobs run but stay 'running', or LISTEN never works).
+
+        Only a static CONNECTION LIMIT is checked, and only if the database answers now: one that
+        is down or full is retried by the loops like any other outage.
+        """
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, application_name="pgqueue-worker-check", **_KEEPALIVES) as conn:
+                role, limit, source = await AsyncJobStore(conn).connection_limit()
+        except (PgqueueError, psycopg.Error, OSError):
+            return
+        self._connection_limit = limit
+        transactional = any(task.transactional for task in self.app.tasks.values())
+        needed = WORKER_SESSIONS + (1 if transactional else 0)
+        if limit is not None and limit < needed:
+            what = (f"role {role!r} has CONNECTION LIMIT {limit}" if source == "role"
+                    else f"the database has CONNECTION LIMIT {limit}")
+            raise ConfigurationError(
+                f"{what}, but a pgqueue worker process needs {needed} connections (claim, ack, listen, heartbeat, "
+                f"maintenance{', and at least one for transactional tasks' if transactional else ''}); "
+                f"raise the limit to at least {needed} per worker process")
 
     # --- waking up ---
 
@@ -453,11 +482,18 @@ class Worker:
         return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=encode_result(result),
                        progress=progress[1] if progress else None, progress_note=progress[2] if progress else None)
 
+    def _tx_pool_size(self) -> int:
+        # Within a CONNECTION LIMIT, the pool takes what the worker's own sessions leave (jobs wait
+        # for a pooled connection) rather than failing connection attempts it knows will fail.
+        if self._connection_limit is None:
+            return self.concurrency
+        return max(1, min(self.concurrency, self._connection_limit - WORKER_SESSIONS))
+
     def _get_tx_pool(self) -> ConnectionPool[Any]:
         if self._tx_pool is None:
             from psycopg_pool import ConnectionPool
 
-            self._tx_pool = ConnectionPool(self.app.dsn, min_size=0, max_size=self.concurrency, open=True,
+            self._tx_pool = ConnectionPool(self.app.dsn, min_size=0, max_size=self._tx_pool_size(), open=True,
                                            kwargs=dict(_KEEPALIVES), name="pgqueue-tx")
         return self._tx_pool
 
@@ -466,7 +502,7 @@ class Worker:
             from psycopg_pool import AsyncConnectionPool
 
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                self.app.dsn, min_size=0, max_size=self.concurrency, open=False,
+                self.app.dsn, min_size=0, max_size=self._tx_pool_size(), open=False,
                 kwargs=dict(_KEEPALIVES), name="pgqueue-async-tx")
             await pool.open()
             self._async_tx_pool = pool

@@ -36,6 +36,13 @@ RETURNING holder;
 -- name: resign_leadership
 DELETE FROM pgqueue.leaders WHERE name = %(name)s AND holder = %(holder)s;
 
+-- name: connection_limits
+-- What caps the sessions of this login on this database: its role's and the database's
+-- CONNECTION LIMIT (-1: none). Superusers are exempt from both.
+SELECT r.rolname, r.rolsuper, r.rolconnlimit, d.datconnlimit
+FROM pg_catalog.pg_roles AS r, pg_catalog.pg_database AS d
+WHERE r.rolname = current_user AND d.datname = current_database();
+
 -- name: idle_session_timeout
 -- Seconds after which the server ends a session idle outside a transaction (0: never). A role or
 -- database may set it to reap idle pooled connections; the worker's LISTEN session probes within
