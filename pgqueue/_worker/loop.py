@@ -124,6 +124,7 @@ class Worker:
         self._stopping = False
         self._hard_stop = False
         self._acks_closing = False
+        self._acks_failing = False
         self._connection_limit: int | None = None
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._acks: list[Outcome] = []
@@ -311,6 +312,11 @@ class Worker:
                 if self.concurrency - len(self._running) <= 0:
                     await self._slot_freed.wait()
                 continue
+            if self._acks_failing:
+                # Finished jobs whose outcomes cannot be written stay 'running' under our live lease,
+                # where nobody rescues them: claiming more while that lasts would only add to them.
+                await asyncio.sleep(0.25)
+                continue
             # Cleared before claiming, so a notification that arrives during the claim is kept.
             self._wakeup.clear()
             try:
@@ -380,9 +386,11 @@ class Worker:
             try:
                 await ack_conn.run(functools.partial(self._write_outcomes, batch=batch, log=log))
                 failures = 0
+                self._acks_failing = False
             except (PgqueueError, psycopg.Error, OSError) as exc:
                 # Outcomes are idempotent under their lease token: put them back and retry.
                 self._acks[:0] = batch
+                self._acks_failing = True
                 failures += 1
                 wait = min(0.25 * 2 ** min(failures, 6), 5.0)
                 log.warning("database.unavailable", role="ack", error_type=type(exc).__name__,
