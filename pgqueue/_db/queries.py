@@ -63,6 +63,7 @@ class QueueQueries(NamedTuple):
     set_queue_paused: LiteralString
     queue_stats: LiteralString
     notification_queue_usage: LiteralString
+    read_only_state: LiteralString
     summarize_queues: LiteralString
 
 

@@ -289,6 +289,17 @@ class JobStore:
             row = self.conn.execute(QUEUES.notification_queue_usage).fetchone()
         return float(row[0]) if row else 0.0
 
+    def read_only_reason(self) -> str | None:
+        """Why this database takes no writes (None when it does)."""
+        with translate_errors():
+            row = self.conn.execute(QUEUES.read_only_state).fetchone()
+        if row is None:
+            return None
+        in_recovery, read_only = row
+        if in_recovery:
+            return "it is a standby in recovery"
+        return "default_transaction_read_only is on" if read_only else None
+
     def list_workers(self) -> list[dict[str, Any]]:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(WORKERS.list_workers)

@@ -141,9 +141,15 @@ def _run_checks(target: str, max_age: float) -> list[Check]:
         skipped = [Check(name, "skipped", "database unreachable") for name in ("schema", "workers",
                                                                                   "notification_queue")]
         return [Check("database", "fail", str(exc)), *skipped]
-    checks = [Check("database", "ok", f"reachable at {redact_dsn(target)}"), _schema_check(target)]
     with translate_errors(), conn:
         store = JobStore(conn)
+        read_only = store.read_only_reason()
+        if read_only:
+            database = Check("database", "fail", f"{redact_dsn(target)} is read-only ({read_only}): workers can "
+                                                 "neither claim nor finish jobs, and every enqueue fails")
+        else:
+            database = Check("database", "ok", f"reachable at {redact_dsn(target)}")
+        checks = [database, _schema_check(target)]
         try:
             checks.append(_backlog_check(store, max_age))
         except SchemaNotReady:
@@ -162,9 +168,10 @@ def health(
 ) -> None:
     """Check that pgqueue is healthy; exit 0 if so, 2 if not (for probes and monitoring).
 
-    Checks: the database is reachable; the schema is at the newest migration; every queue with a job
-    available for more than --max-age seconds has a live worker serving it (paused queues excepted);
-    PostgreSQL's notification queue is under 50% full (if it fills, commits that enqueue jobs fail).
+    Checks: the database is reachable and accepts writes (not read-only); the schema is at the newest
+    migration; every queue with a job available for more than --max-age seconds has a live worker
+    serving it (paused queues excepted); PostgreSQL's notification queue is under 50% full (if it
+    fills, commits that enqueue jobs fail).
     """
     if not max_age > 0:
         fail(f"--max-age {max_age} must be greater than zero")

@@ -26,6 +26,11 @@ ORDER BY queue;
 -- name: notification_queue_usage
 SELECT pg_notification_queue_usage() AS usage;
 
+-- name: read_only_state
+-- Whether this session can write: not on a standby, and not under default_transaction_read_only
+-- (ALTER SYSTEM/DATABASE/ROLE, often used to fence a primary during a failover).
+SELECT pg_is_in_recovery() AS in_recovery, current_setting('transaction_read_only') = 'on' AS read_only;
+
 -- name: summarize_queues
 -- Per-queue outcome summary for reports and the demo: attempts beyond the first are retries;
 -- run time is the final attempt's.
