@@ -44,7 +44,10 @@ class _ConnectedLoop(threading.Thread):
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            # Named like the worker's other sessions (pgqueue-claim, -ack, -listen), so an operator can
+            # count a worker's connections in pg_stat_activity.
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                         application_name=f"pgqueue-{self.name}")
         return self._conn
 
     def _tick_replacing_dead_session(self) -> None:
