@@ -24,7 +24,10 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # WriteLogger writes each line and its newline in one write(); PrintLogger's print() makes
+        # two, so with PYTHONUNBUFFERED=1 the children of `worker --processes N`, which share one
+        # stderr, merged JSON lines ("{...}{...}").
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
