@@ -43,7 +43,8 @@ class Backoff:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if self.kind == "fixed":
             return self.initial
-        base = min(self.cap, self.initial * 2.0 ** max(attempt - 1, 0))
+        # The exponent is bounded: 2.0 ** 1024 overflows a float, and max_attempts goes to 10,000.
+        base = min(self.cap, self.initial * 2.0 ** min(max(attempt - 1, 0), 1000))
         if self.jitter and base > 0:
             base = min(self.cap, base * random.uniform(0.75, 1.25))
         return base

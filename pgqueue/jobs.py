@@ -55,7 +55,7 @@ class Retry(Exception):
 
     def __init__(self, delay: float | timedelta = 0.0, reason: str | None = None) -> None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
+        if not seconds >= 0:  # written so that NaN is refused too
             raise ValueError(f"Retry delay {seconds} must be >= 0")
         self.delay = seconds
         self.reason = reason

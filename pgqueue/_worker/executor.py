@@ -23,6 +23,7 @@ from pgqueue.jobs import Discard, Job, Retry
 from pgqueue.tasks import Task
 
 _TRACEBACK_LIMIT = 8000
+_MAX_RETRY_DELAY = 100 * 365 * 86400.0  # a century: far beyond any sensible retry, far within timestamptz
 
 
 class JobTimeout(Exception):
@@ -64,6 +65,9 @@ def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
         delay = task.backoff.delay(job.attempt)
     if job.attempt >= job.max_attempts:
         return dead("failed")
+    # now() + delay must stay a timestamp PostgreSQL can store (Retry(delay=inf), a huge backoff):
+    # one outcome it refuses would fail every ack batch it is part of, over and over.
+    delay = min(delay, _MAX_RETRY_DELAY)
     return Outcome(job_id=job.id, token=job.lease_token, state="scheduled" if delay > 0 else "available",
                    delay=delay, event="retry_scheduled", error=error_json(exc))
 

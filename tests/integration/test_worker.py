@@ -344,6 +344,43 @@ def test_retry_on_the_last_attempt_fails_the_job(app: App, db: Conn, start_worke
     assert events(db, job_id)[-1] == "failed"
 
 
+@pytest.mark.parametrize("delay", [math.inf, math.nan, 1e300])
+def test_a_retry_delay_the_database_cannot_store_does_not_wedge_the_worker(
+        app: App, db: Conn, start_worker: StartWorker, delay: float) -> None:
+    @app.task(name="odd-retry", max_attempts=2, backoff=Backoff.fixed(0))
+    def odd_retry(job: Job) -> None:
+        raise Retry(delay=delay)
+
+    @app.task(name="plain-failure", max_attempts=1)
+    def plain_failure(job: Job) -> None:
+        raise ValueError("ordinary")
+
+    odd = app.enqueue(None, "odd-retry", {})
+    start_worker()
+
+    # Whatever happens to the odd job, it must leave 'running', and the worker must go on acking.
+    wait_until(lambda: job(db, odd)["state"] != "running" and job(db, odd)["attempt"] >= 1, timeout=WAIT,
+               message="the odd-retry job to leave running")
+    later = app.enqueue(None, "plain-failure", {})
+    assert wait_for_state(db, later, "failed")["last_error"]["type"] == "ValueError"
+
+
+def test_backoff_past_attempt_1024_still_schedules_a_retry(app: App, db: Conn, start_worker: StartWorker) -> None:
+    @app.task(name="persistent", max_attempts=5000, backoff=Backoff.exponential(initial=1, cap=60, jitter=False))
+    def persistent(job: Job) -> None:
+        raise ValueError("again")
+
+    job_id = app.enqueue(None, "persistent", {})
+    db.execute("UPDATE pgqueue.jobs SET attempt = 1100 WHERE id = %s", [job_id])  # as if it had failed that often
+    start_worker()
+
+    retried = wait_for_state(db, job_id, "scheduled")  # not stuck in running: 2.0 ** 1100 overflows a float
+    assert retried["attempt"] == 1101
+    row = db.execute("SELECT run_at - now() <= interval '60 seconds' FROM pgqueue.jobs WHERE id = %s",
+                     [job_id]).fetchone()
+    assert row == (True,)
+
+
 def test_discard_fails_the_job_at_once_whatever_attempts_are_left(
         app: App, db: Conn, start_worker: StartWorker) -> None:
     @app.task(name="unsubscribed", max_attempts=5)

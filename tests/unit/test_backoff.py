@@ -18,7 +18,9 @@ def test_exponential_backoff_never_exceeds_its_cap() -> None:
 
     assert backoff.delay(5) == 16.0
     assert backoff.delay(6) == 30.0
-    assert backoff.delay(1000) == 30.0  # 2**999 must not overflow into an error
+    assert backoff.delay(1000) == 30.0
+    assert backoff.delay(10_000) == 30.0  # 2.0 ** 9999 would overflow a float: max_attempts allows 10,000
+    assert Backoff.exponential(initial=1.0, cap=30.0, jitter=True).delay(10_000) <= 30.0
 
 
 def test_exponential_backoff_treats_attempt_zero_like_the_first_attempt() -> None:
