@@ -1,0 +1,84 @@
+"""The App that the e2e tests run under real ``pgqueue worker`` processes (``--app worker_app:app``).
+
+The worker is started with ``cwd=tests/e2e``, so this module is imported as ``worker_app``. Its DSN
+comes from ``PGQUEUE_DSN`` like any user's app.
+
+Handlers that record their executions insert one row per attempt into ``test_executions`` (created
+by the test, see ``EXECUTIONS_DDL``) *before* doing their work and on their own autocommit
+connection, so a run that is killed, released or re-run stays visible: the tests count executions
+from that table, independently of what pgqueue wrote about the job.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+import pgqueue
+
+# The DSN is resolved by the worker CLI (``--dsn`` / ``PGQUEUE_DSN``); nothing here connects at import.
+app = pgqueue.App()
+
+EXECUTIONS_DDL = """
+CREATE TABLE IF NOT EXISTS test_executions (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id     bigint      NOT NULL,
+    attempt    integer     NOT NULL,
+    pid        integer     NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+_pool: ConnectionPool[Any] | None = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool() -> ConnectionPool[Any]:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # Small on purpose: every test's workers share one server with the rest of the suite.
+            _pool = ConnectionPool(app.dsn, min_size=1, max_size=3, open=True, name="e2e-executions",
+                                   kwargs={"autocommit": True, "connect_timeout": 5},
+                                   check=ConnectionPool.check_connection)
+        return _pool
+
+
+def record_execution(job: pgqueue.Job) -> None:
+    """One row per attempt; retried briefly so a momentary connection failure never fails the job."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with _get_pool().connection(timeout=10) as conn:
+                conn.execute("INSERT INTO test_executions (job_id, attempt, pid) VALUES (%s, %s, %s)",
+                             [job.id, job.attempt, os.getpid()])
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@app.task(name="noop")
+def noop(job: pgqueue.Job, **_payload: Any) -> None:
+    """Does nothing (throughput, restart tests); any args are accepted and ignored."""
+
+
+@app.task(name="record")
+def record(job: pgqueue.Job, **_payload: Any) -> None:
+    """Records its execution and returns; any args are accepted and ignored."""
+    record_execution(job)
+
+
+@app.task(name="sleep", max_attempts=5)
+def sleep(job: pgqueue.Job, seconds: float, later_seconds: float | None = None, **_payload: Any) -> None:
+    """Records its execution, then blocks its thread in ``time.sleep``: it ignores shutdown, as a
+    real handler stuck in a blocking call would. Attempts after the first sleep ``later_seconds``
+    (default: ``seconds``), so a rescued job finishes quickly on its second worker."""
+    record_execution(job)
+    time.sleep(seconds if job.attempt == 1 or later_seconds is None else later_seconds)
