@@ -192,8 +192,8 @@ class App:
                  delay: float | timedelta | None = None, run_at: datetime | None = None,
                  max_attempts: int | None = None, unique_key: str | None = None,
                  encrypt: bool | None = None, tags: Iterable[str] | None = None) -> NewJob:
-        if not isinstance(task, str) or not task:
-            raise UnknownTask(f"task name {task!r} must be a non-empty string")
+        if not isinstance(task, str) or not task or "\x00" in task:  # PostgreSQL text cannot hold NUL
+            raise UnknownTask(f"task name {task!r} must be a non-empty string without NUL characters")
         known = self.tasks.get(task)
         if known is None and self.require_registered_tasks:
             raise UnknownTask(f"task {task!r} is not registered with this app")

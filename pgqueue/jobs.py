@@ -109,5 +109,9 @@ class Job:
         """
         if not 0 <= percent <= 100:
             raise ValueError(f"progress {percent} must be between 0 and 100")
+        # Checked here, in the handler: a note the database refuses would otherwise fail the
+        # worker's progress flush or the job's completion, far from the call that caused it.
+        if note is not None and (not isinstance(note, str) or "\x00" in note):
+            raise ValueError(f"progress note {note!r} must be a string without NUL characters")
         if self._progress_sink is not None:
             self._progress_sink(self, float(percent), note)

@@ -39,10 +39,11 @@ class LeaseLost(Exception):
 
 
 def error_json(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
+    # jsonb refuses \u0000, and one outcome it refuses would fail every ack batch it is part of.
+    text = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
     return encode_json({
         "type": type(exc).__name__,
-        "message": str(exc)[:2000],
+        "message": str(exc)[:2000].replace("\x00", "\\x00"),
         "traceback": text[-_TRACEBACK_LIMIT:],
     })
 

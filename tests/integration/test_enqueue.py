@@ -755,6 +755,14 @@ def test_args_jsonb_would_refuse_raise_a_typed_error_and_write_nothing(
     assert_nothing_written_and_connection_usable(conn)
 
 
+@pytest.mark.parametrize("task", ["", "nul\x00task", None, 42])
+def test_a_bad_task_name_raises_a_typed_error_and_writes_nothing(app: App, conn: Conn, task: Any) -> None:
+    with pytest.raises(EnqueueError):
+        app.enqueue(conn, task, {})
+
+    assert_nothing_written_and_connection_usable(conn)
+
+
 @pytest.mark.parametrize("queue", ["Bad Queue", "", "emails\n", "x" * 64, "ü"])
 def test_a_bad_queue_name_raises_invalid_queue_name_and_writes_nothing(app: App, conn: Conn, queue: str) -> None:
     with pytest.raises(InvalidQueueName, match=r"\[a-z0-9_-\]"):

@@ -365,6 +365,53 @@ def test_a_retry_delay_the_database_cannot_store_does_not_wedge_the_worker(
     assert wait_for_state(db, later, "failed")["last_error"]["type"] == "ValueError"
 
 
+@pytest.mark.parametrize("raise_it", [
+    lambda: ValueError("bad byte \x00 in input"),
+    lambda: Discard("gone\x00"),
+    lambda: Retry(delay=0, reason="later\x00"),
+])
+def test_an_error_message_with_a_nul_character_is_stored_and_does_not_wedge_the_worker(
+        app: App, db: Conn, start_worker: StartWorker, raise_it: Callable[[], Exception]) -> None:
+    @app.task(name="nul-error", max_attempts=1)
+    def nul_error(job: Job) -> None:
+        raise raise_it()
+
+    @app.task(name="plain-failure", max_attempts=1)
+    def plain_failure(job: Job) -> None:
+        raise ValueError("ordinary")
+
+    odd = app.enqueue(None, "nul-error", {})
+    start_worker()
+
+    failed = wait_for_state(db, odd, "failed")  # jsonb refuses \u0000: the error must be stored without it
+    assert "\x00" not in failed["last_error"]["message"]
+    later = app.enqueue(None, "plain-failure", {})
+    assert wait_for_state(db, later, "failed")["last_error"]["message"] == "ordinary"
+
+
+@pytest.mark.parametrize("note", ["half\x00way", 42])
+def test_a_progress_note_the_database_cannot_store_fails_only_that_call(
+        app: App, db: Conn, start_worker: StartWorker, note: Any) -> None:
+    @app.task(name="odd-note", max_attempts=1)
+    def odd_note(job: Job) -> str:
+        try:
+            job.set_progress(50, note)
+        except (ValueError, TypeError) as exc:
+            return f"refused: {type(exc).__name__}"
+        return "accepted"
+
+    @app.task(name="after")
+    def after(job: Job) -> str:
+        return "ok"
+
+    job_id = app.enqueue(None, "odd-note", {})
+    start_worker()
+
+    assert wait_for_state(db, job_id, "completed", "failed")["state"] == "completed"
+    later = app.enqueue(None, "after", {})
+    assert wait_for_state(db, later, "completed")["result"] == "ok"
+
+
 def test_backoff_past_attempt_1024_still_schedules_a_retry(app: App, db: Conn, start_worker: StartWorker) -> None:
     @app.task(name="persistent", max_attempts=5000, backoff=Backoff.exponential(initial=1, cap=60, jitter=False))
     def persistent(job: Job) -> None:
