@@ -62,9 +62,31 @@ class Task:
     encrypt: bool = False
     tags: tuple[str, ...] = ()
     is_async: bool = field(init=False)
+    _signature: inspect.Signature | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
+        try:
+            self._signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):  # some builtins and C callables have none
+            self._signature = None
+
+    def check_args(self, job: Any, args: dict[str, Any]) -> None:
+        """Raise TypeError when ``args`` do not fit the handler's signature (checked before it runs)."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(job, **args)
+        except TypeError:
+            params = list(self._signature.parameters.values())[1:]  # the first one receives the Job
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+            named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            required = {n for n in named if self._signature.parameters[n].default is inspect.Parameter.empty}
+            unexpected = sorted(set(args) - named) if not takes_any else []
+            missing = sorted(required - set(args))
+            parts = [f"unexpected {', '.join(map(repr, unexpected))}" if unexpected else "",
+                     f"missing {', '.join(map(repr, missing))}" if missing else ""]
+            raise TypeError("; ".join(p for p in parts if p) or "args do not match the signature") from None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

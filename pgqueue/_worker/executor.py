@@ -34,6 +34,10 @@ class TaskNotRegistered(Exception):
     """The job's task name is not registered with the worker's app."""
 
 
+class InvalidArgs(Exception):
+    """The job's args do not match the handler's signature: retrying cannot help."""
+
+
 class LeaseLost(Exception):
     """The job's claim was rescued and handed to another worker before this one finished."""
 
@@ -124,6 +128,12 @@ class JobRunner:
                 "the job is kept as failed for inspection and `pgqueue jobs retry`")
             log.error("job.failed", error_type=type(exc).__name__, reason="task not registered")
             return failure_outcome(job, None, exc)
+        try:
+            task.check_args(job, job.args)
+        except TypeError as exc:
+            error = InvalidArgs(f"args do not fit {job.task!r}: {exc}")
+            log.error("job.failed", error_type="InvalidArgs")
+            return failure_outcome(job, None, error)
         try:
             if task.timeout is not None:
                 result = await asyncio.wait_for(self._call(task, job), task.timeout)
