@@ -27,7 +27,7 @@ from psycopg import sql
 from pgqueue._db.queries import NOTIFY_CHANNEL
 from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
 from pgqueue._log import get_logger
-from pgqueue._payload import encode_result
+from pgqueue._payload import encode_json, encode_result
 from pgqueue._worker.background import Heartbeat, Maintenance
 from pgqueue._worker.executor import JobRunner, LeaseLost
 from pgqueue._worker.supervisor import PARENT_ENV
@@ -48,6 +48,8 @@ _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
 }
 _MAX_CLAIM_BATCH = 200
+# Errors that mean "the database refused these values", not "the connection or server failed".
+_REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
 # Sessions a worker process holds whatever its concurrency: claim, ack, listen, heartbeat and
 # maintenance. Transactional tasks add a pool of up to `concurrency` more, opened on demand.
 WORKER_SESSIONS = 5
@@ -387,6 +389,10 @@ class Worker:
                 await ack_conn.run(functools.partial(self._write_outcomes, batch=batch, log=log))
                 failures = 0
                 self._acks_failing = False
+            except _REFUSED_DATA:
+                # The database refused something in the batch itself (not the connection): retrying
+                # the batch would refuse it forever and block every outcome behind it.
+                await self._write_one_by_one(ack_conn, batch, log)
             except (PgqueueError, psycopg.Error, OSError) as exc:
                 # Outcomes are idempotent under their lease token: put them back and retry.
                 self._acks[:0] = batch
@@ -397,6 +403,28 @@ class Worker:
                             error=_first_line(exc), pending=len(self._acks), retry_in_s=wait)
                 await ack_conn.close()
                 await asyncio.sleep(wait)
+
+    async def _write_one_by_one(self, ack_conn: _Connection, batch: list[Outcome], log: Any) -> None:
+        """Write each outcome alone; one the database refuses becomes a plain failure of its job."""
+        for index, outcome in enumerate(batch):
+            try:
+                await ack_conn.run(functools.partial(self._write_outcomes, batch=[outcome], log=log))
+            except _REFUSED_DATA as exc:
+                log.error("job.outcome_refused", job_id=outcome.job_id, outcome=outcome.state,
+                          error_type=type(exc).__name__)
+                error = encode_json({"type": "OutcomeRejected",
+                                     "message": f"the database refused this job's outcome: {_first_line(exc)}"})
+                replacement = Outcome(job_id=outcome.job_id, token=outcome.token, state="failed", event="failed",
+                                      error=error)
+                try:
+                    await ack_conn.run(functools.partial(self._write_outcomes, batch=[replacement], log=log))
+                except _REFUSED_DATA:
+                    log.error("job.outcome_dropped", job_id=outcome.job_id)
+            except (PgqueueError, psycopg.Error, OSError):
+                # An outage after all: hand the rest back to the normal retry path.
+                self._acks[:0] = batch[index:]
+                self._ack_ready.set()
+                return
 
     async def _write_outcomes(self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome], log: Any) -> None:
         store = AsyncJobStore(conn)
