@@ -42,6 +42,26 @@ class LeaseLost(Exception):
     """The job's claim was rescued and handed to another worker before this one finished."""
 
 
+# What a handler's own code may raise that is not an Exception: sys.exit() deep in a library, an
+# interrupt it raised, a CancelledError it raised (not the worker cancelling it). Each is a crashed
+# attempt, retried with the task's backoff like a handler that killed its process with os._exit
+# (the lease rescue retries that one), whatever retry_on says; discard_on can still name them.
+CRASHES: tuple[type[BaseException], ...] = (SystemExit, KeyboardInterrupt, asyncio.CancelledError)
+
+
+class _HandlerCrashed(Exception):
+    """Carries a handler's SystemExit/KeyboardInterrupt/CancelledError out of the asyncio task it ran in.
+
+    asyncio re-raises SystemExit and KeyboardInterrupt from any task straight out of the event loop
+    (``asyncio.wait_for`` runs a handler with a timeout in a task of its own), which stopped the whole
+    worker; as an ordinary exception it reaches the executor's catch-all like any other error.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
 def error_json(exc: BaseException) -> str:
     # jsonb refuses \u0000, and one outcome it refuses would fail every ack batch it is part of.
     text = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
@@ -64,7 +84,7 @@ def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
         return dead("failed")
     if isinstance(exc, Retry):
         delay = exc.delay
-    elif isinstance(exc, task.discard_on) or not isinstance(exc, task.retry_on):
+    elif isinstance(exc, task.discard_on) or not isinstance(exc, (*task.retry_on, *CRASHES)):
         return dead("discarded")
     else:
         delay = task.backoff.delay(job.attempt)
@@ -106,6 +126,16 @@ class JobRunner:
             old.shutdown(wait=False)
             self._abandoned = 0
 
+    async def _contained(self, task: Task, job: Job) -> Any:
+        try:
+            return await self._call(task, job)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _HandlerCrashed(exc) from exc
+        except asyncio.CancelledError as exc:
+            if _current_task_cancelling():
+                raise  # the worker cancelled it (timeout, hard stop): not the handler's doing
+            raise _HandlerCrashed(exc) from exc
+
     async def _call(self, task: Task, job: Job) -> Any:
         if task.transactional:
             return await self._run_transactional(task, job)
@@ -136,14 +166,18 @@ class JobRunner:
             return failure_outcome(job, None, error)
         try:
             if task.timeout is not None:
-                result = await asyncio.wait_for(self._call(task, job), task.timeout)
+                result = await asyncio.wait_for(self._contained(task, job), task.timeout)
             else:
-                result = await self._call(task, job)
+                result = await self._contained(task, job)
         except TimeoutError:
             if not task.is_async and not task.transactional:
                 self._abandon_thread()
             outcome = failure_outcome(job, task, JobTimeout(f"attempt exceeded the {task.timeout:g}s timeout"))
             self._log_outcome(log, task, outcome, started, "JobTimeout")
+            return outcome
+        except _HandlerCrashed as crashed:
+            outcome = failure_outcome(job, task, crashed.original)
+            self._log_outcome(log, task, outcome, started, type(crashed.original).__name__)
             return outcome
         except LeaseLost:
             log.warning("job.lease_lost", duration_ms=round((time.monotonic() - started) * 1000, 1))
