@@ -64,6 +64,7 @@ class QueueQueries(NamedTuple):
     queue_stats: LiteralString
     notification_queue_usage: LiteralString
     read_only_state: LiteralString
+    long_transactions: LiteralString
     summarize_queues: LiteralString
 
 

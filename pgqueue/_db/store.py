@@ -289,6 +289,13 @@ class JobStore:
             row = self.conn.execute(QUEUES.notification_queue_usage).fetchone()
         return float(row[0]) if row else 0.0
 
+    def long_transactions(self, max_age: float) -> list[dict[str, Any]]:
+        """Transactions open for over ``max_age`` seconds in this database (pid, user, application_name,
+        state, age_seconds), oldest first, at most 10; this session's own is never listed."""
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUEUES.long_transactions, {"max_age": max_age})
+            return cur.fetchall()
+
     def read_only_reason(self) -> str | None:
         """Why this database takes no writes (None when it does)."""
         with translate_errors():

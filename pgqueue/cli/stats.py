@@ -32,6 +32,7 @@ NOTIFICATION_NOTE = (
 )
 NOTIFICATION_LIMIT = 0.5
 UNHEALTHY_EXIT_CODE = 2
+DEFAULT_MAX_XACT_AGE = 300.0
 
 WORKER_COLUMNS = [
     Column("id", "ID"),
@@ -84,7 +85,7 @@ def stats(json_output: JsonOption = False, dsn: DsnOption = None) -> None:
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str  # ok | fail | skipped
+    status: str  # ok | warn | fail | skipped (only fail makes health unhealthy)
     detail: str
 
 
@@ -122,6 +123,23 @@ def _notification_check(usage: float) -> Check:
     return Check("notification_queue", "ok", detail)
 
 
+def _long_transaction_check(store: JobStore, max_xact_age: float) -> Check:
+    # A warning, not a failure: pgqueue still works (jobs are claimed and completed), but vacuum
+    # cannot remove the dead rows every job leaves behind while the transaction is open, so the
+    # jobs table and its indexes bloat and claims slow down the longer it stays. The cure is
+    # outside pgqueue (end that session), and restarting workers, which a probe would do, won't help.
+    found = store.long_transactions(max_xact_age)
+    if not found:
+        return Check("long_transactions", "ok", f"no transaction open longer than {format_seconds(max_xact_age)}")
+    listed = "; ".join(
+        f"pid {row['pid']} open for {format_seconds(row['age_seconds'])} (user {row['user']!r}, application "
+        f"{row['application_name']!r}, {row['state']})" for row in found)
+    return Check("long_transactions", "warn", f"{len(found)} transaction{'' if len(found) == 1 else 's'} open longer "
+                                              f"than {format_seconds(max_xact_age)}: {listed}; while open, vacuum "
+                                              "cannot clean pgqueue.jobs and the queue slows as it bloats "
+                                              "(end them with pg_terminate_backend(pid))")
+
+
 def _schema_check(dsn: str) -> Check:
     from pgqueue import _migrate  # alembic and SQLAlchemy: only loaded for this check
 
@@ -134,12 +152,12 @@ def _schema_check(dsn: str) -> Check:
     return Check("schema", "ok", "at head, no pending migrations")
 
 
-def _run_checks(target: str, max_age: float) -> list[Check]:
+def _run_checks(target: str, max_age: float, max_xact_age: float = DEFAULT_MAX_XACT_AGE) -> list[Check]:
     try:
         conn = connect(target)
     except PgqueueError as exc:
-        skipped = [Check(name, "skipped", "database unreachable") for name in ("schema", "workers",
-                                                                                  "notification_queue")]
+        skipped = [Check(name, "skipped", "database unreachable")
+                   for name in ("schema", "workers", "notification_queue", "long_transactions")]
         return [Check("database", "fail", str(exc)), *skipped]
     with translate_errors(), conn:
         store = JobStore(conn)
@@ -156,6 +174,7 @@ def _run_checks(target: str, max_age: float) -> list[Check]:
             conn.rollback()
             checks.append(Check("workers", "skipped", "the pgqueue schema is missing"))
         checks.append(_notification_check(store.notification_queue_usage()))
+        checks.append(_long_transaction_check(store, max_xact_age))
     return checks
 
 
@@ -163,6 +182,9 @@ def health(
     max_age: Annotated[
         float, typer.Option("--max-age", help="Seconds a job may wait as available with no live worker for its queue.")
     ] = 300.0,
+    max_xact_age: Annotated[
+        float, typer.Option("--max-xact-age", help="Warn about transactions open longer than this many seconds.")
+    ] = DEFAULT_MAX_XACT_AGE,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
@@ -172,16 +194,22 @@ def health(
     migration; every queue with a job available for more than --max-age seconds has a live worker
     serving it (paused queues excepted); PostgreSQL's notification queue is under 50% full (if it
     fills, commits that enqueue jobs fail).
+
+    Warns (WARN line, exit status unchanged) about transactions open in the database for more than
+    --max-xact-age seconds, naming each one's pid and age: they keep vacuum from cleaning up finished
+    jobs, so the queue slows down, but it keeps working.
     """
     if not max_age > 0:
         fail(f"--max-age {max_age} must be greater than zero")
-    checks = _run_checks(resolve(dsn), max_age)
+    if not max_xact_age > 0:
+        fail(f"--max-xact-age {max_xact_age} must be greater than zero")
+    checks = _run_checks(resolve(dsn), max_age, max_xact_age)
     healthy = all(check.status != "fail" for check in checks)
     if json_output:
         print_json({"healthy": healthy, "checks": [asdict(check) for check in checks]})
     else:
         for check in checks:
-            label = {"ok": "ok", "fail": "FAIL", "skipped": "skip"}[check.status]
+            label = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}[check.status]
             print(f"{label:<5} {check.name}: {check.detail}")
         print("healthy" if healthy else "unhealthy")
     if not healthy:

@@ -292,7 +292,8 @@ def test_health_fails_with_exit_2_while_an_old_backlog_has_no_live_worker_and_pa
     report = json.loads(healthy.stdout)
     assert report["healthy"] is True
     assert [(c["name"], c["status"]) for c in report["checks"]] == [
-        ("database", "ok"), ("schema", "ok"), ("workers", "ok"), ("notification_queue", "ok")]
+        ("database", "ok"), ("schema", "ok"), ("workers", "ok"), ("notification_queue", "ok"),
+        ("long_transactions", "ok")]
 
 
 def test_health_fails_when_the_schema_is_not_migrated(empty_dsn: str) -> None:

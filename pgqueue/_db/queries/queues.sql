@@ -31,6 +31,18 @@ SELECT pg_notification_queue_usage() AS usage;
 -- (ALTER SYSTEM/DATABASE/ROLE, often used to fence a primary during a failover).
 SELECT pg_is_in_recovery() AS in_recovery, current_setting('transaction_read_only') = 'on' AS read_only;
 
+-- name: long_transactions
+-- Client transactions open for over %(max_age)s seconds in this database, oldest first, except
+-- our own session. Only this database's sessions hold back vacuum of its tables (pgqueue.jobs
+-- among them). Without pg_read_all_stats, other roles' sessions show no xact_start: not listed.
+SELECT pid, usename AS "user", application_name, state,
+       extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age_seconds
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+  AND xact_start < clock_timestamp() - make_interval(secs => %(max_age)s)
+ORDER BY xact_start
+LIMIT 10;
+
 -- name: summarize_queues
 -- Per-queue outcome summary for reports and the demo: attempts beyond the first are retries;
 -- run time is the final attempt's.
