@@ -55,6 +55,9 @@ class Settings:
         shutdown_grace_seconds: how long SIGTERM waits for running jobs.
         log_format: ``console`` or ``json`` (used by the CLI only).
         max_payload_bytes: upper bound on a job's serialised args.
+        listen_dsn: a direct PostgreSQL DSN used only for the worker's LISTEN session, for when
+            ``dsn`` goes through a pooler in transaction mode (PgBouncer), where LISTEN cannot work.
+        poll_only: the worker never LISTENs and finds jobs by polling every ``poll_seconds``.
     """
 
     dsn: str | None = None
@@ -65,6 +68,8 @@ class Settings:
     max_payload_bytes: int = 1024 * 1024
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     encrypt_all: bool = False
+    listen_dsn: str | None = field(default=None, repr=False)
+    poll_only: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -82,6 +87,8 @@ class Settings:
             log_format=log_format,
             encryption_keys=keys,
             encrypt_all=_env_bool(env, "PGQUEUE_ENCRYPT_ALL", False),
+            listen_dsn=normalize_dsn(env["PGQUEUE_LISTEN_DSN"]) if env.get("PGQUEUE_LISTEN_DSN") else None,
+            poll_only=_env_bool(env, "PGQUEUE_POLL_ONLY", False),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings

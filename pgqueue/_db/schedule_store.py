@@ -104,8 +104,10 @@ class ScheduleStore:
     def connect(cls, dsn: str, *, application_name: str = "pgqueue-scheduler") -> ScheduleStore:
         """A store on a new autocommit connection of its own."""
         with _translated():
+            # prepare_threshold=None: server-side prepared statements break behind PgBouncer < 1.21
+            # in transaction pooling, and this session lives as long as the scheduler.
             conn = psycopg.connect(normalize_dsn(dsn), autocommit=True, application_name=application_name,
-                                   **_KEEPALIVES)
+                                   prepare_threshold=None, **_KEEPALIVES)
         return cls(conn)
 
     @property

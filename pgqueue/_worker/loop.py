@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from pgqueue._db.connections import BoundedAsyncConnection
 from pgqueue._db.queries import NOTIFY_CHANNEL
 from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
 from pgqueue._log import get_logger
@@ -47,6 +48,12 @@ if TYPE_CHECKING:
 _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
 }
+# The worker's own sessions never use server-side prepared statements (psycopg prepares a query
+# after its 5th execution): behind PgBouncer < 1.21 in transaction mode the next statement may run
+# on another server connection, where "_pg3_0" does not exist. pgqueue's queries are cheap to plan.
+_SESSION: dict[str, Any] = {**_KEEPALIVES, "prepare_threshold": None}
+# The listener probes a quiet LISTEN session; no answer within this long means the path is lost.
+PROBE_TIMEOUT = 5.0
 _MAX_CLAIM_BATCH = 200
 # Errors that mean "the database refused these values", not "the connection or server failed".
 _REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
@@ -68,8 +75,10 @@ class _Connection:
     async def get(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:
             await self.close()
-            self.conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, application_name=f"pgqueue-{self.name}", **_KEEPALIVES)
+            # Bounded: a claim or ack whose answer never comes (a half-open path) ends the session
+            # after PGQUEUE_NETWORK_TIMEOUT_SECONDS, and the loop reconnects, instead of waiting forever.
+            self.conn = await BoundedAsyncConnection.connect(
+                self.dsn, autocommit=True, application_name=f"pgqueue-{self.name}", **_SESSION)
         return self.conn
 
     async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
@@ -128,6 +137,7 @@ class Worker:
         self._acks_closing = False
         self._acks_failing = False
         self._connection_limit: int | None = None
+        self._pooled = False
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._acks: list[Outcome] = []
         self._progress: dict[int, tuple[str, float, str | None]] = {}
@@ -188,7 +198,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         dsn = self.app.dsn
-        await self._check_connection_limit(dsn)
+        await self._check_connection(dsn)
         worker_row = {
             "id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid(),
             "queues": self.queues or [], "concurrency": self.concurrency,
@@ -206,13 +216,18 @@ class Worker:
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
         maintenance.start()
-        listener = asyncio.create_task(self._listen(dsn))
+        if self.settings.poll_only:
+            log.info("listener.disabled", reason="poll-only", poll_s=self.settings.poll_seconds)
+        # Poll-only: the claim loop's poll_seconds timeout is then the only way jobs are found.
+        listener = None if self.settings.poll_only else asyncio.create_task(
+            self._listen(self.settings.listen_dsn or dsn))
         acker = asyncio.create_task(self._ack_loop(ack_conn))
         try:
             await self._claim_loop(claim_conn, runner, heartbeat)
             await self._drain(runner)
         finally:
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
             self._stopping = True
             self._acks_closing = True
             self._ack_ready.set()
@@ -234,20 +249,31 @@ class Worker:
             log.info("worker.stopped", completed=self.completed, failed=self.failed)
         return self.exit_code
 
-    async def _check_connection_limit(self, dsn: str) -> None:
+    async def _check_connection(self, dsn: str) -> None:
         """Refuse to start when the role or database can never grant the sessions a worker needs
-        (otherwise one of them keeps failing: jobs run but stay 'running', or LISTEN never works).
+        (otherwise one of them keeps failing: jobs run but stay 'running', or LISTEN never works),
+        or when ``dsn`` goes through a connection pooler and nothing says how to be woken.
 
         Only a static CONNECTION LIMIT is checked, and only if the database answers now: one that
         is down or full is retried by the loops like any other outage.
         """
         try:
             async with await psycopg.AsyncConnection.connect(
-                    dsn, autocommit=True, application_name="pgqueue-worker-check", **_KEEPALIVES) as conn:
+                    dsn, autocommit=True, application_name="pgqueue-worker-check", **_SESSION) as conn:
                 role, limit, source = await AsyncJobStore(conn).connection_limit()
+                # PostgreSQL's BackendKeyData carries the backend's pid; a pooler (PgBouncer, in
+                # any pool mode) sends a key of its own instead, as the client's backend varies.
+                cur = await conn.execute("SELECT pg_backend_pid()")
+                row = await cur.fetchone()
+                self._pooled = row is not None and row[0] != conn.info.backend_pid
         except (PgqueueError, psycopg.Error, OSError):
             return
         self._connection_limit = limit
+        if self._pooled and not self.settings.poll_only and self.settings.listen_dsn is None:
+            raise ConfigurationError(
+                "the worker's DSN goes through a connection pooler (PgBouncer?), where LISTEN does not work in "
+                "transaction pooling: set PGQUEUE_LISTEN_DSN (--listen-dsn) to a direct PostgreSQL DSN, "
+                "or PGQUEUE_POLL_ONLY=1 (--poll-only) to find jobs by polling alone")
         transactional = any(task.transactional for task in self.app.tasks.values())
         needed = WORKER_SESSIONS + (1 if transactional else 0)
         if limit is not None and limit < needed:
@@ -267,8 +293,9 @@ class Worker:
         while not self._stopping:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    dsn, autocommit=True, application_name="pgqueue-listen", **_KEEPALIVES)
+                conn = await BoundedAsyncConnection.connect(
+                    dsn, autocommit=True, application_name="pgqueue-listen", **_SESSION)
+                conn.answer_timeout = PROBE_TIMEOUT
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                 # Probe before the server's idle_session_timeout would end the session.
                 idle_limit = await AsyncJobStore(conn).idle_session_timeout()
@@ -282,8 +309,10 @@ class Worker:
                     async for notify in conn.notifies(timeout=probe):
                         if self.queues is None or notify.payload in self.queues:
                             self._wake()
-                    # A quiet connection may be a dead one: probe it, bounded in time.
-                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5)
+                    # A quiet connection may be a dead one: probe it, bounded in time (by the
+                    # connection's answer_timeout, not asyncio cancellation, whose cancel request
+                    # would wait up to 10 s more on the same dead path).
+                    await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
@@ -525,12 +554,16 @@ class Worker:
             return self.concurrency
         return max(1, min(self.concurrency, self._connection_limit - WORKER_SESSIONS))
 
+    def _tx_kwargs(self) -> dict[str, Any]:
+        # Handlers run their own statements on these: prepared ones only when no pooler is between.
+        return dict(_SESSION) if self._pooled else dict(_KEEPALIVES)
+
     def _get_tx_pool(self) -> ConnectionPool[Any]:
         if self._tx_pool is None:
             from psycopg_pool import ConnectionPool
 
             self._tx_pool = ConnectionPool(self.app.dsn, min_size=0, max_size=self._tx_pool_size(), open=True,
-                                           kwargs=dict(_KEEPALIVES), name="pgqueue-tx")
+                                           kwargs=self._tx_kwargs(), name="pgqueue-tx")
         return self._tx_pool
 
     async def _get_async_tx_pool(self) -> AsyncConnectionPool[Any]:
@@ -539,7 +572,7 @@ class Worker:
 
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self.app.dsn, min_size=0, max_size=self._tx_pool_size(), open=False,
-                kwargs=dict(_KEEPALIVES), name="pgqueue-async-tx")
+                kwargs=self._tx_kwargs(), name="pgqueue-async-tx")
             await pool.open()
             self._async_tx_pool = pool
         return self._async_tx_pool

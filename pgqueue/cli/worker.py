@@ -32,6 +32,12 @@ def worker(
         float | None, typer.Option(envvar="PGQUEUE_SHUTDOWN_GRACE_SECONDS", help="SIGTERM grace period.")] = None,
     with_scheduler: Annotated[bool, typer.Option(
         "--with-scheduler", help="Also run the cron scheduler in this process (syncs the app's schedules).")] = False,
+    listen_dsn: Annotated[str | None, typer.Option(
+        envvar="PGQUEUE_LISTEN_DSN", show_envvar=False,
+        help="Direct PostgreSQL DSN for LISTEN only, when --dsn goes through PgBouncer (transaction pooling).")] = None,
+    poll_only: Annotated[bool, typer.Option(
+        "--poll-only", envvar="PGQUEUE_POLL_ONLY", show_envvar=False,
+        help="Never LISTEN: find jobs by polling every --poll-seconds (for PgBouncer without a direct DSN).")] = False,
     dsn: DsnOption = None,
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
@@ -43,7 +49,9 @@ def worker(
             if value is not None and value <= 0:
                 fail(f"{name} {value} must be greater than zero")
         settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                                     shutdown_grace_seconds=shutdown_grace_seconds)
+                                     shutdown_grace_seconds=shutdown_grace_seconds,
+                                     listen_dsn=normalize_dsn(listen_dsn) if listen_dsn else None,
+                                     poll_only=True if poll_only else None)
         app = load_app(app_path)
         app.settings = settings
         if dsn:
@@ -64,6 +72,9 @@ def worker(
         os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
         os.environ["PGQUEUE_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)
+        os.environ["PGQUEUE_POLL_ONLY"] = "1" if settings.poll_only else "0"
+        if settings.listen_dsn:
+            os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
         raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())
 
     from pgqueue._worker.loop import Worker
