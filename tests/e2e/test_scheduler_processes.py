@@ -66,6 +66,7 @@ class Process:
 def _env(dsn: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DATABASE_URL", None)
+    env.pop("COLUMNS", None)  # tables are laid out for a pipe, whatever terminal runs pytest
     env.update({"PGQUEUE_DSN": dsn, "PGQUEUE_EMBEDDED": "0", "PYTHONUNBUFFERED": "1",
                 "PGQUEUE_LEASE_SECONDS": "2", "PGQUEUE_POLL_SECONDS": "0.5"})
     return env
