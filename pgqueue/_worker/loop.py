@@ -293,7 +293,9 @@ class Worker:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                 # Probe before the server's idle_session_timeout would end the session.
                 idle_limit = await AsyncJobStore(conn).idle_session_timeout()
-                probe = probe_every if idle_limit <= 0 else max(0.1, min(probe_every, idle_limit / 2))
+                # A quarter, not a half: a busy host may run the probe late, and one miss costs
+                # the session and the notifications sent while it is replaced.
+                probe = probe_every if idle_limit <= 0 else max(0.1, min(probe_every, idle_limit / 4))
                 if failures:
                     log.info("listener.reconnected")
                 failures = 0
