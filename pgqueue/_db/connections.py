@@ -7,6 +7,7 @@ commits or rolls it back. Accepted: psycopg ``Connection``/``AsyncConnection``, 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psycopg
@@ -136,3 +137,75 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         raise DatabaseUnavailable(f"cannot connect to {shown}: {_reason(exc, password)}") from None
     except psycopg.Error as exc:
         raise InvalidDSN(f"{shown}: {_reason(exc, password)}") from None
+
+
+# --- sessions of pgqueue's own worker that must not hang on a lost network path ---
+
+NETWORK_TIMEOUT_ENV = "PGQUEUE_NETWORK_TIMEOUT_SECONDS"
+DEFAULT_NETWORK_TIMEOUT = 30.0
+
+
+def network_timeout() -> float:
+    """Seconds a worker session waits for the server's answer before taking the path for lost.
+
+    ``PGQUEUE_NETWORK_TIMEOUT_SECONDS`` (default 30): far above any of pgqueue's own statements
+    (claims, acks, heartbeats, maintenance: milliseconds), so only a silent network trips it.
+    """
+    raw = os.environ.get(NETWORK_TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_NETWORK_TIMEOUT
+    except ValueError:
+        raise ConfigurationError(f"{NETWORK_TIMEOUT_ENV}={raw!r} must be a number") from None
+    if not value > 0:
+        raise ConfigurationError(f"{NETWORK_TIMEOUT_ENV}={raw!r} must be greater than zero")
+    return value
+
+
+def _answer_lost(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+                 bound: float) -> psycopg.OperationalError:
+    # The session is mid-protocol in an unknown state: close it (no cancel request, which would
+    # wait on the same dead path), so the caller's reconnect logic replaces it.
+    conn.pgconn.finish()
+    return psycopg.OperationalError(f"no answer from the server within {bound:g}s (network path lost?): "
+                                    "session closed")
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server is bounded: ``answer_timeout`` seconds,
+    by default :func:`network_timeout`.
+
+    Keepalives cannot end a half-open session that has a request in flight (they only probe idle
+    connections, and a stalled middlebox answers them), and a blocking wait cannot be cancelled
+    from outside: a heartbeat or claim waiting on such a path would wait forever, its worker
+    alive but working no more. psycopg's own waits (notifies with a timeout) keep their timeout.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answer_timeout = network_timeout()
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is not None:
+            return super().wait(gen, interval, timeout)
+        try:
+            return super().wait(gen, interval, self.answer_timeout)
+        except psycopg.errors._WaitTimeout:  # psycopg's own: raised only when our timeout expires
+            raise _answer_lost(self, self.answer_timeout) from None
+
+
+class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
+    """The async twin of :class:`BoundedConnection` (no asyncio cancellation, hence no cancel
+    request waiting on the dead path too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answer_timeout = network_timeout()
+
+    # psycopg's own signature, timeout included.
+    async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        if timeout is not None:
+            return await super().wait(gen, interval, timeout)
+        try:
+            return await super().wait(gen, interval, self.answer_timeout)
+        except psycopg.errors._WaitTimeout:
+            raise _answer_lost(self, self.answer_timeout) from None

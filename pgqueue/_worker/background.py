@@ -16,9 +16,19 @@ from typing import Any
 
 import psycopg
 
+from pgqueue._db.connections import BoundedConnection
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
+
+_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+
+def _open_session(dsn: str, **kwargs: Any) -> BoundedConnection:
+    # Bounded (a wait for an answer ends after PGQUEUE_NETWORK_TIMEOUT_SECONDS) and with keepalives, as the
+    # worker loop's sessions: a heartbeat waiting forever on a half-open path would leave its
+    # worker running, unable to renew its lease, with no error to act on.
+    return BoundedConnection.connect(dsn, **_KEEPALIVES, **kwargs)
 
 
 class _ConnectedLoop(threading.Thread):
@@ -48,8 +58,8 @@ class _ConnectedLoop(threading.Thread):
             # count a worker's connections in pg_stat_activity.
             # No server-side prepared statements: they break behind PgBouncer < 1.21 in transaction
             # pooling (the next statement may run on another server connection). See loop._SESSION.
-            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, prepare_threshold=None,
-                                         application_name=f"pgqueue-{self.name}")
+            self._conn = _open_session(self.dsn, autocommit=True, connect_timeout=5, prepare_threshold=None,
+                                       application_name=f"pgqueue-{self.name}")
         return self._conn
 
     def _tick_replacing_dead_session(self) -> None:

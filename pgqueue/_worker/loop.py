@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from pgqueue._db.connections import BoundedAsyncConnection
 from pgqueue._db.queries import NOTIFY_CHANNEL
 from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
 from pgqueue._log import get_logger
@@ -51,6 +52,8 @@ _KEEPALIVES: dict[str, Any] = {
 # after its 5th execution): behind PgBouncer < 1.21 in transaction mode the next statement may run
 # on another server connection, where "_pg3_0" does not exist. pgqueue's queries are cheap to plan.
 _SESSION: dict[str, Any] = {**_KEEPALIVES, "prepare_threshold": None}
+# The listener probes a quiet LISTEN session; no answer within this long means the path is lost.
+PROBE_TIMEOUT = 5.0
 _MAX_CLAIM_BATCH = 200
 # Errors that mean "the database refused these values", not "the connection or server failed".
 _REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
@@ -72,7 +75,9 @@ class _Connection:
     async def get(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:
             await self.close()
-            self.conn = await psycopg.AsyncConnection.connect(
+            # Bounded: a claim or ack whose answer never comes (a half-open path) ends the session
+            # after PGQUEUE_NETWORK_TIMEOUT_SECONDS, and the loop reconnects, instead of waiting forever.
+            self.conn = await BoundedAsyncConnection.connect(
                 self.dsn, autocommit=True, application_name=f"pgqueue-{self.name}", **_SESSION)
         return self.conn
 
@@ -288,8 +293,9 @@ class Worker:
         while not self._stopping:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(
+                conn = await BoundedAsyncConnection.connect(
                     dsn, autocommit=True, application_name="pgqueue-listen", **_SESSION)
+                conn.answer_timeout = PROBE_TIMEOUT
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                 # Probe before the server's idle_session_timeout would end the session.
                 idle_limit = await AsyncJobStore(conn).idle_session_timeout()
@@ -305,8 +311,10 @@ class Worker:
                     async for notify in conn.notifies(timeout=probe):
                         if self.queues is None or notify.payload in self.queues:
                             self._wake()
-                    # A quiet connection may be a dead one: probe it, bounded in time.
-                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5)
+                    # A quiet connection may be a dead one: probe it, bounded in time (by the
+                    # connection's answer_timeout, not asyncio cancellation, whose cancel request
+                    # would wait up to 10 s more on the same dead path).
+                    await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
