@@ -424,6 +424,10 @@ class Worker:
                 # The database refused something in the batch itself (not the connection): retrying
                 # the batch would refuse it forever and block every outcome behind it.
                 await self._write_one_by_one(ack_conn, batch, log)
+                # The batch is written (or handed back, in which case the next round sets this
+                # again): claims must not stay paused behind an outage that is over.
+                failures = 0
+                self._acks_failing = False
             except (PgqueueError, psycopg.Error, OSError) as exc:
                 # Outcomes are idempotent under their lease token: put them back and retry.
                 self._acks[:0] = batch
