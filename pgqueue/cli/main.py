@@ -51,6 +51,9 @@ def _register() -> None:
     from pgqueue.cli import demo
 
     app.command("demo")(demo.demo)
+    from pgqueue.cli import bench
+
+    app.command("bench")(bench.bench)
     from pgqueue.cli import soak
 
     app.command("soak")(soak.soak)

@@ -1,0 +1,55 @@
+"""One benchmark worker process: ``python -m pgqueue._bench.child`` (started by ``WorkerProcesses``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+from pgqueue._bench.workers import ASYNC, DSN_ENV, QUEUE, SYNC, TASK
+from pgqueue._worker.loop import Worker
+from pgqueue.app import App
+from pgqueue.jobs import Job
+from pgqueue.settings import Settings
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m pgqueue._bench.child")
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--handler", choices=(ASYNC, SYNC), default=ASYNC)
+    parser.add_argument("--record-starts", action="store_true")
+    options = parser.parse_args()
+    record = options.record_starts
+    out = sys.stdout
+
+    def noop(job: Job, i: int = 0) -> None:
+        if record:
+            out.write(f"{i} {time.time()}\n")
+            out.flush()
+
+    async def noop_async(job: Job, i: int = 0) -> None:
+        noop(job, i)
+
+    dsn = os.environ[DSN_ENV]
+    app = App(dsn, settings=Settings(dsn=dsn))
+    app.task(name=TASK, queue=QUEUE)(noop_async if options.handler == ASYNC else noop)
+    worker = Worker(app, concurrency=options.concurrency)
+    finished = threading.Event()
+
+    def stop_when_stdin_closes() -> None:
+        sys.stdin.read()
+        # stop() is a no-op until the worker's loop exists, so repeat it until run() returns.
+        while not finished.wait(0.1):
+            worker.stop()
+
+    threading.Thread(target=stop_when_stdin_closes, name="bench-stop", daemon=True).start()
+    try:
+        return worker.run(install_signal_handlers=False)
+    finally:
+        finished.set()
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

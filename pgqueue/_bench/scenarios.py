@@ -1,0 +1,328 @@
+"""The scenarios. Each is a list of units; a unit runs once per repetition in a fresh database
+and returns its samples. Keys match the peer benchmark's (``/work/shared/peer-bench``) where
+the same thing is measured, so the figures line up column by column.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgqueue._bench import sql as bench_sql
+from pgqueue._bench.context import FULL, Context, Scenario, Unit
+from pgqueue._bench.database import scalar
+from pgqueue._bench.physical import PHYSICAL
+from pgqueue._bench.stats import Sample, percentile, rate, timed
+from pgqueue._bench.workers import ASYNC, QUEUE, SYNC, TASK, WorkerProcesses
+from pgqueue._db.store import JobStore
+from pgqueue.app import App
+from pgqueue.jobs import JobSpec
+from pgqueue.settings import Settings
+
+ACTOR = "pgqueue-bench"
+
+
+def count_label(n: int) -> str:
+    """10_000 -> "10k", 1_000_000 -> "1m": the size suffix of a key."""
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+# --- shared steps ---
+
+def _app(dsn: str) -> App:
+    return App(dsn, settings=Settings(dsn=dsn))
+
+
+def _specs(start: int, count: int) -> list[JobSpec]:
+    return [JobSpec(TASK, {"i": i}, queue=QUEUE) for i in range(start, start + count)]
+
+
+def _set_paused(conn: psycopg.Connection[Any], paused: bool) -> None:
+    JobStore(conn).set_queue_paused(QUEUE, paused, actor=ACTOR)
+
+
+def _fill_paused(ctx: Context, dsn: str, count: int) -> None:
+    """``count`` jobs through ``enqueue_many`` on a paused queue, so no worker starts early."""
+    ctx.status(f"enqueueing {count:,} jobs")
+    app = _app(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _set_paused(conn, True)
+        for start in range(0, count, ctx.sizes.bulk_batch):
+            app.enqueue_many(conn, _specs(start, min(ctx.sizes.bulk_batch, count - start)))
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds()
+
+
+def _drain(ctx: Context, dsn: str, *, processes: int, concurrency: int, target: int,
+           handler: str = ASYNC) -> tuple[float, str | None]:
+    """Start workers on the paused queue, resume it, and time ``target`` completions.
+
+    Start and end come from the database clock: the moment before the queue resumes, and the
+    ``finished_at`` of the target-th completed job. Polling only decides when to look.
+    """
+    cap = ctx.sizes.process_cap_s
+    with psycopg.connect(dsn, autocommit=True) as conn, WorkerProcesses(
+            dsn, processes=processes, concurrency=concurrency, handler=handler) as workers:
+        ctx.status(f"starting {processes} worker process(es)")
+        workers.wait_ready()
+        ctx.status(f"draining {target:,} jobs with {processes} x {concurrency}")
+        started: datetime = scalar(conn, bench_sql.CLOCK)
+        _set_paused(conn, False)
+        deadline = time.monotonic() + cap
+        done: int = scalar(conn, bench_sql.COUNT_COMPLETED)
+        while done < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = scalar(conn, bench_sql.COUNT_COMPLETED)
+        if done >= target:
+            return rate(target, _seconds(started, scalar(conn, bench_sql.NTH_FINISHED_AT, {"n": target}))), None
+        elapsed = _seconds(started, scalar(conn, bench_sql.CLOCK))
+        return rate(done, elapsed), f"capped at {cap:g} s: {done} of {target} jobs; rate = jobs handled / elapsed"
+
+
+# --- enqueue ---
+
+def _enqueue_single(ctx: Context) -> list[Sample]:
+    n = ctx.sizes.enqueue_single
+    with ctx.databases.fresh() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        app = _app(dsn)
+        with timed() as watch:
+            for i in range(n):
+                app.enqueue(conn, TASK, {"i": i}, queue=QUEUE)
+    return [Sample("enqueue_single", "jobs/s", rate(n, watch.seconds))]
+
+
+def _enqueue_bulk(ctx: Context) -> list[Sample]:
+    n, batch = ctx.sizes.enqueue_bulk, ctx.sizes.bulk_batch
+    specs = _specs(0, n)
+    with ctx.databases.fresh() as dsn, psycopg.connect(dsn) as conn:
+        app = _app(dsn)
+        with timed() as watch:
+            for start in range(0, n, batch):
+                app.enqueue_many(conn, specs[start:start + batch])
+                conn.commit()
+    return [Sample("enqueue_bulk", "jobs/s", rate(n, watch.seconds))]
+
+
+# --- processing ---
+
+# (processes, concurrency, handler). c10 lines up with the peers' process_c10.
+PROCESS_VARIANTS: tuple[tuple[int, int, str], ...] = (
+    (1, 1, ASYNC), (1, 10, ASYNC), (1, 50, ASYNC), (2, 50, ASYNC), (1, 50, SYNC))
+
+
+def process_key(processes: int, concurrency: int, handler: str) -> str:
+    key = f"process_p{processes}_c{concurrency}" if processes > 1 else f"process_c{concurrency}"
+    return key + ("_sync" if handler == SYNC else "")
+
+
+def _process_unit(processes: int, concurrency: int, handler: str) -> Unit:
+    key = process_key(processes, concurrency, handler)
+
+    def run(ctx: Context) -> list[Sample]:
+        n = ctx.sizes.process
+        with ctx.databases.fresh() as dsn:
+            _fill_paused(ctx, dsn, n)
+            value, note = _drain(ctx, dsn, processes=processes, concurrency=concurrency, target=n, handler=handler)
+        return [Sample(key, "jobs/s", value, note)]
+
+    return Unit(f"process P={processes} C={concurrency}{' sync' if handler == SYNC else ''}", run)
+
+
+# --- latency ---
+
+def _latency(ctx: Context) -> list[Sample]:
+    n, gap = ctx.sizes.latency, ctx.sizes.latency_gap_s
+    with ctx.databases.fresh() as dsn, WorkerProcesses(
+            dsn, processes=1, concurrency=10, record_starts=True) as workers, \
+            psycopg.connect(dsn, autocommit=True) as conn:
+        ctx.status("starting an idle worker")
+        workers.wait_ready()
+        time.sleep(0.5)  # idle: parked on LISTEN, nothing in flight
+        ctx.status(f"enqueueing {n} jobs {gap * 1000:g} ms apart")
+        app = _app(dsn)
+        commits: list[float] = []
+        next_at = time.monotonic()
+        for i in range(n):
+            app.enqueue(conn, TASK, {"i": i}, queue=QUEUE)
+            commits.append(time.time())
+            next_at += gap
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        deadline = time.monotonic() + 10
+        while len(workers.starts) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        starts = dict(workers.starts)
+    latencies = [(starts[i] - commit) * 1000 for i, commit in enumerate(commits) if i in starts]
+    missing = n - len(latencies)
+    note = f"{missing} of {n} jobs did not start within 10 s" if missing else None
+    return [Sample(f"latency_p{p}", "ms", percentile(latencies, p), note) for p in (50, 95, 99)]
+
+
+# --- backlog ---
+
+def _backlog(ctx: Context) -> list[Sample]:
+    measure = ctx.sizes.backlog_measure
+    rates: list[float] = []
+    samples: list[Sample] = []
+    for size in ctx.sizes.backlogs:
+        with ctx.databases.fresh() as dsn:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                _set_paused(conn, True)
+                ctx.status(f"generating a backlog of {size:,} jobs")
+                conn.execute(bench_sql.FILL_BACKLOG, {"task": TASK, "queue": QUEUE, "count": size})
+                conn.execute(bench_sql.ANALYZE_JOBS)
+            value, note = _drain(ctx, dsn, processes=1, concurrency=50, target=measure)
+        rates.append(value)
+        samples.append(Sample(f"backlog_{count_label(size)}", "jobs/s", value, note))
+    samples.append(Sample("backlog_ratio", "x", rates[1] / rates[0] if rates[0] else float("nan")))
+    return samples
+
+
+# --- churn ---
+
+class _Pruner(threading.Thread):
+    """Stand-in retention: delete completed jobs older than ``keep_seconds``, once a second.
+
+    When the server's autovacuum is off, nothing would ever reclaim the deleted rows, so the
+    stand-in also runs ``VACUUM pgqueue.jobs`` every ``vacuum_every`` seconds (roughly what
+    autovacuum would do for a table this busy) and the report says so.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self, dsn: str, keep_seconds: float, vacuum_every: float | None) -> None:
+        super().__init__(name="bench-pruner", daemon=True)
+        self.dsn = dsn
+        self.keep_seconds = keep_seconds
+        self.vacuum_every = vacuum_every
+        self.lock = threading.Lock()  # held while a deletion commits and is counted
+        self.pruned = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        params = {"keep_seconds": self.keep_seconds, "limit": self.LIMIT}
+        last_vacuum = time.monotonic()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.wait(1.0):
+                deleted = self.LIMIT
+                while deleted == self.LIMIT and not self.stopping.is_set():
+                    with self.lock:
+                        deleted = conn.execute(bench_sql.PRUNE_COMPLETED, params).rowcount
+                        self.pruned += deleted
+                if self.vacuum_every is not None and time.monotonic() - last_vacuum >= self.vacuum_every:
+                    conn.execute(bench_sql.VACUUM_JOBS)
+                    last_vacuum = time.monotonic()
+
+
+def _table(conn: psycopg.Connection[Any], table: str) -> tuple[int, int, int]:
+    total, live, dead = conn.execute(bench_sql.TABLE_SIZE, {"table": table}).fetchall()[0]
+    return int(total), int(live), int(dead)
+
+
+def _fresh_copy_bytes(conn: psycopg.Connection[Any]) -> int:
+    """The size of the same live rows loaded into a new table with the same indexes and storage."""
+    conn.execute(bench_sql.CREATE_FRESH)
+    fresh = sql.Identifier("public", bench_sql.FRESH_TABLE)
+    for option in scalar(conn, bench_sql.JOBS_RELOPTIONS):
+        name, _, value = option.partition("=")
+        conn.execute(sql.SQL("ALTER TABLE {} SET ({} = {})").format(fresh, sql.Identifier(name), sql.Literal(value)))
+    conn.execute(bench_sql.LOAD_FRESH)
+    total, _, _ = _table(conn, f"public.{bench_sql.FRESH_TABLE}")
+    conn.execute(bench_sql.DROP_FRESH)
+    return total
+
+
+@contextmanager
+def _pruning(dsn: str, keep_seconds: float, vacuum_every: float | None) -> Iterator[_Pruner]:
+    pruner = _Pruner(dsn, keep_seconds, vacuum_every)
+    pruner.start()
+    try:
+        yield pruner
+    finally:
+        pruner.stopping.set()
+        pruner.join()
+
+
+def _churn(ctx: Context) -> list[Sample]:
+    sizes = ctx.sizes
+    n, wave = sizes.churn, sizes.churn_wave
+    mb = 1024 * 1024
+    with ctx.databases.fresh() as dsn:
+        app = _app(dsn)
+        half_bytes = 0
+        with psycopg.connect(dsn, autocommit=True) as conn, WorkerProcesses(
+                dsn, processes=1, concurrency=50) as workers:
+            ctx.status("starting a worker")
+            workers.wait_ready()
+            autovacuum = scalar(conn, bench_sql.AUTOVACUUM) == "on"
+            vacuum_every = None if autovacuum else sizes.churn_vacuum_s
+            deadline = time.monotonic() + sizes.churn_cap_s
+            enqueued = done = 0
+            with _pruning(dsn, sizes.churn_keep_s, vacuum_every) as pruner, timed() as watch:
+                while done < n and time.monotonic() < deadline:
+                    with pruner.lock:
+                        done = scalar(conn, bench_sql.COUNT_COMPLETED) + pruner.pruned
+                    ctx.status(f"churn: {done:,} of {n:,} jobs done, {pruner.pruned:,} pruned")
+                    if not half_bytes and done >= n // 2:
+                        half_bytes = _table(conn, "pgqueue.jobs")[0]
+                    if enqueued < n and scalar(conn, bench_sql.COUNT_AVAILABLE) < wave:
+                        app.enqueue_many(conn, _specs(enqueued, min(wave, n - enqueued)))
+                        enqueued += min(wave, n - enqueued)
+                    else:
+                        time.sleep(0.1)
+        # Workers and pruner have disconnected, so their statistics are flushed.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            ctx.status("churn: measuring table sizes")
+            total, _, dead = _table(conn, "pgqueue.jobs")
+            live: int = scalar(conn, bench_sql.COUNT_JOBS)
+            fresh = _fresh_copy_bytes(conn)
+            events, _, _ = _table(conn, "pgqueue.job_events")
+    note = (f"retention stand-in: pgqueue has no pruner yet, so the benchmark deleted completed jobs older than "
+            f"{sizes.churn_keep_s:g} s once a second; {n:,} jobs, 1 worker x 50")
+    if vacuum_every is not None:
+        note += (f"; autovacuum is off on this server, so the stand-in also ran VACUUM pgqueue.jobs every "
+                 f"{vacuum_every:g} s")
+    if done < n:
+        note += f"; capped at {sizes.churn_cap_s:g} s after {done:,} jobs"
+    return [
+        Sample("churn_rate", "jobs/s", rate(done, watch.seconds), note),
+        Sample("churn_table_mb", "MB", total / mb),
+        Sample("churn_fresh_mb", "MB", fresh / mb),
+        Sample("churn_bloat_ratio", "x", total / fresh if fresh else float("nan")),
+        Sample("churn_growth", "x", total / half_bytes if half_bytes else float("nan")),
+        Sample("churn_live_rows", "rows", live),
+        Sample("churn_dead_tuples", "rows", dead),
+        Sample("churn_events_mb", "MB", events / mb),
+    ]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (
+        Scenario("enqueue-single", "App.enqueue, one job per transaction, 1 connection",
+                 lambda sizes: [Unit("enqueue single", _enqueue_single)]),
+        Scenario("enqueue-bulk", f"App.enqueue_many in batches of {FULL.bulk_batch:,}",
+                 lambda sizes: [Unit("enqueue bulk", _enqueue_bulk)]),
+        Scenario("process", "drain a backlog of no-op jobs with P processes x C concurrency",
+                 lambda sizes: [_process_unit(*variant) for variant in PROCESS_VARIANTS]),
+        Scenario("latency", "idle worker; enqueue commit -> handler start",
+                 lambda sizes: [Unit("latency", _latency)]),
+        Scenario("backlog", "claim+complete throughput with a small vs a large backlog",
+                 lambda sizes: [Unit("backlog", _backlog)]),
+        Scenario("churn", "many jobs through the table with retention on: size and dead tuples",
+                 lambda sizes: [Unit("churn", _churn)]),
+        Scenario("physical", "PostgreSQL's ceiling: the minimal SQL a queue needs per job",
+                 lambda sizes: PHYSICAL),
+    )
+}

@@ -1,0 +1,100 @@
+"""Real pgqueue ``Worker`` processes for the benchmark, each running a no-op task.
+
+Workers always run in child processes, even for one process: the parent's enqueuers, pruner and
+probes then never share a GIL with the worker being measured. A child is
+``python -m pgqueue._bench.child`` (not multiprocessing, which would re-import the caller's
+main module): the DSN comes in the environment (never argv), it stops when its stdin closes (so
+it also stops when the parent dies), and in the latency scenario the handler writes
+``<i> <time.time()>`` lines to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from types import TracebackType
+
+import psycopg
+
+from pgqueue._bench import sql as bench_sql
+from pgqueue._bench.database import scalar
+from pgqueue.errors import PgqueueError
+
+TASK = "pgqueue_bench.noop"
+QUEUE = "bench"
+ASYNC = "async"
+SYNC = "sync"
+DSN_ENV = "PGQUEUE_BENCH_DSN"
+
+
+class WorkerProcesses:
+    """``processes`` children, each one Worker with ``concurrency`` slots; stopped on exit.
+
+    Example:
+        >>> with WorkerProcesses(dsn, processes=2, concurrency=50) as workers:
+        ...     workers.wait_ready()
+    """
+
+    def __init__(self, dsn: str, *, processes: int, concurrency: int, handler: str = ASYNC,
+                 record_starts: bool = False) -> None:
+        self.dsn = dsn
+        self.processes = processes
+        self.argv = [sys.executable, "-m", "pgqueue._bench.child", "--concurrency", str(concurrency),
+                     "--handler", handler] + (["--record-starts"] if record_starts else [])
+        self.record_starts = record_starts
+        self.starts: dict[int, float] = {}
+        self._children: list[subprocess.Popen[str]] = []
+        self._readers: list[threading.Thread] = []
+
+    def __enter__(self) -> WorkerProcesses:
+        env = dict(os.environ, **{DSN_ENV: self.dsn})
+        for _ in range(self.processes):
+            child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                self.argv, env=env, stdin=subprocess.PIPE, text=True,
+                stdout=subprocess.PIPE if self.record_starts else subprocess.DEVNULL)
+            self._children.append(child)
+            if self.record_starts:
+                reader = threading.Thread(target=self._read_starts, args=(child,), daemon=True)
+                reader.start()
+                self._readers.append(reader)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _read_starts(self, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None  # noqa: S101 - set by __enter__
+        for line in child.stdout:
+            index, _, started = line.partition(" ")
+            self.starts[int(index)] = float(started)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every child's worker has registered (its heartbeat row exists) and gone idle."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while scalar(conn, bench_sql.LIVE_WORKERS) < self.processes:
+                if any(child.poll() is not None for child in self._children):
+                    raise PgqueueError("a benchmark worker process exited during start-up")
+                if time.monotonic() > deadline:
+                    raise PgqueueError(f"benchmark workers did not register within {timeout:g}s")
+                time.sleep(0.05)
+        # Registered workers run their first claim and LISTEN a moment later.
+        time.sleep(0.5)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for child in self._children:
+            if child.stdin is not None and not child.stdin.closed:
+                child.stdin.close()
+        deadline = time.monotonic() + timeout
+        for child in self._children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        for reader in self._readers:
+            reader.join(5)

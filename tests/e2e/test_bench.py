@@ -1,0 +1,84 @@
+"""`pgqueue bench`: it runs and reports every figure. Never any timing assertion (CONTRACT §9)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+# --quick sizes: the backlog pair is 10k vs 100k (1m in a full run).
+QUICK_FIGURES = {
+    "enqueue_single", "enqueue_bulk",
+    "process_c1", "process_c10", "process_c50", "process_p2_c50", "process_c50_sync",
+    "latency_p50", "latency_p95", "latency_p99",
+    "backlog_10k", "backlog_100k", "backlog_ratio",
+    "churn_rate", "churn_table_mb", "churn_fresh_mb", "churn_bloat_ratio", "churn_growth",
+    "churn_live_rows", "churn_dead_tuples", "churn_events_mb",
+    "physical_enqueue_single", "physical_enqueue_bulk", "physical_claim1_conn1", "physical_claim1_conn4",
+    "physical_claim100_conn1", "physical_claim100_conn4",
+}
+
+
+def run_bench(dsn: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("COLUMNS", None)  # the table is laid out for a pipe, whatever terminal runs pytest
+    return subprocess.run([sys.executable, "-m", "pgqueue", "bench", "--dsn", dsn, *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def bench_databases(dsn: str, prefix: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.slow
+def test_quick_json_reports_every_figure_and_drops_its_databases(dsn: str) -> None:
+    result = run_bench(dsn, "--quick", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+
+    assert set(report["results"]) == QUICK_FIGURES
+    for key, figure in report["results"].items():
+        assert len(figure["values"]) == 1, key
+        assert figure["unit"], key
+        assert math.isfinite(figure["median"]), (key, figure)
+        assert figure["min"] <= figure["median"] <= figure["max"], key
+    # Throughputs are set against the ceiling measured in the same run.
+    assert report["results"]["enqueue_single"]["ceiling"] == "physical_enqueue_single"
+    assert report["results"]["process_c50"]["ceiling"] in {"physical_claim100_conn1", "physical_claim100_conn4"}
+    assert report["results"]["process_c50"]["fraction_of_ceiling"] > 0
+    assert report["results"]["latency_p50"]["ceiling"] is None
+    assert "no pruner" in report["notes"]["churn_rate"]
+    assert {"cores", "memory_gb", "date"} <= set(report["machine"])
+    assert {"server_version", "shared_buffers", "synchronous_commit", "fsync", "max_connections"} <= set(
+        report["postgres"])
+    assert report["system"] == "pgqueue"
+    assert report["settings"]["mode"] == "quick"
+    assert report["settings"]["reps"] == 1
+
+    prefix = report["settings"]["database"].split(":")[0]
+    assert prefix.startswith("pgqueue_bench_")
+    assert bench_databases(dsn, prefix) == []
+
+
+def test_a_chosen_scenario_runs_alone_and_prints_a_table(dsn: str) -> None:
+    result = run_bench(dsn, "--quick", "--scenario", "enqueue-single", "--scenario", "physical")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "enqueue_single" in result.stdout
+    assert "physical_claim100_conn4" in result.stdout
+    assert "process_c50" not in result.stdout
+    assert "PostgreSQL" in result.stdout
+
+
+def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
+    result = run_bench(dsn, "--scenario", "nope", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, process, latency, "
+        "backlog, churn, physical"]
