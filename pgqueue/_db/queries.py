@@ -47,6 +47,7 @@ class JobQueries(NamedTuple):
     complete_jobs: LiteralString
     fail_jobs: LiteralString
     release_jobs: LiteralString
+    release_lost_claims: LiteralString
     update_progress: LiteralString
     lock_running_job: LiteralString
     stage_jobs: LiteralString

@@ -394,6 +394,12 @@ class AsyncJobStore:
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 
+    async def release_lost_claims(self, worker_id: str, tracked: Sequence[int]) -> list[int]:
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.release_lost_claims, {"worker_id": worker_id, "tracked": list(tracked)})
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
+
     async def release_jobs(self, jobs: Sequence[tuple[int, str]]) -> set[int]:
         with translate_errors():
             cur = await self.conn.execute(JOBS.release_jobs, {

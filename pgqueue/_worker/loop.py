@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +137,7 @@ class Worker:
         self._hard_stop = False
         self._acks_closing = False
         self._acks_failing = False
+        self._acks_inflight: set[int] = set()
         self._connection_limit: int | None = None
         self._pooled = False
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
@@ -338,7 +340,16 @@ class Worker:
         # Claim nothing until our worker row exists: the rescuer treats jobs of unknown workers as orphans.
         while not self._stopping and not await asyncio.to_thread(heartbeat.healthy.wait, 0.5):
             pass
+        reconciled_at = time.monotonic()
+        claim_uncertain = False
         while not self._stopping:
+            if claim_uncertain or time.monotonic() - reconciled_at > self.settings.lease_seconds:
+                try:
+                    await claim_conn.run(self._release_lost_claims)
+                    reconciled_at = time.monotonic()
+                    claim_uncertain = False
+                except (PgqueueError, psycopg.Error, OSError):
+                    pass  # the claim below meets the same outage and backs off
             free = self.concurrency - len(self._running)
             if free <= 0:
                 self._slot_freed.clear()
@@ -358,6 +369,8 @@ class Worker:
                     log.info("database.reconnected", role="claim")
                 failures = 0
             except (PgqueueError, psycopg.Error, OSError) as exc:
+                # The claim may have committed with only its reply lost: reconcile before the next one.
+                claim_uncertain = True
                 failures += 1
                 wait = min(0.25 * 2 ** min(failures, 6), 10.0)
                 log.warning("database.unavailable", role="claim", error_type=type(exc).__name__,
@@ -371,6 +384,14 @@ class Worker:
                 # The queue is (momentarily) empty: sleep until notified, or poll as a fallback.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.poll_seconds)
+
+    async def _release_lost_claims(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Everything this process knows it holds: running handlers and outcomes not yet written.
+        tracked = set(self._running) | self._acks_inflight | {outcome.job_id for outcome in self._acks}
+        released = await AsyncJobStore(conn).release_lost_claims(self.worker_id, sorted(tracked))
+        if released:
+            get_logger("pgqueue.worker", worker_id=self.worker_id).warning(
+                "worker.lost_claims_released", jobs=released)
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], limit: int) -> list[Job]:
         return await AsyncJobStore(conn).claim_jobs(self.queues, limit, self.worker_id)
@@ -416,6 +437,7 @@ class Worker:
                 await self._ack_ready.wait()
                 continue
             batch, self._acks = self._acks, []
+            self._acks_inflight = {outcome.job_id for outcome in batch}
             try:
                 await ack_conn.run(functools.partial(self._write_outcomes, batch=batch, log=log))
                 failures = 0
@@ -438,6 +460,8 @@ class Worker:
                             error=_first_line(exc), pending=len(self._acks), retry_in_s=wait)
                 await ack_conn.close()
                 await asyncio.sleep(wait)
+            finally:
+                self._acks_inflight = set()
 
     async def _write_one_by_one(self, ack_conn: _Connection, batch: list[Outcome], log: Any) -> None:
         """Write each outcome alone; one the database refuses becomes a plain failure of its job."""

@@ -183,6 +183,25 @@ WITH released AS (
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM released;
 
+-- name: release_lost_claims
+-- Jobs running under this worker that the worker is not tracking: a claim committed but its
+-- reply was lost with the connection. The worker is alive, so no rescue would ever find them;
+-- it hands them back itself. The lost claim's attempt is not counted.
+WITH lost AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'available', attempt = GREATEST(j.attempt - 1, 0), run_at = now(), lease_token = NULL
+    WHERE j.state = 'running' AND j.worker_id = %(worker_id)s AND NOT (j.id = ANY(%(tracked)b::bigint[]))
+    RETURNING j.id, j.queue, j.attempt, j.worker_id
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
+    SELECT id, 'released', 'running', 'available', attempt, worker_id,
+           jsonb_build_object('reason', 'claim reply lost', 'counted_attempt', false)
+    FROM lost
+), notified AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM lost) AS q
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM lost;
+
 -- name: update_progress
 UPDATE pgqueue.jobs AS j
 SET progress = p.progress, progress_note = p.note
