@@ -131,6 +131,11 @@ class Heartbeat(_ConnectedLoop):
         store.heartbeat_worker(self.worker_row)
         self._last_beat = time.monotonic()
 
+    def lease_current(self) -> bool:
+        """True while at least half the lease is left since the last heartbeat that got through
+        (timed from before it was sent, so the estimate errs short)."""
+        return time.monotonic() - self._last_beat < self.lease_seconds / 2
+
     def on_stop(self, store: JobStore) -> None:
         store.deregister_worker(self.worker_row["id"])
 

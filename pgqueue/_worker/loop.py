@@ -356,6 +356,12 @@ class Worker:
                 if self.concurrency - len(self._running) <= 0:
                     await self._slot_freed.wait()
                 continue
+            if not heartbeat.lease_current():
+                # After an outage the claim connection may come back before the heartbeat does: a
+                # job claimed under a lapsed lease looks orphaned to the rescuer (ours or another
+                # worker's), is rescued at once and runs twice. Claim again once the lease is renewed.
+                await asyncio.sleep(0.1)
+                continue
             if self._acks_failing:
                 # Finished jobs whose outcomes cannot be written stay 'running' under our live lease,
                 # where nobody rescues them: claiming more while that lasts would only add to them.
