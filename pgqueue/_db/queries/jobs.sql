@@ -73,13 +73,15 @@ WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'runni
 
 -- name: claim_jobs
 -- MATERIALIZED keeps the LIMIT applied before the UPDATE, so a batch never takes more rows than
--- it asked for. FOR NO KEY UPDATE (not FOR UPDATE) lets audit rows and other readers proceed.
+-- it asked for. Paused queues are an anti-join, not `queue <> ALL (ARRAY(...))`: the planner
+-- estimates the latter at one row when one queue holds most jobs, and then sorts the whole
+-- backlog on every claim (375 ms per claim at 1M waiting, against 2 ms). FOR NO KEY UPDATE (not FOR UPDATE) lets audit rows and other readers proceed.
 -- SKIP LOCKED lets concurrent workers pass each other instead of queueing on the same rows.
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND queue = ANY(%(queues)b::text[])
-      AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE paused))
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.paused)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -102,7 +104,7 @@ SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
-      AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE paused))
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.paused)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
