@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -97,3 +101,35 @@ def scratch_database(server_dsn: str, template: str) -> Iterator[str]:
     finally:
         with admin_connection(server_dsn) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class ProcessGroups:
+    """Subprocesses a test starts, each in a session of its own, with stdout/stderr in log files.
+
+    :meth:`kill_all` SIGKILLs every whole process group (a supervisor's children too, even when the
+    supervisor is already gone) and closes the logs: call it in the fixture's teardown.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._files: list[IO[bytes]] = []
+
+    def start(self, argv: Sequence[str], *, cwd: Path, env: dict[str, str],
+              name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+        stdout_path = self.log_dir / f"{name}.stdout"
+        stderr_path = self.log_dir / f"{name}.stderr"
+        stdout, stderr = stdout_path.open("wb"), stderr_path.open("wb")
+        self._files += [stdout, stderr]
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        self.procs.append(proc)
+        return proc, stdout_path, stderr_path
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for handle in self._files:
+            handle.close()

@@ -11,24 +11,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
 from tests.e2e.worker_app import EXECUTIONS_DDL
-from tests.helpers import wait_until
+from tests.helpers import ProcessGroups, wait_until
 
 E2E_DIR = Path(__file__).resolve().parent
 LEASE_SECONDS = 2.0
@@ -43,7 +41,6 @@ class WorkerProcess:
     dsn: str
     stdout_path: Path
     stderr_path: Path
-    _files: list[IO[bytes]] = field(default_factory=list, repr=False)
 
     @property
     def pid(self) -> int:
@@ -189,27 +186,18 @@ def spawn_worker(tmp_path: Path) -> Iterator[SpawnWorker]:
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("DATABASE_URL", None)
-        stdout_path = tmp_path / f"worker-{index}.stdout"
-        stderr_path = tmp_path / f"worker-{index}.stderr"
-        stdout, stderr = stdout_path.open("wb"), stderr_path.open("wb")
-        proc = subprocess.Popen(argv, cwd=E2E_DIR, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        worker = WorkerProcess(proc, dsn, stdout_path, stderr_path, [stdout, stderr])
+        proc, stdout_path, stderr_path = groups.start(argv, cwd=E2E_DIR, env=env, name=f"worker-{index}")
+        worker = WorkerProcess(proc, dsn, stdout_path, stderr_path)
         started.append(worker)
         return worker
 
+    groups = ProcessGroups(tmp_path)
     yield spawn
 
-    for worker in started:
-        # The whole process group: a supervisor's children too, even if the supervisor is gone.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.proc.wait(timeout=10)
-        for handle in worker._files:
-            handle.close()
+    groups.kill_all()
     # Orphaned children die from the SIGKILL above but are reaped by init, not by us.
-    groups = {worker.pid for worker in started}
+    leaders = {worker.pid for worker in started}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(
-            stat.pgrp in groups and stat.state != "Z" for stat in _all_stats().values()):
+            stat.pgrp in leaders and stat.state != "Z" for stat in _all_stats().values()):
         time.sleep(0.05)

@@ -24,10 +24,10 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import psycopg
 import pytest
@@ -37,7 +37,7 @@ from psycopg.rows import TupleRow
 from pgqueue import _embedded, _migrate
 from pgqueue.errors import PgqueueError
 from tests.faults.fault_app import EXECUTIONS_DDL
-from tests.helpers import REPO_ROOT, admin_connection, wait_until
+from tests.helpers import REPO_ROOT, ProcessGroups, admin_connection, wait_until
 
 APP_PATH = "tests.faults.fault_app:app"
 PLAIN_APP_PATH = "tests.faults.fault_app:plain_app"  # no transactional task: no pool
@@ -154,7 +154,6 @@ class WorkerProcess:
 
     proc: subprocess.Popen[bytes]
     stderr_path: Path
-    _files: list[IO[bytes]] = field(default_factory=list, repr=False)
 
     @property
     def pid(self) -> int:
@@ -214,23 +213,15 @@ def spawn_worker(tmp_path: Path) -> Iterator[SpawnWorker]:
             "PGQUEUE_SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
             "FAULT_RECORD_DSN": record_dsn or dsn,
         })
-        stderr_path = tmp_path / f"worker-{len(started)}.stderr"
-        stdout = (tmp_path / f"worker-{len(started)}.stdout").open("wb")
-        stderr = stderr_path.open("wb")
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        worker = WorkerProcess(proc, stderr_path, [stdout, stderr])
+        proc, _, stderr_path = groups.start(argv, cwd=REPO_ROOT, env=env, name=f"worker-{len(started)}")
+        worker = WorkerProcess(proc, stderr_path)
         started.append(worker)
         return worker
 
+    groups = ProcessGroups(tmp_path)
     yield spawn
 
-    for worker in started:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.proc.wait(timeout=10)
-        for handle in worker._files:
-            handle.close()
+    groups.kill_all()
 
 
 RunCli = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]

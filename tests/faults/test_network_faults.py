@@ -10,10 +10,7 @@ the test's own (``tests/faults/tcp_proxy.py``) that stops forwarding without clo
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -36,7 +33,7 @@ from tests.faults.conftest import (
     wait_for_registration,
 )
 from tests.faults.tcp_proxy import TcpProxy
-from tests.helpers import REPO_ROOT, wait_until
+from tests.helpers import REPO_ROOT, ProcessGroups, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -108,24 +105,16 @@ def spawn_cut_off(tmp_path: Path, proxy: TcpProxy, fault_dsn: str) -> Iterator[C
                     "PGQUEUE_DSN": through(proxy, fault_dsn), "FAULT_RECORD_DSN": fault_dsn,
                     "PGQUEUE_LEASE_SECONDS": str(LEASE_SECONDS), "PGQUEUE_POLL_SECONDS": str(POLL_SECONDS),
                     "PGQUEUE_SHUTDOWN_GRACE_SECONDS": "5", NETWORK_TIMEOUT_ENV: str(NETWORK_TIMEOUT_SECONDS)})
-        stderr_path = tmp_path / f"cut-off-{len(started)}.stderr"
-        stdout = (tmp_path / f"cut-off-{len(started)}.stdout").open("wb")
-        stderr = stderr_path.open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "pgqueue", "worker", "--app", APP_PATH, "--concurrency", "4"],
-                                cwd=REPO_ROOT, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        worker = WorkerProcess(proc, stderr_path, [stdout, stderr])
+        argv = [sys.executable, "-m", "pgqueue", "worker", "--app", APP_PATH, "--concurrency", "4"]
+        proc, _, stderr_path = groups.start(argv, cwd=REPO_ROOT, env=env, name=f"cut-off-{len(started)}")
+        worker = WorkerProcess(proc, stderr_path)
         started.append(worker)
         return worker
 
+    groups = ProcessGroups(tmp_path)
     yield spawn
 
-    for worker in started:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.proc.wait(timeout=10)
-        for handle in worker._files:
-            handle.close()
+    groups.kill_all()
 
 
 def executions_by(db: Db, job_ids: list[int]) -> list[tuple[int, int, int, float]]:

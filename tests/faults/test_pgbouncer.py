@@ -37,7 +37,7 @@ from psycopg.rows import TupleRow
 
 import pgqueue
 from tests.faults.conftest import PLAIN_APP_PATH, WorkerProcess, executions, job_states, wait_for_registration
-from tests.helpers import REPO_ROOT, wait_until
+from tests.helpers import REPO_ROOT, ProcessGroups, wait_until
 
 INSTALL_HINT = "apt-get update && apt-get install -y pgbouncer"
 REFUSAL = (
@@ -163,23 +163,17 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
     def run(dsn: str, *, record_dsn: str, poll_seconds: float, args: Sequence[str] = (),
             env: dict[str, str] | None = None) -> WorkerProcess:
         argv = [sys.executable, "-m", "pgqueue", "worker", "--app", PLAIN_APP_PATH, "--concurrency", "4", *args]
-        stderr_path = tmp_path / f"worker-{len(started)}.stderr"
-        files = [(tmp_path / f"worker-{len(started)}.stdout").open("wb"), stderr_path.open("wb")]
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=files[0], stderr=files[1], start_new_session=True,
-                                env=_env(dsn, poll_seconds, {"FAULT_RECORD_DSN": record_dsn, **(env or {})}))
-        worker = WorkerProcess(proc, stderr_path, list(files))
+        proc, _, stderr_path = groups.start(
+            argv, cwd=REPO_ROOT, name=f"worker-{len(started)}",
+            env=_env(dsn, poll_seconds, {"FAULT_RECORD_DSN": record_dsn, **(env or {})}))
+        worker = WorkerProcess(proc, stderr_path)
         started.append(worker)
         return worker
 
+    groups = ProcessGroups(tmp_path)
     yield run
 
-    for worker in started:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.proc.wait(timeout=10)
-        for handle in worker._files:
-            handle.close()
+    groups.kill_all()
 
 
 def _count(db: psycopg.Connection[TupleRow], query: str, params: Sequence[Any] = ()) -> int:
