@@ -41,6 +41,9 @@ def load_queries(shape: type[T], filename: str) -> T:
 class JobQueries(NamedTuple):
     insert_job: LiteralString
     insert_jobs: LiteralString
+    savepoint_enqueue_many: LiteralString
+    rollback_to_enqueue_many: LiteralString
+    release_enqueue_many: LiteralString
     find_live_job_by_unique_key: LiteralString
     claim_jobs: LiteralString
     claim_jobs_any_queue: LiteralString

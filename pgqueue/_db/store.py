@@ -6,8 +6,9 @@ Database errors are translated here and nowhere else: a lost connection becomes
 
 from __future__ import annotations
 
+import itertools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -175,6 +176,32 @@ class JobStore:
                 row = cur.fetchone()
                 ids[index] = int(row[0]) if row else self.insert_job(jobs[index], actor)
         return [int(i) for i in ids if i is not None]
+
+    def insert_job_batches(self, batches: Iterable[Sequence[NewJob]], actor: str | None = None) -> list[int]:
+        """Insert batch after batch, all or nothing: an error while producing or writing a later
+        batch undoes the earlier ones too, and nothing else of the caller's transaction."""
+        iterator = iter(batches)
+        first = next(iterator, [])
+        second = next(iterator, None)
+        if second is None:  # one statement is atomic by itself
+            return self.insert_jobs(first, actor)
+        if self.conn.autocommit:
+            with translate_errors(), self.conn.transaction():  # our own BEGIN ... COMMIT
+                return [job_id for batch in itertools.chain((first, second), iterator)
+                        for job_id in self.insert_jobs(batch, actor)]
+        # In the caller's transaction: a savepoint, never conn.transaction(), which would COMMIT an
+        # idle connection's implicit transaction for them. SAVEPOINT itself opens that transaction.
+        with translate_errors():
+            self.conn.execute(JOBS.savepoint_enqueue_many)
+            try:
+                ids = [job_id for batch in itertools.chain((first, second), iterator)
+                        for job_id in self.insert_jobs(batch, actor)]
+            except BaseException:
+                if not self.conn.closed and not self.conn.broken:
+                    self.conn.execute(JOBS.rollback_to_enqueue_many)
+                raise
+            self.conn.execute(JOBS.release_enqueue_many)
+        return ids
 
     # --- worker side (sync: used by the heartbeat thread and transactional handlers) ---
 

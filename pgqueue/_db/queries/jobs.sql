@@ -67,6 +67,16 @@ FROM input
 LEFT JOIN inserted AS ins ON ins.id = input.id
 ORDER BY input.ord;
 
+-- name: savepoint_enqueue_many
+-- enqueue_many over several statements is all or nothing inside the caller's transaction.
+SAVEPOINT pgqueue_enqueue_many;
+
+-- name: rollback_to_enqueue_many
+ROLLBACK TO SAVEPOINT pgqueue_enqueue_many;
+
+-- name: release_enqueue_many
+RELEASE SAVEPOINT pgqueue_enqueue_many;
+
 -- name: find_live_job_by_unique_key
 SELECT id FROM pgqueue.jobs
 WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'running');

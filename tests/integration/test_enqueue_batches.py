@@ -1,0 +1,41 @@
+"""enqueue_many above one statement's batch: still in order, still all or nothing."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from pgqueue import App, JobSpec
+from pgqueue.errors import ArgsNotSerializable
+
+SPECS = 6_000  # three statements of 2,500, 2,500 and 1,000
+
+
+def test_thousands_of_jobs_come_back_in_input_order_with_unique_keys_resolved_across_batches(dsn: str) -> None:
+    app = App(dsn)
+    specs = [JobSpec("t", {"i": i}, unique_key="same" if i in (10, 5_500) else None) for i in range(SPECS)]
+    with psycopg.connect(dsn) as conn:
+        ids = app.enqueue_many(conn, specs)
+        conn.commit()
+        rows: dict[int, int] = dict(conn.execute("SELECT id, (args ->> 'i')::int FROM pgqueue.jobs").fetchall())
+    assert len(ids) == SPECS
+    assert ids[5_500] == ids[10]  # the second job with the key, in a later batch, got the first one's id
+    assert len(rows) == SPECS - 1
+    assert all(rows[job_id] == i for i, job_id in enumerate(ids) if i != 5_500)
+
+
+@pytest.mark.parametrize("own_connection", [False, True])
+def test_a_bad_spec_in_the_last_batch_enqueues_nothing_and_leaves_the_callers_transaction_usable(
+        dsn: str, own_connection: bool) -> None:
+    app = App(dsn)
+    specs = [JobSpec("t", {"i": i}) for i in range(SPECS)]
+    specs[-1] = JobSpec("t", {"bad": float("nan")})
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE mine (n int)")
+        conn.execute("INSERT INTO mine VALUES (1)")
+        with pytest.raises(ArgsNotSerializable):
+            app.enqueue_many(None if own_connection else conn, specs)
+        conn.commit()  # the caller's own work survives: only pgqueue's savepoint was undone
+        assert conn.execute("SELECT count(*) FROM mine").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (0,)
