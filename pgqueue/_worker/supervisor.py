@@ -8,8 +8,10 @@ goes on claiming work.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -57,6 +59,7 @@ class Supervisor:
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.restarts = 0
+        self._wakeup_r: int | None = None
 
     def _spawn(self, slot: int) -> None:
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), "PGQUEUE_WORKER_SLOT": str(slot)})
@@ -64,7 +67,25 @@ class Supervisor:
         self.children[slot] = child
         get_logger("pgqueue.supervisor").info("supervisor.child_started", slot=slot, pid=child.pid)
 
-    def _signal(self, signum: int, _frame: object) -> None:
+    def _wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, acting on every SIGTERM/SIGINT that arrives meanwhile.
+
+        Signals are read from the wakeup pipe, one byte per delivered signal, rather than handled
+        in a Python signal handler: CPython runs a handler once for several deliveries of the
+        same signal that arrive before it runs, so a quick second Ctrl-C could be lost.
+        """
+        if self._wakeup_r is None:  # run() not started: nothing can be signalled yet
+            time.sleep(seconds)
+            return
+        ready, _, _ = select.select([self._wakeup_r], [], [], max(seconds, 0.0))
+        if not ready:
+            return
+        with contextlib.suppress(BlockingIOError):
+            for signum in os.read(self._wakeup_r, 64):
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self._signal(signum)
+
+    def _signal(self, signum: int) -> None:
         log = get_logger("pgqueue.supervisor")
         if self.stopping:
             log.warning("supervisor.kill_children", signal=signum)
@@ -84,8 +105,14 @@ class Supervisor:
 
     def run(self) -> int:
         log = get_logger("pgqueue.supervisor")
-        signal.signal(signal.SIGTERM, self._signal)
-        signal.signal(signal.SIGINT, self._signal)
+        self._wakeup_r, wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(wakeup_w, False)
+        signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # The handler does nothing: it only replaces the default action (exit, or
+            # KeyboardInterrupt); _wait() reads each delivery from the wakeup pipe.
+            signal.signal(signum, lambda *_: None)
         for slot in range(self.processes):
             self._spawn(slot)
         started_at = {slot: time.monotonic() for slot in self.children}
@@ -107,7 +134,7 @@ class Supervisor:
                 failures[slot] = 0 if ran_for > 30 else failures[slot] + 1
                 wait = min(0.5 * 2 ** failures[slot], 30.0) if failures[slot] else 0.0
                 log.warning("supervisor.child_died", slot=slot, pid=child.pid, exit_code=code, restart_in_s=wait)
-                time.sleep(wait)
+                self._wait(wait)
                 if self._should_restart():
                     self._spawn(slot)
                     self.restarts += 1
@@ -121,4 +148,4 @@ class Supervisor:
                     if child.poll() is None:
                         child.kill()
                 return 1
-            time.sleep(0.1)
+            self._wait(0.1)
