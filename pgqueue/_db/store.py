@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue._db.queries import EVENTS, JOBS, QUEUES, WORKERS
+from pgqueue._payload import encode_json
 from pgqueue.errors import DatabaseUnavailable, PgqueueError, SchemaNotReady
 from pgqueue.jobs import Job
 
@@ -82,8 +83,6 @@ def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
 
 
 def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
-    from pgqueue._payload import encode_json
-
     return {
         "tasks": [j.task for j in jobs],
         "queues": [j.queue for j in jobs],
@@ -126,22 +125,25 @@ def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
     )
 
 
-def _outcome_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     return {
         "ids": [o.job_id for o in outcomes],
         "tokens": [o.token for o in outcomes],
         "results": [o.result for o in outcomes],
         "progress": [o.progress for o in outcomes],
         "progress_notes": [o.progress_note for o in outcomes],
+    }
+
+
+def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "ids": [o.job_id for o in outcomes],
+        "tokens": [o.token for o in outcomes],
         "states": [o.state for o in outcomes],
         "delays": [o.delay for o in outcomes],
         "errors": [o.error for o in outcomes],
         "events": [o.event for o in outcomes],
     }
-
-
-_COMPLETE_KEYS = ("ids", "tokens", "results", "progress", "progress_notes")
-_FAIL_KEYS = ("ids", "tokens", "states", "delays", "errors", "events")
 
 
 class JobStore:
@@ -225,9 +227,8 @@ class JobStore:
             return self.conn.execute(JOBS.lock_running_job, {"id": job_id, "token": token}).fetchone() is not None
 
     def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
-        params = _outcome_params(outcomes)
         with translate_errors():
-            rows = self.conn.execute(JOBS.complete_jobs, {k: params[k] for k in _COMPLETE_KEYS}).fetchall()
+            rows = self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes)).fetchall()
         return {r[0] for r in rows}
 
     def acquire_leadership(self, name: str, holder: str, ttl_seconds: float) -> bool:
@@ -408,16 +409,14 @@ class AsyncJobStore:
         return [_job_from_row(row, token) for row in rows]
 
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
-        params = _outcome_params(outcomes)
         with translate_errors():
-            cur = await self.conn.execute(JOBS.complete_jobs, {k: params[k] for k in _COMPLETE_KEYS})
+            cur = await self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes))
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 
     async def fail_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
-        params = _outcome_params(outcomes)
         with translate_errors():
-            cur = await self.conn.execute(JOBS.fail_jobs, {k: params[k] for k in _FAIL_KEYS})
+            cur = await self.conn.execute(JOBS.fail_jobs, _fail_params(outcomes))
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 
