@@ -53,6 +53,8 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_enqueuer;
 -- rescue, stage and prune; the scheduler syncs schedules and inserts due cron jobs.
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.jobs TO pgqueue_worker;
 GRANT SELECT, INSERT, DELETE ON pgqueue.job_events TO pgqueue_worker;
+-- The maintenance leader seals the trail and marks pruned seals.
+GRANT SELECT, INSERT, UPDATE ON pgqueue.audit_seals TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queues TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.schedules TO pgqueue_worker;
 GRANT SELECT, INSERT, DELETE ON pgqueue.schedule_runs TO pgqueue_worker;
@@ -66,5 +68,7 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.jobs, pgqueue.queues, pgqueue.schedules,
     pgqueue.schedule_runs, pgqueue.workers, pgqueue.leaders TO pgqueue_admin;
 GRANT SELECT, INSERT, DELETE ON pgqueue.job_events TO pgqueue_admin;
+-- `pgqueue audit verify` seals what is pending before it checks; `pgqueue prune` marks pruned seals.
+GRANT SELECT, INSERT, UPDATE ON pgqueue.audit_seals TO pgqueue_admin;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_admin;

@@ -57,10 +57,52 @@ CREATE TABLE pgqueue.job_events (
     attempt    integer,
     worker_id  text,
     actor      text,
-    detail     jsonb
+    detail     jsonb,
+    -- The writing transaction (top-level xid). The audit sealer chains rows by ranges of finished
+    -- transactions, so writers never wait on a chain head. NULL only for rows older than
+    -- migration 0002, which the first seal covers.
+    xid        xid8        DEFAULT pg_current_xact_id()
 );
 CREATE INDEX job_events_job_id_idx ON pgqueue.job_events (job_id);
-CREATE INDEX job_events_at_idx ON pgqueue.job_events (at);
+-- The sealer and audit retention read the trail by transaction range.
+CREATE INDEX job_events_xid_idx ON pgqueue.job_events (xid);
+-- Reporting by time: rows arrive in time order, so a BRIN index is nearly free to maintain.
+CREATE INDEX job_events_at_idx ON pgqueue.job_events USING brin (at);
+
+-- Updates and truncation would rewrite history; retention deletes whole sealed ranges instead.
+-- (A superuser can still bypass this; `pgqueue audit verify` is what detects that.)
+CREATE FUNCTION pgqueue.job_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'pgqueue.job_events is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'retention deletes old rows; `pgqueue audit verify` detects any other change';
+END
+$$;
+CREATE TRIGGER job_events_no_update BEFORE UPDATE ON pgqueue.job_events
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.job_events_append_only();
+CREATE TRIGGER job_events_no_truncate BEFORE TRUNCATE ON pgqueue.job_events
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.job_events_append_only();
+
+-- The hash chain over the audit trail. Seal n covers every event whose xid is in
+-- [xid_from, xid_to): transactions that had all finished when the seal was made (xid_to is the
+-- oldest transaction still running then), so no row can later appear inside a sealed range.
+-- digest = sha256(prev_digest || sha256(the range's rows, canonically rendered, in id order)).
+-- Pruned seals keep their row (digest intact) so the chain stays checkable after retention.
+CREATE TABLE pgqueue.audit_seals (
+    seal_no     bigint      PRIMARY KEY,
+    xid_from    xid8        NOT NULL,
+    xid_to      xid8        NOT NULL,
+    events      bigint      NOT NULL,
+    first_at    timestamptz NOT NULL,
+    last_at     timestamptz NOT NULL,
+    prev_digest bytea       NOT NULL,
+    digest      bytea       NOT NULL,
+    sealed_at   timestamptz NOT NULL DEFAULT now(),
+    pruned_at   timestamptz,
+    CONSTRAINT audit_seals_range_check CHECK (xid_from < xid_to),
+    CONSTRAINT audit_seals_events_check CHECK (events > 0)
+);
 
 -- Per-queue settings and state. Rows are created on demand (pause, limits); a queue with no
 -- row is simply unpaused and unlimited.

@@ -85,6 +85,18 @@ class WorkerQueries(NamedTuple):
 
 class EventQueries(NamedTuple):
     list_job_events: LiteralString
+    last_seal: LiteralString
+    seal_cap: LiteralString
+    next_xid_after: LiteralString
+    range_digests: LiteralString
+    insert_seal: LiteralString
+    list_seals: LiteralString
+    get_seals: LiteralString
+    count_seals: LiteralString
+    count_pending_events: LiteralString
+    prunable_seals: LiteralString
+    delete_sealed_events: LiteralString
+    mark_seal_pruned: LiteralString
 
 
 JOBS = load_queries(JobQueries, "jobs.sql")

@@ -115,8 +115,8 @@ WHERE e.event = 'completed'
 """
 RESCUED_ATTEMPTS: Final[LiteralString] = "SELECT count(*) FROM pgqueue.job_events WHERE event = 'rescued'"
 
-# The audit trail's consistency (there is no `pgqueue audit verify` yet): every job has its
-# 'enqueued' row, and every finished job the row that moved it into its final state.
+# The audit trail's completeness (verify proves rows unaltered, not that every change wrote one):
+# every job has its 'enqueued' row, and every finished job the row that moved it into its final state.
 AUDIT_GAPS: Final[LiteralString] = """
 SELECT
     count(*) FILTER (WHERE NOT EXISTS (

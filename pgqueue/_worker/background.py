@@ -3,7 +3,8 @@ blocking the event loop or every thread of the pool cannot stop them.
 
 - :class:`Heartbeat` renews the worker's lease and flushes ``job.set_progress`` updates.
 - :class:`Maintenance` elects one leader across all workers (a lease row, not an advisory lock)
-  which stages due scheduled jobs and rescues the running jobs of dead workers.
+  which stages due scheduled jobs, rescues the running jobs of dead workers and seals the audit
+  trail.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from pgqueue._audit import Sealer
 from pgqueue._db.connections import BoundedConnection
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
@@ -142,7 +144,7 @@ class Heartbeat(_ConnectedLoop):
 
 class Maintenance(_ConnectedLoop):
     """Leader-only duties: stage due scheduled jobs, rescue jobs of dead workers, forget workers
-    long dead. Every worker runs this thread; only the lease holder acts."""
+    long dead, seal the audit trail. Every worker runs this thread; only the lease holder acts."""
 
     LEADER = "maintenance"
 
@@ -153,6 +155,7 @@ class Maintenance(_ConnectedLoop):
         self.ttl = max(lease_seconds, 5.0)
         self.is_leader = False
         self.extra_duties = extra_duties or []
+        self.sealer = Sealer()
 
     def tick(self, store: JobStore) -> None:
         was_leader = self.is_leader
@@ -170,6 +173,7 @@ class Maintenance(_ConnectedLoop):
             for job_id, state in rescued:
                 log.warning("job.rescued", job_id=job_id, to_state=state)
         store.delete_expired_workers(keep_seconds=max(self.ttl * 10, 300.0))
+        self.sealer(store)
         for duty in self.extra_duties:
             duty(store)
 

@@ -58,6 +58,9 @@ def _register() -> None:
 
     app.command("soak")(soak.soak)
 
+    from pgqueue.cli import audit
+
+    app.add_typer(audit.app, name="audit")
     from pgqueue.cli import enqueue, jobs, queues, stats
 
     app.command("enqueue")(enqueue.enqueue)

@@ -362,3 +362,42 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
 
     assert_one_line_error(result, "cannot connect to postgresql://root:***@127.0.0.1:1/postgres")
     assert "s3cret-pw" not in result.stderr
+
+
+def test_audit_show_and_verify_pass_on_an_intact_trail_and_fail_in_one_line_once_it_is_edited(
+        dsn: str, conn: Conn) -> None:
+    job_id = int(ok(dsn, "enqueue", "audit-task", "--args", '{"n": 1}').strip())
+    ok(dsn, "jobs", "cancel", str(job_id))
+
+    report = ok_json(dsn, "audit", "verify")  # seals what is pending, then checks it
+    assert report["ok"] is True
+    assert report["events"] == 2
+    assert report["pending_events"] == 0
+    assert report["problems"] == []
+    digest = report["head_digest"]
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    table = ok(dsn, "audit", "verify", "--expect", digest)
+    assert "intact" in table
+    assert digest in table
+
+    trail = ok_json(dsn, "audit", "show", str(job_id))
+    assert [(e["event"], e["actor"], e["seal"], e["seal_intact"]) for e in trail] == [
+        ("enqueued", getpass.getuser(), "1 ok", True), ("cancelled", ACTOR, "1 ok", True)]
+    assert "cancelled" in ok(dsn, "audit", "show", str(job_id))
+
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("UPDATE pgqueue.job_events SET actor = 'nobody' WHERE event = 'cancelled'")
+    conn.commit()
+    broken = run(dsn, "audit", "verify", "--json")
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["ok"] is False
+    assert broken.stderr.strip().count("\n") == 0
+    assert broken.stderr.startswith("pgqueue: error: the audit trail was altered: seal 1 ")
+    shown = run(dsn, "audit", "show", str(job_id))
+    assert shown.returncode == 1
+    assert "1 ALTERED" in shown.stdout
+
+    missing = run(dsn, "audit", "show", "999999")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("pgqueue: error: no audit events for job 999999 "
+                                      "(it never existed, or retention pruned its trail)")

@@ -285,7 +285,8 @@ def test_list_job_events_returns_one_jobs_trail_in_the_order_it_happened(tx: Con
     assert [e["id"] for e in trail] == sorted(e["id"] for e in trail)
     assert {e["job_id"] for e in trail} == {job_id}
     assert set(trail[0]) == {"id", "job_id", "at", "event", "from_state", "to_state", "attempt", "worker_id",
-                             "actor", "detail"}
+                             "actor", "detail", "seal_no"}
+    assert {e["seal_no"] for e in trail} == {None}  # nothing sealed it yet
 
 
 @pytest.mark.parametrize(("dsn_text", "error", "shown"), [

@@ -1,0 +1,113 @@
+"""pgqueue audit show|verify: read one job's audit trail; check that the trail was not altered.
+
+``verify`` first seals what is pending (rows of transactions that have finished), then recomputes
+every seal from the rows now in ``pgqueue.job_events`` and checks the chain's links. It exits 1
+when anything was edited, deleted, inserted or re-cut, naming the seal and its time span.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pgqueue import _audit
+from pgqueue._db.connections import connect
+from pgqueue._db.store import translate_errors
+from pgqueue.cli._admin import parse_job_id
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._output import Column, emit, emit_record, print_json
+
+app = typer.Typer(help="The tamper-evident audit trail: show a job's events, verify the trail.",
+                  no_args_is_help=True)
+
+JobIdArgument = Annotated[str, typer.Argument(metavar="JOB_ID", help="The job whose trail to show.",
+                                              show_default=False)]
+
+
+def _seal_cell(seal_no: int | None, intact: dict[int, bool]) -> str:
+    if seal_no is None:
+        return "pending"
+    return f"{seal_no} ok" if intact.get(seal_no) else f"{seal_no} ALTERED"
+
+
+TRAIL_COLUMNS = [
+    Column("id", "ID", justify="right"),
+    Column("at", "AT"),
+    Column("event", "EVENT"),
+    Column("from_state", "FROM"),
+    Column("to_state", "TO"),
+    Column("attempt", "ATTEMPT", justify="right"),
+    Column("worker_id", "WORKER"),
+    Column("actor", "ACTOR"),
+    Column("detail", "DETAIL", fold=True),
+    Column("seal", "SEAL"),
+]
+
+VERIFY_FIELDS = [
+    Column("verdict", "verdict"),
+    Column("seals", "seals checked"),
+    Column("pruned_seals", "pruned seals (links checked)"),
+    Column("events", "events verified"),
+    Column("pending_events", "events not sealed yet"),
+    Column("head_seal", "head seal"),
+    Column("head_digest", "head digest"),
+]
+
+
+@app.command("show")
+def show_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Show a job's audit trail, oldest first, with the seal covering each row and whether that seal
+    still matches ("pending": written too recently to be sealed). Works after the job was pruned."""
+    wanted = parse_job_id(job_id)
+    with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
+        events, intact = _audit.job_trail(conn, wanted)
+    if not events:
+        fail(f"no audit events for job {wanted} (it never existed, or retention pruned its trail)")
+    rows = [{**e, "seal": _seal_cell(e["seal_no"], intact),
+             "seal_intact": None if e["seal_no"] is None else intact.get(e["seal_no"], False)} for e in events]
+    if json_output:
+        print_json(rows)
+        return
+    emit(rows, TRAIL_COLUMNS, json_output=False, title=f"audit trail of job {wanted}")
+    if not all(intact.values()):
+        fail("a seal covering this job's trail does not match its rows: run `pgqueue audit verify`")
+
+
+@app.command("verify")
+def verify_command(
+    seal: Annotated[bool, typer.Option("--seal/--no-seal",
+                                       help="Seal pending rows first (needs INSERT on pgqueue.audit_seals).")] = True,
+    expect: Annotated[list[str] | None, typer.Option(
+        "--expect", metavar="DIGEST", help="A head digest printed by an earlier verify; fail unless it is still in "
+                                           "the chain. Repeatable.")] = None,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Verify the audit trail: recompute every seal from pgqueue.job_events and check the chain.
+
+    Exits 1 when a row was edited, deleted or inserted, or a seal was altered or removed. Keep the
+    printed head digest somewhere else (a ticket, a log store) and pass it to later runs with
+    --expect: a chain that no longer contains it was recomputed by someone who could write both
+    tables.
+    """
+    with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
+        if seal:
+            _audit.seal_pending(conn)
+        progress = Progress(TextColumn("verifying seals"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=True, disable=json_output)
+        with progress:
+            task = progress.add_task("verify", total=None)
+            report = _audit.verify(conn, expect_digests=expect or (),
+                                   progress=lambda done, total: progress.update(task, completed=done, total=total))
+    data = report.as_dict()
+    if json_output:
+        print_json(data)
+    else:
+        emit_record({**data, "verdict": "intact" if report.ok else "ALTERED"}, VERIFY_FIELDS, title="audit verify")
+        for problem in report.problems:
+            print(f"  - {problem}")
+    if not report.ok:
+        fail(f"the audit trail was altered: {report.problems[0]}")

@@ -1,0 +1,287 @@
+"""The tamper-evident audit trail on a real database: sealing, verification, tampering, pruning.
+
+Tampering is done the way an attacker with database rights would: bypassing the append-only
+triggers with ``session_replication_role = replica`` (superuser), then editing or deleting rows.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from pgqueue import App, JobSpec, _audit, _migrate
+from pgqueue._db.store import JobStore
+from pgqueue._worker.background import Maintenance
+from tests.helpers import wait_until
+
+Conn = psycopg.Connection[TupleRow]
+ACTOR = "cli:tester"
+
+
+def _trail(conn: Conn, jobs: int = 20) -> list[int]:
+    """A realistic trail: enqueues (single and bulk), cancels and retries, each writing events."""
+    app = App()
+    ids = [app.enqueue(conn, "t", {"n": n}) for n in range(jobs)]
+    ids += app.enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(jobs)])
+    store = JobStore(conn)
+    store.cancel_job(ids[0], ACTOR)
+    store.retry_jobs([ids[0]], None, False, ACTOR)
+    store.set_queue_paused("default", True, ACTOR)
+    return ids
+
+
+def _tamper(conn: Conn, sql: Any, params: Any = None) -> None:
+    conn.execute("SET session_replication_role = replica")
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.execute("SET session_replication_role = origin")
+
+
+def _event_count(conn: Conn) -> int:
+    row = conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_sealing_covers_every_row_once_and_verify_passes(conn: Conn) -> None:
+    conn.autocommit = True
+    _trail(conn)
+    first = _audit.seal_pending(conn)
+    assert first.seals == 1
+    assert first.events == _event_count(conn)
+    assert _audit.seal_pending(conn) == _audit.SealReport(0, 0)  # nothing new: no empty seal
+
+    _trail(conn, jobs=3)
+    assert _audit.seal_pending(conn).seals == 1
+    report = _audit.verify(conn)
+    assert report.ok, report.problems
+    assert (report.seals, report.events, report.pending_events) == (2, _event_count(conn), 0)
+    assert report.head_seal == 2
+    links = conn.execute("SELECT seal_no, prev_digest, digest FROM pgqueue.audit_seals ORDER BY 1").fetchall()
+    assert bytes(links[0][1]) == _audit.GENESIS
+    assert bytes(links[1][1]) == bytes(links[0][2])
+    assert report.head_digest == bytes(links[1][2]).hex()
+
+
+def test_a_big_backlog_is_sealed_in_bounded_seals(conn: Conn) -> None:
+    conn.autocommit = True
+    for _ in range(3):  # three transactions, 40 rows each
+        App().enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(40)])
+    report = _audit.seal_pending(conn, max_events=50)
+    # Capped at 50 rows, a seal takes whole transactions only: 40, 40, 40.
+    assert (report.seals, report.events) == (3, 120)
+    assert _audit.verify(conn).ok
+
+
+def test_one_transaction_larger_than_the_cap_is_sealed_whole(conn: Conn) -> None:
+    conn.autocommit = True
+    App().enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(30)])
+    report = _audit.seal_pending(conn, max_events=10)
+    assert (report.seals, report.events) == (1, 30)
+    assert _audit.verify(conn).ok
+
+
+def test_rows_of_an_open_transaction_wait_for_it(conn: Conn, dsn: str) -> None:
+    conn.autocommit = True
+    App().enqueue(conn, "t", {})
+    with psycopg.connect(dsn) as other:
+        App().enqueue(other, "t", {})  # written, not committed
+        sealed = _audit.seal_pending(conn)
+        assert sealed.events == 1
+        other.commit()
+        # Committed after the seal was made: it is past the sealed range, never inside it.
+        assert _audit.seal_pending(conn).events == 1
+    assert _audit.verify(conn).ok
+
+
+def test_sealing_while_many_writers_commit_out_of_order_never_gives_a_false_alarm(conn: Conn, dsn: str) -> None:
+    # Transactions that take their xid early and commit late (and the reverse), while a sealer
+    # runs continuously: every row must land in exactly one seal and verify must pass.
+    conn.autocommit = True
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rnd = random.Random(seed)
+        app = App()
+        try:
+            with psycopg.connect(dsn) as wconn:
+                while not stop.is_set():
+                    app.enqueue(wconn, "t", {"seed": seed})
+                    time.sleep(rnd.random() * 0.05)
+                    app.enqueue_many(wconn, [JobSpec("t", {"n": n}) for n in range(rnd.randint(1, 5))])
+                    if rnd.random() < 0.2:
+                        wconn.rollback()  # aborted transactions leave no rows and no hole
+                    else:
+                        wconn.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    seals = 0
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        seals += _audit.seal_pending(conn, max_events=25).seals
+        time.sleep(0.01)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    seals += _audit.seal_pending(conn).seals
+    assert seals > 10
+    report = _audit.verify(conn)
+    assert report.ok, report.problems
+    assert report.events == _event_count(conn)
+    assert report.pending_events == 0
+
+
+def test_an_edited_row_fails_verify_naming_its_seal(conn: Conn) -> None:
+    conn.autocommit = True
+    ids = _trail(conn)
+    _audit.seal_pending(conn)
+    _trail(conn, jobs=2)
+    _audit.seal_pending(conn)
+    _tamper(conn, "UPDATE pgqueue.job_events SET actor = 'someone-else' WHERE job_id = %s", [ids[3]])
+    report = _audit.verify(conn)
+    assert not report.ok
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("seal 1 ")
+    assert "a row was edited" in report.problems[0]
+
+
+def test_a_deleted_or_inserted_row_fails_verify(conn: Conn) -> None:
+    conn.autocommit = True
+    ids = _trail(conn)
+    _audit.seal_pending(conn)
+    conn.execute("DELETE FROM pgqueue.job_events WHERE job_id = %s", [ids[5]])  # DELETE is allowed (retention)
+    report = _audit.verify(conn)
+    assert not report.ok
+    assert "rows were deleted or inserted" in report.problems[0]
+
+    # Put back a row with the sealed xid forged: the count matches again, the digest does not.
+    sealed_xid = conn.execute("SELECT xid_from FROM pgqueue.audit_seals WHERE seal_no = 1").fetchone()
+    assert sealed_xid is not None
+    _tamper(conn, "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, xid) "
+                  "VALUES (%s, 'enqueued', 'available', 0, (SELECT max(xid) FROM pgqueue.job_events))", [ids[5]])
+    assert not _audit.verify(conn).ok
+
+
+def test_a_removed_or_altered_seal_breaks_the_chain(conn: Conn) -> None:
+    conn.autocommit = True
+    for _ in range(3):
+        _trail(conn, jobs=2)
+        _audit.seal_pending(conn)
+    conn.execute("UPDATE pgqueue.audit_seals SET digest = sha256(digest) WHERE seal_no = 2")
+    altered = _audit.verify(conn)
+    assert any("seal 3" in p and "does not link to seal 2" in p for p in altered.problems), altered.problems
+    conn.execute("DELETE FROM pgqueue.audit_seals WHERE seal_no = 2")
+    cut = _audit.verify(conn)
+    assert any("seals 2..2 are missing" in p for p in cut.problems), cut.problems
+
+
+def test_a_rebuilt_chain_is_caught_by_a_recorded_head_digest(conn: Conn) -> None:
+    conn.autocommit = True
+    ids = _trail(conn)
+    _audit.seal_pending(conn)
+    recorded = _audit.verify(conn).head_digest
+    assert recorded is not None
+    assert _audit.verify(conn, expect_digests=[recorded]).ok
+    # Someone with rights on both tables edits a row and recomputes the whole chain.
+    _tamper(conn, "UPDATE pgqueue.job_events SET actor = 'x' WHERE job_id = %s", [ids[1]])
+    conn.execute("DELETE FROM pgqueue.audit_seals")
+    _audit.seal_pending(conn)
+    assert _audit.verify(conn).ok  # self-consistent again...
+    rebuilt = _audit.verify(conn, expect_digests=[recorded])
+    assert not rebuilt.ok  # ...but the digest recorded elsewhere is gone
+    assert "the chain was rebuilt" in rebuilt.problems[0]
+
+
+def test_the_trail_refuses_updates_and_truncate(conn: Conn) -> None:
+    conn.autocommit = True
+    _trail(conn, jobs=1)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only: UPDATE"):
+        conn.execute("UPDATE pgqueue.job_events SET actor = 'x'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only: TRUNCATE"):
+        conn.execute("TRUNCATE pgqueue.job_events")
+
+
+def test_pruning_removes_whole_old_seals_and_the_rest_still_verifies(conn: Conn) -> None:
+    conn.autocommit = True
+    _trail(conn, jobs=3)
+    _audit.seal_pending(conn)
+    old = _event_count(conn)
+    time.sleep(1.1)
+    _trail(conn, jobs=2)
+    _audit.seal_pending(conn)
+    _trail(conn, jobs=1)  # pending: never pruned
+    assert _audit.prune_sealed(conn, older_than_seconds=3600) == 0
+    assert _audit.prune_sealed(conn, older_than_seconds=1.0) == old
+    pruned = conn.execute("SELECT seal_no FROM pgqueue.audit_seals WHERE pruned_at IS NOT NULL").fetchall()
+    assert pruned == [(1,)]
+    report = _audit.verify(conn)
+    assert report.ok, report.problems
+    assert (report.seals, report.pruned_seals) == (2, 1)
+    assert report.pending_events > 0
+
+    # A row slipped back into a pruned range is an insertion.
+    _tamper(conn, "INSERT INTO pgqueue.job_events (event, xid) "
+                  "VALUES ('forged', (SELECT xid_from FROM pgqueue.audit_seals WHERE seal_no = 1))")
+    forged = _audit.verify(conn)
+    assert any("was pruned but 1 rows are back" in p for p in forged.problems), forged.problems
+
+
+def test_job_trail_marks_each_row_with_its_seal_and_whether_it_holds(conn: Conn) -> None:
+    conn.autocommit = True
+    ids = _trail(conn)
+    _audit.seal_pending(conn)
+    JobStore(conn).cancel_job(ids[2], ACTOR)  # pending
+    events, intact = _audit.job_trail(conn, ids[2])
+    assert [(e["event"], e["seal_no"]) for e in events] == [("enqueued", 1), ("cancelled", None)]
+    assert intact == {1: True}
+    _tamper(conn, "UPDATE pgqueue.job_events SET detail = '{\"x\": 1}' WHERE job_id = %s", [ids[7]])
+    assert _audit.job_trail(conn, ids[2])[1] == {1: False}
+
+
+def test_rows_written_before_migration_0002_belong_to_the_first_seal(empty_dsn: str) -> None:
+    _migrate.upgrade(empty_dsn)
+    _migrate.downgrade(empty_dsn, "0001")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        App().enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(5)])
+    _migrate.upgrade(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        App().enqueue(conn, "t", {})
+        legacy = conn.execute("SELECT count(*) FROM pgqueue.job_events WHERE xid IS NULL").fetchone()
+        assert legacy == (5,)
+        assert _audit.seal_pending(conn) == _audit.SealReport(1, 6)
+        assert _audit.verify(conn).ok
+        _tamper(conn, "DELETE FROM pgqueue.job_events WHERE xid IS NULL AND job_id = 1")
+        assert not _audit.verify(conn).ok
+
+
+def test_the_maintenance_leader_seals_the_trail(dsn: str, conn: Conn) -> None:
+    conn.autocommit = True
+    _trail(conn, jobs=2)
+    maintenance = Maintenance(dsn, "w-audit-test", lease_seconds=2.0, interval=0.1)
+    maintenance.sealer = _audit.Sealer(interval=0.2)
+    maintenance.start()
+    try:
+        wait_until(lambda: conn.execute("SELECT count(*) FROM pgqueue.audit_seals").fetchone() == (1,),
+                   timeout=10, message="the leader sealed the trail")
+        _trail(conn, jobs=1)
+        wait_until(lambda: _audit.verify(conn).pending_events == 0, timeout=10,
+                   message="the leader sealed the new rows")
+    finally:
+        maintenance.stop()
+        maintenance.join(timeout=10)
+    report = _audit.verify(conn)
+    assert report.ok
+    assert report.seals >= 2
