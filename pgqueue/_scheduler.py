@@ -38,7 +38,7 @@ _BATCH = 100
 # Host and database clocks further apart than this are reported (never acted upon).
 _SKEW_WARNING = timedelta(seconds=5)
 _SKEW_REPORT_EVERY = 300.0
-# A schedule whose job cannot be built (unknown task in a strict app, encryption unavailable) is
+# A schedule whose job cannot be built (unknown task in a strict app, no encryption key) is
 # retried after this long, so its error is logged once a minute rather than on every pass.
 _FAILED_RETRY_SECONDS = 60.0
 
@@ -217,7 +217,8 @@ class Scheduler:
         # encryption rules (a task that must be encrypted is never written in plaintext).
         new_job = self.app._new_job(schedule.task, schedule.args, queue=schedule.queue, priority=schedule.priority)
         return ScheduledJob(task=new_job.task, queue=new_job.queue, priority=new_job.priority,
-                            args_json=new_job.args, max_attempts=new_job.max_attempts, tags=new_job.tags)
+                            args_json=new_job.args, args_encrypted=new_job.args_encrypted,
+                            max_attempts=new_job.max_attempts, tags=new_job.tags)
 
     def _check_skew(self, db_now: datetime) -> None:
         skew = self.host_clock() - db_now

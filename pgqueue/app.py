@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
 
+from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.store import AsyncJobStore, JobStore, NewJob
 from pgqueue._payload import check_queue_name, encode_args
@@ -94,6 +95,16 @@ class App:
 
     # --- configuration ---
 
+    @functools.cached_property
+    def keyring(self) -> Keyring:
+        """The encryption keys of ``settings.encryption_keys``, parsed on first use.
+
+        Raises:
+            EncryptionKeyMissing: no key is configured.
+            ConfigurationError: a key is malformed (the message names its position, never the key).
+        """
+        return Keyring(self.settings.encryption_keys)
+
     @property
     def dsn(self) -> str:
         """The resolved database URL (may start the embedded server on first use)."""
@@ -142,6 +153,9 @@ class App:
             discard_on: exception types that fail the job at once.
             transactional: give the handler ``job.connection``; its writes commit with the
                 job's completion (exactly-once effects for those writes).
+            encrypt: store this task's args, results and error text only as ciphertext (needs
+                ``PGQUEUE_ENCRYPTION_KEYS``); a job's ``encrypt=False`` cannot turn it off.
+            tags: default plaintext labels for its jobs (never PHI).
 
         Example:
             >>> @app.task(name="send-email", queue="emails", max_attempts=5, timeout=30)
@@ -201,12 +215,12 @@ class App:
         known = self.tasks.get(task)
         if known is None and self.require_registered_tasks:
             raise UnknownTask(f"task {task!r} is not registered with this app")
-        if encrypt or (encrypt is None and ((known is not None and known.encrypt) or self.settings.encrypt_all)):
-            if not self.settings.encryption_keys:
-                raise EncryptionKeyMissing(
-                    "encryption requested but PGQUEUE_ENCRYPTION_KEYS is not set (see `pgqueue keys generate`)")
-            raise ConfigurationError("payload encryption is not available in this pgqueue version yet; "
-                                     "nothing was enqueued")
+        # encrypt=False never turns encryption off: a task declared encrypt=True and compliance mode
+        # are policies, and a caller's flag must not be able to write their payloads in plaintext.
+        sealed = encrypt is True or (known is not None and known.encrypt) or self.settings.encrypt_all
+        if sealed and not self.settings.encryption_keys:
+            raise EncryptionKeyMissing(
+                "encryption requested but PGQUEUE_ENCRYPTION_KEYS is not set (see `pgqueue keys generate`)")
         if delay is not None and run_at is not None:
             raise InvalidEnqueueOption("give delay or run_at, not both")
         attempts = max_attempts if max_attempts is not None else (known.max_attempts if known else DEFAULT_MAX_ATTEMPTS)
@@ -215,11 +229,14 @@ class App:
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key or "\x00" in unique_key):
             raise InvalidEnqueueOption(f"unique_key {unique_key!r} must be a non-empty string")
         default_tags = known.tags if known else ()
+        # Validated (JSON, size limit) on the plaintext, before anything is encrypted.
+        args_text = encode_args(args if args is not None else {}, self.settings.max_payload_bytes)
         return NewJob(
             task=task,
             queue=check_queue_name(queue if queue is not None else (known.queue if known else DEFAULT_QUEUE)),
             priority=resolve_priority(priority, known.priority if known else DEFAULT_PRIORITY),
-            args=encode_args(args if args is not None else {}, self.settings.max_payload_bytes),
+            args=None if sealed else args_text,
+            args_encrypted=self.keyring.encrypt(args_text.encode("utf-8"), "args", task) if sealed else None,
             max_attempts=attempts,
             run_at=_check_run_at(run_at),
             delay=_delay_seconds(delay),
@@ -252,6 +269,9 @@ class App:
             run_at: aware datetime at which the job becomes available.
             unique_key: while a job with this key is scheduled, available or running, return its
                 id instead of inserting another.
+            encrypt: True stores args (and later the result and error text) only as ciphertext.
+                None or False follow the task (``encrypt=True``) and compliance mode
+                (``PGQUEUE_ENCRYPT_ALL``), which always encrypt: False cannot opt out of them.
             tags: short plaintext labels (never PHI).
 
         Returns:
@@ -259,6 +279,7 @@ class App:
 
         Raises:
             pgqueue.errors.EnqueueError: bad queue name, priority, args or options (nothing written).
+            pgqueue.errors.EncryptionKeyMissing: encryption applies but no key is configured (nothing written).
             pgqueue.errors.DatabaseUnavailable: the database could not be reached.
 
         Example:

@@ -14,7 +14,7 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── ScheduleError            InvalidCron, InvalidTimezone, ScheduleExists, ScheduleNotFound
     ├── JobNotFound
     ├── InvalidJobState
-    └── DecryptionError
+    └── DecryptionError          UnknownEncryptionKey
 """
 
 from __future__ import annotations
@@ -106,3 +106,7 @@ class InvalidJobState(PgqueueError):
 
 class DecryptionError(PgqueueError):
     """An encrypted payload could not be decrypted with the configured keys."""
+
+
+class UnknownEncryptionKey(DecryptionError):
+    """The payload was encrypted with a key that is not in PGQUEUE_ENCRYPTION_KEYS."""

@@ -84,6 +84,7 @@ class Job:
         attempt: this attempt's number, starting at 1.
         max_attempts: attempts allowed before the job is ``failed``.
         enqueued_at: when the job was enqueued (database clock).
+        encrypted: whether the job's args, result and error are stored only as ciphertext.
         connection: for ``transactional=True`` tasks, the psycopg connection whose transaction
             also marks the job completed; None otherwise.
     """
@@ -100,6 +101,13 @@ class Job:
     lease_token: str = ""
     connection: Any = None
     _progress_sink: Callable[[Job, float, str | None], None] | None = field(default=None, repr=False)
+    # The args' ciphertext as stored; the worker decrypts it into ``args`` before the handler runs.
+    _sealed_args: bytes | None = field(default=None, repr=False)
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the job's payloads are stored encrypted (its args were)."""
+        return self._sealed_args is not None
 
     def set_progress(self, percent: float, note: str | None = None) -> None:
         """Record progress (0-100) and an optional note, visible to other processes within a second.

@@ -26,6 +26,11 @@ CREATE TABLE pgqueue.jobs (
     tags          text[]      NOT NULL DEFAULT '{}',
     worker_id     text,
     lease_token   uuid,
+    -- Encrypted jobs (migration 0003): args/result NULL, payloads only as AES-256-GCM ciphertext
+    -- (version | key id | nonce | sealed bytes); last_error keeps only the error type.
+    args_encrypted   bytea,
+    result_encrypted bytea,
+    error_encrypted  bytea,
     CONSTRAINT jobs_state_check CHECK (state IN ('scheduled', 'available', 'running', 'completed', 'failed', 'cancelled')),
     CONSTRAINT jobs_attempt_check CHECK (attempt >= 0 AND max_attempts >= 1),
     CONSTRAINT jobs_queue_check CHECK (queue ~ '^[a-z0-9_-]{1,63}$'),

@@ -61,6 +61,9 @@ class JobQueries(NamedTuple):
     cancel_job: LiteralString
     delete_job: LiteralString
     purge_queue: LiteralString
+    count_stale_ciphertexts: LiteralString
+    lock_stale_ciphertexts: LiteralString
+    update_ciphertexts: LiteralString
 
 
 class QueueQueries(NamedTuple):
@@ -97,6 +100,7 @@ class EventQueries(NamedTuple):
     prunable_seals: LiteralString
     delete_sealed_events: LiteralString
     mark_seal_pruned: LiteralString
+    record_key_rotation: LiteralString
 
 
 JOBS = load_queries(JobQueries, "jobs.sql")

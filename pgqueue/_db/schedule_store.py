@@ -67,14 +67,16 @@ class DueSchedule:
 
 @dataclass(frozen=True)
 class ScheduledJob:
-    """What every run of one schedule inserts (validated by the App, args as JSON text)."""
+    """What every run of one schedule inserts (validated by the App): args as JSON text, or, for a task
+    that encrypts, None and the ciphertext."""
 
     task: str
     queue: str
     priority: int
-    args_json: str
+    args_json: str | None
     max_attempts: int
     tags: tuple[str, ...]
+    args_encrypted: bytes | None = None
 
 
 @contextmanager
@@ -215,7 +217,8 @@ class ScheduleStore:
         params = {
             "schedule": schedule, "fire_times": list(fire_times), "catch_up": list(catch_up),
             "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args_json,
-            "max_attempts": job.max_attempts, "tags": list(job.tags), "actor": actor,
+            "args_encrypted": job.args_encrypted, "max_attempts": job.max_attempts, "tags": list(job.tags),
+            "actor": actor,
         }
         with _translated():
             rows = self.conn.execute(SCHEDULES.insert_scheduled_jobs, params).fetchall()

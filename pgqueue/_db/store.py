@@ -25,17 +25,18 @@ from pgqueue.jobs import Job
 
 @dataclass(frozen=True)
 class NewJob:
-    """A validated row to insert (args already JSON text)."""
+    """A validated row to insert: args as JSON text, or (encrypted jobs) NULL and the ciphertext."""
 
     task: str
     queue: str
     priority: int
-    args: str
+    args: str | None
     max_attempts: int
     run_at: datetime | None
     delay: float
     unique_key: str | None
     tags: tuple[str, ...]
+    args_encrypted: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,23 @@ class Outcome:
     result: str | None = None
     delay: float = 0.0
     error: str | None = None
+    # Encrypted jobs: result is None and error holds only the type; the payloads are these.
+    result_encrypted: bytes | None = None
+    error_encrypted: bytes | None = None
     event: str = "completed"
     progress: float | None = None
     progress_note: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredCiphertexts:
+    """A job's ciphertexts as `keys rotate` reads and writes them (None: absent, or left as is)."""
+
+    job_id: int
+    task: str
+    args: bytes | None
+    result: bytes | None
+    error: bytes | None
 
 
 @contextmanager
@@ -77,6 +92,7 @@ def translate_errors() -> Iterator[None]:
 def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
     return {
         "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args,
+        "args_encrypted": job.args_encrypted,
         "max_attempts": job.max_attempts, "run_at": job.run_at, "delay": job.delay,
         "unique_key": job.unique_key, "tags": list(job.tags), "actor": actor,
     }
@@ -88,6 +104,7 @@ def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
         "queues": [j.queue for j in jobs],
         "priorities": [j.priority for j in jobs],
         "args": [j.args for j in jobs],
+        "args_encrypted": [j.args_encrypted for j in jobs],
         "max_attempts": [j.max_attempts for j in jobs],
         "run_ats": [j.run_at for j in jobs],
         "delays": [j.delay for j in jobs],
@@ -117,11 +134,11 @@ def _bulk_ids(rows: Sequence[tuple[Any, ...]]) -> tuple[list[int | None], list[t
 
 
 def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
-    job_id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags = row
+    job_id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted = row
     return Job(
         id=job_id, task=task, queue=queue, args=args if args is not None else {}, attempt=attempt,
         max_attempts=max_attempts, enqueued_at=enqueued_at, priority=priority, tags=tuple(tags or ()),
-        lease_token=token,
+        lease_token=token, _sealed_args=args_encrypted,
     )
 
 
@@ -130,6 +147,7 @@ def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "ids": [o.job_id for o in outcomes],
         "tokens": [o.token for o in outcomes],
         "results": [o.result for o in outcomes],
+        "results_encrypted": [o.result_encrypted for o in outcomes],
         "progress": [o.progress for o in outcomes],
         "progress_notes": [o.progress_note for o in outcomes],
     }
@@ -142,6 +160,7 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "states": [o.state for o in outcomes],
         "delays": [o.delay for o in outcomes],
         "errors": [o.error for o in outcomes],
+        "errors_encrypted": [o.error_encrypted for o in outcomes],
         "events": [o.event for o in outcomes],
     }
 
@@ -339,6 +358,39 @@ class JobStore:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(WORKERS.list_workers)
             return cur.fetchall()
+
+    # --- key rotation ---
+
+    @contextmanager
+    def transaction(self, *, rollback: bool = False) -> Iterator[None]:
+        """One transaction of this store's own connection (committed, or rolled back when ``rollback``)."""
+        with translate_errors(), self.conn.transaction(force_rollback=rollback):
+            yield
+
+    def count_stale_ciphertexts(self, key_id: bytes) -> dict[str, int]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(JOBS.count_stale_ciphertexts, {"key_id": key_id})
+            row = cur.fetchone()
+        return {k: int(v) for k, v in row.items()} if row else {"args": 0, "results": 0, "errors": 0}
+
+    def lock_stale_ciphertexts(self, key_id: bytes, after_id: int, limit: int) -> list[StoredCiphertexts]:
+        with translate_errors():
+            rows = self.conn.execute(JOBS.lock_stale_ciphertexts,
+                                     {"key_id": key_id, "after_id": after_id, "limit": limit}).fetchall()
+        return [StoredCiphertexts(*row) for row in rows]
+
+    def update_ciphertexts(self, rows: Sequence[StoredCiphertexts]) -> None:
+        with translate_errors():
+            self.conn.execute(JOBS.update_ciphertexts, {
+                "ids": [r.job_id for r in rows],
+                "args_encrypted": [r.args for r in rows],
+                "results_encrypted": [r.result for r in rows],
+                "errors_encrypted": [r.error for r in rows],
+            })
+
+    def record_key_rotation(self, actor: str, detail: dict[str, Any]) -> None:
+        with translate_errors():
+            self.conn.execute(EVENTS.record_key_rotation, {"actor": actor, "detail": encode_json(detail)})
 
 
 class AsyncJobStore:

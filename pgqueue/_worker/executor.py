@@ -19,6 +19,8 @@ import structlog
 from pgqueue._db.store import Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
+from pgqueue._worker.sealing import PayloadSealer
+from pgqueue.errors import DecryptionError, EncryptionKeyMissing
 from pgqueue.jobs import Discard, Job, Retry
 from pgqueue.tasks import Task
 
@@ -106,7 +108,8 @@ class JobRunner:
     """
 
     def __init__(self, threads_factory: Callable[[], Executor], headroom: int,
-                 transactional: Callable[[Task, Job], Any]) -> None:
+                 transactional: Callable[[Task, Job], Any], sealer: PayloadSealer) -> None:
+        self._sealer = sealer
         self._threads_factory = threads_factory
         self._threads = threads_factory()
         self._headroom = headroom
@@ -146,7 +149,25 @@ class JobRunner:
         return await loop.run_in_executor(self._threads, lambda: context.run(task.fn, job, **job.args))
 
     async def run(self, task: Task | None, job: Job) -> Outcome | None:
-        """Run ``job``; return its outcome, or None when a transactional handler already wrote it."""
+        """Run ``job``; return its outcome, or None when a transactional handler already wrote it.
+
+        An encrypted job's args are decrypted first; one this worker cannot decrypt fails at once
+        with an error naming the key (no attempt is spent on retries that would fail the same way,
+        and the ciphertext stays for a `pgqueue jobs retry` once the key is configured).
+        """
+        try:
+            self._sealer.open_args(job, task)
+        except (DecryptionError, EncryptionKeyMissing) as exc:
+            get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt).error(
+                "job.failed", error_type=type(exc).__name__, reason="cannot decrypt")
+            # Its own message names a key id and the fix, never the payload: stored in plaintext.
+            message = str(exc) if isinstance(exc, EncryptionKeyMissing) else f"{exc} (`pgqueue jobs retry {job.id}`)"
+            return Outcome(job_id=job.id, token=job.lease_token, state="failed", event="failed",
+                           error=encode_json({"type": type(exc).__name__, "message": message}))
+        outcome = await self._run(task, job)
+        return None if outcome is None else self._sealer.seal(job, task, outcome)
+
+    async def _run(self, task: Task | None, job: Job) -> Outcome | None:
         log = get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         # Each job runs in its own asyncio task (its own context), and sync handlers get a copy of
         # it in their thread: the handler's own structlog calls carry the job's context too.
@@ -173,11 +194,11 @@ class JobRunner:
             if not task.is_async and not task.transactional:
                 self._abandon_thread()
             outcome = failure_outcome(job, task, JobTimeout(f"attempt exceeded the {task.timeout:g}s timeout"))
-            self._log_outcome(log, task, outcome, started, "JobTimeout")
+            self._log_outcome(log, job, task, outcome, started, "JobTimeout")
             return outcome
         except _HandlerCrashed as crashed:
             outcome = failure_outcome(job, task, crashed.original)
-            self._log_outcome(log, task, outcome, started, type(crashed.original).__name__)
+            self._log_outcome(log, job, task, outcome, started, type(crashed.original).__name__)
             return outcome
         except LeaseLost:
             log.warning("job.lease_lost", duration_ms=round((time.monotonic() - started) * 1000, 1))
@@ -186,13 +207,13 @@ class JobRunner:
             if _current_task_cancelling():
                 raise  # the worker itself is shutting down hard
             outcome = failure_outcome(job, task, asyncio.CancelledError("handler raised CancelledError"))
-            self._log_outcome(log, task, outcome, started, "CancelledError")
+            self._log_outcome(log, job, task, outcome, started, "CancelledError")
             return outcome
         # The one place every handler error lands: whatever a handler raises (including
         # SystemExit and KeyboardInterrupt from its own code) is an outcome, never a crash.
         except BaseException as exc:  # noqa: BLE001
             outcome = failure_outcome(job, task, exc)
-            self._log_outcome(log, task, outcome, started, type(exc).__name__)
+            self._log_outcome(log, job, task, outcome, started, type(exc).__name__)
             return outcome
         if task.transactional:
             log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
@@ -203,16 +224,16 @@ class JobRunner:
             # Retrying would run the side effects again only to produce the same bad result.
             outcome = Outcome(job_id=job.id, token=job.lease_token, state="failed", event="failed",
                               error=error_json(exc))
-            self._log_outcome(log, task, outcome, started, "ResultNotSerializable")
+            self._log_outcome(log, job, task, outcome, started, "ResultNotSerializable")
             return outcome
         log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
         return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text)
 
-    @staticmethod
-    def _log_outcome(log: Any, task: Task, outcome: Outcome, started: float, error_type: str) -> None:
+    def _log_outcome(self, log: Any, job: Job, task: Task, outcome: Outcome, started: float,
+                     error_type: str) -> None:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         fields: dict[str, Any] = {"error_type": error_type, "duration_ms": duration_ms}
-        if task.encrypt:
+        if self._sealer.must_seal(job, task):
             fields["error"] = "(redacted: encrypted job)"
         if outcome.state == "failed":
             log.warning("job.failed" if outcome.event == "failed" else "job.discarded", **fields)

@@ -32,6 +32,7 @@ from pgqueue._log import get_logger
 from pgqueue._payload import encode_json, encode_result
 from pgqueue._worker.background import Heartbeat, Maintenance
 from pgqueue._worker.executor import JobRunner, LeaseLost
+from pgqueue._worker.sealing import PayloadSealer
 from pgqueue._worker.supervisor import PARENT_ENV
 from pgqueue.errors import ConfigurationError, PgqueueError
 from pgqueue.jobs import Job
@@ -131,6 +132,8 @@ class Worker:
         self.concurrency = concurrency
         self.settings = settings or app.settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Parsed now: a malformed key stops the worker before it claims anything.
+        self._sealer = PayloadSealer(self.settings.encryption_keys, self.settings.encrypt_all)
         self.extra_duties = extra_duties or []
         self.exit_code = 0
         self.stuck_threads = False
@@ -211,7 +214,7 @@ class Worker:
         maintenance = Maintenance(dsn, self.worker_id, self.settings.lease_seconds, extra_duties=self.extra_duties)
         runner = JobRunner(
             lambda: ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="pgqueue-job"),
-            headroom=4, transactional=self._run_transactional,
+            headroom=4, transactional=self._run_transactional, sealer=self._sealer,
         )
         # The claim and ack statements run thousands of times a second: with no pooler in between
         # they are prepared (planned once), which roughly halves their server CPU.
@@ -583,8 +586,10 @@ class Worker:
 
     def _tx_outcome(self, job: Job, result: Any) -> Outcome:
         progress = self._take_job_progress(job.id)
-        return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=encode_result(result),
-                       progress=progress[1] if progress else None, progress_note=progress[2] if progress else None)
+        outcome = Outcome(job_id=job.id, token=job.lease_token, state="completed", result=encode_result(result),
+                          progress=progress[1] if progress else None,
+                          progress_note=progress[2] if progress else None)
+        return self._sealer.seal(job, self.app.tasks.get(job.task), outcome)
 
     def _tx_pool_size(self) -> int:
         # Within a CONNECTION LIMIT, the pool takes what the worker's own sessions leave (jobs wait

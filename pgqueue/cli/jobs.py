@@ -34,9 +34,21 @@ def _progress(row: Mapping[str, Any]) -> str:
     return f"{text} ({row['progress_note']})" if row.get("progress_note") else text
 
 
-def _args(value: Any) -> str:
+def _args(row: Mapping[str, Any]) -> str:
     # args are NULL only for encrypted jobs: the plaintext never reaches the database.
-    return "(encrypted)" if value is None else format_value(value)
+    return "(encrypted)" if row.get("args_encrypted") or row.get("args") is None else format_value(row["args"])
+
+
+def _result(row: Mapping[str, Any]) -> str:
+    return "(encrypted)" if row.get("result_encrypted") else format_value(row.get("result"))
+
+
+def _error(row: Mapping[str, Any]) -> str:
+    value = row.get("last_error")
+    if row.get("error_encrypted") and isinstance(value, Mapping) and value.get("encrypted"):
+        # Only the type is stored in plaintext; the message and traceback are ciphertext.
+        return f"{value.get('type') or 'error'}: (encrypted)"
+    return _error_summary(value)
 
 
 def _error_summary(value: Any) -> str:
@@ -76,9 +88,9 @@ SHOW_FIELDS = [
     Column("unique_key", "unique key"),
     Column("tags", "tags"),
     Column("progress", "progress", compute=_progress),
-    Column("args", "args", render=_args),
-    Column("result", "result"),
-    Column("last_error", "last error", render=_error_summary),
+    Column("args", "args", compute=_args),
+    Column("result", "result", compute=_result),
+    Column("last_error", "last error", compute=_error),
 ]
 
 EVENT_COLUMNS = [

@@ -43,7 +43,6 @@ from pgqueue.errors import (
     InvalidPriority,
     InvalidQueueName,
     PayloadTooLarge,
-    PgqueueError,
     UnknownTask,
 )
 from pgqueue.settings import Settings
@@ -775,17 +774,6 @@ def test_encrypt_true_with_no_key_configured_raises_encryption_key_missing_and_w
         app: App, conn: Conn) -> None:
     with pytest.raises(EncryptionKeyMissing, match="PGQUEUE_ENCRYPTION_KEYS"):
         app.enqueue(conn, "t", {"ssn": "123-45-6789"}, encrypt=True)
-
-    assert_nothing_written_and_connection_usable(conn)
-
-
-def test_encrypt_true_raises_until_encryption_lands_and_never_writes_plaintext(dsn: str, conn: Conn) -> None:
-    # Encryption is another issue's work: until it lands, asking for it must fail loudly rather than
-    # store the payload in plaintext. Replace this test with the real round trip when it does.
-    keyed = App(dsn, settings=Settings(dsn=dsn, encryption_keys=("k1",)))
-
-    with pytest.raises(PgqueueError, match="encrypt"):
-        keyed.enqueue(conn, "t", {"ssn": "123-45-6789"}, encrypt=True)
 
     assert_nothing_written_and_connection_usable(conn)
 

@@ -106,3 +106,8 @@ WHERE (xid >= %(xid_from)s AND xid < %(xid_to)s) OR (%(xid_from)s = '0'::xid8 AN
 
 -- name: mark_seal_pruned
 UPDATE pgqueue.audit_seals SET pruned_at = now() WHERE seal_no = %(seal_no)s AND pruned_at IS NULL;
+
+-- name: record_key_rotation
+-- One row per `pgqueue keys rotate` run: counts and key ids only, never payloads or keys.
+INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
+VALUES (NULL, 'keys_rotated', %(actor)s, %(detail)s::jsonb);

@@ -10,14 +10,16 @@ WITH input AS (
         %(queue)s::text AS queue,
         %(priority)s::int AS priority,
         %(args)s::jsonb AS args,
+        %(args_encrypted)b::bytea AS args_encrypted,
         %(max_attempts)s::int AS max_attempts,
         COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
         %(unique_key)s::text AS unique_key,
         %(tags)b::text[] AS tags
 ), inserted AS (
-    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
+    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key,
+                              tags)
     SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, args, max_attempts, run_at, unique_key, tags
+           priority, args, args_encrypted, max_attempts, run_at, unique_key, tags
     FROM input
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
     DO NOTHING
@@ -36,20 +38,22 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
 WITH input AS (
     SELECT
         nextval('pgqueue.jobs_id_seq') AS id,
-        i.ord, i.task, i.queue, i.priority, i.args::jsonb AS args, i.max_attempts,
+        i.ord, i.task, i.queue, i.priority, i.args::jsonb AS args, i.args_encrypted, i.max_attempts,
         COALESCE(i.run_at, now() + make_interval(secs => i.delay)) AS run_at,
         i.unique_key,
         CASE WHEN i.tags IS NULL THEN '{}'::text[]
              ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags
     FROM unnest(
-        %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[], %(args)b::text[],
+        %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[], %(args)b::text[], %(args_encrypted)b::bytea[],
         %(max_attempts)b::int[], %(run_ats)b::timestamptz[], %(delays)b::float8[], %(unique_keys)b::text[],
         %(tags)b::text[]
-    ) WITH ORDINALITY AS i(task, queue, priority, args, max_attempts, run_at, delay, unique_key, tags, ord)
+    ) WITH ORDINALITY AS i(task, queue, priority, args, args_encrypted, max_attempts, run_at, delay, unique_key, tags,
+                           ord)
 ), inserted AS (
-    INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
+    INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at,
+                              unique_key, tags)
     SELECT id, task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, args, max_attempts, run_at, unique_key, tags
+           priority, args, args_encrypted, max_attempts, run_at, unique_key, tags
     FROM input
     ORDER BY ord
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
@@ -101,12 +105,13 @@ WITH picked AS MATERIALIZED (
         lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
     FROM picked
     WHERE j.id = picked.id
-    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
+              j.args_encrypted
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
 )
-SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags FROM claimed;
+SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted FROM claimed;
 
 -- name: claim_jobs_any_queue
 -- The same claim for a worker serving every queue; a separate query so the planner can use the
@@ -124,23 +129,24 @@ WITH picked AS MATERIALIZED (
         lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
     FROM picked
     WHERE j.id = picked.id
-    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
+              j.args_encrypted
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
 )
-SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags FROM claimed;
+SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted FROM claimed;
 
 -- name: complete_jobs
 -- Group commit: many finished jobs in one statement. The lease token fences out a worker whose
 -- claim was rescued and re-run elsewhere; ids missing from the result lost their lease.
 WITH done AS (
-    SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(results)b::text[],
+    SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(results)b::text[], %(results_encrypted)b::bytea[],
                          %(progress)b::real[], %(progress_notes)b::text[])
-        AS d(id, token, result, progress, progress_note)
+        AS d(id, token, result, result_encrypted, progress, progress_note)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
-    SET state = 'completed', finished_at = now(), result = d.result::jsonb,
+    SET state = 'completed', finished_at = now(), result = d.result::jsonb, result_encrypted = d.result_encrypted,
         progress = COALESCE(d.progress, j.progress), progress_note = COALESCE(d.progress_note, j.progress_note)
     FROM done AS d
     WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running'
@@ -156,14 +162,15 @@ SELECT id FROM updated;
 -- when no attempts are left or the handler discarded it) and the event name.
 WITH failed AS (
     SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(states)b::text[], %(delays)b::float8[],
-                         %(errors)b::text[], %(events)b::text[])
-        AS f(id, token, state, delay, error, event)
+                         %(errors)b::text[], %(errors_encrypted)b::bytea[], %(events)b::text[])
+        AS f(id, token, state, delay, error, error_encrypted, event)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
     SET state = f.state,
         run_at = CASE WHEN f.state = 'failed' THEN j.run_at ELSE now() + make_interval(secs => f.delay) END,
         finished_at = CASE WHEN f.state = 'failed' THEN now() END,
-        last_error = f.error::jsonb
+        last_error = f.error::jsonb,
+        error_encrypted = f.error_encrypted
     FROM failed AS f
     WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'running'
     RETURNING j.id, j.queue, j.state, j.attempt, j.worker_id, f.event, j.last_error ->> 'type' AS error_type
@@ -281,12 +288,16 @@ SELECT id, state, (SELECT count(*) FROM notified) AS notified FROM rescued;
 
 -- name: get_job
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
-       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id
+       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id,
+       args_encrypted IS NOT NULL AS args_encrypted, result_encrypted IS NOT NULL AS result_encrypted,
+       error_encrypted IS NOT NULL AS error_encrypted
 FROM pgqueue.jobs WHERE id = %(id)s;
 
 -- name: list_jobs
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
-       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id
+       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id,
+       args_encrypted IS NOT NULL AS args_encrypted, result_encrypted IS NOT NULL AS result_encrypted,
+       error_encrypted IS NOT NULL AS error_encrypted
 FROM pgqueue.jobs
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(state)s::text IS NULL OR state = %(state)s::text)
@@ -358,3 +369,40 @@ WITH purged AS (
     SELECT id, 'purged', state, attempt, %(actor)s, jsonb_build_object('queue', %(queue)s::text) FROM purged
 )
 SELECT count(*) AS purged FROM purged;
+
+-- name: count_stale_ciphertexts
+-- Ciphertexts not under the newest key (bytes 2-9 of each are its key id): what `keys rotate` has
+-- left to do. A full scan, fine for an operator's command.
+SELECT count(*) AS jobs,
+       count(*) FILTER (WHERE substring(args_encrypted FROM 2 FOR 8) <> %(key_id)s) AS args,
+       count(*) FILTER (WHERE substring(result_encrypted FROM 2 FOR 8) <> %(key_id)s) AS results,
+       count(*) FILTER (WHERE substring(error_encrypted FROM 2 FOR 8) <> %(key_id)s) AS errors
+FROM pgqueue.jobs
+WHERE substring(args_encrypted FROM 2 FOR 8) <> %(key_id)s
+   OR substring(result_encrypted FROM 2 FOR 8) <> %(key_id)s
+   OR substring(error_encrypted FROM 2 FOR 8) <> %(key_id)s;
+
+-- name: lock_stale_ciphertexts
+-- One batch for `keys rotate`, in id order after a cursor so a row that cannot be re-encrypted is
+-- passed over, not fetched forever. SKIP LOCKED: a row a worker is claiming or acking right now is
+-- left for the next run (the command reports what remains). Running jobs are included: their
+-- worker already holds the plaintext args and its ack writes only result/error, after this lock.
+SELECT id, task, args_encrypted, result_encrypted, error_encrypted
+FROM pgqueue.jobs
+WHERE id > %(after_id)s
+  AND (substring(args_encrypted FROM 2 FOR 8) <> %(key_id)s
+       OR substring(result_encrypted FROM 2 FOR 8) <> %(key_id)s
+       OR substring(error_encrypted FROM 2 FOR 8) <> %(key_id)s)
+ORDER BY id
+LIMIT %(limit)s
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: update_ciphertexts
+-- Writes back a batch re-encrypted under the newest key; a NULL keeps the column as it was.
+UPDATE pgqueue.jobs AS j
+SET args_encrypted = COALESCE(u.args_encrypted, j.args_encrypted),
+    result_encrypted = COALESCE(u.result_encrypted, j.result_encrypted),
+    error_encrypted = COALESCE(u.error_encrypted, j.error_encrypted)
+FROM unnest(%(ids)b::bigint[], %(args_encrypted)b::bytea[], %(results_encrypted)b::bytea[],
+            %(errors_encrypted)b::bytea[]) AS u(id, args_encrypted, result_encrypted, error_encrypted)
+WHERE j.id = u.id;

@@ -139,9 +139,9 @@ WITH input AS (
     ON CONFLICT (schedule_name, fire_time) DO NOTHING
     RETURNING fire_time, job_id
 ), inserted AS (
-    INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, max_attempts, run_at, tags)
+    INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, tags)
     SELECT runs.job_id, %(task)s, %(queue)s, CASE WHEN runs.fire_time > now() THEN 'scheduled' ELSE 'available' END,
-           %(priority)s, %(args)s::jsonb, %(max_attempts)s, runs.fire_time, %(tags)s::text[]
+           %(priority)s, %(args)s::jsonb, %(args_encrypted)s::bytea, %(max_attempts)s, runs.fire_time, %(tags)s::text[]
     FROM runs
     RETURNING id, queue, state, attempt, run_at
 ), audit AS (
