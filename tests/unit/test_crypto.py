@@ -100,7 +100,7 @@ def test_keys_without_padding_are_accepted() -> None:
 
 @pytest.mark.parametrize("bad", [
     "not-base64!", base64.urlsafe_b64encode(b"short").decode(), base64.urlsafe_b64encode(b"x" * 33).decode(),
-    "k1", NEW[:-4] + "+/+/",
+    "k1", base64.urlsafe_b64encode(b"k" * 32).decode()[:-4] + "+/+/",  # standard, not url-safe, alphabet
 ])
 def test_a_malformed_key_is_a_configuration_error_naming_its_position_and_not_its_value(bad: str) -> None:
     with pytest.raises(ConfigurationError, match=r"key #2 .*pgqueue keys generate") as raised:

@@ -1,0 +1,373 @@
+"""Encryption at rest on a real database: what enqueue stores, what workers decrypt and store, the
+missing-key path, compliance mode, cron inserts, and key rotation.
+
+Every check of "the plaintext is nowhere" reads the whole row back as text with SQL (and the audit
+trail), so a column added later that leaks the payload fails here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+import structlog
+from psycopg.rows import TupleRow, dict_row
+from structlog.typing import EventDict
+
+from pgqueue import App, Backoff, Job, JobSpec
+from pgqueue._crypto import Keyring, generate_key, key_id_in
+from pgqueue._db.store import JobStore
+from pgqueue._key_rotation import rotate
+from pgqueue._scheduler import Scheduler
+from pgqueue._worker.loop import Worker
+from pgqueue.errors import ArgsNotSerializable, EncryptionKeyMissing, PayloadTooLarge
+from pgqueue.settings import Settings
+from tests.helpers import wait_until
+
+Conn = psycopg.Connection[TupleRow]
+SECRET = "123-45-6789"
+OLD, NEW = generate_key(), generate_key()
+WAIT = 15.0
+
+
+def make_app(dsn: str, *keys: str, encrypt_all: bool = False) -> App:
+    settings = Settings(dsn=dsn, lease_seconds=2, poll_seconds=0.5, shutdown_grace_seconds=5,
+                        encryption_keys=tuple(keys), encrypt_all=encrypt_all)
+    app = App(dsn, settings=settings)
+
+    @app.task(name="verify")
+    def verify(job: Job, ssn: str) -> dict[str, str]:
+        return {"verified": ssn}
+
+    @app.task(name="reject", max_attempts=1)
+    async def reject(job: Job, ssn: str) -> None:
+        raise ValueError(f"could not verify {ssn}")
+
+    @app.task(name="sensitive", encrypt=True, max_attempts=2, backoff=Backoff.fixed(0))
+    def sensitive(job: Job, ssn: str) -> str:
+        return ssn[::-1]
+
+    return app
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app(dsn: str) -> App:
+    return make_app(dsn, NEW, OLD)
+
+
+@contextmanager
+def running_worker(app: App) -> Iterator[Worker]:
+    worker = Worker(app, settings=app.settings, concurrency=2)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+@pytest.fixture
+def captured() -> Iterator[list[EventDict]]:
+    was_configured = structlog.is_configured()
+    try:
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            yield logs
+    finally:
+        if not was_configured:
+            structlog.reset_defaults()
+
+
+def row(db: Conn, job_id: int) -> dict[str, Any]:
+    with db.cursor(row_factory=dict_row) as cur:
+        found = cur.execute("SELECT * FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    assert found is not None
+    return found
+
+
+def assert_plaintext_nowhere(db: Conn, job_id: int, *secrets: str) -> None:
+    """Neither the row (every column, as text and as raw bytes) nor its audit trail holds a secret."""
+    text = db.execute("SELECT j::text FROM pgqueue.jobs AS j WHERE id = %s", [job_id]).fetchone()
+    trail = db.execute("SELECT coalesce(string_agg(e::text, ' '), '') FROM pgqueue.job_events AS e "
+                       "WHERE job_id = %s", [job_id]).fetchone()
+    assert text is not None
+    assert trail is not None
+    blobs = b"".join(bytes(v) for v in db.execute(
+        "SELECT coalesce(args_encrypted, ''), coalesce(result_encrypted, ''), coalesce(error_encrypted, '') "
+        "FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone() or ())
+    for secret in secrets:
+        assert secret not in text[0], f"{secret!r} is stored in plaintext in job {job_id}"
+        assert secret not in trail[0], f"{secret!r} reached job {job_id}'s audit trail"
+        assert secret.encode() not in blobs
+
+
+def opened(keys: tuple[str, ...], blob: bytes | None, field: str, task: str) -> Any:
+    assert blob is not None, f"no {field} ciphertext"
+    return json.loads(Keyring(keys).decrypt(bytes(blob), field, task))  # type: ignore[arg-type]
+
+
+def wait_for_state(db: Conn, job_id: int, *states: str) -> dict[str, Any]:
+    wait_until(lambda: row(db, job_id)["state"] in states, timeout=WAIT, message=f"job {job_id} to reach {states}")
+    return row(db, job_id)
+
+
+# --- enqueue ------------------------------------------------------------------------------------
+
+
+def test_an_encrypted_enqueue_stores_null_args_and_a_ciphertext_under_the_newest_key(app: App, db: Conn) -> None:
+    job_id = app.enqueue(None, "verify", {"ssn": SECRET}, encrypt=True)
+
+    stored = row(db, job_id)
+    assert stored["args"] is None
+    assert key_id_in(stored["args_encrypted"]) == Keyring((NEW,)).newest.id
+    assert opened((NEW,), stored["args_encrypted"], "args", "verify") == {"ssn": SECRET}
+    assert_plaintext_nowhere(db, job_id, SECRET)
+
+
+def test_a_task_declared_encrypt_true_is_encrypted_even_when_the_job_says_encrypt_false(
+        app: App, db: Conn) -> None:
+    job_id = app.enqueue(None, "sensitive", {"ssn": SECRET}, encrypt=False)
+
+    assert row(db, job_id)["args"] is None
+    assert_plaintext_nowhere(db, job_id, SECRET)
+
+
+def test_compliance_mode_encrypts_every_job_and_encrypt_false_cannot_opt_out(dsn: str, db: Conn) -> None:
+    app = make_app(dsn, NEW, encrypt_all=True)
+
+    ids = [app.enqueue(None, "verify", {"ssn": SECRET}), app.enqueue(None, "verify", {"ssn": SECRET}, encrypt=False),
+           app.enqueue(None, "unregistered-task", {"ssn": SECRET})]
+
+    for job_id in ids:
+        assert row(db, job_id)["args"] is None
+        assert_plaintext_nowhere(db, job_id, SECRET)
+
+
+def test_unencrypted_jobs_are_untouched(app: App, db: Conn) -> None:
+    job_id = app.enqueue(None, "verify", {"ssn": "public"})
+
+    stored = row(db, job_id)
+    assert stored["args"] == {"ssn": "public"}
+    assert stored["args_encrypted"] is None
+
+
+def test_enqueue_many_encrypts_the_jobs_that_ask_for_it_and_only_those(app: App, db: Conn) -> None:
+    specs = [JobSpec("verify", {"ssn": SECRET}, encrypt=True), JobSpec("verify", {"ssn": "public"}),
+             JobSpec("sensitive", {"ssn": SECRET})]
+    with psycopg.connect(app.dsn) as conn:
+        ids = app.enqueue_many(conn, specs)
+
+    assert row(db, ids[1])["args"] == {"ssn": "public"}
+    for job_id, task in ((ids[0], "verify"), (ids[2], "sensitive")):
+        assert opened((NEW,), row(db, job_id)["args_encrypted"], "args", task) == {"ssn": SECRET}
+        assert_plaintext_nowhere(db, job_id, SECRET)
+
+
+def test_enqueue_async_encrypts(app: App, db: Conn) -> None:
+    async def enqueue() -> int:
+        async with await psycopg.AsyncConnection.connect(app.dsn) as aconn:
+            return await app.enqueue_async(aconn, "verify", {"ssn": SECRET}, encrypt=True)
+
+    job_id = asyncio.run(enqueue())
+
+    assert opened((NEW,), row(db, job_id)["args_encrypted"], "args", "verify") == {"ssn": SECRET}
+    assert_plaintext_nowhere(db, job_id, SECRET)
+
+
+def test_validation_runs_on_the_plaintext_before_encryption(dsn: str, db: Conn) -> None:
+    app = App(dsn, settings=Settings(dsn=dsn, encryption_keys=(NEW,), max_payload_bytes=64))
+
+    with pytest.raises(PayloadTooLarge, match="over the 64-byte limit"):
+        app.enqueue(None, "t", {"blob": "x" * 100}, encrypt=True)
+    with pytest.raises(ArgsNotSerializable, match="not JSON-serialisable"):
+        app.enqueue(None, "t", {"n": float("nan")}, encrypt=True)
+    assert db.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+
+
+def test_compliance_mode_with_no_key_raises_encryption_key_missing_and_writes_nothing(dsn: str, db: Conn) -> None:
+    app = make_app(dsn, encrypt_all=True)
+
+    with pytest.raises(EncryptionKeyMissing):
+        app.enqueue(None, "verify", {"ssn": SECRET})
+    assert db.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+
+
+# --- worker ---------------------------------------------------------------------------------------
+
+
+def test_a_worker_decrypts_args_and_stores_results_and_errors_only_as_ciphertext(
+        app: App, db: Conn, captured: list[EventDict]) -> None:
+    ok_id = app.enqueue(None, "verify", {"ssn": SECRET}, encrypt=True)
+    bad_id = app.enqueue(None, "reject", {"ssn": SECRET}, encrypt=True)
+    plain_id = app.enqueue(None, "verify", {"ssn": "public"})
+
+    with running_worker(app):
+        ok = wait_for_state(db, ok_id, "completed")
+        bad = wait_for_state(db, bad_id, "failed")
+        plain = wait_for_state(db, plain_id, "completed")
+
+    assert ok["result"] is None
+    assert opened((NEW,), ok["result_encrypted"], "result", "verify") == {"verified": SECRET}
+    assert bad["last_error"] == {"type": "ValueError", "encrypted": True}
+    error = opened((NEW,), bad["error_encrypted"], "error", "reject")
+    assert error["type"] == "ValueError"
+    assert error["message"] == f"could not verify {SECRET}"
+    assert "Traceback" in error["traceback"]
+    assert plain["result"] == {"verified": "public"}
+    assert plain["result_encrypted"] is None
+    for job_id in (ok_id, bad_id):
+        assert_plaintext_nowhere(db, job_id, SECRET, "could not verify")
+    everything = repr(captured)
+    assert SECRET not in everything
+    assert "could not verify" not in everything
+    assert any(e.get("event") == "job.failed" and e.get("error_type") == "ValueError" for e in captured)
+
+
+def test_a_task_declared_encrypt_true_stores_its_retry_errors_encrypted(app: App, db: Conn) -> None:
+    job_id = app.enqueue(None, "sensitive", {"ssn": SECRET})
+
+    with running_worker(app):
+        done = wait_for_state(db, job_id, "completed")
+
+    assert opened((NEW,), done["result_encrypted"], "result", "sensitive") == SECRET[::-1]
+    assert_plaintext_nowhere(db, job_id, SECRET, SECRET[::-1])
+
+
+def test_a_worker_without_the_key_fails_the_job_at_once_and_a_retry_with_the_key_completes_it(
+        dsn: str, db: Conn) -> None:
+    producer = make_app(dsn, OLD)
+    job_id = producer.enqueue(None, "verify", {"ssn": SECRET}, encrypt=True)
+    stored = row(db, job_id)["args_encrypted"]
+    old_id = Keyring((OLD,)).newest.hex_id
+
+    with running_worker(make_app(dsn, NEW)):
+        failed = wait_for_state(db, job_id, "failed")
+
+    assert failed["attempt"] == 1  # no retries burnt on a configuration problem
+    assert failed["last_error"]["type"] == "UnknownEncryptionKey"
+    assert old_id in failed["last_error"]["message"]
+    assert "PGQUEUE_ENCRYPTION_KEYS" in failed["last_error"]["message"]
+    assert f"pgqueue jobs retry {job_id}" in failed["last_error"]["message"]
+    assert bytes(failed["args_encrypted"]) == bytes(stored)  # nothing lost
+    assert_plaintext_nowhere(db, job_id, SECRET)
+
+    with psycopg.connect(dsn) as conn:
+        assert JobStore(conn).retry_jobs([job_id], None, False, "test") == [job_id]
+    with running_worker(make_app(dsn, NEW, OLD)):
+        done = wait_for_state(db, job_id, "completed")
+
+    assert opened((NEW,), done["result_encrypted"], "result", "verify") == {"verified": SECRET}
+
+
+def test_a_worker_with_no_keys_at_all_fails_encrypted_jobs_with_encryption_key_missing(dsn: str, db: Conn) -> None:
+    job_id = make_app(dsn, NEW).enqueue(None, "verify", {"ssn": SECRET}, encrypt=True)
+
+    with running_worker(make_app(dsn)):
+        failed = wait_for_state(db, job_id, "failed")
+
+    assert failed["last_error"]["type"] == "EncryptionKeyMissing"
+    assert Keyring((NEW,)).newest.hex_id in failed["last_error"]["message"]
+    assert failed["args_encrypted"] is not None
+
+
+def test_a_transactional_encrypted_task_stores_its_result_encrypted(dsn: str, db: Conn) -> None:
+    app = make_app(dsn, NEW)
+
+    @app.task(name="tx", transactional=True, encrypt=True)
+    def tx(job: Job, ssn: str) -> str:
+        return f"saw {ssn}"
+
+    job_id = app.enqueue(None, "tx", {"ssn": SECRET})
+    with running_worker(app):
+        done = wait_for_state(db, job_id, "completed")
+
+    assert opened((NEW,), done["result_encrypted"], "result", "tx") == f"saw {SECRET}"
+    assert_plaintext_nowhere(db, job_id, SECRET)
+
+
+# --- scheduler ------------------------------------------------------------------------------------
+
+
+def test_the_scheduler_inserts_runs_of_an_encrypting_task_encrypted(dsn: str, db: Conn) -> None:
+    app = make_app(dsn, NEW)
+    app.schedule("every-second", cron="* * * * * *", task="sensitive", args={"ssn": SECRET})
+    scheduler = Scheduler(app)
+    try:
+        scheduler.sync()
+        db.execute("UPDATE pgqueue.schedules SET next_run_at = date_trunc('second', now()) - interval '1 second'")
+        result = scheduler.run_pass()
+        assert result.failed == []
+    finally:
+        scheduler.close()
+
+    ids = [r[0] for r in db.execute("SELECT id FROM pgqueue.jobs WHERE task = 'sensitive'").fetchall()]
+    assert ids
+    assert row(db, ids[0])["args"] is None
+    assert opened((NEW,), row(db, ids[0])["args_encrypted"], "args", "sensitive") == {"ssn": SECRET}
+    assert_plaintext_nowhere(db, ids[0], SECRET)
+
+
+# --- rotation -------------------------------------------------------------------------------------
+
+
+def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_key_runs_old_jobs(
+        dsn: str, db: Conn) -> None:
+    old_app = make_app(dsn, OLD)
+    finished = old_app.enqueue(None, "reject", {"ssn": SECRET}, encrypt=True)
+    with running_worker(old_app):
+        wait_for_state(db, finished, "failed")
+    waiting = old_app.enqueue(None, "verify", {"ssn": SECRET}, encrypt=True)
+    plain = old_app.enqueue(None, "verify", {"ssn": "public"})
+
+    keyring = Keyring((NEW, OLD))
+    with psycopg.connect(dsn) as conn:
+        dry = rotate(JobStore(conn), keyring, batch=1, dry_run=True)
+        report = rotate(JobStore(conn), keyring, batch=1, actor="cli:test")
+        again = rotate(JobStore(conn), keyring, batch=1, actor="cli:test")
+
+    assert dry.as_dict()["args"] == 2
+    assert report.as_dict() | {"remaining": None} == {
+        "newest_key_id": keyring.newest.hex_id, "dry_run": False, "jobs": 2, "args": 2, "results": 0,
+        "errors": 1, "from_key_ids": [Keyring((OLD,)).newest.hex_id], "unreadable": {}, "remaining": None}
+    assert report.remaining == {"jobs": 0, "args": 0, "results": 0, "errors": 0}
+    assert again.jobs == 0
+    assert row(db, plain)["args"] == {"ssn": "public"}
+    audit = db.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'keys_rotated' AND job_id IS NULL "
+                       "ORDER BY id").fetchall()
+    assert [a[0] for a in audit] == ["cli:test", "cli:test"]  # the dry run wrote nothing
+    assert audit[0][1]["args"] == 2
+    assert OLD not in repr(audit)
+    assert NEW not in repr(audit)
+    assert opened((NEW,), row(db, finished)["error_encrypted"], "error", "reject")["type"] == "ValueError"
+
+    with running_worker(make_app(dsn, NEW)):
+        done = wait_for_state(db, waiting, "completed", "failed")
+
+    assert done["state"] == "completed", done["last_error"]
+    assert opened((NEW,), done["result_encrypted"], "result", "verify") == {"verified": SECRET}
+
+
+def test_rotate_leaves_ciphertexts_under_unknown_keys_untouched_and_reports_them(dsn: str, db: Conn) -> None:
+    lost_key = generate_key()
+    job_id = make_app(dsn, lost_key).enqueue(None, "verify", {"ssn": SECRET}, encrypt=True)
+    before = bytes(row(db, job_id)["args_encrypted"])
+
+    with psycopg.connect(dsn) as conn:
+        report = rotate(JobStore(conn), Keyring((NEW,)), actor="cli:test")
+
+    assert report.unreadable == {Keyring((lost_key,)).newest.hex_id: 1}
+    assert report.remaining["args"] == 1
+    assert bytes(row(db, job_id)["args_encrypted"]) == before
