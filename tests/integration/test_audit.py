@@ -255,7 +255,12 @@ def test_rows_written_before_migration_0002_belong_to_the_first_seal(empty_dsn: 
     _migrate.upgrade(empty_dsn)
     _migrate.downgrade(empty_dsn, "0001")
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        App().enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(5)])
+        # Today's enqueue writes columns that 0001 lacks (args_encrypted, 0003): write what an
+        # enqueue of the 0001 era wrote, a job and its 'enqueued' event.
+        conn.execute("WITH j AS (INSERT INTO pgqueue.jobs (task, args) SELECT 't', jsonb_build_object('n', n) "
+                     "FROM generate_series(0, 4) AS n RETURNING id, state, attempt) "
+                     "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) "
+                     "SELECT id, 'enqueued', state, attempt FROM j")
     _migrate.upgrade(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         App().enqueue(conn, "t", {})
