@@ -27,9 +27,14 @@ class PayloadSealer:
     Raises:
         ConfigurationError: a configured key is malformed (at construction, so a worker with a
             broken key list refuses to start instead of failing every encrypted job).
+        EncryptionKeyMissing: compliance mode is on and no key is configured.
     """
 
     def __init__(self, keys: tuple[str, ...], encrypt_all: bool) -> None:
+        if encrypt_all and not keys:
+            # Every job would fail at once: refuse to start, as enqueueing refuses in this setup.
+            raise EncryptionKeyMissing("PGQUEUE_ENCRYPT_ALL is on but PGQUEUE_ENCRYPTION_KEYS is not set "
+                                       "(see `pgqueue keys generate`)")
         self.keyring = Keyring(keys) if keys else None
         self.encrypt_all = encrypt_all
 

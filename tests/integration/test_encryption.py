@@ -26,7 +26,7 @@ from pgqueue._db.store import JobStore
 from pgqueue._key_rotation import rotate
 from pgqueue._scheduler import Scheduler
 from pgqueue._worker.loop import Worker
-from pgqueue.errors import ArgsNotSerializable, EncryptionKeyMissing, PayloadTooLarge
+from pgqueue.errors import ArgsNotSerializable, ConfigurationError, EncryptionKeyMissing, PayloadTooLarge
 from pgqueue.settings import Settings
 from tests.helpers import wait_until
 
@@ -281,6 +281,13 @@ def test_a_worker_with_no_keys_at_all_fails_encrypted_jobs_with_encryption_key_m
     assert failed["last_error"]["type"] == "EncryptionKeyMissing"
     assert Keyring((NEW,)).newest.hex_id in failed["last_error"]["message"]
     assert failed["args_encrypted"] is not None
+
+
+def test_a_worker_refuses_to_start_with_a_malformed_key_or_compliance_mode_without_keys(dsn: str) -> None:
+    with pytest.raises(ConfigurationError, match="key #2"):
+        Worker(make_app(dsn, NEW, "not-a-key"))
+    with pytest.raises(EncryptionKeyMissing, match="PGQUEUE_ENCRYPT_ALL"):
+        Worker(make_app(dsn, encrypt_all=True))
 
 
 def test_a_transactional_encrypted_task_stores_its_result_encrypted(dsn: str, db: Conn) -> None:
