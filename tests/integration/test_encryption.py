@@ -176,6 +176,19 @@ def test_enqueue_many_encrypts_the_jobs_that_ask_for_it_and_only_those(app: App,
         assert_plaintext_nowhere(db, job_id, SECRET)
 
 
+def test_a_large_enqueue_many_of_encrypted_jobs_stores_every_ciphertext(app: App, db: Conn) -> None:
+    # Large batches may take a faster bulk path (COPY): it must carry the ciphertext too, or the
+    # payload is lost (args are NULL for encrypted jobs).
+    specs = [JobSpec("verify", {"ssn": f"{SECRET}-{n}"}, encrypt=True) for n in range(1200)]
+    with psycopg.connect(app.dsn) as conn:
+        ids = app.enqueue_many(conn, specs)
+
+    counts = db.execute("SELECT count(*) FILTER (WHERE args IS NULL AND args_encrypted IS NOT NULL), count(*) "
+                        "FROM pgqueue.jobs").fetchone()
+    assert counts == (1200, 1200)
+    assert opened((NEW,), row(db, ids[-1])["args_encrypted"], "args", "verify") == {"ssn": f"{SECRET}-1199"}
+
+
 def test_enqueue_async_encrypts(app: App, db: Conn) -> None:
     async def enqueue() -> int:
         async with await psycopg.AsyncConnection.connect(app.dsn) as aconn:
