@@ -250,11 +250,17 @@ SELECT count(*) AS staged, (SELECT count(*) FROM notified) AS notified FROM stag
 -- name: rescue_jobs
 -- Running jobs whose worker stopped heartbeating go back to available, or to failed when they
 -- have no attempts left. The lease token is cleared, so the lost worker's late ack is refused.
+-- A lease also holds for its full length after the server (re)started: while the database was
+-- down no worker could heartbeat, and rescuing then would re-run jobs whose live workers were
+-- only reconnecting.
 WITH orphaned AS MATERIALIZED (
     SELECT j.id FROM pgqueue.jobs AS j
     WHERE j.state = 'running'
       AND NOT EXISTS (
-          SELECT 1 FROM pgqueue.workers AS w WHERE w.id = j.worker_id AND w.lease_expires_at > now()
+          SELECT 1 FROM pgqueue.workers AS w
+          WHERE w.id = j.worker_id
+            AND (w.lease_expires_at > now()
+                 OR pg_postmaster_start_time() + (w.lease_expires_at - w.heartbeat_at) > now())
       )
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
