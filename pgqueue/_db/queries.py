@@ -40,7 +40,11 @@ def load_queries(shape: type[T], filename: str) -> T:
 
 class JobQueries(NamedTuple):
     insert_job: LiteralString
+    insert_unique_job: LiteralString
     insert_jobs: LiteralString
+    reserve_job_ids: LiteralString
+    copy_jobs: LiteralString
+    copy_job_events: LiteralString
     savepoint_enqueue_many: LiteralString
     rollback_to_enqueue_many: LiteralString
     release_enqueue_many: LiteralString

@@ -4,6 +4,33 @@
 -- so however many rows a statement touches, each queue is woken once per transaction.
 
 -- name: insert_job
+-- A job without a unique_key. No ON CONFLICT clause: any arbiter index makes every insert a
+-- speculative one (a speculative-token lock and one more WAL record per row), even when the key is
+-- NULL and the partial unique index is never touched. The NOTIFY is evaluated on the one returned
+-- row instead of a DISTINCT over the CTE.
+WITH input AS (
+    SELECT
+        %(task)s::text AS task,
+        %(queue)s::text AS queue,
+        %(priority)s::int AS priority,
+        %(args)s::jsonb AS args,
+        %(max_attempts)s::int AS max_attempts,
+        COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
+        COALESCE(%(tags)b::text[], '{}') AS tags
+), inserted AS (
+    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags)
+    SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           priority, args, max_attempts, run_at, tags
+    FROM input
+    RETURNING id, queue, state, attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
+)
+SELECT id, CASE WHEN state = 'available' THEN pg_notify('pgqueue_jobs', queue) END FROM inserted;
+
+-- name: insert_unique_job
+-- A job with a unique_key: no row comes back when a live job holds the key.
 WITH input AS (
     SELECT
         %(task)s::text AS task,
@@ -13,7 +40,7 @@ WITH input AS (
         %(max_attempts)s::int AS max_attempts,
         COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
         %(unique_key)s::text AS unique_key,
-        %(tags)b::text[] AS tags
+        COALESCE(%(tags)b::text[], '{}') AS tags
 ), inserted AS (
     INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
     SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
@@ -66,6 +93,24 @@ SELECT input.id, input.unique_key, ins.id IS NOT NULL AS inserted, (SELECT count
 FROM input
 LEFT JOIN inserted AS ins ON ins.id = input.id
 ORDER BY input.ord;
+
+-- name: reserve_job_ids
+-- The COPY path of enqueue_many (jobs that are available at once and have no unique_key): ids
+-- for the rows about to be copied, in input order, and the wake-up of their queues, which
+-- PostgreSQL sends only if the transaction commits. The caller wraps the three statements in a
+-- savepoint or transaction.
+WITH notified AS MATERIALIZED (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM unnest(%(queues)s::text[]) AS queue
+)
+SELECT nextval('pgqueue.jobs_id_seq') AS id, (SELECT count(*) FROM notified) AS notified
+FROM generate_series(1, %(count)s::int);
+
+-- name: copy_jobs
+-- The columns left out take the table's defaults: state 'available', run_at and enqueued_at now().
+COPY pgqueue.jobs (id, task, queue, priority, args, max_attempts, tags) FROM STDIN;
+
+-- name: copy_job_events
+COPY pgqueue.job_events (job_id, event, to_state, attempt, actor) FROM STDIN;
 
 -- name: savepoint_enqueue_many
 -- enqueue_many over several statements is all or nothing inside the caller's transaction.
