@@ -130,3 +130,18 @@ class ScheduleQueries(NamedTuple):
 
 
 SCHEDULES = load_queries(ScheduleQueries, "schedules.sql")
+
+
+class RetentionQueries(NamedTuple):
+    retention_cutoffs: LiteralString
+    delete_completed_jobs: LiteralString
+    delete_failed_jobs: LiteralString
+    count_prunable_jobs: LiteralString
+    delete_schedule_runs: LiteralString
+    count_prunable_schedule_runs: LiteralString
+    insert_prune_event: LiteralString
+    jobs_vacuum_state: LiteralString
+    vacuum_jobs: LiteralString
+
+
+RETENTION = load_queries(RetentionQueries, "retention.sql")

@@ -61,6 +61,9 @@ def _register() -> None:
     from pgqueue.cli import audit
 
     app.add_typer(audit.app, name="audit")
+    from pgqueue.cli import prune
+
+    app.command("prune")(prune.prune)
     from pgqueue.cli import enqueue, jobs, queues, stats
 
     app.command("enqueue")(enqueue.enqueue)
