@@ -43,6 +43,7 @@ class JobQueries(NamedTuple):
     insert_unique_job: LiteralString
     insert_jobs: LiteralString
     reserve_job_ids: LiteralString
+    notify_queues: LiteralString
     copy_jobs: LiteralString
     copy_job_events: LiteralString
     savepoint_enqueue_many: LiteralString

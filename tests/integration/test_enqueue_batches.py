@@ -75,3 +75,15 @@ def test_a_rolled_back_copied_batch_leaves_no_job_no_audit_row_and_wakes_no_work
         assert [n.payload for n in listener.notifies(timeout=0.5, stop_after=2)] == ["b"]
         assert conn.execute("SELECT count(*) FROM pgqueue.jobs WHERE queue = 'a'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (COPIED,)
+
+
+def test_a_bad_spec_late_in_a_copied_list_on_an_autocommit_connection_enqueues_nothing(dsn: str) -> None:
+    app = App(dsn)
+    specs = [JobSpec("t", {"i": i}) for i in range(COPIED)]
+    specs[-2] = JobSpec("t", {"bad": "\x00"})
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(ArgsNotSerializable):
+            app.enqueue_many(conn, specs)
+        assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (0,)
+        assert len(app.enqueue_many(conn, specs[:-2])) == COPIED - 2

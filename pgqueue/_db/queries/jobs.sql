@@ -96,14 +96,13 @@ ORDER BY input.ord;
 
 -- name: reserve_job_ids
 -- The COPY path of enqueue_many (jobs that are available at once and have no unique_key): ids
--- for the rows about to be copied, in input order, and the wake-up of their queues, which
--- PostgreSQL sends only if the transaction commits. The caller wraps the three statements in a
--- savepoint or transaction.
-WITH notified AS MATERIALIZED (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM unnest(%(queues)s::text[]) AS queue
-)
-SELECT nextval('pgqueue.jobs_id_seq') AS id, (SELECT count(*) FROM notified) AS notified
-FROM generate_series(1, %(count)s::int);
+-- for the rows about to be copied, in input order. The caller wraps reserve_job_ids, copy_jobs,
+-- copy_job_events and notify_queues in one savepoint or transaction.
+SELECT nextval('pgqueue.jobs_id_seq') FROM generate_series(1, %(count)s::int);
+
+-- name: notify_queues
+-- Sent by PostgreSQL only if the transaction commits.
+SELECT pg_notify('pgqueue_jobs', queue) FROM unnest(%(queues)s::text[]) AS queue;
 
 -- name: copy_jobs
 -- The columns left out take the table's defaults: state 'available', run_at and enqueued_at now().
