@@ -2,9 +2,9 @@
 when nothing else will.
 
 A prune run is a sequence of steps (completed jobs, failed and cancelled jobs, ``schedule_runs``
-rows; audit rows are the audit trail's own step). Each step deletes in batches of ``batch_size``
-rows, oldest first, one short transaction per batch, so the pruner never holds many row locks or
-writes one huge burst of WAL. The run's summary row in ``pgqueue.job_events`` (event ``pruned``)
+rows, then audit rows, a whole seal at a time so the chain stays verifiable). Each step deletes in
+batches of ``batch_size`` rows, oldest first, one short transaction per batch, so the pruner never
+holds many row locks or writes one huge burst of WAL. The run's summary row in ``pgqueue.job_events`` (event ``pruned``)
 is written in the transaction of its last batch; a run that fails midway keeps the batches it
 committed (each deleted job's own trail already ends in its final state).
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from pgqueue import _audit
 from pgqueue._db.retention_store import Cutoffs, RetentionStore
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
@@ -124,6 +125,9 @@ def _steps(store: RetentionStore, cutoffs: Cutoffs) -> list[_Step]:
         audit_before = cutoffs.audit_before
         steps.append(_Step("schedule_runs", lambda limit: {
             "schedule_runs": store.delete_schedule_runs(audit_before, limit)}))
+        # Whole sealed ranges only (see pgqueue._audit): a batch may exceed the limit by one seal.
+        steps.append(_Step("audit_events", lambda limit: {
+            "audit_events": _audit.prune_sealed(store.conn, audit_before, min_events=limit)}))
     return steps
 
 
@@ -189,6 +193,7 @@ def count_prunable(conn: psycopg.Connection[Any], policy: RetentionPolicy) -> Pr
     report.add(store.count_prunable_jobs(cutoffs))
     if cutoffs.audit_before is not None:
         report.schedule_runs = store.count_prunable_schedule_runs(cutoffs.audit_before)
+        report.audit_events = _audit.count_prunable(conn, cutoffs.audit_before)
     return report
 
 

@@ -100,6 +100,7 @@ class EventQueries(NamedTuple):
     count_seals: LiteralString
     count_pending_events: LiteralString
     prunable_seals: LiteralString
+    count_prunable_events: LiteralString
     delete_sealed_events: LiteralString
     mark_seal_pruned: LiteralString
 
