@@ -24,6 +24,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -189,20 +190,30 @@ def job_trail(conn: psycopg.Connection[Any], job_id: int) -> tuple[list[dict[str
     return events, intact
 
 
-def prune_sealed(conn: psycopg.Connection[Any], older_than_seconds: float, *, max_seals: int = 100) -> int:
-    """Delete the events of the oldest seals whose newest row is older than ``older_than_seconds``.
+def prune_sealed(conn: psycopg.Connection[Any], before: datetime, *, min_events: int | None = None,
+                 max_seals: int = 1000) -> int:
+    """Delete the events of the oldest seals whose newest row is older than ``before``.
 
     Whole seals only, oldest first, stopping at the first seal still within retention, so what
     remains is always a contiguous, verifiable tail of the chain. Rows not sealed yet are never
-    pruned. Returns the number of event rows deleted.
+    pruned. With ``min_events``, stops once that many rows were deleted (a batch). Each seal's
+    delete and its ``pruned_at`` mark commit together (a savepoint inside the caller's transaction).
+    Returns the number of event rows deleted.
     """
     store = AuditStore(conn)
     deleted = 0
-    for seal_no, xid_from, xid_to, expired in store.prunable_seals(older_than_seconds, max_seals):
-        if not expired:
+    for seal_no, xid_from, xid_to, expired_before in store.prunable_seals(max_seals):
+        if expired_before >= before:
             break
         deleted += store.prune_seal(seal_no, xid_from, xid_to)
+        if min_events is not None and deleted >= min_events:
+            break
     return deleted
+
+
+def count_prunable(conn: psycopg.Connection[Any], before: datetime) -> int:
+    """Event rows :func:`prune_sealed` would delete for ``before`` (a dry run)."""
+    return AuditStore(conn).count_prunable_events(before)
 
 
 class Sealer:

@@ -32,6 +32,50 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+#: Retention defaults of the contract (seconds): completed 1 day, failed 7 days, audit rows 30 days.
+DEFAULT_RETAIN_COMPLETED = 86400.0
+DEFAULT_RETAIN_FAILED = 7 * 86400.0
+DEFAULT_RETAIN_AUDIT = 30 * 86400.0
+
+
+def parse_duration(raw: str, name: str) -> float | None:
+    """A retention age as an operator writes it: ``90``, ``90s``, ``15m``, ``12h``, ``1d``, ``2w``,
+    or ``never`` (None: keep forever).
+
+    Args:
+        raw: the text from the environment or the command line.
+        name: the variable or option it came from, for the error message.
+
+    Returns:
+        Seconds, or None for ``never``.
+
+    Raises:
+        ConfigurationError: anything else, in one line naming ``name``.
+
+    Example:
+        >>> parse_duration("12h", "PGQUEUE_RETAIN_COMPLETED")
+        43200.0
+    """
+    text = raw.strip().lower()
+    if text == "never":
+        return None
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigurationError(
+            f"{name} {raw!r} must be a duration such as 90, 90s, 15m, 12h, 1d, 2w, or 'never'")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _env_duration(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return parse_duration(raw, name)
+
+
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -58,6 +102,11 @@ class Settings:
         listen_dsn: a direct PostgreSQL DSN used only for the worker's LISTEN session, for when
             ``dsn`` goes through a pooler in transaction mode (PgBouncer), where LISTEN cannot work.
         poll_only: the worker never LISTENs and finds jobs by polling every ``poll_seconds``.
+        retain_completed: seconds a completed job is kept after it finished (None: forever).
+        retain_failed: seconds a failed or cancelled job is kept after it finished (None: forever).
+            Cancelled jobs follow this one: like failed jobs, they are kept for inspection.
+        retain_audit: seconds ``pgqueue.job_events`` rows are kept (None: forever).
+        prune_interval_seconds: how often the workers' maintenance leader prunes.
     """
 
     dsn: str | None = None
@@ -70,6 +119,10 @@ class Settings:
     encrypt_all: bool = False
     listen_dsn: str | None = field(default=None, repr=False)
     poll_only: bool = False
+    retain_completed: float | None = DEFAULT_RETAIN_COMPLETED
+    retain_failed: float | None = DEFAULT_RETAIN_FAILED
+    retain_audit: float | None = DEFAULT_RETAIN_AUDIT
+    prune_interval_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -89,6 +142,10 @@ class Settings:
             encrypt_all=_env_bool(env, "PGQUEUE_ENCRYPT_ALL", False),
             listen_dsn=normalize_dsn(env["PGQUEUE_LISTEN_DSN"]) if env.get("PGQUEUE_LISTEN_DSN") else None,
             poll_only=_env_bool(env, "PGQUEUE_POLL_ONLY", False),
+            retain_completed=_env_duration(env, "PGQUEUE_RETAIN_COMPLETED", DEFAULT_RETAIN_COMPLETED),
+            retain_failed=_env_duration(env, "PGQUEUE_RETAIN_FAILED", DEFAULT_RETAIN_FAILED),
+            retain_audit=_env_duration(env, "PGQUEUE_RETAIN_AUDIT", DEFAULT_RETAIN_AUDIT),
+            prune_interval_seconds=_env_float(env, "PGQUEUE_PRUNE_INTERVAL_SECONDS", 60.0),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings

@@ -36,6 +36,11 @@ $$;
 
 GRANT USAGE ON SCHEMA pgqueue TO pgqueue_reader, pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 
+-- Audit rows take `at` and `xid` from the database (now(), the writing transaction): roles may
+-- insert every other column, never those, so no one can back-date a row into a sealed range.
+-- (Column grants: first drop the table-wide INSERT an earlier version of this file granted.)
+REVOKE INSERT ON pgqueue.job_events FROM pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+
 -- pgqueue_reader: every table and view, read-only.
 GRANT SELECT ON ALL TABLES IN SCHEMA pgqueue TO pgqueue_reader;
 
@@ -44,7 +49,8 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pgqueue TO pgqueue_reader;
 GRANT INSERT ON pgqueue.jobs TO pgqueue_enqueuer;
 GRANT SELECT (id, task, queue, state, priority, attempt, max_attempts, run_at, enqueued_at, unique_key, tags)
     ON pgqueue.jobs TO pgqueue_enqueuer;
-GRANT INSERT ON pgqueue.job_events TO pgqueue_enqueuer;
+GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
+    ON pgqueue.job_events TO pgqueue_enqueuer;
 GRANT SELECT ON pgqueue.queues TO pgqueue_enqueuer;
 -- Bulk enqueue draws ids up front with nextval('pgqueue.jobs_id_seq').
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_enqueuer;
@@ -52,7 +58,9 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_enqueuer;
 -- pgqueue_worker: workers claim, heartbeat, complete and retry jobs; their maintenance duties
 -- rescue, stage and prune; the scheduler syncs schedules and inserts due cron jobs.
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.jobs TO pgqueue_worker;
-GRANT SELECT, INSERT, DELETE ON pgqueue.job_events TO pgqueue_worker;
+GRANT SELECT, DELETE ON pgqueue.job_events TO pgqueue_worker;
+GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
+    ON pgqueue.job_events TO pgqueue_worker;
 -- The maintenance leader seals the trail and marks pruned seals.
 GRANT SELECT, INSERT, UPDATE ON pgqueue.audit_seals TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queues TO pgqueue_worker;
@@ -67,7 +75,9 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_worker;
 -- schedules add/remove/pause/resume, prune, keys rotate) and everything they audit.
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.jobs, pgqueue.queues, pgqueue.schedules,
     pgqueue.schedule_runs, pgqueue.workers, pgqueue.leaders TO pgqueue_admin;
-GRANT SELECT, INSERT, DELETE ON pgqueue.job_events TO pgqueue_admin;
+GRANT SELECT, DELETE ON pgqueue.job_events TO pgqueue_admin;
+GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
+    ON pgqueue.job_events TO pgqueue_admin;
 -- `pgqueue audit verify` seals what is pending before it checks; `pgqueue prune` marks pruned seals.
 GRANT SELECT, INSERT, UPDATE ON pgqueue.audit_seals TO pgqueue_admin;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_admin;

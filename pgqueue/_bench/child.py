@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from pgqueue._bench.workers import ASYNC, DSN_ENV, QUEUE, SYNC, TASK
 from pgqueue._worker.loop import Worker
@@ -20,6 +21,9 @@ def _main() -> int:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--handler", choices=(ASYNC, SYNC), default=ASYNC)
     parser.add_argument("--record-starts", action="store_true")
+    # The churn scenario's retention: the worker's own maintenance leader prunes and vacuums.
+    parser.add_argument("--retain-completed", type=float, default=None)
+    parser.add_argument("--prune-interval", type=float, default=None)
     options = parser.parse_args()
     record = options.record_starts
     out = sys.stdout
@@ -33,7 +37,12 @@ def _main() -> int:
         noop(job, i)
 
     dsn = os.environ[DSN_ENV]
-    app = App(dsn, settings=Settings(dsn=dsn))
+    settings = Settings(dsn=dsn)
+    if options.retain_completed is not None:
+        settings = replace(settings, retain_completed=options.retain_completed)
+    if options.prune_interval is not None:
+        settings = replace(settings, prune_interval_seconds=options.prune_interval)
+    app = App(dsn, settings=settings)
     app.task(name=TASK, queue=QUEUE)(noop_async if options.handler == ASYNC else noop)
     worker = Worker(app, concurrency=options.concurrency)
     finished = threading.Event()

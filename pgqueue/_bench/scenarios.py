@@ -5,10 +5,7 @@ the same thing is measured, so the figures line up column by column.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -192,40 +189,6 @@ def _backlog(ctx: Context) -> list[Sample]:
 
 # --- churn ---
 
-class _Pruner(threading.Thread):
-    """Stand-in retention: delete completed jobs older than ``keep_seconds``, once a second.
-
-    When the server's autovacuum is off, nothing would ever reclaim the deleted rows, so the
-    stand-in also runs ``VACUUM pgqueue.jobs`` every ``vacuum_every`` seconds (roughly what
-    autovacuum would do for a table this busy) and the report says so.
-    """
-
-    LIMIT = 10_000
-
-    def __init__(self, dsn: str, keep_seconds: float, vacuum_every: float | None) -> None:
-        super().__init__(name="bench-pruner", daemon=True)
-        self.dsn = dsn
-        self.keep_seconds = keep_seconds
-        self.vacuum_every = vacuum_every
-        self.lock = threading.Lock()  # held while a deletion commits and is counted
-        self.pruned = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        params = {"keep_seconds": self.keep_seconds, "limit": self.LIMIT}
-        last_vacuum = time.monotonic()
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stopping.wait(1.0):
-                deleted = self.LIMIT
-                while deleted == self.LIMIT and not self.stopping.is_set():
-                    with self.lock:
-                        deleted = conn.execute(bench_sql.PRUNE_COMPLETED, params).rowcount
-                        self.pruned += deleted
-                if self.vacuum_every is not None and time.monotonic() - last_vacuum >= self.vacuum_every:
-                    conn.execute(bench_sql.VACUUM_JOBS)
-                    last_vacuum = time.monotonic()
-
-
 def _table(conn: psycopg.Connection[Any], table: str) -> tuple[int, int, int]:
     total, live, dead = conn.execute(bench_sql.TABLE_SIZE, {"table": table}).fetchall()[0]
     return int(total), int(live), int(dead)
@@ -244,18 +207,15 @@ def _fresh_copy_bytes(conn: psycopg.Connection[Any]) -> int:
     return total
 
 
-@contextmanager
-def _pruning(dsn: str, keep_seconds: float, vacuum_every: float | None) -> Iterator[_Pruner]:
-    pruner = _Pruner(dsn, keep_seconds, vacuum_every)
-    pruner.start()
-    try:
-        yield pruner
-    finally:
-        pruner.stopping.set()
-        pruner.join()
+def _relation_bytes(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
+    """(heap, all indexes) of ``table``, main forks only: which of them bloats."""
+    heap, indexes = conn.execute(bench_sql.RELATION_SIZES, {"table": table}).fetchall()[0]
+    return int(heap), int(indexes)
 
 
 def _churn(ctx: Context) -> list[Sample]:
+    """Jobs through the table with pgqueue's own retention: the worker's maintenance leader prunes
+    completed jobs older than ``churn_keep_s`` every ``churn_prune_s`` and vacuums by its rule."""
     sizes = ctx.sizes
     n, wave = sizes.churn, sizes.churn_wave
     mb = 1024 * 1024
@@ -263,18 +223,18 @@ def _churn(ctx: Context) -> list[Sample]:
         app = _app(dsn)
         half_bytes = 0
         with psycopg.connect(dsn, autocommit=True) as conn, WorkerProcesses(
-                dsn, processes=1, concurrency=50) as workers:
+                dsn, processes=1, concurrency=50, retain_completed=sizes.churn_keep_s,
+                prune_interval=sizes.churn_prune_s) as workers:
             ctx.status("starting a worker")
             workers.wait_ready()
             autovacuum = scalar(conn, bench_sql.AUTOVACUUM) == "on"
-            vacuum_every = None if autovacuum else sizes.churn_vacuum_s
             deadline = time.monotonic() + sizes.churn_cap_s
             enqueued = done = 0
-            with _pruning(dsn, sizes.churn_keep_s, vacuum_every) as pruner, timed() as watch:
+            with timed() as watch:
                 while done < n and time.monotonic() < deadline:
-                    with pruner.lock:
-                        done = scalar(conn, bench_sql.COUNT_COMPLETED) + pruner.pruned
-                    ctx.status(f"churn: {done:,} of {n:,} jobs done, {pruner.pruned:,} pruned")
+                    # Jobs that left the queue: completed, whether still there or pruned already.
+                    done = enqueued - scalar(conn, bench_sql.COUNT_UNFINISHED)
+                    ctx.status(f"churn: {done:,} of {n:,} jobs done")
                     if not half_bytes and done >= n // 2:
                         half_bytes = _table(conn, "pgqueue.jobs")[0]
                     if enqueued < n and scalar(conn, bench_sql.COUNT_AVAILABLE) < wave:
@@ -282,18 +242,19 @@ def _churn(ctx: Context) -> list[Sample]:
                         enqueued += min(wave, n - enqueued)
                     else:
                         time.sleep(0.1)
-        # Workers and pruner have disconnected, so their statistics are flushed.
+        # The worker has disconnected, so its statistics are flushed.
         with psycopg.connect(dsn, autocommit=True) as conn:
             ctx.status("churn: measuring table sizes")
             total, _, dead = _table(conn, "pgqueue.jobs")
+            heap, indexes = _relation_bytes(conn, "pgqueue.jobs")
+            vacuums: int = scalar(conn, bench_sql.VACUUM_COUNT)
             live: int = scalar(conn, bench_sql.COUNT_JOBS)
             fresh = _fresh_copy_bytes(conn)
             events, _, _ = _table(conn, "pgqueue.job_events")
-    note = (f"retention stand-in: pgqueue has no pruner yet, so the benchmark deleted completed jobs older than "
-            f"{sizes.churn_keep_s:g} s once a second; {n:,} jobs, 1 worker x 50")
-    if vacuum_every is not None:
-        note += (f"; autovacuum is off on this server, so the stand-in also ran VACUUM pgqueue.jobs every "
-                 f"{vacuum_every:g} s")
+    note = (f"pgqueue's retention in the worker: completed jobs older than {sizes.churn_keep_s:g} s pruned every "
+            f"{sizes.churn_prune_s:g} s by the maintenance leader; {n:,} jobs, 1 worker x 50")
+    if not autovacuum:
+        note += f"; autovacuum is off on this server, so the leader ran VACUUM pgqueue.jobs itself ({vacuums} times)"
     if done < n:
         note += f"; capped at {sizes.churn_cap_s:g} s after {done:,} jobs"
     return [
@@ -302,6 +263,9 @@ def _churn(ctx: Context) -> list[Sample]:
         Sample("churn_fresh_mb", "MB", fresh / mb),
         Sample("churn_bloat_ratio", "x", total / fresh if fresh else float("nan")),
         Sample("churn_growth", "x", total / half_bytes if half_bytes else float("nan")),
+        Sample("churn_heap_mb", "MB", heap / mb),
+        Sample("churn_indexes_mb", "MB", indexes / mb),
+        Sample("churn_vacuums", "runs", vacuums),
         Sample("churn_live_rows", "rows", live),
         Sample("churn_dead_tuples", "rows", dead),
         Sample("churn_events_mb", "MB", events / mb),

@@ -29,15 +29,18 @@ FROM generate_series(1, %(count)s) AS g
 """
 ANALYZE_JOBS: Final[LiteralString] = "VACUUM ANALYZE pgqueue.jobs"
 
-# The stand-in pruner for the churn scenario (pgqueue has no pruner yet).
-PRUNE_COMPLETED: Final[LiteralString] = """
-DELETE FROM pgqueue.jobs WHERE id IN (
-    SELECT id FROM pgqueue.jobs
-    WHERE state = 'completed' AND finished_at < now() - make_interval(secs => %(keep_seconds)s::float8)
-    LIMIT %(limit)s
+# Jobs not finished yet: the churn scenario counts what left the queue, pruned or not.
+COUNT_UNFINISHED: Final[LiteralString] = (
+    "SELECT count(*) FROM pgqueue.jobs WHERE state IN ('scheduled', 'available', 'running')"
 )
+VACUUM_COUNT: Final[LiteralString] = (
+    "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'pgqueue.jobs'::regclass"
+)
+RELATION_SIZES: Final[LiteralString] = """
+SELECT pg_relation_size(%(table)s::regclass) AS heap_bytes,
+       (SELECT COALESCE(sum(pg_relation_size(indexrelid)), 0) FROM pg_index
+        WHERE indrelid = %(table)s::regclass) AS index_bytes
 """
-VACUUM_JOBS: Final[LiteralString] = "VACUUM pgqueue.jobs"
 AUTOVACUUM: Final[LiteralString] = "SELECT current_setting('autovacuum')"
 TABLE_SIZE: Final[LiteralString] = """
 SELECT pg_total_relation_size(c.oid) AS total_bytes,

@@ -39,11 +39,16 @@ class WorkerProcesses:
     """
 
     def __init__(self, dsn: str, *, processes: int, concurrency: int, handler: str = ASYNC,
-                 record_starts: bool = False) -> None:
+                 record_starts: bool = False, retain_completed: float | None = None,
+                 prune_interval: float | None = None) -> None:
         self.dsn = dsn
         self.processes = processes
         self.argv = [sys.executable, "-m", "pgqueue._bench.child", "--concurrency", str(concurrency),
                      "--handler", handler] + (["--record-starts"] if record_starts else [])
+        if retain_completed is not None:
+            self.argv += ["--retain-completed", str(retain_completed)]
+        if prune_interval is not None:
+            self.argv += ["--prune-interval", str(prune_interval)]
         self.record_starts = record_starts
         self.starts: dict[int, float] = {}
         self._children: list[subprocess.Popen[str]] = []

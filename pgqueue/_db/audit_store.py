@@ -106,11 +106,16 @@ class AuditStore:
             row = self.conn.execute(EVENTS.count_pending_events, {"xid_from": str(xid_from)}).fetchone()
         return int(row[0]) if row else 0
 
-    def prunable_seals(self, older_than_seconds: float, limit: int) -> list[tuple[int, int, int, bool]]:
+    def prunable_seals(self, limit: int) -> list[tuple[int, int, int, datetime]]:
+        """The oldest unpruned seals: (seal_no, xid_from, xid_to, last_at)."""
         with translate_errors():
-            rows = self.conn.execute(EVENTS.prunable_seals,
-                                     {"older_than": older_than_seconds, "limit": limit}).fetchall()
-        return [(int(n), int(_xid(lo) or 0), int(_xid(hi) or 0), bool(expired)) for n, lo, hi, expired in rows]
+            rows = self.conn.execute(EVENTS.prunable_seals, {"limit": limit}).fetchall()
+        return [(int(n), int(_xid(lo) or 0), int(_xid(hi) or 0), last_at) for n, lo, hi, last_at in rows]
+
+    def count_prunable_events(self, before: datetime) -> int:
+        with translate_errors():
+            row = self.conn.execute(EVENTS.count_prunable_events, {"before": before}).fetchone()
+        return int(row[0]) if row else 0
 
     def prune_seal(self, seal_no: int, xid_from: int, xid_to: int) -> int:
         """Delete a sealed range's events and mark the seal pruned, atomically; returns rows deleted."""

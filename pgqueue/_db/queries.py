@@ -40,7 +40,12 @@ def load_queries(shape: type[T], filename: str) -> T:
 
 class JobQueries(NamedTuple):
     insert_job: LiteralString
+    insert_unique_job: LiteralString
     insert_jobs: LiteralString
+    reserve_job_ids: LiteralString
+    notify_queues: LiteralString
+    copy_jobs: LiteralString
+    copy_job_events: LiteralString
     savepoint_enqueue_many: LiteralString
     rollback_to_enqueue_many: LiteralString
     release_enqueue_many: LiteralString
@@ -98,6 +103,7 @@ class EventQueries(NamedTuple):
     count_seals: LiteralString
     count_pending_events: LiteralString
     prunable_seals: LiteralString
+    count_prunable_events: LiteralString
     delete_sealed_events: LiteralString
     mark_seal_pruned: LiteralString
     record_key_rotation: LiteralString
@@ -130,3 +136,18 @@ class ScheduleQueries(NamedTuple):
 
 
 SCHEDULES = load_queries(ScheduleQueries, "schedules.sql")
+
+
+class RetentionQueries(NamedTuple):
+    retention_cutoffs: LiteralString
+    delete_completed_jobs: LiteralString
+    delete_failed_jobs: LiteralString
+    count_prunable_jobs: LiteralString
+    delete_schedule_runs: LiteralString
+    count_prunable_schedule_runs: LiteralString
+    insert_prune_event: LiteralString
+    jobs_vacuum_state: LiteralString
+    vacuum_jobs: LiteralString
+
+
+RETENTION = load_queries(RetentionQueries, "retention.sql")

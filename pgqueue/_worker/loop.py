@@ -30,6 +30,7 @@ from pgqueue._db.queries import NOTIFY_CHANNEL
 from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import encode_json, encode_result
+from pgqueue._retention import Pruner, RetentionPolicy
 from pgqueue._worker.background import Heartbeat, Maintenance
 from pgqueue._worker.executor import JobRunner, LeaseLost
 from pgqueue._worker.sealing import PayloadSealer
@@ -211,7 +212,9 @@ class Worker:
             "lease_seconds": self.settings.lease_seconds,
         }
         heartbeat = Heartbeat(dsn, worker_row, self.settings.lease_seconds, self._take_progress)
-        maintenance = Maintenance(dsn, self.worker_id, self.settings.lease_seconds, extra_duties=self.extra_duties)
+        pruner = Pruner(RetentionPolicy.from_settings(self.settings), self.settings.prune_interval_seconds)
+        maintenance = Maintenance(dsn, self.worker_id, self.settings.lease_seconds,
+                                  extra_duties=[*self.extra_duties, pruner])
         runner = JobRunner(
             lambda: ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="pgqueue-job"),
             headroom=4, transactional=self._run_transactional, sealer=self._sealer,

@@ -14,7 +14,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue import _demo
 from pgqueue._db.admin import recreate_database
 from pgqueue._db.store import JobStore
 from pgqueue._worker.loop import Worker
@@ -77,6 +76,10 @@ def demo(
         from pgqueue import _migrate  # alembic + SQLAlchemy: loaded only by the commands that migrate
 
         _migrate.upgrade(demo_dsn)
+        # Imported here, not at the top: it builds an App from the environment, and a bad setting
+        # there must fail this command in one line, not the import of every command.
+        from pgqueue import _demo
+
         app = _demo.app
         app._dsn = demo_dsn
         app.settings = Settings(dsn=demo_dsn, lease_seconds=10, poll_seconds=1, shutdown_grace_seconds=5)

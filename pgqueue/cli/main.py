@@ -64,6 +64,9 @@ def _register() -> None:
     from pgqueue.cli import keys
 
     app.add_typer(keys.app, name="keys")
+    from pgqueue.cli import prune
+
+    app.command("prune")(prune.prune)
     from pgqueue.cli import enqueue, jobs, queues, stats
 
     app.command("enqueue")(enqueue.enqueue)

@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from pgqueue._soak.runner import SoakOptions, run_soak
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.errors import PgqueueError
 
@@ -56,6 +55,12 @@ def soak(
     Everything runs in a scratch database (pgqueue_soak_<pid>) created on the server and dropped
     at the end; the role needs CREATEDB. Child process logs go to a temporary directory (printed).
     """
+    try:
+        # Imported here, not at the top: the soak's App is built from the environment at import,
+        # and a bad setting there must fail this command in one line, not every command's import.
+        from pgqueue._soak.runner import SoakOptions, run_soak
+    except PgqueueError as exc:
+        fail(str(exc))
     server = None if private_server else resolve(dsn)
     errors = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),

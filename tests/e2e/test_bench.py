@@ -18,7 +18,7 @@ QUICK_FIGURES = {
     "latency_p50", "latency_p95", "latency_p99",
     "backlog_10k", "backlog_100k", "backlog_ratio",
     "churn_rate", "churn_table_mb", "churn_fresh_mb", "churn_bloat_ratio", "churn_growth",
-    "churn_live_rows", "churn_dead_tuples", "churn_events_mb",
+    "churn_heap_mb", "churn_indexes_mb", "churn_vacuums", "churn_live_rows", "churn_dead_tuples", "churn_events_mb",
     "physical_enqueue_single", "physical_enqueue_bulk", "physical_claim1_conn1", "physical_claim1_conn4",
     "physical_claim100_conn1", "physical_claim100_conn4",
 }
@@ -54,7 +54,7 @@ def test_quick_json_reports_every_figure_and_drops_its_databases(dsn: str) -> No
     assert report["results"]["process_c50"]["ceiling"] in {"physical_claim100_conn1", "physical_claim100_conn4"}
     assert report["results"]["process_c50"]["fraction_of_ceiling"] > 0
     assert report["results"]["latency_p50"]["ceiling"] is None
-    assert "no pruner" in report["notes"]["churn_rate"]
+    assert "pgqueue's retention in the worker" in report["notes"]["churn_rate"]
     assert {"cores", "memory_gb", "date"} <= set(report["machine"])
     assert {"server_version", "shared_buffers", "synchronous_commit", "fsync", "max_connections"} <= set(
         report["postgres"])

@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 import pgqueue
+from pgqueue._db.store import JobStore
 from pgqueue.errors import DatabaseUnavailable
 from tests.faults.conftest import (
     APP_PATH,
@@ -538,3 +539,30 @@ def test_a_worker_that_cannot_write_outcomes_stops_claiming_until_it_can(
     wait_all_completed(db, ids, timeout=60)
     assert_ran_exactly_once(db, ids)
     assert worker.stop() == 0, worker.describe()
+
+
+# --- a database restart that outlasts a lease ---
+
+
+def test_leases_hold_for_their_full_length_after_a_database_restart(private_server: PrivateServer) -> None:
+    # While the server is down no worker can heartbeat: rescuing as soon as it is back would re-run
+    # the jobs of every live worker that is only reconnecting (the soak saw exactly that).
+    lease = 3.0
+    with private_server.admin() as admin:
+        store = JobStore(admin)
+        job_id = pgqueue.App().enqueue(admin, "noop", {})
+        store.heartbeat_worker({"id": "w-reconnecting", "hostname": "h", "pid": 1, "queues": [],
+                                "concurrency": 1, "lease_seconds": lease})
+        admin.execute("UPDATE pgqueue.jobs SET state = 'running', attempt = 1, worker_id = 'w-reconnecting', "
+                      "lease_token = gen_random_uuid(), started_at = now() WHERE id = %s", [job_id])
+    private_server.stop()
+    time.sleep(lease + 0.5)  # the lease ran out while the server was down
+    private_server.start()
+    with private_server.admin() as admin:
+        store = JobStore(admin)
+        expired = admin.execute("SELECT lease_expires_at < now() FROM pgqueue.workers").fetchone()
+        assert expired == (True,)
+        assert store.rescue_jobs() == [], "rescued while the worker could not have heartbeated"
+        # The worker that never comes back is rescued one lease after the restart.
+        rescued = wait_until(store.rescue_jobs, timeout=lease + 10, message="rescued after a lease")
+        assert rescued == [(job_id, "available")]

@@ -23,7 +23,7 @@ from pgqueue._db.queries import JOBS
 from pgqueue._db.store import AsyncJobStore
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
-from tests.helpers import scratch_database
+from tests.helpers import empty_tables, scratch_database
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -40,8 +40,7 @@ def module_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
 @pytest.fixture
 def dsn(module_dsn: str) -> str:
     """Overrides the per-test database: one per module, emptied before each test (claims commit)."""
-    with psycopg.connect(module_dsn, autocommit=True) as setup:
-        setup.execute("TRUNCATE pgqueue.jobs, pgqueue.job_events, pgqueue.queues RESTART IDENTITY")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues")
     return module_dsn
 
 

@@ -46,7 +46,7 @@ from pgqueue.errors import (
     UnknownTask,
 )
 from pgqueue.settings import Settings
-from tests.helpers import scratch_database, wait_until
+from tests.helpers import empty_tables, scratch_database, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 T = TypeVar("T")
@@ -73,8 +73,7 @@ def dsn(module_dsn: str) -> str:
     These tests must commit (NOTIFY, visibility, races), so a rolled-back transaction cannot isolate
     them, and cloning a database per test would cost more than the tests themselves.
     """
-    with psycopg.connect(module_dsn, autocommit=True) as setup:
-        setup.execute("TRUNCATE pgqueue.jobs, pgqueue.job_events, public.app_orders RESTART IDENTITY")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "public.app_orders")
     return module_dsn
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+
 import psycopg
 import pytest
 
@@ -39,3 +41,49 @@ def test_a_bad_spec_in_the_last_batch_enqueues_nothing_and_leaves_the_callers_tr
         assert conn.execute("SELECT count(*) FROM mine").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (0,)
+
+
+COPIED = 600  # one batch of jobs that are available at once with no unique_key: written with COPY
+
+
+def test_a_copied_batch_stores_every_column_and_its_audit_row_like_the_insert_does(dsn: str) -> None:
+    app = App(dsn)
+    specs = [JobSpec("t", {"i": i, "text": "tab\there\nline \\ back"}, queue=("a", "b")[i % 2], priority="high",
+                     max_attempts=3, tags=["x", "y z"] if i % 3 else None) for i in range(COPIED)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = app.enqueue_many(conn, specs)
+        jobs = {row[0]: row[1:] for row in conn.execute(
+            "SELECT id, args, queue, state, priority, max_attempts, attempt, tags, run_at = enqueued_at, "
+            "enqueued_at <= now() FROM pgqueue.jobs").fetchall()}
+        events = conn.execute(
+            "SELECT job_id, event, from_state, to_state, attempt, actor, xid IS NOT NULL FROM pgqueue.job_events"
+        ).fetchall()
+    assert ids == sorted(ids)
+    assert [jobs[job_id] for job_id in ids] == [
+        (spec.args, spec.queue, "available", 25, 3, 0, list(spec.tags or ()), True, True) for spec in specs]
+    assert sorted(events) == [(job_id, "enqueued", None, "available", 0, getpass.getuser(), True) for job_id in ids]
+
+
+def test_a_rolled_back_copied_batch_leaves_no_job_no_audit_row_and_wakes_no_worker(dsn: str) -> None:
+    app = App(dsn)
+    with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn) as conn:
+        listener.execute("LISTEN pgqueue_jobs")
+        app.enqueue_many(conn, [JobSpec("t", {"i": i}, queue="a") for i in range(COPIED)])
+        conn.rollback()
+        app.enqueue_many(conn, [JobSpec("t", {"i": i}, queue="b") for i in range(COPIED)])
+        conn.commit()
+        assert [n.payload for n in listener.notifies(timeout=0.5, stop_after=2)] == ["b"]
+        assert conn.execute("SELECT count(*) FROM pgqueue.jobs WHERE queue = 'a'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (COPIED,)
+
+
+def test_a_bad_spec_late_in_a_copied_list_on_an_autocommit_connection_enqueues_nothing(dsn: str) -> None:
+    app = App(dsn)
+    specs = [JobSpec("t", {"i": i}) for i in range(COPIED)]
+    specs[-2] = JobSpec("t", {"bad": "\x00"})
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(ArgsNotSerializable):
+            app.enqueue_many(conn, specs)
+        assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (0,)
+        assert len(app.enqueue_many(conn, specs[:-2])) == COPIED - 2

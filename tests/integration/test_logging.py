@@ -27,7 +27,7 @@ from structlog.typing import EventDict
 from pgqueue import App, Backoff, Job
 from pgqueue._worker.loop import Worker
 from pgqueue.settings import Settings
-from tests.helpers import REPO_ROOT, scratch_database, wait_until
+from tests.helpers import REPO_ROOT, empty_tables, scratch_database, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -103,9 +103,7 @@ def dsn(module_dsn: str) -> str:
     """Overrides the per-test database: one per module, emptied before each test."""
     # The server fixtures hand out URL DSNs; these tests put a password into one.
     assert "://" in module_dsn, f"expected a URL DSN, got {module_dsn!r}"
-    with psycopg.connect(module_dsn, autocommit=True) as setup:
-        setup.execute("TRUNCATE pgqueue.jobs, pgqueue.job_events, pgqueue.workers, pgqueue.leaders"
-                      " RESTART IDENTITY")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.workers", "pgqueue.leaders")
     return module_dsn
 
 

@@ -25,7 +25,7 @@ from psycopg.rows import TupleRow, dict_row
 from pgqueue import App, Backoff, Discard, Job, Retry
 from pgqueue._worker.loop import Worker
 from pgqueue.settings import Settings
-from tests.helpers import scratch_database, wait_until
+from tests.helpers import empty_tables, scratch_database, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -65,10 +65,8 @@ def module_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
 def dsn(module_dsn: str) -> str:
     """Overrides the per-test database: one per module, emptied before each test (workers commit,
     so a rolled-back transaction cannot isolate them, and a database per test costs ~1 s)."""
-    with psycopg.connect(module_dsn, autocommit=True) as setup:
-        setup.execute(
-            "TRUNCATE pgqueue.jobs, pgqueue.job_events, pgqueue.workers, pgqueue.leaders, pgqueue.queues, "
-            "public.ledger, public.frozen_workers RESTART IDENTITY")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.workers", "pgqueue.leaders",
+                 "pgqueue.queues", "public.ledger", "public.frozen_workers")
     return module_dsn
 
 

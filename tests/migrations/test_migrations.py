@@ -328,6 +328,13 @@ def test_roles_sql_applies_cleanly_twice_and_grants_least_privilege(pg_server_ds
     assert not allowed("pgqueue_enqueuer", "SELECT args FROM pgqueue.jobs")
     assert not allowed("pgqueue_enqueuer", "UPDATE pgqueue.jobs SET state = 'running'")
     assert not allowed("pgqueue_enqueuer", "DELETE FROM pgqueue.job_events")
+    for role in ("pgqueue_enqueuer", "pgqueue_worker", "pgqueue_admin"):  # no back-dating into a sealed range
+        assert not allowed(role, "INSERT INTO pgqueue.job_events (event, xid) VALUES ('forged', '1')")
+        assert not allowed(role, "INSERT INTO pgqueue.job_events (event, at) VALUES ('forged', '2001-01-01')")
+    assert allowed("pgqueue_worker", "INSERT INTO pgqueue.audit_seals (seal_no, xid_from, xid_to, events, first_at, "
+                                     "last_at, prev_digest, digest) VALUES (1, '0', '5', 1, now(), now(), '', '')")
+    assert allowed("pgqueue_worker", "UPDATE pgqueue.audit_seals SET pruned_at = now()")
+    assert not allowed("pgqueue_enqueuer", "UPDATE pgqueue.audit_seals SET pruned_at = now()")
     assert allowed("pgqueue_worker", "UPDATE pgqueue.jobs SET state = 'running' WHERE id = 1 RETURNING args")
     assert allowed("pgqueue_worker", heartbeat)
     assert allowed("pgqueue_worker", "DELETE FROM pgqueue.job_events WHERE at < now() - interval '30 days'")

@@ -93,12 +93,22 @@ SELECT count(*) FROM pgqueue.job_events
 WHERE xid >= %(xid_from)s OR (%(xid_from)s = '0'::xid8 AND xid IS NULL);
 
 -- name: prunable_seals
--- The oldest unpruned seals, in chain order; retention prunes a prefix of them.
-SELECT seal_no, xid_from, xid_to, last_at < now() - make_interval(secs => %(older_than)s) AS expired
+-- The oldest unpruned seals, in chain order, with their newest row's time; retention prunes the
+-- prefix of them that is older than its cutoff.
+SELECT seal_no, xid_from, xid_to, last_at
 FROM pgqueue.audit_seals
 WHERE pruned_at IS NULL
 ORDER BY seal_no
 LIMIT %(limit)s;
+
+-- name: count_prunable_events
+-- What pruning at a cutoff would delete: the rows of the unpruned seals older than the cutoff
+-- that come before the first seal still within retention.
+SELECT COALESCE(sum(events), 0)
+FROM pgqueue.audit_seals
+WHERE pruned_at IS NULL
+  AND seal_no < COALESCE((SELECT min(seal_no) FROM pgqueue.audit_seals
+                          WHERE pruned_at IS NULL AND last_at >= %(before)s), 9223372036854775807);
 
 -- name: delete_sealed_events
 DELETE FROM pgqueue.job_events

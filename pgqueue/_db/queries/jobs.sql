@@ -4,6 +4,34 @@
 -- so however many rows a statement touches, each queue is woken once per transaction.
 
 -- name: insert_job
+-- A job without a unique_key. No ON CONFLICT clause: any arbiter index makes every insert a
+-- speculative one (a speculative-token lock and one more WAL record per row), even when the key is
+-- NULL and the partial unique index is never touched. The NOTIFY is evaluated on the one returned
+-- row instead of a DISTINCT over the CTE.
+WITH input AS (
+    SELECT
+        %(task)s::text AS task,
+        %(queue)s::text AS queue,
+        %(priority)s::int AS priority,
+        %(args)s::jsonb AS args,
+        %(args_encrypted)b::bytea AS args_encrypted,
+        %(max_attempts)s::int AS max_attempts,
+        COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
+        COALESCE(%(tags)b::text[], '{}') AS tags
+), inserted AS (
+    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, args_encrypted, max_attempts, run_at, tags)
+    SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           priority, args, args_encrypted, max_attempts, run_at, tags
+    FROM input
+    RETURNING id, queue, state, attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
+)
+SELECT id, CASE WHEN state = 'available' THEN pg_notify('pgqueue_jobs', queue) END FROM inserted;
+
+-- name: insert_unique_job
+-- A job with a unique_key: no row comes back when a live job holds the key.
 WITH input AS (
     SELECT
         %(task)s::text AS task,
@@ -14,7 +42,7 @@ WITH input AS (
         %(max_attempts)s::int AS max_attempts,
         COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
         %(unique_key)s::text AS unique_key,
-        %(tags)b::text[] AS tags
+        COALESCE(%(tags)b::text[], '{}') AS tags
 ), inserted AS (
     INSERT INTO pgqueue.jobs (task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key,
                               tags)
@@ -70,6 +98,23 @@ SELECT input.id, input.unique_key, ins.id IS NOT NULL AS inserted, (SELECT count
 FROM input
 LEFT JOIN inserted AS ins ON ins.id = input.id
 ORDER BY input.ord;
+
+-- name: reserve_job_ids
+-- The COPY path of enqueue_many (jobs that are available at once and have no unique_key): ids
+-- for the rows about to be copied, in input order. The caller wraps reserve_job_ids, copy_jobs,
+-- copy_job_events and notify_queues in one savepoint or transaction.
+SELECT nextval('pgqueue.jobs_id_seq') FROM generate_series(1, %(count)s::int);
+
+-- name: notify_queues
+-- Sent by PostgreSQL only if the transaction commits.
+SELECT pg_notify('pgqueue_jobs', queue) FROM unnest(%(queues)s::text[]) AS queue;
+
+-- name: copy_jobs
+-- The columns left out take the table's defaults: state 'available', run_at and enqueued_at now().
+COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags) FROM STDIN;
+
+-- name: copy_job_events
+COPY pgqueue.job_events (job_id, event, to_state, attempt, actor) FROM STDIN;
 
 -- name: savepoint_enqueue_many
 -- enqueue_many over several statements is all or nothing inside the caller's transaction.
@@ -257,11 +302,17 @@ SELECT count(*) AS staged, (SELECT count(*) FROM notified) AS notified FROM stag
 -- name: rescue_jobs
 -- Running jobs whose worker stopped heartbeating go back to available, or to failed when they
 -- have no attempts left. The lease token is cleared, so the lost worker's late ack is refused.
+-- A lease also holds for its full length after the server (re)started: while the database was
+-- down no worker could heartbeat, and rescuing then would re-run jobs whose live workers were
+-- only reconnecting.
 WITH orphaned AS MATERIALIZED (
     SELECT j.id FROM pgqueue.jobs AS j
     WHERE j.state = 'running'
       AND NOT EXISTS (
-          SELECT 1 FROM pgqueue.workers AS w WHERE w.id = j.worker_id AND w.lease_expires_at > now()
+          SELECT 1 FROM pgqueue.workers AS w
+          WHERE w.id = j.worker_id
+            AND (w.lease_expires_at > now()
+                 OR pg_postmaster_start_time() + (w.lease_expires_at - w.heartbeat_at) > now())
       )
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED

@@ -1,0 +1,108 @@
+"""pgqueue prune: delete finished jobs (and spent cron run records) by age, now.
+
+The same pruning the workers' maintenance leader runs every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``,
+with the same defaults (``PGQUEUE_RETAIN_COMPLETED``, ``_FAILED``, ``_AUDIT``); each option
+overrides one of them for this run. It deletes in batches of 5,000 rows, one short transaction
+each, and writes one ``pruned`` row in ``pgqueue.job_events`` with the counts and cutoffs,
+actor ``cli:<os user>``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from pgqueue import _retention
+from pgqueue._db.connections import connect
+from pgqueue._db.store import translate_errors
+from pgqueue.cli._admin import actor
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._output import Column, emit, print_json
+from pgqueue.errors import ConfigurationError
+from pgqueue.settings import Settings, parse_duration
+
+_DURATION_HELP = "90s, 15m, 12h, 1d, 2w or 'never'"
+
+COLUMNS = [
+    Column("kind", "KIND"),
+    Column("rows", "ROWS", justify="right"),
+    Column("older_than", "FINISHED BEFORE"),
+]
+
+# (report field, label, which cutoff applies)
+_KINDS = (
+    ("completed", "completed jobs", "completed_before"),
+    ("failed", "failed jobs", "failed_before"),
+    ("cancelled", "cancelled jobs", "failed_before"),
+    ("schedule_runs", "schedule runs", "audit_before"),
+    ("audit_events", "audit events", "audit_before"),
+)
+
+
+def _option(raw: str | None, name: str, default: float | None) -> float | None:
+    return default if raw is None else parse_duration(raw, name)
+
+
+def _policy(completed: str | None, failed: str | None, audit: str | None) -> _retention.RetentionPolicy:
+    settings = Settings.from_env()
+    return _retention.RetentionPolicy(
+        completed=_option(completed, "--completed-older-than", settings.retain_completed),
+        failed=_option(failed, "--failed-older-than", settings.retain_failed),
+        audit=_option(audit, "--audit-older-than", settings.retain_audit),
+    )
+
+
+def prune(
+    completed_older_than: Annotated[str | None, typer.Option(
+        "--completed-older-than", metavar="DURATION",
+        help=f"Delete completed jobs finished longer ago ({_DURATION_HELP}; default PGQUEUE_RETAIN_COMPLETED, 1d).",
+        show_default=False)] = None,
+    failed_older_than: Annotated[str | None, typer.Option(
+        "--failed-older-than", metavar="DURATION",
+        help=f"Delete failed and cancelled jobs finished longer ago ({_DURATION_HELP}; default "
+             "PGQUEUE_RETAIN_FAILED, 7d).", show_default=False)] = None,
+    audit_older_than: Annotated[str | None, typer.Option(
+        "--audit-older-than", metavar="DURATION",
+        help=f"Audit retention ({_DURATION_HELP}; default PGQUEUE_RETAIN_AUDIT, 30d): also prunes cron run "
+             "records no schedule can fire again.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    json_output: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Delete finished jobs older than the retention now, in batches, and record it in the audit trail.
+
+    Completed jobs go after --completed-older-than, failed and cancelled ones after
+    --failed-older-than (each counted from when the job finished); 'never' keeps them.
+    Scheduled, available and running jobs are never pruned.
+    """
+    try:
+        policy = _policy(completed_older_than, failed_older_than, audit_older_than)
+    except ConfigurationError as exc:
+        fail(str(exc), code=2)
+    with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
+        if dry_run:
+            report = _retention.count_prunable(conn, policy)
+        else:
+            progress = Progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
+                                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                                disable=json_output)
+            with progress:
+                task = progress.add_task("", total=None)
+                report = _retention.prune(
+                    conn, policy, actor(),
+                    progress=lambda step, done: progress.update(task, description=step, completed=done))
+    data = report.as_dict()
+    if json_output:
+        print_json(data)
+        return
+    cutoffs = report.cutoffs
+    rows = [{"kind": label, "rows": data[key],
+             "older_than": getattr(cutoffs, cutoff, None) or "never (kept)"} for key, label, cutoff in _KINDS]
+    if dry_run:
+        print(f"would delete {report.total:,} rows (dry run: nothing was deleted)")
+    else:
+        print(f"deleted {report.total:,} rows")
+    emit(rows, COLUMNS, json_output=False)
