@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.queries import EVENTS, JOBS, QUEUES, WORKERS
 from pgqueue._payload import encode_json
@@ -185,17 +185,21 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 
 class JobStore:
-    """Synchronous queries on a psycopg connection owned by someone else (never committed here)."""
+    """Synchronous queries on a psycopg connection owned by someone else (never committed here).
+
+    The enqueue methods read rows by position on cursors of their own row factory: the caller's
+    connection may have any (``dict_row`` is common).
+    """
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
     def insert_job(self, job: NewJob, actor: str | None = None) -> int:
         if job.unique_key is None:
-            with translate_errors(), self.conn.cursor() as cur:
+            with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
                 row = cur.execute(JOBS.insert_job, _insert_params(job, actor)).fetchone()
             return _inserted_id(row)
-        with translate_errors(), self.conn.cursor() as cur:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             for _ in range(5):
                 cur.execute(JOBS.insert_unique_job, _insert_params(job, actor))
                 row = cur.fetchone()
@@ -212,7 +216,7 @@ class JobStore:
     def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
         if not jobs:
             return []
-        with translate_errors(), self.conn.cursor() as cur:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
             ids, unresolved = _bulk_ids(cur.fetchall())
             for index, key in unresolved:
@@ -227,7 +231,7 @@ class JobStore:
         writes rows while Python validates the next ones, and a validation error aborts the COPY.
         Four statements: the caller makes them atomic (savepoint or transaction)."""
         queues: set[str] = set()
-        with translate_errors(), self.conn.cursor() as cur:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(JOBS.reserve_job_ids, {"count": count})
             ids: list[int] = [row[0] for row in cur.fetchall()]
             with cur.copy(JOBS.copy_jobs) as copy:
@@ -456,12 +460,12 @@ class AsyncJobStore:
     async def insert_job(self, job: NewJob, actor: str | None = None) -> int:
         if job.unique_key is None:
             with translate_errors():
-                async with self.conn.cursor() as cur:
+                async with self.conn.cursor(row_factory=tuple_row) as cur:
                     await cur.execute(JOBS.insert_job, _insert_params(job, actor))
                     row = await cur.fetchone()
             return _inserted_id(row)
         with translate_errors():
-            async with self.conn.cursor() as cur:
+            async with self.conn.cursor(row_factory=tuple_row) as cur:
                 for _ in range(5):
                     await cur.execute(JOBS.insert_unique_job, _insert_params(job, actor))
                     row = await cur.fetchone()
@@ -477,7 +481,7 @@ class AsyncJobStore:
         if not jobs:
             return []
         with translate_errors():
-            async with self.conn.cursor() as cur:
+            async with self.conn.cursor(row_factory=tuple_row) as cur:
                 await cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
                 ids, unresolved = _bulk_ids(await cur.fetchall())
                 for index, key in unresolved:

@@ -6,6 +6,7 @@ import getpass
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from pgqueue import App, JobSpec
 from pgqueue.errors import ArgsNotSerializable
@@ -87,3 +88,15 @@ def test_a_bad_spec_late_in_a_copied_list_on_an_autocommit_connection_enqueues_n
         assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (0,)
         assert len(app.enqueue_many(conn, specs[:-2])) == COPIED - 2
+
+
+@pytest.mark.parametrize("count", [1, COPIED])
+def test_enqueue_works_on_a_connection_whose_rows_are_dicts(dsn: str, count: int) -> None:
+    app = App(dsn)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        job_id = app.enqueue(conn, "t", {"n": 0})
+        unique_id = app.enqueue(conn, "t", {"n": 0}, unique_key="k")
+        assert app.enqueue(conn, "t", {"n": 1}, unique_key="k") == unique_id
+        ids = app.enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(count)])
+        assert conn.execute("SELECT count(*) AS n FROM pgqueue.jobs").fetchone() == {"n": count + 2}
+    assert len({job_id, unique_id, *ids}) == count + 2
