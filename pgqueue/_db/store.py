@@ -111,6 +111,17 @@ def _copyable(jobs: Sequence[NewJob]) -> bool:
         job.unique_key is None and job.run_at is None and not job.delay for job in jobs)
 
 
+def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
+    """A row of JOBS.copy_jobs, in its column order."""
+    return (job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted, job.max_attempts,
+            list(job.tags))
+
+
+def _copy_event_row(job_id: int, actor: str | None) -> tuple[Any, ...]:
+    """A row of JOBS.copy_job_events: what insert_job's audit CTE writes for an available job."""
+    return (job_id, "enqueued", "available", 0, actor)
+
+
 def _inserted_id(row: tuple[Any, ...] | None) -> int:
     if row is None:  # an INSERT without ON CONFLICT returns its row unless something else intervened
         raise SchemaNotReady("the INSERT into pgqueue.jobs returned no row: a trigger on the table suppressed it")
@@ -237,11 +248,10 @@ class JobStore:
             with cur.copy(JOBS.copy_jobs) as copy:
                 for job_id, job in zip(ids, jobs, strict=True):
                     queues.add(job.queue)
-                    copy.write_row((job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted,
-                                    job.max_attempts, list(job.tags)))
+                    copy.write_row(_copy_row(job_id, job))
             with cur.copy(JOBS.copy_job_events) as copy:
                 for job_id in ids:
-                    copy.write_row((job_id, "enqueued", "available", 0, actor))
+                    copy.write_row(_copy_event_row(job_id, actor))
             cur.execute(JOBS.notify_queues, {"queues": sorted(queues)})
         return ids
 
@@ -480,6 +490,8 @@ class AsyncJobStore:
     async def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
         if not jobs:
             return []
+        if _copyable(jobs):
+            return await self._copy_all_jobs(jobs, actor)
         with translate_errors():
             async with self.conn.cursor(row_factory=tuple_row) as cur:
                 await cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
@@ -489,6 +501,37 @@ class AsyncJobStore:
                     row = await cur.fetchone()
                     ids[index] = int(row[0]) if row else await self.insert_job(jobs[index], actor)
         return [int(i) for i in ids if i is not None]
+
+    async def _copy_all_jobs(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
+        """Async twin of :meth:`JobStore.copy_all_jobs` for already validated jobs."""
+        if self.conn.autocommit:
+            with translate_errors():
+                async with self.conn.transaction():  # our own BEGIN ... COMMIT
+                    return await self._copy_jobs(jobs, actor)
+        # A savepoint in the caller's transaction, as in JobStore._atomically.
+        with translate_errors():
+            await self.conn.execute(JOBS.savepoint_enqueue_many)
+            try:
+                ids = await self._copy_jobs(jobs, actor)
+            except BaseException:
+                if not self.conn.closed and not self.conn.broken:
+                    await self.conn.execute(JOBS.rollback_to_enqueue_many)
+                raise
+            await self.conn.execute(JOBS.release_enqueue_many)
+        return ids
+
+    async def _copy_jobs(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
+        async with self.conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(JOBS.reserve_job_ids, {"count": len(jobs)})
+            ids: list[int] = [row[0] for row in await cur.fetchall()]
+            async with cur.copy(JOBS.copy_jobs) as copy:
+                for job_id, job in zip(ids, jobs, strict=True):
+                    await copy.write_row(_copy_row(job_id, job))
+            async with cur.copy(JOBS.copy_job_events) as copy:
+                for job_id in ids:
+                    await copy.write_row(_copy_event_row(job_id, actor))
+            await cur.execute(JOBS.notify_queues, {"queues": sorted({job.queue for job in jobs})})
+        return ids
 
     async def connection_limit(self) -> tuple[str, int | None, str]:
         """(login role, most sessions it may hold here or None when unlimited, what sets that limit)."""

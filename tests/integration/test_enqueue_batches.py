@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 
 import psycopg
@@ -100,3 +101,22 @@ def test_enqueue_works_on_a_connection_whose_rows_are_dicts(dsn: str, count: int
         ids = app.enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(count)])
         assert conn.execute("SELECT count(*) AS n FROM pgqueue.jobs").fetchone() == {"n": count + 2}
     assert len({job_id, unique_id, *ids}) == count + 2
+
+
+def test_enqueue_many_async_copies_a_large_list_and_a_rollback_undoes_it(dsn: str) -> None:
+    app = App(dsn)
+    specs = [JobSpec("t", {"i": i}, queue="a") for i in range(COPIED)]
+
+    async def run() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            await app.enqueue_many_async(aconn, specs)
+            await aconn.rollback()
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as auto:
+                return await app.enqueue_many_async(auto, specs)
+
+    ids = asyncio.run(run())
+    with psycopg.connect(dsn) as conn:
+        stored: dict[int, int] = dict(conn.execute("SELECT id, (args ->> 'i')::int FROM pgqueue.jobs").fetchall())
+        events = conn.execute("SELECT job_id FROM pgqueue.job_events WHERE event = 'enqueued'").fetchall()
+    assert [stored[job_id] for job_id in ids] == list(range(COPIED))
+    assert sorted(job_id for (job_id,) in events) == sorted(ids)
