@@ -347,6 +347,8 @@ def test_a_second_ctrl_c_makes_the_supervisor_kill_its_children_at_once(
     wait_until(lambda: len(supervisor.log_events("worker.stopping")) == 2, timeout=5,
                message="both children are stopping")
     os.killpg(supervisor.pid, signal.SIGINT)
-    assert supervisor.wait(timeout=3) != 0, supervisor.describe()
+    # "At once" means well inside the 30 s grace the jobs would otherwise get; 10 s leaves room
+    # for a loaded CI machine (3 s timed out there three times in a row while a benchmark ran).
+    assert supervisor.wait(timeout=10) != 0, supervisor.describe()
     wait_until(lambda: not any(is_running(pid) for pid in children), timeout=5, message="children killed")
     assert running_count(db) == 2  # nothing released: the leases return these jobs
