@@ -216,7 +216,7 @@ def count_prunable(conn: psycopg.Connection[Any], before: datetime) -> int:
     return AuditStore(conn).count_prunable_events(before)
 
 
-class Sealer:
+class AuditSealer:
     """A maintenance duty: seal the trail at most every ``interval`` seconds (leader only)."""
 
     def __init__(self, interval: float = 5.0) -> None:

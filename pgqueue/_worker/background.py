@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from pgqueue._audit import Sealer
+from pgqueue._audit import AuditSealer
 from pgqueue._db.connections import BoundedConnection
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
@@ -155,7 +155,7 @@ class Maintenance(_ConnectedLoop):
         self.ttl = max(lease_seconds, 5.0)
         self.is_leader = False
         self.extra_duties = extra_duties or []
-        self.sealer = Sealer()
+        self.sealer = AuditSealer()
 
     def tick(self, store: JobStore) -> None:
         was_leader = self.is_leader

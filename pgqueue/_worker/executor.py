@@ -19,7 +19,7 @@ import structlog
 from pgqueue._db.store import Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
-from pgqueue._worker.sealing import PayloadSealer
+from pgqueue._worker.payloads import PayloadSealer
 from pgqueue.errors import DecryptionError, EncryptionKeyMissing
 from pgqueue.jobs import Discard, Job, Retry
 from pgqueue.tasks import Task

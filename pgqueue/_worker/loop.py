@@ -33,7 +33,7 @@ from pgqueue._payload import encode_json, encode_result
 from pgqueue._retention import Pruner, RetentionPolicy
 from pgqueue._worker.background import Heartbeat, Maintenance
 from pgqueue._worker.executor import JobRunner, LeaseLost
-from pgqueue._worker.sealing import PayloadSealer
+from pgqueue._worker.payloads import PayloadSealer
 from pgqueue._worker.supervisor import PARENT_ENV
 from pgqueue.errors import ConfigurationError, PgqueueError
 from pgqueue.jobs import Job

@@ -322,7 +322,7 @@ def test_the_maintenance_leader_seals_the_trail(dsn: str, conn: Conn) -> None:
     conn.autocommit = True
     _trail(conn, jobs=2)
     maintenance = Maintenance(dsn, "w-audit-test", lease_seconds=2.0, interval=0.1)
-    maintenance.sealer = _audit.Sealer(interval=0.2)
+    maintenance.sealer = _audit.AuditSealer(interval=0.2)
     maintenance.start()
     try:
         wait_until(lambda: _audit.verify(conn).seals >= 1, timeout=60, message="the leader sealed the trail")
