@@ -19,6 +19,7 @@ from pgqueue._db.store import translate_errors
 from pgqueue.cli._admin import parse_job_id
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, emit_record, print_json
+from pgqueue.cli.jobs import EVENT_COLUMNS
 
 app = typer.Typer(help="The tamper-evident audit trail: show a job's events, verify the trail.",
                   no_args_is_help=True)
@@ -33,18 +34,8 @@ def _seal_cell(seal_no: int | None, intact: dict[int, bool]) -> str:
     return f"{seal_no} ok" if intact.get(seal_no) else f"{seal_no} ALTERED"
 
 
-TRAIL_COLUMNS = [
-    Column("id", "ID", justify="right"),
-    Column("at", "AT"),
-    Column("event", "EVENT"),
-    Column("from_state", "FROM"),
-    Column("to_state", "TO"),
-    Column("attempt", "ATTEMPT", justify="right"),
-    Column("worker_id", "WORKER"),
-    Column("actor", "ACTOR"),
-    Column("detail", "DETAIL", fold=True),
-    Column("seal", "SEAL"),
-]
+# The trail as `pgqueue jobs show` prints it, plus the seal covering each row.
+TRAIL_COLUMNS = [*EVENT_COLUMNS, Column("seal", "SEAL")]
 
 VERIFY_FIELDS = [
     Column("verdict", "verdict"),
