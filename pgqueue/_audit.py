@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 
 from pgqueue._db.audit_store import AuditStore, RangeDigest
+from pgqueue._db.errors import first_line
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
@@ -236,7 +237,7 @@ class AuditSealer:
                 raise  # the database went away: the maintenance loop reconnects
             # Anything else (a role without rights on audit_seals) must not stop rescue and staging.
             log.warning("audit.seal_failed", error_type=type(exc).__name__,
-                        error=str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                        error=first_line(exc))
             return
         if report.seals:
             log.debug("audit.sealed", seals=report.seals, events=report.events)

@@ -18,8 +18,7 @@ ones (autovacuum's own default scale factor), provided its role may.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +26,9 @@ from typing import Any
 import psycopg
 
 from pgqueue import _audit
+from pgqueue._db.errors import first_line
 from pgqueue._db.retention_store import Cutoffs, RetentionStore
+from pgqueue._db.sessions import longer_answer_timeout
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
@@ -232,26 +233,12 @@ class Vacuumer:
                     note="autovacuum is off and this role does not own pgqueue.jobs: deleted jobs are not "
                          "reclaimed; turn autovacuum on or vacuum pgqueue.jobs from a privileged role")
             return VacuumDecision(False, "not permitted", state.live, dead)
-        with _patient(conn):
+        # The maintenance session bounds every wait for an answer (a half-open path must not hang
+        # it), but a VACUUM of a big table legitimately takes longer.
+        with longer_answer_timeout(conn, VACUUM_ANSWER_TIMEOUT):
             store.vacuum_jobs()
         self.deleted_since_vacuum = 0
         return VacuumDecision(True, "dead rows", state.live, dead)
-
-
-@contextmanager
-def _patient(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    # The maintenance session bounds every wait for an answer (a half-open path must not hang
-    # it), but a VACUUM of a big table legitimately takes longer; TCP keepalives still notice a
-    # dead path meanwhile.
-    previous = getattr(conn, "answer_timeout", None)
-    if previous is None:
-        yield
-        return
-    conn.answer_timeout = max(previous, VACUUM_ANSWER_TIMEOUT)  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        conn.answer_timeout = previous  # type: ignore[attr-defined]
 
 
 class Pruner:
@@ -292,7 +279,7 @@ class Pruner:
             # Anything else (a role without DELETE on pgqueue.jobs) must not stop rescue and staging.
             self._unfinished = False
             log.warning("retention.failed", error_type=type(exc).__name__,
-                        error=str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                        error=first_line(exc))
 
     def _prune(self, conn: psycopg.Connection[Any], log: Any) -> None:
         if not self._unfinished:

@@ -14,6 +14,7 @@ import psycopg
 
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
+from pgqueue._db.sessions import open_connection
 from pgqueue._db.store import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
 from pgqueue._payload import check_queue_name, encode_args
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
@@ -114,10 +115,7 @@ class App:
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         """Open a new psycopg connection to the app's database (the caller closes it)."""
-        from pgqueue._db.store import translate_errors
-
-        with translate_errors():
-            return psycopg.connect(self.dsn, autocommit=autocommit)
+        return open_connection(self.dsn, autocommit=autocommit)
 
     @overload
     def task(self, fn: Callable[..., Any], /) -> Task: ...

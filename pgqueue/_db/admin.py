@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from pgqueue._db.store import translate_errors
+from pgqueue._db.errors import translate_errors
 from pgqueue.errors import ConfigurationError
 
 

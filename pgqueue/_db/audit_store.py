@@ -14,8 +14,8 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import EVENTS
-from pgqueue._db.store import translate_errors
 
 
 @dataclass(frozen=True)

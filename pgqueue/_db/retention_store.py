@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
+from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import RETENTION
-from pgqueue._db.store import translate_errors
 from pgqueue._payload import encode_json
 
 

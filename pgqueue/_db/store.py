@@ -17,9 +17,11 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+# Re-exported for schedule_store.py (the scheduling branch's), which still imports it from here.
+from pgqueue._db.errors import translate_errors as translate_errors
 from pgqueue._db.queries import EVENTS, JOBS, QUEUES, WORKERS
 from pgqueue._payload import encode_json
-from pgqueue.errors import DatabaseUnavailable, PgqueueError, SchemaNotReady
+from pgqueue.errors import DatabaseUnavailable, SchemaNotReady
 from pgqueue.jobs import Job
 
 
@@ -66,27 +68,6 @@ class StoredCiphertexts:
     args: bytes | None
     result: bytes | None
     error: bytes | None
-
-
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Map psycopg failures the caller can act on to pgqueue's typed errors."""
-    try:
-        yield
-    except PgqueueError:
-        raise
-    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
-        raise SchemaNotReady(f"the pgqueue schema is missing or out of date ({exc.diag.message_primary}): "
-                             "run `pgqueue migrate`") from exc
-    except psycopg.OperationalError as exc:
-        text = str(exc).strip().splitlines()
-        raise DatabaseUnavailable(f"database unavailable: {text[0] if text else type(exc).__name__}") from exc
-    except psycopg.errors.ReadOnlySqlTransaction as exc:
-        # A primary fenced read-only (default_transaction_read_only) or a DSN that now reaches a
-        # standby: the server is up but takes no writes, so nothing was written. Not an
-        # OperationalError in psycopg's hierarchy (it is SQLSTATE class 25), hence its own clause.
-        raise DatabaseUnavailable(f"database unavailable for writes: it is read-only "
-                                  f"({exc.diag.message_primary})") from exc
 
 
 def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:

@@ -18,19 +18,11 @@ from typing import Any
 import psycopg
 
 from pgqueue._audit import AuditSealer
-from pgqueue._db.connections import BoundedConnection
+from pgqueue._db.errors import first_line
+from pgqueue._db.sessions import ReconnectingSession, capped_backoff
 from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
-
-_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
-
-
-def _open_session(dsn: str, **kwargs: Any) -> BoundedConnection:
-    # Bounded (a wait for an answer ends after PGQUEUE_NETWORK_TIMEOUT_SECONDS) and with keepalives, as the
-    # worker loop's sessions: a heartbeat waiting forever on a half-open path would leave its
-    # worker running, unable to renew its lease, with no error to act on.
-    return BoundedConnection.connect(dsn, **_KEEPALIVES, **kwargs)
 
 
 class _ConnectedLoop(threading.Thread):
@@ -42,7 +34,12 @@ class _ConnectedLoop(threading.Thread):
         self.dsn = dsn
         self.interval = interval
         self.stopping = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
+        # Named like the worker's other sessions (pgqueue-claim, -ack, -listen), so an operator can
+        # count a worker's connections in pg_stat_activity. Bounded (a wait for an answer ends
+        # after PGQUEUE_NETWORK_TIMEOUT_SECONDS), as the worker loop's sessions: a heartbeat
+        # waiting forever on a half-open path would leave its worker running, unable to renew its
+        # lease, with no error to act on.
+        self.session = ReconnectingSession(dsn, name, log=get_logger(f"pgqueue.{name}", thread=name))
         self.healthy = threading.Event()
 
     def tick(self, store: JobStore) -> None:
@@ -54,37 +51,15 @@ class _ConnectedLoop(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            # Named like the worker's other sessions (pgqueue-claim, -ack, -listen), so an operator can
-            # count a worker's connections in pg_stat_activity.
-            # No server-side prepared statements: they break behind PgBouncer < 1.21 in transaction
-            # pooling (the next statement may run on another server connection). See loop._SESSION.
-            self._conn = _open_session(self.dsn, autocommit=True, connect_timeout=5, prepare_threshold=None,
-                                       application_name=f"pgqueue-{self.name}")
-        return self._conn
-
-    def _tick_replacing_dead_session(self) -> None:
-        # A session the server ended while idle (idle_session_timeout, pg_terminate_backend) fails
-        # on its next statement, which never ran: replace it and tick again at once, as
-        # loop._Connection.run does. Failing on a fresh session is the database being unavailable.
-        reused = self._conn is not None and not self._conn.closed and not self._conn.broken
-        conn = self._connect()
-        try:
-            self.tick(JobStore(conn))
-        except (psycopg.Error, PgqueueError):
-            if not (reused and conn.broken):
-                raise
-            get_logger(f"pgqueue.{self.name}").debug("database.session_replaced", thread=self.name)
-            self._close()
-            self.tick(JobStore(self._connect()))
+    def _tick(self, conn: psycopg.Connection[Any]) -> None:
+        self.tick(JobStore(conn))
 
     def run(self) -> None:
         log = get_logger(f"pgqueue.{self.name}")
         failures = 0
         while not self.stopping.is_set():
             try:
-                self._tick_replacing_dead_session()
+                self.session.run(self._tick)
                 if failures:
                     log.info("database.reconnected", thread=self.name)
                 failures = 0
@@ -93,20 +68,14 @@ class _ConnectedLoop(threading.Thread):
             except (psycopg.Error, PgqueueError) as exc:
                 failures += 1
                 self.healthy.clear()
-                wait = min(0.5 * 2 ** min(failures, 5), 10.0, self.interval * 4)
+                wait = capped_backoff(failures, base=0.5, cap=min(10.0, self.interval * 4), doublings=5)
                 log.warning("database.unavailable", thread=self.name, error_type=type(exc).__name__,
-                            error=str(exc).strip().splitlines()[0] if str(exc).strip() else "", retry_in_s=wait)
-                self._close()
+                            error=first_line(exc), retry_in_s=wait)
+                self.session.close()
             self.stopping.wait(wait)
         with contextlib.suppress(psycopg.Error, PgqueueError):
-            self.on_stop(JobStore(self._connect()))
-        self._close()
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+            self.on_stop(JobStore(self.session.get()))
+        self.session.close()
 
 
 class Heartbeat(_ConnectedLoop):

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,8 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from pgqueue._db.connections import BoundedAsyncConnection
+from pgqueue._db.errors import first_line
 from pgqueue._db.queries import NOTIFY_CHANNEL
+from pgqueue._db.sessions import (
+    AsyncReconnectingSession,
+    BoundedAsyncConnection,
+    capped_backoff,
+    open_async,
+    session_options,
+)
 from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import encode_json, encode_result
@@ -46,15 +53,6 @@ if TYPE_CHECKING:
     from pgqueue.app import App
     from pgqueue.tasks import Task
 
-# Keepalives let a half-open connection (the network vanished without a FIN) fail in about
-# 10 + 3 * 5 = 25 s instead of hanging until the kernel's two-hour default.
-_KEEPALIVES: dict[str, Any] = {
-    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
-}
-# The worker's own sessions never use server-side prepared statements (psycopg prepares a query
-# after its 5th execution): behind PgBouncer < 1.21 in transaction mode the next statement may run
-# on another server connection, where "_pg3_0" does not exist. pgqueue's queries are cheap to plan.
-_SESSION: dict[str, Any] = {**_KEEPALIVES, "prepare_threshold": None}
 # The listener probes a quiet LISTEN session; no answer within this long means the path is lost.
 PROBE_TIMEOUT = 5.0
 _MAX_CLAIM_BATCH = 200
@@ -65,51 +63,6 @@ _REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingE
 WORKER_SESSIONS = 5
 
 T = TypeVar("T")
-
-
-class _Connection:
-    """One autocommit connection that reconnects on demand after a failure."""
-
-    def __init__(self, dsn: str, name: str, options: dict[str, Any] | None = None) -> None:
-        self.dsn = dsn
-        self.name = name
-        self.options = options if options is not None else dict(_SESSION)
-        self.conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            await self.close()
-            # Bounded: a claim or ack whose answer never comes (a half-open path) ends the session
-            # after PGQUEUE_NETWORK_TIMEOUT_SECONDS, and the loop reconnects, instead of waiting forever.
-            self.conn = await BoundedAsyncConnection.connect(
-                self.dsn, autocommit=True, application_name=f"pgqueue-{self.name}", **self.options)
-        return self.conn
-
-    async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """Run ``operation``, replacing at once a session that turns out to be dead on first use.
-
-        The server ends idle sessions (a role's ``idle_session_timeout``, ``pg_terminate_backend``,
-        a restart) and the client only learns it with its next statement, which then never ran.
-        Retrying it once on a new session is what a caller backing off would do anyway, minus
-        the delay and the warning; a failure on a fresh session, or a statement error on a live
-        one (read-only, timeout), still reaches the caller.
-        """
-        reused = self.conn is not None and not self.conn.closed and not self.conn.broken
-        conn = await self.get()
-        try:
-            return await operation(conn)
-        except (PgqueueError, psycopg.Error):
-            if not (reused and conn.broken):
-                raise
-        get_logger("pgqueue.worker").debug("database.session_replaced", role=self.name)
-        await self.close()
-        return await operation(await self.get())
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self.conn.close()
-            self.conn = None
 
 
 class Worker:
@@ -221,8 +174,8 @@ class Worker:
         )
         # The claim and ack statements run thousands of times a second: with no pooler in between
         # they are prepared (planned once), which roughly halves their server CPU.
-        claim_conn = _Connection(dsn, "claim", self._session_kwargs())
-        ack_conn = _Connection(dsn, "ack", self._session_kwargs())
+        claim_conn = self._session(dsn, "claim")
+        ack_conn = self._session(dsn, "ack")
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
@@ -269,8 +222,7 @@ class Worker:
         is down or full is retried by the loops like any other outage.
         """
         try:
-            async with await psycopg.AsyncConnection.connect(
-                    dsn, autocommit=True, application_name="pgqueue-worker-check", **_SESSION) as conn:
+            async with await open_async(dsn, "worker-check") as conn:
                 role, limit, source = await AsyncJobStore(conn).connection_limit()
                 # PostgreSQL's BackendKeyData carries the backend's pid; a pooler (PgBouncer, in
                 # any pool mode) sends a key of its own instead, as the client's backend varies.
@@ -304,8 +256,7 @@ class Worker:
         while not self._stopping:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await BoundedAsyncConnection.connect(
-                    dsn, autocommit=True, application_name="pgqueue-listen", **_SESSION)
+                conn = await BoundedAsyncConnection.connect(dsn, autocommit=True, **session_options("listen"))
                 conn.answer_timeout = PROBE_TIMEOUT
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                 # Probe before the server's idle_session_timeout would end the session.
@@ -330,7 +281,7 @@ class Worker:
                 raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 failures += 1
-                wait = min(0.25 * 2 ** min(failures, 6), 10.0)
+                wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
                 log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)
                 await asyncio.sleep(wait)
             finally:
@@ -343,7 +294,7 @@ class Worker:
 
     # --- claiming and dispatch ---
 
-    async def _claim_loop(self, claim_conn: _Connection, runner: JobRunner, heartbeat: Heartbeat) -> None:
+    async def _claim_loop(self, claim_conn: AsyncReconnectingSession, runner: JobRunner, heartbeat: Heartbeat) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
         failures = 0
         # Claim nothing until our worker row exists: the rescuer treats jobs of unknown workers as orphans.
@@ -387,9 +338,9 @@ class Worker:
                 # The claim may have committed with only its reply lost: reconcile before the next one.
                 claim_uncertain = True
                 failures += 1
-                wait = min(0.25 * 2 ** min(failures, 6), 10.0)
+                wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
                 log.warning("database.unavailable", role="claim", error_type=type(exc).__name__,
-                            error=_first_line(exc), retry_in_s=wait)
+                            error=first_line(exc), retry_in_s=wait)
                 await claim_conn.close()
                 await self._sleep_unless_stopping(wait)
                 continue
@@ -441,7 +392,7 @@ class Worker:
 
     # --- acknowledging outcomes ---
 
-    async def _ack_loop(self, ack_conn: _Connection) -> None:
+    async def _ack_loop(self, ack_conn: AsyncReconnectingSession) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
         failures = 0
         while True:
@@ -470,15 +421,15 @@ class Worker:
                 self._acks[:0] = batch
                 self._acks_failing = True
                 failures += 1
-                wait = min(0.25 * 2 ** min(failures, 6), 5.0)
+                wait = capped_backoff(failures, base=0.25, cap=5.0, doublings=6)
                 log.warning("database.unavailable", role="ack", error_type=type(exc).__name__,
-                            error=_first_line(exc), pending=len(self._acks), retry_in_s=wait)
+                            error=first_line(exc), pending=len(self._acks), retry_in_s=wait)
                 await ack_conn.close()
                 await asyncio.sleep(wait)
             finally:
                 self._acks_inflight = set()
 
-    async def _write_one_by_one(self, ack_conn: _Connection, batch: list[Outcome], log: Any) -> None:
+    async def _write_one_by_one(self, ack_conn: AsyncReconnectingSession, batch: list[Outcome], log: Any) -> None:
         """Write each outcome alone; one the database refuses becomes a plain failure of its job."""
         for index, outcome in enumerate(batch):
             try:
@@ -487,7 +438,7 @@ class Worker:
                 log.error("job.outcome_refused", job_id=outcome.job_id, outcome=outcome.state,
                           error_type=type(exc).__name__)
                 error = encode_json({"type": "OutcomeRejected",
-                                     "message": f"the database refused this job's outcome: {_first_line(exc)}"})
+                                     "message": f"the database refused this job's outcome: {first_line(exc)}"})
                 replacement = Outcome(job_id=outcome.job_id, token=outcome.token, state="failed", event="failed",
                                       error=error)
                 try:
@@ -529,7 +480,7 @@ class Worker:
             log.warning("worker.grace_expired", unfinished=len(pending))
             self._hard_stop = True
 
-    async def _release_unfinished(self, ack_conn: _Connection) -> None:
+    async def _release_unfinished(self, ack_conn: AsyncReconnectingSession) -> None:
         if not self._running:
             return
         unfinished = [(job.id, job.lease_token) for job, _ in self._running.values()]
@@ -603,7 +554,11 @@ class Worker:
 
     def _session_kwargs(self) -> dict[str, Any]:
         # Prepared statements only when no pooler is between (known after _check_connection).
-        return dict(_SESSION) if self._pooled else dict(_KEEPALIVES)
+        return session_options(prepare=not self._pooled)
+
+    def _session(self, dsn: str, name: str) -> AsyncReconnectingSession:
+        return AsyncReconnectingSession(dsn, name, prepare=not self._pooled,
+                                        log=get_logger("pgqueue.worker", role=name))
 
     def _get_tx_pool(self) -> ConnectionPool[Any]:
         if self._tx_pool is None:
@@ -666,8 +621,3 @@ async def _live_async_connection(pool: AsyncConnectionPool[Any]) -> AsyncIterato
         yield conn
     finally:
         await pool.putconn(conn)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

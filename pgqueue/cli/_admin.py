@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from pgqueue._db.connections import connect
-from pgqueue._db.store import JobStore, translate_errors
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.sessions import connect
+from pgqueue._db.store import JobStore
 from pgqueue.cli._context import fail, resolve
 from pgqueue.jobs import JobState
 

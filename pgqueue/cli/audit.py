@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgqueue import _audit
-from pgqueue._db.connections import connect
-from pgqueue._db.store import translate_errors
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.sessions import connect
 from pgqueue.cli._admin import parse_job_id
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, emit_record, print_json

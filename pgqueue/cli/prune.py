@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pgqueue import _retention
-from pgqueue._db.connections import connect
-from pgqueue._db.store import translate_errors
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.sessions import connect
 from pgqueue.cli._admin import actor
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, print_json

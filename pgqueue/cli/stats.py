@@ -15,8 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
-from pgqueue._db.connections import connect
-from pgqueue._db.store import JobStore, translate_errors
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.sessions import connect
+from pgqueue._db.store import JobStore
 from pgqueue.cli._admin import open_store
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, format_seconds, print_json

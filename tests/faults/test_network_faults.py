@@ -23,7 +23,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 import pgqueue
-from pgqueue._db.connections import NETWORK_TIMEOUT_ENV
+from pgqueue._db.sessions import NETWORK_TIMEOUT_ENV
 from tests.faults.conftest import (
     APP_PATH,
     SpawnWorker,

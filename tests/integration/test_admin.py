@@ -17,7 +17,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App
-from pgqueue._db.connections import connect
+from pgqueue._db.sessions import connect
 from pgqueue._db.store import JobStore, Outcome
 from pgqueue.errors import DatabaseUnavailable, InvalidDSN
 from tests.helpers import scratch_database
