@@ -32,7 +32,7 @@ import psycopg
 from pgqueue._bench import sql as bench_sql
 from pgqueue._bench.database import ScratchDatabases, scalar
 from pgqueue._bench.workers import DSN_ENV, QUEUE, TASK
-from pgqueue._db.store import JobStore
+from pgqueue._db.queues import QueueStore
 from pgqueue.app import App
 from pgqueue.jobs import JobSpec
 from pgqueue.settings import Settings
@@ -122,7 +122,7 @@ def main() -> None:
     try:
         with databases.fresh() as dsn:
             conn = psycopg.connect(dsn, autocommit=True)
-            store = JobStore(conn)
+            store = QueueStore(conn)
             store.set_queue_paused(QUEUE, True, actor="profile")
             app = App(dsn, settings=Settings(dsn=dsn))
             for start in range(0, options.jobs, 10_000):

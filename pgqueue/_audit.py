@@ -29,9 +29,8 @@ from typing import Any
 
 import psycopg
 
-from pgqueue._db.audit_store import AuditStore, RangeDigest
+from pgqueue._db.audit import AuditStore, RangeDigest
 from pgqueue._db.errors import first_line
-from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
 
@@ -182,8 +181,8 @@ def _when(seal: dict[str, Any]) -> str:
 def job_trail(conn: psycopg.Connection[Any], job_id: int) -> tuple[list[dict[str, Any]], dict[int, bool]]:
     """One job's events in order (each with the ``seal_no`` covering it, or None while pending),
     and for each of those seals whether its rows still match it."""
-    events = JobStore(conn).list_job_events(job_id)
     store = AuditStore(conn)
+    events = store.list_job_events(job_id)
     seals = store.get_seals(sorted({e["seal_no"] for e in events if e["seal_no"] is not None}))
     digests = store.range_digests([(s["xid_from"], s["xid_to"]) for s in seals])
     intact = {s["seal_no"]: chain(s["prev_digest"], now.digest) == s["digest"]
@@ -224,7 +223,7 @@ class AuditSealer:
         self.interval = interval
         self._last = 0.0
 
-    def __call__(self, store: JobStore) -> None:
+    def __call__(self, store: Any) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             return

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgqueue._crypto import FIELDS, Field, Keyring, key_id_in
-from pgqueue._db.store import JobStore, StoredCiphertexts
+from pgqueue._db.keys import KeyStore, StoredCiphertexts
 from pgqueue.errors import DecryptionError
 
 DEFAULT_BATCH = 500
@@ -46,13 +46,13 @@ class RotationReport:
         }
 
 
-def stale_counts(store: JobStore, keyring: Keyring) -> dict[str, int]:
+def stale_counts(store: KeyStore, keyring: Keyring) -> dict[str, int]:
     """Jobs, and ciphertexts per column, not under the newest key."""
     with store.transaction():
         return store.count_stale_ciphertexts(keyring.newest.id)
 
 
-def rotate(store: JobStore, keyring: Keyring, *, batch: int = DEFAULT_BATCH, dry_run: bool = False,
+def rotate(store: KeyStore, keyring: Keyring, *, batch: int = DEFAULT_BATCH, dry_run: bool = False,
            actor: str | None = None, on_batch: Callable[[int], None] | None = None) -> RotationReport:
     """Re-encrypt stale ciphertexts under ``keyring``'s newest key; write one ``keys_rotated`` audit row.
 

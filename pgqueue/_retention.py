@@ -27,9 +27,8 @@ import psycopg
 
 from pgqueue import _audit
 from pgqueue._db.errors import first_line
-from pgqueue._db.retention_store import Cutoffs, RetentionStore
+from pgqueue._db.retention import Cutoffs, RetentionStore
 from pgqueue._db.sessions import longer_answer_timeout
-from pgqueue._db.store import JobStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings
@@ -261,7 +260,7 @@ class Pruner:
         self._unfinished = False
         self._pending: PruneReport | None = None
 
-    def __call__(self, store: JobStore) -> None:
+    def __call__(self, store: Any) -> None:
         now = time.monotonic()
         log = get_logger("pgqueue.retention")
         try:

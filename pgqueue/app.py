@@ -14,8 +14,8 @@ import psycopg
 
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
+from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
 from pgqueue._db.sessions import open_connection
-from pgqueue._db.store import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
 from pgqueue._payload import check_queue_name, encode_args
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
 from pgqueue.errors import (
@@ -349,7 +349,7 @@ class App:
     async def enqueue_many_async(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
         """Async twin of :meth:`enqueue_many`."""
         new_jobs = [self._spec_job(spec) for spec in jobs]
-        return await AsyncJobStore(await async_connection(conn)).insert_jobs(new_jobs, actor=_actor())
+        return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from pgqueue import _migrate
 from pgqueue._bench import sql as bench_sql
-from pgqueue._db.admin import with_database
+from pgqueue._db.databases import with_database
 from pgqueue._db.errors import translate_errors
 from pgqueue.errors import ConfigurationError
 

@@ -18,7 +18,7 @@ from pgqueue._bench.database import scalar
 from pgqueue._bench.physical import PHYSICAL
 from pgqueue._bench.stats import Sample, percentile, rate, timed
 from pgqueue._bench.workers import ASYNC, QUEUE, SYNC, TASK, WorkerProcesses
-from pgqueue._db.store import JobStore
+from pgqueue._db.queues import QueueStore
 from pgqueue.app import App
 from pgqueue.jobs import JobSpec
 from pgqueue.settings import Settings
@@ -46,7 +46,7 @@ def _specs(start: int, count: int) -> list[JobSpec]:
 
 
 def _set_paused(conn: psycopg.Connection[Any], paused: bool) -> None:
-    JobStore(conn).set_queue_paused(QUEUE, paused, actor=ACTOR)
+    QueueStore(conn).set_queue_paused(QUEUE, paused, actor=ACTOR)
 
 
 def _fill_paused(ctx: Context, dsn: str, count: int) -> None:

@@ -1,8 +1,9 @@
 """The only place SQL text enters Python: named blocks from ``queries/*.sql``, loaded once.
 
 Each ``.sql`` file holds blocks that start with ``-- name: <identifier>``. Each file has a
-NamedTuple listing its block names; a missing or extra block fails at import time, so a typo
-can never reach a database.
+NamedTuple listing its block names, beside the store that runs them (``JobQueries`` in
+``jobs.py`` for ``jobs.sql``...); a missing or extra block fails at import time, so a typo can
+never reach a database.
 """
 
 from __future__ import annotations
@@ -38,85 +39,8 @@ def load_queries(shape: type[T], filename: str) -> T:
     return shape(*(blocks[name] for name in fields))
 
 
-class JobQueries(NamedTuple):
-    insert_job: LiteralString
-    insert_unique_job: LiteralString
-    insert_jobs: LiteralString
-    reserve_job_ids: LiteralString
-    notify_queues: LiteralString
-    copy_jobs: LiteralString
-    copy_job_events: LiteralString
-    savepoint_enqueue_many: LiteralString
-    rollback_to_enqueue_many: LiteralString
-    release_enqueue_many: LiteralString
-    find_live_job_by_unique_key: LiteralString
-    claim_jobs: LiteralString
-    claim_jobs_any_queue: LiteralString
-    complete_jobs: LiteralString
-    fail_jobs: LiteralString
-    release_jobs: LiteralString
-    release_lost_claims: LiteralString
-    update_progress: LiteralString
-    lock_running_job: LiteralString
-    stage_jobs: LiteralString
-    rescue_jobs: LiteralString
-    get_job: LiteralString
-    list_jobs: LiteralString
-    retry_jobs: LiteralString
-    cancel_job: LiteralString
-    delete_job: LiteralString
-    purge_queue: LiteralString
-    count_stale_ciphertexts: LiteralString
-    lock_stale_ciphertexts: LiteralString
-    update_ciphertexts: LiteralString
-
-
-class QueueQueries(NamedTuple):
-    set_queue_paused: LiteralString
-    queue_stats: LiteralString
-    notification_queue_usage: LiteralString
-    read_only_state: LiteralString
-    long_transactions: LiteralString
-    summarize_queues: LiteralString
-
-
-class WorkerQueries(NamedTuple):
-    heartbeat_worker: LiteralString
-    deregister_worker: LiteralString
-    delete_expired_workers: LiteralString
-    list_workers: LiteralString
-    acquire_leadership: LiteralString
-    resign_leadership: LiteralString
-    connection_limits: LiteralString
-    idle_session_timeout: LiteralString
-
-
-class EventQueries(NamedTuple):
-    list_job_events: LiteralString
-    last_seal: LiteralString
-    seal_cap: LiteralString
-    next_xid_after: LiteralString
-    range_digests: LiteralString
-    insert_seal: LiteralString
-    list_seals: LiteralString
-    get_seals: LiteralString
-    count_seals: LiteralString
-    count_pending_events: LiteralString
-    prunable_seals: LiteralString
-    count_prunable_events: LiteralString
-    delete_sealed_events: LiteralString
-    mark_seal_pruned: LiteralString
-    record_key_rotation: LiteralString
-
-
-JOBS = load_queries(JobQueries, "jobs.sql")
-QUEUES = load_queries(QueueQueries, "queues.sql")
-WORKERS = load_queries(WorkerQueries, "workers.sql")
-EVENTS = load_queries(EventQueries, "events.sql")
-
-NOTIFY_CHANNEL = "pgqueue_jobs"
-
-
+# Each subject module (jobs.py, workers.py, ...) loads its own file. The schedule store's queries
+# are still loaded here, where schedule_store.py (the scheduling branch's) imports them from.
 class ScheduleQueries(NamedTuple):
     db_now: LiteralString
     lock_for_sync: LiteralString
@@ -136,18 +60,3 @@ class ScheduleQueries(NamedTuple):
 
 
 SCHEDULES = load_queries(ScheduleQueries, "schedules.sql")
-
-
-class RetentionQueries(NamedTuple):
-    retention_cutoffs: LiteralString
-    delete_completed_jobs: LiteralString
-    delete_failed_jobs: LiteralString
-    count_prunable_jobs: LiteralString
-    delete_schedule_runs: LiteralString
-    count_prunable_schedule_runs: LiteralString
-    insert_prune_event: LiteralString
-    jobs_vacuum_state: LiteralString
-    vacuum_jobs: LiteralString
-
-
-RETENTION = load_queries(RetentionQueries, "retention.sql")

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import psycopg
 
 from pgqueue import _embedded, _migrate
-from pgqueue._db.admin import drop_database, recreate_database
+from pgqueue._db.databases import drop_database, recreate_database
 from pgqueue._soak import sql as soak_sql
 from pgqueue._soak.books import Scoreboard, check_books
 from pgqueue._soak.chaos import DATABASE_RESTART, KINDS, Chaos, plan_faults

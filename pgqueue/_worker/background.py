@@ -19,8 +19,9 @@ import psycopg
 
 from pgqueue._audit import AuditSealer
 from pgqueue._db.errors import first_line
+from pgqueue._db.jobs import JobStore
 from pgqueue._db.sessions import ReconnectingSession, capped_backoff
-from pgqueue._db.store import JobStore
+from pgqueue._db.workers import WorkerStore
 from pgqueue._log import get_logger
 from pgqueue.errors import PgqueueError
 
@@ -92,15 +93,11 @@ class Heartbeat(_ConnectedLoop):
     def tick(self, store: JobStore) -> None:
         now = time.monotonic()
         if now - self._last_beat >= self.lease_seconds / 4:
-            store.heartbeat_worker(self.worker_row)
+            WorkerStore(store.conn).heartbeat_worker(self.worker_row)
             self._last_beat = now
         updates = self._take_progress()
         if updates:
             store.update_progress(updates)
-
-    def beat_now(self, store: JobStore) -> None:
-        store.heartbeat_worker(self.worker_row)
-        self._last_beat = time.monotonic()
 
     def lease_current(self) -> bool:
         """True while at least half the lease is left since the last heartbeat that got through
@@ -108,7 +105,7 @@ class Heartbeat(_ConnectedLoop):
         return time.monotonic() - self._last_beat < self.lease_seconds / 2
 
     def on_stop(self, store: JobStore) -> None:
-        store.deregister_worker(self.worker_row["id"])
+        WorkerStore(store.conn).deregister_worker(self.worker_row["id"])
 
 
 class Maintenance(_ConnectedLoop):
@@ -126,7 +123,8 @@ class Maintenance(_ConnectedLoop):
         self.extra_duties = extra_duties or []
         self.sealer = AuditSealer()
 
-    def tick(self, store: JobStore) -> None:
+    def tick(self, job_store: JobStore) -> None:
+        store = WorkerStore(job_store.conn)
         was_leader = self.is_leader
         self.is_leader = store.acquire_leadership(self.LEADER, self.holder, self.ttl)
         if self.is_leader != was_leader:
@@ -142,10 +140,10 @@ class Maintenance(_ConnectedLoop):
             for job_id, state in rescued:
                 log.warning("job.rescued", job_id=job_id, to_state=state)
         store.delete_expired_workers(keep_seconds=max(self.ttl * 10, 300.0))
-        self.sealer(store)
+        self.sealer(job_store)
         for duty in self.extra_duties:
-            duty(store)
+            duty(job_store)
 
     def on_stop(self, store: JobStore) -> None:
         if self.is_leader:
-            store.resign_leadership(self.LEADER, self.holder)
+            WorkerStore(store.conn).resign_leadership(self.LEADER, self.holder)

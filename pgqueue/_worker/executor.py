@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from pgqueue._db.store import Outcome
+from pgqueue._db.jobs import Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
 from pgqueue._worker.payloads import PayloadSealer

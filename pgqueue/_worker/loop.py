@@ -26,7 +26,9 @@ import psycopg
 from psycopg import sql
 
 from pgqueue._db.errors import first_line
-from pgqueue._db.queries import NOTIFY_CHANNEL
+from pgqueue._db.jobs import AsyncJobStore, JobStore, Outcome
+from pgqueue._db.notifications import NOTIFY_CHANNEL
+from pgqueue._db.server import AsyncServerStore
 from pgqueue._db.sessions import (
     AsyncReconnectingSession,
     BoundedAsyncConnection,
@@ -34,7 +36,6 @@ from pgqueue._db.sessions import (
     open_async,
     session_options,
 )
-from pgqueue._db.store import AsyncJobStore, JobStore, Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import encode_json, encode_result
 from pgqueue._retention import Pruner, RetentionPolicy
@@ -49,7 +50,7 @@ from pgqueue.settings import Settings
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-    from pgqueue._db.store import JobStore as _JobStore
+    from pgqueue._db.jobs import JobStore as _JobStore
     from pgqueue.app import App
     from pgqueue.tasks import Task
 
@@ -223,12 +224,8 @@ class Worker:
         """
         try:
             async with await open_async(dsn, "worker-check") as conn:
-                role, limit, source = await AsyncJobStore(conn).connection_limit()
-                # PostgreSQL's BackendKeyData carries the backend's pid; a pooler (PgBouncer, in
-                # any pool mode) sends a key of its own instead, as the client's backend varies.
-                cur = await conn.execute("SELECT pg_backend_pid()")
-                row = await cur.fetchone()
-                self._pooled = row is not None and row[0] != conn.info.backend_pid
+                role, limit, source = await AsyncServerStore(conn).connection_limit()
+                self._pooled = await AsyncServerStore(conn).behind_pooler()
         except (PgqueueError, psycopg.Error, OSError):
             return
         self._connection_limit = limit
@@ -260,7 +257,7 @@ class Worker:
                 conn.answer_timeout = PROBE_TIMEOUT
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                 # Probe before the server's idle_session_timeout would end the session.
-                idle_limit = await AsyncJobStore(conn).idle_session_timeout()
+                idle_limit = await AsyncServerStore(conn).idle_session_timeout()
                 # A quarter, not a half: a busy host may run the probe late, and one miss costs
                 # the session and the notifications sent while it is replaced.
                 probe = probe_every if idle_limit <= 0 else max(0.1, min(probe_every, idle_limit / 4))

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pgqueue._crypto import Keyring, key_id_in
-from pgqueue._db.store import Outcome
+from pgqueue._db.jobs import Outcome
 from pgqueue._payload import encode_json
 from pgqueue.errors import EncryptionKeyMissing
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import connect
-from pgqueue._db.store import JobStore
 from pgqueue.cli._context import fail, resolve
 from pgqueue.jobs import JobState
+
+if TYPE_CHECKING:
+    from pgqueue._db.types import PsycopgConnection
+
+S = TypeVar("S")
 
 _MAX_BIGINT = 2**63 - 1
 
@@ -45,8 +50,15 @@ def parse_state(raw: str | None, allowed: Iterable[str] = tuple(JobState)) -> st
 
 
 @contextmanager
-def open_store(dsn: str | None) -> Iterator[JobStore]:
-    """A :class:`JobStore` on a new connection, committed when the block succeeds, else rolled back."""
+def open_session(dsn: str | None) -> Iterator[PsycopgConnection]:
+    """A new connection, committed when the block succeeds, else rolled back."""
     target = resolve(dsn)
     with translate_errors(), connect(target) as conn:
-        yield JobStore(conn)
+        yield conn
+
+
+@contextmanager
+def open_store(dsn: str | None, store: Callable[[PsycopgConnection], S]) -> Iterator[S]:
+    """A store (``JobStore``, ``QueueStore``...) on :func:`open_session`'s connection."""
+    with open_session(dsn) as conn:
+        yield store(conn)

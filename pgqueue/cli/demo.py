@@ -14,8 +14,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue._db.admin import recreate_database
-from pgqueue._db.store import JobStore
+from pgqueue._db.databases import recreate_database
+from pgqueue._db.queues import QueueStore
 from pgqueue._worker.loop import Worker
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.cli._logging import set_level
@@ -100,7 +100,7 @@ def demo(
     finished = False
     try:
         with app.connect(autocommit=True) as conn:
-            store = JobStore(conn)
+            store = QueueStore(conn)
             with Live(console=console, refresh_per_second=4, transient=not console.is_terminal) as live:
                 while time.monotonic() - started < timeout:
                     rows = store.queue_stats()

@@ -14,7 +14,7 @@ import typer
 
 from pgqueue._payload import check_queue_name
 from pgqueue.app import App
-from pgqueue.cli._admin import open_store
+from pgqueue.cli._admin import open_session
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import print_json
 from pgqueue.tasks import resolve_priority
@@ -82,10 +82,10 @@ def enqueue(
         check_queue_name(queue)
     resolve_priority(priority)
     app = App()
-    with open_store(dsn) as store:
+    with open_session(dsn) as conn:
         # A task the CLI has never seen is fine: producers need not import the workers' code.
         job_id = app.enqueue(
-            store.conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
+            conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
             max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt else None, tags=tag,
         )
     if json_output:

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from pgqueue._db.audit import AuditStore
+from pgqueue._db.jobs import JobStore
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._admin import actor, open_store, parse_job_id, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
@@ -123,7 +125,7 @@ def list_command(
     wanted = parse_state(state)
     if not 1 <= limit <= _MAX_LIMIT:
         fail(f"--limit {limit} must be between 1 and {_MAX_LIMIT}")
-    with open_store(dsn) as store:
+    with open_store(dsn, JobStore) as store:
         rows = store.list_jobs(queue, wanted, limit)
     emit(rows, LIST_COLUMNS, json_output=json_output, empty="no jobs match")
 
@@ -135,11 +137,11 @@ def show_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: Ds
     With --json, prints the job as a JSON object whose "events" key lists its pgqueue.job_events rows.
     """
     wanted = parse_job_id(job_id)
-    with open_store(dsn) as store:
+    with open_store(dsn, JobStore) as store:
         job = store.get_job(wanted)
         if job is None:
             fail(f"job {wanted} not found")
-        events = store.list_job_events(wanted)
+        events = AuditStore(store.conn).list_job_events(wanted)
     if json_output:
         print_json({**job, "events": events})
         return
@@ -175,7 +177,7 @@ def retry_command(
     if queue is not None:
         check_queue_name(queue)
     wanted = parse_job_id(job_id) if job_id is not None else None
-    with open_store(dsn) as store:
+    with open_store(dsn, JobStore) as store:
         if wanted is None:
             ids = store.retry_jobs(None, queue, only_failed=True, actor=actor())
         else:
@@ -201,7 +203,7 @@ def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: 
     the job stays cancelled.
     """
     wanted = parse_job_id(job_id)
-    with open_store(dsn) as store:
+    with open_store(dsn, JobStore) as store:
         previous, cancelled = store.cancel_job(wanted, actor())
     if previous is None:
         fail(f"job {wanted} not found")
@@ -217,7 +219,7 @@ def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: 
 def delete_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """Delete a job that is not running (its audit trail stays, with a 'deleted' event)."""
     wanted = parse_job_id(job_id)
-    with open_store(dsn) as store:
+    with open_store(dsn, JobStore) as store:
         if not store.delete_job(wanted, actor()):
             job = store.get_job(wanted)
             if job is None:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pgqueue import _key_rotation
 from pgqueue._crypto import Keyring, generate_key
+from pgqueue._db.keys import KeyStore
 from pgqueue.cli._admin import actor, open_store
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import print_json
@@ -52,7 +53,7 @@ def rotate_command(
     if not 1 <= batch <= 10_000:
         fail(f"--batch {batch} must be between 1 and 10000")
     keyring = Keyring(Settings.from_env().encryption_keys)
-    with open_store(dsn) as store:
+    with open_store(dsn, KeyStore) as store:
         total = _key_rotation.stale_counts(store, keyring)["jobs"]
         errors = Console(stderr=True)
         columns = (TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

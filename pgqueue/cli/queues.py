@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from pgqueue._db.jobs import JobStore
+from pgqueue._db.queues import QueueStore
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._admin import actor, open_store, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
@@ -41,14 +43,14 @@ def list_command(json_output: JsonOption = False, dsn: DsnOption = None) -> None
 
     With --json, "oldest_available_seconds" is the age in seconds of the queue's oldest available job.
     """
-    with open_store(dsn) as store:
+    with open_store(dsn, QueueStore) as store:
         rows = store.queue_stats()
     emit(rows, QUEUE_COLUMNS, json_output=json_output, empty="no queues yet (a queue appears with its first job)")
 
 
 def _set_paused(queue: str, paused: bool, json_output: bool, dsn: str | None) -> None:
     check_queue_name(queue)
-    with open_store(dsn) as store:
+    with open_store(dsn, QueueStore) as store:
         store.set_queue_paused(queue, paused, actor())
     if paused:
         message = f"paused queue {queue!r}: workers stop claiming its jobs; running jobs finish"
@@ -98,7 +100,7 @@ def purge_command(
     if not yes:
         if not sys.stdin.isatty():
             fail(f"refusing to purge queue {queue!r} without confirmation: stdin is not a terminal; pass --yes")
-        with open_store(dsn) as store:
+        with open_store(dsn, QueueStore) as store:
             stats = next((row for row in store.queue_stats() if row["queue"] == queue), None)
         count = _purgeable(stats, wanted)
         if count == 0:
@@ -108,7 +110,7 @@ def purge_command(
         question = f"Delete {count} {scope} from queue {queue!r} (running jobs are kept)? This cannot be undone"
         if not typer.confirm(question, default=False, err=True):
             fail("purge cancelled; nothing was deleted")
-    with open_store(dsn) as store:
+    with open_store(dsn, JobStore) as store:
         purged = store.purge_queue(queue, wanted, actor())
     emit_message(f"purged {purged} {scope} from queue {queue!r}", {"queue": queue, "state": wanted, "purged": purged},
                  json_output=json_output)

@@ -11,20 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pgqueue._db.errors import translate_errors
+from pgqueue._db.queues import QueueStore
+from pgqueue._db.server import ServerStore
 from pgqueue._db.sessions import connect
-from pgqueue._db.store import JobStore
-from pgqueue.cli._admin import open_store
+from pgqueue._db.workers import WorkerStore
+from pgqueue.cli._admin import open_session
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, format_seconds, print_json
 from pgqueue.cli.queues import QUEUE_COLUMNS
 from pgqueue.errors import PgqueueError, SchemaNotReady
 from pgqueue.jobs import JobState
 from pgqueue.settings import redact_dsn
+
+if TYPE_CHECKING:
+    from pgqueue._db.types import PsycopgConnection
 
 NOTIFICATION_NOTE = (
     "NOTIFY is transactional: PostgreSQL holds committed notifications in one server-wide queue until every "
@@ -60,10 +65,10 @@ def stats(json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     The notification queue matters because NOTIFY is transactional: if it fills, every commit that
     enqueues a job fails, including the application's own writes in that transaction.
     """
-    with open_store(dsn) as store:
-        queues = store.queue_stats()
-        workers = store.list_workers()
-        usage = store.notification_queue_usage()
+    with open_session(dsn) as conn:
+        queues = QueueStore(conn).queue_stats()
+        workers = WorkerStore(conn).list_workers()
+        usage = ServerStore(conn).notification_queue_usage()
     totals = _totals(queues)
     live = sum(1 for worker in workers if worker["alive"])
     if json_output:
@@ -90,9 +95,9 @@ class Check:
     detail: str
 
 
-def _backlog_check(store: JobStore, max_age: float) -> Check:
-    queues = store.queue_stats()
-    workers = [w for w in store.list_workers() if w["alive"]]
+def _backlog_check(conn: PsycopgConnection, max_age: float) -> Check:
+    queues = QueueStore(conn).queue_stats()
+    workers = [w for w in WorkerStore(conn).list_workers() if w["alive"]]
     oldest: float | None = None
     stranded: list[str] = []
     paused: list[str] = []
@@ -124,12 +129,12 @@ def _notification_check(usage: float) -> Check:
     return Check("notification_queue", "ok", detail)
 
 
-def _long_transaction_check(store: JobStore, max_xact_age: float) -> Check:
+def _long_transaction_check(server: ServerStore, max_xact_age: float) -> Check:
     # A warning, not a failure: pgqueue still works (jobs are claimed and completed), but vacuum
     # cannot remove the dead rows every job leaves behind while the transaction is open, so the
     # jobs table and its indexes bloat and claims slow down the longer it stays. The cure is
     # outside pgqueue (end that session), and restarting workers, which a probe would do, won't help.
-    found = store.long_transactions(max_xact_age)
+    found = server.long_transactions(max_xact_age)
     if not found:
         return Check("long_transactions", "ok", f"no transaction open longer than {format_seconds(max_xact_age)}")
     listed = "; ".join(
@@ -161,8 +166,8 @@ def _run_checks(target: str, max_age: float, max_xact_age: float = DEFAULT_MAX_X
                    for name in ("schema", "workers", "notification_queue", "long_transactions")]
         return [Check("database", "fail", str(exc)), *skipped]
     with translate_errors(), conn:
-        store = JobStore(conn)
-        read_only = store.read_only_reason()
+        server = ServerStore(conn)
+        read_only = server.read_only_reason()
         if read_only:
             database = Check("database", "fail", f"{redact_dsn(target)} is read-only ({read_only}): workers can "
                                                  "neither claim nor finish jobs, and every enqueue fails")
@@ -170,12 +175,12 @@ def _run_checks(target: str, max_age: float, max_xact_age: float = DEFAULT_MAX_X
             database = Check("database", "ok", f"reachable at {redact_dsn(target)}")
         checks = [database, _schema_check(target)]
         try:
-            checks.append(_backlog_check(store, max_age))
+            checks.append(_backlog_check(conn, max_age))
         except SchemaNotReady:
             conn.rollback()
             checks.append(Check("workers", "skipped", "the pgqueue schema is missing"))
-        checks.append(_notification_check(store.notification_queue_usage()))
-        checks.append(_long_transaction_check(store, max_xact_age))
+        checks.append(_notification_check(server.notification_queue_usage()))
+        checks.append(_long_transaction_check(server, max_xact_age))
     return checks
 
 

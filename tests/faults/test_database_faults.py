@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 import pgqueue
-from pgqueue._db.store import JobStore
+from pgqueue._db.workers import WorkerStore
 from pgqueue.errors import DatabaseUnavailable
 from tests.faults.conftest import (
     APP_PATH,
@@ -549,7 +549,7 @@ def test_leases_hold_for_their_full_length_after_a_database_restart(private_serv
     # the jobs of every live worker that is only reconnecting (the soak saw exactly that).
     lease = 3.0
     with private_server.admin() as admin:
-        store = JobStore(admin)
+        store = WorkerStore(admin)
         job_id = pgqueue.App().enqueue(admin, "noop", {})
         store.heartbeat_worker({"id": "w-reconnecting", "hostname": "h", "pid": 1, "queues": [],
                                 "concurrency": 1, "lease_seconds": lease})
@@ -559,7 +559,7 @@ def test_leases_hold_for_their_full_length_after_a_database_restart(private_serv
     time.sleep(lease + 0.5)  # the lease ran out while the server was down
     private_server.start()
     with private_server.admin() as admin:
-        store = JobStore(admin)
+        store = WorkerStore(admin)
         expired = admin.execute("SELECT lease_expires_at < now() FROM pgqueue.workers").fetchone()
         assert expired == (True,)
         assert store.rescue_jobs() == [], "rescued while the worker could not have heartbeated"

@@ -1,4 +1,4 @@
-"""JobStore's administrative methods (what `pgqueue jobs|queues|stats` run) on a real database.
+"""The stores' administrative methods (what `pgqueue jobs|queues|stats` run) on a real database.
 
 Tests share one migrated database per module and each runs in a transaction that is rolled back
 at the end (``tx``): reads see the test's own uncommitted writes, and no test sees another's.
@@ -17,8 +17,12 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App
+from pgqueue._db.audit import AuditStore
+from pgqueue._db.jobs import JobStore, Outcome
+from pgqueue._db.queues import QueueStore
+from pgqueue._db.server import ServerStore
 from pgqueue._db.sessions import connect
-from pgqueue._db.store import JobStore, Outcome
+from pgqueue._db.workers import WorkerStore
 from pgqueue.errors import DatabaseUnavailable, InvalidDSN
 from tests.helpers import scratch_database
 
@@ -188,7 +192,7 @@ def test_delete_removes_a_finished_job_but_never_a_running_one_and_keeps_the_tra
     assert store.get_job(done) is None
     assert state_of(tx, running) == "running"
     assert events(tx, done)[-1][:4] == ("deleted", "completed", None, ACTOR)
-    assert [e["event"] for e in store.list_job_events(done)] == ["enqueued", "deleted"]
+    assert [e["event"] for e in AuditStore(tx).list_job_events(done)] == ["enqueued", "deleted"]
 
 
 def test_purge_deletes_one_queues_jobs_by_state_never_running_ones_and_audits_each(tx: Conn) -> None:
@@ -213,7 +217,7 @@ def test_purge_deletes_one_queues_jobs_by_state_never_running_ones_and_audits_ea
 
 
 def test_pause_and_resume_show_in_queue_stats_and_write_queue_level_audit_rows(tx: Conn) -> None:
-    store = JobStore(tx)
+    store = QueueStore(tx)
     enqueue(tx, queue="emails")
 
     store.set_queue_paused("emails", True, ACTOR)
@@ -230,7 +234,7 @@ def test_pause_and_resume_show_in_queue_stats_and_write_queue_level_audit_rows(t
 
 
 def test_resuming_a_queue_notifies_listening_workers_on_commit(dsn: str, conn: Conn) -> None:
-    store = JobStore(conn)
+    store = QueueStore(conn)
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgqueue_jobs")
         store.set_queue_paused("emails", False, ACTOR)
@@ -241,7 +245,7 @@ def test_resuming_a_queue_notifies_listening_workers_on_commit(dsn: str, conn: C
 
 
 def test_queue_stats_counts_jobs_per_state_and_the_age_of_the_oldest_available_job(tx: Conn) -> None:
-    store = JobStore(tx)
+    store = QueueStore(tx)
     old, _new, failed = (enqueue(tx, queue="a") for _ in range(3))
     enqueue(tx, queue="a", delay=3600)
     force_state(tx, failed, "failed")
@@ -257,13 +261,13 @@ def test_queue_stats_counts_jobs_per_state_and_the_age_of_the_oldest_available_j
 
 
 def test_notification_queue_usage_is_a_fraction_of_the_server_queue(tx: Conn) -> None:
-    usage = JobStore(tx).notification_queue_usage()
+    usage = ServerStore(tx).notification_queue_usage()
     assert isinstance(usage, float)
     assert 0.0 <= usage < 0.5
 
 
 def test_list_workers_marks_workers_whose_lease_expired_as_not_alive(tx: Conn) -> None:
-    store = JobStore(tx)
+    store = WorkerStore(tx)
     for worker_id, lease in (("live", 60), ("dead", -60)):
         store.heartbeat_worker({"id": worker_id, "hostname": "h", "pid": 1, "queues": ["a"], "concurrency": 2,
                                 "lease_seconds": lease})
@@ -279,7 +283,7 @@ def test_list_job_events_returns_one_jobs_trail_in_the_order_it_happened(tx: Con
     store.cancel_job(job_id, ACTOR)
     store.cancel_job(other, ACTOR)
 
-    trail = store.list_job_events(job_id)
+    trail = AuditStore(tx).list_job_events(job_id)
 
     assert [e["event"] for e in trail] == ["enqueued", "retried", "cancelled"]
     assert [e["id"] for e in trail] == sorted(e["id"] for e in trail)

@@ -23,7 +23,8 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App, JobSpec, _audit, _migrate, _retention
-from pgqueue._db.store import JobStore
+from pgqueue._db.jobs import JobStore
+from pgqueue._db.queues import QueueStore
 from pgqueue._worker.background import Maintenance
 from tests.helpers import wait_until
 
@@ -39,7 +40,7 @@ def _trail(conn: Conn, jobs: int = 20) -> list[int]:
     store = JobStore(conn)
     store.cancel_job(ids[0], ACTOR)
     store.retry_jobs([ids[0]], None, False, ACTOR)
-    store.set_queue_paused("default", True, ACTOR)
+    QueueStore(conn).set_queue_paused("default", True, ACTOR)
     return ids
 
 

@@ -19,8 +19,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App, JobSpec
-from pgqueue._db.queries import JOBS
-from pgqueue._db.store import AsyncJobStore
+from pgqueue._db.jobs import JOBS, AsyncJobStore
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
 from tests.helpers import empty_tables, scratch_database

@@ -22,7 +22,8 @@ from structlog.typing import EventDict
 
 from pgqueue import App, Backoff, Job, JobSpec
 from pgqueue._crypto import Keyring, generate_key, key_id_in
-from pgqueue._db.store import JobStore
+from pgqueue._db.jobs import JobStore
+from pgqueue._db.keys import KeyStore
 from pgqueue._key_rotation import rotate
 from pgqueue._scheduler import Scheduler
 from pgqueue._worker.loop import Worker
@@ -354,9 +355,9 @@ def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_ke
 
     keyring = Keyring((NEW, OLD))
     with psycopg.connect(dsn) as conn:
-        dry = rotate(JobStore(conn), keyring, batch=1, dry_run=True)
-        report = rotate(JobStore(conn), keyring, batch=1, actor="cli:test")
-        again = rotate(JobStore(conn), keyring, batch=1, actor="cli:test")
+        dry = rotate(KeyStore(conn), keyring, batch=1, dry_run=True)
+        report = rotate(KeyStore(conn), keyring, batch=1, actor="cli:test")
+        again = rotate(KeyStore(conn), keyring, batch=1, actor="cli:test")
 
     assert dry.as_dict()["args"] == 2
     assert report.as_dict() | {"remaining": None} == {
@@ -386,7 +387,7 @@ def test_rotate_leaves_ciphertexts_under_unknown_keys_untouched_and_reports_them
     before = bytes(row(db, job_id)["args_encrypted"])
 
     with psycopg.connect(dsn) as conn:
-        report = rotate(JobStore(conn), Keyring((NEW,)), actor="cli:test")
+        report = rotate(KeyStore(conn), Keyring((NEW,)), actor="cli:test")
 
     assert report.unreadable == {Keyring((lost_key,)).newest.hex_id: 1}
     assert report.remaining["args"] == 1

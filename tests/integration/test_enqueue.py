@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from pgqueue import App, JobSpec
-from pgqueue._db.queries import NOTIFY_CHANNEL
-from pgqueue._db.store import JobStore
+from pgqueue._db.jobs import JobStore
+from pgqueue._db.notifications import NOTIFY_CHANNEL
 from pgqueue.errors import (
     ArgsNotSerializable,
     ConfigurationError,

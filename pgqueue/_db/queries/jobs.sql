@@ -1,7 +1,8 @@
 -- Queries on pgqueue.jobs. Every state change writes its pgqueue.job_events row in the same
 -- statement (a data-modifying CTE), so the audit trail commits or rolls back with the change.
--- NOTIFY: pg_notify de-duplicates identical (channel, payload) pairs within a transaction,
--- so however many rows a statement touches, each queue is woken once per transaction.
+-- NOTIFY: the channel is %(channel)s (pgqueue._db.notifications.NOTIFY_CHANNEL) in every file,
+-- the payload the queue's name. pg_notify de-duplicates identical (channel, payload) pairs within a
+-- transaction, so however many rows a statement touches, each queue is woken once per transaction.
 
 -- name: insert_job
 -- A job without a unique_key. No ON CONFLICT clause: any arbiter index makes every insert a
@@ -28,7 +29,7 @@ WITH input AS (
     INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
     SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
 )
-SELECT id, CASE WHEN state = 'available' THEN pg_notify('pgqueue_jobs', queue) END FROM inserted;
+SELECT id, CASE WHEN state = 'available' THEN pg_notify(%(channel)s, queue) END FROM inserted;
 
 -- name: insert_unique_job
 -- A job with a unique_key: no row comes back when a live job holds the key.
@@ -56,7 +57,7 @@ WITH input AS (
     INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
     SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
 
@@ -91,7 +92,7 @@ WITH input AS (
     INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
     SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
 )
 -- Rows that lost a unique_key conflict come back with inserted = false; the caller resolves them.
 SELECT input.id, input.unique_key, ins.id IS NOT NULL AS inserted, (SELECT count(*) FROM notified) AS notified
@@ -107,7 +108,7 @@ SELECT nextval('pgqueue.jobs_id_seq') FROM generate_series(1, %(count)s::int);
 
 -- name: notify_queues
 -- Sent by PostgreSQL only if the transaction commits.
-SELECT pg_notify('pgqueue_jobs', queue) FROM unnest(%(queues)s::text[]) AS queue;
+SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
 
 -- name: copy_jobs
 -- The columns left out take the table's defaults: state 'available', run_at and enqueued_at now().
@@ -224,7 +225,7 @@ WITH failed AS (
     SELECT id, event, 'running', state, attempt, worker_id, jsonb_build_object('error_type', error_type)
     FROM updated
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM updated;
 
@@ -243,7 +244,7 @@ WITH released AS (
            jsonb_build_object('reason', 'worker shutdown', 'counted_attempt', false)
     FROM released
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM released) AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM released) AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM released;
 
@@ -262,7 +263,7 @@ WITH lost AS (
            jsonb_build_object('reason', 'claim reply lost', 'counted_attempt', false)
     FROM lost
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM lost) AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM lost) AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM lost;
 
@@ -271,71 +272,6 @@ UPDATE pgqueue.jobs AS j
 SET progress = p.progress, progress_note = p.note
 FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(progress)b::real[], %(notes)b::text[]) AS p(id, token, progress, note)
 WHERE j.id = p.id AND j.lease_token = p.token AND j.state = 'running';
-
--- name: lock_running_job
--- A transactional handler's completion: lock the row under the claim's token first, so the
--- handler's writes and the completion commit together or not at all.
-SELECT id FROM pgqueue.jobs
-WHERE id = %(id)s AND lease_token = %(token)s::uuid AND state = 'running'
-FOR NO KEY UPDATE;
-
--- name: stage_jobs
--- Scheduled jobs whose time has come become claimable (run by the maintenance leader).
-WITH due AS MATERIALIZED (
-    SELECT id FROM pgqueue.jobs
-    WHERE state = 'scheduled' AND run_at <= now()
-    ORDER BY run_at
-    LIMIT %(limit)s
-    FOR NO KEY UPDATE SKIP LOCKED
-), staged AS (
-    UPDATE pgqueue.jobs AS j SET state = 'available'
-    FROM due WHERE j.id = due.id
-    RETURNING j.id, j.queue, j.attempt
-), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt)
-    SELECT id, 'available', 'scheduled', 'available', attempt FROM staged
-), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM staged) AS q
-)
-SELECT count(*) AS staged, (SELECT count(*) FROM notified) AS notified FROM staged;
-
--- name: rescue_jobs
--- Running jobs whose worker stopped heartbeating go back to available, or to failed when they
--- have no attempts left. The lease token is cleared, so the lost worker's late ack is refused.
--- A lease also holds for its full length after the server (re)started: while the database was
--- down no worker could heartbeat, and rescuing then would re-run jobs whose live workers were
--- only reconnecting.
-WITH orphaned AS MATERIALIZED (
-    SELECT j.id FROM pgqueue.jobs AS j
-    WHERE j.state = 'running'
-      AND NOT EXISTS (
-          SELECT 1 FROM pgqueue.workers AS w
-          WHERE w.id = j.worker_id
-            AND (w.lease_expires_at > now()
-                 OR pg_postmaster_start_time() + (w.lease_expires_at - w.heartbeat_at) > now())
-      )
-    LIMIT %(limit)s
-    FOR NO KEY UPDATE SKIP LOCKED
-), rescued AS (
-    UPDATE pgqueue.jobs AS j
-    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available' END,
-        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
-        run_at = now(),
-        lease_token = NULL,
-        last_error = jsonb_build_object(
-            'type', 'LeaseExpired',
-            'message', 'worker ' || COALESCE(j.worker_id, '?') || ' stopped heartbeating while the job ran')
-    FROM orphaned
-    WHERE j.id = orphaned.id
-    RETURNING j.id, j.queue, j.state, j.attempt, j.worker_id
-), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
-    SELECT id, 'rescued', 'running', state, attempt, worker_id, jsonb_build_object('error_type', 'LeaseExpired')
-    FROM rescued
-), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
-)
-SELECT id, state, (SELECT count(*) FROM notified) AS notified FROM rescued;
 
 -- name: get_job
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
@@ -377,7 +313,7 @@ WITH before AS MATERIALIZED (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
     SELECT id, 'retried', from_state, 'available', attempt, %(actor)s FROM retried
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM retried) AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
@@ -421,39 +357,13 @@ WITH purged AS (
 )
 SELECT count(*) AS purged FROM purged;
 
--- name: count_stale_ciphertexts
--- Ciphertexts not under the newest key (bytes 2-9 of each are its key id): what `keys rotate` has
--- left to do. A full scan, fine for an operator's command.
-SELECT count(*) AS jobs,
-       count(*) FILTER (WHERE substring(args_encrypted FROM 2 FOR 8) <> %(key_id)s) AS args,
-       count(*) FILTER (WHERE substring(result_encrypted FROM 2 FOR 8) <> %(key_id)s) AS results,
-       count(*) FILTER (WHERE substring(error_encrypted FROM 2 FOR 8) <> %(key_id)s) AS errors
-FROM pgqueue.jobs
-WHERE substring(args_encrypted FROM 2 FOR 8) <> %(key_id)s
-   OR substring(result_encrypted FROM 2 FOR 8) <> %(key_id)s
-   OR substring(error_encrypted FROM 2 FOR 8) <> %(key_id)s;
-
--- name: lock_stale_ciphertexts
--- One batch for `keys rotate`, in id order after a cursor so a row that cannot be re-encrypted is
--- passed over, not fetched forever. SKIP LOCKED: a row a worker is claiming or acking right now is
--- left for the next run (the command reports what remains). Running jobs are included: their
--- worker already holds the plaintext args and its ack writes only result/error, after this lock.
-SELECT id, task, args_encrypted, result_encrypted, error_encrypted
-FROM pgqueue.jobs
-WHERE id > %(after_id)s
-  AND (substring(args_encrypted FROM 2 FOR 8) <> %(key_id)s
-       OR substring(result_encrypted FROM 2 FOR 8) <> %(key_id)s
-       OR substring(error_encrypted FROM 2 FOR 8) <> %(key_id)s)
-ORDER BY id
-LIMIT %(limit)s
-FOR NO KEY UPDATE SKIP LOCKED;
-
--- name: update_ciphertexts
--- Writes back a batch re-encrypted under the newest key; a NULL keeps the column as it was.
-UPDATE pgqueue.jobs AS j
-SET args_encrypted = COALESCE(u.args_encrypted, j.args_encrypted),
-    result_encrypted = COALESCE(u.result_encrypted, j.result_encrypted),
-    error_encrypted = COALESCE(u.error_encrypted, j.error_encrypted)
-FROM unnest(%(ids)b::bigint[], %(args_encrypted)b::bytea[], %(results_encrypted)b::bytea[],
-            %(errors_encrypted)b::bytea[]) AS u(id, args_encrypted, result_encrypted, error_encrypted)
-WHERE j.id = u.id;
+-- name: find_pending_job
+-- Work left for a worker serving %(queues)s (NULL: every queue): a job running anywhere, or one
+-- claimable now or once staged (scheduled and due). Jobs scheduled in the future and jobs of
+-- paused queues that no one runs do not count: Worker.run_until_empty stops without them.
+SELECT id FROM pgqueue.jobs AS j
+WHERE (%(queues)b::text[] IS NULL OR j.queue = ANY(%(queues)b::text[]))
+  AND (j.state = 'running'
+       OR ((j.state = 'available' OR (j.state = 'scheduled' AND j.run_at <= now()))
+           AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = j.queue AND q.paused)))
+LIMIT 1;

@@ -13,7 +13,7 @@ WITH upserted AS (
     FROM upserted
 ), notified AS (
     -- Resuming wakes idle workers so the backlog starts at once.
-    SELECT pg_notify('pgqueue_jobs', name) FROM upserted WHERE NOT paused
+    SELECT pg_notify(%(channel)s, name) FROM upserted WHERE NOT paused
 )
 SELECT name, paused, (SELECT count(*) FROM notified) AS notified FROM upserted;
 
@@ -22,26 +22,6 @@ SELECT queue, paused, scheduled, available, running, completed, failed, cancelle
        EXTRACT(EPOCH FROM oldest_available_age)::float8 AS oldest_available_seconds
 FROM pgqueue.queue_stats
 ORDER BY queue;
-
--- name: notification_queue_usage
-SELECT pg_notification_queue_usage() AS usage;
-
--- name: read_only_state
--- Whether this session can write: not on a standby, and not under default_transaction_read_only
--- (ALTER SYSTEM/DATABASE/ROLE, often used to fence a primary during a failover).
-SELECT pg_is_in_recovery() AS in_recovery, current_setting('transaction_read_only') = 'on' AS read_only;
-
--- name: long_transactions
--- Client transactions open for over %(max_age)s seconds in this database, oldest first, except
--- our own session. Only this database's sessions hold back vacuum of its tables (pgqueue.jobs
--- among them). Without pg_read_all_stats, other roles' sessions show no xact_start: not listed.
-SELECT pid, usename AS "user", application_name, state,
-       extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age_seconds
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-  AND xact_start < clock_timestamp() - make_interval(secs => %(max_age)s)
-ORDER BY xact_start
-LIMIT 10;
 
 -- name: summarize_queues
 -- Per-queue outcome summary for reports and the demo: attempts beyond the first are retries;

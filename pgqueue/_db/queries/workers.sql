@@ -1,4 +1,6 @@
--- Worker registry and leader leases. Times always come from the database clock.
+-- The worker fleet: the registry (heartbeats, leases), the leader lease, and what the
+-- maintenance leader does for the fleet: stage due scheduled jobs, rescue the jobs of dead
+-- workers, forget workers long dead. Times always come from the database clock.
 
 -- name: heartbeat_worker
 -- Registers the worker on first call and renews its lease afterwards; re-creates the row if the
@@ -36,15 +38,60 @@ RETURNING holder;
 -- name: resign_leadership
 DELETE FROM pgqueue.leaders WHERE name = %(name)s AND holder = %(holder)s;
 
--- name: connection_limits
--- What caps the sessions of this login on this database: its role's and the database's
--- CONNECTION LIMIT (-1: none). Superusers are exempt from both.
-SELECT r.rolname, r.rolsuper, r.rolconnlimit, d.datconnlimit
-FROM pg_catalog.pg_roles AS r, pg_catalog.pg_database AS d
-WHERE r.rolname = current_user AND d.datname = current_database();
+-- name: stage_jobs
+-- Scheduled jobs whose time has come become claimable (run by the maintenance leader).
+WITH due AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'scheduled' AND run_at <= now()
+    ORDER BY run_at
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), staged AS (
+    UPDATE pgqueue.jobs AS j SET state = 'available'
+    FROM due WHERE j.id = due.id
+    RETURNING j.id, j.queue, j.attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt)
+    SELECT id, 'available', 'scheduled', 'available', attempt FROM staged
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM staged) AS q
+)
+SELECT count(*) AS staged, (SELECT count(*) FROM notified) AS notified FROM staged;
 
--- name: idle_session_timeout
--- Seconds after which the server ends a session idle outside a transaction (0: never). A role or
--- database may set it to reap idle pooled connections; the worker's LISTEN session probes within
--- it, since a listener that is dropped again and again also drops the notifications sent meanwhile.
-SELECT COALESCE(extract(epoch FROM current_setting('idle_session_timeout', true)::interval), 0)::float8;
+-- name: rescue_jobs
+-- Running jobs whose worker stopped heartbeating go back to available, or to failed when they
+-- have no attempts left. The lease token is cleared, so the lost worker's late ack is refused.
+-- A lease also holds for its full length after the server (re)started: while the database was
+-- down no worker could heartbeat, and rescuing then would re-run jobs whose live workers were
+-- only reconnecting.
+WITH orphaned AS MATERIALIZED (
+    SELECT j.id FROM pgqueue.jobs AS j
+    WHERE j.state = 'running'
+      AND NOT EXISTS (
+          SELECT 1 FROM pgqueue.workers AS w
+          WHERE w.id = j.worker_id
+            AND (w.lease_expires_at > now()
+                 OR pg_postmaster_start_time() + (w.lease_expires_at - w.heartbeat_at) > now())
+      )
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available' END,
+        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        run_at = now(),
+        lease_token = NULL,
+        last_error = jsonb_build_object(
+            'type', 'LeaseExpired',
+            'message', 'worker ' || COALESCE(j.worker_id, '?') || ' stopped heartbeating while the job ran')
+    FROM orphaned
+    WHERE j.id = orphaned.id
+    RETURNING j.id, j.queue, j.state, j.attempt, j.worker_id
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
+    SELECT id, 'rescued', 'running', state, attempt, worker_id, jsonb_build_object('error_type', 'LeaseExpired')
+    FROM rescued
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+)
+SELECT id, state, (SELECT count(*) FROM notified) AS notified FROM rescued;

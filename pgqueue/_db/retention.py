@@ -1,4 +1,4 @@
-"""RetentionStore: one method per named query of ``retention.sql``.
+"""Retention (``retention.sql``): delete finished work by age, in batches, and vacuum ``pgqueue.jobs``.
 
 The store runs SQL and returns plain values; :mod:`pgqueue._retention` decides what to delete,
 in which order and when to vacuum.
@@ -8,13 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString, NamedTuple
 
 import psycopg
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.queries import RETENTION
+from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
+
+
+class RetentionQueries(NamedTuple):
+    retention_cutoffs: LiteralString
+    delete_completed_jobs: LiteralString
+    delete_failed_jobs: LiteralString
+    count_prunable_jobs: LiteralString
+    delete_schedule_runs: LiteralString
+    count_prunable_schedule_runs: LiteralString
+    insert_prune_event: LiteralString
+    jobs_vacuum_state: LiteralString
+    vacuum_jobs: LiteralString
+
+
+RETENTION = load_queries(RetentionQueries, "retention.sql")
 
 
 @dataclass(frozen=True)
@@ -55,7 +70,7 @@ class RetentionStore:
         """Delete up to ``limit`` failed or cancelled jobs finished before ``before``."""
         return self._delete_jobs(RETENTION.delete_failed_jobs, before, limit)
 
-    def _delete_jobs(self, query: Any, before: datetime, limit: int) -> dict[str, int]:
+    def _delete_jobs(self, query: LiteralString, before: datetime, limit: int) -> dict[str, int]:
         with translate_errors():
             rows = self.conn.execute(query, {"before": before, "limit": limit}).fetchall()
         return {str(state): int(count) for state, count in rows}

@@ -1,7 +1,7 @@
 -- Queries on pgqueue.job_events, the append-only audit trail, and pgqueue.audit_seals, the hash
 -- chain over it. Event rows are written by the statements that change state (jobs.sql,
--- queues.sql, schedules.sql), in the same transaction; this file reads them, seals them and
--- prunes whole sealed ranges.
+-- workers.sql, queues.sql, schedules.sql, keys.sql, retention.sql), in the same transaction; this
+-- file reads them, seals them and prunes whole sealed ranges.
 
 -- name: list_job_events
 -- The trail of one job in the order it happened (id, not at: several rows share a transaction's now()),
@@ -116,8 +116,3 @@ WHERE (xid >= %(xid_from)s AND xid < %(xid_to)s) OR (%(xid_from)s = '0'::xid8 AN
 
 -- name: mark_seal_pruned
 UPDATE pgqueue.audit_seals SET pruned_at = now() WHERE seal_no = %(seal_no)s AND pruned_at IS NULL;
-
--- name: record_key_rotation
--- One row per `pgqueue keys rotate` run: counts and key ids only, never payloads or keys.
-INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
-VALUES (NULL, 'keys_rotated', %(actor)s, %(detail)s::jsonb);

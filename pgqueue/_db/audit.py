@@ -1,4 +1,4 @@
-"""AuditStore: one method per named query on the audit trail's seal chain (``events.sql``).
+"""The audit trail (``audit.sql``): a job's events, and the seal chain over ``pgqueue.job_events``.
 
 The store runs SQL and returns rows; :mod:`pgqueue._audit` decides what to seal, chains the
 digests and judges what verification finds.
@@ -9,13 +9,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.queries import EVENTS
+from pgqueue._db.queries import load_queries
+
+
+class AuditQueries(NamedTuple):
+    list_job_events: LiteralString
+    last_seal: LiteralString
+    seal_cap: LiteralString
+    next_xid_after: LiteralString
+    range_digests: LiteralString
+    insert_seal: LiteralString
+    list_seals: LiteralString
+    get_seals: LiteralString
+    count_seals: LiteralString
+    count_pending_events: LiteralString
+    prunable_seals: LiteralString
+    count_prunable_events: LiteralString
+    delete_sealed_events: LiteralString
+    mark_seal_pruned: LiteralString
+
+
+AUDIT = load_queries(AuditQueries, "audit.sql")
 
 
 @dataclass(frozen=True)
@@ -37,27 +57,33 @@ class RangeDigest:
 
 
 class AuditStore:
-    """Seal-chain queries on one psycopg connection; transactions are the caller's."""
+    """Audit-trail queries on one psycopg connection; transactions are the caller's."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
+    def list_job_events(self, job_id: int) -> list[dict[str, Any]]:
+        """One job's events in order, each with the ``seal_no`` covering it (None while pending)."""
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(AUDIT.list_job_events, {"job_id": job_id})
+            return cur.fetchall()
+
     def head(self) -> Head:
         with translate_errors():
-            row = self.conn.execute(EVENTS.last_seal).fetchone()
+            row = self.conn.execute(AUDIT.last_seal).fetchone()
         assert row is not None  # noqa: S101 - a LEFT JOIN from one row always returns one row
         seal_no, xid_to, digest, horizon = row
         return Head(seal_no, _xid(xid_to), bytes(digest) if digest is not None else None, int(_xid(horizon) or 0))
 
     def seal_cap(self, xid_from: int, xid_to: int, max_events: int) -> int | None:
         with translate_errors():
-            row = self.conn.execute(EVENTS.seal_cap, {"xid_from": str(xid_from), "xid_to": str(xid_to),
+            row = self.conn.execute(AUDIT.seal_cap, {"xid_from": str(xid_from), "xid_to": str(xid_to),
                                                        "max_events": max_events}).fetchone()
         return _xid(row[0]) if row else None
 
     def next_xid_after(self, xid: int, xid_to: int) -> int | None:
         with translate_errors():
-            row = self.conn.execute(EVENTS.next_xid_after, {"xid": str(xid), "xid_to": str(xid_to)}).fetchone()
+            row = self.conn.execute(AUDIT.next_xid_after, {"xid": str(xid), "xid_to": str(xid_to)}).fetchone()
         return _xid(row[0]) if row else None
 
     def range_digests(self, ranges: Sequence[tuple[int, int]]) -> list[RangeDigest]:
@@ -66,7 +92,7 @@ class AuditStore:
             return []
         params = {"xid_from": [str(lo) for lo, _ in ranges], "xid_to": [str(hi) for _, hi in ranges]}
         with translate_errors():
-            rows = self.conn.execute(EVENTS.range_digests, params).fetchall()
+            rows = self.conn.execute(AUDIT.range_digests, params).fetchall()
         return [RangeDigest(int(events), first_at, last_at, bytes(digest))
                 for _, events, first_at, last_at, digest in rows]
 
@@ -74,7 +100,7 @@ class AuditStore:
                     digest: bytes) -> bool:
         """Insert a seal; False when a concurrent sealer already wrote this ``seal_no``."""
         with translate_errors():
-            row = self.conn.execute(EVENTS.insert_seal, {
+            row = self.conn.execute(AUDIT.insert_seal, {
                 "seal_no": seal_no, "xid_from": str(xid_from), "xid_to": str(xid_to), "events": rng.events,
                 "first_at": rng.first_at, "last_at": rng.last_at, "prev_digest": prev_digest, "digest": digest,
             }).fetchone()
@@ -82,10 +108,10 @@ class AuditStore:
 
     def list_seals(self, after: int, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` seals after ``after``, in chain order."""
-        return self._seals(EVENTS.list_seals, {"after": after, "limit": limit})
+        return self._seals(AUDIT.list_seals, {"after": after, "limit": limit})
 
     def get_seals(self, seal_nos: Sequence[int]) -> list[dict[str, Any]]:
-        return self._seals(EVENTS.get_seals, {"seal_nos": list(seal_nos)})
+        return self._seals(AUDIT.get_seals, {"seal_nos": list(seal_nos)})
 
     def _seals(self, query: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
@@ -98,31 +124,31 @@ class AuditStore:
 
     def count_seals(self) -> int:
         with translate_errors():
-            row = self.conn.execute(EVENTS.count_seals).fetchone()
+            row = self.conn.execute(AUDIT.count_seals).fetchone()
         return int(row[0]) if row else 0
 
     def count_pending_events(self, xid_from: int) -> int:
         with translate_errors():
-            row = self.conn.execute(EVENTS.count_pending_events, {"xid_from": str(xid_from)}).fetchone()
+            row = self.conn.execute(AUDIT.count_pending_events, {"xid_from": str(xid_from)}).fetchone()
         return int(row[0]) if row else 0
 
     def prunable_seals(self, limit: int) -> list[tuple[int, int, int, datetime]]:
         """The oldest unpruned seals: (seal_no, xid_from, xid_to, last_at)."""
         with translate_errors():
-            rows = self.conn.execute(EVENTS.prunable_seals, {"limit": limit}).fetchall()
+            rows = self.conn.execute(AUDIT.prunable_seals, {"limit": limit}).fetchall()
         return [(int(n), int(_xid(lo) or 0), int(_xid(hi) or 0), last_at) for n, lo, hi, last_at in rows]
 
     def count_prunable_events(self, before: datetime) -> int:
         with translate_errors():
-            row = self.conn.execute(EVENTS.count_prunable_events, {"before": before}).fetchone()
+            row = self.conn.execute(AUDIT.count_prunable_events, {"before": before}).fetchone()
         return int(row[0]) if row else 0
 
     def prune_seal(self, seal_no: int, xid_from: int, xid_to: int) -> int:
         """Delete a sealed range's events and mark the seal pruned, atomically; returns rows deleted."""
         with translate_errors(), self.conn.transaction():
-            deleted = self.conn.execute(EVENTS.delete_sealed_events,
+            deleted = self.conn.execute(AUDIT.delete_sealed_events,
                                         {"xid_from": str(xid_from), "xid_to": str(xid_to)}).rowcount
-            self.conn.execute(EVENTS.mark_seal_pruned, {"seal_no": seal_no})
+            self.conn.execute(AUDIT.mark_seal_pruned, {"seal_no": seal_no})
         return deleted
 
 

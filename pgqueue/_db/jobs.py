@@ -1,0 +1,506 @@
+"""Jobs (``jobs.sql``): enqueue, claim, acknowledge, progress, and an operator's actions on jobs.
+
+``JobStore`` and ``AsyncJobStore`` are twins: a method of the same name runs the same statements,
+on a psycopg ``Connection`` or ``AsyncConnection``; each exists in the flavour its callers need
+(enqueue and completion in both, the claim loop's statements only async, the heartbeat's progress
+and the operator's actions only sync). Rows in, dataclasses out; errors through
+:func:`pgqueue._db.errors.translate_errors`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, LiteralString, NamedTuple
+
+import psycopg
+from psycopg.rows import dict_row, tuple_row
+
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.notifications import NOTIFY_CHANNEL
+from pgqueue._db.queries import load_queries
+from pgqueue._payload import encode_json
+from pgqueue.errors import DatabaseUnavailable, SchemaNotReady
+from pgqueue.jobs import Job
+
+
+class JobQueries(NamedTuple):
+    insert_job: LiteralString
+    insert_unique_job: LiteralString
+    insert_jobs: LiteralString
+    reserve_job_ids: LiteralString
+    notify_queues: LiteralString
+    copy_jobs: LiteralString
+    copy_job_events: LiteralString
+    savepoint_enqueue_many: LiteralString
+    rollback_to_enqueue_many: LiteralString
+    release_enqueue_many: LiteralString
+    find_live_job_by_unique_key: LiteralString
+    claim_jobs: LiteralString
+    claim_jobs_any_queue: LiteralString
+    complete_jobs: LiteralString
+    fail_jobs: LiteralString
+    release_jobs: LiteralString
+    release_lost_claims: LiteralString
+    update_progress: LiteralString
+    get_job: LiteralString
+    list_jobs: LiteralString
+    retry_jobs: LiteralString
+    cancel_job: LiteralString
+    delete_job: LiteralString
+    purge_queue: LiteralString
+    find_pending_job: LiteralString
+
+
+JOBS = load_queries(JobQueries, "jobs.sql")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated row to insert: args as JSON text, or (encrypted jobs) NULL and the ciphertext."""
+
+    task: str
+    queue: str
+    priority: int
+    args: str | None
+    max_attempts: int
+    run_at: datetime | None
+    delay: float
+    unique_key: str | None
+    tags: tuple[str, ...]
+    args_encrypted: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished attempt, waiting to be written: completed, retried or failed."""
+
+    job_id: int
+    token: str
+    state: str  # completed | scheduled | available | failed
+    result: str | None = None
+    delay: float = 0.0
+    error: str | None = None
+    # Encrypted jobs: result is None and error holds only the type; the payloads are these.
+    result_encrypted: bytes | None = None
+    error_encrypted: bytes | None = None
+    event: str = "completed"
+    progress: float | None = None
+    progress_note: str | None = None
+
+
+def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
+    # No tags travel as NULL: adapting an empty list costs more than the server's COALESCE.
+    return {
+        "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args,
+        "args_encrypted": job.args_encrypted,
+        "max_attempts": job.max_attempts, "run_at": job.run_at, "delay": job.delay,
+        "unique_key": job.unique_key, "tags": list(job.tags) if job.tags else None, "actor": actor,
+        "channel": NOTIFY_CHANNEL,
+    }
+
+
+# enqueue_many copies a batch with COPY from this many jobs on (10k jobs: 72k -> 88k jobs/s for
+# the store part). Below it the extra round trips and the savepoint eat the gain (even at 200-400).
+COPY_MIN_JOBS = 500
+
+
+def _copyable(jobs: Sequence[NewJob]) -> bool:
+    """Jobs whose every column the COPY path can send as is: available at once (state, run_at
+    and enqueued_at are then the table's defaults) and with no unique_key to arbitrate."""
+    return len(jobs) >= COPY_MIN_JOBS and all(
+        job.unique_key is None and job.run_at is None and not job.delay for job in jobs)
+
+
+def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
+    """A row of JOBS.copy_jobs, in its column order."""
+    return (job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted, job.max_attempts,
+            list(job.tags))
+
+
+def _copy_event_row(job_id: int, actor: str | None) -> tuple[Any, ...]:
+    """A row of JOBS.copy_job_events: what insert_job's audit CTE writes for an available job."""
+    return (job_id, "enqueued", "available", 0, actor)
+
+
+def _inserted_id(row: tuple[Any, ...] | None) -> int:
+    if row is None:  # an INSERT without ON CONFLICT returns its row unless something else intervened
+        raise SchemaNotReady("the INSERT into pgqueue.jobs returned no row: a trigger on the table suppressed it")
+    return int(row[0])
+
+
+def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
+    return {
+        "tasks": [j.task for j in jobs],
+        "queues": [j.queue for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "args": [j.args for j in jobs],
+        "args_encrypted": [j.args_encrypted for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "run_ats": [j.run_at for j in jobs],
+        "delays": [j.delay for j in jobs],
+        "unique_keys": [j.unique_key for j in jobs],
+        "tags": [encode_json(list(j.tags)) if j.tags else None for j in jobs],
+        "actor": actor,
+        "channel": NOTIFY_CHANNEL,
+    }
+
+
+def _bulk_ids(rows: Sequence[tuple[Any, ...]]) -> tuple[list[int | None], list[tuple[int, str]]]:
+    """Ids in input order; a row that lost a unique_key conflict takes the id of the row of the same
+    batch that won it, and is otherwise left for the caller to look up (a live job from before)."""
+    ids: list[int | None] = []
+    unresolved: list[tuple[int, str]] = []
+    winners: dict[str, int] = {}
+    for job_id, unique_key, inserted, _notified in rows:
+        if inserted:
+            ids.append(job_id)
+            if unique_key is not None:
+                winners[unique_key] = job_id
+        elif unique_key in winners:
+            ids.append(winners[unique_key])
+        else:
+            ids.append(None)
+            unresolved.append((len(ids) - 1, unique_key))
+    return ids, unresolved
+
+
+def _notify_params(queues: Iterable[str]) -> dict[str, Any]:
+    return {"queues": sorted(queues), "channel": NOTIFY_CHANNEL}
+
+
+def _progress_params(updates: Sequence[tuple[int, str, float, str | None]]) -> dict[str, Any]:
+    return {"ids": [u[0] for u in updates], "tokens": [u[1] for u in updates],
+            "progress": [u[2] for u in updates], "notes": [u[3] for u in updates]}
+
+
+def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
+    job_id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted = row
+    return Job(
+        id=job_id, task=task, queue=queue, args=args if args is not None else {}, attempt=attempt,
+        max_attempts=max_attempts, enqueued_at=enqueued_at, priority=priority, tags=tuple(tags or ()),
+        lease_token=token, _sealed_args=args_encrypted,
+    )
+
+
+def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "ids": [o.job_id for o in outcomes],
+        "tokens": [o.token for o in outcomes],
+        "results": [o.result for o in outcomes],
+        "results_encrypted": [o.result_encrypted for o in outcomes],
+        "progress": [o.progress for o in outcomes],
+        "progress_notes": [o.progress_note for o in outcomes],
+    }
+
+
+def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "ids": [o.job_id for o in outcomes],
+        "tokens": [o.token for o in outcomes],
+        "states": [o.state for o in outcomes],
+        "delays": [o.delay for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "errors_encrypted": [o.error_encrypted for o in outcomes],
+        "events": [o.event for o in outcomes],
+        "channel": NOTIFY_CHANNEL,
+    }
+
+
+class JobStore:
+    """Job statements on a psycopg connection owned by someone else (never committed here).
+
+    The enqueue methods read rows by position on cursors of their own row factory: the caller's
+    connection may have any (``dict_row`` is common).
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    # --- enqueue ---
+
+    def insert_job(self, job: NewJob, actor: str | None = None) -> int:
+        if job.unique_key is None:
+            with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+                row = cur.execute(JOBS.insert_job, _insert_params(job, actor)).fetchone()
+            return _inserted_id(row)
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            for _ in range(5):
+                cur.execute(JOBS.insert_unique_job, _insert_params(job, actor))
+                row = cur.fetchone()
+                if row is not None:
+                    return int(row[0])
+                # Lost a unique_key conflict: return the live job. It may have finished in the
+                # meantime, in which case the next INSERT succeeds.
+                cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": job.unique_key})
+                existing = cur.fetchone()
+                if existing is not None:
+                    return int(existing[0])
+        raise DatabaseUnavailable(f"could not enqueue unique job {job.unique_key!r}: it kept changing state")
+
+    def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        """One multi-row INSERT; ids in input order (a job that lost a unique_key conflict gets the
+        live job's)."""
+        if not jobs:
+            return []
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
+            ids, unresolved = _bulk_ids(cur.fetchall())
+            for index, key in unresolved:
+                cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": key})
+                row = cur.fetchone()
+                ids[index] = int(row[0]) if row else self.insert_job(jobs[index], actor)
+        return [int(i) for i in ids if i is not None]
+
+    def copy_jobs(self, jobs: Iterable[NewJob], count: int, actor: str | None = None) -> list[int]:
+        """Insert ``count`` jobs that :func:`_copyable` accepts with COPY, their audit rows too; ids
+        in input order. ``jobs`` may be a generator that validates as it goes: the server then
+        writes rows while Python validates the next ones, and a validation error aborts the COPY.
+        Four statements: the caller makes them atomic (savepoint or transaction)."""
+        queues: set[str] = set()
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(JOBS.reserve_job_ids, {"count": count})
+            ids: list[int] = [row[0] for row in cur.fetchall()]
+            with cur.copy(JOBS.copy_jobs) as copy:
+                for job_id, job in zip(ids, jobs, strict=True):
+                    queues.add(job.queue)
+                    copy.write_row(_copy_row(job_id, job))
+            with cur.copy(JOBS.copy_job_events) as copy:
+                for job_id in ids:
+                    copy.write_row(_copy_event_row(job_id, actor))
+            cur.execute(JOBS.notify_queues, _notify_params(queues))
+        return ids
+
+    def _insert_batch(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
+        return self.copy_jobs(jobs, len(jobs), actor) if _copyable(jobs) else self.insert_jobs(jobs, actor)
+
+    def insert_job_batches(self, batches: Iterable[Sequence[NewJob]], actor: str | None = None) -> list[int]:
+        """Insert batch after batch (with COPY where :func:`_copyable`), all or nothing: an error
+        while producing or writing a later batch undoes the earlier ones too, and nothing else of
+        the caller's transaction."""
+        iterator = iter(batches)
+        first = next(iterator, [])
+        second = next(iterator, None)
+        if second is None and not _copyable(first):  # one statement is atomic by itself
+            return self.insert_jobs(first, actor)
+        batches = itertools.chain((first,), () if second is None else (second,), iterator)
+        return self._atomically(lambda: [job_id for batch in batches for job_id in self._insert_batch(batch, actor)])
+
+    def copy_all_jobs(self, jobs: Iterable[NewJob], count: int, actor: str | None = None) -> list[int]:
+        """:meth:`copy_jobs`, all or nothing."""
+        return self._atomically(lambda: self.copy_jobs(jobs, count, actor))
+
+    def _atomically(self, write: Callable[[], list[int]]) -> list[int]:
+        """Run several statements as one: our own transaction on an autocommit connection, else a
+        savepoint that undoes them, and nothing else of the caller's transaction, on error."""
+        if self.conn.autocommit:
+            with translate_errors(), self.conn.transaction():  # our own BEGIN ... COMMIT
+                return write()
+        # In the caller's transaction: a savepoint, never conn.transaction(), which would COMMIT an
+        # idle connection's implicit transaction for them. SAVEPOINT itself opens that transaction.
+        with translate_errors():
+            self.conn.execute(JOBS.savepoint_enqueue_many)
+            try:
+                ids = write()
+            except BaseException:
+                if not self.conn.closed and not self.conn.broken:
+                    self.conn.execute(JOBS.rollback_to_enqueue_many)
+                raise
+            self.conn.execute(JOBS.release_enqueue_many)
+        return ids
+
+    # --- running jobs (the heartbeat thread, transactional handlers) ---
+
+    def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write completed outcomes; returns the ids written (the others lost their lease)."""
+        with translate_errors():
+            rows = self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes)).fetchall()
+        return {r[0] for r in rows}
+
+    def update_progress(self, updates: Sequence[tuple[int, str, float, str | None]]) -> None:
+        """(job id, lease token, percent, note) of running jobs; a lost lease is skipped."""
+        with translate_errors():
+            self.conn.execute(JOBS.update_progress, _progress_params(updates))
+
+    # --- an operator's actions (each writes its audit row in the same statement) ---
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(JOBS.get_job, {"id": job_id})
+            return cur.fetchone()
+
+    def list_jobs(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(JOBS.list_jobs, {"queue": queue, "state": state, "limit": limit})
+            return cur.fetchall()
+
+    def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
+                   actor: str | None) -> list[int]:
+        with translate_errors():
+            rows = self.conn.execute(JOBS.retry_jobs, {
+                "ids": list(ids) if ids is not None else None, "queue": queue,
+                "only_failed": only_failed, "actor": actor, "channel": NOTIFY_CHANNEL,
+            }).fetchall()
+        return [r[0] for r in rows]
+
+    def cancel_job(self, job_id: int, actor: str | None) -> tuple[str | None, bool]:
+        with translate_errors():
+            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor}).fetchone()
+        if row is None:
+            return None, False
+        return row[0], bool(row[1])
+
+    def delete_job(self, job_id: int, actor: str | None) -> bool:
+        with translate_errors():
+            return self.conn.execute(JOBS.delete_job, {"id": job_id, "actor": actor}).fetchone() is not None
+
+    def purge_queue(self, queue: str, state: str | None, actor: str | None) -> int:
+        with translate_errors():
+            row = self.conn.execute(JOBS.purge_queue, {"queue": queue, "state": state, "actor": actor}).fetchone()
+        return int(row[0]) if row else 0
+
+
+class AsyncJobStore:
+    """The async twin of :class:`JobStore`: ``enqueue_async`` and the worker's claim/ack loop."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    # --- enqueue ---
+
+    async def insert_job(self, job: NewJob, actor: str | None = None) -> int:
+        if job.unique_key is None:
+            with translate_errors():
+                async with self.conn.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute(JOBS.insert_job, _insert_params(job, actor))
+                    row = await cur.fetchone()
+            return _inserted_id(row)
+        with translate_errors():
+            async with self.conn.cursor(row_factory=tuple_row) as cur:
+                for _ in range(5):
+                    await cur.execute(JOBS.insert_unique_job, _insert_params(job, actor))
+                    row = await cur.fetchone()
+                    if row is not None:
+                        return int(row[0])
+                    await cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": job.unique_key})
+                    existing = await cur.fetchone()
+                    if existing is not None:
+                        return int(existing[0])
+        raise DatabaseUnavailable(f"could not enqueue unique job {job.unique_key!r}: it kept changing state")
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        if not jobs:
+            return []
+        with translate_errors():
+            async with self.conn.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
+                ids, unresolved = _bulk_ids(await cur.fetchall())
+                for index, key in unresolved:
+                    await cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": key})
+                    row = await cur.fetchone()
+                    ids[index] = int(row[0]) if row else await self.insert_job(jobs[index], actor)
+        return [int(i) for i in ids if i is not None]
+
+    async def copy_jobs(self, jobs: Iterable[NewJob], count: int, actor: str | None = None) -> list[int]:
+        queues: set[str] = set()
+        with translate_errors():
+            async with self.conn.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(JOBS.reserve_job_ids, {"count": count})
+                ids: list[int] = [row[0] for row in await cur.fetchall()]
+                async with cur.copy(JOBS.copy_jobs) as copy:
+                    for job_id, job in zip(ids, jobs, strict=True):
+                        queues.add(job.queue)
+                        await copy.write_row(_copy_row(job_id, job))
+                async with cur.copy(JOBS.copy_job_events) as copy:
+                    for job_id in ids:
+                        await copy.write_row(_copy_event_row(job_id, actor))
+                await cur.execute(JOBS.notify_queues, _notify_params(queues))
+        return ids
+
+    async def _insert_batch(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
+        if _copyable(jobs):
+            return await self.copy_jobs(jobs, len(jobs), actor)
+        return await self.insert_jobs(jobs, actor)
+
+    async def insert_job_batches(self, batches: Iterable[Sequence[NewJob]], actor: str | None = None) -> list[int]:
+        iterator = iter(batches)
+        first = next(iterator, [])
+        second = next(iterator, None)
+        if second is None and not _copyable(first):  # one statement is atomic by itself
+            return await self.insert_jobs(first, actor)
+        batches = itertools.chain((first,), () if second is None else (second,), iterator)
+
+        async def write() -> list[int]:
+            return [job_id for batch in batches for job_id in await self._insert_batch(batch, actor)]
+
+        return await self._atomically(write)
+
+    async def _atomically(self, write: Callable[[], Awaitable[list[int]]]) -> list[int]:
+        if self.conn.autocommit:
+            with translate_errors():
+                async with self.conn.transaction():  # our own BEGIN ... COMMIT
+                    return await write()
+        # A savepoint in the caller's transaction, as in JobStore._atomically.
+        with translate_errors():
+            await self.conn.execute(JOBS.savepoint_enqueue_many)
+            try:
+                ids = await write()
+            except BaseException:
+                if not self.conn.closed and not self.conn.broken:
+                    await self.conn.execute(JOBS.rollback_to_enqueue_many)
+                raise
+            await self.conn.execute(JOBS.release_enqueue_many)
+        return ids
+
+    # --- the worker's claim and ack sessions ---
+
+    async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str) -> list[Job]:
+        token = str(uuid.uuid4())
+        params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}
+        if queues:
+            params["queues"] = list(queues)
+            query = JOBS.claim_jobs
+        else:
+            query = JOBS.claim_jobs_any_queue
+        with translate_errors():
+            cur = await self.conn.execute(query, params)
+            rows = await cur.fetchall()
+        return [_job_from_row(row, token) for row in rows]
+
+    async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes))
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def fail_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.fail_jobs, _fail_params(outcomes))
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def release_lost_claims(self, worker_id: str, tracked: Sequence[int]) -> list[int]:
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.release_lost_claims, {
+                "worker_id": worker_id, "tracked": list(tracked), "channel": NOTIFY_CHANNEL})
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
+
+    async def release_jobs(self, jobs: Sequence[tuple[int, str]]) -> set[int]:
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.release_jobs, {
+                "ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs], "channel": NOTIFY_CHANNEL,
+            })
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def has_pending_jobs(self, queues: Sequence[str] | None) -> bool:
+        """Whether a job of ``queues`` (None: any) runs, or is or becomes claimable without waiting:
+        jobs scheduled in the future and jobs of paused queues do not count."""
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.find_pending_job, {"queues": list(queues) if queues else None})
+            row = await cur.fetchone()
+        return row is not None
