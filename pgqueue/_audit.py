@@ -21,18 +21,15 @@ digest that ``pgqueue audit verify`` prints somewhere else to detect that too.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from pgqueue._db.audit import AuditStore, RangeDigest
-from pgqueue._db.errors import first_line
-from pgqueue._log import get_logger
-from pgqueue.errors import PgqueueError
+
+if TYPE_CHECKING:
+    from pgqueue._db.types import PsycopgConnection
 
 #: The ``prev_digest`` of the first seal.
 GENESIS = hashlib.sha256(b"pgqueue audit chain v1").digest()
@@ -54,7 +51,7 @@ class SealReport:
     events: int = 0
 
 
-def seal_pending(conn: psycopg.Connection[Any], *, max_seals: int | None = None,
+def seal_pending(conn: PsycopgConnection, *, max_seals: int | None = None,
                  max_events: int = MAX_EVENTS_PER_SEAL) -> SealReport:
     """Seal every finished transaction's events not sealed yet (on an autocommit connection).
 
@@ -108,7 +105,7 @@ class VerifyReport:
                 "head_digest": self.head_digest, "problems": list(self.problems)}
 
 
-def verify(conn: psycopg.Connection[Any], *, progress: Callable[[int, int], None] | None = None,
+def verify(conn: PsycopgConnection, *, progress: Callable[[int, int], None] | None = None,
            expect_digests: Sequence[str] = (), max_problems: int = 20) -> VerifyReport:
     """Recompute every unpruned seal from the rows now in the table and check the chain's links.
 
@@ -178,7 +175,7 @@ def _when(seal: dict[str, Any]) -> str:
     return first.strftime(fmt) if first == last else f"{first.strftime(fmt)}..{last.strftime(fmt)}"
 
 
-def job_trail(conn: psycopg.Connection[Any], job_id: int) -> tuple[list[dict[str, Any]], dict[int, bool]]:
+def job_trail(conn: PsycopgConnection, job_id: int) -> tuple[list[dict[str, Any]], dict[int, bool]]:
     """One job's events in order (each with the ``seal_no`` covering it, or None while pending),
     and for each of those seals whether its rows still match it."""
     store = AuditStore(conn)
@@ -190,7 +187,7 @@ def job_trail(conn: psycopg.Connection[Any], job_id: int) -> tuple[list[dict[str
     return events, intact
 
 
-def prune_sealed(conn: psycopg.Connection[Any], before: datetime, *, min_events: int | None = None,
+def prune_sealed(conn: PsycopgConnection, before: datetime, *, min_events: int | None = None,
                  max_seals: int = 1000) -> int:
     """Delete the events of the oldest seals whose newest row is older than ``before``.
 
@@ -211,32 +208,6 @@ def prune_sealed(conn: psycopg.Connection[Any], before: datetime, *, min_events:
     return deleted
 
 
-def count_prunable(conn: psycopg.Connection[Any], before: datetime) -> int:
+def count_prunable(conn: PsycopgConnection, before: datetime) -> int:
     """Event rows :func:`prune_sealed` would delete for ``before`` (a dry run)."""
     return AuditStore(conn).count_prunable_events(before)
-
-
-class AuditSealer:
-    """A maintenance duty: seal the trail at most every ``interval`` seconds (leader only)."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._last = 0.0
-
-    def __call__(self, store: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return
-        self._last = now
-        log = get_logger("pgqueue.audit")
-        try:
-            report = seal_pending(store.conn)
-        except (psycopg.Error, PgqueueError) as exc:
-            if store.conn.broken:
-                raise  # the database went away: the maintenance loop reconnects
-            # Anything else (a role without rights on audit_seals) must not stop rescue and staging.
-            log.warning("audit.seal_failed", error_type=type(exc).__name__,
-                        error=first_line(exc))
-            return
-        if report.seals:
-            log.debug("audit.sealed", seals=report.seals, events=report.events)

@@ -17,21 +17,19 @@ ones (autovacuum's own default scale factor), provided its role may.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from pgqueue import _audit
-from pgqueue._db.errors import first_line
 from pgqueue._db.retention import Cutoffs, RetentionStore
 from pgqueue._db.sessions import longer_answer_timeout
 from pgqueue._log import get_logger
-from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from pgqueue._db.types import PsycopgConnection
 
 #: Rows per delete statement: small enough that one batch locks little and commits in milliseconds.
 BATCH_SIZE = 5_000
@@ -131,7 +129,7 @@ def _steps(store: RetentionStore, cutoffs: Cutoffs) -> list[_Step]:
     return steps
 
 
-def prune(conn: psycopg.Connection[Any], policy: RetentionPolicy, actor: str,
+def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
           progress: ProgressCallback | None = None, *, batch_size: int = BATCH_SIZE,
           max_batches: int | None = None, record_empty: bool = True) -> PruneReport:
     """Delete what ``policy`` no longer keeps, in batches, and record one ``pruned`` audit row.
@@ -185,7 +183,7 @@ def _record(store: RetentionStore, report: PruneReport, actor: str, record_empty
         store.insert_prune_event(actor, detail)
 
 
-def count_prunable(conn: psycopg.Connection[Any], policy: RetentionPolicy) -> PruneReport:
+def count_prunable(conn: PsycopgConnection, policy: RetentionPolicy) -> PruneReport:
     """What :func:`prune` would delete now, deleting nothing (``pgqueue prune --dry-run``)."""
     store = RetentionStore(conn)
     cutoffs = store.cutoffs(policy.completed, policy.failed, policy.audit)
@@ -216,7 +214,7 @@ class Vacuumer:
         self.deleted_since_vacuum = 0
         self._warned = False
 
-    def maybe_vacuum(self, conn: psycopg.Connection[Any]) -> VacuumDecision:
+    def maybe_vacuum(self, conn: PsycopgConnection) -> VacuumDecision:
         store = RetentionStore(conn)
         state = store.vacuum_state()
         dead = max(state.dead, self.deleted_since_vacuum)
@@ -238,54 +236,3 @@ class Vacuumer:
             store.vacuum_jobs()
         self.deleted_since_vacuum = 0
         return VacuumDecision(True, "dead rows", state.live, dead)
-
-
-class Pruner:
-    """A maintenance duty (leader only): prune at most every ``interval`` seconds, at most
-    ``max_batches`` batches per maintenance tick so staging and rescue never wait long, and
-    vacuum ``pgqueue.jobs`` when nothing else does (checked every ``vacuum_check`` seconds)."""
-
-    ACTOR = "maintenance"
-
-    def __init__(self, policy: RetentionPolicy, interval: float, *, batch_size: int = BATCH_SIZE,
-                 max_batches: int = 4, vacuum_check: float | None = None) -> None:
-        self.policy = policy
-        self.interval = interval
-        self.batch_size = batch_size
-        self.max_batches = max_batches
-        self.vacuum_check = vacuum_check if vacuum_check is not None else min(interval, 10.0)
-        self.vacuumer = Vacuumer()
-        self._last_prune = float("-inf")
-        self._last_vacuum_check = float("-inf")
-        self._unfinished = False
-        self._pending: PruneReport | None = None
-
-    def __call__(self, store: Any) -> None:
-        now = time.monotonic()
-        log = get_logger("pgqueue.retention")
-        try:
-            if self._unfinished or now - self._last_prune >= self.interval:
-                self._prune(store.conn, log)
-            if now - self._last_vacuum_check >= self.vacuum_check:
-                self._last_vacuum_check = now
-                decision = self.vacuumer.maybe_vacuum(store.conn)
-                if decision.vacuumed:
-                    log.info("retention.vacuumed", table="pgqueue.jobs", dead_rows=decision.dead,
-                             live_rows=decision.live, duration_ms=round((time.monotonic() - now) * 1000))
-        except (psycopg.Error, PgqueueError) as exc:
-            if store.conn.broken:
-                raise  # the database went away: the maintenance loop reconnects
-            # Anything else (a role without DELETE on pgqueue.jobs) must not stop rescue and staging.
-            self._unfinished = False
-            log.warning("retention.failed", error_type=type(exc).__name__,
-                        error=first_line(exc))
-
-    def _prune(self, conn: psycopg.Connection[Any], log: Any) -> None:
-        if not self._unfinished:
-            self._last_prune = time.monotonic()
-        report = prune(conn, self.policy, self.ACTOR, batch_size=self.batch_size, max_batches=self.max_batches,
-                       record_empty=False)
-        self._unfinished = not report.finished
-        self.vacuumer.deleted_since_vacuum += report.total
-        if report.total:
-            log.info("retention.pruned", **report.counts(), finished=report.finished)

@@ -10,10 +10,10 @@ import time
 from dataclasses import replace
 
 from pgqueue._bench.workers import ASYNC, DSN_ENV, QUEUE, SYNC, TASK
-from pgqueue._worker.loop import Worker
 from pgqueue.app import App
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
+from pgqueue.worker import Worker
 
 
 def _main() -> int:

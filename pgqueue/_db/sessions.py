@@ -215,6 +215,12 @@ def longer_answer_timeout(conn: psycopg.Connection[Any], seconds: float) -> Iter
         conn.answer_timeout = previous  # type: ignore[attr-defined]
 
 
+def session_broken(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the session itself failed (the server or the network went away), as opposed to a
+    statement failing on a live session."""
+    return conn.broken
+
+
 async def open_async(dsn: str, name: str) -> psycopg.AsyncConnection[Any]:
     """A short-lived autocommit session with :func:`session_options` (``async with`` closes it)."""
     return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **session_options(name))

@@ -16,11 +16,11 @@ from rich.text import Text
 
 from pgqueue._db.databases import recreate_database
 from pgqueue._db.queues import QueueStore
-from pgqueue._worker.loop import Worker
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.cli._logging import set_level
 from pgqueue.errors import ConfigurationError, PgqueueError
 from pgqueue.settings import Settings, redact_dsn
+from pgqueue.worker import Worker
 
 DEMO_DATABASE = "pgqueue_demo"
 _STATES = ("scheduled", "available", "running", "completed", "failed")

@@ -77,8 +77,8 @@ def worker(
             os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
         raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())
 
-    from pgqueue._worker.loop import Worker
     from pgqueue._worker.supervisor import watch_parent
+    from pgqueue.worker import Worker
 
     watch_parent()
     cron = None

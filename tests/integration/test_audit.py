@@ -25,7 +25,8 @@ from psycopg.rows import TupleRow
 from pgqueue import App, JobSpec, _audit, _migrate, _retention
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.queues import QueueStore
-from pgqueue._worker.background import Maintenance
+from pgqueue._worker.duties import AuditSealer
+from pgqueue._worker.maintenance import Maintenance
 from tests.helpers import wait_until
 
 Conn = psycopg.Connection[TupleRow]
@@ -322,8 +323,8 @@ def test_rows_written_before_migration_0002_belong_to_the_first_seal(empty_dsn: 
 def test_the_maintenance_leader_seals_the_trail(dsn: str, conn: Conn) -> None:
     conn.autocommit = True
     _trail(conn, jobs=2)
-    maintenance = Maintenance(dsn, "w-audit-test", lease_seconds=2.0, interval=0.1)
-    maintenance.sealer = _audit.AuditSealer(interval=0.2)
+    maintenance = Maintenance(dsn, "w-audit-test", lease_seconds=2.0, interval=0.1,
+                              duties=[AuditSealer(interval=0.2)])
     maintenance.start()
     try:
         wait_until(lambda: _audit.verify(conn).seals >= 1, timeout=60, message="the leader sealed the trail")

@@ -20,13 +20,12 @@ import structlog
 from psycopg.rows import TupleRow, dict_row
 from structlog.typing import EventDict
 
-from pgqueue import App, Backoff, Job, JobSpec
+from pgqueue import App, Backoff, Job, JobSpec, Worker
 from pgqueue._crypto import Keyring, generate_key, key_id_in
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.keys import KeyStore
 from pgqueue._key_rotation import rotate
 from pgqueue._scheduler import Scheduler
-from pgqueue._worker.loop import Worker
 from pgqueue.errors import ArgsNotSerializable, ConfigurationError, EncryptionKeyMissing, PayloadTooLarge
 from pgqueue.settings import Settings
 from tests.helpers import wait_until

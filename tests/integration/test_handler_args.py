@@ -6,8 +6,7 @@ import threading
 
 import psycopg
 
-from pgqueue import App, Job
-from pgqueue._worker.loop import Worker
+from pgqueue import App, Job, Worker
 from pgqueue.settings import Settings
 from tests.helpers import wait_until
 

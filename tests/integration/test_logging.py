@@ -24,8 +24,7 @@ import structlog
 from psycopg.rows import TupleRow
 from structlog.typing import EventDict
 
-from pgqueue import App, Backoff, Job
-from pgqueue._worker.loop import Worker
+from pgqueue import App, Backoff, Job, Worker
 from pgqueue.settings import Settings
 from tests.helpers import REPO_ROOT, empty_tables, scratch_database, wait_until
 
@@ -43,7 +42,7 @@ WORKER_SCRIPT = textwrap.dedent("""
     {configure}
 
     from pgqueue import App, Backoff, Discard
-    from pgqueue._worker.loop import Worker
+    from pgqueue import Worker
     from pgqueue.settings import Settings
 
     dsn = sys.argv[1]

@@ -13,9 +13,8 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from structlog.testing import capture_logs
 
-from pgqueue import App, Job
+from pgqueue import App, Job, Worker
 from pgqueue._retention import PruneReport, RetentionPolicy, Vacuumer, count_prunable, prune
-from pgqueue._worker.loop import Worker
 from pgqueue.settings import Settings
 from tests.helpers import admin_connection, dsn_for_database, wait_until
 

@@ -22,8 +22,7 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow, dict_row
 
-from pgqueue import App, Backoff, Discard, Job, Retry
-from pgqueue._worker.loop import Worker
+from pgqueue import App, Backoff, Discard, Job, Retry, Worker
 from pgqueue.settings import Settings
 from tests.helpers import empty_tables, scratch_database, wait_until
 

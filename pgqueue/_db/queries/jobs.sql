@@ -358,7 +358,7 @@ WITH purged AS (
 SELECT count(*) AS purged FROM purged;
 
 -- name: find_pending_job
--- Work left for a worker serving %(queues)s (NULL: every queue): a job running anywhere, or one
+-- Work left for a worker serving the given queues (NULL: every queue): a job running anywhere, or one
 -- claimable now or once staged (scheduled and due). Jobs scheduled in the future and jobs of
 -- paused queues that no one runs do not count: Worker.run_until_empty stops without them.
 SELECT id FROM pgqueue.jobs AS j

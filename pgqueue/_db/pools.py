@@ -1,0 +1,94 @@
+"""Pooled sessions for transactional handlers: a handler's writes and its job's completion commit
+in one transaction on one of these connections.
+
+Each pool is opened on first use, sized by the worker, and every connection is pinged before a
+handler gets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from pgqueue._db.sessions import session_options
+
+
+class TransactionPool:
+    """Sync handlers' pool (handlers run in threads; open it on the event loop's thread)."""
+
+    def __init__(self, dsn: str, *, max_size: int, prepare: bool) -> None:
+        self.pool: ConnectionPool[Any] = ConnectionPool(
+            dsn, min_size=0, max_size=max_size, open=True, kwargs=session_options(prepare=prepare), name="pgqueue-tx")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A live pooled connection, inside a transaction committed when the block succeeds."""
+        with _live_connection(self.pool) as conn, conn.transaction():
+            yield conn
+
+    def close(self, seconds: float) -> None:
+        self.pool.close(seconds)
+
+
+class AsyncTransactionPool:
+    """The async twin of :class:`TransactionPool`, for ``async def`` transactional handlers."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int, prepare: bool) -> AsyncTransactionPool:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn, min_size=0, max_size=max_size, open=False, kwargs=session_options(prepare=prepare),
+            name="pgqueue-async-tx")
+        await pool.open()
+        return cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with _live_async_connection(self.pool) as conn, conn.transaction():
+            yield conn
+
+    async def close(self, seconds: float) -> None:
+        await self.pool.close(seconds)
+
+
+# A pooled session may have been ended by the server while it sat idle (a role's
+# idle_session_timeout, a restart); a handler given one would fail its attempt on its first
+# statement. So each is pinged and dead ones are dropped (the pool replaces them) before a handler
+# gets a connection. Not psycopg_pool's check=: it sleeps about a second between failed checks,
+# longer than an aggressive idle_session_timeout, so each replacement died idle before its turn.
+@contextlib.contextmanager
+def _live_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    conn = pool.getconn()
+    for _ in range(pool.max_size):
+        try:
+            pool.check_connection(conn)
+            break
+        except psycopg.Error:
+            pool.putconn(conn)
+            conn = pool.getconn()
+    try:
+        yield conn
+    finally:
+        pool.putconn(conn)
+
+
+@contextlib.asynccontextmanager
+async def _live_async_connection(pool: AsyncConnectionPool[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    conn = await pool.getconn()
+    for _ in range(pool.max_size):
+        try:
+            await pool.check_connection(conn)
+            break
+        except psycopg.Error:
+            await pool.putconn(conn)
+            conn = await pool.getconn()
+    try:
+        yield conn
+    finally:
+        await pool.putconn(conn)

@@ -1,0 +1,173 @@
+"""The acker: writes finished jobs' outcomes in batches (group commit) on the worker's ack session.
+
+While one batch is being written, finished jobs accumulate for the next, so a busy worker writes
+many outcomes per round trip and an idle one writes at once. Outcomes are fenced by their lease
+token: one whose claim was rescued (or whose job was cancelled) meanwhile is refused, never
+written over someone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pgqueue._db.errors import DATABASE_ERRORS, REFUSED_DATA, first_line
+from pgqueue._db.jobs import AsyncJobStore, Outcome
+from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
+from pgqueue._log import get_logger
+from pgqueue._payload import encode_json
+
+if TYPE_CHECKING:
+    from pgqueue._db.types import AsyncPsycopgConnection
+
+_CLOSE_WAIT = 10.0
+
+
+@dataclass
+class Tally:
+    """Attempts this worker finished: completed, and failed for good (retries are not counted)."""
+
+    completed: int = 0
+    failed: int = 0
+
+
+class Acker:
+    """Batches of outcomes, written by :meth:`run` until :meth:`close`.
+
+    Args:
+        session: the worker's ack session.
+        tally: counts what was written.
+        on_written: called after each batch that reached the database.
+    """
+
+    def __init__(self, session: AsyncReconnectingSession, tally: Tally, *, worker_id: str,
+                 on_written: Callable[[], None] | None = None) -> None:
+        self.session = session
+        self.tally = tally
+        self.worker_id = worker_id
+        self.on_written = on_written
+        self.pending: list[Outcome] = []
+        self.inflight: set[int] = set()
+        #: True while outcomes cannot be written (the claim loop stops claiming meanwhile).
+        self.failing = False
+        self._closing = False
+        self._ready = asyncio.Event()
+
+    def add(self, outcome: Outcome) -> None:
+        self.pending.append(outcome)
+        self._ready.set()
+
+    def tracked(self) -> set[int]:
+        """Ids of the jobs whose outcome is not written yet."""
+        return self.inflight | {outcome.job_id for outcome in self.pending}
+
+    async def close(self, task: asyncio.Task[None]) -> None:
+        """Write what is pending (for up to 10 seconds), then end :meth:`run`'s ``task``."""
+        self._closing = True
+        self._ready.set()
+        try:
+            await asyncio.wait_for(task, timeout=_CLOSE_WAIT)
+        except (TimeoutError, asyncio.CancelledError):
+            get_logger("pgqueue.worker", worker_id=self.worker_id).warning(
+                "worker.acks_unwritten", count=len(self.pending))
+
+    async def run(self) -> None:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        failures = 0
+        while True:
+            if not self.pending:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            batch, self.pending = self.pending, []
+            self.inflight = {outcome.job_id for outcome in batch}
+            try:
+                await self.session.run(functools.partial(self._write, batch=batch, log=log))
+                failures = 0
+                self.failing = False
+                self._written()
+            except REFUSED_DATA:
+                # The database refused something in the batch itself (not the connection): retrying
+                # the batch would refuse it forever and block every outcome behind it.
+                await self._write_one_by_one(batch, log)
+                # The batch is written (or handed back, in which case the next round sets this
+                # again): claims must not stay paused behind an outage that is over.
+                failures = 0
+                self.failing = False
+                self._written()
+            except DATABASE_ERRORS as exc:
+                # Outcomes are idempotent under their lease token: put them back and retry.
+                self.pending[:0] = batch
+                self.failing = True
+                failures += 1
+                wait = capped_backoff(failures, base=0.25, cap=5.0, doublings=6)
+                log.warning("database.unavailable", role="ack", error_type=type(exc).__name__,
+                            error=first_line(exc), pending=len(self.pending), retry_in_s=wait)
+                await self.session.close()
+                await asyncio.sleep(wait)
+            finally:
+                self.inflight = set()
+
+    def _written(self) -> None:
+        if self.on_written is not None:
+            self.on_written()
+
+    async def _write_one_by_one(self, batch: list[Outcome], log: Any) -> None:
+        """Write each outcome alone; one the database refuses becomes a plain failure of its job."""
+        for index, outcome in enumerate(batch):
+            try:
+                await self.session.run(functools.partial(self._write, batch=[outcome], log=log))
+            except REFUSED_DATA as exc:
+                log.error("job.outcome_refused", job_id=outcome.job_id, outcome=outcome.state,
+                          error_type=type(exc).__name__)
+                error = encode_json({"type": "OutcomeRejected",
+                                     "message": f"the database refused this job's outcome: {first_line(exc)}"})
+                replacement = Outcome(job_id=outcome.job_id, token=outcome.token, state="failed", event="failed",
+                                      error=error)
+                try:
+                    await self.session.run(functools.partial(self._write, batch=[replacement], log=log))
+                except REFUSED_DATA:
+                    log.error("job.outcome_dropped", job_id=outcome.job_id)
+            except DATABASE_ERRORS:
+                # An outage after all: hand the rest back to the normal retry path.
+                self.pending[:0] = batch[index:]
+                self._ready.set()
+                return
+
+    async def _write(self, conn: AsyncPsycopgConnection, batch: list[Outcome], log: Any) -> None:
+        store = AsyncJobStore(conn)
+        completed = [o for o in batch if o.state == "completed"]
+        failed = [o for o in batch if o.state != "completed"]
+        written: set[int] = set()
+        if completed:
+            written |= await store.complete_jobs(completed)
+            self.tally.completed += sum(1 for o in completed if o.job_id in written)
+        if failed:
+            written_failed = await store.fail_jobs(failed)
+            written |= written_failed
+            self.tally.failed += sum(1 for o in failed if o.job_id in written_failed and o.state == "failed")
+        for outcome in batch:
+            if outcome.job_id not in written:
+                # Our claim was rescued (or the job cancelled) while we ran it: someone else owns
+                # the outcome now, and ours must not overwrite it.
+                log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
+
+    async def release(self, unfinished: Sequence[tuple[int, str]]) -> None:
+        """Hand jobs this worker will not finish back at once (their attempt not counted); after
+        three failed tries their leases expire and the rescuer hands them back instead."""
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        for attempt in range(3):
+            try:
+                released = await AsyncJobStore(await self.session.get()).release_jobs(unfinished)
+                log.info("worker.released", released=sorted(released))
+                break
+            except DATABASE_ERRORS as exc:
+                await self.session.close()
+                log.warning("database.unavailable", role="release", error_type=type(exc).__name__,
+                            attempt=attempt + 1)
+                await asyncio.sleep(0.5)

@@ -1,0 +1,68 @@
+"""The listener: wakes the claim loop when a NOTIFY names one of the worker's queues.
+
+LISTEN is an accelerator: the claim loop also polls, so a listener that is down only makes jobs
+wait up to the poll interval. It probes its quiet session often, since a listener dropped
+unnoticed also drops every notification sent meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from pgqueue._db.errors import DriverError
+from pgqueue._db.notifications import ListenSession
+from pgqueue._db.sessions import capped_backoff
+from pgqueue._log import get_logger
+
+# The listener probes a quiet LISTEN session; no answer within this long means the path is lost.
+PROBE_TIMEOUT = 5.0
+
+
+class Listener:
+    """LISTENs on ``dsn`` until ``stopping()``; calls ``wake()`` for each notification of one of
+    ``queues`` (all when None), and once after every (re)connection."""
+
+    def __init__(self, dsn: str, queues: Sequence[str] | None, *, poll_seconds: float, wake: Callable[[], None],
+                 stopping: Callable[[], bool], worker_id: str) -> None:
+        self.dsn = dsn
+        self.queues = queues
+        self.wake = wake
+        self.stopping = stopping
+        self.probe_every = max(1.0, min(poll_seconds, 5.0))
+        self.worker_id = worker_id
+
+    async def run(self) -> None:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        failures = 0
+        while not self.stopping():
+            session: ListenSession | None = None
+            try:
+                session = await ListenSession.open(self.dsn, answer_timeout=PROBE_TIMEOUT)
+                await session.listen()
+                # Probe before the server's idle_session_timeout would end the session.
+                idle_limit = await session.idle_session_timeout()
+                # A quarter, not a half: a busy host may run the probe late, and one miss costs
+                # the session and the notifications sent while it is replaced.
+                probe = self.probe_every if idle_limit <= 0 else max(0.1, min(self.probe_every, idle_limit / 4))
+                if failures:
+                    log.info("listener.reconnected")
+                failures = 0
+                # Anything enqueued while we were not listening was not announced to us.
+                self.wake()
+                while not self.stopping():
+                    async for queue in session.queues_notified(probe):
+                        if self.queues is None or queue in self.queues:
+                            self.wake()
+                    # A quiet connection may be a dead one: probe it, bounded in time.
+                    await session.probe()
+            except asyncio.CancelledError:
+                raise
+            except (DriverError, OSError, TimeoutError) as exc:
+                failures += 1
+                wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
+                log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)
+                await asyncio.sleep(wait)
+            finally:
+                if session is not None:
+                    await session.close()

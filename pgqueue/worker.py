@@ -1,0 +1,134 @@
+"""The in-process worker: run an App's jobs from your own process, script or test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pgqueue._worker.loop import WorkerLoop
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+    from pgqueue.settings import Settings
+
+
+class Worker:
+    """Runs the jobs of ``app``'s tasks from ``queues``, up to ``concurrency`` at once.
+
+    This is what ``pgqueue worker`` runs in each process. A worker claims jobs with
+    ``FOR UPDATE SKIP LOCKED``, so any number of workers, in any number of processes, share the
+    queues; it heartbeats a lease, so if its process dies its running jobs go back to the queue.
+    Sync handlers run in a thread pool, ``async def`` handlers on the worker's event loop.
+
+    A worker runs once: build a new one to run again.
+
+    Args:
+        app: the App whose tasks this worker runs (its DSN and settings too).
+        queues: queue names to serve; None (the default) serves every queue.
+        concurrency: jobs running at once.
+        settings: lease, poll, shutdown-grace and retention settings (default: ``app.settings``).
+        worker_id: the name in ``pgqueue.workers`` and the audit trail (default: host, pid and a
+            random suffix).
+
+    Raises:
+        ValueError: ``concurrency`` is below 1.
+        pgqueue.errors.ConfigurationError: a configured encryption key is malformed.
+        pgqueue.errors.EncryptionKeyMissing: compliance mode is on and no key is configured.
+
+    Example:
+        >>> app = pgqueue.App("postgresql://localhost/app")
+        >>> @app.task(queue="emails")
+        ... def send_email(job: pgqueue.Job, to: str) -> None: ...
+        >>> worker = pgqueue.Worker(app, queues=["emails"], concurrency=20)
+        >>> worker.run()  # until SIGTERM or Ctrl-C
+    """
+
+    def __init__(self, app: App, *, queues: Sequence[str] | None = None, concurrency: int = 10,
+                 settings: Settings | None = None, worker_id: str | None = None) -> None:
+        self._loop = WorkerLoop(app, queues=queues, concurrency=concurrency, settings=settings or app.settings,
+                                worker_id=worker_id)
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's id in ``pgqueue.workers``, ``jobs.worker_id`` and the audit trail."""
+        return self._loop.worker_id
+
+    @property
+    def completed(self) -> int:
+        """Attempts this worker completed so far."""
+        return self._loop.tally.completed
+
+    @property
+    def failed(self) -> int:
+        """Jobs this worker left failed for good (an attempt that will be retried is not counted)."""
+        return self._loop.tally.failed
+
+    @property
+    def stuck_threads(self) -> bool:
+        """After a run: True when a sync handler's thread may still be running (it ignored the
+        shutdown; its job was released). Such a thread keeps the interpreter alive: a process
+        that is done should leave with ``os._exit``."""
+        return self._loop.stuck_threads
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until :meth:`stop` is called or, with ``install_signal_handlers``, until SIGTERM or
+        SIGINT; then stop claiming, give running jobs the shutdown grace period to finish, and hand
+        back those that do not (their attempt is not counted). A second signal exits at once.
+
+        Args:
+            install_signal_handlers: handle SIGTERM and SIGINT (only possible in the main thread).
+
+        Returns:
+            The exit code for the process: 0.
+
+        Example:
+            >>> threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}).start()
+            >>> worker.stop()
+        """
+        return asyncio.run(self.run_async(install_signal_handlers))
+
+    async def run_async(self, install_signal_handlers: bool = False) -> int:
+        """:meth:`run` on the running event loop (``async def`` handlers share it).
+
+        Example:
+            >>> async def main() -> None:
+            ...     task = asyncio.create_task(worker.run_async())
+            ...     ...
+            ...     worker.stop()
+            ...     await task
+        """
+        return await self._loop.run(install_signal_handlers)
+
+    def run_until_empty(self, install_signal_handlers: bool = False) -> int:
+        """Run until no job is left for this worker, then stop gracefully and return.
+
+        "Left" means: a job of the worker's queues is available, running (in any worker), or
+        scheduled and already due. Jobs scheduled in the future are not waited for, nor are jobs
+        of paused queues; a retry with no backoff, or a job a handler enqueued, is run too. Also
+        returns early on :meth:`stop` or a signal, like :meth:`run`.
+
+        Returns:
+            The exit code: 0.
+
+        Example:
+            >>> app.enqueue(None, "send-email", {"to": "a@example.com"})
+            >>> pgqueue.Worker(app).run_until_empty()   # in a script or a test
+            0
+        """
+        return asyncio.run(self.run_until_empty_async(install_signal_handlers))
+
+    async def run_until_empty_async(self, install_signal_handlers: bool = False) -> int:
+        """:meth:`run_until_empty` on the running event loop.
+
+        Example:
+            >>> await pgqueue.Worker(app, queues=["emails"]).run_until_empty_async()
+            0
+        """
+        self._loop.until_empty = True
+        return await self._loop.run(install_signal_handlers)
+
+    def stop(self) -> None:
+        """Ask the worker to stop claiming and shut down gracefully (thread-safe, idempotent; a
+        worker told to stop before it runs stops as soon as it starts)."""
+        self._loop.stop()
