@@ -29,10 +29,9 @@ from typing import Any
 
 import psycopg
 
-from pgqueue._bench import sql as bench_sql
-from pgqueue._bench.database import ScratchDatabases, scalar
+from pgqueue._bench.database import ScratchDatabases
 from pgqueue._bench.workers import DSN_ENV, QUEUE, TASK
-from pgqueue._db.queues import QueueStore
+from pgqueue._db.bench import BenchProbe
 from pgqueue.app import App
 from pgqueue.jobs import JobSpec
 from pgqueue.settings import Settings
@@ -81,6 +80,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _scalar(conn: psycopg.Connection[Any], query: Any) -> Any:
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
 def _backends(conn: psycopg.Connection[Any]) -> dict[int, str]:
     rows = conn.execute("SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() "
                         "AND pid <> pg_backend_pid()").fetchall()
@@ -122,8 +126,8 @@ def main() -> None:
     try:
         with databases.fresh() as dsn:
             conn = psycopg.connect(dsn, autocommit=True)
-            store = QueueStore(conn)
-            store.set_queue_paused(QUEUE, True, actor="profile")
+            probe = BenchProbe(conn)
+            probe.set_queue_paused(QUEUE, True, actor="profile")
             app = App(dsn, settings=Settings(dsn=dsn))
             for start in range(0, options.jobs, 10_000):
                 app.enqueue_many(conn, [JobSpec(TASK, {"i": i}, queue=QUEUE)
@@ -133,7 +137,7 @@ def main() -> None:
             child = subprocess.Popen(  # noqa: S603 - our own interpreter
                 [sys.executable, "-c", _COUNTING_CHILD, "--concurrency", str(options.concurrency),
                  "--handler", options.handler], env=env, stdin=subprocess.PIPE, text=True)
-            while scalar(conn, bench_sql.LIVE_WORKERS) < 1:
+            while probe.live_workers() < 1:
                 time.sleep(0.05)
             time.sleep(0.5)
             spy = None
@@ -146,16 +150,16 @@ def main() -> None:
             # its statistics at exit, and otherwise only about once a second.
             xact_sql = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
             with psycopg.connect(dsn, autocommit=True) as stats:
-                xacts_before = scalar(stats, xact_sql)
+                xacts_before = _scalar(stats, xact_sql)
             backends = _backends(conn)
             cpu_before = {pid: _cpu_seconds(pid) for pid in [child.pid, *backends]}
-            started = scalar(conn, bench_sql.CLOCK)
-            store.set_queue_paused(QUEUE, False, actor="profile")
+            started = probe.clock()
+            probe.set_queue_paused(QUEUE, False, actor="profile")
             probes = 2
-            while scalar(conn, bench_sql.COUNT_COMPLETED) < options.jobs:
+            while probe.count_completed() < options.jobs:
                 probes += 1
                 time.sleep(0.1)
-            finished = scalar(conn, bench_sql.NTH_FINISHED_AT, {"n": options.jobs})
+            finished = probe.nth_finished_at(options.jobs)
             probes += 2
             # Connections opened during the drain (the acker connects on its first batch) count from 0.
             backends.update(_backends(conn))
@@ -168,7 +172,7 @@ def main() -> None:
             conn.close()
             time.sleep(1.5)
             with psycopg.connect(dsn, autocommit=True) as stats:
-                xacts = scalar(stats, xact_sql) - xacts_before - probes - 1
+                xacts = _scalar(stats, xact_sql) - xacts_before - probes - 1
             elapsed = (finished - started).total_seconds()
             counted, timed = json.loads(counts_file.read_text())
             counts, seconds = collections.Counter(counted), collections.Counter(timed)

@@ -10,8 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
-import psycopg
-
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
@@ -30,6 +28,7 @@ from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE,
 
 if TYPE_CHECKING:
     from pgqueue.schedules import ScheduleSpec
+    from pgqueue.typing import AsyncConnection, Connection, PsycopgConnection
 
 _MAX_TAGS = 32
 # enqueue_many writes this many jobs per statement (one round trip each).
@@ -113,7 +112,7 @@ class App:
             self._dsn = resolve_dsn(self.settings.dsn).dsn
         return self._dsn
 
-    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    def connect(self, *, autocommit: bool = False) -> PsycopgConnection:
         """Open a new psycopg connection to the app's database (the caller closes it)."""
         return open_connection(self.dsn, autocommit=autocommit)
 
@@ -248,8 +247,8 @@ class App:
             max_attempts=spec.max_attempts, unique_key=spec.unique_key, encrypt=spec.encrypt, tags=spec.tags,
         )
 
-    def enqueue(self, conn: Any, task: str, args: dict[str, Any] | None = None, *, queue: str | None = None,
-                priority: int | str | None = None, delay: float | timedelta | None = None,
+    def enqueue(self, conn: Connection | None, task: str, args: dict[str, Any] | None = None, *,
+                queue: str | None = None, priority: int | str | None = None, delay: float | timedelta | None = None,
                 run_at: datetime | None = None, max_attempts: int | None = None, unique_key: str | None = None,
                 encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
         """Enqueue one job on ``conn``, inside the caller's transaction, and return its id.
@@ -259,7 +258,8 @@ class App:
         its own connection to the app's database and commit at once.
 
         Args:
-            conn: a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection`` (psycopg driver).
+            conn: a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection`` (psycopg driver):
+                :data:`pgqueue.typing.Connection`; None to use a connection of pgqueue's own.
             task: the task name.
             args: keyword arguments for the handler (a JSON object).
             queue, priority, max_attempts: override the task's defaults.
@@ -291,7 +291,7 @@ class App:
                 return JobStore(own).insert_job(new_job, actor=_actor())
         return JobStore(sync_connection(conn)).insert_job(new_job, actor=_actor())
 
-    def enqueue_many(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
+    def enqueue_many(self, conn: Connection | None, jobs: Iterable[JobSpec]) -> list[int]:
         """Enqueue many jobs, thousands per round trip; returns their ids in input order.
 
         All or nothing: one bad spec raises its error and enqueues none of the jobs.
@@ -330,7 +330,7 @@ class App:
                 yield ready
             yield pending.result()
 
-    async def enqueue_async(self, conn: Any, task: str, args: dict[str, Any] | None = None, *,
+    async def enqueue_async(self, conn: AsyncConnection, task: str, args: dict[str, Any] | None = None, *,
                             queue: str | None = None, priority: int | str | None = None,
                             delay: float | timedelta | None = None, run_at: datetime | None = None,
                             max_attempts: int | None = None, unique_key: str | None = None,
@@ -346,7 +346,7 @@ class App:
                                 max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
         return await AsyncJobStore(await async_connection(conn)).insert_job(new_job, actor=_actor())
 
-    async def enqueue_many_async(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
+    async def enqueue_many_async(self, conn: AsyncConnection, jobs: Iterable[JobSpec]) -> list[int]:
         """Async twin of :meth:`enqueue_many`."""
         new_jobs = [self._spec_job(spec) for spec in jobs]
         return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())

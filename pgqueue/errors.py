@@ -10,7 +10,7 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── DatabaseUnavailable
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
-    │                            PayloadTooLarge, UnknownTask, InvalidSchedule
+    │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption
     ├── ScheduleError            InvalidCron, InvalidTimezone, ScheduleExists, ScheduleNotFound
     ├── JobNotFound
     ├── InvalidJobState

@@ -12,6 +12,7 @@ from pgqueue.errors import InvalidPriority
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.typing import AsyncConnection, Connection
 
 PRIORITIES: dict[str, int] = {"critical": 0, "high": 25, "normal": 100, "low": 200}
 DEFAULT_PRIORITY = 100
@@ -91,7 +92,7 @@ class Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def enqueue(self, conn: Any, /, **args: Any) -> int:
+    def enqueue(self, conn: Connection | None, /, **args: Any) -> int:
         """Enqueue this task with ``args`` on ``conn`` (see :meth:`pgqueue.App.enqueue`).
 
         Example:
@@ -100,6 +101,6 @@ class Task:
         """
         return self.app.enqueue(conn, self.name, args)
 
-    async def enqueue_async(self, conn: Any, /, **args: Any) -> int:
+    async def enqueue_async(self, conn: AsyncConnection, /, **args: Any) -> int:
         """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects."""
         return await self.app.enqueue_async(conn, self.name, args)

@@ -2,7 +2,7 @@
 
 Modules: ``runner`` (repetitions, scratch databases), ``scenarios`` and ``physical`` (what is
 measured), ``workers`` (real Worker processes), ``stats`` (the one timing/statistics helper),
-``report`` (table and JSON), ``sql`` (the benchmark's own probes and ceiling SQL).
+``report`` (table and JSON); the SQL is ``pgqueue._db.bench``'s.
 """
 
 from pgqueue._bench.report import Report

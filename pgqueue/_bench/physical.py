@@ -1,4 +1,5 @@
-"""PostgreSQL's ceiling on this machine: the least SQL any queue must run per job, through psycopg.
+"""PostgreSQL's ceiling on this machine: the least SQL any queue must run per job, through psycopg
+(``pgqueue._db.bench.Ceiling``).
 
 A bare table with a partial claim index; INSERT per job (autocommit) and one COPY for bulk; a
 claim (``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)``, or ``= ANY`` of
@@ -13,14 +14,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
-
-from pgqueue._bench import sql as bench_sql
 from pgqueue._bench.context import Context, Unit
 from pgqueue._bench.stats import Sample, rate, timed
+from pgqueue._db.bench import ceiling_session
 
 _CLAIM_BATCH = 100
 
@@ -28,45 +25,25 @@ _CLAIM_BATCH = 100
 @contextmanager
 def _ceiling_database(ctx: Context) -> Iterator[str]:
     with ctx.databases.fresh() as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(bench_sql.PHYSICAL_DDL)
+        with ceiling_session(dsn, autocommit=True) as ceiling:
+            ceiling.create_table()
         yield dsn
-
-
-def _copy_rows(conn: psycopg.Connection[Any], count: int) -> None:
-    with conn.cursor() as cur, cur.copy(bench_sql.PHYSICAL_COPY) as copy:
-        for i in range(count):
-            copy.write_row(("available", f'{{"i": {i}}}'))
 
 
 def _insert_single(ctx: Context) -> list[Sample]:
     n = ctx.sizes.physical_single
-    with _ceiling_database(ctx) as dsn, psycopg.connect(dsn, autocommit=True) as conn, timed() as watch:
+    with _ceiling_database(ctx) as dsn, ceiling_session(dsn, autocommit=True) as ceiling, timed() as watch:
         for i in range(n):
-            conn.execute(bench_sql.PHYSICAL_INSERT, (Jsonb({"i": i}),))
+            ceiling.insert_job(i)
     return [Sample("physical_enqueue_single", "jobs/s", rate(n, watch.seconds))]
 
 
 def _copy_bulk(ctx: Context) -> list[Sample]:
     n = ctx.sizes.physical_batch
-    with _ceiling_database(ctx) as dsn, psycopg.connect(dsn) as conn, timed() as watch:
-        _copy_rows(conn, n)
-        conn.commit()
+    with _ceiling_database(ctx) as dsn, ceiling_session(dsn, autocommit=False) as ceiling, timed() as watch:
+        ceiling.copy_jobs(n)
+        ceiling.commit()
     return [Sample("physical_enqueue_bulk", "jobs/s", rate(n, watch.seconds))]
-
-
-def _claim_and_complete(conn: psycopg.Connection[Any], batch: int) -> int:
-    """One claim transaction and one completion transaction; the number of jobs they handled."""
-    if batch == 1:
-        row = conn.execute(bench_sql.PHYSICAL_CLAIM_ONE).fetchone()
-        if row is None:
-            return 0
-        conn.execute(bench_sql.PHYSICAL_COMPLETE_ONE, (row[0],))
-        return 1
-    ids = [row[0] for row in conn.execute(bench_sql.PHYSICAL_CLAIM_MANY, (batch,)).fetchall()]
-    if ids:
-        conn.execute(bench_sql.PHYSICAL_COMPLETE_MANY, (ids,))
-    return len(ids)
 
 
 def _claim_unit(batch: int, connections: int) -> Unit:
@@ -77,19 +54,19 @@ def _claim_unit(batch: int, connections: int) -> Unit:
         handled = [0] * connections
         errors: list[BaseException] = []
         with _ceiling_database(ctx) as dsn:
-            with psycopg.connect(dsn) as conn:
-                _copy_rows(conn, n)
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(bench_sql.PHYSICAL_VACUUM)
+            with ceiling_session(dsn, autocommit=False) as ceiling:
+                ceiling.copy_jobs(n)
+            with ceiling_session(dsn, autocommit=True) as ceiling:
+                ceiling.vacuum()
             # Everyone connects first; the clock starts when all are ready.
             ready = threading.Barrier(connections + 1)
             deadline = time.monotonic() + 300
 
             def drain(index: int) -> None:
                 try:
-                    with psycopg.connect(dsn, autocommit=True) as conn:
+                    with ceiling_session(dsn, autocommit=True) as ceiling:
                         ready.wait()
-                        while time.monotonic() < deadline and (got := _claim_and_complete(conn, batch)):
+                        while time.monotonic() < deadline and (got := ceiling.claim_and_complete(batch)):
                             handled[index] += got
                 # Handed to the caller's thread, which re-raises it after the join.
                 except BaseException as exc:  # noqa: BLE001

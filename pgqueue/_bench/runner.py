@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from pgqueue._bench.context import FULL, QUICK, Context
-from pgqueue._bench.database import ScratchDatabases, machine_info, server_info
+from pgqueue._bench.database import ScratchDatabases, machine_info
 from pgqueue._bench.report import Report
 from pgqueue._bench.scenarios import SCENARIOS
 from pgqueue._bench.stats import Figure
+from pgqueue._db.bench import server_settings
 
 
 class ProgressSink(Protocol):
@@ -63,7 +64,7 @@ def run_bench(server_dsn: str, *, quick: bool = False, reps: int = 3, scenarios:
                 for sample in unit.run(context):
                     figures.setdefault(sample.key, Figure(sample.key, sample.unit)).add(sample)
                     scenario_of[sample.key] = name
-        server = server_info(server_dsn)
+        server = server_settings(server_dsn)
     finally:
         databases.drop_all()
     settings = {

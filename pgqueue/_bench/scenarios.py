@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from pgqueue._bench import sql as bench_sql
 from pgqueue._bench.context import FULL, Context, Scenario, Unit
-from pgqueue._bench.database import scalar
 from pgqueue._bench.physical import PHYSICAL
 from pgqueue._bench.stats import Sample, percentile, rate, timed
 from pgqueue._bench.workers import ASYNC, QUEUE, SYNC, TASK, WorkerProcesses
-from pgqueue._db.queues import QueueStore
+from pgqueue._db.bench import BenchProbe, bench_probe
+from pgqueue._db.sessions import open_connection
 from pgqueue.app import App
 from pgqueue.jobs import JobSpec
 from pgqueue.settings import Settings
@@ -45,18 +40,18 @@ def _specs(start: int, count: int) -> list[JobSpec]:
     return [JobSpec(TASK, {"i": i}, queue=QUEUE) for i in range(start, start + count)]
 
 
-def _set_paused(conn: psycopg.Connection[Any], paused: bool) -> None:
-    QueueStore(conn).set_queue_paused(QUEUE, paused, actor=ACTOR)
+def _set_paused(probe: BenchProbe, paused: bool) -> None:
+    probe.set_queue_paused(QUEUE, paused, actor=ACTOR)
 
 
 def _fill_paused(ctx: Context, dsn: str, count: int) -> None:
     """``count`` jobs through ``enqueue_many`` on a paused queue, so no worker starts early."""
     ctx.status(f"enqueueing {count:,} jobs")
     app = _app(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        _set_paused(conn, True)
+    with bench_probe(dsn) as probe:
+        _set_paused(probe, True)
         for start in range(0, count, ctx.sizes.bulk_batch):
-            app.enqueue_many(conn, _specs(start, min(ctx.sizes.bulk_batch, count - start)))
+            app.enqueue_many(probe.conn, _specs(start, min(ctx.sizes.bulk_batch, count - start)))
 
 
 def _seconds(start: datetime, end: datetime) -> float:
@@ -71,21 +66,21 @@ def _drain(ctx: Context, dsn: str, *, processes: int, concurrency: int, target: 
     ``finished_at`` of the target-th completed job. Polling only decides when to look.
     """
     cap = ctx.sizes.process_cap_s
-    with psycopg.connect(dsn, autocommit=True) as conn, WorkerProcesses(
+    with bench_probe(dsn) as probe, WorkerProcesses(
             dsn, processes=processes, concurrency=concurrency, handler=handler) as workers:
         ctx.status(f"starting {processes} worker process(es)")
         workers.wait_ready()
         ctx.status(f"draining {target:,} jobs with {processes} x {concurrency}")
-        started: datetime = scalar(conn, bench_sql.CLOCK)
-        _set_paused(conn, False)
+        started: datetime = probe.clock()
+        _set_paused(probe, False)
         deadline = time.monotonic() + cap
-        done: int = scalar(conn, bench_sql.COUNT_COMPLETED)
+        done = probe.count_completed()
         while done < target and time.monotonic() < deadline:
             time.sleep(0.05)
-            done = scalar(conn, bench_sql.COUNT_COMPLETED)
+            done = probe.count_completed()
         if done >= target:
-            return rate(target, _seconds(started, scalar(conn, bench_sql.NTH_FINISHED_AT, {"n": target}))), None
-        elapsed = _seconds(started, scalar(conn, bench_sql.CLOCK))
+            return rate(target, _seconds(started, probe.nth_finished_at(target))), None
+        elapsed = _seconds(started, probe.clock())
         return rate(done, elapsed), f"capped at {cap:g} s: {done} of {target} jobs; rate = jobs handled / elapsed"
 
 
@@ -93,7 +88,7 @@ def _drain(ctx: Context, dsn: str, *, processes: int, concurrency: int, target: 
 
 def _enqueue_single(ctx: Context) -> list[Sample]:
     n = ctx.sizes.enqueue_single
-    with ctx.databases.fresh() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+    with ctx.databases.fresh() as dsn, open_connection(dsn, autocommit=True) as conn:
         app = _app(dsn)
         with timed() as watch:
             for i in range(n):
@@ -104,7 +99,7 @@ def _enqueue_single(ctx: Context) -> list[Sample]:
 def _enqueue_bulk(ctx: Context) -> list[Sample]:
     n, batch = ctx.sizes.enqueue_bulk, ctx.sizes.bulk_batch
     specs = _specs(0, n)
-    with ctx.databases.fresh() as dsn, psycopg.connect(dsn) as conn:
+    with ctx.databases.fresh() as dsn, open_connection(dsn) as conn:
         app = _app(dsn)
         with timed() as watch:
             for start in range(0, n, batch):
@@ -144,7 +139,7 @@ def _latency(ctx: Context) -> list[Sample]:
     n, gap = ctx.sizes.latency, ctx.sizes.latency_gap_s
     with ctx.databases.fresh() as dsn, WorkerProcesses(
             dsn, processes=1, concurrency=10, record_starts=True) as workers, \
-            psycopg.connect(dsn, autocommit=True) as conn:
+            open_connection(dsn, autocommit=True) as conn:
         ctx.status("starting an idle worker")
         workers.wait_ready()
         time.sleep(0.5)  # idle: parked on LISTEN, nothing in flight
@@ -175,11 +170,10 @@ def _backlog(ctx: Context) -> list[Sample]:
     samples: list[Sample] = []
     for size in ctx.sizes.backlogs:
         with ctx.databases.fresh() as dsn:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                _set_paused(conn, True)
+            with bench_probe(dsn) as probe:
+                _set_paused(probe, True)
                 ctx.status(f"generating a backlog of {size:,} jobs")
-                conn.execute(bench_sql.FILL_BACKLOG, {"task": TASK, "queue": QUEUE, "count": size})
-                conn.execute(bench_sql.ANALYZE_JOBS)
+                probe.fill_backlog(TASK, QUEUE, size)
             value, note = _drain(ctx, dsn, processes=1, concurrency=50, target=measure)
         rates.append(value)
         samples.append(Sample(f"backlog_{count_label(size)}", "jobs/s", value, note))
@@ -188,30 +182,6 @@ def _backlog(ctx: Context) -> list[Sample]:
 
 
 # --- churn ---
-
-def _table(conn: psycopg.Connection[Any], table: str) -> tuple[int, int, int]:
-    total, live, dead = conn.execute(bench_sql.TABLE_SIZE, {"table": table}).fetchall()[0]
-    return int(total), int(live), int(dead)
-
-
-def _fresh_copy_bytes(conn: psycopg.Connection[Any]) -> int:
-    """The size of the same live rows loaded into a new table with the same indexes and storage."""
-    conn.execute(bench_sql.CREATE_FRESH)
-    fresh = sql.Identifier("public", bench_sql.FRESH_TABLE)
-    for option in scalar(conn, bench_sql.JOBS_RELOPTIONS):
-        name, _, value = option.partition("=")
-        conn.execute(sql.SQL("ALTER TABLE {} SET ({} = {})").format(fresh, sql.Identifier(name), sql.Literal(value)))
-    conn.execute(bench_sql.LOAD_FRESH)
-    total, _, _ = _table(conn, f"public.{bench_sql.FRESH_TABLE}")
-    conn.execute(bench_sql.DROP_FRESH)
-    return total
-
-
-def _relation_bytes(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
-    """(heap, all indexes) of ``table``, main forks only: which of them bloats."""
-    heap, indexes = conn.execute(bench_sql.RELATION_SIZES, {"table": table}).fetchall()[0]
-    return int(heap), int(indexes)
-
 
 def _churn(ctx: Context) -> list[Sample]:
     """Jobs through the table with pgqueue's own retention: the worker's maintenance leader prunes
@@ -222,35 +192,35 @@ def _churn(ctx: Context) -> list[Sample]:
     with ctx.databases.fresh() as dsn:
         app = _app(dsn)
         half_bytes = 0
-        with psycopg.connect(dsn, autocommit=True) as conn, WorkerProcesses(
+        with bench_probe(dsn) as probe, WorkerProcesses(
                 dsn, processes=1, concurrency=50, retain_completed=sizes.churn_keep_s,
                 prune_interval=sizes.churn_prune_s) as workers:
             ctx.status("starting a worker")
             workers.wait_ready()
-            autovacuum = scalar(conn, bench_sql.AUTOVACUUM) == "on"
+            autovacuum = probe.autovacuum()
             deadline = time.monotonic() + sizes.churn_cap_s
             enqueued = done = 0
             with timed() as watch:
                 while done < n and time.monotonic() < deadline:
                     # Jobs that left the queue: completed, whether still there or pruned already.
-                    done = enqueued - scalar(conn, bench_sql.COUNT_UNFINISHED)
+                    done = enqueued - probe.count_unfinished()
                     ctx.status(f"churn: {done:,} of {n:,} jobs done")
                     if not half_bytes and done >= n // 2:
-                        half_bytes = _table(conn, "pgqueue.jobs")[0]
-                    if enqueued < n and scalar(conn, bench_sql.COUNT_AVAILABLE) < wave:
-                        app.enqueue_many(conn, _specs(enqueued, min(wave, n - enqueued)))
+                        half_bytes = probe.table_size("pgqueue.jobs")[0]
+                    if enqueued < n and probe.count_available() < wave:
+                        app.enqueue_many(probe.conn, _specs(enqueued, min(wave, n - enqueued)))
                         enqueued += min(wave, n - enqueued)
                     else:
                         time.sleep(0.1)
         # The worker has disconnected, so its statistics are flushed.
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with bench_probe(dsn) as probe:
             ctx.status("churn: measuring table sizes")
-            total, _, dead = _table(conn, "pgqueue.jobs")
-            heap, indexes = _relation_bytes(conn, "pgqueue.jobs")
-            vacuums: int = scalar(conn, bench_sql.VACUUM_COUNT)
-            live: int = scalar(conn, bench_sql.COUNT_JOBS)
-            fresh = _fresh_copy_bytes(conn)
-            events, _, _ = _table(conn, "pgqueue.job_events")
+            total, _, dead = probe.table_size("pgqueue.jobs")
+            heap, indexes = probe.relation_sizes("pgqueue.jobs")
+            vacuums = probe.vacuum_count()
+            live = probe.count_jobs()
+            fresh = probe.fresh_copy_bytes()
+            events, _, _ = probe.table_size("pgqueue.job_events")
     note = (f"pgqueue's retention in the worker: completed jobs older than {sizes.churn_keep_s:g} s pruned every "
             f"{sizes.churn_prune_s:g} s by the maintenance leader; {n:,} jobs, 1 worker x 50")
     if not autovacuum:

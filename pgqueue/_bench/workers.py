@@ -17,10 +17,7 @@ import threading
 import time
 from types import TracebackType
 
-import psycopg
-
-from pgqueue._bench import sql as bench_sql
-from pgqueue._bench.database import scalar
+from pgqueue._db.bench import bench_probe
 from pgqueue.errors import PgqueueError
 
 TASK = "pgqueue_bench.noop"
@@ -80,8 +77,8 @@ class WorkerProcesses:
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every child's worker has registered (its heartbeat row exists) and gone idle."""
         deadline = time.monotonic() + timeout
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while scalar(conn, bench_sql.LIVE_WORKERS) < self.processes:
+        with bench_probe(self.dsn) as probe:
+            while probe.live_workers() < self.processes:
                 if any(child.poll() is not None for child in self._children):
                     raise PgqueueError("a benchmark worker process exited during start-up")
                 if time.monotonic() > deadline:

@@ -33,9 +33,8 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
-@contextmanager
-def translate_errors(*, every_error: bool = False) -> Iterator[None]:
-    """Map psycopg failures the caller can act on to pgqueue's typed errors.
+def translate(exc: BaseException, *, every_error: bool = False) -> PgqueueError | None:
+    """The pgqueue error that stands for the driver's ``exc`` (None: it keeps its own type).
 
     A missing schema becomes ``SchemaNotReady``; a lost connection, or a server that takes no
     writes, ``DatabaseUnavailable``. Other statement errors keep psycopg's own type by default:
@@ -47,29 +46,35 @@ def translate_errors(*, every_error: bool = False) -> Iterator[None]:
             error into a ``PgqueueError`` naming its SQLSTATE (the scheduler's policy: its loop
             logs and retries a ``PgqueueError``, and the CLI prints it as one line).
     """
-    try:
-        yield
-    except PgqueueError:
-        raise
-    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
-        raise SchemaNotReady(f"the pgqueue schema is missing or out of date ({exc.diag.message_primary}): "
-                             "run `pgqueue migrate`") from exc
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
-    except psycopg.errors.ReadOnlySqlTransaction as exc:
+    if not isinstance(exc, psycopg.Error):
+        return None
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName
+                  | psycopg.errors.UndefinedFunction):
+        return SchemaNotReady(f"the pgqueue schema is missing or out of date ({exc.diag.message_primary}): "
+                              "run `pgqueue migrate`")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(f"database unavailable: {first_line(exc)}")
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
         # A primary fenced read-only (default_transaction_read_only) or a DSN that now reaches a
         # standby: the server is up but takes no writes, so nothing was written. Not an
-        # OperationalError in psycopg's hierarchy (it is SQLSTATE class 25), hence its own clause.
-        raise DatabaseUnavailable(f"database unavailable for writes: it is read-only "
-                                  f"({exc.diag.message_primary})") from exc
-    except psycopg.errors.UndefinedColumn as exc:
-        if not every_error:
-            raise
-        raise SchemaNotReady(f"the pgqueue schema is out of date ({exc.diag.message_primary}): "
-                             "run `pgqueue migrate`") from exc
+        # OperationalError in psycopg's hierarchy (it is SQLSTATE class 25), hence its own case.
+        return DatabaseUnavailable(f"database unavailable for writes: it is read-only ({exc.diag.message_primary})")
+    if not every_error:
+        return None
+    if isinstance(exc, psycopg.errors.UndefinedColumn):
+        return SchemaNotReady(f"the pgqueue schema is out of date ({exc.diag.message_primary}): run `pgqueue migrate`")
+    # Anything else (a lock or statement timeout, a deadlock) reaches the scheduler loop as a
+    # PgqueueError, which it logs and retries, and the CLI as one line.
+    return PgqueueError(f"database error ({exc.sqlstate or type(exc).__name__}): {first_line(exc)}")
+
+
+@contextmanager
+def translate_errors(*, every_error: bool = False) -> Iterator[None]:
+    """Raise :func:`translate`'s pgqueue error for a driver error raised inside the block."""
+    try:
+        yield
     except psycopg.Error as exc:
-        if not every_error:
+        error = translate(exc, every_error=every_error)
+        if error is None:
             raise
-        # Anything else (a lock or statement timeout, a deadlock) reaches the scheduler loop as a
-        # PgqueueError, which it logs and retries, and the CLI as one line.
-        raise PgqueueError(f"database error ({exc.sqlstate or type(exc).__name__}): {first_line(exc)}") from exc
+        raise error from exc

@@ -2,5 +2,5 @@
 
 - ``app``: the App the child processes run (kept light: workers import this package).
 - ``runner``: one run, start to finish; ``chaos``: the fault plan and its player;
-  ``enqueuer``: the job stream; ``books``: the scoreboard; ``sql``: the soak's own queries.
+  ``enqueuer``: the job stream; ``books``: the scoreboard. The SQL is ``pgqueue._db.soak``'s.
 """

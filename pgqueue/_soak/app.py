@@ -9,14 +9,10 @@ visible: the books count executions from that table, independently of what pgque
 from __future__ import annotations
 
 import os
-import threading
 import time
-from typing import Any
-
-import psycopg
-from psycopg_pool import ConnectionPool
 
 import pgqueue
+from pgqueue._db.soak import ExecutionLog
 
 WORK = "soak-work"  # succeeds on its first attempt
 FLAKY = "soak-flaky"  # fails twice, then succeeds: exercises retry_scheduled
@@ -29,39 +25,16 @@ ENQUEUED_TASKS = (WORK, FLAKY, DOOMED)
 
 app = pgqueue.App()
 
-_pool: ConnectionPool[Any] | None = None
-_pool_lock = threading.Lock()
+_executions = ExecutionLog(lambda: app.dsn)
 
 
 class FlakyError(Exception):
     """The planned failure of a flaky or doomed soak job."""
 
 
-def _get_pool() -> ConnectionPool[Any]:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            # Not named pgqueue-*: the chaos loop terminates pgqueue's backends, not the referee's.
-            _pool = ConnectionPool(app.dsn, min_size=1, max_size=3, open=True, name="soak-executions",
-                                   kwargs={"autocommit": True, "connect_timeout": 5,
-                                           "application_name": "soak-executions"},
-                                   check=ConnectionPool.check_connection)
-        return _pool
-
-
 def record_execution(job: pgqueue.Job) -> None:
     """One row per execution; retried while the database restarts so the record is never skipped."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with _get_pool().connection(timeout=10) as conn:
-                conn.execute("INSERT INTO soak_executions (job_id, attempt, pid) VALUES (%s, %s, %s)",
-                             [job.id, job.attempt, os.getpid()])
-            return
-        except (psycopg.OperationalError, psycopg.errors.AdminShutdown):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    _executions.record(job.id, job.attempt, os.getpid())
 
 
 @app.task(name=WORK, max_attempts=10)

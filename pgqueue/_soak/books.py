@@ -6,14 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from pgqueue import _audit
-from pgqueue._soak import sql as soak_sql
+from pgqueue._db.soak import Books
 from pgqueue._soak.app import ENQUEUED_TASKS, SCHEDULE, TICK
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
@@ -80,19 +79,11 @@ class Scoreboard:
         return Group(table, faults, info, *notes, verdict)
 
 
-def _scalar(conn: psycopg.Connection[Any], query: Any, params: dict[str, Any] | None = None) -> int:
-    row = conn.execute(query, params).fetchone()
-    return int(row[0]) if row is not None and row[0] is not None else 0
-
-
-def check_books(conn: psycopg.Connection[Any], board: Scoreboard, *, confirmed: int,
-                killed_pids: Iterable[int]) -> None:
+def check_books(books: Books, board: Scoreboard, *, confirmed: int, killed_pids: Iterable[int]) -> None:
     """Fill ``board`` from the database; ``confirmed`` is the enqueuer's count of committed jobs."""
-    tasks = {"tasks": list(ENQUEUED_TASKS)}
-    states = {state: int(n) for state, n in conn.execute(soak_sql.STATES).fetchall()}
-    row = conn.execute(soak_sql.ENQUEUED_ROWS, tasks).fetchone()
-    rows, numbers = (int(row[0]), int(row[1])) if row is not None else (0, 0)
-    cron_jobs = _scalar(conn, soak_sql.CRON_JOBS, {"task": TICK})
+    states = books.states()
+    rows, numbers = books.enqueued_rows(ENQUEUED_TASKS)
+    cron_jobs = books.cron_jobs(TICK)
     total = sum(states.values())
     terminal = sum(n for state, n in states.items() if state in TERMINAL_STATES)
     enqueued = confirmed + cron_jobs
@@ -103,46 +94,43 @@ def check_books(conn: psycopg.Connection[Any], board: Scoreboard, *, confirmed: 
     board.zero("stuck_running", "stuck running after the run", states.get("running", 0))
     board.zero("double_inserts", "enqueued twice (rows beyond the enqueuer's numbers)", rows - numbers)
     board.zero("duplicate_outcomes", "duplicate outcomes (two outcome events for one attempt)",
-               _scalar(conn, soak_sql.DUPLICATE_OUTCOMES))
-    board.zero("terminal_twice", "jobs that reached a terminal state twice", _scalar(conn, soak_sql.TERMINAL_TWICE))
+               books.duplicate_outcomes())
+    board.zero("terminal_twice", "jobs that reached a terminal state twice", books.terminal_twice())
     board.zero("duplicate_cron_runs", "duplicate cron runs (two jobs for one fire time)",
-               _scalar(conn, soak_sql.DUPLICATE_CRON_EVENTS)
-               + _scalar(conn, soak_sql.CRON_JOBS_WITHOUT_RUN, {"task": TICK})
-               + _scalar(conn, soak_sql.RUNS_WITHOUT_JOB))
+               books.duplicate_cron_runs(TICK))
 
     killed = set(killed_pids)
     explained = unexplained = extra_total = 0
     unexplained_examples: list[int] = []
-    for job_id, extra, pids in conn.execute(soak_sql.EXTRA_EXECUTIONS).fetchall():
-        extra_total += int(extra)
+    for job_id, extra, pids in books.extra_executions():
+        extra_total += extra
         by_killed = sum(1 for pid in pids if pid in killed)
         if by_killed >= extra:
             explained += 1
         else:
             unexplained += 1
             if len(unexplained_examples) < 10:
-                unexplained_examples.append(int(job_id))
+                unexplained_examples.append(job_id)
     board.equal("reexecuted_jobs_killed", "jobs executed more than once, their worker killed", explained, explained,
                 "any")
     board.zero("reexecuted_jobs_unexplained", "jobs executed more than once, no worker of theirs killed",
                unexplained)
     board.zero("completed_without_execution", "completed attempts with no recorded execution",
-               _scalar(conn, soak_sql.COMPLETED_WITHOUT_EXECUTION))
-    gaps = conn.execute(soak_sql.AUDIT_GAPS).fetchone()
-    board.zero("audit_missing_enqueued", "audit: jobs without an 'enqueued' event", int(gaps[0]) if gaps else 0)
-    board.zero("audit_missing_terminal", "audit: finished jobs without their terminal event",
-               int(gaps[1]) if gaps else 0)
+               books.completed_without_execution())
+    no_enqueued, no_terminal = books.audit_gaps()
+    board.zero("audit_missing_enqueued", "audit: jobs without an 'enqueued' event", no_enqueued)
+    board.zero("audit_missing_terminal", "audit: finished jobs without their terminal event", no_terminal)
     # What `pgqueue audit verify` does: seal what is pending, then recompute the whole chain.
-    sealed = _audit.seal_pending(conn)
-    report = _audit.verify(conn)
+    sealed = _audit.seal_pending(books.conn)
+    report = _audit.verify(books.conn)
     board.zero("audit_verify_problems", "audit verify: problems found (0 = passes)", len(report.problems))
     board.notes.extend(f"audit verify: {problem}" for problem in report.problems)
 
     board.info.update({
         "states": states,
-        "cron_runs": _scalar(conn, soak_sql.CRON_RUNS, {"schedule": SCHEDULE}),
+        "cron_runs": books.cron_runs(SCHEDULE),
         "extra_executions": extra_total,
-        "rescued_attempts": _scalar(conn, soak_sql.RESCUED_ATTEMPTS),
+        "rescued_attempts": books.rescued_attempts(),
         "audit_seals": report.seals,
         "audit_events_verified": report.events,
         "audit_sealed_by_the_referee": sealed.events,

@@ -16,10 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import psycopg
-
+from pgqueue._db.soak import terminate_backends
 from pgqueue._log import get_logger
-from pgqueue._soak import sql as soak_sql
 from pgqueue._soak.processes import Child
 
 WORKER_SIGKILL = "worker_sigkill"
@@ -155,15 +153,12 @@ class Chaos(threading.Thread):
             time.sleep(fault.pause)
             child.start()
         elif fault.kind == BACKEND_TERMINATE:
-            with psycopg.connect(self.dsn, autocommit=True, application_name="soak-chaos", connect_timeout=5) as conn:
-                backends = conn.execute(soak_sql.PGQUEUE_BACKENDS).fetchall()
-                if not backends:
-                    return
-                chosen = pick.sample(backends, min(len(backends), pick.randint(1, 3)))
-                for pid, _name in chosen:
-                    conn.execute(soak_sql.TERMINATE_BACKEND, {"pid": pid})
+            chosen = terminate_backends(
+                self.dsn, lambda backends: pick.sample(backends, min(len(backends), pick.randint(1, 3))))
+            if not chosen:
+                return
             self.log.injected[fault.kind] += 1
-            self.log.backends_terminated += len(chosen)
+            self.log.backends_terminated += chosen
         elif fault.kind == DATABASE_RESTART and self.restart_database is not None:
             self.restart_database(fault.pause)
             self.log.injected[fault.kind] += 1

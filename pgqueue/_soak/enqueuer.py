@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
-
-import psycopg
 
 import pgqueue
-from pgqueue._soak import sql as soak_sql
+from pgqueue._db.errors import DATABASE_ERRORS
+from pgqueue._db.soak import EnqueuerSession
 from pgqueue._soak.app import DOOMED, ENQUEUED_TASKS, FLAKY, WORK
 from pgqueue._soak.app import app as soak_app
-from pgqueue.errors import PgqueueError
 
 _TICK = 0.25
 _MAX_BATCH = 1000
@@ -37,7 +34,7 @@ class Enqueuer(threading.Thread):
         self.error: str | None = None
         self.stopping = threading.Event()
         self._app = pgqueue.App(dsn)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._session = EnqueuerSession(dsn)
 
     def run(self) -> None:
         try:
@@ -50,8 +47,7 @@ class Enqueuer(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - reported on the scoreboard, never swallowed
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
-            if self._conn is not None:
-                self._conn.close()
+            self._session.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -64,13 +60,13 @@ class Enqueuer(threading.Thread):
         deadline = time.monotonic() + 120
         while True:
             try:
-                conn = self._connection()
+                conn = self._session.connection()
                 self._app.enqueue_many(conn, specs)
                 conn.commit()
                 self.confirmed = end
                 return
-            except (PgqueueError, psycopg.Error):
-                self._drop_connection()
+            except DATABASE_ERRORS:
+                self._session.close()
                 if time.monotonic() > deadline:
                     raise
                 # The commit may have landed before the connection broke: the batch is one
@@ -84,21 +80,8 @@ class Enqueuer(threading.Thread):
     def _landed(self, n: int) -> bool:
         while True:
             try:
-                row = self._connection().execute(
-                    soak_sql.BATCH_LANDED, {"tasks": list(ENQUEUED_TASKS), "n": n}).fetchone()
-                self._connection().rollback()
-                return row is not None and row[0] > 0
-            except psycopg.Error:
-                self._drop_connection()
+                return self._session.batch_landed(ENQUEUED_TASKS, n)
+            except DATABASE_ERRORS:
+                self._session.close()
                 if self.stopping.wait(0.2):
                     raise
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, application_name="soak-enqueuer", connect_timeout=5)
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None

@@ -12,13 +12,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
-
-import psycopg
+from typing import Protocol
 
 from pgqueue import _embedded, _migrate
+from pgqueue._db import soak as soak_db
 from pgqueue._db.databases import drop_database, recreate_database
-from pgqueue._soak import sql as soak_sql
 from pgqueue._soak.books import Scoreboard, check_books
 from pgqueue._soak.chaos import DATABASE_RESTART, KINDS, Chaos, plan_faults
 from pgqueue._soak.enqueuer import Enqueuer
@@ -73,8 +71,7 @@ def run_soak(options: SoakOptions, progress: ProgressSink) -> Scoreboard:
         dsn = recreate_database(server_dsn, database)
         created = True
         _migrate.upgrade(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(soak_sql.EXECUTIONS_DDL)
+        soak_db.create_executions_table(dsn)
         board.info["database"] = f"{database} on {'a private server' if home else 'the given server'}"
 
         env = child_env(dsn, lease_seconds=LEASE_SECONDS, poll_seconds=POLL_SECONDS)
@@ -99,20 +96,8 @@ def run_soak(options: SoakOptions, progress: ProgressSink) -> Scoreboard:
                       started=started)
         enqueuer.start()
         chaos.start()
-        with psycopg.connect(dsn, autocommit=True, application_name="soak-referee") as probe_conn:
-            probe: dict[str, Any] = {"conn": probe_conn}
-
-            def counts() -> tuple[int, int] | None:
-                try:
-                    if probe["conn"].closed:
-                        probe["conn"] = psycopg.connect(dsn, autocommit=True, application_name="soak-referee",
-                                                        connect_timeout=3)
-                    row = probe["conn"].execute(soak_sql.PROGRESS).fetchone()
-                    return (int(row[0]), int(row[1])) if row else None
-                except psycopg.Error:
-                    with contextlib.suppress(psycopg.Error):
-                        probe["conn"].close()
-                    return None
+        with soak_db.referee(dsn) as referee:
+            counts = referee.progress
 
             def status(terminal_open: tuple[int, int] | None) -> str:
                 done = f"{terminal_open[0]} done, {terminal_open[1]} open" if terminal_open else "database unreachable"
@@ -153,8 +138,8 @@ def run_soak(options: SoakOptions, progress: ProgressSink) -> Scoreboard:
             chaos.finish()
 
         progress.phase("checking the books", None)
-        with psycopg.connect(dsn, autocommit=True, application_name="soak-referee") as conn:
-            check_books(conn, board, confirmed=enqueuer.confirmed, killed_pids=chaos.log.killed_pids)
+        with soak_db.books(dsn) as books:
+            check_books(books, board, confirmed=enqueuer.confirmed, killed_pids=chaos.log.killed_pids)
         board.zero("unexpected_exits", "child processes that exited on their own", len(chaos.log.unexpected_exits))
         bad_exits = {name: code for name, code in {**scheduler_codes, **worker_codes}.items() if code != 0}
         board.zero("unclean_stops", "children that did not stop cleanly on SIGTERM", len(bad_exits))

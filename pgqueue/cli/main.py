@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-import psycopg
 import typer
 
 from pgqueue import __version__
@@ -86,7 +85,13 @@ def main() -> None:
     except PgqueueError as exc:
         print(f"pgqueue: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"pgqueue: error: database unavailable: {first}", file=sys.stderr)
+    except Exception as exc:
+        # A driver error a command did not translate (a lost connection...): the same one line.
+        # The data layer is imported only on this way out, never to print --help.
+        from pgqueue._db.errors import translate
+
+        error = translate(exc)
+        if error is None:
+            raise
+        print(f"pgqueue: error: {error}", file=sys.stderr)
         sys.exit(1)

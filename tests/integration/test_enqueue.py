@@ -476,14 +476,14 @@ def test_an_invalid_spec_in_enqueue_many_enqueues_nothing(caller: Caller, app: A
 
 def test_a_sync_connection_on_the_async_api_is_a_configuration_error(app: App, conn: Conn) -> None:
     with pytest.raises(ConfigurationError, match="enqueue"):
-        asyncio.run(app.enqueue_async(conn, "t", {}))
+        asyncio.run(app.enqueue_async(conn, "t", {}))  # type: ignore[arg-type]  # the mix-up under test
 
 
 def test_an_async_connection_on_the_sync_api_is_a_configuration_error(app: App, dsn: str) -> None:
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(dsn) as aconn:
             with pytest.raises(ConfigurationError, match="enqueue_async"):
-                app.enqueue(aconn, "t", {})
+                app.enqueue(aconn, "t", {})  # type: ignore[arg-type]  # the mix-up under test
 
     asyncio.run(scenario())
 
@@ -492,7 +492,7 @@ def test_an_async_sqlalchemy_session_on_the_sync_api_is_a_configuration_error(ap
     engine = create_async_engine(_sqlalchemy_url(dsn), poolclass=NullPool)
     session = AsyncSession(engine)
     with pytest.raises(ConfigurationError, match="enqueue_async"):
-        app.enqueue(session, "t", {})
+        app.enqueue(session, "t", {})  # type: ignore[arg-type]  # the mix-up under test
 
 
 # --- options ----------------------------------------------------------------------------------
