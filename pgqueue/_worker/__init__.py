@@ -1,1 +1,2 @@
-"""The worker: claim loop, executor, heartbeat, supervisor."""
+"""The worker's parts, orchestrated by ``loop.py`` (see its docstring), and the ``--processes``
+supervisor. The public face is :class:`pgqueue.Worker`."""

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+from pgqueue._db.sessions import capped_backoff
 from pgqueue._log import get_logger
 
 _PR_SET_PDEATHSIG = 1
@@ -132,7 +133,7 @@ class Supervisor:
                 # A crash loop (a poison job killing every child) must not spin: back off.
                 ran_for = time.monotonic() - started_at[slot]
                 failures[slot] = 0 if ran_for > 30 else failures[slot] + 1
-                wait = min(0.5 * 2 ** failures[slot], 30.0) if failures[slot] else 0.0
+                wait = capped_backoff(failures[slot], base=0.5, cap=30.0, doublings=6) if failures[slot] else 0.0
                 log.warning("supervisor.child_died", slot=slot, pid=child.pid, exit_code=code, restart_in_s=wait)
                 self._wait(wait)
                 if self._should_restart():
