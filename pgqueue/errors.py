@@ -10,8 +10,9 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── DatabaseUnavailable
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
-    │                            PayloadTooLarge, UnknownTask, InvalidSchedule
-    ├── ScheduleError            InvalidCron, InvalidTimezone, ScheduleExists, ScheduleNotFound
+    │                            PayloadTooLarge, UnknownTask
+    ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
+    │                            ScheduleNotFound
     ├── JobNotFound
     ├── InvalidJobState
     └── DecryptionError          UnknownEncryptionKey
@@ -86,6 +87,10 @@ class InvalidCron(ScheduleError):
 
 class InvalidTimezone(ScheduleError):
     """The time zone is not a known IANA name."""
+
+
+class InvalidSchedule(ScheduleError):
+    """A schedule's name, task, misfire policy or max_catchup breaks its rule."""
 
 
 class ScheduleExists(ScheduleError):

@@ -19,7 +19,7 @@ from psycopg.rows import TupleRow
 from structlog.testing import capture_logs
 
 import pgqueue
-from pgqueue._db.schedule_store import ScheduledJob, ScheduleStore
+from pgqueue._db.schedules import ScheduleStore
 from pgqueue._scheduler import Scheduler
 from pgqueue.errors import ScheduleExists, ScheduleNotFound
 from pgqueue.schedules import (
@@ -333,7 +333,7 @@ def test_racing_inserts_of_the_same_fire_times_admit_each_once(dsn: str, db: Db)
     # Below the row lock: even passes that both believe a fire time is theirs insert it once,
     # because schedule_runs' primary key decides.
     fire_times = [datetime(2024, 1, 1, 0, 0, s, tzinfo=UTC) for s in range(20)]
-    job = ScheduledJob(task="t", queue="default", priority=100, args_json="{}", max_attempts=1, tags=())
+    job = pgqueue.App(dsn)._new_job("t", {}, max_attempts=1)
     connections = [psycopg.connect(dsn, autocommit=True) for _ in range(10)]
     barrier = threading.Barrier(len(connections))
     inserted: list[tuple[int, datetime]] = []
@@ -413,7 +413,7 @@ def test_a_sync_waits_for_a_pass_holding_its_schedule_and_keeps_what_the_pass_wr
             # ...and the sync, which wants to update it, waits for it.
             wait_until(lambda: lock_waits(db) == 1, timeout=10, message="the sync waits for the row")
             # The pass still writes: a sync must not lock it out (that would be a deadlock).
-            store.advance_schedule(due.name, fire_time + timedelta(days=1), fire_time)
+            store.advance_schedule(due["name"], fire_time + timedelta(days=1), fire_time)
         thread.join(10)
 
     assert errors == []

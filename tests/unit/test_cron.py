@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from pgqueue._cron import Cron, plan_runs
 from pgqueue.errors import InvalidCron, InvalidTimezone, ScheduleError
-from pgqueue.schedules import Cron, plan_runs
 
 NY = ZoneInfo("America/New_York")
 LONDON = ZoneInfo("Europe/London")

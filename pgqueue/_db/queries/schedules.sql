@@ -118,7 +118,8 @@ SELECT name FROM disabled;
 -- SKIP LOCKED: concurrent schedulers share the due schedules out instead of queueing behind each
 -- other. The one holding a schedule's row inserts its runs and advances next_run_at before the
 -- lock is released, and a scheduler that reads the row afterwards no longer finds it due.
-SELECT name, cron, timezone, task, queue, args, priority, misfire, max_catchup, next_run_at
+SELECT name, cron, timezone, task, queue, args, priority, paused, misfire, max_catchup, source,
+       disabled_at, next_run_at, last_run_at, created_at, updated_at
 FROM pgqueue.schedules
 WHERE NOT paused AND disabled_at IS NULL AND (next_run_at IS NULL OR next_run_at <= now())
 ORDER BY next_run_at NULLS FIRST, name

@@ -1,18 +1,19 @@
 """ScheduleStore: one method per named query on pgqueue.schedules and pgqueue.schedule_runs.
 
 The store never decides anything (what is due, which fire times to insert): ``pgqueue.schedules``
-and ``pgqueue._scheduler`` do, with the time the store reads from the database. Transactions are
-the caller's: :meth:`ScheduleStore.transaction` is a real transaction on an autocommit
-connection and a savepoint inside the caller's transaction otherwise.
+and ``pgqueue._scheduler`` do, with the time the store reads from the database. Reads return the
+table's rows as dicts, which ``pgqueue.schedules.Schedule`` wraps; writes take the definition
+(``ScheduleSpec``) and the job each run inserts (``NewJob``) as they are. Transactions are the
+caller's: :meth:`ScheduleStore.transaction` is a real transaction on an autocommit connection and
+a savepoint inside the caller's transaction otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -24,59 +25,15 @@ from pgqueue._payload import encode_json
 from pgqueue.errors import PgqueueError, SchemaNotReady
 from pgqueue.settings import normalize_dsn
 
-#: A row of pgqueue.schedules, keyed by column name.
-ScheduleRow = dict[str, Any]
+if TYPE_CHECKING:
+    from pgqueue._cron import RunPlan
+    from pgqueue._db.store import NewJob
+    from pgqueue.schedules import ScheduleSpec
 
 # Keepalives let a half-open connection fail in about 25 s instead of the kernel's two hours.
 _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "connect_timeout": 5,
 }
-
-
-@dataclass(frozen=True)
-class ScheduleValues:
-    """The definition columns written by an add, a replace or a sync (args as JSON text)."""
-
-    name: str
-    cron: str
-    timezone: str
-    task: str
-    queue: str
-    args_json: str
-    priority: int
-    misfire: str
-    max_catchup: int
-    source: str
-
-
-@dataclass(frozen=True)
-class DueSchedule:
-    """A schedule locked by a scheduler pass because a run is due (or it has no next_run_at yet)."""
-
-    name: str
-    cron: str
-    timezone: str
-    task: str
-    queue: str
-    args: dict[str, Any]
-    priority: int
-    misfire: str
-    max_catchup: int
-    next_run_at: datetime | None
-
-
-@dataclass(frozen=True)
-class ScheduledJob:
-    """What every run of one schedule inserts (validated by the App): args as JSON text, or, for a task
-    that encrypts, None and the ciphertext."""
-
-    task: str
-    queue: str
-    priority: int
-    args_json: str | None
-    max_attempts: int
-    tags: tuple[str, ...]
-    args_encrypted: bytes | None = None
 
 
 @contextmanager
@@ -146,12 +103,12 @@ class ScheduleStore:
         value: datetime = row[0]
         return value
 
-    def list_schedules(self) -> list[ScheduleRow]:
+    def list_schedules(self) -> list[dict[str, Any]]:
         with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(SCHEDULES.list_schedules)
             return cur.fetchall()
 
-    def get_schedule(self, name: str, *, for_update: bool = False) -> ScheduleRow | None:
+    def get_schedule(self, name: str, *, for_update: bool = False) -> dict[str, Any] | None:
         query = SCHEDULES.get_schedule_for_update if for_update else SCHEDULES.get_schedule
         with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, {"name": name})
@@ -171,16 +128,18 @@ class ScheduleStore:
         with _translated():
             self.conn.execute(SCHEDULES.lock_for_sync)
 
-    def insert_schedule(self, values: ScheduleValues, next_run_at: datetime | None, *, actor: str | None) -> bool:
+    def insert_schedule(self, spec: ScheduleSpec, *, source: str, next_run_at: datetime | None,
+                        actor: str | None) -> bool:
         """Insert a schedule; False when the name is taken (nothing written)."""
         with _translated():
-            row = self.conn.execute(SCHEDULES.insert_schedule, _value_params(values, next_run_at, actor)).fetchone()
+            row = self.conn.execute(SCHEDULES.insert_schedule,
+                                    _definition_params(spec, source, next_run_at, actor)).fetchone()
         return row is not None
 
-    def update_schedule(self, values: ScheduleValues, next_run_at: datetime | None, *, event: str,
+    def update_schedule(self, spec: ScheduleSpec, *, source: str, next_run_at: datetime | None, event: str,
                         actor: str | None, changed: Sequence[str], keep_next_run_at: bool = False) -> bool:
-        """Update a schedule of ``values.source``; ``keep_next_run_at`` leaves the current value."""
-        params = _value_params(values, next_run_at, actor) | {
+        """Update a schedule of ``source``; ``keep_next_run_at`` leaves the current value."""
+        params = _definition_params(spec, source, next_run_at, actor) | {
             "event": event, "changed": encode_json(list(changed)), "keep_next_run_at": keep_next_run_at}
         with _translated():
             return self.conn.execute(SCHEDULES.update_schedule, params).fetchone() is not None
@@ -202,12 +161,12 @@ class ScheduleStore:
 
     # --- the scheduler's pass ---
 
-    def lock_due_schedules(self, limit: int) -> list[DueSchedule]:
+    def lock_due_schedules(self, limit: int) -> list[dict[str, Any]]:
         with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(SCHEDULES.lock_due_schedules, {"limit": limit})
-            return [DueSchedule(**row) for row in cur.fetchall()]
+            return cur.fetchall()
 
-    def insert_scheduled_jobs(self, schedule: str, job: ScheduledJob, fire_times: Sequence[datetime],
+    def insert_scheduled_jobs(self, schedule: str, job: NewJob, fire_times: Sequence[datetime],
                               catch_up: Sequence[bool], *, actor: str) -> list[tuple[int, datetime]]:
         """Insert one job per fire time not yet recorded in schedule_runs.
 
@@ -216,7 +175,7 @@ class ScheduleStore:
         """
         params = {
             "schedule": schedule, "fire_times": list(fire_times), "catch_up": list(catch_up),
-            "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args_json,
+            "task": job.task, "queue": job.queue, "priority": job.priority, "args": job.args,
             "args_encrypted": job.args_encrypted, "max_attempts": job.max_attempts, "tags": list(job.tags),
             "actor": actor,
         }
@@ -224,14 +183,13 @@ class ScheduleStore:
             rows = self.conn.execute(SCHEDULES.insert_scheduled_jobs, params).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def record_misfire(self, schedule: str, *, policy: str, missed: int, missed_truncated: bool, inserted: int,
-                       dropped: int, first_missed: datetime | None, last_missed: datetime | None,
-                       actor: str) -> None:
+    def record_misfire(self, schedule: str, *, policy: str, plan: RunPlan, actor: str) -> None:
         with _translated():
             self.conn.execute(SCHEDULES.record_misfire, {
-                "schedule": schedule, "policy": policy, "missed": missed, "missed_truncated": missed_truncated,
-                "inserted": inserted, "dropped": dropped, "first_missed": first_missed,
-                "last_missed": last_missed, "actor": actor,
+                "schedule": schedule, "policy": policy, "missed": plan.missed,
+                "missed_truncated": plan.missed_truncated, "inserted": plan.inserted_missed,
+                "dropped": plan.dropped, "first_missed": plan.first_missed, "last_missed": plan.last_missed,
+                "actor": actor,
             })
 
     def advance_schedule(self, name: str, next_run_at: datetime | None, last_run_at: datetime | None) -> None:
@@ -240,9 +198,10 @@ class ScheduleStore:
                               {"name": name, "next_run_at": next_run_at, "last_run_at": last_run_at})
 
 
-def _value_params(values: ScheduleValues, next_run_at: datetime | None, actor: str | None) -> dict[str, Any]:
+def _definition_params(spec: ScheduleSpec, source: str, next_run_at: datetime | None,
+                       actor: str | None) -> dict[str, Any]:
     return {
-        "name": values.name, "cron": values.cron, "timezone": values.timezone, "task": values.task,
-        "queue": values.queue, "args": values.args_json, "priority": values.priority, "misfire": values.misfire,
-        "max_catchup": values.max_catchup, "source": values.source, "next_run_at": next_run_at, "actor": actor,
+        "name": spec.name, "cron": spec.cron, "timezone": spec.timezone, "task": spec.task, "queue": spec.queue,
+        "args": spec.args_json, "priority": spec.priority, "misfire": spec.misfire, "max_catchup": spec.max_catchup,
+        "source": source, "next_run_at": next_run_at, "actor": actor,
     }
