@@ -331,9 +331,10 @@ def remove_schedule(conn: Any, name: str, *, actor: str | None = None) -> Schedu
     Example:
         >>> pgqueue.schedules.remove_schedule(conn, "nightly"); conn.commit()
     """
+    _check_name(name)
     store = _store(conn)
     with store.transaction():
-        schedule = _existing(store, _check_name(name), for_update=True)
+        schedule = _existing(store, name, for_update=True)
         store.delete_schedule(name, actor=actor)
     return schedule
 
@@ -377,7 +378,8 @@ def get_schedule(conn: Any, name: str) -> Schedule:
         >>> pgqueue.schedules.get_schedule(conn, "nightly").next_run_at
         datetime.datetime(2024, 7, 2, 2, 0, tzinfo=datetime.timezone.utc)
     """
-    return _existing(_store(conn), _check_name(name))
+    _check_name(name)
+    return _existing(_store(conn), name)
 
 
 def list_schedules(conn: Any) -> list[Schedule]:
@@ -407,9 +409,10 @@ def _existing(store: ScheduleStore, name: str, *, for_update: bool = False) -> S
 
 
 def _set_paused(conn: Any, name: str, *, paused: bool, actor: str | None) -> Schedule:
+    _check_name(name)
     store = _store(conn)
     with store.transaction():
-        schedule = _existing(store, _check_name(name), for_update=True)
+        schedule = _existing(store, name, for_update=True)
         if schedule.paused == paused:
             return schedule
         # A paused schedule has no next run; resuming starts from the next fire time after now.
