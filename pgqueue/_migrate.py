@@ -26,6 +26,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.pool import NullPool
 
+from pgqueue._db.errors import first_line
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, InvalidDSN, PgqueueError
 from pgqueue.settings import normalize_dsn, redact_dsn
 
@@ -76,8 +77,7 @@ def create_engine(dsn: str) -> sa.Engine:
 
 
 def _first_line(exc: BaseException | None, dsn: str) -> str:
-    text = str(exc).strip() if exc is not None else ""
-    line = text.splitlines()[0].strip() if text else type(exc).__name__ if exc is not None else "unknown error"
+    line = first_line(exc) if exc is not None else "unknown error"
     try:
         password = psycopg.conninfo.conninfo_to_dict(normalize_dsn(dsn)).get("password")
     except (psycopg.Error, PgqueueError):

@@ -1,11 +1,12 @@
-"""The Scheduler: inserts due cron jobs. Any number may run at once (``pgqueue scheduler``, or a
-thread inside ``pgqueue worker --with-scheduler``).
+"""The Scheduler: syncs the app's code schedules at start, then inserts due cron jobs. Any number
+may run at once (``pgqueue scheduler``, or a thread inside ``pgqueue worker --with-scheduler``).
 
-Each pass is one transaction: read the database clock, lock the due schedules
-(``FOR UPDATE SKIP LOCKED``), insert their runs (the ``schedule_runs`` primary key admits each
-fire time once, ever), write the audit rows, advance ``next_run_at``/``last_run_at``, commit.
-Nothing here reads the host's clock to decide what is due; the host clock is only compared with
-the database's to warn about skew.
+The sync (:func:`sync_schedules`) makes the ``source = 'code'`` rows of ``pgqueue.schedules``
+match ``app.schedules``; its rules are on the function. Each pass is one transaction: read the
+database clock, lock the due schedules (``FOR UPDATE SKIP LOCKED``), insert their runs (the
+``schedule_runs`` primary key admits each fire time once, ever), write the audit rows, advance
+``next_run_at``/``last_run_at``, commit. Nothing here reads the host's clock to decide what is
+due; the host clock is only compared with the database's to warn about skew.
 
 Why a thread of its own rather than a duty of the worker's maintenance leader: the leader may be
 a worker started without ``--with-scheduler``, and then nothing would fire. Schedulers need no
@@ -18,17 +19,22 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from pgqueue._db.schedule_store import DueSchedule, ScheduledJob, ScheduleStore
+from pgqueue._cron import DEFAULT_MISFIRE_GRACE, parse_cron, plan_runs
+from pgqueue._db.errors import first_line
+from pgqueue._db.schedules import ScheduleStore
+from pgqueue._db.sessions import ReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
-from pgqueue.errors import ConfigurationError, DatabaseUnavailable, PgqueueError, SchemaNotReady
-from pgqueue.schedules import DEFAULT_MISFIRE_GRACE, SyncResult, parse_cron, plan_runs, sync_schedules
+from pgqueue.errors import ConfigurationError, DatabaseUnavailable, PgqueueError, ScheduleExists, SchemaNotReady
+from pgqueue.schedules import Schedule, ScheduleSpec
+from pgqueue.settings import normalize_dsn
 
 if TYPE_CHECKING:
+    from pgqueue._db.jobs import NewJob
     from pgqueue.app import App
 
 ACTOR = "scheduler"
@@ -59,6 +65,86 @@ def misfire_grace_from_env(env: dict[str, str] | None = None) -> timedelta:
     if not seconds >= 0 or seconds == float("inf"):
         raise ConfigurationError(f"PGQUEUE_MISFIRE_GRACE_SECONDS {raw!r} must be a number of seconds >= 0")
     return timedelta(seconds=seconds)
+
+
+# --- the start-up sync ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :func:`sync_schedules` changed (schedule names)."""
+
+    created: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    enabled: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+_TIMING = frozenset({"cron", "timezone"})
+
+
+def sync_schedules(store: ScheduleStore, specs: Iterable[ScheduleSpec], *, actor: str | None = ACTOR) -> SyncResult:
+    """Make the code schedules in the database match ``specs`` (what the scheduler does at start).
+
+    - a spec with no row is created (``source = 'code'``), its first run the next fire time;
+    - a code row that differs is updated; a change of ``cron`` or ``timezone`` restarts its fire
+      times from now, other changes keep ``next_run_at``;
+    - a disabled code row whose spec is back is enabled again (fire times restart from now);
+    - a code row with no spec is disabled (``disabled_at`` set, ``next_run_at`` cleared);
+    - run-time rows are never changed; a spec whose name is a run-time schedule's is refused.
+
+    ``paused`` is never changed by a sync. Concurrent syncs (several schedulers starting at once)
+    run one after the other; scheduler passes go on meanwhile. Every change writes a
+    ``job_events`` row in the same transaction.
+
+    Raises:
+        ScheduleExists: a spec's name belongs to a run-time schedule; nothing is changed.
+    """
+    wanted = {spec.name: spec for spec in specs}
+    created: list[str] = []
+    updated: list[str] = []
+    enabled: list[str] = []
+    unchanged: list[str] = []
+    with store.transaction():
+        store.lock_for_sync()
+        now = store.db_now()
+        stored = {row["name"]: Schedule(**row) for row in store.list_schedules()}
+        collisions = sorted(name for name in wanted if name in stored and stored[name].source != "code")
+        if collisions:
+            names = ", ".join(repr(n) for n in collisions)
+            raise ScheduleExists(
+                f"schedule {names} is defined in code (app.schedule) but a run-time schedule with that name exists "
+                f"(added with `pgqueue schedules add`); rename one, or remove the run-time one with "
+                f"`pgqueue schedules remove {collisions[0]}`. Nothing was synced."
+            )
+        for name, spec in sorted(wanted.items()):
+            schedule = stored.get(name)
+            if schedule is None:
+                if not store.insert_schedule(spec, source="code", next_run_at=spec.cron_schedule().next_after(now),
+                                             actor=actor):
+                    # Only `schedules add` can race a sync (syncs run one at a time).
+                    raise ScheduleExists(f"schedule {name!r} is defined in code but was just added at run time; "
+                                         "rename one of them. Nothing was synced.")
+                created.append(name)
+                continue
+            changed = spec.changes_from(schedule)
+            was_disabled = schedule.disabled_at is not None
+            if not changed and not was_disabled:
+                unchanged.append(name)
+                continue
+            restart = was_disabled or bool(_TIMING.intersection(changed)) or schedule.next_run_at is None
+            # A paused schedule has no next run (resume sets one); a restart begins after now.
+            next_run_at = None if schedule.paused else spec.cron_schedule().next_after(now)
+            store.update_schedule(spec, source="code", next_run_at=next_run_at,
+                                  event="schedule_enabled" if was_disabled else "schedule_updated",
+                                  actor=actor, changed=changed, keep_next_run_at=not schedule.paused and not restart)
+            (enabled if was_disabled else updated).append(name)
+        disabled = store.disable_code_schedules(keep=sorted(wanted), actor=actor)
+    return SyncResult(tuple(created), tuple(updated), tuple(enabled), tuple(sorted(disabled)), tuple(unchanged))
+
+
+# --- the scheduler ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -104,7 +190,7 @@ class Scheduler:
         self.poll_seconds = poll_seconds
         self.host_clock = host_clock
         self._dsn = dsn
-        self._store: ScheduleStore | None = None
+        self._session: ReconnectingSession | None = None
         self._failed_until: dict[str, float] = {}
         self._invalid_reported: set[tuple[str, str, str]] = set()
         self._last_skew_report = float("-inf")
@@ -116,27 +202,26 @@ class Scheduler:
     # --- connection ---
 
     def _connection(self) -> ScheduleStore:
-        if self._store is None or not self._store.usable:
-            self.close()
-            self._store = ScheduleStore.connect(self._dsn or self.app.dsn)
-        return self._store
+        if self._session is None:
+            # Created on first use: app.dsn may start the embedded server.
+            self._session = ReconnectingSession(normalize_dsn(self._dsn or self.app.dsn), "scheduler",
+                                                log=get_logger("pgqueue.scheduler"))
+        return ScheduleStore.on_session(self._session)
 
     def close(self) -> None:
         """Close the scheduler's connection (it reconnects on next use)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        if self._session is not None:
+            self._session.close()
 
     # --- sync ---
 
     def sync(self) -> SyncResult:
-        """Sync ``app.schedules`` into the database (see :func:`pgqueue.schedules.sync_schedules`).
+        """Sync ``app.schedules`` into the database (see :func:`sync_schedules`).
 
         Raises:
             ScheduleExists: a code schedule has the name of a run-time schedule; nothing changed.
         """
-        store = self._connection()
-        result = sync_schedules(store.conn, self.app.schedules.values(), actor=ACTOR)
+        result = sync_schedules(self._connection(), self.app.schedules.values(), actor=ACTOR)
         self.synced = result
         get_logger("pgqueue.scheduler").info(
             "schedule.synced", created=list(result.created), updated=list(result.updated),
@@ -152,7 +237,7 @@ class Scheduler:
             now = store.db_now()
             self._check_skew(now)
             result = PassResult(now=now)
-            due = store.lock_due_schedules(_BATCH)
+            due = [Schedule(**row) for row in store.lock_due_schedules(_BATCH)]
             result.locked = len(due)
             for schedule in due:
                 if self._failed_until.get(schedule.name, 0.0) > time.monotonic():
@@ -171,7 +256,7 @@ class Scheduler:
                         retry_in_s=_FAILED_RETRY_SECONDS)
         return result
 
-    def _fire(self, store: ScheduleStore, schedule: DueSchedule, now: datetime, result: PassResult) -> None:
+    def _fire(self, store: ScheduleStore, schedule: Schedule, now: datetime, result: PassResult) -> None:
         log = get_logger("pgqueue.scheduler", schedule=schedule.name)
         try:
             cron = parse_cron(schedule.cron, schedule.timezone)
@@ -201,24 +286,18 @@ class Scheduler:
                     log.info("schedule.already_fired", fire_time=fire_time.isoformat())
         if plan.missed:
             result.misfired.append(schedule.name)
-            inserted_missed = sum(1 for late in plan.catch_up if late)
-            store.record_misfire(
-                schedule.name, policy=schedule.misfire, missed=plan.missed, missed_truncated=plan.missed_truncated,
-                inserted=inserted_missed, dropped=plan.dropped, first_missed=plan.first_missed,
-                last_missed=plan.last_missed, actor=ACTOR)
+            store.record_misfire(schedule.name, policy=schedule.misfire, plan=plan, actor=ACTOR)
             log.warning("schedule.misfired", policy=schedule.misfire, missed=plan.missed,
-                        missed_truncated=plan.missed_truncated, inserted=inserted_missed, dropped=plan.dropped,
+                        missed_truncated=plan.missed_truncated, inserted=plan.inserted_missed, dropped=plan.dropped,
                         first_missed=_iso(plan.first_missed), last_missed=_iso(plan.last_missed))
         last_run_at = max((fire_time for _, fire_time in inserted), default=None)
         store.advance_schedule(schedule.name, plan.next_run_at, last_run_at)
 
-    def _job(self, schedule: DueSchedule) -> ScheduledJob:
+    def _job(self, schedule: Schedule) -> NewJob:
         # The App builds the job as it would for app.enqueue: task defaults, size limit, and the
-        # encryption rules (a task that must be encrypted is never written in plaintext).
-        new_job = self.app._new_job(schedule.task, schedule.args, queue=schedule.queue, priority=schedule.priority)
-        return ScheduledJob(task=new_job.task, queue=new_job.queue, priority=new_job.priority,
-                            args_json=new_job.args, args_encrypted=new_job.args_encrypted,
-                            max_attempts=new_job.max_attempts, tags=new_job.tags)
+        # encryption rules (a task that must be encrypted is never written in plaintext). Its
+        # run_at is left out: each run's is its fire time.
+        return self.app._new_job(schedule.task, schedule.args, queue=schedule.queue, priority=schedule.priority)
 
     def _check_skew(self, db_now: datetime) -> None:
         skew = self.host_clock() - db_now
@@ -291,10 +370,9 @@ class Scheduler:
                 log.info("scheduler.stopped")
 
     def _backoff(self, failures: int, exc: BaseException) -> float:
-        wait: float = min(0.5 * 2.0 ** min(failures, 5), 10.0)
+        wait = capped_backoff(failures, base=0.5, cap=10.0, doublings=5)
         get_logger("pgqueue.scheduler").warning(
-            "database.unavailable", error_type=type(exc).__name__,
-            error=str(exc).strip().splitlines()[0] if str(exc).strip() else "", retry_in_s=wait)
+            "database.unavailable", error_type=type(exc).__name__, error=first_line(exc), retry_in_s=wait)
         return wait
 
     def start(self) -> threading.Thread:
@@ -331,4 +409,12 @@ def start_in_worker(app: App, dsn: str | None = None) -> Scheduler:
     return scheduler
 
 
-__all__ = ["DEFAULT_POLL_SECONDS", "PassResult", "Scheduler", "misfire_grace_from_env", "start_in_worker"]
+__all__ = [
+    "DEFAULT_POLL_SECONDS",
+    "PassResult",
+    "Scheduler",
+    "SyncResult",
+    "misfire_grace_from_env",
+    "start_in_worker",
+    "sync_schedules",
+]

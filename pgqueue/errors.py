@@ -11,7 +11,8 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
     │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption
-    ├── ScheduleError            InvalidCron, InvalidTimezone, ScheduleExists, ScheduleNotFound
+    ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
+    │                            ScheduleNotFound
     ├── JobNotFound
     ├── InvalidJobState
     └── DecryptionError          UnknownEncryptionKey
@@ -86,6 +87,10 @@ class InvalidCron(ScheduleError):
 
 class InvalidTimezone(ScheduleError):
     """The time zone is not a known IANA name."""
+
+
+class InvalidSchedule(ScheduleError):
+    """A schedule's name, task, misfire policy or max_catchup breaks its rule."""
 
 
 class ScheduleExists(ScheduleError):

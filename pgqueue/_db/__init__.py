@@ -12,7 +12,7 @@ blocks that it loads itself (see ``queries.py``)::
     keys.py         re-encrypting ciphertexts under the newest key
     server.py       the server, not pgqueue's tables: diagnostics, session limits, the clock
     notifications.py  the NOTIFY channel (one constant, ``%(channel)s`` in every .sql) and LISTEN
-    schedule_store.py  pgqueue.schedules and schedule_runs
+    schedules.py       pgqueue.schedules and schedule_runs
 
 Staging and rescue change pgqueue.jobs but live in ``workers``: they are what the maintenance
 leader does for the fleet, alongside the leases they depend on. What the CLI reads about the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import LiteralString, NamedTuple, TypeVar
+from typing import TypeVar
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
@@ -37,26 +37,3 @@ def load_queries(shape: type[T], filename: str) -> T:
     if missing or extra:
         raise RuntimeError(f"{filename}: missing blocks {sorted(missing)}, unexpected blocks {sorted(extra)}")
     return shape(*(blocks[name] for name in fields))
-
-
-# Each subject module (jobs.py, workers.py, ...) loads its own file. The schedule store's queries
-# are still loaded here, where schedule_store.py (the scheduling branch's) imports them from.
-class ScheduleQueries(NamedTuple):
-    db_now: LiteralString
-    lock_for_sync: LiteralString
-    list_schedules: LiteralString
-    get_schedule: LiteralString
-    get_schedule_for_update: LiteralString
-    insert_schedule: LiteralString
-    update_schedule: LiteralString
-    delete_schedule: LiteralString
-    set_schedule_paused: LiteralString
-    disable_code_schedules: LiteralString
-    lock_due_schedules: LiteralString
-    insert_scheduled_jobs: LiteralString
-    record_misfire: LiteralString
-    advance_schedule: LiteralString
-    next_wakeup: LiteralString
-
-
-SCHEDULES = load_queries(ScheduleQueries, "schedules.sql")

@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
+from pgqueue._cron import DEFAULT_MISFIRE_GRACE
 from pgqueue._loader import load_app
 from pgqueue._scheduler import Scheduler
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
-from pgqueue.schedules import DEFAULT_MISFIRE_GRACE
 from pgqueue.settings import normalize_dsn
 
 AppOption = Annotated[str, typer.Option("--app", help="Your App, as 'package.module:app' (its schedules are synced).")]

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
 
 import typer
 
-from pgqueue._db.schedule_store import ScheduleStore
-from pgqueue.cli._admin import actor
-from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue._cron import DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP, MISFIRE_POLICIES, load_timezone
+from pgqueue._db.schedules import ScheduleStore
+from pgqueue.cli._admin import actor, open_store
+from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import Column, emit, emit_message
-from pgqueue.errors import PgqueueError
+from pgqueue.errors import InvalidTimezone, PgqueueError
 from pgqueue.schedules import (
-    DEFAULT_MAX_CATCHUP,
-    MISFIRE_POLICIES,
     Schedule,
     ScheduleSpec,
     add_schedule,
-    database_now,
-    describe,
     list_schedules,
     pause_schedule,
     remove_schedule,
@@ -46,17 +44,35 @@ NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The schedule'
 
 
 @contextmanager
-def _connection(dsn: str | None) -> Iterator[Any]:
+def _connection(dsn: str | None) -> Iterator[ScheduleStore]:
     try:
-        store = ScheduleStore.connect(resolve(dsn), application_name="pgqueue-cli")
+        with open_store(dsn, ScheduleStore) as store:
+            yield store
     except PgqueueError as exc:
         fail(str(exc))
+
+
+def describe(schedules: Sequence[Schedule], now: datetime, count: int = 3) -> list[dict[str, Any]]:
+    """Schedules as JSON-ready dicts with their next ``count`` fire times (ISO 8601, own time zone)."""
+    result = []
+    for schedule in schedules:
+        zone = _safe_zone(schedule.timezone)
+        item = schedule.to_dict()
+        item["next_fire_times"] = [t.isoformat() for t in schedule.next_fire_times(now, count)]
+        for key in ("next_run_at", "last_run_at", "disabled_at"):
+            value = item[key]
+            item[key] = value.astimezone(zone).isoformat() if value is not None else None
+        for key in ("created_at", "updated_at"):
+            item[key] = item[key].isoformat()
+        result.append(item)
+    return result
+
+
+def _safe_zone(name: str) -> tzinfo:
     try:
-        yield store.conn
-    except PgqueueError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
+        return load_timezone(name)
+    except InvalidTimezone:
+        return UTC
 
 
 def _times(values: Any) -> str:
@@ -97,9 +113,8 @@ def list_command(json_output: JsonOption = False, dsn: DsnOption = None) -> None
     a JSON array: every column of pgqueue.schedules plus "state" and "next_fire_times" (ISO 8601
     with the schedule's UTC offset; empty when paused or disabled).
     """
-    with _connection(dsn) as conn:
-        now = database_now(conn)
-        rows = describe(list_schedules(conn), now)
+    with _connection(dsn) as store:
+        rows = describe(list_schedules(store.conn), store.db_now())
     emit(rows, SCHEDULE_COLUMNS, json_output=json_output,
          empty="no schedules (declare them with app.schedule(...) or add one with `pgqueue schedules add`)")
 
@@ -120,11 +135,7 @@ def _parse_max_catchup(raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        fail(f"--max-catchup {raw!r} must be an integer from 1 to 10000")
-
-
-def _summary(schedule: Schedule, now: Any) -> dict[str, Any]:
-    return describe([schedule], now)[0]
+        fail(f"--max-catchup {raw!r} must be an integer from 1 to {MAX_MAX_CATCHUP}")
 
 
 @app.command("add")
@@ -159,9 +170,9 @@ def add_command(
         )
     except PgqueueError as exc:
         fail(str(exc))
-    with _connection(dsn) as conn:
-        schedule = add_schedule(conn, spec, replace=replace, actor=actor())
-        summary = _summary(schedule, database_now(conn))
+    with _connection(dsn) as store:
+        schedule = add_schedule(store.conn, spec, replace=replace, actor=actor())
+        [summary] = describe([schedule], store.db_now())
     verb = "replaced" if replace else "added"
     first = _local(summary["next_fire_times"][0]) if summary["next_fire_times"] else "-"
     emit_message(f"{verb} schedule {name!r}: {spec.cron} ({spec.timezone}) -> task {spec.task!r} on queue "
@@ -171,8 +182,8 @@ def add_command(
 @app.command("remove")
 def remove_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """Remove a schedule. Its fire-time history stays, so no run it inserted is ever inserted again."""
-    with _connection(dsn) as conn:
-        schedule = remove_schedule(conn, name, actor=actor())
+    with _connection(dsn) as store:
+        schedule = remove_schedule(store.conn, name, actor=actor())
     if schedule.source == "code":
         print(f"pgqueue: note: {name!r} is defined in code; the next `pgqueue scheduler` start re-creates it "
               "unless it is removed from the code (pause it to stop it for good)", file=sys.stderr)
@@ -183,8 +194,8 @@ def remove_command(name: NameArgument, json_output: JsonOption = False, dsn: Dsn
 @app.command("pause")
 def pause_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """Pause a schedule: no runs are inserted until it is resumed (none are caught up then)."""
-    with _connection(dsn) as conn:
-        schedule = pause_schedule(conn, name, actor=actor())
+    with _connection(dsn) as store:
+        schedule = pause_schedule(store.conn, name, actor=actor())
     emit_message(f"paused schedule {name!r}", {"name": name, "paused": schedule.paused, "state": schedule.state},
                  json_output=json_output)
 
@@ -192,9 +203,9 @@ def pause_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnO
 @app.command("resume")
 def resume_command(name: NameArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """Resume a paused schedule at its next fire time (runs that would have fired while paused are skipped)."""
-    with _connection(dsn) as conn:
-        schedule = resume_schedule(conn, name, actor=actor())
-        summary = _summary(schedule, database_now(conn))
+    with _connection(dsn) as store:
+        schedule = resume_schedule(store.conn, name, actor=actor())
+        [summary] = describe([schedule], store.db_now())
     if schedule.state == "disabled":
         print(f"pgqueue: note: {name!r} is disabled because it is no longer defined in code; it fires again "
               "only when it is back in the code", file=sys.stderr)

@@ -247,6 +247,14 @@ def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one
         (("add", "bad", "--cron", "* * * * *", "--task", "t", "--args", "{nope"), "--args '{nope' is not valid JSON"),
         (("add", "nightly", "--cron", "* * * * *", "--task", "t"), "already exists; pass --replace"),
         (("remove", "missing"), "no schedule named 'missing'"),
+        # Refused before any SQL (issue 14): croniter would have wrapped the reversed range; the
+        # undecodable byte in argv reaches Python as a lone surrogate; the escape never reaches
+        # the terminal raw.
+        (("add", "bad", "--cron", "5-1 * * * *", "--task", "t"), "range 5-1 in the minute field is reversed"),
+        (("add", "bad" + chr(0xDCFF), "--cron", "* * * * *", "--task", "t"), "lone surrogates"),
+        (("add", "\x1b[31mred", "--cron", "* * * * *", "--task", "t"), "schedule name '\\x1b[31mred'"),
+        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--args", '{"a": "\\ud800"}'), "lone surrogate"),
+        (("pause", "bad" + chr(0xDCFF)), "lone surrogates"),
     ]
     listed, table, *results = side_by_side(
         dsn, ("schedules", "list", "--json"), ("schedules", "list"), *[("schedules", *args) for args, _ in bad_input])
@@ -256,6 +264,7 @@ def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("pgqueue: error: ")
         assert message in line
+        assert "\x1b" not in result.stderr
     assert db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == before  # nothing written
 
     assert listed.returncode == 0, listed.stderr

@@ -15,13 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from structlog.testing import capture_logs
 
 import pgqueue
-from pgqueue._db.schedule_store import ScheduledJob, ScheduleStore
+from pgqueue._db.schedules import ScheduleStore
 from pgqueue._scheduler import Scheduler
-from pgqueue.errors import ScheduleExists, ScheduleNotFound
+from pgqueue.errors import InvalidSchedule, ScheduleExists, ScheduleNotFound
 from pgqueue.schedules import (
     ScheduleSpec,
     add_schedule,
@@ -333,7 +334,7 @@ def test_racing_inserts_of_the_same_fire_times_admit_each_once(dsn: str, db: Db)
     # Below the row lock: even passes that both believe a fire time is theirs insert it once,
     # because schedule_runs' primary key decides.
     fire_times = [datetime(2024, 1, 1, 0, 0, s, tzinfo=UTC) for s in range(20)]
-    job = ScheduledJob(task="t", queue="default", priority=100, args_json="{}", max_attempts=1, tags=())
+    job = pgqueue.App(dsn)._new_job("t", {}, max_attempts=1)
     connections = [psycopg.connect(dsn, autocommit=True) for _ in range(10)]
     barrier = threading.Barrier(len(connections))
     inserted: list[tuple[int, datetime]] = []
@@ -413,7 +414,7 @@ def test_a_sync_waits_for_a_pass_holding_its_schedule_and_keeps_what_the_pass_wr
             # ...and the sync, which wants to update it, waits for it.
             wait_until(lambda: lock_waits(db) == 1, timeout=10, message="the sync waits for the row")
             # The pass still writes: a sync must not lock it out (that would be a deadlock).
-            store.advance_schedule(due.name, fire_time + timedelta(days=1), fire_time)
+            store.advance_schedule(due["name"], fire_time + timedelta(days=1), fire_time)
         thread.join(10)
 
     assert errors == []
@@ -538,7 +539,44 @@ def test_a_schedule_that_cannot_be_enqueued_does_not_stop_the_others(dsn: str, d
     assert (error["schedule"], error["error_type"]) == ("broken", "UnknownTask")
 
 
+def test_a_stored_expression_the_parser_now_refuses_is_reported_once_and_fires_nothing(
+        dsn: str, db: Db, make_scheduler) -> None:
+    add_runtime(dsn, "fine", "0 0 * * *")
+    add_runtime(dsn, "legacy", "0 0 * * *")
+    # A row from before reversed ranges were refused (croniter read 5-1 as 5-59,0-1), or edited by hand.
+    db.execute("UPDATE pgqueue.schedules SET cron = '5-1 * * * *' WHERE name = 'legacy'")
+    make_due_today(db, "legacy")
+    fire_time = make_due_today(db, "fine")
+    scheduler = make_scheduler(pgqueue.App(dsn), misfire_grace=TWO_DAYS)
+
+    with capture_logs() as logs:
+        first = scheduler.run_pass()
+        scheduler.run_pass()
+
+    assert [(name, fired) for name, _, fired in first.inserted] == [("fine", fire_time)]
+    assert runs(db, "legacy") == []
+    assert schedule_row(db, "legacy")["next_run_at"] is None
+    [report] = [entry for entry in logs if entry["event"] == "schedule.invalid"]
+    assert (report["schedule"], report["error_type"]) == ("legacy", "InvalidCron")
+    assert "range 5-1 in the minute field is reversed" in report["error"]
+    legacy = get_schedule(db, "legacy")
+    assert legacy.state == "active"
+    assert legacy.next_fire_times(db_now(db)) == []  # what `schedules list` shows for it
+
+
 # --- the run-time API ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", [get_schedule, remove_schedule, pause_schedule, resume_schedule])
+def test_a_name_no_schedule_can_have_is_refused_before_any_sql_is_sent(
+        dsn: str, db: Db, operation: Callable[..., Any]) -> None:
+    for name in ("bad" + chr(0xD800), "\x1b[2Jclear"):
+        with psycopg.connect(dsn) as conn:
+            with pytest.raises(InvalidSchedule, match="must be 1-200 characters"):
+                operation(conn, name)
+            assert conn.info.transaction_status == TransactionStatus.IDLE  # not even a BEGIN
+    assert events(db) == []
+
 
 
 def test_runtime_schedules_can_be_added_listed_paused_resumed_and_removed_with_an_audit_trail(

@@ -13,6 +13,7 @@ from pgqueue.errors import (
     InvalidCron,
     InvalidPriority,
     InvalidQueueName,
+    InvalidSchedule,
     InvalidTimezone,
     PayloadTooLarge,
     ScheduleError,
@@ -56,15 +57,31 @@ def test_priority_names_are_resolved() -> None:
     ({"args": {"when": datetime(2024, 1, 1, tzinfo=UTC)}}, ArgsNotSerializable, "not JSON-serialisable"),
     ({"args": {"blob": "x" * 100}, "max_payload_bytes": 50}, PayloadTooLarge, "50-byte limit"),
     ({"priority": "urgent"}, InvalidPriority, "'urgent'"),
-    ({"misfire": "twice"}, ScheduleError, "misfire policy 'twice'"),
-    ({"max_catchup": 0}, ScheduleError, "max_catchup 0"),
-    ({"max_catchup": 10_001}, ScheduleError, "max_catchup 10001"),
-    ({"max_catchup": True}, ScheduleError, "max_catchup True"),
-    ({"name": ""}, ScheduleError, "schedule name ''"),
-    ({"name": " padded "}, ScheduleError, "surrounding spaces"),
-    ({"name": "x" * 201}, ScheduleError, "1-200 characters"),
-    ({"name": "line\nbreak"}, ScheduleError, "control characters"),
-    ({"task": ""}, ScheduleError, "task name ''"),
+    ({"misfire": "twice"}, InvalidSchedule, "misfire policy 'twice'"),
+    ({"max_catchup": 0}, InvalidSchedule, "max_catchup 0"),
+    ({"max_catchup": 10_001}, InvalidSchedule, "max_catchup 10001"),
+    ({"max_catchup": True}, InvalidSchedule, "max_catchup True"),
+    ({"name": ""}, InvalidSchedule, "schedule name ''"),
+    ({"name": " padded "}, InvalidSchedule, "surrounding spaces"),
+    ({"name": "x" * 201}, InvalidSchedule, "1-200 characters"),
+    ({"name": "line\nbreak"}, InvalidSchedule, "control characters"),
+    ({"task": ""}, InvalidSchedule, "task name ''"),
+    # Lone surrogates and control characters, in every field: refused before any SQL is sent.
+    ({"name": "bad" + chr(0xD800)}, InvalidSchedule, "schedule name 'bad\\ud800' must be"),
+    ({"name": "bad" + chr(0xDCFF)}, InvalidSchedule, "lone surrogates"),  # an undecodable byte in argv
+    ({"name": "\x1b[31mred"}, InvalidSchedule, "schedule name '\\x1b[31mred'"),
+    ({"name": "c1\x9bcontrol"}, InvalidSchedule, "control characters"),
+    ({"task": "t" + chr(0xD800)}, InvalidSchedule, "task name 't\\ud800'"),
+    ({"task": "t\x00"}, InvalidSchedule, "control characters"),
+    ({"task": "tab\there"}, InvalidSchedule, "control characters"),
+    ({"queue": "q" + chr(0xD800)}, InvalidQueueName, "[a-z0-9_-]{1,63}"),
+    ({"queue": "q\n"}, InvalidQueueName, "[a-z0-9_-]{1,63}"),
+    ({"timezone": "UTC" + chr(0xD800)}, InvalidTimezone, "IANA name"),
+    ({"timezone": "Europe/\x1bLondon"}, InvalidTimezone, "IANA name"),
+    ({"cron": "0 9 * * *" + chr(0xD800)}, InvalidCron, "is not allowed"),
+    ({"cron": "5-1 * * * *"}, InvalidCron, "range 5-1 in the minute field is reversed"),
+    ({"args": {"note": "x" + chr(0xD800)}}, ArgsNotSerializable, "lone surrogate '\\ud800'"),
+    ({"args": {chr(0xDC80): 1}}, ArgsNotSerializable, "lone surrogate '\\udc80'"),
 ])
 def test_invalid_fields_raise_a_typed_error_that_names_the_value(
         overrides: dict[str, object], error: type[Exception], message: str) -> None:
@@ -75,8 +92,14 @@ def test_invalid_fields_raise_a_typed_error_that_names_the_value(
 
 def test_schedule_errors_are_pgqueue_errors() -> None:
     # The CLI's single error boundary catches PgqueueError: every schedule error must be one.
-    for error in (InvalidCron, InvalidTimezone, ScheduleError, InvalidQueueName, ArgsNotSerializable):
+    for error in (InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleError, InvalidQueueName, ArgsNotSerializable):
         assert issubclass(error, pgqueue.errors.PgqueueError)
+    assert issubclass(InvalidSchedule, ScheduleError)
+
+
+def test_control_characters_inside_args_values_are_data_and_kept() -> None:
+    # Args are the task's data (an email body has newlines); jsonb stores them escaped.
+    assert build(args={"body": "line one\nline two\ttabbed"}).args == {"body": "line one\nline two\ttabbed"}
 
 
 def test_app_schedule_takes_queue_and_priority_from_the_registered_task() -> None:

@@ -4,9 +4,6 @@
 -- back with the change. Audit details name the schedule and the fields changed, never the args.
 -- Time always comes from the database (now()): a scheduler host with a wrong clock changes nothing.
 
--- name: db_now
-SELECT now() AS now;
-
 -- name: lock_for_sync
 -- SHARE UPDATE EXCLUSIVE conflicts with itself, so schedulers that start together sync one after
 -- the other, but not with row writes: passes and admin commands go on during a sync. (A mode
@@ -118,7 +115,8 @@ SELECT name FROM disabled;
 -- SKIP LOCKED: concurrent schedulers share the due schedules out instead of queueing behind each
 -- other. The one holding a schedule's row inserts its runs and advances next_run_at before the
 -- lock is released, and a scheduler that reads the row afterwards no longer finds it due.
-SELECT name, cron, timezone, task, queue, args, priority, misfire, max_catchup, next_run_at
+SELECT name, cron, timezone, task, queue, args, priority, paused, misfire, max_catchup, source,
+       disabled_at, next_run_at, last_run_at, created_at, updated_at
 FROM pgqueue.schedules
 WHERE NOT paused AND disabled_at IS NULL AND (next_run_at IS NULL OR next_run_at <= now())
 ORDER BY next_run_at NULLS FIRST, name
@@ -150,7 +148,7 @@ WITH input AS (
            jsonb_build_object('schedule', %(schedule)s::text, 'fire_time', i.run_at, 'catch_up', input.catch_up)
     FROM inserted AS i JOIN input ON input.job_id = i.id
 ), notified AS (
-    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
 )
 SELECT id, run_at AS fire_time, (SELECT count(*) FROM notified) AS notified FROM inserted ORDER BY run_at;
 
