@@ -328,7 +328,10 @@ class Worker:
                     await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            # PgqueueError too: a session ended during the store's query (idle_session_timeout above)
+            # arrives as DatabaseUnavailable, and letting it escape would end this task silently,
+            # leaving the worker to find jobs by polling alone until it restarts.
+            except (PgqueueError, psycopg.Error, OSError, TimeoutError) as exc:
                 failures += 1
                 wait = min(0.25 * 2 ** min(failures, 6), 10.0)
                 log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)
