@@ -9,7 +9,6 @@ killed moments after it appears) happens here every time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -24,12 +23,6 @@ from tests.helpers import wait_until
 
 Conn = psycopg.Connection[TupleRow]
 WAIT = 15.0
-
-
-@pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
 
 
 def listen_sessions(db: Conn) -> list[int]:
