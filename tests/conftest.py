@@ -17,6 +17,15 @@ Fixtures (all DSNs are libpq DSNs, in the same form as the server's: URL or ``ke
 - ``conn``: a psycopg connection (``autocommit=False``) to ``dsn``, closed after the test.
 
 ``tests/helpers.py`` has ``wait_until`` for anything that waits on another connection or process.
+
+Plugins for the whole suite (``tests/plugins/``):
+
+- ``processes``: real ``pgqueue`` processes (``worker_dsn``, ``db``, ``spawn_worker``,
+  ``spawn_pgqueue``, ``run_cli``, ``private_server``); a suite names its app by overriding
+  ``process_app``.
+- ``timing``: tests marked ``timing`` (a wall-clock bound) are rerun up to twice; nothing else is.
+- ``system_binaries``: tests marked ``system_binary("pgbouncer")`` run only with
+  ``--system-binaries=pgbouncer`` (``.ci/run`` installs and turns them on).
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from psycopg.rows import TupleRow
 from pgqueue import _migrate
 from pgqueue.settings import normalize_dsn
 from tests.helpers import REPO_ROOT, admin_connection, dsn_for_database, scratch_database
+
+pytest_plugins = ["tests.plugins.processes", "tests.plugins.timing", "tests.plugins.system_binaries"]
 
 TEST_HOME = Path("/tmp/pgqueue-test-home")
 # Serialises template builds across xdist workers and concurrent runs (the bytes of "pgqtest!").

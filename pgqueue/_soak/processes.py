@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -42,6 +43,8 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     log_dir: Path
+    # The log event a start writes once it handles SIGTERM (its handlers are installed before it).
+    started_event: str
     starts: int = 0
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -53,6 +56,11 @@ class Child:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        """The log of the latest start."""
+        return self.log_dir / f"{self.name}.{max(self.starts - 1, 0)}.log"
 
     def start(self) -> None:
         self._close_log()
@@ -79,6 +87,9 @@ class Child:
         if self.proc is None:
             return None
         if self.alive():
+            # A child restarted moments ago (after the plan's last kill) may still be importing: SIGTERM
+            # would end it by the default action (-15), an unclean stop that says nothing of pgqueue.
+            self._wait_started(timeout)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
@@ -91,6 +102,15 @@ class Child:
         self._close_log()
         return code
 
+    def _wait_started(self, timeout: float) -> None:
+        marker = f'"{self.started_event}"'.encode()
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                if marker in self.log_path.read_bytes():
+                    return
+            time.sleep(0.1)
+
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
@@ -99,8 +119,9 @@ class Child:
 
 def worker_child(index: int, env: dict[str, str], log_dir: Path, concurrency: int) -> Child:
     argv = [sys.executable, "-m", "pgqueue", "worker", "--app", APP_PATH, "--concurrency", str(concurrency)]
-    return Child("worker", index, argv, env, log_dir)
+    return Child("worker", index, argv, env, log_dir, started_event="worker.started")
 
 
 def scheduler_child(index: int, env: dict[str, str], log_dir: Path) -> Child:
-    return Child("scheduler", index, [sys.executable, "-m", "pgqueue", "scheduler", "--app", APP_PATH], env, log_dir)
+    argv = [sys.executable, "-m", "pgqueue", "scheduler", "--app", APP_PATH]
+    return Child("scheduler", index, argv, env, log_dir, started_event="scheduler.started")

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from pgqueue._db.errors import DriverError
+from pgqueue._db.errors import DATABASE_ERRORS
 from pgqueue._db.notifications import ListenSession
 from pgqueue._db.sessions import capped_backoff
 from pgqueue._log import get_logger
 
 # The listener probes a quiet LISTEN session; no answer within this long means the path is lost.
 PROBE_TIMEOUT = 5.0
+# Includes pgqueue's own errors: a session ended during a set-up query that the data layer
+# translates (DatabaseUnavailable) must be replaced like any other, not end the listener for good
+# and leave the worker finding jobs only by polling.
+_LISTEN_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
 
 
 class Listener:
@@ -58,7 +62,7 @@ class Listener:
                     await session.probe()
             except asyncio.CancelledError:
                 raise
-            except (DriverError, OSError, TimeoutError) as exc:
+            except _LISTEN_ERRORS as exc:
                 failures += 1
                 wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
                 log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)

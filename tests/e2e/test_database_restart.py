@@ -9,67 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 import pgqueue
-from pgqueue import _embedded
 from pgqueue.errors import PgqueueError
-from tests.e2e.conftest import LEASE_SECONDS, SpawnWorker, WorkerProcess, wait_for_worker_id
-from tests.e2e.worker_app import EXECUTIONS_DDL
+from tests.e2e.conftest import LEASE_SECONDS
 from tests.helpers import wait_until
+from tests.plugins.processes import (
+    PrivateServer,
+    SpawnWorker,
+    WorkerProcess,
+    parse_timestamp,
+    wait_for_registration,
+)
 
 pytestmark = pytest.mark.slow
 
 RECONNECT_EVENTS = ("database.reconnected", "listener.reconnected")
 
 
-@dataclass
-class PrivateServer:
-    home: Path
-    dsn: str
-
-    def stop(self) -> None:
-        assert _embedded.stop(self.home)
-
-    def start(self) -> None:
-        # The port is remembered across restarts, so every client's DSN stays valid.
-        assert _embedded.ensure_server(self.home) == self.dsn
-
-
-@pytest.fixture
-def server() -> Iterator[PrivateServer]:
-    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="pgq-e2e-restart-"))
-    # As root the server runs as the service user, who must be able to enter the home we created.
-    home.chmod(0o755)
-    try:
-        private = PrivateServer(home, _embedded.ensure_server(home))
-        migrated = subprocess.run([sys.executable, "-m", "pgqueue", "migrate", "--dsn", private.dsn],
-                                  capture_output=True, text=True, timeout=120, check=False)
-        assert migrated.returncode == 0, migrated.stderr
-        yield private
-    finally:
-        with contextlib.suppress(PgqueueError):
-            _embedded.stop(home)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def reconnects(worker: WorkerProcess, since: float = 0.0) -> list[str]:
     return [e["event"] for e in worker.log_events()
-            if e.get("event") in RECONNECT_EVENTS and _timestamp(e) >= since]
+            if e.get("event") in RECONNECT_EVENTS and parse_timestamp(e) >= since]
 
 
 class Enqueuer(threading.Thread):
@@ -116,43 +83,37 @@ class Enqueuer(threading.Thread):
             conn.close()
 
 
-def _timestamp(entry: dict[str, Any]) -> float:
-    return datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00")).timestamp()
-
-
 def retrying_for(worker: WorkerProcess, since: float = 0.0) -> float:
     """Seconds between the worker's first and latest "database.unavailable" log lines after ``since``
     (a ``time.time()``)."""
-    stamps = [_timestamp(e) for e in worker.log_events("database.unavailable")]
+    stamps = [parse_timestamp(e) for e in worker.log_events("database.unavailable")]
     stamps = [t for t in stamps if t >= since]
     return stamps[-1] - stamps[0] if stamps else 0.0
 
 
 def noticed_outage(worker: WorkerProcess, since: float) -> bool:
-    return any(e.get("event") in ("database.unavailable", "listener.disconnected") and _timestamp(e) >= since
+    return any(e.get("event") in ("database.unavailable", "listener.disconnected") and parse_timestamp(e) >= since
                for e in worker.log_events())
 
 
-def test_worker_survives_database_restarts_under_load(server: PrivateServer, spawn_worker: SpawnWorker) -> None:
-    with psycopg.connect(server.dsn, autocommit=True) as setup:
-        setup.execute(EXECUTIONS_DDL)
-    worker = spawn_worker(server.dsn, concurrency=10)
-    with psycopg.connect(server.dsn, autocommit=True) as db:
-        wait_for_worker_id(db, worker)
+def test_worker_survives_database_restarts_under_load(private_server: PrivateServer, spawn_worker: SpawnWorker) -> None:
+    worker = spawn_worker(private_server.dsn, concurrency=10)
+    with psycopg.connect(private_server.dsn, autocommit=True) as db:
+        wait_for_registration(db, worker)
 
     # Short jobs, so that some are always running (and some acks in flight) when the server goes.
-    enqueuer = Enqueuer(server.dsn, "sleep", {"seconds": 0.05})
+    enqueuer = Enqueuer(private_server.dsn, "sleep", {"seconds": 0.05})
     enqueuer.start()
     try:
         wait_until(lambda: len(enqueuer.committed) >= 100, timeout=15, message="the stream is flowing")
 
         # 1. A quick restart (pg_ctl restart -m fast), once the worker and the enqueuer noticed.
         stopped_at, failures = time.time(), enqueuer.failures
-        server.stop()
+        private_server.stop()
         wait_until(lambda: noticed_outage(worker, stopped_at), timeout=15,
                    message="the worker noticed the database went away")
         wait_until(lambda: enqueuer.failures > failures, timeout=5, message="the enqueuer noticed too")
-        server.start()
+        private_server.start()
         print(f"\nquick restart: down {time.time() - stopped_at:.2f}s")  # noqa: T201
         resumed = len(enqueuer.committed)
         wait_until(lambda: len(enqueuer.committed) >= resumed + 200, timeout=30,
@@ -161,11 +122,11 @@ def test_worker_survives_database_restarts_under_load(server: PrivateServer, spa
 
         # 2. An outage longer than the lease: the worker's heartbeat lapses while it holds jobs.
         stopped_at = time.time()
-        server.stop()
+        private_server.stop()
         wait_until(lambda: retrying_for(worker, stopped_at) >= LEASE_SECONDS + 1 or not worker.alive(), timeout=20,
                    message="the worker retried for longer than its lease")
         assert worker.alive(), worker.describe()
-        server.start()
+        private_server.start()
         print(f"long outage: down {time.time() - stopped_at:.2f}s")  # noqa: T201
         resumed = len(enqueuer.committed)
         wait_until(lambda: len(enqueuer.committed) >= resumed + 200, timeout=30,
@@ -177,7 +138,7 @@ def test_worker_survives_database_restarts_under_load(server: PrivateServer, spa
     assert not enqueuer.is_alive()
 
     committed = enqueuer.committed
-    with psycopg.connect(server.dsn, autocommit=True) as db:
+    with psycopg.connect(private_server.dsn, autocommit=True) as db:
         def unfinished() -> int:
             row = db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state <> 'completed'").fetchone()
             return -1 if row is None else int(row[0])
@@ -203,24 +164,24 @@ def test_worker_survives_database_restarts_under_load(server: PrivateServer, spa
 
 
 def test_worker_started_while_the_database_is_down_begins_when_it_appears(
-        server: PrivateServer, spawn_worker: SpawnWorker) -> None:
-    server.stop()
-    worker = spawn_worker(server.dsn, concurrency=2)
+        private_server: PrivateServer, spawn_worker: SpawnWorker) -> None:
+    private_server.stop()
+    worker = spawn_worker(private_server.dsn, concurrency=2)
     # It keeps trying, and stays alive, for ~3 s while there is nothing to connect to.
     wait_until(lambda: retrying_for(worker) >= 3 or not worker.alive(), timeout=20,
                message="the worker retries while the database is down")
     assert worker.alive(), worker.describe()
 
-    server.start()
+    private_server.start()
     up_at = time.monotonic()
-    job_id = pgqueue.App(server.dsn).enqueue(None, "noop")
-    with psycopg.connect(server.dsn, autocommit=True) as db:
+    job_id = pgqueue.App(private_server.dsn).enqueue(None, "noop")
+    with psycopg.connect(private_server.dsn, autocommit=True) as db:
         def state() -> str | None:
             row = db.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
             return None if row is None else str(row[0])
 
         wait_until(lambda: state() == "completed", timeout=30, message="the job ran once the database appeared")
-        wait_for_worker_id(db, worker)
+        wait_for_registration(db, worker)
     print(f"\njob completed {time.monotonic() - up_at:.2f}s after the database came up")  # noqa: T201
     assert worker.alive(), worker.describe()
     os.kill(worker.pid, signal.SIGTERM)

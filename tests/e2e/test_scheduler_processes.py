@@ -8,19 +8,13 @@ Every wait is a ``wait_until`` on the database or a process.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import IO, Any
 
 import psycopg
 import pytest
@@ -28,85 +22,13 @@ from psycopg.rows import TupleRow
 
 from pgqueue.schedules import ScheduleSpec, add_schedule
 from tests.helpers import wait_until
+from tests.plugins.processes import RunCli, SpawnPgqueue
 
 pytestmark = pytest.mark.slow
 
 E2E_DIR = Path(__file__).resolve().parent
 STEP = timedelta(seconds=2)  # sched_app.CRON
 Db = psycopg.Connection[TupleRow]
-
-
-@dataclass
-class Process:
-    """A pgqueue subprocess writing JSON logs to a file."""
-
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-    files: list[IO[bytes]] = field(default_factory=list, repr=False)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.stderr().splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line) if line.startswith("{") else None
-                if entry and entry.get("event") == name:
-                    found.append(entry)
-        return found
-
-    def describe(self) -> str:
-        return f"pid {self.proc.pid} returncode={self.proc.poll()}\n--- stderr (tail) ---\n{self.stderr()[-3000:]}"
-
-
-def _env(dsn: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DATABASE_URL", None)
-    env.pop("COLUMNS", None)  # tables are laid out for a pipe, whatever terminal runs pytest
-    env.update({"PGQUEUE_DSN": dsn, "PGQUEUE_EMBEDDED": "0", "PYTHONUNBUFFERED": "1",
-                "PGQUEUE_LEASE_SECONDS": "2", "PGQUEUE_POLL_SECONDS": "0.5"})
-    return env
-
-
-@pytest.fixture
-def spawn(dsn: str, tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    started: list[Process] = []
-
-    def start(*args: str) -> Process:
-        stderr_path = tmp_path / f"process-{len(started)}.stderr"
-        stdout = (tmp_path / f"process-{len(started)}.stdout").open("wb")
-        stderr = stderr_path.open("wb")
-        argv = [sys.executable, "-m", "pgqueue", "--log-format", "json", *args]
-        proc = subprocess.Popen(argv, cwd=E2E_DIR, env=_env(dsn), stdout=stdout, stderr=stderr,
-                                start_new_session=True)
-        process = Process(proc, stderr_path, [stdout, stderr])
-        started.append(process)
-        return process
-
-    yield start
-
-    for process in started:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.proc.wait(timeout=10)
-        for handle in process.files:
-            handle.close()
-
-
-def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pgqueue", *args], cwd=E2E_DIR, env=_env(dsn),
-                          capture_output=True, text=True, timeout=60, check=False)
-
-
-@pytest.fixture
-def db(dsn: str) -> Iterator[Db]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
 
 
 def fire_times(db: Db, schedule: str) -> list[datetime]:
@@ -127,21 +49,18 @@ def gaps(times: list[datetime]) -> list[tuple[datetime, datetime]]:
     return [(a, b) for a, b in pairwise(times) if b - a != STEP]
 
 
-def stop(process: Process, timeout: float = 15.0) -> int:
-    process.proc.send_signal(signal.SIGTERM)
-    return process.proc.wait(timeout=timeout)
-
-
+@pytest.mark.timing
 def test_three_schedulers_insert_each_fire_time_once_and_a_worker_completes_the_jobs(
-        dsn: str, db: Db, spawn: Callable[..., Process]) -> None:
-    worker = spawn("worker", "--app", "sched_app:every_two_seconds", "--queue", "cron", "--concurrency", "4")
-    schedulers = [spawn("scheduler", "--app", "sched_app:every_two_seconds") for _ in range(3)]
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
+    worker = spawn_pgqueue("worker", "--app", "sched_app:every_two_seconds", "--queue", "cron", "--concurrency", "4",
+                           dsn=dsn)
+    schedulers = [spawn_pgqueue("scheduler", "--app", "sched_app:every_two_seconds", dsn=dsn) for _ in range(3)]
 
     # About 20 seconds of three schedulers racing for every fire time.
     wait_until(lambda: all(p.alive() for p in schedulers) and len(fire_times(db, "every-2s")) >= 10,
                timeout=45, message="ten fire times inserted")
     for scheduler in schedulers:
-        assert stop(scheduler) == 0, scheduler.describe()
+        assert scheduler.stop(15) == 0, scheduler.describe()
     stopped_at = db_now(db)
 
     times = fire_times(db, "every-2s")
@@ -157,7 +76,7 @@ def test_three_schedulers_insert_each_fire_time_once_and_a_worker_completes_the_
     assert jobs == (len(times), len(times))
     assert db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'schedule_added'").fetchone() == (1,)
     # Every scheduler took part in the race (each synced, and none crashed).
-    assert all(s.events("scheduler.started") and s.events("scheduler.stopped") for s in schedulers)
+    assert all(s.log_events("scheduler.started") and s.log_events("scheduler.stopped") for s in schedulers)
 
     def all_completed() -> bool:
         row = db.execute("SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FROM pgqueue.jobs").fetchone()
@@ -165,13 +84,13 @@ def test_three_schedulers_insert_each_fire_time_once_and_a_worker_completes_the_
         return bool(row[0] == row[1] == len(times))
 
     wait_until(all_completed, timeout=20, message="the worker completed every scheduled job")
-    assert stop(worker) == 0, worker.describe()
+    assert worker.stop(15) == 0, worker.describe()
 
 
 def test_after_all_schedulers_were_killed_a_restart_follows_each_misfire_policy(
-        dsn: str, db: Db, spawn: Callable[..., Process]) -> None:
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
     args = ("scheduler", "--app", "sched_app:three_policies", "--misfire-grace-seconds", "1")
-    first = spawn(*args)
+    first = spawn_pgqueue(*args, dsn=dsn)
     wait_until(lambda: all(len(fire_times(db, f"misfire-{p}")) >= 2 for p in ("once", "skip", "all")),
                timeout=30, message="two runs of each schedule")
     first.proc.send_signal(signal.SIGKILL)
@@ -183,10 +102,10 @@ def test_after_all_schedulers_were_killed_a_restart_follows_each_misfire_policy(
     # Nobody runs for about 9 seconds: four or five fire times are missed.
     wait_until(lambda: db_now(db) >= last_before + timedelta(seconds=9), timeout=15, message="a 9 s outage")
     restarted_at = db_now(db)
-    second = spawn(*args)
+    second = spawn_pgqueue(*args, dsn=dsn)
     wait_until(lambda: max(fire_times(db, "misfire-skip")) >= restarted_at + STEP * 2, timeout=30,
                message="runs after the restart")
-    assert stop(second) == 0, second.describe()
+    assert second.stop(15) == 0, second.describe()
 
     after = {p: {t for t in fire_times(db, f"misfire-{p}") if t > last_before} for p in ("once", "skip", "all")}
     assert gaps(sorted(after["all"] | {last_before})) == [], "misfire=all must insert every missed run"
@@ -201,12 +120,13 @@ def test_after_all_schedulers_were_killed_a_restart_follows_each_misfire_policy(
         "FROM pgqueue.job_events WHERE event = 'schedule_misfired' ORDER BY 1").fetchall()
     assert misfires == [("misfire-all", "all", len(missed), len(missed)), ("misfire-once", "once", len(missed), 1),
                         ("misfire-skip", "skip", len(missed), 0)]
-    assert [e["policy"] for e in second.events("schedule.misfired")] != []
+    assert [e["policy"] for e in second.log_events("schedule.misfired")] != []
 
 
 def test_a_worker_with_scheduler_syncs_inserts_and_completes_scheduled_jobs(
-        dsn: str, db: Db, spawn: Callable[..., Process]) -> None:
-    worker = spawn("worker", "--app", "sched_app:every_two_seconds", "--with-scheduler", "--concurrency", "2")
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
+    worker = spawn_pgqueue("worker", "--app", "sched_app:every_two_seconds", "--with-scheduler", "--concurrency", "2",
+                           dsn=dsn)
 
     def completed() -> int:
         row = db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed'").fetchone()
@@ -214,23 +134,24 @@ def test_a_worker_with_scheduler_syncs_inserts_and_completes_scheduled_jobs(
         return int(row[0])
 
     wait_until(lambda: completed() >= 2, timeout=30, message="two scheduled jobs completed")
-    assert stop(worker) == 0, worker.describe()
+    assert worker.stop(15) == 0, worker.describe()
     assert gaps(fire_times(db, "every-2s")) == []
-    assert worker.events("schedule.synced")
+    assert worker.log_events("schedule.synced")
 
 
-def side_by_side(dsn: str, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+def side_by_side(run_cli: RunCli, dsn: str, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
     """Run independent CLI commands at once (each pays the interpreter's start-up)."""
     with ThreadPoolExecutor(len(commands)) as pool:
-        return list(pool.map(lambda args: cli(dsn, *args), commands))
+        return list(pool.map(lambda args: run_cli(args, dsn=dsn), commands))
 
 
-def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one_line(dsn: str, db: Db) -> None:
+def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one_line(
+        dsn: str, db: Db, run_cli: RunCli) -> None:
     # Set up through the Python API: each CLI call costs an interpreter start-up.
     with psycopg.connect(dsn) as conn:
         add_schedule(conn, ScheduleSpec.build(name="held", cron="*/10 * * * * *", task="report"))
     added, paused = side_by_side(
-        dsn,
+        run_cli, dsn,
         ("schedules", "add", "nightly", "--cron", "30 2 * * *", "--task", "report", "--timezone", "America/New_York",
          "--args", '{"report_id": 1}', "--queue", "reports", "--misfire", "skip"),
         ("schedules", "pause", "held"),
@@ -257,7 +178,8 @@ def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one
         (("pause", "bad" + chr(0xDCFF)), "lone surrogates"),
     ]
     listed, table, *results = side_by_side(
-        dsn, ("schedules", "list", "--json"), ("schedules", "list"), *[("schedules", *args) for args, _ in bad_input])
+        run_cli, dsn, ("schedules", "list", "--json"), ("schedules", "list"),
+        *[("schedules", *args) for args, _ in bad_input])
 
     for (args, message), result in zip(bad_input, results, strict=True):
         assert result.returncode == 1, (args, result.stdout, result.stderr)
@@ -283,20 +205,20 @@ def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one
     assert "America/New_York" in table.stdout
     assert "paused" in table.stdout
 
-    for result in side_by_side(dsn, ("schedules", "add", "nightly", "--cron", "0 4 * * *", "--task", "report",
+    for result in side_by_side(run_cli, dsn, ("schedules", "add", "nightly", "--cron", "0 4 * * *", "--task", "report",
                                      "--replace"), ("schedules", "resume", "held")):
         assert result.returncode == 0, result.stderr
     assert db.execute("SELECT name, cron, paused FROM pgqueue.schedules ORDER BY name").fetchall() == [
         ("held", "*/10 * * * * *", False), ("nightly", "0 4 * * *", False)]
-    removed = cli(dsn, "schedules", "remove", "nightly")
+    removed = run_cli(["schedules", "remove", "nightly"], dsn=dsn)
     assert removed.returncode == 0, removed.stderr
     assert db.execute("SELECT name FROM pgqueue.schedules").fetchall() == [("held",)]
 
 
-def test_a_scheduler_refuses_a_code_schedule_named_like_a_runtime_one(dsn: str, db: Db) -> None:
-    assert cli(dsn, "schedules", "add", "clash", "--cron", "0 * * * *", "--task", "other").returncode == 0
+def test_a_scheduler_refuses_a_code_schedule_named_like_a_runtime_one(dsn: str, db: Db, run_cli: RunCli) -> None:
+    assert run_cli(["schedules", "add", "clash", "--cron", "0 * * * *", "--task", "other"], dsn=dsn).returncode == 0
 
-    result = cli(dsn, "scheduler", "--app", "sched_app:clashing")
+    result = run_cli(["scheduler", "--app", "sched_app:clashing"], dsn=dsn)
 
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()

@@ -11,10 +11,13 @@ import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from pgqueue._soak.chaos import BACKEND_TERMINATE, DATABASE_RESTART, WORKER_SIGKILL, plan_faults
+from pgqueue._soak.processes import Child, child_env, scheduler_child, worker_child
 
 # Every figure the scoreboard requires to be zero.
 ZERO_FIGURES = (
@@ -61,3 +64,19 @@ def test_fault_plan_is_reproducible_from_the_seed_and_bounded() -> None:
     assert restarts
     assert all(later - earlier >= 60 for earlier, later in itertools.pairwise(restarts))
     assert all(fault.kind != DATABASE_RESTART for fault in plan_faults(7, 600, restart_database=False))
+
+
+@pytest.mark.parametrize("make_child", [
+    lambda env, log_dir: worker_child(0, env, log_dir, concurrency=2),
+    lambda env, log_dir: scheduler_child(0, env, log_dir),
+], ids=["worker", "scheduler"])
+def test_a_child_stopped_moments_after_its_start_still_stops_cleanly(
+        dsn: str, tmp_path: Path, make_child: Callable[[dict[str, str], Path], Child]) -> None:
+    # The soak's last fault may restart a child just before the soak stops them all: a SIGTERM
+    # sent while it is still importing would end it by the default action (-15), counted unclean.
+    child = make_child(child_env(dsn, lease_seconds=2.0, poll_seconds=0.5), tmp_path)
+    child.start()
+    try:
+        assert child.stop(timeout=60) == 0, child.log_path.read_text(errors="replace")[-3000:]
+    finally:
+        child.kill()

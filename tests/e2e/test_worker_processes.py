@@ -16,8 +16,8 @@ import pytest
 from psycopg.rows import TupleRow
 
 import pgqueue
-from tests.e2e.conftest import SpawnWorker, is_running, wait_for_worker_id, worker_rows
 from tests.helpers import wait_until
+from tests.plugins.processes import SpawnWorker, is_running, wait_for_registration, worker_rows
 
 Db = psycopg.Connection[TupleRow]
 
@@ -74,7 +74,7 @@ def running_count(db: Db) -> int:
 def test_three_workers_drain_2000_jobs_each_exactly_once(worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     workers = [spawn_worker(worker_dsn, concurrency=10) for _ in range(3)]
     for worker in workers:
-        wait_for_worker_id(db, worker)
+        wait_for_registration(db, worker)
 
     started = time.monotonic()
     job_ids = pgqueue.App(worker_dsn).enqueue_many(None, [pgqueue.JobSpec("record", {"n": n}) for n in range(2000)])
@@ -107,10 +107,11 @@ def test_three_workers_drain_2000_jobs_each_exactly_once(worker_dsn: str, db: Db
     assert worker_rows(db) == {}
 
 
+@pytest.mark.timing
 def test_idle_worker_wakes_on_notify_not_on_the_poll(worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     # Polling every 60 s: a job started within a second can only have been announced by NOTIFY.
     worker = spawn_worker(worker_dsn, concurrency=2, poll_seconds=60)
-    wait_for_worker_id(db, worker)
+    wait_for_registration(db, worker)
     app = pgqueue.App(worker_dsn)
     latencies = []
     for _ in range(10):
@@ -132,13 +133,13 @@ def test_idle_worker_wakes_on_notify_not_on_the_poll(worker_dsn: str, db: Db, sp
 def test_jobs_of_a_sigkilled_worker_are_rescued_and_completed_by_another(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     victim = spawn_worker(worker_dsn, concurrency=4)
-    victim_id = wait_for_worker_id(db, victim)
+    victim_id = wait_for_registration(db, victim)
     job_ids = enqueue_sleepers(worker_dsn, 4, seconds=60, later_seconds=0)
     wait_until(lambda: len(executions(db)) == 4, timeout=15, message="the victim started all four jobs")
     assert {pid for _, _, pid in executions(db)} == {victim.pid}
 
     rescuer = spawn_worker(worker_dsn, concurrency=4)
-    rescuer_id = wait_for_worker_id(db, rescuer)
+    rescuer_id = wait_for_registration(db, rescuer)
     killed_at = time.monotonic()
     victim.send(signal.SIGKILL)
     assert victim.wait(timeout=5) == -signal.SIGKILL
@@ -165,7 +166,7 @@ def test_jobs_of_a_sigkilled_worker_are_rescued_and_completed_by_another(
 def test_sigterm_lets_a_running_job_finish_within_the_grace_and_exits_0(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=10)
-    worker_id = wait_for_worker_id(db, worker)
+    worker_id = wait_for_registration(db, worker)
     [job_id] = enqueue_sleepers(worker_dsn, 1, seconds=2)
     wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
 
@@ -187,7 +188,7 @@ def test_sigterm_releases_a_job_that_outlives_the_grace_without_counting_the_att
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     # A 60 s lease: if the job is available right after the exit, the release did it, not a rescue.
     worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=1, lease_seconds=60)
-    worker_id = wait_for_worker_id(db, worker)
+    worker_id = wait_for_registration(db, worker)
     [job_id] = enqueue_sleepers(worker_dsn, 1, seconds=30)
     wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
 
@@ -208,10 +209,11 @@ def test_sigterm_releases_a_job_that_outlives_the_grace_without_counting_the_att
     assert stopped_in >= 1.0  # the grace was given
 
 
+@pytest.mark.timing
 def test_a_second_signal_exits_at_once_and_the_lease_rescues_the_job(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=30)
-    worker_id = wait_for_worker_id(db, worker)
+    worker_id = wait_for_registration(db, worker)
     [job_id] = enqueue_sleepers(worker_dsn, 1, seconds=60, later_seconds=0)
     wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
 
@@ -225,7 +227,7 @@ def test_a_second_signal_exits_at_once_and_the_lease_rescues_the_job(
     assert job_state(db, job_id)[0] == "running"  # nothing released: the lease covers it
 
     rescuer = spawn_worker(worker_dsn, concurrency=2)
-    rescuer_id = wait_for_worker_id(db, rescuer)
+    rescuer_id = wait_for_registration(db, rescuer)
     wait_until(lambda: job_state(db, job_id)[0] == "completed", timeout=20, message="the job was rescued")
     assert [e[1:] for e in events_of(db, [job_id])] == [
         ("enqueued", 0, None),

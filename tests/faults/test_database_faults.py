@@ -24,22 +24,18 @@ from psycopg.rows import TupleRow
 import pgqueue
 from pgqueue._db.workers import WorkerStore
 from pgqueue.errors import DatabaseUnavailable
-from tests.faults.conftest import (
-    APP_PATH,
-    PLAIN_APP_PATH,
+from tests.faults.conftest import APP_PATH, PLAIN_APP_PATH, WorkerRole, executions, role_backends
+from tests.helpers import wait_until
+from tests.plugins.processes import (
     PrivateServer,
     RunCli,
     SpawnWorker,
     WorkerProcess,
-    WorkerRole,
     completion_events,
-    executions,
     job_states,
     parse_timestamp,
-    role_backends,
     wait_for_registration,
 )
-from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -180,6 +176,7 @@ def test_enqueue_while_the_database_is_down_is_a_typed_error_and_writes_nothing(
 # --- 6. the LISTEN connection is terminated ---
 
 
+@pytest.mark.timing
 def test_a_terminated_listen_connection_is_re_established_and_wakeups_stay_fast(
         fault_dsn: str, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker) -> None:
     # A long poll interval: a job that starts in well under a second was woken by NOTIFY, not by a poll.
@@ -211,6 +208,7 @@ def test_a_terminated_listen_connection_is_re_established_and_wakeups_stay_fast(
     assert worker.stop() == 0, worker.describe()
 
 
+@pytest.mark.timing
 def test_jobs_start_within_the_poll_interval_while_listen_cannot_reconnect(
         worker_role: WorkerRole, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker,
         pg_server_dsn: str, fault_dsn: str) -> None:

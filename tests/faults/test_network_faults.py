@@ -10,12 +10,9 @@ the test's own (``tests/faults/tcp_proxy.py``) that stops forwarding without clo
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,16 +21,15 @@ from psycopg.rows import TupleRow
 
 import pgqueue
 from pgqueue._db.sessions import NETWORK_TIMEOUT_ENV
-from tests.faults.conftest import (
-    APP_PATH,
+from tests.faults.tcp_proxy import TcpProxy
+from tests.helpers import wait_until
+from tests.plugins.processes import (
     SpawnWorker,
     WorkerProcess,
     completion_events,
     parse_timestamp,
     wait_for_registration,
 )
-from tests.faults.tcp_proxy import TcpProxy
-from tests.helpers import REPO_ROOT, ProcessGroups, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -95,26 +91,15 @@ def states(db: Db, job_ids: list[int]) -> dict[int, str]:
 
 
 @pytest.fixture
-def spawn_cut_off(tmp_path: Path, proxy: TcpProxy, fault_dsn: str) -> Iterator[Callable[[], WorkerProcess]]:
+def spawn_cut_off(spawn_worker: SpawnWorker, proxy: TcpProxy, fault_dsn: str) -> Callable[[], WorkerProcess]:
     """``pgqueue worker`` through the proxy, with a short network timeout; executions recorded directly."""
-    started: list[WorkerProcess] = []
 
     def spawn() -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_") and k != "DATABASE_URL"}
-        env.update({"PGQUEUE_EMBEDDED": "0", "PGQUEUE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
-                    "PGQUEUE_DSN": through(proxy, fault_dsn), "FAULT_RECORD_DSN": fault_dsn,
-                    "PGQUEUE_LEASE_SECONDS": str(LEASE_SECONDS), "PGQUEUE_POLL_SECONDS": str(POLL_SECONDS),
-                    "PGQUEUE_SHUTDOWN_GRACE_SECONDS": "5", NETWORK_TIMEOUT_ENV: str(NETWORK_TIMEOUT_SECONDS)})
-        argv = [sys.executable, "-m", "pgqueue", "worker", "--app", APP_PATH, "--concurrency", "4"]
-        proc, _, stderr_path = groups.start(argv, cwd=REPO_ROOT, env=env, name=f"cut-off-{len(started)}")
-        worker = WorkerProcess(proc, stderr_path)
-        started.append(worker)
-        return worker
+        return spawn_worker(through(proxy, fault_dsn), concurrency=4, lease_seconds=LEASE_SECONDS,
+                            poll_seconds=POLL_SECONDS, grace_seconds=5, record_dsn=fault_dsn,
+                            env={NETWORK_TIMEOUT_ENV: str(NETWORK_TIMEOUT_SECONDS)})
 
-    groups = ProcessGroups(tmp_path)
-    yield spawn
-
-    groups.kill_all()
+    return spawn
 
 
 def executions_by(db: Db, job_ids: list[int]) -> list[tuple[int, int, int, float]]:
@@ -129,6 +114,7 @@ def events_of(db: Db, job_ids: list[int], event: str) -> Counter[int]:
                                                "AND event = %s", [job_ids, event]))
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(180)
 def test_half_open_network_is_noticed_jobs_are_rescued_once_and_the_worker_recovers(
         fault_dsn: str, db: Db, spawn_worker: SpawnWorker, spawn_cut_off: Callable[[], WorkerProcess],
@@ -186,6 +172,7 @@ def test_half_open_network_is_noticed_jobs_are_rescued_once_and_the_worker_recov
     assert reconnected - resumed_at <= RECONNECT_BOUND_SECONDS + SLACK_SECONDS
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(150)
 def test_jobs_enqueued_while_the_worker_was_cut_off_start_within_poll_plus_2s_of_reconnection(
         fault_dsn: str, db: Db, spawn_cut_off: Callable[[], WorkerProcess], proxy: TcpProxy) -> None:

@@ -1,10 +1,12 @@
 """Issue 5, item 14: pgqueue behind PgBouncer in transaction pooling mode.
 
-Each test starts PgBouncer (the Debian ``pgbouncer`` package; ``.ci/run`` installs it) as a
-subprocess on a free 127.0.0.1 port, in front of the test's server (``PGQUEUE_TEST_DSN`` or the
-embedded one), with ``pool_mode = transaction`` and ``auth_type = trust``. PgBouncer refuses to
-run as root, so as root it runs as an unprivileged account (``postgres``, ``pgqueue`` or
-``nobody``) from a directory under ``/tmp`` that account can read.
+The tests that need PgBouncer are marked ``system_binary("pgbouncer")``: they run with
+``--system-binaries=pgbouncer`` (``.ci/run`` installs the Debian package and passes it), and are
+deselected otherwise. Each starts PgBouncer as a subprocess on a free 127.0.0.1 port, in front of
+the test's server (``PGQUEUE_TEST_DSN`` or the embedded one), with ``pool_mode = transaction`` and
+``auth_type = trust``. PgBouncer refuses to run as root, so as root it runs as an unprivileged
+account (``postgres``, ``pgqueue`` or ``nobody``) from a directory under ``/tmp`` that account can
+read.
 
 - Enqueue through PgBouncer commits and rolls back with the caller's transaction.
 - A worker through PgBouncer works in poll-only mode (no LISTEN session at all).
@@ -23,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -36,23 +37,16 @@ import pytest
 from psycopg.rows import TupleRow
 
 import pgqueue
-from tests.faults.conftest import PLAIN_APP_PATH, WorkerProcess, executions, job_states, wait_for_registration
-from tests.helpers import REPO_ROOT, ProcessGroups, wait_until
+from tests.faults.conftest import PLAIN_APP_PATH, executions
+from tests.helpers import wait_until
+from tests.plugins.processes import SpawnWorker, WorkerProcess, job_states, wait_for_registration
+from tests.plugins.system_binaries import system_binary
 
-INSTALL_HINT = "apt-get update && apt-get install -y pgbouncer"
 REFUSAL = (
     "pgqueue: error: the worker's DSN goes through a connection pooler (PgBouncer?), where LISTEN does not work "
     "in transaction pooling: set PGQUEUE_LISTEN_DSN (--listen-dsn) to a direct PostgreSQL DSN, "
     "or PGQUEUE_POLL_ONLY=1 (--poll-only) to find jobs by polling alone"
 )
-
-
-def _pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None)
-    if found is None:
-        pytest.fail(f"pgbouncer is not installed: run `{INSTALL_HINT}` (.ci/run does it)")
-    return found
 
 
 def _free_port() -> int:
@@ -87,7 +81,7 @@ class Bouncer:
 
 @pytest.fixture
 def bouncer(pg_server_dsn: str) -> Iterator[Bouncer]:
-    binary = _pgbouncer_binary()
+    binary = system_binary("pgbouncer")
     server = psycopg.conninfo.conninfo_to_dict(pg_server_dsn)
     host, port, user = server.get("host") or "127.0.0.1", server.get("port") or "5432", server.get("user")
     if user is None:
@@ -147,35 +141,6 @@ ignore_startup_parameters = extra_float_digits
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _env(dsn: str, poll_seconds: float, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_") and k != "DATABASE_URL"}
-    env.update({"PGQUEUE_EMBEDDED": "0", "PGQUEUE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
-                "PGQUEUE_DSN": dsn, "PGQUEUE_POLL_SECONDS": str(poll_seconds), "PGQUEUE_LEASE_SECONDS": "10",
-                "PGQUEUE_SHUTDOWN_GRACE_SECONDS": "10"})
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Any]:
-    started: list[WorkerProcess] = []
-
-    def run(dsn: str, *, record_dsn: str, poll_seconds: float, args: Sequence[str] = (),
-            env: dict[str, str] | None = None) -> WorkerProcess:
-        argv = [sys.executable, "-m", "pgqueue", "worker", "--app", PLAIN_APP_PATH, "--concurrency", "4", *args]
-        proc, _, stderr_path = groups.start(
-            argv, cwd=REPO_ROOT, name=f"worker-{len(started)}",
-            env=_env(dsn, poll_seconds, {"FAULT_RECORD_DSN": record_dsn, **(env or {})}))
-        worker = WorkerProcess(proc, stderr_path)
-        started.append(worker)
-        return worker
-
-    groups = ProcessGroups(tmp_path)
-    yield run
-
-    groups.kill_all()
-
-
 def _count(db: psycopg.Connection[TupleRow], query: str, params: Sequence[Any] = ()) -> int:
     row = db.execute(query.encode(), params).fetchone()
     assert row is not None
@@ -199,6 +164,7 @@ def _assert_no_session_errors(worker: WorkerProcess) -> None:
     assert "prepared statement" not in worker.stderr(), worker.describe()
 
 
+@pytest.mark.system_binary("pgbouncer")
 def test_enqueue_through_pgbouncer_commits_and_rolls_back_with_the_callers_transaction(
         bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow]) -> None:
     pooled = bouncer.dsn_for(fault_dsn)
@@ -234,10 +200,13 @@ def test_enqueue_through_pgbouncer_commits_and_rolls_back_with_the_callers_trans
     assert _count(db, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'enqueued'") == len(committed)
 
 
+@pytest.mark.system_binary("pgbouncer")
+@pytest.mark.timing
 def test_worker_through_pgbouncer_in_poll_only_mode_completes_jobs(
-        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn: Any) -> None:
+        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker) -> None:
     pooled = bouncer.dsn_for(fault_dsn)
-    worker = spawn(pooled, record_dsn=fault_dsn, poll_seconds=0.3, env={"PGQUEUE_POLL_ONLY": "1"})
+    worker = spawn_worker(pooled, record_dsn=fault_dsn, app_path=PLAIN_APP_PATH, poll_seconds=0.3,
+                          env={"PGQUEUE_POLL_ONLY": "1"})
     wait_for_registration(db, worker)
     app = pgqueue.App(pooled)
     with psycopg.connect(pooled, prepare_threshold=None) as conn:
@@ -261,11 +230,14 @@ def test_worker_through_pgbouncer_in_poll_only_mode_completes_jobs(
     print(f"poll-only behind PgBouncer: 30 jobs in {elapsed:.2f}s")  # noqa: T201
 
 
+@pytest.mark.system_binary("pgbouncer")
+@pytest.mark.timing
 def test_worker_through_pgbouncer_with_a_direct_listen_dsn_wakes_on_notify(
-        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn: Any) -> None:
+        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker) -> None:
     pooled = bouncer.dsn_for(fault_dsn)
     # A poll far longer than the test: only NOTIFY can start these jobs in time.
-    worker = spawn(pooled, record_dsn=fault_dsn, poll_seconds=60, args=["--listen-dsn", fault_dsn])
+    worker = spawn_worker(pooled, record_dsn=fault_dsn, app_path=PLAIN_APP_PATH, poll_seconds=60,
+                          args=["--listen-dsn", fault_dsn])
     wait_for_registration(db, worker)
     wait_until(lambda: _count(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
                                   "'pgqueue-listen' AND datname = current_database()") == 1,
@@ -288,9 +260,11 @@ def test_worker_through_pgbouncer_with_a_direct_listen_dsn_wakes_on_notify(
     print(f"NOTIFY wake-up through a direct listen DSN: {[round(x * 1000) for x in latencies]} ms")  # noqa: T201
 
 
+@pytest.mark.system_binary("pgbouncer")
 def test_worker_through_pgbouncer_without_listen_dsn_or_poll_only_refuses_with_one_line(
-        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn: Any) -> None:
-    worker = spawn(bouncer.dsn_for(fault_dsn), record_dsn=fault_dsn, poll_seconds=1)
+        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker) -> None:
+    worker = spawn_worker(bouncer.dsn_for(fault_dsn), record_dsn=fault_dsn, app_path=PLAIN_APP_PATH,
+                          poll_seconds=1)
     assert worker.wait(timeout=30) == 1, worker.describe()
     errors = [line for line in worker.stderr().splitlines() if line.startswith("pgqueue: error:")]
     assert errors == [REFUSAL], worker.describe()
@@ -299,8 +273,8 @@ def test_worker_through_pgbouncer_without_listen_dsn_or_poll_only_refuses_with_o
 
 
 def test_a_direct_worker_is_not_mistaken_for_one_behind_a_pooler(
-        fault_dsn: str, db: psycopg.Connection[TupleRow], spawn: Any) -> None:
-    worker = spawn(fault_dsn, record_dsn=fault_dsn, poll_seconds=60)
+        fault_dsn: str, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker) -> None:
+    worker = spawn_worker(fault_dsn, record_dsn=fault_dsn, app_path=PLAIN_APP_PATH, poll_seconds=60)
     wait_for_registration(db, worker)
     job_id = pgqueue.App(fault_dsn).enqueue(None, "record")
     wait_until(lambda: executions(db).get(job_id), timeout=10, message=worker.describe())

@@ -14,25 +14,18 @@ vacuum) makes ``pgqueue health`` warn, naming its pid and age, while jobs go on 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
 import pgqueue
-from tests.faults.conftest import RunCli, SpawnWorker, executions, wait_for_registration
+from tests.faults.conftest import executions
 from tests.faults.proc_app import CRASHES
-from tests.helpers import REPO_ROOT, wait_until
+from tests.helpers import wait_until
+from tests.plugins.processes import RunCli, SpawnWorker, WorkerProcess, wait_for_registration
 
 pytestmark = pytest.mark.slow
 
@@ -54,36 +47,11 @@ def all_in(db: Db, job_ids: list[int], *wanted: str) -> bool:
     return all(state in wanted for state, _ in states(db, job_ids).values())
 
 
-def json_lines(path: Path, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if entry.get("event") == event:
-                    found.append(entry)
-    return found
-
-
 @pytest.fixture
-def supervisor(fault_dsn: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def supervisor(fault_dsn: str, spawn_worker: SpawnWorker) -> WorkerProcess:
     """``pgqueue worker --processes 2 --concurrency 2`` (lease 2 s, poll 0.5 s); children log to its stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_") and k != "DATABASE_URL"}
-    env.update({"PGQUEUE_EMBEDDED": "0", "PGQUEUE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
-                "PGQUEUE_DSN": fault_dsn, "FAULT_RECORD_DSN": fault_dsn, "PGQUEUE_LEASE_SECONDS": "2",
-                "PGQUEUE_POLL_SECONDS": "0.5", "PGQUEUE_SHUTDOWN_GRACE_SECONDS": "5"})
-    stderr_path = tmp_path / "supervisor.stderr"
-    with stderr_path.open("wb") as stderr, (tmp_path / "supervisor.stdout").open("wb") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "pgqueue", "worker", "--app", PROC_APP, "--processes", "2",
-                                 "--concurrency", "2"], cwd=REPO_ROOT, env=env, stdout=stdout, stderr=stderr,
-                                start_new_session=True)
-        try:
-            yield proc, stderr_path
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+    return spawn_worker(fault_dsn, processes=2, concurrency=2, lease_seconds=2.0, poll_seconds=0.5,
+                        grace_seconds=5, app_path=PROC_APP)
 
 
 @pytest.mark.timeout(120)
@@ -121,24 +89,20 @@ def test_handler_raising_systemexit_keyboardinterrupt_or_cancellederror_is_retri
 
 @pytest.mark.timeout(150)
 def test_os_exit_in_a_handler_is_survived_by_the_supervisor_and_a_poison_job_ends_failed(
-        fault_dsn: str, db: Db, supervisor: tuple[subprocess.Popen[bytes], Path]) -> None:
-    proc, stderr_path = supervisor
+        fault_dsn: str, db: Db, supervisor: WorkerProcess) -> None:
     wait_until(lambda: len(db.execute("SELECT id FROM pgqueue.workers").fetchall()) == 2, timeout=60,
                message="two children registered")
     app = pgqueue.App(fault_dsn)
 
-    def describe() -> str:
-        return f"supervisor rc={proc.poll()}\n{stderr_path.read_text(errors='replace')[-6000:]}"
-
     def settled(job_ids: list[int]) -> bool:
-        assert proc.poll() is None, describe()
+        assert supervisor.alive(), supervisor.describe()
         return all_in(db, job_ids, "completed", "failed")
 
     # Alone at first, so that no other job shares the child it kills: killed once, rescued, and
     # completed on its second attempt.
     exit_once = app.enqueue(None, "crash-sync", {"how": "os_exit", "until_attempt": 1})
     wait_until(lambda: settled([exit_once]), timeout=60, message="exit_once settled")
-    assert states(db, [exit_once])[exit_once] == ("completed", 2), describe()
+    assert states(db, [exit_once])[exit_once] == ("completed", 2), supervisor.describe()
     assert events(db, exit_once).count("rescued") == 1
 
     started = time.monotonic()
@@ -148,7 +112,7 @@ def test_os_exit_in_a_handler_is_survived_by_the_supervisor_and_a_poison_job_end
     elapsed = time.monotonic() - started
     final = states(db, [poison, *ordinary])
     # Each claim counted an attempt; the third death exhausted max_attempts=3: failed, not retried forever.
-    assert final[poison] == ("failed", 3), describe()
+    assert final[poison] == ("failed", 3), supervisor.describe()
     assert executions(db)[poison] == 3
     assert events(db, poison).count("rescued") == 3, events(db, poison)
     # The other jobs all completed (some may have re-run: they shared a killed child), once each.
@@ -157,9 +121,9 @@ def test_os_exit_in_a_handler_is_survived_by_the_supervisor_and_a_poison_job_end
         assert events(db, job_id).count("completed") == 1
     # The supervisor lived through four child deaths (one for exit_once, three for the poison job)
     # and replaced every one of them.
-    assert proc.poll() is None
-    died = json_lines(stderr_path, "supervisor.child_died")
-    assert len(died) == 4, describe()
+    assert supervisor.alive(), supervisor.describe()
+    died = supervisor.log_events("supervisor.child_died")
+    assert len(died) == 4, supervisor.describe()
     assert all(entry["exit_code"] == 1 for entry in died)
     wait_until(lambda: len(db.execute("SELECT id FROM pgqueue.workers WHERE lease_expires_at > now()")
                            .fetchall()) == 2, timeout=60, message="two live children again")

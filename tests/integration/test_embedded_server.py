@@ -74,6 +74,7 @@ def test_ensure_server_starts_a_server_that_accepts_connections(home: Path) -> N
                         "max_connections": "200", "fsync": "on"}
 
 
+@pytest.mark.timing
 def test_a_second_call_returns_the_same_dsn_quickly_without_a_new_postmaster(home: Path) -> None:
     dsn = _embedded.ensure_server(home)
     pid = _embedded.status(home)["pid"]

@@ -399,6 +399,7 @@ def test_a_misfire_window_across_spring_forward_follows_the_dst_rules() -> None:
         "2024-03-09T02:30:00-05:00", "2024-03-10T03:00:00-04:00", "2024-03-11T02:30:00-04:00"]
 
 
+@pytest.mark.timing
 def test_a_long_outage_of_a_per_second_schedule_is_counted_up_to_a_cap_quickly() -> None:
     started = time.monotonic()
     plan = plan_runs(Cron("* * * * * *"), next_run_at=utc(2024, 1, 1), now=utc(2024, 1, 8), misfire="once")
