@@ -7,12 +7,46 @@ Example:
     ... def send_email(job: pgqueue.Job, to: str) -> None: ...
 """
 
-from pgqueue import errors
-from pgqueue.app import App
-from pgqueue.backoff import Backoff
-from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
-from pgqueue.tasks import Task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgqueue import errors
+    from pgqueue.app import App
+    from pgqueue.backoff import Backoff
+    from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
+    from pgqueue.tasks import Task
 
 __version__ = "0.1.0"
 
 __all__ = ["App", "Backoff", "Discard", "Job", "JobSpec", "JobState", "Retry", "Task", "__version__", "errors"]
+
+# Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
+# (`pgqueue --help` included), and the App brings in psycopg, which such commands never need.
+_PUBLIC: dict[str, str] = {
+    "App": "pgqueue.app",
+    "Backoff": "pgqueue.backoff",
+    "Discard": "pgqueue.jobs",
+    "Job": "pgqueue.jobs",
+    "JobSpec": "pgqueue.jobs",
+    "JobState": "pgqueue.jobs",
+    "Retry": "pgqueue.jobs",
+    "Task": "pgqueue.tasks",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "errors":
+        return importlib.import_module("pgqueue.errors")
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgqueue' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
