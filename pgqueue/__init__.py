@@ -7,30 +7,51 @@ Example:
     ... def send_email(job: pgqueue.Job, to: str) -> None: ...
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from pgqueue import errors
-from pgqueue.app import App
-from pgqueue.backoff import Backoff
-from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
-from pgqueue.tasks import Task
+import importlib
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pgqueue import errors
+    from pgqueue.app import App
+    from pgqueue.backoff import Backoff
+    from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
+    from pgqueue.tasks import Task
     from pgqueue.worker import Worker
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    # The worker (asyncio, the pools, structlog) is imported on first use: an application that
-    # only enqueues never pays for it.
-    if name == "Worker":
-        from pgqueue.worker import Worker
-
-        return Worker
-    raise AttributeError(f"module 'pgqueue' has no attribute {name!r}")
-
-
 __all__ = [
     "App", "Backoff", "Discard", "Job", "JobSpec", "JobState", "Retry", "Task", "Worker", "__version__", "errors",
 ]
+
+# Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
+# (`pgqueue --help` included), and the App brings in psycopg, which such commands never need.
+_PUBLIC: dict[str, str] = {
+    "App": "pgqueue.app",
+    "Backoff": "pgqueue.backoff",
+    "Discard": "pgqueue.jobs",
+    "Job": "pgqueue.jobs",
+    "JobSpec": "pgqueue.jobs",
+    "JobState": "pgqueue.jobs",
+    "Retry": "pgqueue.jobs",
+    "Task": "pgqueue.tasks",
+    # The worker (asyncio, the pools) too: an application that only enqueues never pays for it.
+    "Worker": "pgqueue.worker",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "errors":
+        return importlib.import_module("pgqueue.errors")
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgqueue' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

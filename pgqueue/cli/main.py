@@ -1,17 +1,217 @@
-"""The typer application: global options, command groups, and the single error boundary."""
+"""The typer application: global options, the command table, and the single error boundary.
+
+Every command lives in its own module, named in :data:`COMMANDS` with the line ``pgqueue --help``
+shows for it. A command's module is imported only when that command runs or shows its own help,
+so ``pgqueue --help``, ``pgqueue --version`` and ``pgqueue worker`` (and each ``--processes``
+child) never import the bench, alembic or the other commands' dependencies. Importing them all
+up front took ``import pgqueue.cli`` to about 1.2 s.
+
+To add a command: write its module (a function, or a ``typer.Typer`` for a group of commands),
+then add its row to :data:`COMMANDS`; ``tests/unit/test_cli_commands.py`` checks that the row's
+summary is the command's own first paragraph.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 import sys
-from typing import Annotated
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
+import typer.main
+from typer.core import TyperCommand, TyperGroup
 
 from pgqueue import __version__
-from pgqueue.cli._logging import configure_logging
 from pgqueue.errors import PgqueueError
 
+# Typer vendors click under a private module since 0.2x, so click's Command, Context and
+# HelpFormatter have no public name that works on every typer this package supports: the few
+# signatures below that take or return them say Any.
+
+
+@dataclass(frozen=True)
+class CommandEntry:
+    """One ``pgqueue`` command: where it lives and how ``pgqueue --help`` lists it."""
+
+    target: str
+    """``"module:attribute"``: a command function, or a ``typer.Typer`` holding a group of commands."""
+    summary: str
+    """The command's first help paragraph, shown by ``pgqueue --help`` without importing its module."""
+    panel: str
+
+
+_START = "Start here"
+_OPERATE = "Jobs, queues and schedules"
+_COMPLIANCE = "Compliance"
+_TOOLS = "Tools"
+
+COMMANDS: dict[str, CommandEntry] = {
+    "demo": CommandEntry(
+        "pgqueue.cli.demo:demo",
+        "Run the whole system once: migrate, enqueue sample jobs, work them with a live view, summarise.",
+        _START),
+    "migrate": CommandEntry(
+        "pgqueue.cli.migrate:migrate",
+        "Create or upgrade the pgqueue schema (safe to run from several deploys at once).",
+        _START),
+    "worker": CommandEntry(
+        "pgqueue.cli.worker:worker",
+        "Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace period, "
+        "release the rest.",
+        _START),
+    "scheduler": CommandEntry(
+        "pgqueue.cli.scheduler:scheduler",
+        "Insert due cron jobs until SIGTERM/SIGINT (then exit 0).",
+        _START),
+    "enqueue": CommandEntry(
+        "pgqueue.cli.enqueue:enqueue",
+        "Enqueue one job and print its id (with --unique-key, the live job's id if one exists).",
+        _OPERATE),
+    "jobs": CommandEntry(
+        "pgqueue.cli.jobs:app",
+        "Inspect and manage jobs: list, show, retry, cancel, delete.",
+        _OPERATE),
+    "queues": CommandEntry(
+        "pgqueue.cli.queues:app",
+        "Per-queue counts and controls: list, pause, resume, purge.",
+        _OPERATE),
+    "schedules": CommandEntry(
+        "pgqueue.cli.schedules:app",
+        "Cron schedules: list, add, remove, pause, resume (code schedules are synced by `pgqueue scheduler`).",
+        _OPERATE),
+    "stats": CommandEntry(
+        "pgqueue.cli.stats:stats",
+        "Show jobs per queue and state (with totals), the workers, and PostgreSQL's notification queue usage.",
+        _OPERATE),
+    "health": CommandEntry(
+        "pgqueue.cli.stats:health",
+        "Check that pgqueue is healthy; exit 0 if so, 2 if not (for probes and monitoring).",
+        _OPERATE),
+    "prune": CommandEntry(
+        "pgqueue.cli.prune:prune",
+        "Delete finished jobs older than the retention now, in batches, and record it in the audit trail.",
+        _OPERATE),
+    "audit": CommandEntry(
+        "pgqueue.cli.audit:app",
+        "The tamper-evident audit trail: show a job's events, verify the trail.",
+        _COMPLIANCE),
+    "keys": CommandEntry(
+        "pgqueue.cli.keys:app",
+        "Encryption keys: generate one, rotate stored payloads to the newest.",
+        _COMPLIANCE),
+    "embedded": CommandEntry(
+        "pgqueue.cli.embedded:app",
+        "Manage the embedded PostgreSQL server used when no DSN is configured (data under PGQUEUE_HOME).",
+        _TOOLS),
+    "bench": CommandEntry(
+        "pgqueue.cli.bench:bench",
+        "Measure enqueue and processing throughput, wake-up latency, backlog and churn behaviour, and "
+        "PostgreSQL's own ceiling on the same server.",
+        _TOOLS),
+    "soak": CommandEntry(
+        "pgqueue.cli.soak:soak",
+        "Run WORKERS `pgqueue worker` and SCHEDULERS `pgqueue scheduler` processes while JOBS jobs are enqueued "
+        "over MINUTES and a seeded chaos loop SIGKILLs workers and schedulers (then restarts them), terminates "
+        "pgqueue's backends and, with --private-server, restarts the database. Then drain, stop, and check the "
+        "books. Exit 0 when every figure holds, 1 otherwise.",
+        _TOOLS),
+}
+
+
+def as_paragraphs(text: str | None) -> str | None:
+    """Join the hard-wrapped lines of each paragraph, so help is reflowed to the terminal's width.
+
+    Docstrings wrap at the source's line length; typer's rich help keeps those line breaks after
+    the first paragraph, which made help texts wrap raggedly. Blank lines still separate
+    paragraphs, and a paragraph that starts with ``\\b`` (click's "keep my line breaks") is kept.
+    """
+    if not text:
+        return text
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(
+        p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def load_command(name: str) -> Any:
+    """Import the module of command ``name`` and build its click command, as ``add_typer``/``command`` did."""
+    entry = COMMANDS[name]
+    module_name, _, attribute = entry.target.partition(":")
+    target = getattr(importlib.import_module(module_name), attribute)
+    holder = typer.Typer(add_completion=False)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)  # the holder is then a group, whose one member is the command
+        command = typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+    else:
+        holder.command(name)(target)
+        command = typer.main.get_command(holder)
+    _reflow(command)
+    return command
+
+
+def _reflow(command: Any) -> None:
+    command.help = as_paragraphs(command.help)
+    command.short_help = as_paragraphs(command.short_help)
+    for child in getattr(command, "commands", {}).values():
+        _reflow(child)
+
+
+class _Commands(MutableMapping[str, Any]):
+    """The root group's commands: each built from :data:`COMMANDS` on first lookup.
+
+    While the root help is printed (``listing``), a command not loaded yet is stood in for by a
+    command that carries only its summary: listing every command must not import every module.
+    Typer's "did you mean" suggestions read this mapping's keys, so they cover every command.
+    """
+
+    def __init__(self, eager: MutableMapping[str, Any]) -> None:
+        self._loaded = dict(eager)
+        self.listing = False
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._loaded:
+            return self._loaded[name]
+        entry = COMMANDS[name]  # KeyError for an unknown name, as a dict would
+        if self.listing:
+            return TyperCommand(name=name, help=entry.summary, rich_help_panel=entry.panel)
+        self._loaded[name] = load_command(name)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._loaded
+        yield from (name for name in COMMANDS if name not in self._loaded)
+
+    def __len__(self) -> int:
+        return len(self._loaded.keys() | COMMANDS.keys())
+
+
+class _LazyGroup(TyperGroup):
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = self._lazy = _Commands(self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._lazy.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._lazy.listing = False
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="pgqueue",
     help="pgqueue: a PostgreSQL-native job queue.",
     no_args_is_help=True,
@@ -20,78 +220,46 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"pgqueue {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     log_format: Annotated[
         str, typer.Option("--log-format", envvar="PGQUEUE_LOG_FORMAT", help="console or json")
     ] = "console",
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print pgqueue's version and exit.")] = False,
 ) -> None:
-    if version:
-        print(__version__)
-        raise typer.Exit(0)
     if log_format not in {"console", "json"}:
         print(f"pgqueue: error: --log-format {log_format!r} must be 'console' or 'json'", file=sys.stderr)
         raise typer.Exit(2)
+    from pgqueue.cli._logging import configure_logging  # structlog: only once a command runs
+
     configure_logging(log_format)
 
 
-def _register() -> None:
-    # Imported here so each command module can import `app` helpers without a cycle.
-    from pgqueue.cli import embedded, migrate, worker
+def _run() -> None:
+    try:
+        app()
+    except Exception:
+        if "psycopg" not in sys.modules:
+            raise  # no command touched the database, so this is no database error
+        # The data layer owns the driver and its one error policy: a database failure becomes its
+        # typed error (e.g. DatabaseUnavailable), anything else goes on unchanged.
+        from pgqueue._db.errors import translate_errors
 
-    app.add_typer(embedded.app, name="embedded")
-    app.command("migrate")(migrate.migrate)
-    app.command("worker")(worker.worker)
-    from pgqueue.cli import scheduler, schedules
-
-    app.command("scheduler")(scheduler.scheduler)
-    app.add_typer(schedules.app, name="schedules")
-    from pgqueue.cli import demo
-
-    app.command("demo")(demo.demo)
-    from pgqueue.cli import bench
-
-    app.command("bench")(bench.bench)
-    from pgqueue.cli import soak
-
-    app.command("soak")(soak.soak)
-
-    from pgqueue.cli import audit
-
-    app.add_typer(audit.app, name="audit")
-    from pgqueue.cli import keys
-
-    app.add_typer(keys.app, name="keys")
-    from pgqueue.cli import prune
-
-    app.command("prune")(prune.prune)
-    from pgqueue.cli import enqueue, jobs, queues, stats
-
-    app.command("enqueue")(enqueue.enqueue)
-    app.add_typer(jobs.app, name="jobs")
-    app.add_typer(queues.app, name="queues")
-    app.command("stats")(stats.stats)
-    app.command("health")(stats.health)
-
-
-_register()
+        with translate_errors():
+            raise
 
 
 def main() -> None:
     """Entry point of the ``pgqueue`` script: user errors become one line and exit 1."""
     try:
-        app()
+        _run()
     except PgqueueError as exc:
         print(f"pgqueue: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:
-        # A driver error a command did not translate (a lost connection...): the same one line.
-        # The data layer is imported only on this way out, never to print --help.
-        from pgqueue._db.errors import translate
-
-        error = translate(exc)
-        if error is None:
-            raise
-        print(f"pgqueue: error: {error}", file=sys.stderr)
         sys.exit(1)
