@@ -45,7 +45,7 @@ class JobQueries(NamedTuple):
     reserve_job_ids: LiteralString
     notify_queues: LiteralString
     copy_jobs: LiteralString
-    copy_job_events: LiteralString
+    insert_copied_job_events: LiteralString
     savepoint_enqueue_many: LiteralString
     rollback_to_enqueue_many: LiteralString
     release_enqueue_many: LiteralString
@@ -102,6 +102,7 @@ class EventQueries(NamedTuple):
     get_seals: LiteralString
     count_seals: LiteralString
     count_pending_events: LiteralString
+    may_seal: LiteralString
     prunable_seals: LiteralString
     count_prunable_events: LiteralString
     delete_sealed_events: LiteralString

@@ -117,11 +117,6 @@ def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
             list(job.tags))
 
 
-def _copy_event_row(job_id: int, actor: str | None) -> tuple[Any, ...]:
-    """A row of JOBS.copy_job_events: what insert_job's audit CTE writes for an available job."""
-    return (job_id, "enqueued", "available", 0, actor)
-
-
 def _inserted_id(row: tuple[Any, ...] | None) -> int:
     if row is None:  # an INSERT without ON CONFLICT returns its row unless something else intervened
         raise SchemaNotReady("the INSERT into pgqueue.jobs returned no row: a trigger on the table suppressed it")
@@ -249,9 +244,7 @@ class JobStore:
                 for job_id, job in zip(ids, jobs, strict=True):
                     queues.add(job.queue)
                     copy.write_row(_copy_row(job_id, job))
-            with cur.copy(JOBS.copy_job_events) as copy:
-                for job_id in ids:
-                    copy.write_row(_copy_event_row(job_id, actor))
+            cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
             cur.execute(JOBS.notify_queues, {"queues": sorted(queues)})
         return ids
 
@@ -527,9 +520,7 @@ class AsyncJobStore:
             async with cur.copy(JOBS.copy_jobs) as copy:
                 for job_id, job in zip(ids, jobs, strict=True):
                     await copy.write_row(_copy_row(job_id, job))
-            async with cur.copy(JOBS.copy_job_events) as copy:
-                for job_id in ids:
-                    await copy.write_row(_copy_event_row(job_id, actor))
+            await cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
             await cur.execute(JOBS.notify_queues, {"queues": sorted({job.queue for job in jobs})})
         return ids
 
