@@ -106,6 +106,11 @@ class AuditStore:
             row = self.conn.execute(EVENTS.count_pending_events, {"xid_from": str(xid_from)}).fetchone()
         return int(row[0]) if row else 0
 
+    def may_seal(self) -> bool:
+        with translate_errors():
+            row = self.conn.execute(EVENTS.may_seal).fetchone()
+        return bool(row and row[0])
+
     def prunable_seals(self, limit: int) -> list[tuple[int, int, int, datetime]]:
         """The oldest unpruned seals: (seal_no, xid_from, xid_to, last_at)."""
         with translate_errors():
