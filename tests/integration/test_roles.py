@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -175,28 +176,23 @@ def test_an_enqueuer_login_cannot_read_payloads_change_jobs_or_touch_the_trail(s
 # --- the worker -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def running_worker() -> Iterator[Any]:
-    """``running_worker(app)`` runs an in-process worker until the test ends."""
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start(app: App) -> Worker:
-        worker = Worker(app, concurrency=4, settings=app.settings)
-        thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
+@contextmanager
+def worker_running(app: App) -> Iterator[Worker]:
+    """An in-process worker, stopped (gracefully) on the way out."""
+    worker = Worker(app, concurrency=4, settings=app.settings)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
         worker.stop()
         thread.join(timeout=30)
-        assert not thread.is_alive(), "the worker did not stop"
-        assert worker.exit_code == 0
+    assert not thread.is_alive(), "the worker did not stop"
+    assert worker.exit_code == 0
 
 
-def test_a_worker_login_runs_jobs_schedules_cron_jobs_seals_and_prunes(as_role: Any, owner: Conn, dsn: str,
-                                                                       running_worker: Any) -> None:
+def test_a_worker_login_runs_jobs_schedules_cron_jobs_seals_and_prunes(as_role: Any, owner: Conn,
+                                                                       dsn: str) -> None:
     worker_dsn = as_role("worker")
     app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
                                             shutdown_grace_seconds=5))
@@ -218,10 +214,11 @@ def test_a_worker_login_runs_jobs_schedules_cron_jobs_seals_and_prunes(as_role: 
     app.schedule("every-minute", cron="* * * * *", task="ok")
     ids = [App(dsn).enqueue(owner, task, {}) for task in ("ok", "flaky", "hopeless")]
 
-    running_worker(app)
-    wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) "
-                                    "AND state IN ('completed', 'failed')", [ids]) == 3, timeout=30,
-               message="the worker login to finish the three jobs")
+    # Stopped before the jobs are aged below: its own pruner must not delete them first.
+    with worker_running(app):
+        wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) "
+                                        "AND state IN ('completed', 'failed')", [ids]) == 3, timeout=30,
+                   message="the worker login to finish the three jobs")
     states: dict[str, str] = dict(
         owner.execute("SELECT task, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
     assert states == {"ok": "completed", "flaky": "completed", "hopeless": "failed"}
