@@ -18,10 +18,9 @@ ones (autovacuum's own default scale factor), provided its role may.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -197,7 +196,7 @@ def _record_failed_run(store: RetentionStore, committed: PruneReport, actor: str
     """Account for the batches a failed run committed, if the session still takes a statement."""
     if not committed.total or store.conn.broken:
         return
-    with contextlib.suppress(psycopg.Error, PgqueueError), store.conn.transaction():
+    with suppress(psycopg.Error, PgqueueError), store.conn.transaction():
         _record(store, committed, actor, record_empty=False)
 
 
