@@ -12,18 +12,24 @@ seals ranges of transactions that have all finished:
 - ``digest_n = sha256(digest_{n-1} || sha256(sha256(row) for each row in id order))``.
 
 Editing, deleting or inserting a sealed row changes its seal's digest; deleting a seal breaks the
-chain. Rows are protected once sealed (a few seconds after they commit while a worker runs; a
+chain. Retention deletes whole seals' rows, oldest first, and keeps their seal rows (``pruned_at``):
+the database's triggers refuse any other delete, so pruned seals are always a prefix of the chain,
+and :func:`verify` reports a seal pruned before the audit retention was up.
+
+Rows are protected once sealed (a few seconds after they commit while a worker runs; a
 transaction left open anywhere in the cluster holds sealing back, as it holds back vacuum).
-Someone who can rewrite both the trail and the seals can recompute the chain: record the head
-digest that ``pgqueue audit verify`` prints somewhere else to detect that too.
+Someone who can bypass the triggers (a superuser, or the tables' owner disabling them) can rewrite
+both the trail and the seals and recompute the chain: record the head digest that
+``pgqueue audit verify`` prints somewhere else to detect that too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pgqueue._db.audit import AuditStore, RangeDigest
@@ -83,6 +89,12 @@ def seal_pending(conn: PsycopgConnection, *, max_seals: int | None = None,
     return SealReport(seals, events)
 
 
+def can_seal(conn: PsycopgConnection) -> bool:
+    """Whether this session may seal (``pgqueue_reader`` and standbys may not: they verify only
+    what is sealed and report the rest as pending)."""
+    return AuditStore(conn).may_seal()
+
+
 @dataclass
 class VerifyReport:
     """What :func:`verify` found. ``ok`` is False when any problem was found."""
@@ -106,17 +118,21 @@ class VerifyReport:
 
 
 def verify(conn: PsycopgConnection, *, progress: Callable[[int, int], None] | None = None,
-           expect_digests: Sequence[str] = (), max_problems: int = 20) -> VerifyReport:
+           expect_digests: Sequence[str] = (), max_problems: int = 20, min_retention: float = 0.0) -> VerifyReport:
     """Recompute every unpruned seal from the rows now in the table and check the chain's links.
 
+    Reads only: a session that may not seal (see :func:`can_seal`) verifies the same way.
     ``expect_digests``: head digests recorded elsewhere by earlier verifications (hex); each must
-    still be a seal of the chain, else the chain was rebuilt. ``progress(done, total)`` is called
-    after each batch of seals.
+    still be a seal of the chain, else the chain was rebuilt. ``min_retention``: the audit
+    retention in seconds (``math.inf`` when audit rows are kept forever); a seal pruned when its
+    newest row was younger was pruned early. Pruned seals must also be the oldest ones.
+    ``progress(done, total)`` is called after each batch of seals.
     """
     store = AuditStore(conn)
     report = VerifyReport()
     total = store.count_seals()
     prev_no, prev_digest, prev_to = 0, GENESIS, 0
+    kept: int | None = None  # the oldest seal seen that was not pruned
 
     def problem(text: str) -> None:
         if len(report.problems) < max_problems:
@@ -131,6 +147,10 @@ def verify(conn: PsycopgConnection, *, progress: Callable[[int, int], None] | No
         digests = store.range_digests([(s["xid_from"], s["xid_to"]) for s in seals])
         for seal, now in zip(seals, digests, strict=True):
             _check_seal(seal, now, prev_no, prev_digest, prev_to, report, problem)
+            if seal["pruned_at"] is None:
+                kept = kept or seal["seal_no"]
+            else:
+                _check_pruned(seal, kept, min_retention, problem)
             prev_no, prev_digest, prev_to = seal["seal_no"], seal["digest"], seal["xid_to"]
             missing.discard(prev_digest.hex())
         after = seals[-1]["seal_no"]
@@ -167,12 +187,39 @@ def _check_seal(seal: dict[str, Any], now: RangeDigest, prev_no: int, prev_diges
                     "rows were deleted or inserted")
         else:
             problem(f"{where}: a row was edited ({now.events:,} rows, digest differs)")
+    elif (now.events, now.first_at, now.last_at) != (seal["events"], seal["first_at"], seal["last_at"]):
+        # The rows match the digest, so the seal's own description of them is what is false:
+        # retention judges a seal's age by its last_at.
+        problem(f"{where} does not describe its rows ({now.events:,} rows at {_span(now.first_at, now.last_at)}): "
+                "the seal was forged")
+
+
+def _check_pruned(seal: dict[str, Any], kept: int | None, min_retention: float,
+                  problem: Callable[[str], None]) -> None:
+    where = f"seal {seal['seal_no']} (events at {_when(seal)})"
+    if kept is not None:
+        problem(f"{where} was pruned while seal {kept}, older, was kept: a window was cut out of the trail")
+    age = (seal["pruned_at"] - seal["last_at"]).total_seconds()
+    if math.isinf(min_retention):
+        problem(f"{where} was pruned, but the audit retention is 'never'")
+    elif age < min_retention:
+        problem(f"{where} was pruned {_duration(age)} after its newest row, before the audit retention "
+                f"({_duration(min_retention)}) was up")
 
 
 def _when(seal: dict[str, Any]) -> str:
-    first, last = seal["first_at"], seal["last_at"]
+    return _span(seal["first_at"], seal["last_at"])
+
+
+def _span(first: datetime | None, last: datetime | None) -> str:
+    if first is None or last is None:
+        return "no time"
     fmt = "%Y-%m-%d %H:%M:%S"
     return first.strftime(fmt) if first == last else f"{first.strftime(fmt)}..{last.strftime(fmt)}"
+
+
+def _duration(seconds: float) -> str:
+    return str(timedelta(seconds=round(max(seconds, 0.0))))
 
 
 def job_trail(conn: PsycopgConnection, job_id: int) -> tuple[list[dict[str, Any]], dict[int, bool]]:

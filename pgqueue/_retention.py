@@ -6,7 +6,8 @@ rows, then audit rows, a whole seal at a time so the chain stays verifiable). Ea
 batches of ``batch_size`` rows, oldest first, one short transaction per batch, so the pruner never
 holds many row locks or writes one huge burst of WAL. The run's summary row in ``pgqueue.job_events`` (event ``pruned``)
 is written in the transaction of its last batch; a run that fails midway keeps the batches it
-committed (each deleted job's own trail already ends in its final state).
+committed and records them in a summary row of their own (``finished: false``) when the session
+still works, so no deleted row goes unaccounted for.
 
 Why pgqueue vacuums at all: a queue table turns over its whole content every few seconds. With
 autovacuum off (the server's setting or the table's ``autovacuum_enabled``) nothing ever
@@ -18,13 +19,15 @@ ones (autovacuum's own default scale factor), provided its role may.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _audit
+from pgqueue._db.errors import DATABASE_ERRORS
 from pgqueue._db.retention import Cutoffs, RetentionStore
-from pgqueue._db.sessions import longer_answer_timeout
+from pgqueue._db.sessions import longer_answer_timeout, session_broken
 from pgqueue._log import get_logger
 from pgqueue.settings import Settings
 
@@ -157,19 +160,25 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
             _record(store, report, actor, record_empty)
         return report
     current = 0
+    committed = PruneReport(cutoffs=cutoffs, finished=False)
     while True:
         step = steps[current]
-        with conn.transaction():
-            counts = step.run(batch_size)
-            report.batches += 1
-            report.add(counts)
-            if sum(counts.values()) < batch_size:
-                current += 1
-            done = current == len(steps)
-            out_of_budget = not done and max_batches is not None and report.batches >= max_batches
-            if done or out_of_budget:
-                report.finished = done
-                _record(store, report, actor, record_empty)
+        try:
+            with conn.transaction():
+                counts = step.run(batch_size)
+                report.batches += 1
+                report.add(counts)
+                if sum(counts.values()) < batch_size:
+                    current += 1
+                done = current == len(steps)
+                out_of_budget = not done and max_batches is not None and report.batches >= max_batches
+                if done or out_of_budget:
+                    report.finished = done
+                    _record(store, report, actor, record_empty)
+        except DATABASE_ERRORS:
+            _record_failed_run(store, committed, actor)
+            raise
+        committed.add(counts)
         if progress is not None:
             progress(step.name, report.total)
         if done or out_of_budget:
@@ -181,6 +190,14 @@ def _record(store: RetentionStore, report: PruneReport, actor: str, record_empty
         detail = report.as_dict()
         del detail["dry_run"]
         store.insert_prune_event(actor, detail)
+
+
+def _record_failed_run(store: RetentionStore, committed: PruneReport, actor: str) -> None:
+    """Account for the batches a failed run committed, if the session still takes a statement."""
+    if not committed.total or session_broken(store.conn):
+        return
+    with suppress(*DATABASE_ERRORS), store.conn.transaction():
+        _record(store, committed, actor, record_empty=False)
 
 
 def count_prunable(conn: PsycopgConnection, policy: RetentionPolicy) -> PruneReport:

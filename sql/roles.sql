@@ -1,7 +1,9 @@
 -- Least-privilege roles for pgqueue.
 --
 -- Run it after `pgqueue migrate`, as the owner of the pgqueue schema (or a superuser), and again
--- after every upgrade that adds tables: it is idempotent.
+-- after every upgrade: it is idempotent, and it sets each role's privileges to exactly what this
+-- file grants (anything granted to the four roles before, by hand or by an older version of this
+-- file, is revoked first; all in one transaction, so no session sees a half-applied set).
 --
 --     psql "$PGQUEUE_DSN" -v ON_ERROR_STOP=1 -f sql/roles.sql
 --
@@ -10,11 +12,25 @@
 --     GRANT pgqueue_enqueuer TO web_app;       -- the application: enqueue in its own transactions
 --     GRANT pgqueue_worker   TO jobs_worker;   -- `pgqueue worker` and `pgqueue scheduler`
 --     GRANT pgqueue_admin    TO ops;           -- the management CLI (retry, cancel, pause, purge, prune...)
---     GRANT pgqueue_reader   TO metabase;      -- reporting SQL and dashboards
+--     GRANT pgqueue_reader   TO metabase;      -- reporting SQL, dashboards, `pgqueue audit verify`
 --
 -- Running migrations needs more: CREATE on the database (for the pgqueue schema) and on the
 -- schema holding pgqueue_alembic_version, normally public. Keep that to the deploy role.
--- No role may UPDATE pgqueue.job_events: the audit trail is append-only (retention may DELETE).
+--
+-- What each role can and cannot do, and why it is enforced this way, is in sql/README.md (Roles).
+-- In short, three layers:
+--   1. grants, down to columns: no role writes `at`/`xid` of an audit row, the enqueuer writes only
+--      the columns of a fresh job, the worker never rewrites what a job is (task, args, queue...);
+--   2. row-level security on pgqueue.job_events (below): each role may insert only the audit rows
+--      its own work writes, so history cannot be forged (e.g. an enqueuer writing 'completed');
+--   3. triggers from the migrations, which hold for every role: audit rows are never updated and
+--      are deleted only by retention, oldest seal first; seals only grow at the head of the chain;
+--      a role that does not own pgqueue.jobs inserts only fresh jobs.
+--
+-- Enabling row-level security takes a brief ACCESS EXCLUSIVE lock on pgqueue.job_events: on a
+-- busy system, run this when no long transaction holds the table.
+
+BEGIN;
 
 -- Roles are cluster-wide: create each one only if missing. The handler covers a concurrent run
 -- creating the same role between the check and the CREATE.
@@ -34,51 +50,134 @@ BEGIN
 END
 $$;
 
-GRANT USAGE ON SCHEMA pgqueue TO pgqueue_reader, pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+-- Start from nothing, so a re-run also takes back what an older version of this file granted
+-- (table-wide INSERT for the enqueuer, UPDATE on every column for the worker...).
+REVOKE ALL ON ALL TABLES IN SCHEMA pgqueue FROM pgqueue_reader, pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgqueue FROM pgqueue_reader, pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 
--- Audit rows take `at` and `xid` from the database (now(), the writing transaction): roles may
--- insert every other column, never those, so no one can back-date a row into a sealed range.
--- (Column grants: first drop the table-wide INSERT an earlier version of this file granted.)
-REVOKE INSERT ON pgqueue.job_events FROM pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+GRANT USAGE ON SCHEMA pgqueue TO pgqueue_reader, pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 
 -- pgqueue_reader: every table and view, read-only.
 GRANT SELECT ON ALL TABLES IN SCHEMA pgqueue TO pgqueue_reader;
 
+-- Everyone who enqueues (the application, the scheduler's cron jobs, `pgqueue enqueue`) writes
+-- only these columns: state, attempt, lease, worker, times, result and error take their defaults
+-- (and the jobs_insert_fresh trigger refuses a job that is not fresh from anyone but the owner).
+-- Bulk enqueue and the scheduler draw ids up front with nextval('pgqueue.jobs_id_seq').
+GRANT INSERT (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key, tags)
+    ON pgqueue.jobs TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+GRANT USAGE ON SEQUENCE pgqueue.jobs_id_seq TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+-- Audit rows take `at` and `xid` from the database (now(), the writing transaction): no role can
+-- back-date a row into a sealed range. Which rows each role may write: the policies below.
+GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
+    ON pgqueue.job_events TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+
 -- pgqueue_enqueuer: insert jobs and their 'enqueued' audit rows. It reads back only job
 -- metadata (RETURNING id, the live job holding a unique_key), never other jobs' args or results.
-GRANT INSERT ON pgqueue.jobs TO pgqueue_enqueuer;
 GRANT SELECT (id, task, queue, state, priority, attempt, max_attempts, run_at, enqueued_at, unique_key, tags)
     ON pgqueue.jobs TO pgqueue_enqueuer;
-GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
-    ON pgqueue.job_events TO pgqueue_enqueuer;
 GRANT SELECT ON pgqueue.queues TO pgqueue_enqueuer;
--- Bulk enqueue draws ids up front with nextval('pgqueue.jobs_id_seq').
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_enqueuer;
 
--- pgqueue_worker: workers claim, heartbeat, complete and retry jobs; their maintenance duties
--- rescue, stage and prune; the scheduler syncs schedules and inserts due cron jobs.
-GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.jobs TO pgqueue_worker;
+-- pgqueue_worker: workers claim, heartbeat, complete, retry and release jobs; their maintenance
+-- duties stage, rescue, seal and prune; the scheduler syncs code schedules and inserts due cron jobs.
+-- It changes a job's state and outcome, never what the job is (task, queue, args, priority...).
+GRANT SELECT, DELETE ON pgqueue.jobs TO pgqueue_worker;
+GRANT UPDATE (state, attempt, worker_id, lease_token, started_at, finished_at, run_at, progress, progress_note,
+              result, result_encrypted, last_error, error_encrypted)
+    ON pgqueue.jobs TO pgqueue_worker;
 GRANT SELECT, DELETE ON pgqueue.job_events TO pgqueue_worker;
-GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
-    ON pgqueue.job_events TO pgqueue_worker;
--- The maintenance leader seals the trail and marks pruned seals.
-GRANT SELECT, INSERT, UPDATE ON pgqueue.audit_seals TO pgqueue_worker;
+-- Seals: the chain's trigger accepts only a seal that continues it; pruned_at is the one column
+-- that ever changes, set by retention (the trigger keeps it an oldest-first prefix).
+GRANT SELECT, INSERT, UPDATE (pruned_at) ON pgqueue.audit_seals TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queues TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.schedules TO pgqueue_worker;
-GRANT SELECT, INSERT, DELETE ON pgqueue.schedule_runs TO pgqueue_worker;
+-- Retention locks the spent runs it deletes (SELECT ... FOR UPDATE SKIP LOCKED), which takes the
+-- UPDATE privilege on some column: the least meaningful one. Nothing updates schedule_runs.
+GRANT SELECT, INSERT, DELETE, UPDATE (inserted_at) ON pgqueue.schedule_runs TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.workers TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.leaders TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_worker;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_worker;
 
 -- pgqueue_admin: the management commands (jobs retry/cancel/delete, queues pause/resume/purge,
--- schedules add/remove/pause/resume, prune, keys rotate) and everything they audit.
-GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.jobs, pgqueue.queues, pgqueue.schedules,
-    pgqueue.schedule_runs, pgqueue.workers, pgqueue.leaders TO pgqueue_admin;
+-- schedules add/remove/pause/resume, prune, keys rotate, audit verify) and what they audit. It does
+-- not run workers: a login that does both gets pgqueue_worker too.
+GRANT SELECT, DELETE ON pgqueue.jobs TO pgqueue_admin;
+-- Retry, cancel and the re-encryption of `keys rotate`.
+GRANT UPDATE (state, run_at, finished_at, lease_token, max_attempts, args_encrypted, result_encrypted, error_encrypted)
+    ON pgqueue.jobs TO pgqueue_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.queues, pgqueue.schedules, pgqueue.schedule_runs,
+    pgqueue.workers, pgqueue.leaders TO pgqueue_admin;
 GRANT SELECT, DELETE ON pgqueue.job_events TO pgqueue_admin;
-GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
-    ON pgqueue.job_events TO pgqueue_admin;
 -- `pgqueue audit verify` seals what is pending before it checks; `pgqueue prune` marks pruned seals.
-GRANT SELECT, INSERT, UPDATE ON pgqueue.audit_seals TO pgqueue_admin;
+GRANT SELECT, INSERT, UPDATE (pruned_at) ON pgqueue.audit_seals TO pgqueue_admin;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_admin;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO pgqueue_admin;
+
+-- Row-level security on the audit trail: which rows each role may insert, read and delete. The
+-- table's owner (and superusers) bypass it; any other role with a grant on pgqueue.job_events
+-- needs a policy of its own. Deletes are further limited for everyone by the job_events_prune_only
+-- trigger (retention only), updates refused by job_events_no_update.
+ALTER TABLE pgqueue.job_events ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS job_events_read ON pgqueue.job_events;
+CREATE POLICY job_events_read ON pgqueue.job_events FOR SELECT
+    TO pgqueue_reader, pgqueue_worker, pgqueue_admin
+    USING (true);
+
+DROP POLICY IF EXISTS job_events_prune ON pgqueue.job_events;
+CREATE POLICY job_events_prune ON pgqueue.job_events FOR DELETE
+    TO pgqueue_worker, pgqueue_admin
+    USING (true);
+
+-- The enqueuer writes one row per job it enqueues: 'enqueued', into scheduled or available, at
+-- attempt 0, with its own actor (the application's OS user), which may not pose as a pgqueue
+-- process (the scheduler, the maintenance leader).
+DROP POLICY IF EXISTS job_events_enqueue ON pgqueue.job_events;
+CREATE POLICY job_events_enqueue ON pgqueue.job_events FOR INSERT
+    TO pgqueue_enqueuer
+    WITH CHECK (
+        event = 'enqueued' AND job_id IS NOT NULL AND from_state IS NULL
+        AND to_state IN ('scheduled', 'available') AND attempt = 0 AND worker_id IS NULL AND detail IS NULL
+        AND actor IS DISTINCT FROM 'scheduler' AND actor IS DISTINCT FROM 'maintenance'
+    );
+
+-- The worker writes what workers, their maintenance duties and the scheduler do, and nothing an
+-- operator or an application does. Worker-driven events carry no actor.
+DROP POLICY IF EXISTS job_events_work ON pgqueue.job_events;
+CREATE POLICY job_events_work ON pgqueue.job_events FOR INSERT
+    TO pgqueue_worker
+    WITH CHECK (
+        -- claims and outcomes (the worker), staging and rescue (maintenance)
+        (job_id IS NOT NULL AND actor IS NULL
+         AND event IN ('claimed', 'completed', 'retry_scheduled', 'failed', 'discarded', 'released',
+                       'rescued', 'available'))
+        -- a cron job the scheduler inserted, with its schedule and fire time
+        OR (event = 'enqueued' AND actor = 'scheduler' AND job_id IS NOT NULL AND from_state IS NULL
+            AND to_state IN ('scheduled', 'available') AND attempt = 0 AND worker_id IS NULL
+            AND detail ? 'schedule')
+        -- the scheduler's sync of code schedules, and the runs its misfire policy dropped
+        OR (job_id IS NULL AND actor = 'scheduler' AND worker_id IS NULL
+            AND event IN ('schedule_added', 'schedule_updated', 'schedule_enabled', 'schedule_disabled',
+                          'schedule_misfired'))
+        -- the maintenance leader's retention summary
+        OR (job_id IS NULL AND actor = 'maintenance' AND worker_id IS NULL AND event = 'pruned')
+    );
+
+-- The admin writes operators' actions (with the operator as actor) and enqueues, never a worker's
+-- or the scheduler's events.
+DROP POLICY IF EXISTS job_events_administer ON pgqueue.job_events;
+CREATE POLICY job_events_administer ON pgqueue.job_events FOR INSERT
+    TO pgqueue_admin
+    WITH CHECK (
+        worker_id IS NULL
+        AND actor IS DISTINCT FROM 'scheduler' AND actor IS DISTINCT FROM 'maintenance'
+        AND (
+            (event = 'enqueued' AND job_id IS NOT NULL AND from_state IS NULL
+             AND to_state IN ('scheduled', 'available') AND attempt = 0 AND detail IS NULL)
+            OR (job_id IS NOT NULL AND event IN ('retried', 'cancelled', 'deleted', 'purged'))
+            OR (job_id IS NULL
+                AND event IN ('queue_paused', 'queue_resumed', 'schedule_added', 'schedule_updated',
+                              'schedule_removed', 'schedule_paused', 'schedule_resumed', 'keys_rotated', 'pruned'))
+        )
+    );
+
+COMMIT;

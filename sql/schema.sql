@@ -59,6 +59,31 @@ CREATE INDEX jobs_finished_idx ON pgqueue.jobs (finished_at) WHERE state IN ('co
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running');
 
+-- A role that does not own the table can insert only fresh jobs (migration 0006): enqueue never
+-- writes history. AFTER with a WHEN clause: the function runs only for a row that is not fresh, so
+-- enqueueing pays nothing and COPY keeps its multi-row inserts (a BEFORE row trigger turns them off).
+CREATE FUNCTION pgqueue.jobs_insert_fresh() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The owner (and superusers) may load history, e.g. when importing jobs from another system.
+    IF pg_has_role(current_user, (SELECT relowner FROM pg_catalog.pg_class WHERE oid = TG_RELID), 'USAGE') THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'pgqueue.jobs: job % must be inserted fresh (state scheduled or available, attempt 0, '
+                    'no lease, worker, start, finish, progress, result or error), not as %', NEW.id, NEW.state
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'enqueue through pgqueue; only the owner of pgqueue.jobs may insert jobs in other states';
+END
+$$;
+CREATE TRIGGER jobs_insert_fresh AFTER INSERT ON pgqueue.jobs
+    FOR EACH ROW
+    WHEN (NEW.state NOT IN ('scheduled', 'available') OR NEW.attempt <> 0 OR NEW.lease_token IS NOT NULL
+          OR NEW.worker_id IS NOT NULL OR NEW.started_at IS NOT NULL OR NEW.finished_at IS NOT NULL
+          OR NEW.progress IS NOT NULL OR NEW.progress_note IS NOT NULL OR NEW.result IS NOT NULL
+          OR NEW.result_encrypted IS NOT NULL OR NEW.last_error IS NOT NULL OR NEW.error_encrypted IS NOT NULL
+          OR NEW.enqueued_at <> now())
+    EXECUTE FUNCTION pgqueue.jobs_insert_fresh();
+
 -- The audit trail: append-only, one row per state change and per administrative action.
 -- No foreign key to jobs: the trail outlives pruned jobs, and an FK would lock job rows.
 CREATE TABLE pgqueue.job_events (
@@ -98,6 +123,46 @@ CREATE TRIGGER job_events_no_update BEFORE UPDATE ON pgqueue.job_events
 CREATE TRIGGER job_events_no_truncate BEFORE TRUNCATE ON pgqueue.job_events
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.job_events_append_only();
 
+-- Deletes are retention's only: rows of the oldest unpruned seal (or of pruned ones), never rows
+-- that are not sealed yet nor a window in the middle of the trail, for every role, owner included.
+CREATE FUNCTION pgqueue.job_events_prune_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    open_no   bigint;       -- the oldest seal not pruned yet: the only one whose rows may go
+    open_from xid8;
+    open_to   xid8;
+    open_last timestamptz;
+    sealed_to xid8;         -- rows at or past this xid are not prunable
+    bad       record;
+BEGIN
+    SELECT seal_no, xid_from, xid_to, last_at INTO open_no, open_from, open_to, open_last
+    FROM pgqueue.audit_seals WHERE pruned_at IS NULL ORDER BY seal_no LIMIT 1;
+    IF open_no IS NOT NULL THEN
+        sealed_to := open_to;
+    ELSE
+        SELECT xid_to INTO sealed_to FROM pgqueue.audit_seals ORDER BY seal_no DESC LIMIT 1;
+    END IF;
+    -- Rows written before migration 0002 have no xid: they belong to the range starting at 0.
+    SELECT o.id, o.xid, o.at INTO bad
+    FROM deleted AS o
+    WHERE sealed_to IS NULL
+       OR COALESCE(o.xid, '0'::xid8) >= sealed_to
+       OR (COALESCE(o.xid, '0'::xid8) >= open_from AND o.at > open_last)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgqueue.job_events: row % may not be deleted: audit rows go only by retention, '
+                        'a whole seal at a time, oldest first (the oldest seal not pruned is %)',
+                        bad.id, COALESCE(open_no::text, 'none')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'rows not sealed yet, and rows of a seal younger than an unpruned one, are kept';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER job_events_prune_only AFTER DELETE ON pgqueue.job_events
+    REFERENCING OLD TABLE AS deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.job_events_prune_only();
+
 -- The hash chain over the audit trail. Seal n covers every event whose xid is in
 -- [xid_from, xid_to): transactions that had all finished when the seal was made (xid_to is the
 -- oldest transaction still running then), so no row can later appear inside a sealed range.
@@ -117,6 +182,79 @@ CREATE TABLE pgqueue.audit_seals (
     CONSTRAINT audit_seals_range_check CHECK (xid_from < xid_to),
     CONSTRAINT audit_seals_events_check CHECK (events > 0)
 );
+
+-- The chain only grows at its head, over finished transactions, with sealed_at from the database;
+-- afterwards only pruned_at is set, once, to now(), oldest seal first and only once its rows are
+-- gone. Seals are never removed (migration 0006).
+CREATE FUNCTION pgqueue.audit_seals_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    head_no     bigint;
+    head_to     xid8;
+    head_digest bytea;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT seal_no, xid_to, digest INTO head_no, head_to, head_digest
+        FROM pgqueue.audit_seals ORDER BY seal_no DESC LIMIT 1;
+        -- A concurrent sealer wrote this number first: the primary key (ON CONFLICT) decides.
+        IF NEW.seal_no <= COALESCE(head_no, 0) THEN
+            RETURN NEW;
+        END IF;
+        IF NEW.seal_no <> COALESCE(head_no, 0) + 1
+           OR NEW.xid_from <> COALESCE(head_to, '0'::xid8)
+           OR NEW.prev_digest <> COALESCE(head_digest, sha256(convert_to('pgqueue audit chain v1', 'UTF8'))) THEN
+            RAISE EXCEPTION 'pgqueue.audit_seals: seal % does not continue the chain at seal %',
+                            NEW.seal_no, COALESCE(head_no, 0)
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        -- Every transaction below the horizon has finished: no row can appear in the range later.
+        IF NEW.xid_to > pg_snapshot_xmin(pg_current_snapshot()) THEN
+            RAISE EXCEPTION 'pgqueue.audit_seals: seal % covers transactions that are still running', NEW.seal_no
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        NEW.sealed_at := now();
+        NEW.pruned_at := NULL;
+        RETURN NEW;
+    END IF;
+    IF (NEW.seal_no, NEW.xid_from, NEW.xid_to, NEW.events, NEW.first_at, NEW.last_at, NEW.prev_digest,
+        NEW.digest, NEW.sealed_at)
+       IS DISTINCT FROM (OLD.seal_no, OLD.xid_from, OLD.xid_to, OLD.events, OLD.first_at, OLD.last_at,
+                         OLD.prev_digest, OLD.digest, OLD.sealed_at)
+       OR OLD.pruned_at IS NOT NULL OR NEW.pruned_at IS NULL THEN
+        RAISE EXCEPTION 'pgqueue.audit_seals: seal % may only be marked pruned, once', OLD.seal_no
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF EXISTS (SELECT FROM pgqueue.audit_seals WHERE seal_no < OLD.seal_no AND pruned_at IS NULL) THEN
+        RAISE EXCEPTION 'pgqueue.audit_seals: seal % may not be pruned before the seals older than it',
+                        OLD.seal_no
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF EXISTS (SELECT FROM pgqueue.job_events
+               WHERE (xid >= OLD.xid_from AND xid < OLD.xid_to) OR (OLD.xid_from = '0'::xid8 AND xid IS NULL)) THEN
+        RAISE EXCEPTION 'pgqueue.audit_seals: seal % still has rows: delete them first', OLD.seal_no
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- The database's clock, not the caller's: `pgqueue audit verify` judges each seal's age by it.
+    NEW.pruned_at := now();
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_seals_chain BEFORE INSERT OR UPDATE ON pgqueue.audit_seals
+    FOR EACH ROW EXECUTE FUNCTION pgqueue.audit_seals_chain();
+CREATE FUNCTION pgqueue.audit_seals_kept() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'pgqueue.audit_seals: seals are never removed: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'retention keeps a pruned seal''s row so the chain stays checkable';
+END
+$$;
+CREATE TRIGGER audit_seals_no_delete BEFORE DELETE ON pgqueue.audit_seals
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.audit_seals_kept();
+CREATE TRIGGER audit_seals_no_truncate BEFORE TRUNCATE ON pgqueue.audit_seals
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.audit_seals_kept();
+-- Retention and the guards look up the oldest unpruned seal without walking the pruned ones.
+CREATE INDEX audit_seals_unpruned_idx ON pgqueue.audit_seals (seal_no) WHERE pruned_at IS NULL;
 
 -- Per-queue settings and state. Rows are created on demand (pause, limits); a queue with no
 -- row is simply unpaused and unlimited.

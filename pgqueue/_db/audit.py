@@ -29,6 +29,7 @@ class AuditQueries(NamedTuple):
     get_seals: LiteralString
     count_seals: LiteralString
     count_pending_events: LiteralString
+    may_seal: LiteralString
     prunable_seals: LiteralString
     count_prunable_events: LiteralString
     delete_sealed_events: LiteralString
@@ -131,6 +132,11 @@ class AuditStore:
         with translate_errors():
             row = self.conn.execute(AUDIT.count_pending_events, {"xid_from": str(xid_from)}).fetchone()
         return int(row[0]) if row else 0
+
+    def may_seal(self) -> bool:
+        with translate_errors():
+            row = self.conn.execute(AUDIT.may_seal).fetchone()
+        return bool(row and row[0])
 
     def prunable_seals(self, limit: int) -> list[tuple[int, int, int, datetime]]:
         """The oldest unpruned seals: (seal_no, xid_from, xid_to, last_at)."""

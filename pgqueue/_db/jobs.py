@@ -34,7 +34,7 @@ class JobQueries(NamedTuple):
     reserve_job_ids: LiteralString
     notify_queues: LiteralString
     copy_jobs: LiteralString
-    copy_job_events: LiteralString
+    insert_copied_job_events: LiteralString
     savepoint_enqueue_many: LiteralString
     rollback_to_enqueue_many: LiteralString
     release_enqueue_many: LiteralString
@@ -119,11 +119,6 @@ def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
     """A row of JOBS.copy_jobs, in its column order."""
     return (job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted, job.max_attempts,
             list(job.tags))
-
-
-def _copy_event_row(job_id: int, actor: str | None) -> tuple[Any, ...]:
-    """A row of JOBS.copy_job_events: what insert_job's audit CTE writes for an available job."""
-    return (job_id, "enqueued", "available", 0, actor)
 
 
 def _inserted_id(row: tuple[Any, ...] | None) -> int:
@@ -268,9 +263,7 @@ class JobStore:
                 for job_id, job in zip(ids, jobs, strict=True):
                     queues.add(job.queue)
                     copy.write_row(_copy_row(job_id, job))
-            with cur.copy(JOBS.copy_job_events) as copy:
-                for job_id in ids:
-                    copy.write_row(_copy_event_row(job_id, actor))
+            cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
             cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
 
@@ -414,9 +407,7 @@ class AsyncJobStore:
                     for job_id, job in zip(ids, jobs, strict=True):
                         queues.add(job.queue)
                         await copy.write_row(_copy_row(job_id, job))
-                async with cur.copy(JOBS.copy_job_events) as copy:
-                    for job_id in ids:
-                        await copy.write_row(_copy_event_row(job_id, actor))
+                await cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
                 await cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
 

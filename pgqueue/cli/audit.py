@@ -1,12 +1,16 @@
 """pgqueue audit show|verify: read one job's audit trail; check that the trail was not altered.
 
-``verify`` first seals what is pending (rows of transactions that have finished), then recomputes
-every seal from the rows now in ``pgqueue.job_events`` and checks the chain's links. It exits 1
-when anything was edited, deleted, inserted or re-cut, naming the seal and its time span.
+``verify`` first seals what is pending (rows of transactions that have finished) when its role
+may, then recomputes every seal from the rows now in ``pgqueue.job_events`` and checks the chain's
+links, and that only the oldest seals were pruned and only once the audit retention was up. It
+exits 1 when anything was edited, deleted, inserted, re-cut or pruned early, naming the seal and
+its time span. A read-only role (``pgqueue_reader``) verifies what is sealed and reports the rest
+as not sealed yet.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -20,6 +24,8 @@ from pgqueue.cli._admin import parse_job_id
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, emit_record, print_json
 from pgqueue.cli.jobs import EVENT_COLUMNS
+from pgqueue.errors import ConfigurationError
+from pgqueue.settings import Settings, parse_duration
 
 app = typer.Typer(help="The tamper-evident audit trail: show a job's events, verify the trail.",
                   no_args_is_help=True)
@@ -67,31 +73,47 @@ def show_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: Ds
         fail("a seal covering this job's trail does not match its rows: run `pgqueue audit verify`")
 
 
+def _min_retention(raw: str | None) -> float:
+    """The audit retention pruned seals are held to, in seconds (infinite for 'never')."""
+    seconds = Settings.from_env().retain_audit if raw is None else parse_duration(raw, "--audit-retention")
+    return math.inf if seconds is None else seconds
+
+
 @app.command("verify")
 def verify_command(
-    seal: Annotated[bool, typer.Option("--seal/--no-seal",
-                                       help="Seal pending rows first (needs INSERT on pgqueue.audit_seals).")] = True,
+    seal: Annotated[bool, typer.Option(
+        "--seal/--no-seal", help="Seal pending rows first, when this role may (INSERT on pgqueue.audit_seals); "
+                                 "a read-only role verifies what is sealed.")] = True,
     expect: Annotated[list[str] | None, typer.Option(
         "--expect", metavar="DIGEST", help="A head digest printed by an earlier verify; fail unless it is still in "
                                            "the chain. Repeatable.")] = None,
+    audit_retention: Annotated[str | None, typer.Option(
+        "--audit-retention", metavar="DURATION",
+        help="The shortest audit retention ever in force (90s, 15m, 12h, 1d, 2w or 'never'; default "
+             "PGQUEUE_RETAIN_AUDIT, 30d): a seal pruned younger than this fails the check.",
+        show_default=False)] = None,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
     """Verify the audit trail: recompute every seal from pgqueue.job_events and check the chain.
 
-    Exits 1 when a row was edited, deleted or inserted, or a seal was altered or removed. Keep the
-    printed head digest somewhere else (a ticket, a log store) and pass it to later runs with
-    --expect: a chain that no longer contains it was recomputed by someone who could write both
-    tables.
+    Exits 1 when a row was edited, deleted or inserted, a seal was altered or removed, or seals
+    were pruned out of order or before the audit retention was up. Keep the printed head digest
+    somewhere else (a ticket, a log store) and pass it to later runs with --expect: a chain that no
+    longer contains it was recomputed by someone who could write both tables.
     """
+    try:
+        min_retention = _min_retention(audit_retention)
+    except ConfigurationError as exc:
+        fail(str(exc), code=2)
     with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
-        if seal:
+        if seal and _audit.can_seal(conn):
             _audit.seal_pending(conn)
         progress = Progress(TextColumn("verifying seals"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=Console(stderr=True), transient=True, disable=json_output)
         with progress:
             task = progress.add_task("verify", total=None)
-            report = _audit.verify(conn, expect_digests=expect or (),
+            report = _audit.verify(conn, expect_digests=expect or (), min_retention=min_retention,
                                    progress=lambda done, total: progress.update(task, completed=done, total=total))
     data = report.as_dict()
     if json_output:

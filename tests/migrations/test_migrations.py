@@ -18,7 +18,7 @@ from pgqueue import _migrate
 from pgqueue.errors import DatabaseUnavailable
 from tests.helpers import REPO_ROOT, scratch_database, wait_until
 
-HEAD = "0004"
+HEAD = "0006"
 UNREACHABLE = "postgresql://nobody:s3cret-pw@127.0.0.1:1/x"
 
 # What "the same catalog" means: every object in schema pgqueue, rendered by PostgreSQL itself.
@@ -171,7 +171,7 @@ def test_upgrade_twice_is_a_no_op(dsn: str) -> None:
 
 def test_check_and_current_report_pending_revisions(empty_dsn: str) -> None:
     assert _migrate.current(empty_dsn) is None
-    assert _migrate.check(empty_dsn) == ["0001", "0002", "0003", HEAD]
+    assert _migrate.check(empty_dsn) == ["0001", "0002", "0003", "0004", HEAD]
 
     _migrate.upgrade(empty_dsn)
 
@@ -323,7 +323,8 @@ def test_roles_sql_applies_cleanly_twice_and_grants_least_privilege(pg_server_ds
     forge = "UPDATE pgqueue.job_events SET event = 'forged'"
 
     assert allowed("pgqueue_enqueuer", enqueue)
-    assert allowed("pgqueue_enqueuer", "INSERT INTO pgqueue.job_events (job_id, event) VALUES (1, 'enqueued')")
+    assert allowed("pgqueue_enqueuer", "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) "
+                                       "VALUES (1, 'enqueued', 'available', 0)")
     assert allowed("pgqueue_enqueuer", "SELECT id FROM pgqueue.jobs WHERE unique_key = 'k' AND state = 'running'")
     assert not allowed("pgqueue_enqueuer", "SELECT args FROM pgqueue.jobs")
     assert not allowed("pgqueue_enqueuer", "UPDATE pgqueue.jobs SET state = 'running'")
@@ -332,7 +333,8 @@ def test_roles_sql_applies_cleanly_twice_and_grants_least_privilege(pg_server_ds
         assert not allowed(role, "INSERT INTO pgqueue.job_events (event, xid) VALUES ('forged', '1')")
         assert not allowed(role, "INSERT INTO pgqueue.job_events (event, at) VALUES ('forged', '2001-01-01')")
     assert allowed("pgqueue_worker", "INSERT INTO pgqueue.audit_seals (seal_no, xid_from, xid_to, events, first_at, "
-                                     "last_at, prev_digest, digest) VALUES (1, '0', '5', 1, now(), now(), '', '')")
+                                     "last_at, prev_digest, digest) VALUES (1, '0', '5', 1, now(), now(), "
+                                     "sha256(convert_to('pgqueue audit chain v1', 'UTF8')), '')")
     assert allowed("pgqueue_worker", "UPDATE pgqueue.audit_seals SET pruned_at = now()")
     assert not allowed("pgqueue_enqueuer", "UPDATE pgqueue.audit_seals SET pruned_at = now()")
     assert allowed("pgqueue_worker", "UPDATE pgqueue.jobs SET state = 'running' WHERE id = 1 RETURNING args")

@@ -92,9 +92,15 @@ SELECT count(*) FROM pgqueue.audit_seals;
 SELECT count(*) FROM pgqueue.job_events
 WHERE xid >= %(xid_from)s OR (%(xid_from)s = '0'::xid8 AND xid IS NULL);
 
+-- name: may_seal
+-- Whether this session can seal: a read-only role (pgqueue_reader) or a standby verifies the
+-- sealed chain without sealing, and reports the rest as pending.
+SELECT has_table_privilege('pgqueue.audit_seals', 'INSERT') AND NOT pg_is_in_recovery()
+       AND current_setting('transaction_read_only') = 'off';
+
 -- name: prunable_seals
 -- The oldest unpruned seals, in chain order, with their newest row's time; retention prunes the
--- prefix of them that is older than its cutoff.
+-- prefix of them that is older than its cutoff (the audit_seals_chain trigger allows nothing else).
 SELECT seal_no, xid_from, xid_to, last_at
 FROM pgqueue.audit_seals
 WHERE pruned_at IS NULL

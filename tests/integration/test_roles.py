@@ -1,0 +1,414 @@
+"""Each shipped role (``sql/roles.sql``), logged in for real, can do its part and nothing more.
+
+A LOGIN role per shipped role (see ``tests/shipped_roles.py``) drives the public API, an
+in-process worker and scheduler, and the CLI; then tries what its part does not need: forged jobs
+and audit rows, rewriting jobs, touching the trail. Owner connections (``dsn``) only set up and
+read back. The audit trail's own guards are in ``test_audit_roles.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from pgqueue import App, Backoff, Discard, Job, JobSpec, Worker, _audit, _retention
+from pgqueue._scheduler import Scheduler
+from pgqueue.settings import Settings
+from tests.e2e.test_cli import ACTOR, run
+from tests.helpers import scratch_database, wait_until
+from tests.shipped_roles import ROLES_SQL, Logins, apply_roles_sql, shipped_role_logins
+
+Conn = psycopg.Connection[TupleRow]
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def logins(pg_server_dsn: str) -> Iterator[Logins]:
+    with shipped_role_logins(pg_server_dsn) as made:
+        yield made
+
+
+@pytest.fixture
+def as_role(dsn: str, pg_server_dsn: str, logins: Logins) -> Any:
+    """``as_role("worker")``: this test's database, logged in as the worker login."""
+    apply_roles_sql(dsn, pg_server_dsn)
+    return lambda role: logins.dsn(dsn, role)
+
+
+@pytest.fixture(scope="module")
+def shared_role(pg_server_dsn: str, template_db: str, logins: Logins) -> Iterator[Any]:
+    """Like ``as_role``, on one database for the module: for attempts that are refused or rolled back."""
+    with scratch_database(pg_server_dsn, template_db) as database_dsn:
+        apply_roles_sql(database_dsn, pg_server_dsn)
+        yield lambda role: logins.dsn(database_dsn, role)
+
+
+@pytest.fixture
+def owner(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+def refusal(role_dsn: str, statement: str | sql.Composed, params: Any = None) -> str | None:
+    """The error the database gives ``statement`` run as that login (rolled back), or None if it ran."""
+    with psycopg.connect(role_dsn) as conn:
+        try:
+            conn.execute(statement, params)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            return exc.diag.message_primary or str(exc)
+        finally:
+            conn.rollback()
+    return None
+
+
+def insert(table: str, columns: str, values: str) -> sql.Composed:
+    """An INSERT of literal values written in this file (the forgeries tried below)."""
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(sql.SQL(table), sql.SQL(columns), sql.SQL(values))
+
+
+def count(conn: Conn, query: str, params: Any = None) -> int:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def enqueued_events(conn: Conn, ids: list[int]) -> int:
+    return count(conn, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'enqueued' AND job_id = ANY(%s)", [ids])
+
+
+# --- the enqueuer ---------------------------------------------------------------------------------
+
+
+def test_an_enqueuer_login_enqueues_single_unique_and_bulk_jobs_with_their_audit_rows(as_role: Any,
+                                                                                        owner: Conn) -> None:
+    enqueuer = as_role("enqueuer")
+    app = App(enqueuer)
+    with psycopg.connect(enqueuer) as conn:
+        single = app.enqueue(conn, "t", {"n": 1})
+        delayed = app.enqueue(conn, "t", {"n": 2}, delay=3600)
+        unique = app.enqueue(conn, "t", {"n": 3}, unique_key="k")
+        assert app.enqueue(conn, "t", {"n": 4}, unique_key="k") == unique
+        copied = app.enqueue_many(conn, [JobSpec("t", {"n": n}) for n in range(600)])  # the COPY path
+        batched = app.enqueue_many(conn, [JobSpec("t", {"n": n}, unique_key=f"u{n}") for n in range(20)])
+        conn.commit()
+
+    async def enqueue_async() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(enqueuer, autocommit=True) as aconn:
+            return [await app.enqueue_async(aconn, "t", {"n": 5}),
+                    *await app.enqueue_many_async(aconn, [JobSpec("t", {"n": n}) for n in range(600)])]
+
+    from_async = asyncio.run(enqueue_async())
+    ids = [single, delayed, unique, *copied, *batched, *from_async]
+    assert len(set(ids)) == len(ids) == 3 + 600 + 20 + 601
+    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) AND attempt = 0", [ids]) == len(ids)
+    assert enqueued_events(owner, ids) == len(ids)
+    assert owner.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [delayed]).fetchone() == ("scheduled",)
+
+
+@pytest.mark.parametrize(("columns", "values"), [
+    ("task, state", "'t', 'completed'"),
+    ("task, state, attempt, worker_id, lease_token", "'t', 'running', 1, 'w', gen_random_uuid()"),
+    ("task, state, finished_at, last_error", """'t', 'failed', now(), '{"type": "X"}'"""),
+    ("task, attempt", "'t', 3"),
+    ("task, result", "'t', '{\"forged\": true}'"),
+    ("task, started_at", "'t', now()"),
+    ("task, enqueued_at", "'t', now() - interval '1 year'"),
+])
+def test_an_enqueuer_login_cannot_insert_a_job_that_is_not_fresh(shared_role: Any, columns: str, values: str) -> None:
+    assert refusal(shared_role("enqueuer"), insert("pgqueue.jobs", columns, values)) is not None
+
+
+def test_a_login_that_does_not_own_the_table_gets_the_fresh_jobs_rule_even_with_every_column_granted(
+        as_role: Any, owner: Conn) -> None:
+    # The column grants stop the shipped roles; the trigger stops any other role too.
+    owner.execute("GRANT INSERT ON pgqueue.jobs TO pgqueue_enqueuer")
+    message = refusal(as_role("enqueuer"), "INSERT INTO pgqueue.jobs (task, state) VALUES ('t', 'completed')")
+    assert message is not None
+    assert "must be inserted fresh" in message
+    # The owner may still load history (an import, a test fixture).
+    owner.execute("INSERT INTO pgqueue.jobs (task, state, attempt, finished_at) VALUES ('t', 'completed', 1, now())")
+
+
+@pytest.mark.parametrize(("columns", "values"), [
+    ("job_id, event, from_state, to_state, attempt", "1, 'completed', 'running', 'completed', 1"),
+    ("job_id, event, to_state, attempt", "1, 'enqueued', 'completed', 0"),
+    ("job_id, event, to_state, attempt, worker_id", "1, 'enqueued', 'available', 0, 'w'"),
+    ("job_id, event, to_state, attempt, detail", """1, 'enqueued', 'available', 0, '{"schedule": "s"}'"""),
+    ("job_id, event, to_state, attempt, actor", "1, 'enqueued', 'available', 0, 'scheduler'"),
+    ("job_id, event, from_state, to_state, attempt, actor", "1, 'retried', 'failed', 'available', 1, 'cli:ops'"),
+    ("job_id, event, actor", "NULL, 'queue_paused', 'cli:ops'"),
+    ("job_id, event, to_state, attempt", "NULL, 'enqueued', 'available', 0"),
+])
+def test_an_enqueuer_login_can_write_only_the_enqueued_row_of_a_fresh_job(shared_role: Any, columns: str,
+                                                                            values: str) -> None:
+    enqueuer = shared_role("enqueuer")
+    assert refusal(enqueuer, "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor) "
+                             "VALUES (1, 'enqueued', 'available', 0, 'web')") is None
+    assert refusal(enqueuer, insert("pgqueue.job_events", columns, values)) is not None
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT args FROM pgqueue.jobs",
+    "SELECT result FROM pgqueue.jobs",
+    "UPDATE pgqueue.jobs SET state = 'completed'",
+    "DELETE FROM pgqueue.jobs",
+    "SELECT * FROM pgqueue.job_events",
+    "DELETE FROM pgqueue.job_events",
+    "UPDATE pgqueue.audit_seals SET pruned_at = now()",
+    "INSERT INTO pgqueue.queues (name, paused) VALUES ('q', true)",
+    "DELETE FROM pgqueue.schedules",
+])
+def test_an_enqueuer_login_cannot_read_payloads_change_jobs_or_touch_the_trail(shared_role: Any,
+                                                                               statement: str) -> None:
+    assert refusal(shared_role("enqueuer"), statement) is not None
+
+
+# --- the worker -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def worker_running(app: App) -> Iterator[Worker]:
+    """An in-process worker, stopped (gracefully) on the way out."""
+    worker = Worker(app, concurrency=4, settings=app.settings)
+    exit_codes: list[int] = []
+    thread = threading.Thread(target=lambda: exit_codes.append(worker.run(install_signal_handlers=False)),
+                              daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive(), "the worker did not stop"
+    assert exit_codes[0] == 0
+
+
+def test_a_worker_login_runs_jobs_schedules_cron_jobs_seals_and_prunes(as_role: Any, owner: Conn,
+                                                                       dsn: str) -> None:
+    worker_dsn = as_role("worker")
+    app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
+                                            shutdown_grace_seconds=5))
+
+    @app.task(name="ok")
+    def ok(job: Job) -> dict[str, bool]:
+        job.set_progress(50, "half")
+        return {"done": True}
+
+    @app.task(name="flaky", max_attempts=3, backoff=Backoff.fixed(0))
+    def flaky(job: Job) -> None:
+        if job.attempt == 1:
+            raise ValueError("first attempt fails")
+
+    @app.task(name="hopeless")
+    def hopeless(job: Job) -> None:
+        raise Discard("never works")
+
+    app.schedule("every-minute", cron="* * * * *", task="ok")
+    ids = [App(dsn).enqueue(owner, task, {}) for task in ("ok", "flaky", "hopeless")]
+
+    # Stopped before the jobs are aged below: its own pruner must not delete them first.
+    with worker_running(app):
+        wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) "
+                                        "AND state IN ('completed', 'failed')", [ids]) == 3, timeout=30,
+                   message="the worker login to finish the three jobs")
+    states: dict[str, str] = dict(
+        owner.execute("SELECT task, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
+    assert states == {"ok": "completed", "flaky": "completed", "hopeless": "failed"}
+    trail = [e for (e,) in owner.execute("SELECT event FROM pgqueue.job_events WHERE job_id = %s ORDER BY id",
+                                         [ids[1]]).fetchall()]
+    assert trail == ["enqueued", "claimed", "retry_scheduled", "claimed", "completed"]
+
+    # The scheduler: sync the code schedule, then insert its due run.
+    scheduler = Scheduler(app, dsn=worker_dsn)
+    try:
+        assert scheduler.sync().created == ("every-minute",)
+        owner.execute("UPDATE pgqueue.schedules SET next_run_at = date_trunc('minute', now())")  # a due fire time
+        assert len(scheduler.run_pass().inserted) == 1
+    finally:
+        scheduler.close()
+    cron_job = owner.execute("SELECT e.actor, e.detail ->> 'schedule' FROM pgqueue.job_events AS e "
+                             "WHERE e.event = 'enqueued' AND e.detail ? 'schedule'").fetchall()
+    assert cron_job == [("scheduler", "every-minute")]
+
+    # Sealing and retention, as the maintenance leader does them.
+    owner.execute("UPDATE pgqueue.jobs SET finished_at = now() - interval '2 days' WHERE id = ANY(%s)", [ids])
+    with psycopg.connect(worker_dsn, autocommit=True) as conn:
+        assert _audit.can_seal(conn)
+        wait_until(lambda: _audit.seal_pending(conn).seals >= 0 and _audit.verify(conn).pending_events == 0,
+                   timeout=60, message="the worker login to seal every committed row")
+        report = _retention.prune(conn, _retention.RetentionPolicy(completed=DAY, failed=DAY, audit=0.0),
+                                  "maintenance")
+    assert report.finished
+    assert (report.completed, report.failed) == (2, 1)
+    assert report.audit_events > 0
+    summary = owner.execute("SELECT actor, detail ->> 'completed' FROM pgqueue.job_events "
+                            "WHERE event = 'pruned'").fetchall()
+    assert summary == [("maintenance", "2")]
+    verified = run(as_role("reader"), "audit", "verify", "--audit-retention", "0s", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize(("columns", "values"), [
+    # an operator's action, or the scheduler's, or maintenance's, written by a worker
+    ("job_id, event, from_state, to_state, attempt, actor", "1, 'retried', 'failed', 'available', 1, 'cli:ops'"),
+    ("job_id, event, actor", "NULL, 'queue_paused', 'cli:ops'"),
+    ("job_id, event, to_state, attempt, actor", "1, 'enqueued', 'available', 0, 'web'"),
+    ("job_id, event, to_state, attempt, actor", "1, 'enqueued', 'available', 0, 'scheduler'"),
+    ("job_id, event, actor", "NULL, 'pruned', 'cli:ops'"),
+    ("job_id, event, actor", "NULL, 'keys_rotated', 'maintenance'"),
+    # a worker's event under someone else's name
+    ("job_id, event, from_state, to_state, attempt, worker_id, actor",
+     "1, 'completed', 'running', 'completed', 1, 'w', 'cli:ops'"),
+])
+def test_a_worker_login_can_write_only_the_events_workers_schedulers_and_maintenance_write(
+        shared_role: Any, columns: str, values: str) -> None:
+    worker = shared_role("worker")
+    assert refusal(worker, "INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id) "
+                           "VALUES (1, 'claimed', 'available', 'running', 1, 'w')") is None
+    assert refusal(worker, insert("pgqueue.job_events", columns, values)) is not None
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO pgqueue.jobs (task, state) VALUES ('t', 'completed')",
+    "UPDATE pgqueue.jobs SET args = '{\"forged\": true}'",
+    "UPDATE pgqueue.jobs SET task = 'other'",
+    "UPDATE pgqueue.jobs SET priority = 0",
+    "UPDATE pgqueue.jobs SET enqueued_at = now()",
+    "UPDATE pgqueue.job_events SET actor = 'x'",
+    "UPDATE pgqueue.audit_seals SET digest = ''",
+    "DELETE FROM pgqueue.audit_seals",
+    "INSERT INTO pgqueue.queues (name, paused) VALUES ('q', true)",
+])
+def test_a_worker_login_cannot_rewrite_jobs_the_trail_or_queue_settings(shared_role: Any, statement: str) -> None:
+    assert refusal(shared_role("worker"), statement) is not None
+
+
+# --- the admin and the reader ---------------------------------------------------------------------
+
+
+def test_an_admin_login_retries_cancels_pauses_purges_and_prunes_from_the_cli(as_role: Any, owner: Conn,
+                                                                              dsn: str) -> None:
+    admin = as_role("admin")
+    app = App(dsn)
+    cancel_then_retry = app.enqueue(owner, "t", {})
+    to_purge = [app.enqueue(owner, "t", {}, queue="bulk") for _ in range(3)]
+    old = app.enqueue(owner, "t", {})
+    owner.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, finished_at = now() - interval '2 days' "
+                  "WHERE id = %s", [old])
+
+    for args in (("jobs", "cancel", str(cancel_then_retry)), ("jobs", "retry", str(cancel_then_retry)),
+                 ("queues", "pause", "bulk"), ("queues", "purge", "bulk", "--yes"),
+                 ("prune", "--completed-older-than", "1d"), ("audit", "verify")):
+        result = run(admin, *args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+
+    trail = owner.execute("SELECT event, actor FROM pgqueue.job_events WHERE job_id = %s ORDER BY id",
+                          [cancel_then_retry]).fetchall()
+    assert trail[1:] == [("cancelled", ACTOR), ("retried", ACTOR)]
+    assert owner.execute("SELECT paused FROM pgqueue.queues WHERE name = 'bulk'").fetchone() == (True,)
+    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s)", [[*to_purge, old]]) == 0
+    assert count(owner, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'purged' AND actor = %s",
+                 [ACTOR]) == 3
+    assert count(owner, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'pruned' AND actor = %s",
+                 [ACTOR]) == 1
+    assert count(owner, "SELECT count(*) FROM pgqueue.audit_seals") >= 1  # verify sealed as the admin
+
+
+@pytest.mark.parametrize(("columns", "values"), [
+    ("job_id, event, from_state, to_state, attempt, worker_id", "1, 'claimed', 'available', 'running', 1, 'w'"),
+    ("job_id, event, from_state, to_state, attempt", "1, 'completed', 'running', 'completed', 1"),
+    ("job_id, event, actor", "NULL, 'pruned', 'maintenance'"),
+    ("job_id, event, actor, detail", """NULL, 'schedule_misfired', 'scheduler', '{"schedule": "s"}'"""),
+    ("job_id, event, from_state, to_state, attempt, actor, worker_id",
+     "1, 'cancelled', 'running', 'cancelled', 1, 'cli:ops', 'w'"),
+])
+def test_an_admin_login_cannot_write_a_workers_or_the_schedulers_events(shared_role: Any, columns: str,
+                                                                        values: str) -> None:
+    admin = shared_role("admin")
+    assert refusal(admin, "INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor) "
+                          "VALUES (1, 'cancelled', 'available', 'cancelled', 0, 'cli:ops')") is None
+    assert refusal(admin, insert("pgqueue.job_events", columns, values)) is not None
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO pgqueue.jobs (task, state, attempt, finished_at) VALUES ('t', 'completed', 1, now())",
+    "UPDATE pgqueue.jobs SET result = '{\"forged\": true}'",
+    "UPDATE pgqueue.jobs SET args = '{}'",
+    "UPDATE pgqueue.jobs SET attempt = 0",
+    "UPDATE pgqueue.job_events SET actor = 'x'",
+    "UPDATE pgqueue.audit_seals SET last_at = now()",
+])
+def test_an_admin_login_cannot_rewrite_what_a_job_was_or_the_trail(shared_role: Any, statement: str) -> None:
+    assert refusal(shared_role("admin"), statement) is not None
+
+
+def test_a_reader_login_verifies_the_trail_while_rows_are_pending_and_can_write_nothing(
+        as_role: Any, owner: Conn, dsn: str) -> None:
+    app = App(dsn)
+    for n in range(3):
+        app.enqueue(owner, "t", {"n": n})
+    wait_until(lambda: _audit.seal_pending(owner).seals >= 0 and _audit.verify(owner).pending_events == 0,
+               timeout=60, message="the owner to seal the first rows")
+    app.enqueue(owner, "t", {"n": 3})  # pending: the reader may not seal it
+    reader = as_role("reader")
+    with psycopg.connect(reader, autocommit=True) as conn:
+        assert not _audit.can_seal(conn)
+
+    result = run(reader, "audit", "verify", "--json")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"ok": true' in result.stdout
+    assert '"pending_events": 1' in result.stdout
+    for statement in ("INSERT INTO pgqueue.audit_seals (seal_no, xid_from, xid_to, events, first_at, last_at, "
+                      "prev_digest, digest) VALUES (99, '0', '1', 1, now(), now(), '', '')",
+                      "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) VALUES (1, 'enqueued', "
+                      "'available', 0)",
+                      "INSERT INTO pgqueue.jobs (task) VALUES ('t')",
+                      "UPDATE pgqueue.jobs SET state = 'cancelled'",
+                      "DELETE FROM pgqueue.job_events"):
+        assert refusal(reader, statement) is not None, statement
+
+
+def test_roles_sql_is_idempotent_with_psql_and_takes_back_what_an_older_version_granted(
+        as_role: Any, owner: Conn, dsn: str, pg_server_dsn: str) -> None:
+    # An older roles.sql granted table-wide INSERT on jobs and every column's UPDATE.
+    owner.execute("GRANT INSERT, UPDATE ON pgqueue.jobs TO pgqueue_enqueuer, pgqueue_worker")
+    apply_roles_sql(dsn, pg_server_dsn)
+    assert refusal(as_role("worker"), "UPDATE pgqueue.jobs SET args = '{}'") is not None
+    assert refusal(as_role("enqueuer"), "INSERT INTO pgqueue.jobs (task, worker_id) VALUES ('t', 'w')") is not None
+    # psql, as the file's header tells operators to run it.
+    psql = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(ROLES_SQL)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert psql.returncode == 0, psql.stderr
+    assert refusal(as_role("enqueuer"), "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) "
+                                        "VALUES (1, 'enqueued', 'available', 0)") is None
+
+
+def test_a_prune_run_that_fails_midway_records_the_batches_it_committed(as_role: Any, owner: Conn,
+                                                                       dsn: str) -> None:
+    app = App(dsn)
+    ids = [app.enqueue(owner, "t", {}) for _ in range(3)]
+    owner.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, finished_at = now() - interval '2 days' "
+                  "WHERE id = ANY(%s)", [ids])
+    # Without the grant retention needs for schedule_runs, the run fails after deleting the jobs.
+    owner.execute("REVOKE UPDATE (inserted_at) ON pgqueue.schedule_runs FROM pgqueue_worker")
+    with psycopg.connect(as_role("worker"), autocommit=True) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _retention.prune(conn, _retention.RetentionPolicy(completed=DAY, failed=None, audit=DAY), "maintenance")
+
+    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]) == 0
+    summary = owner.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'pruned'").fetchall()
+    assert len(summary) == 1
+    actor, detail = summary[0]
+    assert actor == "maintenance"
+    assert (detail["completed"], detail["finished"]) == (3, False)
+
