@@ -1,14 +1,15 @@
-"""What the operator commands share: who is acting, parsing ids and states, a store on a fresh connection."""
+"""What the operator commands share: who is acting, parsing ids and states, a connection per command."""
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from pgqueue._db.connections import connect
+from pgqueue._db.operations import own_connection
 from pgqueue._db.store import JobStore, translate_errors
+from pgqueue.admin import default_actor
 from pgqueue.cli._context import fail, resolve
 from pgqueue.jobs import JobState
 
@@ -17,11 +18,7 @@ _MAX_BIGINT = 2**63 - 1
 
 def actor() -> str:
     """The ``actor`` written to ``pgqueue.job_events`` for actions taken from this CLI."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (e.g. an arbitrary uid in a container)
-        user = f"uid:{os.getuid()}"
-    return f"cli:{user}"
+    return f"cli:{default_actor()}"
 
 
 def parse_job_id(raw: str) -> int:
@@ -44,8 +41,15 @@ def parse_state(raw: str | None, allowed: Iterable[str] = tuple(JobState)) -> st
 
 
 @contextmanager
+def connection(dsn: str | None) -> Iterator[Any]:
+    """A new connection for one command: committed when the block succeeds, else rolled back."""
+    with own_connection(resolve(dsn)) as conn:
+        yield conn
+
+
+@contextmanager
 def open_store(dsn: str | None) -> Iterator[JobStore]:
-    """A :class:`JobStore` on a new connection, committed when the block succeeds, else rolled back."""
+    """A :class:`JobStore` on a new connection (``enqueue``, ``keys``), committed when the block succeeds."""
     target = resolve(dsn)
     with translate_errors(), connect(target) as conn:
         yield JobStore(conn)

@@ -18,7 +18,7 @@ from pgqueue import _migrate
 from pgqueue.errors import DatabaseUnavailable
 from tests.helpers import REPO_ROOT, scratch_database, wait_until
 
-HEAD = "0004"
+HEAD = "0005"
 UNREACHABLE = "postgresql://nobody:s3cret-pw@127.0.0.1:1/x"
 
 # What "the same catalog" means: every object in schema pgqueue, rendered by PostgreSQL itself.
