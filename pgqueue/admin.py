@@ -500,9 +500,12 @@ def list_jobs(conn: Any, *, queue: str | None = None, task: str | None = None, s
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidFilter(f"limit {limit!r} must be between 1 and {MAX_PAGE_SIZE}")
     before = _decode_cursor(cursor) if cursor is not None else _MAX_BIGINT
+    indexed = wanted if wanted in _INDEXED_STATES else None
+    # Without other filters every candidate matches: walk only as far as the page needs.
+    filtered = any(value is not None for value in (queue, task, tag, since)) or (wanted is not None and not indexed)
     rows, scanned, lowest, newest = operations.list_jobs_page(
-        sync_connection(conn), before=before, budget=SCAN_BUDGET, limit=limit + 1,
-        indexed_state=wanted if wanted in _INDEXED_STATES else None, state=wanted, queue=queue, task=task, tag=tag,
+        sync_connection(conn), before=before, budget=SCAN_BUDGET if filtered else limit + 1, limit=limit + 1,
+        indexed_state=indexed, state=wanted, queue=queue, task=task, tag=tag,
         since=since)
     jobs = [_job(row) for row in rows]
     if len(jobs) > limit:

@@ -51,6 +51,9 @@ def _register() -> None:
     from pgqueue.cli import demo
 
     app.command("demo")(demo.demo)
+    from pgqueue.cli import dashboard
+
+    app.command("dashboard")(dashboard.dashboard)
     from pgqueue.cli import bench
 
     app.command("bench")(bench.bench)

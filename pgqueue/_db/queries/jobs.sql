@@ -199,11 +199,11 @@ WITH done AS (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'completed', 'running', 'completed', attempt, worker_id FROM updated
-), done AS (
+), woken AS (
     -- One wake-up per statement for pgqueue.admin.wait_for_job; waiters re-read their job by id.
     SELECT pg_notify('pgqueue_done', '') FROM (SELECT 1 FROM updated LIMIT 1) AS any_row
 )
-SELECT id, (SELECT count(*) FROM done) AS notified FROM updated;
+SELECT id, (SELECT count(*) FROM woken) AS notified FROM updated;
 
 -- name: fail_jobs
 -- A failed attempt: the worker decided the next state (scheduled/available for a retry, failed
@@ -228,10 +228,10 @@ WITH failed AS (
     FROM updated
 ), notified AS (
     SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
-), done AS (
+), woken AS (
     SELECT pg_notify('pgqueue_done', '') FROM (SELECT 1 FROM updated WHERE state = 'failed' LIMIT 1) AS any_row
 )
-SELECT id, (SELECT count(*) FROM notified) + (SELECT count(*) FROM done) AS notified FROM updated;
+SELECT id, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS notified FROM updated;
 
 -- name: release_jobs
 -- Graceful shutdown hands unfinished jobs back at once. The interrupted attempt is not counted
@@ -339,10 +339,10 @@ WITH orphaned AS MATERIALIZED (
     FROM rescued
 ), notified AS (
     SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
-), done AS (
+), woken AS (
     SELECT pg_notify('pgqueue_done', '') FROM (SELECT 1 FROM rescued WHERE state = 'failed' LIMIT 1) AS any_row
 )
-SELECT id, state, (SELECT count(*) FROM notified) + (SELECT count(*) FROM done) AS notified FROM rescued;
+SELECT id, state, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS notified FROM rescued;
 
 -- name: get_job
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
@@ -402,11 +402,11 @@ WITH before AS (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
     SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
-), done AS (
+), woken AS (
     SELECT pg_notify('pgqueue_done', '') FROM cancelled
 )
 SELECT before.state AS previous_state, (SELECT count(*) FROM cancelled) AS cancelled,
-       (SELECT count(*) FROM done) AS notified FROM before;
+       (SELECT count(*) FROM woken) AS notified FROM before;
 
 -- name: delete_job
 WITH deleted AS (
