@@ -7,6 +7,7 @@ are translated here (``translate_errors``), as everywhere in ``_db``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+import threading
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
@@ -217,33 +218,44 @@ def own_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[
 
 
 class ConnectionPool:
-    """A small pool of pgqueue's own connections (the dashboard's), opened lazily.
+    """A small pool of pgqueue's own connections (the dashboard's), opened on first use.
 
+    On first use rather than only by an ASGI lifespan: Starlette does not run a mounted app's
+    lifespan, and a pool closed by one lifespan (a test client's) opens again for the next.
     ``connection()`` yields a connection whose transaction commits when the block succeeds and
     rolls back when it raises.
     """
 
     def __init__(self, dsn: str, *, max_size: int = 4) -> None:
-        from psycopg_pool import ConnectionPool as _Pool
-
         from pgqueue.settings import normalize_dsn
 
-        self._pool: _Pool[psycopg.Connection[Any]] = _Pool(
-            normalize_dsn(dsn), min_size=1, max_size=max_size, open=False, timeout=10.0,
-            kwargs={"connect_timeout": 10})
+        self._conninfo = normalize_dsn(dsn)
+        self._max_size = max_size
+        self._pool: Any = None
+        self._lock = threading.Lock()
 
-    def open(self) -> None:
-        self._pool.open(wait=False)
+    def open(self) -> Any:
+        from psycopg_pool import ConnectionPool as _Pool
+
+        with self._lock:
+            if self._pool is None or self._pool.closed:
+                self._pool = _Pool(self._conninfo, min_size=1, max_size=self._max_size, open=False, timeout=10.0,
+                                   kwargs={"connect_timeout": 10})
+                self._pool.open(wait=False)
+            return self._pool
 
     def close(self) -> None:
-        self._pool.close()
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         from psycopg_pool import PoolTimeout
 
+        pool = self._pool if self._pool is not None and not self._pool.closed else self.open()
         try:
-            with self._pool.connection() as conn:
+            with translate_errors(), pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
             from pgqueue.errors import DatabaseUnavailable
