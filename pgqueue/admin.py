@@ -680,7 +680,9 @@ def report(conn: Any, name: Literal["queue_lag", "throughput", "failure_rate", "
 
 
 def list_queues(conn: Any) -> list[QueueInfo]:
-    """Every queue (any with a job or a settings row): paused, limits, counts, lag, last hour's outcomes.
+    """Every queue with live or dead-letter jobs, a settings row, or jobs finished in the last hour:
+    paused, limits, counts, lag, and the last hour's outcomes. (A queue whose jobs all completed
+    over an hour ago is not listed: finding it would mean reading every job.)
 
     Counts cover the live states and the dead-letter set (failed, cancelled), read through their
     partial indexes; completed jobs are counted over the last hour. Two statements: the
@@ -695,7 +697,12 @@ def list_queues(conn: Any) -> list[QueueInfo]:
     for row in report(own, "throughput", window="1 hour", bucket="1 hour"):
         completed, failed = recent.get(row["queue"], (0, 0))
         recent[row["queue"]] = (completed + int(row["completed"]), failed + int(row["failed"]))
-    return [_queue(row, recent) for row in report(own, "queue_lag")]
+    queues = {row["queue"]: _queue(row, recent) for row in report(own, "queue_lag")}
+    for name in recent.keys() - queues.keys():  # only finished jobs, in the last hour
+        queues[name] = _queue({"queue": name, "paused": False, "concurrency": None, "rate_limit": None,
+                               "rate_period_seconds": None, "scheduled": 0, "available": 0, "running": 0,
+                               "failed": 0, "cancelled": 0, "lag_seconds": None}, recent)
+    return [queues[name] for name in sorted(queues)]
 
 
 def _queue_info(conn: Any, queue: str) -> QueueInfo:

@@ -23,7 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.execute("CREATE INDEX jobs_dead_idx ON pgqueue.jobs (state, queue, id) "
+    op.execute("CREATE INDEX jobs_dead_idx ON pgqueue.jobs (state, id) INCLUDE (queue) "
                "WHERE state IN ('failed', 'cancelled')")
 
 

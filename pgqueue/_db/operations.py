@@ -6,8 +6,8 @@ are translated here (``translate_errors``), as everywhere in ``_db``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources

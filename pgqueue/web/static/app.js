@@ -21,6 +21,16 @@
     },
   });
 
+  // Live parts refresh only while the user is not in the middle of something inside them: typing
+  // in a field, or having ticked jobs for a bulk action.
+  window.pgqueueLive = function () {
+    var active = document.activeElement;
+    if (active && active.closest && active.closest("#live") && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) {
+      return false;
+    }
+    return !document.querySelector("#live input[name=ids]:checked");
+  };
+
   var timer = null;
   function toast(text, bad) {
     var box = document.getElementById("toast");
