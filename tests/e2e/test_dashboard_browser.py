@@ -148,8 +148,8 @@ def test_the_overview_shows_every_queue_with_counts_and_charts(stack: dict[str, 
     app.enqueue(db, "render-report", {"pages": 4}, delay=3600)
     add_schedule(db, ScheduleSpec.build(name="nightly-cleanup", cron="0 3 * * *", task="send-reminder",
                                         args={"patient": "all"}, timezone="America/New_York", queue="emails"))
-    wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed'").fetchone()[0] >= 12,
-               timeout=30)
+    wait_until(lambda: db.execute("SELECT count(*) >= 12 FROM pgqueue.jobs WHERE state = 'completed'").fetchone()
+               == (True,), timeout=30)
 
     page.goto(stack["url"] + "/")
     page.wait_for_selector("text=emails")
@@ -204,7 +204,8 @@ def test_a_failed_job_shows_its_traceback_and_a_retry_runs_it_to_completion(stac
     assert state_of(db, job_id) == "completed"
     actor = db.execute("SELECT actor FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
                        [job_id]).fetchone()
-    assert actor is not None and actor[0].startswith("web:")
+    assert actor is not None
+    assert actor[0].startswith("web:")
     page.screenshot(path=str(shots / "job-retried.png"), full_page=True)
 
 

@@ -82,7 +82,9 @@ def test_get_job_returns_a_typed_record_and_raises_job_not_found_for_an_unknown_
 
     assert (job.id, job.task, job.queue, job.state, job.priority, job.tags) == (
         job_id, "send-email", "emails", "available", 25, ("billing",))
-    assert job.args == {"n": 1} and not job.encrypted and not job.finished
+    assert job.args == {"n": 1}
+    assert not job.encrypted
+    assert not job.finished
     with pytest.raises(JobNotFound, match="job 424242 not found"):
         admin.get_job(tx, 424242)
 
@@ -260,14 +262,17 @@ def test_pause_resume_and_list_queues_with_counts_lag_and_audit(tx: Conn) -> Non
     enqueue(tx, queue="q1")
     failed = enqueue(tx, queue="q1")
     force_state(tx, failed, "failed")
-    tx.execute("UPDATE pgqueue.jobs SET run_at = now() - interval '30 seconds' WHERE queue = 'q1' AND state = 'available'")
+    tx.execute("UPDATE pgqueue.jobs SET run_at = now() - interval '30 seconds' "
+               "WHERE queue = 'q1' AND state = 'available'")
 
     paused = admin.pause_queue(tx, "q1", actor="frank")
     resumed = admin.resume_queue(tx, "q1", actor="frank")
 
-    assert paused.paused and not resumed.paused
+    assert paused.paused
+    assert not resumed.paused
     assert (resumed.available, resumed.failed, resumed.failed_last_hour) == (1, 1, 1)
-    assert resumed.lag_seconds is not None and resumed.lag_seconds >= 29
+    assert resumed.lag_seconds is not None
+    assert resumed.lag_seconds >= 29
     assert audit(tx, "queue_paused") == [("frank", {"queue": "q1"})]
     assert audit(tx, "queue_resumed") == [("frank", {"queue": "q1"})]
 
@@ -362,7 +367,8 @@ def test_list_workers_and_list_schedules_return_typed_records(tx: Conn) -> None:
 
     assert [(w.id, w.alive, w.queues) for w in workers] == [("w1", True, ("emails",)), ("w2", False, ())]
     assert [(s.name, s.state, s.timezone) for s in schedules] == [("nightly", "active", "Europe/Paris")]
-    assert schedules[0].next_run_at is not None and schedules[0].next_run_at > datetime.now(UTC)
+    assert schedules[0].next_run_at is not None
+    assert schedules[0].next_run_at > datetime.now(UTC)
 
 
 # --- wait_for_job ---
@@ -415,7 +421,7 @@ def test_wait_for_job_returns_the_finished_record_soon_after_the_worker_acks(wor
 
 def test_wait_for_job_wakes_when_another_session_cancels_the_job(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as other:
-        job_id = enqueue(conn)  # type: ignore[arg-type]
+        job_id = enqueue(conn)
         threading.Timer(0.5, lambda: admin.cancel_job(other, job_id, actor="ivan")).start()
         started = time.monotonic()
 
@@ -427,7 +433,7 @@ def test_wait_for_job_wakes_when_another_session_cancels_the_job(dsn: str) -> No
 
 def test_wait_for_job_times_out_cleanly_and_refuses_an_uncommitted_job(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
-        job_id = enqueue(conn)  # type: ignore[arg-type]
+        job_id = enqueue(conn)
         with pytest.raises(InvalidJobState, match="not committed"):
             admin.wait_for_job(conn, job_id, timeout=5)
         conn.commit()

@@ -51,11 +51,11 @@ PAGE_BOUND = admin.SCAN_BUDGET + 5_000
 
 @pytest.fixture(scope="module")
 def big(pg_server_dsn: str, template_db: str) -> Iterator[Conn]:
-    with scratch_database(pg_server_dsn, template_db) as database_dsn:
-        with psycopg.connect(database_dsn, autocommit=True) as conn:
-            conn.execute(GENERATE, {"rows": ROWS, "spacing": SPACING})
-            conn.execute("VACUUM ANALYZE pgqueue.jobs")
-            yield conn
+    with scratch_database(pg_server_dsn, template_db) as database_dsn, \
+            psycopg.connect(database_dsn, autocommit=True) as conn:
+        conn.execute(GENERATE, {"rows": ROWS, "spacing": SPACING})
+        conn.execute("VACUUM ANALYZE pgqueue.jobs")
+        yield conn
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -65,7 +65,7 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _explain(conn: Conn, query: str, params: Any = None) -> list[dict[str, Any]]:
-    row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", params, prepare=False).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", params, prepare=False).fetchone()
     assert row is not None
     document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
     return list(_nodes(document[0]["Plan"]))
@@ -110,7 +110,7 @@ def test_every_list_jobs_filter_reads_a_bounded_range_of_an_index_on_1m_jobs(
 
     def spy(conn: Any, query: str, params: Any = None, *, prepare: bool | None = None) -> list[dict[str, Any]]:
         captured.update(query=query, params=params)
-        return real(conn, query, params, prepare=prepare)  # type: ignore[arg-type]
+        return real(conn, query, params, prepare=prepare)
 
     monkeypatch.setattr(operations, "_dicts", spy)
     arguments = dict(filters)

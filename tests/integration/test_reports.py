@@ -28,7 +28,8 @@ def add(conn: Conn, *, queue: str = "emails", task: str = "send", state: str = "
         run: str = "2 seconds", error: str | None = None, encrypted: bool = False) -> int:
     job_id = App().enqueue(conn, task, {}, queue=queue)
     conn.execute("""UPDATE pgqueue.jobs SET state = %(state)s, attempt = 1,
-                    started_at = CASE WHEN %(state)s <> 'available' THEN now() - %(ago)s::interval - %(run)s::interval END,
+                    started_at = CASE WHEN %(state)s <> 'available'
+                                      THEN now() - %(ago)s::interval - %(run)s::interval END,
                     finished_at = CASE WHEN %(state)s IN ('completed', 'failed', 'cancelled')
                                        THEN now() - %(ago)s::interval END,
                     run_at = now() - %(ago)s::interval,
@@ -100,7 +101,8 @@ def test_run_times_report_p50_and_p95_per_task(db: Conn) -> None:
 
     [row] = admin.report(db, "run_times")
 
-    assert row["task"] == "render" and row["jobs"] == 10
+    assert row["task"] == "render"
+    assert row["jobs"] == 10
     assert row["p50_seconds"] == pytest.approx(5.5)
     assert row["p95_seconds"] == pytest.approx(9.55)
     assert row["max_seconds"] == pytest.approx(10)
