@@ -14,7 +14,11 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
     │                            ScheduleNotFound
     ├── JobNotFound
+    ├── QueueNotFound
     ├── InvalidJobState
+    ├── InvalidQueueLimits
+    ├── InvalidFilter
+    ├── JobWaitTimeout           (also a TimeoutError)
     └── DecryptionError          UnknownEncryptionKey
 """
 
@@ -105,8 +109,24 @@ class JobNotFound(PgqueueError):
     """No job has that id."""
 
 
+class QueueNotFound(PgqueueError):
+    """No queue has that name: no row in pgqueue.queues and no job in it."""
+
+
 class InvalidJobState(PgqueueError):
     """The job is not in a state that allows this action."""
+
+
+class InvalidQueueLimits(PgqueueError):
+    """A queue limit is malformed: concurrency is a whole number >= 1, rate is N/s, N/m, N/h or N/<duration>."""
+
+
+class InvalidFilter(PgqueueError):
+    """A listing filter, cursor or page size is malformed."""
+
+
+class JobWaitTimeout(PgqueueError, TimeoutError):
+    """The job did not finish within the time the caller was willing to wait."""
 
 
 class DecryptionError(PgqueueError):

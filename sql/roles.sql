@@ -175,7 +175,7 @@ CREATE POLICY job_events_administer ON pgqueue.job_events FOR INSERT
              AND to_state IN ('scheduled', 'available') AND attempt = 0 AND detail IS NULL)
             OR (job_id IS NOT NULL AND event IN ('retried', 'cancelled', 'deleted', 'purged'))
             OR (job_id IS NULL
-                AND event IN ('queue_paused', 'queue_resumed', 'schedule_added', 'schedule_updated',
+                AND event IN ('queue_paused', 'queue_resumed', 'queue_limits_set', 'schedule_added', 'schedule_updated',
                               'schedule_removed', 'schedule_paused', 'schedule_resumed', 'keys_rotated', 'pruned'))
         )
     );

@@ -55,6 +55,9 @@ CREATE INDEX jobs_scheduled_idx ON pgqueue.jobs (run_at) WHERE state = 'schedule
 CREATE INDEX jobs_running_idx ON pgqueue.jobs (worker_id) WHERE state = 'running';
 -- Retention prunes finished jobs by age.
 CREATE INDEX jobs_finished_idx ON pgqueue.jobs (finished_at) WHERE state IN ('completed', 'failed', 'cancelled');
+-- The dead-letter set newest first (queue included for counts per queue): the admin API's failed-jobs listings and counts.
+-- Only jobs that fail or are cancelled pay for it.
+CREATE INDEX jobs_dead_idx ON pgqueue.jobs (state, id) INCLUDE (queue) WHERE state IN ('failed', 'cancelled');
 -- One live job per unique_key, enforced by the database so racing enqueuers cannot both win.
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running');

@@ -34,6 +34,8 @@ class AuditQueries(NamedTuple):
     count_prunable_events: LiteralString
     delete_sealed_events: LiteralString
     mark_seal_pruned: LiteralString
+    events_horizon: LiteralString
+    finished_events: LiteralString
 
 
 AUDIT = load_queries(AuditQueries, "audit.sql")
@@ -156,6 +158,22 @@ class AuditStore:
                                         {"xid_from": str(xid_from), "xid_to": str(xid_to)}).rowcount
             self.conn.execute(AUDIT.mark_seal_pruned, {"seal_no": seal_no})
         return deleted
+
+
+    # --- outcome counts for the metrics endpoint ---
+
+    def events_horizon(self) -> int:
+        """The oldest transaction still running: rows below it can no longer appear."""
+        with translate_errors():
+            row = self.conn.execute(AUDIT.events_horizon).fetchone()
+        return int(row[0]) if row else 0
+
+    def finished_events(self, xid_from: int, bounds: Sequence[float]) -> tuple[int, list[dict[str, Any]]]:
+        """(the new horizon, outcome counts since ``xid_from`` per event, queue, task and run-time bucket)."""
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(AUDIT.finished_events, {"xid_from": str(xid_from), "bounds": list(bounds)}).fetchall()
+        horizon = int(rows[0]["horizon"]) if rows else xid_from
+        return horizon, [row for row in rows if row["event"] is not None]
 
 
 def _xid(value: Any) -> int | None:

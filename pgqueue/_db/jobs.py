@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.notifications import NOTIFY_CHANNEL
+from pgqueue._db.notifications import DONE_CHANNEL, NOTIFY_CHANNEL
 from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
 from pgqueue.errors import DatabaseUnavailable, SchemaNotReady
@@ -47,12 +47,13 @@ class JobQueries(NamedTuple):
     release_lost_claims: LiteralString
     update_progress: LiteralString
     get_job: LiteralString
-    list_jobs: LiteralString
     retry_jobs: LiteralString
     cancel_job: LiteralString
     delete_job: LiteralString
     purge_queue: LiteralString
     find_pending_job: LiteralString
+    list_jobs_page: LiteralString
+    get_job_state: LiteralString
 
 
 JOBS = load_queries(JobQueries, "jobs.sql")
@@ -189,6 +190,7 @@ def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "results_encrypted": [o.result_encrypted for o in outcomes],
         "progress": [o.progress for o in outcomes],
         "progress_notes": [o.progress_note for o in outcomes],
+        "done_channel": DONE_CHANNEL,
     }
 
 
@@ -201,7 +203,7 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "errors": [o.error for o in outcomes],
         "errors_encrypted": [o.error_encrypted for o in outcomes],
         "events": [o.event for o in outcomes],
-        "channel": NOTIFY_CHANNEL,
+        "channel": NOTIFY_CHANNEL, "done_channel": DONE_CHANNEL,
     }
 
 
@@ -325,10 +327,25 @@ class JobStore:
             cur.execute(JOBS.get_job, {"id": job_id})
             return cur.fetchone()
 
-    def list_jobs(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_jobs_page(self, *, before: int, budget: int, limit: int, indexed_state: str | None,
+                       state: str | None, queue: str | None, task: str | None, tag: str | None,
+                       since: datetime | None) -> tuple[list[dict[str, Any]], int, int | None, datetime | None]:
+        """One page of jobs below ``before``: (matching rows, rows scanned, the lowest id scanned,
+        the newest enqueued_at scanned)."""
+        params = {"before": before, "budget": budget, "limit": limit, "indexed_state": indexed_state,
+                  "state": state, "queue": queue, "task": task, "tag": tag, "since": since}
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(JOBS.list_jobs, {"queue": queue, "state": state, "limit": limit})
-            return cur.fetchall()
+            # Custom plans only: a generic plan cannot drop the unused filters.
+            rows = cur.execute(JOBS.list_jobs_page, params, prepare=False).fetchall()
+        scanned, lowest, newest = rows[0]["scanned"], rows[0]["lowest_id"], rows[0]["newest_enqueued_at"]
+        jobs = [{k: v for k, v in row.items() if k not in ("scanned", "lowest_id", "newest_enqueued_at")}
+                for row in rows if row["id"] is not None]
+        return jobs, int(scanned), lowest, newest
+
+    def job_state(self, job_id: int) -> str | None:
+        with translate_errors():
+            row = self.conn.execute(JOBS.get_job_state, {"id": job_id}).fetchone()
+        return row[0] if row else None
 
     def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
                    actor: str | None) -> list[int]:
@@ -341,7 +358,8 @@ class JobStore:
 
     def cancel_job(self, job_id: int, actor: str | None) -> tuple[str | None, bool]:
         with translate_errors():
-            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor}).fetchone()
+            row = self.conn.execute(JOBS.cancel_job,
+                                    {"id": job_id, "actor": actor, "done_channel": DONE_CHANNEL}).fetchone()
         if row is None:
             return None, False
         return row[0], bool(row[1])

@@ -8,17 +8,21 @@ finds the job by polling.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from pgqueue._db.errors import translate_errors
 from pgqueue._db.server import AsyncServerStore
-from pgqueue._db.sessions import BoundedAsyncConnection, session_options
+from pgqueue._db.sessions import BoundedAsyncConnection, connect, session_options
 
 #: The one channel name; every ``.sql`` file takes it as ``%(channel)s``.
 NOTIFY_CHANNEL = "pgqueue_jobs"
+#: The channel the statements that finish jobs notify (empty payload, once per statement): what
+#: ``pgqueue.admin.wait_for_job`` listens on, re-reading its job by primary key when woken.
+DONE_CHANNEL = "pgqueue_done"
 
 
 class ListenSession:
@@ -56,3 +60,46 @@ class ListenSession:
     async def close(self) -> None:
         with contextlib.suppress(psycopg.Error):
             await self.conn.close()
+
+
+# --- finished jobs, for pgqueue.admin.wait_for_job ---
+
+
+def listener_dsn(conn: psycopg.Connection[Any]) -> str:
+    """A conninfo string for a new session to the same server, database and role as ``conn``.
+
+    ``conn.info.dsn`` leaves the password out (psycopg hides it), so it is added back.
+    """
+    params = psycopg.conninfo.conninfo_to_dict(conn.info.dsn)
+    password = conn.info.password
+    if password:
+        params["password"] = password
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+class DoneListener:
+    """A session of its own that LISTENs on :data:`DONE_CHANNEL`."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = connect(dsn, autocommit=True)
+        with translate_errors():
+            self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a notification arrives (True) or ``timeout`` seconds pass (False)."""
+        with translate_errors():
+            for _ in self.conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
+                return True
+        return False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def done_listener(dsn: str) -> Iterator[DoneListener]:
+    listener = DoneListener(dsn)
+    try:
+        yield listener
+    finally:
+        listener.close()

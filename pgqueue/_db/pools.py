@@ -1,20 +1,24 @@
-"""Pooled sessions for transactional handlers: a handler's writes and its job's completion commit
-in one transaction on one of these connections.
+"""Pooled sessions: for transactional handlers (a handler's writes and its job's completion commit
+in one transaction on one of these connections) and for the dashboard.
 
-Each pool is opened on first use, sized by the worker, and every connection is pinged before a
-handler gets it.
+Each pool is opened on first use; a transactional pool is sized by the worker, and every
+connection is pinged before a handler gets it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import session_options
+from pgqueue.errors import DatabaseUnavailable
+from pgqueue.settings import normalize_dsn
 
 
 class TransactionPool:
@@ -92,3 +96,41 @@ async def _live_async_connection(pool: AsyncConnectionPool[Any]) -> AsyncIterato
         yield conn
     finally:
         await pool.putconn(conn)
+
+
+class DashboardPool:
+    """A small pool of the dashboard's connections, opened on first use.
+
+    On first use rather than only by an ASGI lifespan: Starlette does not run a mounted app's
+    lifespan, and a pool closed by one lifespan (a test client's) opens again for the next.
+    ``connection()`` yields a connection whose transaction commits when the block succeeds and
+    rolls back when it raises.
+    """
+
+    def __init__(self, dsn: str, *, max_size: int = 4) -> None:
+        self._conninfo = normalize_dsn(dsn)
+        self._max_size = max_size
+        self._pool: ConnectionPool[Any] | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None or self._pool.closed:
+                self._pool = ConnectionPool(self._conninfo, min_size=1, max_size=self._max_size, open=False,
+                                            timeout=10.0, kwargs={"connect_timeout": 10})
+                self._pool.open(wait=False)
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        pool = self._pool if self._pool is not None and not self._pool.closed else self.open()
+        try:
+            with translate_errors(), pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable("database unavailable: no connection could be made within 10s") from exc

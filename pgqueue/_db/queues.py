@@ -16,6 +16,8 @@ class QueueQueries(NamedTuple):
     set_queue_paused: LiteralString
     queue_stats: LiteralString
     summarize_queues: LiteralString
+    queue_exists: LiteralString
+    set_queue_limits: LiteralString
 
 
 QUEUES = load_queries(QueueQueries, "queues.sql")
@@ -42,3 +44,22 @@ class QueueStore:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(QUEUES.summarize_queues)
             return cur.fetchall()
+
+    def exists(self, queue: str) -> bool:
+        """A queue exists once it has a settings row or any job."""
+        with translate_errors():
+            row = self.conn.execute(QUEUES.queue_exists, {"queue": queue}).fetchone()
+        return bool(row and row[0])
+
+    def set_limits(self, queue: str, *, concurrency: int | None, set_concurrency: bool,
+                   rate: tuple[int, int] | None, set_rate: bool, actor: str | None) -> dict[str, Any]:
+        """Store the limits passed (``set_*``), keep the others; the queue's row comes back."""
+        params = {
+            "queue": queue, "concurrency": concurrency, "set_concurrency": set_concurrency,
+            "rate_limit": rate[0] if rate else None, "rate_period_seconds": rate[1] if rate else None,
+            "set_rate": set_rate, "actor": actor,
+        }
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(QUEUES.set_queue_limits, params).fetchone()
+        assert row is not None  # noqa: S101 - an upsert returns its row
+        return row

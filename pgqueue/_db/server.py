@@ -26,6 +26,8 @@ class ServerQueries(NamedTuple):
     backend_pid: LiteralString
     ping_server: LiteralString
     read_clock: LiteralString
+    schema_revision: LiteralString
+    set_transaction_settings: LiteralString
 
 
 SERVER = load_queries(ServerQueries, "server.sql")
@@ -67,6 +69,23 @@ class ServerStore:
         assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
         value: datetime = row[0]
         return value
+
+
+    def schema_revision(self) -> str | None:
+        """The alembic revision the schema is at (None: pgqueue was never migrated here)."""
+        with translate_errors():
+            try:
+                row = self.conn.execute(SERVER.schema_revision).fetchone()
+            except psycopg.errors.UndefinedTable:
+                self.conn.rollback()
+                return None
+        return str(row[0]) if row else None
+
+    def set_transaction_settings(self, settings: dict[str, str]) -> None:
+        """Custom settings (``pgqueue.*``) for the current transaction only."""
+        with translate_errors():
+            self.conn.execute(SERVER.set_transaction_settings,
+                              {"names": list(settings), "values": list(settings.values())})
 
 
 class AsyncServerStore:

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.notifications import NOTIFY_CHANNEL
+from pgqueue._db.notifications import DONE_CHANNEL, NOTIFY_CHANNEL
 from pgqueue._db.queries import load_queries
 
 
@@ -23,6 +23,7 @@ class WorkerQueries(NamedTuple):
     resign_leadership: LiteralString
     stage_jobs: LiteralString
     rescue_jobs: LiteralString
+    count_live_workers: LiteralString
 
 
 WORKERS = load_queries(WorkerQueries, "workers.sql")
@@ -48,6 +49,12 @@ class WorkerStore:
             cur.execute(WORKERS.list_workers)
             return cur.fetchall()
 
+    def count_live_workers(self) -> tuple[int, int]:
+        """(alive, registered) worker processes."""
+        with translate_errors():
+            row = self.conn.execute(WORKERS.count_live_workers).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     def acquire_leadership(self, name: str, holder: str, ttl_seconds: float) -> bool:
         with translate_errors():
             row = self.conn.execute(
@@ -68,7 +75,8 @@ class WorkerStore:
     def rescue_jobs(self, limit: int = 1000) -> list[tuple[int, str]]:
         """Hand back up to ``limit`` running jobs of dead workers; (job id, new state) of each."""
         with translate_errors():
-            rows = self.conn.execute(WORKERS.rescue_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL}).fetchall()
+            rows = self.conn.execute(WORKERS.rescue_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL,
+                                                                 "done_channel": DONE_CHANNEL}).fetchall()
         return [(r[0], r[1]) for r in rows]
 
     def delete_expired_workers(self, keep_seconds: float) -> int:

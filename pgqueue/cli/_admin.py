@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import connect
+from pgqueue.admin import default_actor
 from pgqueue.cli._context import fail, resolve
 from pgqueue.jobs import JobState
 
@@ -23,11 +22,7 @@ _MAX_BIGINT = 2**63 - 1
 
 def actor() -> str:
     """The ``actor`` written to ``pgqueue.job_events`` for actions taken from this CLI."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (e.g. an arbitrary uid in a container)
-        user = f"uid:{os.getuid()}"
-    return f"cli:{user}"
+    return f"cli:{default_actor()}"
 
 
 def parse_job_id(raw: str) -> int:

@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pgqueue._humanize import format_seconds
+
 # When the output is piped, rich would wrap tables at 80 columns; a pipe has no width, so lay
 # rows out in full (columns only grow as wide as their content).
 _PIPE_WIDTH = 240
@@ -97,23 +99,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, dict):
         return to_json(value)
     return str(value)
-
-
-def format_seconds(seconds: float | None) -> str:
-    """A duration for people: ``42s``, ``3m 20s``, ``5h 2m``, ``2d 3h``."""
-    if seconds is None:
-        return "-"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h"
 
 
 def build_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, title: str | None = None,

@@ -47,6 +47,17 @@ def _summary_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _keep_running(app: Any, scale: int) -> None:
+    from pgqueue import _demo
+
+    try:
+        while True:
+            time.sleep(20)
+            app.enqueue_many(None, _demo.workload(scale))
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+
+
 def demo(
     dsn: DsnOption = None,
     scale: Annotated[int, typer.Option(min=1, max=100, help="Multiply the sample workload.")] = 1,
@@ -54,11 +65,16 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 120.0,
     database: Annotated[str, typer.Option(help="Name of the demo database (recreated).")] = DEMO_DATABASE,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job event.")] = False,
+    keep_running: Annotated[bool, typer.Option(
+        "--keep-running", help="After the summary, keep the worker and scheduler running and enqueue a fresh "
+                               "batch every 20 s until Ctrl-C (to watch with `pgqueue dashboard`).")] = False,
 ) -> None:
     """Run the whole system once: migrate, enqueue sample jobs, work them with a live view, summarise.
 
     The demo uses its own database (pgqueue_demo, recreated each run) on the configured server,
-    so it never touches your jobs; it is left in place afterwards for you to explore.
+    so it never touches your jobs; it is left in place afterwards for you to explore. It prints the
+    `pgqueue dashboard --dsn ...` command that opens the dashboard on it (run it in another terminal;
+    with --keep-running the demo goes on producing jobs for it to show).
     """
     console = Console()
     errors = Console(stderr=True)
@@ -73,6 +89,8 @@ def demo(
         demo_dsn = server
     try:
         errors.print(f"[dim]database: {redact_dsn(demo_dsn)}[/dim]")
+        errors.print(f"watch it in a browser (another terminal): pgqueue dashboard --dsn '{redact_dsn(demo_dsn)}'",
+                     markup=False, highlight=False)
         from pgqueue import _migrate  # alembic + SQLAlchemy: loaded only by the commands that migrate
 
         _migrate.upgrade(demo_dsn)
@@ -110,6 +128,10 @@ def demo(
                         break
                     time.sleep(0.25)
             summary = store.summarize_queues()
+        if keep_running:
+            console.print(_summary_table(summary))
+            errors.print("--keep-running: a fresh batch every 20 s; Ctrl-C stops the worker and the scheduler")
+            _keep_running(app, scale)
     except PgqueueError as exc:
         fail(str(exc))
     finally:

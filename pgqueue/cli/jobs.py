@@ -1,7 +1,7 @@
 """pgqueue jobs list|show|retry|cancel|delete: inspect and manage individual jobs.
 
-Every change is written with its ``pgqueue.job_events`` row (actor ``cli:<os user>``) in the same
-transaction.
+A thin layer over :mod:`pgqueue.admin`: every change is written with its ``pgqueue.job_events``
+row (actor ``cli:<os user>``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from pgqueue._db.audit import AuditStore
-from pgqueue._db.jobs import JobStore
+from pgqueue import admin
 from pgqueue._payload import check_queue_name
-from pgqueue.cli._admin import actor, open_store, parse_job_id, parse_state
+from pgqueue.cli._admin import actor, open_session, parse_job_id, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import Column, emit, emit_message, emit_record, format_value, print_json
-from pgqueue.jobs import LIVE_STATES
 
 app = typer.Typer(help="Inspect and manage jobs: list, show, retry, cancel, delete.", no_args_is_help=True)
 
@@ -112,6 +110,8 @@ EVENT_COLUMNS = [
 def list_command(
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Only jobs in this queue.")] = None,
     state: Annotated[str | None, typer.Option("--state", "-s", help="Only jobs in this state.")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only jobs of this task.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only jobs carrying this tag.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help=f"At most this many (1-{_MAX_LIMIT}).")] = 50,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
@@ -125,9 +125,17 @@ def list_command(
     wanted = parse_state(state)
     if not 1 <= limit <= _MAX_LIMIT:
         fail(f"--limit {limit} must be between 1 and {_MAX_LIMIT}")
-    with open_store(dsn, JobStore) as store:
-        rows = store.list_jobs(queue, wanted, limit)
-    emit(rows, LIST_COLUMNS, json_output=json_output, empty="no jobs match")
+    jobs: list[admin.JobRecord] = []
+    cursor: str | None = None
+    with open_session(dsn) as conn:
+        while len(jobs) < limit:
+            page = admin.list_jobs(conn, queue=queue, state=wanted, task=task, tag=tag, cursor=cursor,
+                                   limit=min(limit - len(jobs), admin.MAX_PAGE_SIZE))
+            jobs.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    emit([job.as_dict() for job in jobs], LIST_COLUMNS, json_output=json_output, empty="no jobs match")
 
 
 @app.command("show")
@@ -137,11 +145,9 @@ def show_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: Ds
     With --json, prints the job as a JSON object whose "events" key lists its pgqueue.job_events rows.
     """
     wanted = parse_job_id(job_id)
-    with open_store(dsn, JobStore) as store:
-        job = store.get_job(wanted)
-        if job is None:
-            fail(f"job {wanted} not found")
-        events = AuditStore(store.conn).list_job_events(wanted)
+    with open_session(dsn) as conn:
+        job = admin.get_job(conn, wanted).as_dict()
+        events = [event.as_dict() for event in admin.list_job_events(conn, wanted)]
     if json_output:
         print_json({**job, "events": events})
         return
@@ -177,16 +183,11 @@ def retry_command(
     if queue is not None:
         check_queue_name(queue)
     wanted = parse_job_id(job_id) if job_id is not None else None
-    with open_store(dsn, JobStore) as store:
+    with open_session(dsn) as conn:
         if wanted is None:
-            ids = store.retry_jobs(None, queue, only_failed=True, actor=actor())
+            ids = admin.retry_failed(conn, queue=queue, actor=actor())
         else:
-            ids = store.retry_jobs([wanted], None, only_failed=False, actor=actor())
-            if not ids:
-                job = store.get_job(wanted)
-                if job is None:
-                    fail(f"job {wanted} not found")
-                fail(f"job {wanted} is {job['state']}; only failed or cancelled jobs can be retried")
+            ids = [admin.retry_job(conn, wanted, actor=actor()).id]
     if wanted is not None:
         message = f"retried job {wanted}: it is available again"
     else:
@@ -203,13 +204,9 @@ def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: 
     the job stays cancelled.
     """
     wanted = parse_job_id(job_id)
-    with open_store(dsn, JobStore) as store:
-        previous, cancelled = store.cancel_job(wanted, actor())
-    if previous is None:
-        fail(f"job {wanted} not found")
-    if not cancelled:
-        live = ", ".join(str(s) for s in LIVE_STATES[:-1]) + f" or {LIVE_STATES[-1]}"
-        fail(f"job {wanted} is {previous}; only {live} jobs can be cancelled")
+    with open_session(dsn) as conn:
+        change = admin.cancel_job(conn, wanted, actor=actor())
+    previous = change.previous_state
     note = "; its running attempt finishes but its outcome is discarded" if previous == "running" else ""
     emit_message(f"cancelled job {wanted} (was {previous}){note}",
                  {"id": wanted, "previous_state": previous, "state": "cancelled"}, json_output=json_output)
@@ -219,10 +216,6 @@ def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: 
 def delete_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """Delete a job that is not running (its audit trail stays, with a 'deleted' event)."""
     wanted = parse_job_id(job_id)
-    with open_store(dsn, JobStore) as store:
-        if not store.delete_job(wanted, actor()):
-            job = store.get_job(wanted)
-            if job is None:
-                fail(f"job {wanted} not found")
-            fail(f"job {wanted} is {job['state']}; a running job cannot be deleted: cancel it first")
+    with open_session(dsn) as conn:
+        admin.delete_job(conn, wanted, actor=actor())
     emit_message(f"deleted job {wanted}", {"id": wanted, "deleted": True}, json_output=json_output)

@@ -77,7 +77,7 @@ COMMANDS: dict[str, CommandEntry] = {
         _OPERATE),
     "queues": CommandEntry(
         "pgqueue.cli.queues:app",
-        "Per-queue counts and controls: list, pause, resume, purge.",
+        "Per-queue counts and controls: list, pause, resume, purge, set limits.",
         _OPERATE),
     "schedules": CommandEntry(
         "pgqueue.cli.schedules:app",
@@ -90,6 +90,10 @@ COMMANDS: dict[str, CommandEntry] = {
     "health": CommandEntry(
         "pgqueue.cli.stats:health",
         "Check that pgqueue is healthy; exit 0 if so, 2 if not (for probes and monitoring).",
+        _OPERATE),
+    "dashboard": CommandEntry(
+        "pgqueue.cli.dashboard:dashboard",
+        "Serve the dashboard (pages, JSON API under /api/, /metrics, /healthz, /readyz) until Ctrl-C.",
         _OPERATE),
     "prune": CommandEntry(
         "pgqueue.cli.prune:prune",

@@ -202,8 +202,10 @@ def test_queues_list_pause_resume_and_purge_with_audit_rows(dsn: str, conn: Conn
     purged_failed = ok_json(dsn, "queues", "purge", "emails", "--state", "failed", "--yes")
     purged_rest = ok(dsn, "queues", "purge", "emails", "--yes")
 
-    assert paused == [{"queue": "emails", "paused": True, "scheduled": 0, "available": 0, "running": 1,
-                       "completed": 1, "failed": 1, "cancelled": 0, "oldest_available_seconds": None}]
+    assert paused == [{"name": "emails", "paused": True, "scheduled": 0, "available": 0, "running": 1,
+                       "failed": 1, "cancelled": 0, "completed_last_hour": 1, "failed_last_hour": 1,
+                       "lag_seconds": None, "concurrency": None, "rate": None, "rate_limit": None,
+                       "rate_period_seconds": None}]
     assert table.splitlines()[0].split()[:3] == ["QUEUE", "PAUSED", "SCHEDULED"]
     assert "emails" in table
     assert_one_line_error(unconfirmed, "stdin is not a terminal; pass --yes")
@@ -260,10 +262,11 @@ def test_stats_shows_counts_per_queue_and_state_totals_workers_and_notification_
     assert "test-host" in text
     assert re.search(r"notification queue usage: \d+\.\d%", text)  # server-wide, so not necessarily 0
     assert "NOTIFY is transactional" in text
-    assert [(q["queue"], q["available"], q["failed"], q["completed"]) for q in data["queues"]] == [
+    assert [(q["name"], q["available"], q["failed"], q["completed_last_hour"]) for q in data["queues"]] == [
         ("emails", 1, 1, 0), ("reports", 0, 0, 1)]
-    assert data["totals"] == {"scheduled": 0, "available": 1, "running": 0, "completed": 1, "failed": 1,
-                              "cancelled": 0, "oldest_available_seconds": data["queues"][0]["oldest_available_seconds"]}
+    assert data["totals"] == {"scheduled": 0, "available": 1, "running": 0, "failed": 1, "cancelled": 0,
+                              "completed_last_hour": 1, "failed_last_hour": 1,
+                              "lag_seconds": data["queues"][0]["lag_seconds"]}
     assert [(w["id"], w["alive"], w["queues"]) for w in data["workers"]] == [("w-test", True, ["emails"])]
     assert data["live_workers"] == 1
     assert 0.0 <= data["notification_queue_usage"] < 0.5

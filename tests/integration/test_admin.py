@@ -91,19 +91,6 @@ def test_get_job_returns_every_contract_column_and_none_for_an_unknown_id(tx: Co
     assert store.get_job(job_id + 1000) is None
 
 
-def test_list_jobs_filters_by_queue_and_state_newest_first_up_to_the_limit(tx: Conn) -> None:
-    store = JobStore(tx)
-    a1, a2, a3 = (enqueue(tx, queue="a") for _ in range(3))
-    b1 = enqueue(tx, queue="b")
-    force_state(tx, a2, "failed")
-
-    assert [j["id"] for j in store.list_jobs(None, None, 10)] == [b1, a3, a2, a1]
-    assert [j["id"] for j in store.list_jobs("a", None, 2)] == [a3, a2]
-    assert [j["id"] for j in store.list_jobs("a", "available", 10)] == [a3, a1]
-    assert [j["id"] for j in store.list_jobs(None, "failed", 10)] == [a2]
-    assert store.list_jobs("c", None, 10) == []
-
-
 def test_retry_of_a_failed_job_makes_it_available_with_one_more_attempt_and_audits_the_actor(tx: Conn) -> None:
     store = JobStore(tx)
     job_id = enqueue(tx, max_attempts=3)

@@ -122,3 +122,32 @@ WHERE (xid >= %(xid_from)s AND xid < %(xid_to)s) OR (%(xid_from)s = '0'::xid8 AN
 
 -- name: mark_seal_pruned
 UPDATE pgqueue.audit_seals SET pruned_at = now() WHERE seal_no = %(seal_no)s AND pruned_at IS NULL;
+
+-- name: events_horizon
+SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon;
+
+-- name: finished_events
+-- Outcome rows of the audit trail written by transactions in [%(xid_from)s, horizon), counted per
+-- (event, queue, task) and per run-time bucket (width_bucket over %(bounds)s, upper bounds in
+-- seconds). Every transaction below the horizon (the oldest one still running) has ended, so
+-- no row can later appear in a range already read: the metrics endpoint counts each row once.
+-- The queue and task come from pgqueue.jobs (NULL once retention pruned the job); the run time is
+-- known while the job still shows the attempt the event closed.
+WITH bounds AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon
+), outcomes AS (
+    SELECT e.event, j.queue, j.task,
+           CASE WHEN j.attempt = e.attempt AND j.started_at IS NOT NULL
+                THEN GREATEST(EXTRACT(EPOCH FROM e.at - j.started_at), 0)::float8 END AS seconds
+    FROM bounds
+    JOIN pgqueue.job_events AS e ON e.xid >= %(xid_from)s::xid8 AND e.xid < bounds.horizon
+    LEFT JOIN pgqueue.jobs AS j ON j.id = e.job_id
+    WHERE e.event IN ('completed', 'failed', 'discarded', 'retry_scheduled', 'rescued', 'cancelled')
+)
+SELECT (SELECT horizon FROM bounds) AS horizon, event, queue, task,
+       CASE WHEN seconds IS NOT NULL THEN width_bucket(seconds, %(bounds)s::float8[]) END AS bucket,
+       count(*) AS events, COALESCE(sum(seconds), 0)::float8 AS seconds
+FROM outcomes
+GROUP BY event, queue, task, bucket
+UNION ALL
+SELECT horizon, NULL, NULL, NULL, NULL, 0, 0 FROM bounds;

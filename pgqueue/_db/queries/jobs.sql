@@ -204,8 +204,11 @@ WITH done AS (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'completed', 'running', 'completed', attempt, worker_id FROM updated
+), woken AS (
+    -- One wake-up per statement for pgqueue.admin.wait_for_job; waiters re-read their job by id.
+    SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated LIMIT 1) AS any_row
 )
-SELECT id FROM updated;
+SELECT id, (SELECT count(*) FROM woken) AS notified FROM updated;
 
 -- name: fail_jobs
 -- A failed attempt: the worker decided the next state (scheduled/available for a retry, failed
@@ -230,8 +233,10 @@ WITH failed AS (
     FROM updated
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
+), woken AS (
+    SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated WHERE state = 'failed' LIMIT 1) AS any_row
 )
-SELECT id, (SELECT count(*) FROM notified) AS notified FROM updated;
+SELECT id, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS notified FROM updated;
 
 -- name: release_jobs
 -- Graceful shutdown hands unfinished jobs back at once. The interrupted attempt is not counted
@@ -284,16 +289,6 @@ SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, en
        error_encrypted IS NOT NULL AS error_encrypted
 FROM pgqueue.jobs WHERE id = %(id)s;
 
--- name: list_jobs
-SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
-       finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id,
-       args_encrypted IS NOT NULL AS args_encrypted, result_encrypted IS NOT NULL AS result_encrypted,
-       error_encrypted IS NOT NULL AS error_encrypted
-FROM pgqueue.jobs
-WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(state)s::text IS NULL OR state = %(state)s::text)
-ORDER BY id DESC
-LIMIT %(limit)s;
 
 -- name: retry_jobs
 -- Failed or cancelled jobs go back to available now. A job that used all its attempts gets one
@@ -335,8 +330,11 @@ WITH before AS (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
     SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
+), woken AS (
+    SELECT pg_notify(%(done_channel)s, '') FROM cancelled
 )
-SELECT before.state AS previous_state, (SELECT count(*) FROM cancelled) AS cancelled FROM before;
+SELECT before.state AS previous_state, (SELECT count(*) FROM cancelled) AS cancelled,
+       (SELECT count(*) FROM woken) AS notified FROM before;
 
 -- name: delete_job
 WITH deleted AS (
@@ -371,3 +369,40 @@ WHERE (%(queues)b::text[] IS NULL OR j.queue = ANY(%(queues)b::text[]))
        OR ((j.state = 'available' OR (j.state = 'scheduled' AND j.run_at <= now()))
            AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = j.queue AND q.paused)))
 LIMIT 1;
+
+-- name: list_jobs_page
+-- One page of jobs, newest first, below the cursor %(before)s. `candidates` walks at most
+-- %(budget)s rows down an index: the primary key, or the state's own partial index when
+-- %(indexed_state)s names a state that has one (scheduled, available, running, failed, cancelled).
+-- The other filters apply to those candidates only, so a filter that matches few rows costs one
+-- budget per page instead of a scan of the table; the caller continues below `lowest_id`.
+-- Run unprepared (custom plans): the NULL tests fold away and each filter keeps its index.
+WITH candidates AS MATERIALIZED (
+    SELECT id, state, queue, task, tags, enqueued_at FROM pgqueue.jobs
+    WHERE id < %(before)s
+      AND (%(indexed_state)s::text IS NULL OR state = %(indexed_state)s::text)
+    ORDER BY id DESC
+    LIMIT %(budget)s
+), matched AS (
+    SELECT id FROM candidates
+    WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND (%(task)s::text IS NULL OR task = %(task)s::text)
+      AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+      AND (%(since)s::timestamptz IS NULL OR enqueued_at >= %(since)s::timestamptz)
+    ORDER BY id DESC
+    LIMIT %(limit)s
+), scan AS (
+    SELECT count(*) AS scanned, min(id) AS lowest_id, max(enqueued_at) AS newest_enqueued_at FROM candidates
+)
+SELECT j.id, j.task, j.queue, j.state, j.priority, j.args, j.attempt, j.max_attempts, j.run_at, j.enqueued_at,
+       j.started_at, j.finished_at, j.progress, j.progress_note, j.result, j.last_error, j.unique_key, j.tags,
+       j.worker_id, j.args_encrypted IS NOT NULL AS args_encrypted,
+       j.result_encrypted IS NOT NULL AS result_encrypted, j.error_encrypted IS NOT NULL AS error_encrypted,
+       scan.scanned, scan.lowest_id, scan.newest_enqueued_at
+FROM scan
+LEFT JOIN (matched JOIN pgqueue.jobs AS j ON j.id = matched.id) ON true
+ORDER BY j.id DESC NULLS LAST;
+
+-- name: get_job_state
+SELECT state FROM pgqueue.jobs WHERE id = %(id)s;

@@ -37,3 +37,30 @@ SELECT queue,
 FROM pgqueue.jobs
 GROUP BY queue
 ORDER BY queue;
+
+-- name: queue_exists
+-- A queue exists once it has a settings row or any job. The jobs probe stops at the first row;
+-- for a name nobody uses it reads the table once, an operator's action, never a poll.
+SELECT EXISTS (SELECT 1 FROM pgqueue.queues WHERE name = %(queue)s)
+    OR EXISTS (SELECT 1 FROM pgqueue.jobs WHERE queue = %(queue)s) AS found;
+
+-- name: set_queue_limits
+-- Only the limits passed change (%(set_concurrency)s, %(set_rate)s); the other keeps its value.
+WITH upserted AS (
+    INSERT INTO pgqueue.queues AS q (name, concurrency, rate_limit, rate_period_seconds, updated_at)
+    VALUES (%(queue)s, %(concurrency)s, %(rate_limit)s, %(rate_period_seconds)s, now())
+    ON CONFLICT (name) DO UPDATE
+    SET concurrency = CASE WHEN %(set_concurrency)s THEN EXCLUDED.concurrency ELSE q.concurrency END,
+        rate_limit = CASE WHEN %(set_rate)s THEN EXCLUDED.rate_limit ELSE q.rate_limit END,
+        rate_period_seconds = CASE WHEN %(set_rate)s THEN EXCLUDED.rate_period_seconds
+                                   ELSE q.rate_period_seconds END,
+        updated_at = now()
+    RETURNING name, paused, concurrency, rate_limit, rate_period_seconds
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
+    SELECT NULL, 'queue_limits_set', %(actor)s,
+           jsonb_build_object('queue', name, 'concurrency', concurrency, 'rate_limit', rate_limit,
+                              'rate_period_seconds', rate_period_seconds)
+    FROM upserted
+)
+SELECT name, paused, concurrency, rate_limit, rate_period_seconds FROM upserted;

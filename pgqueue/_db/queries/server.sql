@@ -46,3 +46,11 @@ SELECT 1;
 -- name: read_clock
 -- The database's clock: every decision about time (due runs, leases, retention) uses it.
 SELECT now();
+
+-- name: schema_revision
+SELECT version_num FROM pgqueue_alembic_version;
+
+-- name: set_transaction_settings
+-- Custom settings for this transaction only (the reports' window and bucket: current_setting in
+-- sql/reports/*.sql).
+SELECT set_config(name, value, true) FROM unnest(%(names)s::text[], %(values)s::text[]) AS s(name, value);

@@ -93,5 +93,10 @@ WITH orphaned AS MATERIALIZED (
     FROM rescued
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+), woken AS (
+    SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM rescued WHERE state = 'failed' LIMIT 1) AS any_row
 )
-SELECT id, state, (SELECT count(*) FROM notified) AS notified FROM rescued;
+SELECT id, state, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS notified FROM rescued;
+
+-- name: count_live_workers
+SELECT count(*) FILTER (WHERE lease_expires_at > now()) AS alive, count(*) AS registered FROM pgqueue.workers;

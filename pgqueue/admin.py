@@ -1,0 +1,953 @@
+"""Operate pgqueue from Python: inspect, wait for, retry, cancel and delete jobs; pause, purge and
+limit queues; list workers and schedules; check health.
+
+Every function takes the caller's connection first, like :meth:`pgqueue.App.enqueue`: a psycopg
+``Connection`` or a SQLAlchemy ``Session``/``Connection`` (psycopg driver). It runs in the
+caller's transaction and never commits it: commit and the change is made, roll back and it never
+happened. Results are frozen dataclasses; errors are :mod:`pgqueue.errors` types
+(:class:`~pgqueue.errors.JobNotFound`, :class:`~pgqueue.errors.InvalidJobState`,
+:class:`~pgqueue.errors.QueueNotFound`, ...), raised before anything is changed.
+
+Every action writes its row in ``pgqueue.job_events`` in the same transaction, with ``actor``:
+by default the OS user of the calling process. pgqueue's own front ends say where an action came
+from in the actor: ``cli:<os user>`` for the CLI, ``web:<who>`` for the dashboard and HTTP API.
+
+Reads stay cheap on large tables: :func:`list_jobs` walks at most a fixed number of rows per page
+down an index, and :func:`list_queues` counts only live jobs and the dead-letter set, each through
+its partial index. (The ``pgqueue.queue_stats`` view has exact all-time totals, at the price of
+reading every job.)
+
+Example:
+    >>> import psycopg, pgqueue.admin as admin
+    >>> with psycopg.connect(dsn) as conn:
+    ...     for job in admin.list_jobs(conn, state="failed", queue="emails").items:
+    ...         admin.retry_job(conn, job.id, actor="alice")
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Generic, Literal, TypeVar
+
+from pgqueue._db.audit import AuditStore
+from pgqueue._db.connections import sync_connection
+from pgqueue._db.jobs import JobStore
+from pgqueue._db.notifications import done_listener, listener_dsn
+from pgqueue._db.queues import QueueStore
+from pgqueue._db.reports import REPORTS, run_report
+from pgqueue._db.server import ServerStore
+from pgqueue._db.sessions import connect
+from pgqueue._db.workers import WorkerStore
+from pgqueue._humanize import format_seconds
+from pgqueue._payload import check_queue_name
+from pgqueue.errors import (
+    ConfigurationError,
+    InvalidFilter,
+    InvalidJobState,
+    InvalidQueueLimits,
+    JobNotFound,
+    JobWaitTimeout,
+    PgqueueError,
+    QueueNotFound,
+    SchemaNotReady,
+)
+from pgqueue.jobs import FINISHED_STATES, LIVE_STATES, JobState
+from pgqueue.settings import parse_duration, redact_dsn
+
+__all__ = [
+    "UNCHANGED",
+    "HealthCheck",
+    "HealthReport",
+    "JobChange",
+    "JobEvent",
+    "JobRecord",
+    "Page",
+    "QueueInfo",
+    "ScheduleInfo",
+    "WorkerInfo",
+    "cancel_job",
+    "delete_job",
+    "format_rate",
+    "get_job",
+    "health",
+    "list_job_events",
+    "list_jobs",
+    "list_queues",
+    "list_schedules",
+    "list_workers",
+    "notification_queue_usage",
+    "parse_rate",
+    "pause_queue",
+    "purge_queue",
+    "report",
+    "resume_queue",
+    "retry_failed",
+    "retry_job",
+    "set_queue_limits",
+    "wait_for_job",
+]
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 1000
+#: Rows :func:`list_jobs` examines per page at most (the filters then apply to those).
+SCAN_BUDGET = 20_000
+_MAX_BIGINT = 2**63 - 1
+_CURSOR_PREFIX = "j1:"
+_MAX_TASK_LENGTH = 255
+_MAX_TAG_LENGTH = 128
+_MAX_CONCURRENCY = 1_000_000
+_MAX_RATE = 1_000_000_000
+_MAX_RATE_PERIOD = 7 * 86400
+# States whose partial index lists_jobs walks instead of the primary key (completed has none: it
+# is most of the table, so the primary key finds its rows as fast).
+_INDEXED_STATES = frozenset({"scheduled", "available", "running", "failed", "cancelled"})
+
+
+class _Unchanged(Enum):
+    UNCHANGED = "unchanged"
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+#: For :func:`set_queue_limits`: leave this limit as it is (``None`` clears it).
+UNCHANGED = _Unchanged.UNCHANGED
+
+
+def default_actor() -> str:
+    """The OS user of this process: the ``actor`` of an action when the caller names none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (e.g. an arbitrary uid in a container)
+        return f"uid:{os.getuid()}"
+
+
+def _actor(actor: str | None) -> str:
+    return actor if actor is not None else default_actor()
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``pgqueue.jobs`` as an operator sees it (see ``sql/README.md`` for the columns).
+
+    For an encrypted job ``args`` and ``result`` are None and ``last_error`` holds only the error's
+    type: the flags say which payloads exist only as ciphertext. Nothing here ever decrypts.
+    """
+
+    id: int
+    task: str
+    queue: str
+    state: str
+    priority: int
+    args: dict[str, Any] | None
+    attempt: int
+    max_attempts: int
+    run_at: datetime
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: float | None
+    progress_note: str | None
+    result: Any
+    last_error: dict[str, Any] | None
+    unique_key: str | None
+    tags: tuple[str, ...]
+    worker_id: str | None
+    args_encrypted: bool = False
+    result_encrypted: bool = False
+    error_encrypted: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """Completed, failed or cancelled: nothing more happens to it unless someone retries it."""
+        return self.state in FINISHED_STATES
+
+    @property
+    def encrypted(self) -> bool:
+        return self.args_encrypted or self.result_encrypted or self.error_encrypted
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, tags as a list: ready for JSON (datetimes left as datetimes)."""
+        data = asdict(self)
+        data["tags"] = list(self.tags)
+        return data
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One row of a job's audit trail (``pgqueue.job_events``); ``seal_no`` is the seal covering it."""
+
+    id: int
+    job_id: int | None
+    at: datetime
+    event: str
+    from_state: str | None
+    to_state: str | None
+    attempt: int | None
+    worker_id: str | None
+    actor: str | None
+    detail: Any
+    seal_no: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing. ``next_cursor`` continues it (None: nothing older is left).
+
+    A page can hold fewer items than asked, even none, and still have a ``next_cursor``: each page
+    examines a bounded number of jobs, and a rare filter may match none of them. Keep following
+    ``next_cursor`` until it is None to see everything.
+    """
+
+    items: tuple[T, ...]
+    next_cursor: str | None
+    scanned: int = 0
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """What an action did to a job: its state before and after (None after: deleted)."""
+
+    id: int
+    previous_state: str
+    state: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue now: settings, live and dead-letter counts, lag, and what finished in the last hour.
+
+    Attributes:
+        lag_seconds: how long the oldest available job has waited to be claimed (None: none waits).
+        concurrency, rate_limit, rate_period_seconds: the limits :func:`set_queue_limits` stored
+            (None: unlimited). Workers enforce them once flow control ships.
+        completed_last_hour, failed_last_hour: jobs that ended completed / failed in the last hour.
+    """
+
+    name: str
+    paused: bool
+    concurrency: int | None
+    rate_limit: int | None
+    rate_period_seconds: int | None
+    scheduled: int
+    available: int
+    running: int
+    failed: int
+    cancelled: int
+    lag_seconds: float | None
+    completed_last_hour: int = 0
+    failed_last_hour: int = 0
+
+    @property
+    def rate(self) -> str | None:
+        """The rate limit as :func:`parse_rate` reads it (``"20/s"``), or None."""
+        if self.rate_limit is None or self.rate_period_seconds is None:
+            return None
+        return format_rate(self.rate_limit, self.rate_period_seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"rate": self.rate}
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A registered worker process and its heartbeat (``alive``: its lease has not expired)."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+    lease_expires_at: datetime
+    alive: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"queues": list(self.queues)}
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A cron schedule (``state``: active, paused or disabled); ``next_run_at`` is its next fire time."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    queue: str
+    paused: bool
+    state: str
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    name: str
+    status: Literal["ok", "warn", "fail", "skipped"]  # only fail makes the whole unhealthy
+    detail: str
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    checks: tuple[HealthCheck, ...] = field(default_factory=tuple)
+
+    @property
+    def healthy(self) -> bool:
+        return all(check.status != "fail" for check in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "checks": [asdict(check) for check in self.checks]}
+
+
+def _job(row: dict[str, Any]) -> JobRecord:
+    fields: dict[str, Any] = {name: row.get(name) for name in JobRecord.__dataclass_fields__}
+    fields["tags"] = tuple(row.get("tags") or ())
+    for flag in ("args_encrypted", "result_encrypted", "error_encrypted"):
+        fields[flag] = bool(row.get(flag))
+    return JobRecord(**fields)
+
+
+def _queue(row: dict[str, Any], recent: dict[str, tuple[int, int]]) -> QueueInfo:
+    completed, failed = recent.get(row["queue"], (0, 0))
+    return QueueInfo(
+        name=row["queue"], paused=row["paused"], concurrency=row["concurrency"], rate_limit=row["rate_limit"],
+        rate_period_seconds=row["rate_period_seconds"], scheduled=int(row["scheduled"]),
+        available=int(row["available"]), running=int(row["running"]), failed=int(row["failed"]),
+        cancelled=int(row["cancelled"]), lag_seconds=row["lag_seconds"], completed_last_hour=completed,
+        failed_last_hour=failed)
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def _check_job_id(job_id: int) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= _MAX_BIGINT:
+        raise JobNotFound(f"job id {job_id!r} must be a positive integer")
+    return job_id
+
+
+def _check_state(state: str | None, allowed: Sequence[str] = tuple(JobState)) -> str | None:
+    if state is None:
+        return None
+    wanted = str(state).strip().lower()
+    if wanted not in allowed:
+        raise InvalidFilter(f"state {state!r} is not valid here; valid states: {', '.join(allowed)}")
+    return wanted
+
+
+def _check_text(value: str | None, name: str, max_length: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or "\x00" in value:
+        raise InvalidFilter(f"{name} {value!r} must be a non-empty string of at most {max_length} characters")
+    return value
+
+
+def _encode_cursor(before: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{before}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    number = text.removeprefix(_CURSOR_PREFIX)
+    if not text.startswith(_CURSOR_PREFIX) or not number.isdigit() or not 1 <= int(number) <= _MAX_BIGINT:
+        raise InvalidFilter(f"cursor {cursor!r} is not one this API returned: pass next_cursor as it came")
+    return int(number)
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """A rate limit as people write it: ``N/s``, ``N/m``, ``N/h``, or ``N/<duration>`` (``100/30s``).
+
+    Returns:
+        (N, the period in whole seconds).
+
+    Raises:
+        InvalidQueueLimits: anything else (``10/fortnight``, ``0/s``, ``5/0.5s``).
+
+    Example:
+        >>> parse_rate("100/30s")
+        (100, 30)
+    """
+    rule = "rate {!r} must look like N/s, N/m, N/h or N/<duration> such as 100/30s (N a whole number >= 1)"
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", rate) if isinstance(rate, str) else None
+    if match is None:
+        raise InvalidQueueLimits(rule.format(rate))
+    count, period = int(match.group(1)), match.group(2).lower()
+    if period in {"s", "m", "h", "d"}:
+        period = f"1{period}"
+    try:
+        seconds = parse_duration(period, "rate period")
+    except ConfigurationError:
+        raise InvalidQueueLimits(rule.format(rate)) from None
+    if not 1 <= count <= _MAX_RATE:
+        raise InvalidQueueLimits(f"rate {rate!r}: N must be between 1 and {_MAX_RATE:,}")
+    if seconds is None or seconds != int(seconds) or not 1 <= seconds <= _MAX_RATE_PERIOD:
+        raise InvalidQueueLimits(f"rate {rate!r}: the period must be a whole number of seconds from 1s to 7d")
+    return count, int(seconds)
+
+
+def format_rate(limit: int, period_seconds: int) -> str:
+    """The inverse of :func:`parse_rate`: ``20/s``, ``100/m``, ``5/h``, ``100/30s``."""
+    units = {1: "s", 60: "m", 3600: "h", 86400: "d"}
+    if period_seconds in units:
+        return f"{limit}/{units[period_seconds]}"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if period_seconds % size == 0:
+            return f"{limit}/{period_seconds // size}{unit}"
+    return f"{limit}/{period_seconds}s"
+
+
+def _check_concurrency(concurrency: int | None) -> int | None:
+    if concurrency is None:
+        return None
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= _MAX_CONCURRENCY:
+        raise InvalidQueueLimits(f"concurrency {concurrency!r} must be a whole number from 1 to {_MAX_CONCURRENCY:,} "
+                                 "(None removes the limit; to stop a queue, pause it)")
+    return concurrency
+
+
+def _require_queue(conn: Any, queue: str, create: bool) -> None:
+    check_queue_name(queue)
+    if not create and not QueueStore(conn).exists(queue):
+        raise QueueNotFound(f"queue {queue!r} not found: it has no jobs and no settings "
+                            "(pass create=True, or --create, to configure a queue before its first job)")
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def get_job(conn: Any, job_id: int) -> JobRecord:
+    """One job by id.
+
+    Raises:
+        JobNotFound: no job has that id (it may have been deleted or pruned).
+
+    Example:
+        >>> job = admin.get_job(conn, 42)
+        >>> job.state, job.result
+        ('completed', {'delivered': True})
+    """
+    row = JobStore(sync_connection(conn)).get_job(_check_job_id(job_id))
+    if row is None:
+        raise JobNotFound(f"job {job_id} not found")
+    return _job(row)
+
+
+def list_job_events(conn: Any, job_id: int) -> list[JobEvent]:
+    """A job's audit trail, oldest first (empty once retention pruned it).
+
+    Example:
+        >>> [e.event for e in admin.list_job_events(conn, 42)]
+        ['enqueued', 'claimed', 'completed']
+    """
+    rows = AuditStore(sync_connection(conn)).list_job_events(_check_job_id(job_id))
+    return [JobEvent(**row) for row in rows]
+
+
+def list_jobs(conn: Any, *, queue: str | None = None, task: str | None = None, state: str | None = None,
+              tag: str | None = None, since: datetime | None = None, cursor: str | None = None,
+              limit: int = 50) -> Page[JobRecord]:
+    """Jobs newest first (by id), filtered, one page at a time.
+
+    Each page examines at most :data:`SCAN_BUDGET` jobs, walking the primary key (or, for a state
+    other than completed, that state's partial index) down from the cursor, so a page costs the
+    same on a table of a thousand jobs or a hundred million. Jobs enqueued after the first page
+    never appear on later pages (ids only grow), so paging has no duplicates and no gaps.
+
+    Args:
+        queue, task, state, tag: exact matches (``tag``: the job carries this tag).
+        since: only jobs enqueued at or after this aware datetime.
+        cursor: ``next_cursor`` of the previous page.
+        limit: page size, 1 to 1000.
+
+    Raises:
+        InvalidFilter: a malformed filter, cursor or page size (nothing is read).
+        InvalidQueueName: ``queue`` breaks the queue-name rule.
+
+    Example:
+        >>> page = admin.list_jobs(conn, state="failed", limit=100)
+        >>> while page.next_cursor:
+        ...     page = admin.list_jobs(conn, state="failed", limit=100, cursor=page.next_cursor)
+    """
+    if queue is not None:
+        check_queue_name(queue)
+    wanted = _check_state(state)
+    _check_text(task, "task", _MAX_TASK_LENGTH)
+    _check_text(tag, "tag", _MAX_TAG_LENGTH)
+    if since is not None and (not isinstance(since, datetime) or since.utcoffset() is None):
+        raise InvalidFilter(f"since {since!r} must be a timezone-aware datetime")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidFilter(f"limit {limit!r} must be between 1 and {MAX_PAGE_SIZE}")
+    before = _decode_cursor(cursor) if cursor is not None else _MAX_BIGINT
+    indexed = wanted if wanted in _INDEXED_STATES else None
+    # Without other filters every candidate matches: walk only as far as the page needs.
+    filtered = any(value is not None for value in (queue, task, tag, since)) or (wanted is not None and not indexed)
+    rows, scanned, lowest, newest = JobStore(sync_connection(conn)).list_jobs_page(
+        before=before, budget=SCAN_BUDGET if filtered else limit + 1, limit=limit + 1,
+        indexed_state=indexed, state=wanted, queue=queue, task=task, tag=tag,
+        since=since)
+    jobs = [_job(row) for row in rows]
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        next_cursor: str | None = _encode_cursor(jobs[-1].id)
+    elif scanned >= SCAN_BUDGET and lowest is not None and not (since and newest is not None and newest < since):
+        # The budget ran out before the index did: continue below the lowest job examined. With
+        # `since`, a whole budget of older jobs means the rest is older still (ids follow time).
+        next_cursor = _encode_cursor(int(lowest))
+    else:
+        next_cursor = None
+    return Page(tuple(jobs), next_cursor, scanned)
+
+
+def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | None = None,
+                 poll_interval: float = 5.0) -> JobRecord:
+    """Block until a job is finished (completed, failed or cancelled) and return it, result included.
+
+    A job is finished when nothing more happens to it: a failed attempt that will be retried is
+    not. The wait LISTENs on its own session (the ``pgqueue_done`` channel, which every statement
+    that finishes jobs notifies), so it wakes within the notification latency; it also re-reads
+    the job every ``poll_interval`` seconds in case a notification is lost.
+
+    The job must be committed: a job enqueued in a transaction that has not committed yet can
+    never be claimed, so it can never finish. Commit first, then wait (waiting on the connection
+    whose transaction enqueued it raises :class:`InvalidJobState` at once instead of hanging).
+
+    Args:
+        conn: the caller's connection; the job is looked up on it first.
+        timeout: seconds to wait at most.
+        dsn: where the listening session connects (default: the same server, database and role
+            as ``conn``).
+
+    Raises:
+        JobNotFound: no job has that id, or it was deleted while waiting.
+        InvalidJobState: the job is not committed yet.
+        JobWaitTimeout: still not finished after ``timeout`` seconds (also a ``TimeoutError``).
+
+    Example:
+        >>> job_id = app.enqueue(conn, "render-report", {"report_id": 7}); conn.commit()
+        >>> admin.wait_for_job(conn, job_id, timeout=60).result
+        {'pages': 12}
+    """
+    own = sync_connection(conn)
+    job = get_job(own, job_id)
+    if job.finished:
+        return job
+    deadline = time.monotonic() + max(float(timeout), 0.0)
+    with done_listener(dsn or listener_dsn(own)) as listener:
+        while True:
+            # Read on the listening session (after LISTEN): it sees every commit, whatever
+            # isolation level or snapshot the caller's transaction holds.
+            row = JobStore(listener.conn).get_job(job_id)
+            if row is None:
+                if JobStore(own).get_job(job_id) is not None:
+                    raise InvalidJobState(f"job {job_id} is not committed: it was enqueued in a transaction that "
+                                          "has not committed yet, so no worker can see it; commit, then wait")
+                raise JobNotFound(f"job {job_id} was deleted while waiting for it")
+            job = _job(row)
+            if job.finished:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
+            listener.wait(min(remaining, poll_interval))
+
+
+def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+    """Make a failed or cancelled job available again now. A job that used all its attempts gets one
+    more, so a manual retry always runs.
+
+    Raises:
+        JobNotFound: no job has that id.
+        InvalidJobState: the job is not failed or cancelled.
+
+    Example:
+        >>> admin.retry_job(conn, 42, actor="alice")
+        JobChange(id=42, previous_state='failed', state='available')
+    """
+    own = sync_connection(conn)
+    previous = JobStore(own).job_state(_check_job_id(job_id))
+    if previous is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor)):
+        return JobChange(job_id, previous, JobState.AVAILABLE.value)
+    state = JobStore(own).job_state(job_id)
+    if state is None:
+        raise JobNotFound(f"job {job_id} not found")
+    raise InvalidJobState(f"job {job_id} is {state}; only failed or cancelled jobs can be retried")
+
+
+def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None) -> list[int]:
+    """Retry every failed job (the dead-letter set), or only one queue's; returns their ids.
+
+    Example:
+        >>> admin.retry_failed(conn, queue="emails")
+        [17, 23]
+    """
+    if queue is not None:
+        check_queue_name(queue)
+    return sorted(JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor)))
+
+
+def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+    """Cancel a scheduled, available or running job.
+
+    A running attempt is not interrupted (until flow control's cancellation ships): its worker
+    finishes it, but its outcome is refused and the job stays cancelled.
+
+    Raises:
+        JobNotFound: no job has that id.
+        InvalidJobState: the job is already finished.
+
+    Example:
+        >>> admin.cancel_job(conn, 42).previous_state
+        'scheduled'
+    """
+    previous, cancelled = JobStore(sync_connection(conn)).cancel_job(_check_job_id(job_id), _actor(actor))
+    if previous is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if not cancelled:
+        live = ", ".join(str(s) for s in LIVE_STATES[:-1]) + f" or {LIVE_STATES[-1]}"
+        raise InvalidJobState(f"job {job_id} is {previous}; only {live} jobs can be cancelled")
+    return JobChange(job_id, previous, JobState.CANCELLED.value)
+
+
+def delete_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+    """Delete a job that is not running; its audit trail stays, with a ``deleted`` event.
+
+    Raises:
+        JobNotFound: no job has that id.
+        InvalidJobState: the job is running (cancel it first).
+    """
+    own = sync_connection(conn)
+    previous = JobStore(own).job_state(_check_job_id(job_id))
+    if previous is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if JobStore(own).delete_job(job_id, _actor(actor)):
+        return JobChange(job_id, previous, None)
+    state = JobStore(own).job_state(job_id)
+    if state is None:
+        raise JobNotFound(f"job {job_id} not found")
+    raise InvalidJobState(f"job {job_id} is {state}; a running job cannot be deleted: cancel it first")
+
+
+# --- queues -----------------------------------------------------------------------------------
+
+#: Jobs that :func:`purge_queue` may delete: every state but running (their workers hold them).
+PURGEABLE_STATES = tuple(str(s) for s in JobState if s is not JobState.RUNNING)
+
+
+def report(conn: Any, name: Literal["queue_lag", "throughput", "failure_rate", "run_times", "dead_letters"], *,
+           window: str | None = None, bucket: str | None = None) -> list[dict[str, Any]]:
+    """Run one of the ready reports of ``sql/reports/`` (the same files) and return its rows.
+
+    Args:
+        name: ``queue_lag``, ``throughput``, ``failure_rate``, ``run_times`` or ``dead_letters``.
+        window, bucket: PostgreSQL intervals (``'1 hour'``, ``'5 minutes'``) for the reports that
+            take them (their defaults are in the files).
+
+    Example:
+        >>> admin.report(conn, "throughput", window="1 hour", bucket="5 minutes")
+        [{'queue': 'emails', 'bucket_start': datetime(...), 'completed': 120, 'failed': 2, ...}]
+    """
+    query = getattr(REPORTS, f"report_{name}", None)
+    if query is None:
+        raise InvalidFilter(f"report {name!r} does not exist; reports: "
+                            f"{', '.join(f.removeprefix('report_') for f in REPORTS._fields)}")
+    settings = {key: value for key, value in (("pgqueue.report_window", window), ("pgqueue.report_bucket", bucket))
+                if value is not None}
+    return run_report(sync_connection(conn), query, settings)
+
+
+def list_queues(conn: Any) -> list[QueueInfo]:
+    """Every queue with live or dead-letter jobs, a settings row, or jobs finished in the last hour:
+    paused, limits, counts, lag, and the last hour's outcomes. (A queue whose jobs all completed
+    over an hour ago is not listed: finding it would mean reading every job.)
+
+    Counts cover the live states and the dead-letter set (failed, cancelled), read through their
+    partial indexes; completed jobs are counted over the last hour. Two statements: the
+    ``queue_lag`` and ``throughput`` reports.
+
+    Example:
+        >>> [(q.name, q.available, q.lag_seconds) for q in admin.list_queues(conn)]
+        [('emails', 12, 0.4)]
+    """
+    own = sync_connection(conn)
+    recent: dict[str, tuple[int, int]] = {}
+    for row in report(own, "throughput", window="1 hour", bucket="1 hour"):
+        completed, failed = recent.get(row["queue"], (0, 0))
+        recent[row["queue"]] = (completed + int(row["completed"]), failed + int(row["failed"]))
+    queues = {row["queue"]: _queue(row, recent) for row in report(own, "queue_lag")}
+    for name in recent.keys() - queues.keys():  # only finished jobs, in the last hour
+        queues[name] = _queue({"queue": name, "paused": False, "concurrency": None, "rate_limit": None,
+                               "rate_period_seconds": None, "scheduled": 0, "available": 0, "running": 0,
+                               "failed": 0, "cancelled": 0, "lag_seconds": None}, recent)
+    return [queues[name] for name in sorted(queues)]
+
+
+def _queue_info(conn: Any, queue: str) -> QueueInfo:
+    for info in list_queues(conn):
+        if info.name == queue:
+            return info
+    raise QueueNotFound(f"queue {queue!r} not found")
+
+
+def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False) -> QueueInfo:
+    """Pause a queue: workers stop claiming its jobs (enqueueing still works; running jobs finish).
+
+    Raises:
+        QueueNotFound: no job and no settings row has that queue name, and ``create`` is False.
+        InvalidQueueName: the name breaks the queue-name rule.
+
+    Example:
+        >>> admin.pause_queue(conn, "emails", actor="alice").paused
+        True
+    """
+    return _set_paused(conn, queue, True, actor, create)
+
+
+def resume_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False) -> QueueInfo:
+    """Resume a paused queue and wake idle workers (on commit). Raises as :func:`pause_queue`."""
+    return _set_paused(conn, queue, False, actor, create)
+
+
+def _set_paused(conn: Any, queue: str, paused: bool, actor: str | None, create: bool) -> QueueInfo:
+    own = sync_connection(conn)
+    _require_queue(own, queue, create)
+    QueueStore(own).set_queue_paused(queue, paused, _actor(actor))
+    return _queue_info(own, queue)
+
+
+def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str | None = None) -> int:
+    """Delete a queue's jobs: all but running ones, or only those in ``state``; returns how many.
+
+    Each deleted job leaves a ``purged`` event in its audit trail.
+
+    Raises:
+        QueueNotFound: the queue does not exist.
+        InvalidJobState: ``state`` is running (their workers hold them: cancel them first).
+        InvalidFilter: ``state`` is not a job state.
+
+    Example:
+        >>> admin.purge_queue(conn, "emails", state="failed")
+        12
+    """
+    if state is not None and str(state).strip().lower() == JobState.RUNNING:
+        raise InvalidJobState("running jobs cannot be purged: their workers hold them; cancel them first")
+    wanted = _check_state(state, PURGEABLE_STATES)
+    own = sync_connection(conn)
+    _require_queue(own, queue, create=False)
+    return JobStore(own).purge_queue(queue, wanted, _actor(actor))
+
+
+def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | None = UNCHANGED,
+                     rate: str | _Unchanged | None = UNCHANGED, actor: str | None = None,
+                     create: bool = False) -> QueueInfo:
+    """Store a queue's global limits: at most ``concurrency`` running jobs, at most ``rate`` starts.
+
+    The limits live in ``pgqueue.queues`` (``concurrency``, ``rate_limit``, ``rate_period_seconds``)
+    and hold across every worker once flow control ships; until then they are stored and shown.
+    ``None`` removes a limit; a limit not passed keeps its value.
+
+    Args:
+        concurrency: a whole number >= 1, or None.
+        rate: ``N/s``, ``N/m``, ``N/h`` or ``N/<duration>`` (``100/30s``), or None.
+        create: configure a queue that has no job and no settings yet (else that is a typo and
+            raises :class:`QueueNotFound`).
+
+    Raises:
+        InvalidQueueLimits: a malformed limit, or none given; nothing is changed.
+        QueueNotFound: unknown queue and ``create`` is False; nothing is changed.
+
+    Example:
+        >>> admin.set_queue_limits(conn, "sms", concurrency=5, rate="20/s").rate
+        '20/s'
+    """
+    if concurrency is UNCHANGED and rate is UNCHANGED:
+        raise InvalidQueueLimits("give concurrency, rate or both (None removes a limit)")
+    new_concurrency = None if concurrency is UNCHANGED else _check_concurrency(concurrency)
+    new_rate = None if rate is UNCHANGED or rate is None else parse_rate(rate)
+    own = sync_connection(conn)
+    _require_queue(own, queue, create)
+    QueueStore(own).set_limits(queue, concurrency=new_concurrency, set_concurrency=concurrency is not UNCHANGED,
+                                rate=new_rate, set_rate=rate is not UNCHANGED, actor=_actor(actor))
+    return _queue_info(own, queue)
+
+
+# --- workers, schedules, server ----------------------------------------------------------------
+
+
+def list_workers(conn: Any) -> list[WorkerInfo]:
+    """Registered worker processes, oldest first, with their last heartbeat.
+
+    Example:
+        >>> sum(w.alive for w in admin.list_workers(conn))
+        3
+    """
+    rows = WorkerStore(sync_connection(conn)).list_workers()
+    return [WorkerInfo(**(row | {"queues": tuple(row["queues"] or ())})) for row in rows]
+
+
+def list_schedules(conn: Any) -> list[ScheduleInfo]:
+    """Cron schedules by name, each with its next fire time (from :func:`pgqueue.schedules.list_schedules`).
+
+    Example:
+        >>> [(s.name, s.next_run_at) for s in admin.list_schedules(conn)]
+        [('daily-report', datetime(2030, 1, 2, 14, 0, tzinfo=...))]
+    """
+    from pgqueue import schedules
+
+    result = []
+    for item in schedules.list_schedules(conn):
+        disabled = getattr(item, "disabled_at", None) is not None
+        state = "disabled" if disabled else "paused" if item.paused else "active"
+        result.append(ScheduleInfo(name=item.name, cron=item.cron, timezone=item.timezone, task=item.task,
+                                   queue=item.queue, paused=item.paused, state=state, next_run_at=item.next_run_at,
+                                   last_run_at=item.last_run_at))
+    return result
+
+
+def notification_queue_usage(conn: Any) -> float:
+    """``pg_notification_queue_usage()``: how full the server's NOTIFY queue is (0 to 1).
+
+    NOTIFY is transactional: PostgreSQL keeps committed notifications until every listening
+    session has read them. If the queue fills (a LISTENing session stuck in a long transaction),
+    every commit that enqueues a job fails, taking the application's own writes with it.
+    """
+    return ServerStore(sync_connection(conn)).notification_queue_usage()
+
+
+# --- health -----------------------------------------------------------------------------------
+
+NOTIFICATION_LIMIT = 0.5
+
+
+def _backlog_check(conn: Any, max_age: float) -> HealthCheck:
+    workers = [w for w in list_workers(conn) if w.alive]
+    oldest: float | None = None
+    stranded: list[str] = []
+    paused: list[str] = []
+    for queue in list_queues(conn):
+        age = queue.lag_seconds
+        if age is None:
+            continue
+        if queue.paused:  # its backlog waits on purpose
+            paused.append(repr(queue.name))
+            continue
+        oldest = age if oldest is None else max(oldest, age)
+        served = any(not w.queues or queue.name in w.queues for w in workers)
+        if age > max_age and not served:
+            stranded.append(f"{queue.name!r} (oldest waiting {format_seconds(age)})")
+    if stranded:
+        return HealthCheck("workers", "fail", f"jobs available for over {format_seconds(max_age)} and no live worker "
+                                              f"serves their queue: {', '.join(stranded)}")
+    waiting = "no job available" if oldest is None else f"oldest available job waiting {format_seconds(oldest)}"
+    if paused:
+        waiting += f" (paused queues not counted: {', '.join(paused)})"
+    return HealthCheck("workers", "ok", f"{len(workers)} live worker{'' if len(workers) == 1 else 's'}; {waiting}")
+
+
+def _notification_check(usage: float) -> HealthCheck:
+    detail = f"{usage:.1%} used (limit {NOTIFICATION_LIMIT:.0%})"
+    if usage >= NOTIFICATION_LIMIT:
+        return HealthCheck("notification_queue", "fail", f"{detail}: a LISTENing session may be stuck in a long "
+                                                         "transaction; when it is full, every commit that enqueues "
+                                                         "fails")
+    return HealthCheck("notification_queue", "ok", detail)
+
+
+def _long_transaction_check(store: ServerStore, max_xact_age: float) -> HealthCheck:
+    # A warning, not a failure: pgqueue still works (jobs are claimed and completed), but vacuum
+    # cannot remove the dead rows every job leaves behind while the transaction is open, so the
+    # jobs table and its indexes bloat and claims slow down the longer it stays. The cure is
+    # outside pgqueue (end that session), and restarting workers, which a probe would do, won't help.
+    found = store.long_transactions(max_xact_age)
+    if not found:
+        return HealthCheck("long_transactions", "ok",
+                           f"no transaction open longer than {format_seconds(max_xact_age)}")
+    listed = "; ".join(
+        f"pid {row['pid']} open for {format_seconds(row['age_seconds'])} (user {row['user']!r}, application "
+        f"{row['application_name']!r}, {row['state']})" for row in found)
+    return HealthCheck("long_transactions", "warn",
+                       f"{len(found)} transaction{'' if len(found) == 1 else 's'} open longer than "
+                       f"{format_seconds(max_xact_age)}: {listed}; while open, vacuum cannot clean pgqueue.jobs and "
+                       "the queue slows as it bloats (end them with pg_terminate_backend(pid))")
+
+
+def _schema_check(dsn: str) -> HealthCheck:
+    from pgqueue import _migrate  # alembic and SQLAlchemy: only loaded for this check
+
+    try:
+        pending = _migrate.check(dsn)
+    except PgqueueError as exc:
+        return HealthCheck("schema", "fail", str(exc))
+    if pending:
+        return HealthCheck("schema", "fail", f"pending migrations: {' '.join(pending)} (run `pgqueue migrate`)")
+    return HealthCheck("schema", "ok", "at head, no pending migrations")
+
+
+def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
+           shown_dsn: Callable[[str], str] = redact_dsn) -> HealthReport:
+    """Check that pgqueue is healthy on the database at ``dsn`` (its own sessions: unlike the other
+    functions it must report an unreachable database, so it takes an address, not a connection).
+
+    Checks: the database is reachable and takes writes; the schema is at the newest migration;
+    every queue with a job available for over ``max_age`` seconds has a live worker serving it
+    (paused queues excepted); the server's NOTIFY queue is under half full. Warns (``warn``, still
+    healthy) about transactions open for over ``max_xact_age`` seconds: they keep vacuum from
+    cleaning finished jobs.
+
+    Example:
+        >>> report = admin.health(dsn)
+        >>> report.healthy, [c.name for c in report.checks if c.status != "ok"]
+        (True, [])
+    """
+    try:
+        conn = connect(dsn)
+    except PgqueueError as exc:
+        skipped = [HealthCheck(name, "skipped", "database unreachable")
+                   for name in ("schema", "workers", "notification_queue", "long_transactions")]
+        return HealthReport((HealthCheck("database", "fail", str(exc)), *skipped))
+    with conn:
+        store = ServerStore(conn)
+        read_only = store.read_only_reason()
+        if read_only:
+            database = HealthCheck("database", "fail", f"{shown_dsn(dsn)} is read-only ({read_only}): workers can "
+                                                       "neither claim nor finish jobs, and every enqueue fails")
+        else:
+            database = HealthCheck("database", "ok", f"reachable at {shown_dsn(dsn)}")
+        checks = [database, _schema_check(dsn)]
+        try:
+            checks.append(_backlog_check(conn, max_age))
+        except SchemaNotReady:
+            conn.rollback()
+            checks.append(HealthCheck("workers", "skipped", "the pgqueue schema is missing"))
+        checks.append(_notification_check(store.notification_queue_usage()))
+        checks.append(_long_transaction_check(store, max_xact_age))
+    return HealthReport(tuple(checks))

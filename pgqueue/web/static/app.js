@@ -1,0 +1,72 @@
+// pgqueue dashboard: send actions as JSON (the API takes nothing else), and show their outcome.
+(function () {
+  "use strict";
+  htmx.defineExtension("json-enc", {
+    onEvent: function (name, evt) {
+      if (name === "htmx:configRequest" && evt.detail.verb !== "get") {
+        evt.detail.headers["Content-Type"] = "application/json";
+      }
+    },
+    encodeParameters: function (xhr, parameters) {
+      xhr.overrideMimeType("text/json");
+      var body = {};
+      parameters.forEach(function (value, key) {
+        if (key === "ids") {
+          (body.ids = body.ids || []).push(value);
+        } else {
+          body[key] = value;
+        }
+      });
+      return JSON.stringify(body);
+    },
+  });
+
+  // Live parts refresh only while the user is not in the middle of something inside them: typing
+  // in a field, or having ticked jobs for a bulk action.
+  window.pgqueueLive = function () {
+    var active = document.activeElement;
+    if (active && active.closest && active.closest("#live") && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) {
+      return false;
+    }
+    return !document.querySelector("#live input[name=ids]:checked");
+  };
+
+  var timer = null;
+  function toast(text, bad) {
+    var box = document.getElementById("toast");
+    if (!box) return;
+    box.textContent = text;
+    box.className = bad ? "show bad" : "show";
+    clearTimeout(timer);
+    timer = setTimeout(function () { box.className = ""; }, bad ? 8000 : 3500);
+  }
+
+  function describe(data) {
+    if (data.results) return data.action + ": " + data.done + " done" + (data.refused ? ", " + data.refused + " refused" : "");
+    if (data.retried) return "retried " + data.count + " job" + (data.count === 1 ? "" : "s");
+    if (data.purged !== undefined) return "purged " + data.purged + " job" + (data.purged === 1 ? "" : "s");
+    if (data.previous_state) return "job " + data.id + ": " + data.previous_state + " → " + (data.state || "deleted");
+    if (data.name) return "queue " + data.name + (data.paused ? " paused" : " running") +
+      (data.concurrency ? ", concurrency " + data.concurrency : "") + (data.rate ? ", rate " + data.rate : "");
+    return "done";
+  }
+
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var path = evt.detail.pathInfo && evt.detail.pathInfo.requestPath || "";
+    if (path.indexOf("/api/") === -1) return;
+    var data = {};
+    try { data = JSON.parse(evt.detail.xhr.responseText || "{}"); } catch (e) { data = {}; }
+    if (evt.detail.successful) {
+      toast(describe(data), false);
+      if (data.state === null && data.previous_state && /\/jobs\/\d+$/.test(window.location.pathname)) {
+        window.location.href = window.location.pathname.replace(/\/\d+$/, "");
+      }
+    } else {
+      toast(data.error || ("request failed (" + evt.detail.xhr.status + ")"), true);
+    }
+  });
+  // A failed request is handled above; keep htmx from swapping error bodies into the page.
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    if (evt.detail.xhr.status >= 400) evt.detail.shouldSwap = false;
+  });
+})();

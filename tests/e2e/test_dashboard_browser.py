@@ -1,0 +1,246 @@
+"""The dashboard in a real browser: headless Chromium (Debian's, through Playwright) against
+``pgqueue.web.create_app`` served by uvicorn, with a real worker running the jobs.
+
+One database, one server, one worker and one browser for the module. A screenshot of each page is
+saved under ``PGQUEUE_SCREENSHOTS`` (a directory) or pytest's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from psycopg.rows import TupleRow
+
+from pgqueue import App, Job, Worker
+from pgqueue.schedules import ScheduleSpec, add_schedule
+from pgqueue.settings import Settings
+from tests.helpers import scratch_database, wait_until
+from tests.plugins.system_binaries import system_binary
+
+pytestmark = [pytest.mark.system_binary("chromium"), pytest.mark.slow]
+
+
+expect.set_options(timeout=20_000)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+Conn = psycopg.Connection[TupleRow]
+
+
+class Steps:
+    """Lets the test move a running job's progress forward one step at a time."""
+
+    def __init__(self) -> None:
+        self.go = threading.Semaphore(0)
+        self.stop = threading.Event()
+
+
+STEPS = Steps()
+
+
+def build_app(dsn: str) -> App:
+    app = App(dsn, settings=Settings(dsn=dsn, lease_seconds=10, poll_seconds=1, shutdown_grace_seconds=5))
+
+    @app.task(name="send-reminder", queue="emails")
+    def send_reminder(job: Job, patient: str) -> dict[str, Any]:
+        return {"delivered": patient}
+
+    @app.task(name="sync-record", queue="webhooks", max_attempts=1)
+    def sync_record(job: Job, record: int) -> dict[str, Any]:
+        if job.attempt == 1:  # the first attempt fails for good; a manual retry succeeds
+            raise RuntimeError(f"partner API answered 503 for record {record}")
+        return {"synced": record}
+
+    @app.task(name="render-report", queue="reports")
+    def render_report(job: Job, pages: int) -> dict[str, Any]:
+        for page in range(1, pages + 1):
+            while not STEPS.go.acquire(timeout=0.2):
+                if STEPS.stop.is_set():
+                    return {"pages": page}
+            job.set_progress(100 * page / pages, note=f"page {page}/{pages}")
+        return {"pages": pages}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server_dsn: str, template_db: str) -> Iterator[dict[str, Any]]:
+    import uvicorn
+
+    from pgqueue.web import create_app
+
+    with scratch_database(pg_server_dsn, template_db) as dsn:
+        app = build_app(dsn)
+        worker = Worker(app, concurrency=4, settings=app.settings)
+        worker_thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
+        worker_thread.start()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(create_app(dsn, admin_token="", read_token="", poll_seconds=1),
+                                               host="127.0.0.1", port=port, log_level="warning"))
+        server_thread = threading.Thread(target=server.run, daemon=True)
+        server_thread.start()
+        wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
+        try:
+            yield {"dsn": dsn, "app": app, "url": f"http://127.0.0.1:{port}"}
+        finally:
+            STEPS.stop.set()
+            server.should_exit = True
+            worker.stop()
+            server_thread.join(timeout=15)
+            worker_thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(stack: dict[str, Any]) -> Iterator[Any]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=system_binary("chromium"), args=CHROMIUM_ARGS,
+                                              headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(20_000)
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("PGQUEUE_SCREENSHOTS")
+    folder = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def db(stack: dict[str, Any]) -> Iterator[Conn]:
+    with psycopg.connect(stack["dsn"], autocommit=True) as conn:
+        yield conn
+
+
+def state_of(db: Conn, job_id: int) -> str | None:
+    row = db.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    return row[0] if row else None
+
+
+def test_the_overview_shows_every_queue_with_counts_and_charts(stack: dict[str, Any], page: Any, db: Conn,
+                                                               shots: Path) -> None:
+    app = stack["app"]
+    for i in range(12):
+        app.enqueue(db, "send-reminder", {"patient": f"P{i}"}, tags=["facility:001"])
+    app.enqueue(db, "render-report", {"pages": 4}, delay=3600)
+    add_schedule(db, ScheduleSpec.build(name="nightly-cleanup", cron="0 3 * * *", task="send-reminder",
+                                        args={"patient": "all"}, timezone="America/New_York", queue="emails"))
+    wait_until(lambda: db.execute("SELECT count(*) >= 12 FROM pgqueue.jobs WHERE state = 'completed'").fetchone()
+               == (True,), timeout=30)
+
+    page.goto(stack["url"] + "/")
+    page.wait_for_selector("text=emails")
+    row = page.locator("tr", has_text="emails")
+    expect(row.locator("svg.chart rect.bar:not(.empty)")).not_to_have_count(0)
+    expect(page.locator(".tile", has_text="completed, last hour")).to_contain_text("12")
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+    page.goto(stack["url"] + "/schedules")
+    expect(page.locator("td", has_text="nightly-cleanup")).to_be_visible()
+    page.screenshot(path=str(shots / "schedules.png"), full_page=True)
+    page.goto(stack["url"] + "/workers")
+    expect(page.locator(".badge", has_text="alive")).to_be_visible()
+    page.screenshot(path=str(shots / "workers.png"), full_page=True)
+
+
+def test_filtering_jobs_by_queue_and_state_lists_only_matching_jobs(stack: dict[str, Any], page: Any, db: Conn,
+                                                                    shots: Path) -> None:
+    app = stack["app"]
+    app.enqueue(db, "send-reminder", {"patient": "filtered"})
+    app.enqueue(db, "render-report", {"pages": 2}, delay=3600)
+
+    page.goto(stack["url"] + "/jobs")
+    page.fill("input[name=queue]", "reports")
+    page.select_option("select[name=state]", "scheduled")
+    page.click("button:has-text('Filter')")
+    page.wait_for_url("**/jobs?*queue=reports*")
+    rows = page.locator("table.jobs tbody tr")
+
+    expect(rows.first).to_contain_text("render-report")
+    assert rows.count() >= 1
+    assert all("render-report" in text and "scheduled" in text for text in rows.all_inner_texts())
+    page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+
+
+def test_a_failed_job_shows_its_traceback_and_a_retry_runs_it_to_completion(stack: dict[str, Any], page: Any,
+                                                                           db: Conn, shots: Path) -> None:
+    job_id = stack["app"].enqueue(db, "sync-record", {"record": 42})
+    wait_until(lambda: state_of(db, job_id) == "failed", timeout=30)
+
+    page.goto(stack["url"] + "/jobs?state=failed")
+    with page.expect_navigation(url=f"**/jobs/{job_id}"):
+        page.click(f"a[href$='/jobs/{job_id}']")
+    expect(page.locator(".card.error")).to_contain_text("partner API answered 503 for record 42")
+    expect(page.locator("pre.traceback")).to_contain_text("Traceback")
+    page.screenshot(path=str(shots / "job-failed.png"), full_page=True)
+    page.click("button:has-text('Retry')")
+
+    expect(page.locator(".job-head .state")).to_have_text("completed", timeout=30_000)
+    expect(page.locator("pre").nth(1)).to_contain_text('"synced": 42')
+    expect(page.locator("table.grid")).to_contain_text("retried")
+    assert state_of(db, job_id) == "completed"
+    actor = db.execute("SELECT actor FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
+                       [job_id]).fetchone()
+    assert actor is not None
+    assert actor[0].startswith("web:")
+    page.screenshot(path=str(shots / "job-retried.png"), full_page=True)
+
+
+def test_pausing_and_resuming_a_queue_from_the_queues_page(stack: dict[str, Any], page: Any, db: Conn,
+                                                          shots: Path) -> None:
+    stack["app"].enqueue(db, "send-reminder", {"patient": "pause-me"})
+    wait_until(lambda: db.execute("SELECT 1 FROM pgqueue.jobs WHERE queue = 'emails'").fetchone(), timeout=10)
+
+    page.goto(stack["url"] + "/queues")
+    row = page.locator("tr#queue-emails")
+    row.locator("button:has-text('Pause')").click()
+    expect(row.locator(".badge")).to_have_text("paused")
+    assert db.execute("SELECT paused FROM pgqueue.queues WHERE name = 'emails'").fetchone() == (True,)
+    page.screenshot(path=str(shots / "queues.png"), full_page=True)
+
+    row.locator("button:has-text('Resume')").click()
+    expect(row.locator(".badge")).to_have_text("running")
+    assert db.execute("SELECT paused FROM pgqueue.queues WHERE name = 'emails'").fetchone() == (False,)
+
+
+def test_a_running_jobs_progress_bar_moves_without_a_reload(stack: dict[str, Any], page: Any, db: Conn,
+                                                           shots: Path) -> None:
+    job_id = stack["app"].enqueue(db, "render-report", {"pages": 4})
+    wait_until(lambda: state_of(db, job_id) == "running", timeout=20)
+    STEPS.go.release()
+    page.goto(stack["url"] + f"/jobs/{job_id}")
+    bar = page.locator("[role=progressbar]")
+    expect(bar).to_have_attribute("aria-valuenow", "25.0")
+    page.evaluate("window.__marker = 'same page'")  # survives only if the page never reloads
+
+    STEPS.go.release()
+    STEPS.go.release()
+    expect(bar).to_have_attribute("aria-valuenow", "75.0")
+    page.screenshot(path=str(shots / "job-progress.png"), full_page=True)
+    STEPS.go.release()
+
+    expect(page.locator(".job-head .state")).to_have_text("completed")
+    assert page.evaluate("window.__marker") == "same page"

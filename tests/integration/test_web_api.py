@@ -1,0 +1,432 @@
+"""The HTTP admin API (pgqueue.web.create_app) through httpx against the ASGI app and a real database.
+
+One database and two apps per module (one with tokens, one without); tables are emptied before
+each test.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from pgqueue import App
+from pgqueue.web import create_app
+from tests.helpers import empty_tables, scratch_database, wait_until
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+Conn = psycopg.Connection[TupleRow]
+ADMIN = {"Authorization": "Bearer admin-secret-token"}
+READ = {"Authorization": "Bearer read-secret-token"}
+LOOPBACK = ("127.0.0.1", 50000)
+
+
+@pytest.fixture(scope="module")
+def module_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
+    with scratch_database(pg_server_dsn, template_db) as database_dsn:
+        yield database_dsn
+
+
+@pytest.fixture(scope="module")
+def client(module_dsn: str) -> Iterator[TestClient]:
+    app = create_app(module_dsn, admin_token="admin-secret-token", read_token="read-secret-token")
+    with TestClient(app, base_url="http://dashboard.example", client=("203.0.113.9", 40000),
+                    raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def open_client(module_dsn: str) -> Iterator[TestClient]:
+    app = create_app(module_dsn, admin_token="", read_token="")
+    with TestClient(app, base_url="http://127.0.0.1:8080", client=LOOPBACK, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def db(module_dsn: str) -> Iterator[Conn]:
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues", "pgqueue.workers")
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        yield conn
+
+
+def enqueue(conn: Conn, queue: str = "emails", state: str = "available", task: str = "send", **options: Any) -> int:
+    job_id = App().enqueue(conn, task, {"to": "a@example.com"}, queue=queue, **options)
+    if state != "available":
+        conn.execute("""UPDATE pgqueue.jobs SET state = %(state)s, attempt = 1,
+                        last_error = CASE WHEN %(state)s = 'failed'
+                                          THEN '{"type": "Boom", "message": "bad"}'::jsonb END,
+                        finished_at = CASE WHEN %(state)s IN ('completed', 'failed', 'cancelled') THEN now() END,
+                        lease_token = CASE WHEN %(state)s = 'running' THEN gen_random_uuid() END
+                        WHERE id = %(id)s""", {"state": state, "id": job_id})
+    return job_id
+
+
+def state_of(conn: Conn, job_id: int) -> str | None:
+    row = conn.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    return row[0] if row else None
+
+
+def actors(conn: Conn, event: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT actor FROM pgqueue.job_events WHERE event = %s ORDER BY id", [event])]
+
+
+# --- probes, schema, metrics ---
+
+
+def test_healthz_and_readyz_answer_without_auth(client: TestClient, db: Conn) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+
+def test_readyz_is_503_when_the_schema_is_missing(empty_dsn: str) -> None:
+    app = create_app(empty_dsn, admin_token="t")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        response = c.get("/readyz")
+    assert response.status_code == 503
+    assert "pgqueue migrate" in response.json()["reason"]
+
+
+def test_the_openapi_schema_lists_every_api_route(client: TestClient, db: Conn) -> None:
+    schema = client.get("/api/openapi.json", headers=READ).json()
+
+    assert schema["openapi"].startswith("3.")
+    assert {"/api/queues", "/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/retry", "/api/jobs/{job_id}/cancel",
+            "/api/queues/{name}/pause", "/api/queues/{name}/resume", "/api/queues/{name}/purge",
+            "/api/queues/{name}/limits", "/api/schedules", "/api/workers", "/api/health"} <= set(schema["paths"])
+    assert set(schema["paths"]["/api/jobs/{job_id}"]) >= {"get", "delete"}
+
+
+def test_metrics_expose_depth_lag_workers_and_outcomes_counted_from_the_audit_trail(client: TestClient,
+                                                                                   db: Conn) -> None:
+    enqueue(db, "emails")
+    enqueue(db, "emails", state="failed")
+    first = client.get("/metrics", headers=READ)
+    done = enqueue(db, "emails")
+    db.execute("UPDATE pgqueue.jobs SET state = 'running', attempt = 1, started_at = now() - interval '2 seconds', "
+               "lease_token = gen_random_uuid(), worker_id = 'w' WHERE id = %s", [done])
+    token = db.execute("SELECT lease_token FROM pgqueue.jobs WHERE id = %s", [done]).fetchone()[0]  # type: ignore[index]
+    from pgqueue._db.jobs import JobStore, Outcome
+
+    JobStore(db).complete_jobs([Outcome(done, str(token), "completed", result="{}")])
+    counted = 'pgqueue_jobs_total{outcome="completed",queue="emails",task="send"} 1.0'
+    # Counted once every transaction older than the completion has ended (server-wide: xids are).
+
+    def scrape_counting_it() -> str | None:
+        text = client.get("/metrics", headers=READ).text
+        return text if counted in text else None
+
+    second = wait_until(scrape_counting_it, timeout=60, message="the completion to be counted") or ""
+
+    assert first.status_code == 200
+    assert 'pgqueue_queue_depth{queue="emails",state="available"} 1.0' in first.text
+    assert 'pgqueue_queue_depth{queue="emails",state="failed"} 1.0' in first.text
+    assert re.search(r'pgqueue_queue_lag_seconds\{queue="emails"\} \d', first.text)
+    assert "pgqueue_workers 0.0" in first.text
+    assert 'pgqueue_jobs_total{outcome="completed",queue="emails",task="send"} 1.0' in second
+    assert 'pgqueue_job_duration_seconds_bucket{le="2.5",queue="emails",task="send"} 1.0' in second
+    assert client.get("/metrics").status_code == 401
+
+
+# --- auth ---
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/api/queues"), ("GET", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/schedules"),
+    ("GET", "/api/workers"), ("GET", "/api/health"), ("POST", "/api/jobs/1/retry"), ("DELETE", "/api/jobs/1"),
+    ("PUT", "/api/queues/emails/limits"), ("GET", "/api/openapi.json"),
+])
+def test_every_api_route_is_401_without_a_valid_token(client: TestClient, db: Conn, method: str, path: str) -> None:
+    missing = client.request(method, path)
+    wrong = client.request(method, path, headers={"Authorization": "Bearer nope"})
+
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.json()["error"].startswith("authentication required")
+
+
+def test_a_read_token_reads_but_is_403_when_it_acts_and_nothing_changes(client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db, state="failed")
+
+    listed = client.get("/api/jobs", headers=READ)
+    refused = [client.post(f"/api/jobs/{job_id}/retry", headers=READ),
+               client.post("/api/queues/emails/pause", headers=READ),
+               client.delete(f"/api/jobs/{job_id}", headers=READ),
+               client.put("/api/queues/emails/limits", headers=READ, json={"concurrency": 2})]
+
+    assert listed.status_code == 200
+    assert [r.status_code for r in refused] == [403, 403, 403, 403]
+    assert "may only read" in refused[0].json()["error"]
+    assert state_of(db, job_id) == "failed"
+    assert db.execute("SELECT count(*) FROM pgqueue.queues").fetchone() == (0,)
+
+
+def test_without_tokens_only_loopback_is_served(open_client: TestClient, module_dsn: str, db: Conn) -> None:
+    app = create_app(module_dsn, admin_token="", read_token="")
+    with TestClient(app, base_url="http://127.0.0.1:8080", client=("203.0.113.9", 1),
+                    raise_server_exceptions=False) as remote, \
+         TestClient(app, base_url="http://evil.example", client=LOOPBACK, raise_server_exceptions=False) as rebound:
+        assert remote.get("/api/queues").status_code == 403
+        assert rebound.get("/api/queues").status_code == 403  # DNS rebinding: a foreign Host header
+    assert open_client.get("/api/queues").status_code == 200
+
+
+def test_a_browser_session_acts_only_with_the_pages_csrf_token(client: TestClient, module_dsn: str, db: Conn) -> None:
+    job_id = enqueue(db, state="failed")
+    app = client.app
+    with TestClient(app, base_url="http://dashboard.example", raise_server_exceptions=False) as browser:
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        bad_login = browser.post("/login", content="token=wrong", headers=form)
+        login = browser.post("/login", content="token=admin-secret-token",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        page = browser.get(f"/jobs/{job_id}")
+        csrf = re.search(r"X-PGQueue-CSRF&#34;: &#34;([0-9a-f]+)|\"X-PGQueue-CSRF\": \"([0-9a-f]+)\"", page.text)
+        forged = browser.post(f"/api/jobs/{job_id}/retry")
+        assert csrf is not None
+        token = csrf.group(1) or csrf.group(2)
+        allowed = browser.post(f"/api/jobs/{job_id}/retry", headers={"X-PGQueue-CSRF": token})
+
+    assert bad_login.status_code == 401
+    assert login.status_code == 200
+    assert "Overview" in login.text
+    assert forged.status_code == 403
+    assert "X-PGQueue-CSRF" in forged.json()["error"]
+    assert allowed.status_code == 200
+    assert state_of(db, job_id) == "available"
+    assert actors(db, "retried") == ["web:admin-token"]
+
+
+# --- jobs ---
+
+
+def test_list_jobs_filters_and_pages_with_a_cursor(client: TestClient, db: Conn) -> None:
+    ids = [enqueue(db, "emails", tags=["vip"] if i % 2 else None) for i in range(5)]
+    failed = enqueue(db, "reports", state="failed", task="render")
+
+    first = client.get("/api/jobs", params={"queue": "emails", "limit": 2}, headers=READ).json()
+    second = client.get("/api/jobs", params={"queue": "emails", "limit": 2, "cursor": first["next_cursor"]},
+                        headers=READ).json()
+    by_state = client.get("/api/jobs", params={"state": "failed"}, headers=READ).json()
+    by_tag = client.get("/api/jobs", params={"tag": "vip"}, headers=READ).json()
+    by_task = client.get("/api/jobs", params={"task": "render", "since": "2000-01-01T00:00:00Z"}, headers=READ).json()
+
+    assert [j["id"] for j in first["items"]] == ids[::-1][:2]
+    assert [j["id"] for j in second["items"]] == ids[::-1][2:4]
+    assert [j["id"] for j in by_state["items"]] == [failed]
+    assert [j["id"] for j in by_tag["items"]] == [ids[3], ids[1]]
+    assert [j["id"] for j in by_task["items"]] == [failed]
+    assert by_state["items"][0]["last_error"] == {"type": "Boom", "message": "bad"}
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"state": "done"}, "state 'done' is not valid here"),
+    ({"limit": "abc"}, "limit 'abc' must be between 1 and 1000"),
+    ({"limit": "0"}, "limit 0 must be between 1 and 1000"),
+    ({"cursor": "zzz"}, "is not one this API returned"),
+    ({"since": "yesterday"}, "since 'yesterday' must be an ISO 8601 time"),
+    ({"queue": "Bad Queue"}, "queue name 'Bad Queue' must match"),
+    ({"colour": "red"}, "unknown filter 'colour'"),
+])
+def test_a_bad_filter_is_a_400_with_a_message(client: TestClient, db: Conn, params: dict[str, str],
+                                              message: str) -> None:
+    response = client.get("/api/jobs", params=params, headers=READ)
+
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_get_job_returns_the_job_and_its_audit_trail_and_404s_a_bad_or_unknown_id(client: TestClient,
+                                                                               db: Conn) -> None:
+    job_id = enqueue(db)
+
+    found = client.get(f"/api/jobs/{job_id}", headers=READ)
+    unknown = client.get("/api/jobs/999999", headers=READ)
+    malformed = client.get("/api/jobs/abc", headers=READ)
+
+    assert found.status_code == 200
+    assert found.json()["id"] == job_id
+    assert [e["event"] for e in found.json()["events"]] == ["enqueued"]
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "job 999999 not found")
+    assert malformed.status_code == 404
+
+
+def test_an_encrypted_jobs_payloads_are_never_decrypted_for_display(client: TestClient, db: Conn,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgqueue._crypto import generate_key
+
+    monkeypatch.setenv("PGQUEUE_ENCRYPTION_KEYS", generate_key())
+    job_id = App().enqueue(db, "send", {"ssn": "123-45-6789"}, encrypt=True)
+
+    job = client.get(f"/api/jobs/{job_id}", headers=READ).json()
+    page = client.get(f"/jobs/{job_id}", headers=READ).text
+
+    assert job["args"] is None
+    assert job["args_encrypted"] is True
+    assert "123-45-6789" not in page
+    assert "&lt;encrypted&gt;" in page
+
+
+def test_retry_cancel_and_delete_act_audit_with_the_web_actor_and_refuse_wrong_states(client: TestClient,
+                                                                                      db: Conn) -> None:
+    failed, live, running, done = (enqueue(db, state="failed"), enqueue(db), enqueue(db, state="running"),
+                                   enqueue(db, state="completed"))
+
+    retried = client.post(f"/api/jobs/{failed}/retry", headers=ADMIN)
+    cancelled = client.post(f"/api/jobs/{live}/cancel", headers=ADMIN)
+    deleted = client.delete(f"/api/jobs/{done}", headers=ADMIN)
+    wrong_state = client.post(f"/api/jobs/{running}/retry", headers=ADMIN)
+    not_deletable = client.delete(f"/api/jobs/{running}", headers=ADMIN)
+    unknown = client.post("/api/jobs/999999/cancel", headers=ADMIN)
+
+    assert retried.json() == {"id": failed, "previous_state": "failed", "state": "available"}
+    assert cancelled.json() == {"id": live, "previous_state": "available", "state": "cancelled"}
+    assert deleted.json() == {"id": done, "previous_state": "completed", "state": None}
+    assert (wrong_state.status_code, not_deletable.status_code, unknown.status_code) == (409, 409, 404)
+    assert "only failed or cancelled jobs can be retried" in wrong_state.json()["error"]
+    assert [state_of(db, j) for j in (failed, live, running, done)] == ["available", "cancelled", "running", None]
+    assert actors(db, "retried") == actors(db, "cancelled") == actors(db, "deleted") == ["web:admin-token"]
+
+
+def test_bulk_actions_report_each_job_and_retry_failed_retries_the_dead_letters(client: TestClient,
+                                                                               db: Conn) -> None:
+    a, b = enqueue(db, state="failed"), enqueue(db, state="failed")
+    c = enqueue(db, "reports", state="failed")
+    completed = enqueue(db, state="completed")
+
+    bulk = client.post("/api/jobs/bulk", headers=ADMIN, json={"action": "retry", "ids": [a, completed]})
+    rest = client.post("/api/jobs/retry-failed", headers=ADMIN, json={"queue": "emails"})
+    not_json = client.post("/api/jobs/bulk", headers=ADMIN, content="action=retry",
+                           params={}, )
+    form = client.post("/api/jobs/bulk", headers={**ADMIN, "Content-Type": "application/x-www-form-urlencoded"},
+                       content="action=retry&ids=1")
+    bad_action = client.post("/api/jobs/bulk", headers=ADMIN, json={"action": "explode", "ids": [a]})
+
+    assert bulk.json()["done"] == 1
+    assert bulk.json()["refused"] == 1
+    assert [r["ok"] for r in bulk.json()["results"]] == [True, False]
+    assert rest.json() == {"retried": [b], "count": 1}
+    assert not_json.status_code == 415
+    assert form.status_code == 415
+    assert bad_action.status_code == 400
+    assert [state_of(db, j) for j in (a, b, c, completed)] == ["available", "available", "failed", "completed"]
+
+
+# --- queues ---
+
+
+def test_pause_resume_purge_and_limits_of_a_queue(client: TestClient, db: Conn) -> None:
+    enqueue(db, "sms")
+    failed = enqueue(db, "sms", state="failed")
+
+    paused = client.post("/api/queues/sms/pause", headers=ADMIN).json()
+    resumed = client.post("/api/queues/sms/resume", headers=ADMIN).json()
+    limits = client.put("/api/queues/sms/limits", headers=ADMIN, json={"concurrency": 5, "rate": "20/s"}).json()
+    cleared = client.put("/api/queues/sms/limits", headers=ADMIN, json={"rate": None}).json()
+    purged = client.post("/api/queues/sms/purge", headers=ADMIN, json={"state": "failed"}).json()
+    listed = client.get("/api/queues", headers=READ).json()["items"]
+
+    assert (paused["paused"], resumed["paused"]) == (True, False)
+    assert (limits["concurrency"], limits["rate"], limits["rate_period_seconds"]) == (5, "20/s", 1)
+    assert (cleared["concurrency"], cleared["rate"]) == (5, None)
+    assert purged == {"queue": "sms", "state": "failed", "purged": 1}
+    assert state_of(db, failed) is None
+    assert [(q["name"], q["available"], q["concurrency"]) for q in listed] == [("sms", 1, 5)]
+    assert actors(db, "queue_paused") == actors(db, "queue_limits_set")[:1] == ["web:admin-token"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), [
+    ("POST", "/api/queues/nope/pause", None, 404, "queue 'nope' not found"),
+    ("POST", "/api/queues/nope/purge", None, 404, "queue 'nope' not found"),
+    ("PUT", "/api/queues/nope/limits", {"concurrency": 1}, 404, "queue 'nope' not found"),
+    ("POST", "/api/queues/Bad%20Queue/pause", None, 400, "queue name 'Bad Queue' must match"),
+    ("PUT", "/api/queues/sms/limits", {"rate": "10/fortnight"}, 400, "rate '10/fortnight' must look like"),
+    ("PUT", "/api/queues/sms/limits", {"concurrency": -1}, 400, "concurrency -1 must be"),
+    ("PUT", "/api/queues/sms/limits", {"burst": 3}, 400, "unknown limit 'burst'"),
+    ("PUT", "/api/queues/sms/limits", None, 400, "needs a JSON object body"),
+    ("POST", "/api/queues/sms/purge", {"state": "running"}, 409, "running jobs cannot be purged"),
+])
+def test_queue_errors_are_clear_4xx_json_and_change_nothing(client: TestClient, db: Conn, method: str, path: str,
+                                                            body: Any, status: int, message: str) -> None:
+    kept = enqueue(db, "sms")
+    before = db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone()
+
+    response = client.request(method, path, headers=ADMIN, json=body)
+
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert state_of(db, kept) == "available"
+    assert db.execute("SELECT count(*) FROM pgqueue.queues").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == before
+
+
+# --- schedules, workers, health, errors ---
+
+
+def test_schedules_workers_and_health(client: TestClient, db: Conn) -> None:
+    from pgqueue.schedules import ScheduleSpec, add_schedule
+
+    add_schedule(db, ScheduleSpec.build(name="nightly", cron="0 3 * * *", task="cleanup"))
+    db.execute("INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, lease_expires_at) "
+               "VALUES ('w1', 'host', 7, '{}', 4, now() + interval '1 minute')")
+
+    schedules = client.get("/api/schedules", headers=READ).json()["items"]
+    workers = client.get("/api/workers", headers=READ).json()["items"]
+    health = client.get("/api/health", headers=READ)
+
+    assert [(s["name"], s["state"]) for s in schedules] == [("nightly", "active")]
+    assert schedules[0]["next_run_at"].endswith("+00:00")
+    assert [(w["id"], w["alive"]) for w in workers] == [("w1", True)]
+    assert health.status_code == 200
+    assert health.json()["healthy"] is True
+    assert "127.0.0.1" not in health.text
+    assert "postgresql://" not in health.text
+
+
+def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
+    app = create_app("postgresql://root:s3cret@127.0.0.1:1/nowhere", admin_token="t")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        response = c.get("/api/queues", headers={"Authorization": "Bearer t"})
+        ready = c.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"error": "database unavailable", "status": 503}
+    assert ready.status_code == 503
+    assert "s3cret" not in response.text + ready.text
+    assert "127.0.0.1" not in response.text + ready.text
+
+
+def test_an_unexpected_error_is_a_500_without_a_traceback(client: TestClient, db: Conn,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgqueue import admin
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals at /srv/app.py line 12")
+
+    monkeypatch.setattr(admin, "list_workers", explode)
+    response = client.get("/api/workers", headers=READ)
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error", "status": 500}
+
+
+def test_pages_render_for_a_reader_and_a_401_shows_the_login_form(client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db, state="failed")
+    for path in ("/", "/jobs", "/jobs?state=failed", f"/jobs/{job_id}", "/queues", "/schedules", "/workers"):
+        response = client.get(path, headers=READ)
+        assert response.status_code == 200, path
+        assert "<html" in response.text
+    fragment = client.get("/jobs?fragment=1", headers={**READ, "HX-Request": "true"})
+    anonymous = client.get("/jobs")
+
+    assert "<html" not in fragment.text
+    assert str(job_id) in fragment.text
+    assert anonymous.status_code == 401
+    assert 'name="token"' in anonymous.text
