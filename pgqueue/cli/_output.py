@@ -15,17 +15,15 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any, Literal
-from uuid import UUID
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue._humanize import format_seconds
+from pgqueue._humanize import format_seconds, json_default
 
 # When the output is piped, rich would wrap tables at 80 columns; a pipe has no width, so lay
 # rows out in full (columns only grow as wide as their content).
@@ -60,22 +58,10 @@ def console() -> Console:
     return out
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"cannot render {type(value).__name__} as JSON")
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, default=_json_default, ensure_ascii=False)
+    return json.dumps(data, default=json_default, ensure_ascii=False)
 
 
 def print_json(data: Any) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from pgqueue._db.pools import DashboardPool
+from pgqueue._humanize import json_default
 from pgqueue._log import get_logger
 from pgqueue.errors import (
     DatabaseUnavailable,
@@ -41,23 +40,13 @@ _HERE = Path(__file__).resolve().parent
 log = get_logger(__name__)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"cannot render {type(value).__name__} as JSON")
 
 
 class JSON(JSONResponse):
     """JSON with datetimes as ISO 8601 and decimals as numbers."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_json_default, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(content, default=json_default, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def error_status(exc: PgqueueError) -> int:
