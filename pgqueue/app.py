@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
@@ -27,8 +27,12 @@ from pgqueue.settings import Settings, resolve_dsn
 from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Task, resolve_priority
 
 if TYPE_CHECKING:
+    from pgqueue.jobs import Job
     from pgqueue.schedules import ScheduleSpec
     from pgqueue.typing import AsyncConnection, Connection, PsycopgConnection
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _MAX_TAGS = 32
 # enqueue_many writes this many jobs per statement (one round trip each).
@@ -69,6 +73,23 @@ def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     return result
 
 
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: registers the decorated handler and returns its Task.
+
+    A handler whose parameters after the ``job`` are named gives a ``Task[P, R]`` whose enqueue
+    is checked against them. One that also takes ``**kwargs`` with a ``job`` that is not
+    positional-only gives a ``Task[..., R]`` (any arguments; still checked at enqueue time).
+    """
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[..., R], /) -> Task[..., R]: ...
+
+    def __call__(self, fn: Callable[..., R], /) -> Task[..., R]: ...
+
+
 class App:
     """A pgqueue application: the registry of tasks and the settings workers and enqueuers share.
 
@@ -89,7 +110,7 @@ class App:
                  require_registered_tasks: bool = False) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self._dsn = dsn
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, Task[..., Any]] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.require_registered_tasks = require_registered_tasks
 
@@ -117,7 +138,10 @@ class App:
         return open_connection(self.dsn, autocommit=autocommit)
 
     @overload
-    def task(self, fn: Callable[..., Any], /) -> Task: ...
+    def task(self, fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[..., R], /) -> Task[..., R]: ...
 
     @overload
     def task(
@@ -127,16 +151,17 @@ class App:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
         encrypt: bool = False, tags: Sequence[str] = (),
-    ) -> Callable[[Callable[..., Any]], Task]: ...
+    ) -> TaskDecorator: ...
 
     def task(
-        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+        self, fn: Callable[Concatenate[Job, P], R] | None = None, /, *, name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
         priority: int | str = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
         encrypt: bool = False, tags: Sequence[str] = (),
-    ) -> Task | Callable[[Callable[..., Any]], Task]:
+    ) -> Task[P, R] | Task[..., R] | TaskDecorator:
         """Register a handler as a task. Sync and ``async def`` handlers are both supported.
 
         Args:
@@ -159,7 +184,7 @@ class App:
             ... def send_email(job: pgqueue.Job, to: str, subject: str) -> dict: ...
         """
 
-        def register(func: Callable[..., Any]) -> Task:
+        def register(func: Callable[Concatenate[Job, P], R]) -> Task[P, R]:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if not task_name or len(task_name) > 255:
                 raise ConfigurationError(f"task name {task_name!r} must be 1-255 characters")
@@ -178,7 +203,7 @@ class App:
             self.tasks[task_name] = registered
             return registered
 
-        return register(fn) if fn is not None else register
+        return register(fn) if fn is not None else register  # type: ignore[return-value]
 
     def schedule(self, name: str, *, cron: str, task: str, args: dict[str, Any] | None = None,
                  timezone: str = "UTC", queue: str | None = None, priority: int | str | None = None,

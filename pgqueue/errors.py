@@ -10,7 +10,8 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── DatabaseUnavailable
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
-    │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption
+    │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption,
+    │                            InvalidArgs (also a TypeError)
     ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
     │                            ScheduleNotFound
     ├── JobNotFound
@@ -79,6 +80,10 @@ class UnknownTask(EnqueueError):
 
 class InvalidEnqueueOption(EnqueueError):
     """An enqueue option (delay, run_at, max_attempts, tags, ...) is out of range."""
+
+
+class InvalidArgs(EnqueueError, TypeError):
+    """The args do not fit the task handler's signature (unexpected or missing names)."""
 
 
 class ScheduleError(PgqueueError):

@@ -74,7 +74,7 @@ def error_json(exc: BaseException) -> str:
     })
 
 
-def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
+def failure_outcome(job: Job, task: Task[..., Any] | None, exc: BaseException) -> Outcome:
     """Decide retry or dead-letter for an attempt that raised ``exc``."""
     def dead(event: str) -> Outcome:
         return Outcome(job_id=job.id, token=job.lease_token, state="failed", event=event, error=error_json(exc))
@@ -108,7 +108,7 @@ class JobRunner:
     """
 
     def __init__(self, threads_factory: Callable[[], Executor], headroom: int,
-                 transactional: Callable[[Task, Job], Any], sealer: PayloadSealer) -> None:
+                 transactional: Callable[[Task[..., Any], Job], Any], sealer: PayloadSealer) -> None:
         self._sealer = sealer
         self._threads_factory = threads_factory
         self._threads = threads_factory()
@@ -129,7 +129,7 @@ class JobRunner:
             old.shutdown(wait=False)
             self._abandoned = 0
 
-    async def _contained(self, task: Task, job: Job) -> Any:
+    async def _contained(self, task: Task[..., Any], job: Job) -> Any:
         try:
             return await self._call(task, job)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -139,7 +139,7 @@ class JobRunner:
                 raise  # the worker cancelled it (timeout, hard stop): not the handler's doing
             raise _HandlerCrashed(exc) from exc
 
-    async def _call(self, task: Task, job: Job) -> Any:
+    async def _call(self, task: Task[..., Any], job: Job) -> Any:
         if task.transactional:
             return await self._run_transactional(task, job)
         if task.is_async:
@@ -148,7 +148,7 @@ class JobRunner:
         context = copy_context()
         return await loop.run_in_executor(self._threads, lambda: context.run(task.fn, job, **job.args))
 
-    async def run(self, task: Task | None, job: Job) -> Outcome | None:
+    async def run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
         """Run ``job``; return its outcome, or None when a transactional handler already wrote it.
 
         An encrypted job's args are decrypted first; one this worker cannot decrypt fails at once
@@ -167,7 +167,7 @@ class JobRunner:
         outcome = await self._run(task, job)
         return None if outcome is None else self._sealer.seal(job, task, outcome)
 
-    async def _run(self, task: Task | None, job: Job) -> Outcome | None:
+    async def _run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
         log = get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         # Each job runs in its own asyncio task (its own context), and sync handlers get a copy of
         # it in their thread: the handler's own structlog calls carry the job's context too.
@@ -229,7 +229,7 @@ class JobRunner:
         log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
         return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text)
 
-    def _log_outcome(self, log: Any, job: Job, task: Task, outcome: Outcome, started: float,
+    def _log_outcome(self, log: Any, job: Job, task: Task[..., Any], outcome: Outcome, started: float,
                      error_type: str) -> None:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         fields: dict[str, Any] = {"error_type": error_type, "duration_ms": duration_ms}
