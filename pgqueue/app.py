@@ -376,6 +376,56 @@ class App:
         new_jobs = [self._spec_job(spec) for spec in jobs]
         return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
 
+    # --- results ---
+
+    def result(self, conn: Connection | None, job_id: int, *, timeout: float = 30.0,
+               poll_interval: float = 5.0) -> Any:
+        """Wait until job ``job_id`` is finished and return its result, or raise why it has none.
+
+        The job must be committed (a job enqueued in a transaction that has not committed yet can
+        never run). The wait LISTENs for finished jobs on a session of its own, so it returns within
+        the notification latency; it also re-reads the job every ``poll_interval`` seconds.
+
+        Args:
+            conn: a connection to look the job up on (psycopg or SQLAlchemy); None to use one of
+                pgqueue's own.
+            job_id: what enqueue returned.
+            timeout: seconds to wait at most.
+
+        Returns:
+            The handler's return value as stored (JSON: dicts, lists, str, numbers, None),
+            decrypted with this app's keys for an encrypted job.
+
+        Raises:
+            pgqueue.errors.JobFailed: the job failed (``error_type``, ``last_error`` say why).
+            pgqueue.errors.JobCancelled: the job was cancelled.
+            pgqueue.errors.JobWaitTimeout: still not finished after ``timeout`` (a TimeoutError).
+            pgqueue.errors.JobNotFound: no such job (or it was deleted while waiting).
+            pgqueue.errors.InvalidJobState: the job is not committed yet.
+
+        Example:
+            >>> job_id = render.enqueue(conn, report_id=7); conn.commit()
+            >>> app.result(conn, job_id, timeout=60)
+            {'pages': 12}
+        """
+        from pgqueue._results import wait_result
+
+        return wait_result(self, conn, job_id, timeout, poll_interval)
+
+    # timeout= as in the sync twin; the caller may wrap it in asyncio.timeout() as well.
+    async def result_async(self, conn: AsyncConnection, job_id: int, *, timeout: float = 30.0,  # noqa: ASYNC109
+                           poll_interval: float = 5.0) -> Any:
+        """Async twin of :meth:`result` for psycopg ``AsyncConnection`` and SQLAlchemy async objects.
+
+        Example:
+            >>> job_id = await render.enqueue_async(aconn, report_id=7); await aconn.commit()
+            >>> await app.result_async(aconn, job_id, timeout=60)
+            {'pages': 12}
+        """
+        from pgqueue._results import wait_result_async
+
+        return await wait_result_async(self, conn, job_id, timeout, poll_interval)
+
 
 @functools.cache
 def _actor() -> str | None:
