@@ -4,108 +4,59 @@ in a user's project."""
 
 from __future__ import annotations
 
-import textwrap
+import re
 
 import pytest
 
-APP = '''
-import pgqueue
+from tests.helpers import REPO_ROOT
 
-app = pgqueue.App()
-sent = []
+GUIDE = REPO_ROOT / "docs" / "guide" / "testing.md"
 
 
-@app.task(name="send-welcome", queue="emails")
-def send_welcome(job: pgqueue.Job, to: str) -> str:
-    sent.append(to)
-    if to.endswith("@invalid"):
-        raise pgqueue.Discard("undeliverable")
-    follow_up.enqueue(None, user=to)
-    return f"sent to {to}"
+def _guide_file(first_line: str) -> str:
+    """The code block of docs/guide/testing.md that starts with ``first_line``."""
+    for block in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"no python block starting with {first_line!r} in {GUIDE}")
 
 
-@app.task(name="follow-up")
-def follow_up(job: pgqueue.Job, user: str) -> None:
-    pass
-
-
-def sign_up(conn, email: str) -> int:
-    conn.execute("INSERT INTO users (email) VALUES (%s)", [email])
-    return send_welcome.options(priority="high").enqueue(conn, to=email)
-'''
-
-TESTS = '''
-import psycopg
-import pytest
-
+FAILING = """
 import myapp
 
 
-@pytest.fixture
-def db(pgqueue_db):
+def test_assert_enqueued_says_what_was_enqueued_instead(pgqueue_db):
     pgqueue_db.bind(myapp.app)
-    with pgqueue_db.connect() as conn:
-        conn.execute("CREATE TABLE users (email text)")
-        conn.commit()
-    return pgqueue_db
-
-
-def test_sign_up_enqueues_a_welcome_email_and_draining_sends_it(db):
-    with db.connect() as conn:
-        job_id = myapp.sign_up(conn, "a@example.com")
-        conn.commit()
-    [job] = db.assert_enqueued("send-welcome", args={"to": "a@example.com"}, count=1)
-    assert job.id == job_id and job.priority == 25 and job.queue == "emails"
-    drained = db.drain(myapp.app)
-    assert (drained.completed, drained.failed) == (2, 0)  # the follow-up a handler enqueued ran too
-    assert myapp.sent == ["a@example.com"]
-    db.assert_enqueued("send-welcome", state="completed")
-    db.assert_enqueued("follow-up", args={"user": "a@example.com"}, state="completed")
-
-
-def test_a_rolled_back_sign_up_enqueues_nothing(db):
-    with db.connect() as conn:
-        myapp.sign_up(conn, "b@example.com")
-        conn.rollback()
-    db.refute_enqueued("send-welcome")
-
-
-def test_each_test_gets_a_fresh_database(db):
-    assert db.enqueued() == []
-
-
-def test_a_failing_job_is_counted(db):
-    myapp.send_welcome.enqueue(None, to="x@invalid")
-    assert db.drain(myapp.app).failed == 1
-    db.assert_enqueued("send-welcome", state="failed")
-
-
-def test_assert_enqueued_says_what_was_enqueued_instead(db):
     myapp.send_welcome.enqueue(None, to="c@example.com")
-    db.assert_enqueued("send-welcome", args={"to": "someone-else"})
-'''
+    pgqueue_db.assert_enqueued("send-welcome", args={"to": "someone-else"})
+"""
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(myapp=textwrap.dedent(APP), test_myapp=textwrap.dedent(TESTS))
+    """The worked example of docs/guide/testing.md, as an application's project."""
+    pytester.makepyfile(myapp=_guide_file("# myapp.py"), test_myapp=_guide_file("# test_myapp.py"))
     return pytester
 
 
-def test_the_plugin_gives_an_application_fresh_databases_drain_and_enqueue_assertions(
-        project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-v")
-    result.assert_outcomes(passed=4, failed=1)
+def test_the_guides_worked_example_passes_with_the_plugin(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=3)
+
+
+def test_the_plugin_works_under_xdist(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=3)
+
+
+def test_a_failed_enqueue_assertion_lists_what_was_enqueued_instead(project: pytest.Pytester) -> None:
+    project.makepyfile(test_failing=FAILING)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "test_failing.py")
+    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*test_assert_enqueued_says_what_was_enqueued_instead FAILED*",
         "*AssertionError: expected a job matching {'task': 'send-welcome', 'args': {'to': 'someone-else'}},"
         " found 0; enqueued: [[]('send-welcome', 'emails', 'available', {'to': 'c@example.com'})[]]*",
     ])
-
-
-def test_the_plugin_works_under_xdist_with_one_template_build(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
-    result.assert_outcomes(passed=4, failed=1)
 
 
 def test_fresh_database_works_without_pytest_fixtures(pgqueue_server_dsn: str) -> None:
