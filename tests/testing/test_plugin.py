@@ -15,7 +15,8 @@ GUIDE = REPO_ROOT / "docs" / "guide" / "testing.md"
 
 def _guide_file(first_line: str) -> str:
     """The code block of docs/guide/testing.md that starts with ``first_line``."""
-    for block in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL):
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
+    for block in blocks:
         if block.startswith(first_line):
             return block
     raise AssertionError(f"no python block starting with {first_line!r} in {GUIDE}")
