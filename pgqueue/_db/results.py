@@ -7,6 +7,7 @@ The sync wait reuses :func:`pgqueue._db.notifications.done_listener`.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any, LiteralString, NamedTuple
 
@@ -26,6 +27,14 @@ class ResultQueries(NamedTuple):
 RESULTS = load_queries(ResultQueries, "results.sql")
 
 
+def _decoded(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is not None:
+        for column in ("result", "last_error"):
+            if row[column] is not None:
+                row[column] = json.loads(row[column])
+    return row
+
+
 class ResultStore:
     """Outcome reads on a psycopg connection (the caller's or a listener's; never committed here)."""
 
@@ -35,7 +44,7 @@ class ResultStore:
     def get_outcome(self, job_id: int) -> dict[str, Any] | None:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(RESULTS.get_outcome, {"id": job_id})
-            return cur.fetchone()
+            return _decoded(cur.fetchone())
 
 
 class AsyncResultStore:
@@ -48,7 +57,7 @@ class AsyncResultStore:
         with translate_errors():
             async with self.conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(RESULTS.get_outcome, {"id": job_id})
-                return await cur.fetchone()
+                return _decoded(await cur.fetchone())
 
 
 class AsyncDoneListener:
