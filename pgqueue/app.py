@@ -15,6 +15,7 @@ from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
 from pgqueue._db.sessions import open_connection
 from pgqueue._payload import check_queue_name, encode_args
+from pgqueue._tracing import Tracing, with_carrier
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
 from pgqueue.errors import (
     ConfigurationError,
@@ -113,6 +114,8 @@ class App:
         self.tasks: dict[str, Task[..., Any]] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.require_registered_tasks = require_registered_tasks
+        #: Set by a tracing integration (``pgqueue.contrib.otel.instrument``); None: no tracing.
+        self.tracing: Tracing | None = None
 
     # --- configuration ---
 
@@ -251,8 +254,9 @@ class App:
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key or "\x00" in unique_key):
             raise InvalidEnqueueOption(f"unique_key {unique_key!r} must be a non-empty string")
         default_tags = known.tags if known else ()
+        args = with_carrier(self.tracing, args if args is not None else {})
         # Validated (JSON, size limit) on the plaintext, before anything is encrypted.
-        args_text = encode_args(args if args is not None else {}, self.settings.max_payload_bytes)
+        args_text = encode_args(args, self.settings.max_payload_bytes)
         return NewJob(
             task=task,
             queue=check_queue_name(queue if queue is not None else (known.queue if known else DEFAULT_QUEUE)),

@@ -7,6 +7,7 @@ transactional tasks, whose completion must commit in the handler's own transacti
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import structlog
 from pgqueue._db.jobs import Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
+from pgqueue._tracing import take_carrier
 from pgqueue._worker.payloads import PayloadSealer
 from pgqueue.errors import DecryptionError, EncryptionKeyMissing
 from pgqueue.jobs import Discard, Job, Retry
@@ -99,6 +101,14 @@ def failure_outcome(job: Job, task: Task[..., Any] | None, exc: BaseException) -
                    delay=delay, event="retry_scheduled", error=error_json(exc))
 
 
+def _traced_outcome(outcome: Outcome | None) -> tuple[str, str | None]:
+    """(outcome, error type) for a job's span: completed, retry, failed or discarded."""
+    if outcome is None or outcome.state == "completed":
+        return "completed", None  # None: a transactional handler wrote its completion itself
+    error_type = json.loads(outcome.error).get("type") if outcome.error else None
+    return ("retry" if outcome.state in ("scheduled", "available") else outcome.event), error_type
+
+
 class JobRunner:
     """Runs handlers: async ones on the event loop, sync ones in a thread pool.
 
@@ -164,7 +174,14 @@ class JobRunner:
             message = str(exc) if isinstance(exc, EncryptionKeyMissing) else f"{exc} (`pgqueue jobs retry {job.id}`)"
             return Outcome(job_id=job.id, token=job.lease_token, state="failed", event="failed",
                            error=encode_json({"type": type(exc).__name__, "message": message}))
-        outcome = await self._run(task, job)
+        carrier = take_carrier(job)  # always: a traced producer's jobs must fit untraced handlers too
+        tracing = task.app.tracing if task is not None else None
+        if tracing is None:
+            outcome = await self._run(task, job)
+        else:
+            with tracing.job_span(job, carrier) as span:
+                outcome = await self._run(task, job)
+                span.set_outcome(*_traced_outcome(outcome))
         return None if outcome is None else self._sealer.seal(job, task, outcome)
 
     async def _run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
