@@ -7,7 +7,10 @@ for line, so a Task that stopped checking its handler's signature fails here.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,30 @@ def test_wrong_calls_of_typed_tasks_are_each_rejected_by_mypy() -> None:
     assert len(expected) >= 10
     assert status == 1
     assert found == expected, stdout
+
+
+def _pyright() -> str:
+    """The pyright command, or skip: it is a node program its pip wrapper fetches on first use."""
+    pyright = shutil.which("pyright")
+    if pyright is None:
+        pytest.skip("pyright is not installed")
+    try:
+        probe = subprocess.run([pyright, "--version"], capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.skip("pyright could not start within 300 s")
+    if probe.returncode != 0:
+        pytest.skip(f"pyright cannot run here: {probe.stderr.strip()[:200]}")
+    return pyright
+
+
+def test_pyright_accepts_the_correct_calls_and_rejects_each_wrong_one() -> None:
+    pyright = _pyright()
+    wrong = HERE / "typed_tasks_wrong.py"
+    run = subprocess.run([pyright, "--outputjson", str(HERE / "typed_tasks_ok.py"), str(wrong)],
+                         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    report = json.loads(run.stdout)
+    errors = [d for d in report["generalDiagnostics"] if d["severity"] == "error"]
+    # Lines are 0-based in pyright's report.
+    found = {(Path(d["file"]).name, d["range"]["start"]["line"] + 1) for d in errors}
+    expected = {(wrong.name, line) for line, _code in _expected_errors(wrong)}
+    assert found == expected, json.dumps(errors, indent=1)[:4000]
