@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_GENERIC_MISMATCH = "args do not match the signature"
 PRIORITIES: dict[str, int] = {"critical": 0, "high": 25, "normal": 100, "low": 200}
 DEFAULT_PRIORITY = 100
 DEFAULT_MAX_ATTEMPTS = 20
@@ -125,6 +127,9 @@ class Task(Generic[P, R]):
     tags: tuple[str, ...] = ()
     is_async: bool = field(init=False)
     _signature: inspect.Signature | None = field(init=False, repr=False)
+    # For keyword-only calls, the common case: (names accepted, names required, takes **kwargs,
+    # the name of the job's parameter unless it is positional-only).
+    _keywords: tuple[frozenset[str], frozenset[str], bool, frozenset[str]] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
@@ -132,6 +137,14 @@ class Task(Generic[P, R]):
             self._signature = inspect.signature(self.fn)
         except (TypeError, ValueError):  # some builtins and C callables have none
             self._signature = None
+        self._keywords = None
+        every = list(self._signature.parameters.values()) if self._signature is not None else []
+        params = every[1:]
+        if every and not any(p.kind is p.POSITIONAL_ONLY for p in params):
+            named = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+            required = frozenset(p.name for p in params if p.name in named and p.default is p.empty)
+            job = frozenset() if every[0].kind is every[0].POSITIONAL_ONLY else frozenset({every[0].name})
+            self._keywords = (named, required, any(p.kind is p.VAR_KEYWORD for p in params), job)
 
     def check_args(self, job: Any, args: dict[str, Any]) -> None:
         """Raise TypeError when ``args`` do not fit the handler's signature (checked before it runs)."""
@@ -152,7 +165,7 @@ class Task(Generic[P, R]):
         missing = sorted(required - set(args))
         parts = [f"unexpected {', '.join(map(repr, unexpected))}" if unexpected else "",
                  f"missing {', '.join(map(repr, missing))}" if missing else ""]
-        return "; ".join(p for p in parts if p) or "args do not match the signature"
+        return "; ".join(p for p in parts if p) or _GENERIC_MISMATCH
 
     def job_args(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The stored args (a JSON object) for a call of the handler with ``args`` and ``kwargs``.
@@ -167,10 +180,18 @@ class Task(Generic[P, R]):
             if args:
                 raise InvalidArgs(f"task {self.name!r}: its handler's signature is unknown; pass keyword arguments")
             return kwargs
+        if not args and self._keywords is not None:
+            # Set arithmetic instead of Signature.bind (about 4 us per enqueue): same verdict.
+            named, required, takes_any, job = self._keywords
+            given = kwargs.keys()
+            if required <= given and (takes_any or given <= named) and not (job & given):
+                return kwargs
         try:
             bound = self._signature.bind(None, *args, **kwargs)
         except TypeError as exc:
-            detail = self._mismatch(kwargs) if not args else str(exc)
+            # Names the unexpected and missing arguments when that is the problem, else Python's words.
+            detail = self._mismatch(kwargs) if not args else _GENERIC_MISMATCH
+            detail = str(exc) if detail == _GENERIC_MISMATCH else detail
             raise InvalidArgs(f"args do not fit task {self.name!r}: {detail}") from None
         stored: dict[str, Any] = {}
         for index, (name, value) in enumerate(bound.arguments.items()):
@@ -232,11 +253,11 @@ class Task(Generic[P, R]):
             >>> with psycopg.connect(dsn) as conn:
             ...     job_id = send_email.enqueue(conn, to="a@example.com", subject="hi")
         """
-        return BoundTask(self, EnqueueOptions()).enqueue(conn, *args, **kwargs)
+        return self.app.enqueue(conn, self.name, self.job_args(*args, **kwargs))
 
     async def enqueue_async(self, conn: AsyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects."""
-        return await BoundTask(self, EnqueueOptions()).enqueue_async(conn, *args, **kwargs)
+        return await self.app.enqueue_async(conn, self.name, self.job_args(*args, **kwargs))
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,20 @@ def test_args_that_do_not_fit_the_handler_are_refused_at_enqueue_and_nothing_is_
     assert _count(conn) == 0
 
 
+def test_an_argument_named_like_the_jobs_parameter_is_refused(dsn: str, conn: Conn) -> None:
+    app = _app(dsn)
+
+    @app.task(name="loose")
+    def loose(job: Job, **payload: Any) -> None: ...
+
+    @app.task(name="strict")
+    def strict(job: Job, /, **payload: Any) -> None: ...
+
+    with pytest.raises(InvalidArgs, match="multiple values for argument 'job'"):
+        loose.enqueue(conn, job=1)
+    assert _row(conn, strict.enqueue(conn, job=1))[3] == {"job": 1}  # positional-only: no clash
+
+
 def test_a_handler_taking_star_args_cannot_be_given_positional_extras(dsn: str, conn: Conn) -> None:
     app = _app(dsn)
 
