@@ -287,7 +287,8 @@ class App:
         its own connection to the app's database and commit at once.
 
         Args:
-            conn: a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection`` (psycopg driver):
+            conn: a psycopg ``Connection``, a SQLAlchemy ``Session``/``Connection`` (psycopg driver)
+                or Django's ``connection`` (postgresql backend on psycopg 3):
                 :data:`pgqueue.typing.Connection`; None to use a connection of pgqueue's own.
             task: the task name.
             args: keyword arguments for the handler (a JSON object).
