@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 #: The server's DSN for test databases (a role allowed to CREATE DATABASE).
 TEST_DSN_ENV = "PGQUEUE_TEST_DSN"
+# Jobs listed in a failed assertion's message at most.
+_SHOWN = 20
 # Serialises template builds across processes (pytest-xdist workers): the bytes of "pgqtestk".
 _TEMPLATE_LOCK_KEY = int.from_bytes(b"pgqtestk", "big")
 
@@ -145,9 +147,9 @@ class TestDatabase:
         if (count is None and not matching) or (count is not None and len(matching) != count):
             wanted = {k: v for k, v in {"task": task, "args": args, "queue": queue, "state": state}.items() if v}
             every = [(job.task, job.queue, job.state, job.args) for job in self.enqueued()]
+            shown = f"{every[:_SHOWN]} and {len(every) - _SHOWN} more" if len(every) > _SHOWN else f"{every}"
             expected = f"{count} job(s)" if count is not None else "a job"
-            raise AssertionError(f"expected {expected} matching {wanted}, found {len(matching)}; "
-                                 f"enqueued: {every}")
+            raise AssertionError(f"expected {expected} matching {wanted}, found {len(matching)}; enqueued: {shown}")
         return matching
 
     def refute_enqueued(self, task: str | None = None, *, args: Mapping[str, Any] | None = None,
