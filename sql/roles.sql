@@ -71,6 +71,14 @@ GRANT USAGE ON SEQUENCE pgqueue.jobs_id_seq TO pgqueue_enqueuer, pgqueue_worker,
 -- back-date a row into a sealed range. Which rows each role may write: the policies below.
 GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
     ON pgqueue.job_events TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+-- Enqueue from SQL (triggers, psql): SECURITY INVOKER, so it needs the grants above and writes
+-- the same 'enqueued' audit row, with the calling role as actor, which only the enqueuer's and the
+-- admin's policies below accept (a worker login that enqueues follow-up jobs is also given
+-- pgqueue_enqueuer). Not granted to PUBLIC (the migration revokes that).
+REVOKE ALL ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+    FROM pgqueue_reader, pgqueue_worker;
+GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+    TO pgqueue_enqueuer, pgqueue_admin;
 
 -- pgqueue_enqueuer: insert jobs and their 'enqueued' audit rows. It reads back only job
 -- metadata (RETURNING id, the live job holding a unique_key), never other jobs' args or results.

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgqueue._db.sessions import AsyncReconnectingSession
 from pgqueue._log import get_logger
@@ -204,7 +204,7 @@ class WorkerLoop:
         handle = asyncio.create_task(self._execute(job, task, runner), name=f"pgqueue-job-{job.id}")
         self.running[job.id] = (job, handle)
 
-    async def _execute(self, job: Job, task: Task | None, runner: JobRunner) -> None:
+    async def _execute(self, job: Job, task: Task[..., Any] | None, runner: JobRunner) -> None:
         try:
             outcome = await runner.run(task, job)
         finally:
