@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
+from pgqueue.breakers import CircuitBreaker
 from pgqueue.errors import InvalidPriority
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Task:
     transactional: bool = False
     encrypt: bool = False
     tags: tuple[str, ...] = ()
+    circuit_breaker: CircuitBreaker | None = None
     is_async: bool = field(init=False)
     _signature: inspect.Signature | None = field(init=False, repr=False)
 

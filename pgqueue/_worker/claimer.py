@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgqueue._db.breakers import AsyncBreakerStore, BreakerConfig
 from pgqueue._db.errors import DATABASE_ERRORS, first_line
 from pgqueue._db.jobs import AsyncJobStore
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
 
 MAX_CLAIM_BATCH = 200
+#: How often a worker with circuit-breaker tasks looks for a breaker due a half-open trial, and
+#: the longest it sleeps while idle (a trial is due at a time, not announced by a NOTIFY).
+TRIAL_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -50,12 +54,14 @@ class Claimer:
         dispatch: starts running a claimed job (adds it to ``running``).
         on_empty: when set, called once nothing is left for this worker (see
             ``AsyncJobStore.has_pending_jobs``) and nothing of its own is running or unwritten.
+        breakers: the circuit breakers of the app's tasks, written to the database before the
+            first claim; the claimer also claims their half-open trials.
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
                  queues: Sequence[str] | None, concurrency: int, lease_seconds: float, poll_seconds: float,
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
-                 on_empty: Callable[[], None] | None = None) -> None:
+                 on_empty: Callable[[], None] | None = None, breakers: Sequence[BreakerConfig] = ()) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
@@ -68,6 +74,9 @@ class Claimer:
         self.heartbeat = heartbeat
         self.dispatch = dispatch
         self.on_empty = on_empty
+        self.breakers = tuple(breakers)
+        self._breakers_written = not self.breakers
+        self._trial_checked_at = 0.0
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -107,7 +116,12 @@ class Claimer:
             flow.wakeup.clear()
             limit = min(free, MAX_CLAIM_BATCH)
             try:
-                jobs = await self.session.run(functools.partial(self._claim, limit=limit))
+                trials = await self._claim_trial() if self.breakers else []
+                for job in trials:  # dispatched at once: the claim below may fail
+                    self.dispatch(job)
+                jobs = []
+                if len(trials) < limit:
+                    jobs = await self.session.run(functools.partial(self._claim, limit=limit - len(trials)))
                 if failures:
                     log.info("database.reconnected", role="claim")
                 failures = 0
@@ -123,12 +137,38 @@ class Claimer:
                 continue
             for job in jobs:
                 self.dispatch(job)
-            if len(jobs) < limit:
+            if len(jobs) + len(trials) < limit:
                 if self.on_empty is not None and await self._nothing_left():
                     self.on_empty()
                     continue
                 # The queue is (momentarily) empty: sleep until notified, or poll as a fallback.
-                await self._sleep_unless_woken(self.poll_seconds)
+                # A breaker's cooldown ends unannounced: workers with breakers look every second.
+                await self._sleep_unless_woken(
+                    min(self.poll_seconds, TRIAL_CHECK_SECONDS) if self.breakers else self.poll_seconds)
+
+    async def _claim_trial(self) -> list[Job]:
+        """Write the breaker configuration (once), then, at most every TRIAL_CHECK_SECONDS, claim a
+        half-open trial job if a breaker is due one."""
+        if not self._breakers_written:
+            await self.session.run(self._write_breakers)
+            self._breakers_written = True
+        now = time.monotonic()
+        if now - self._trial_checked_at < TRIAL_CHECK_SECONDS:
+            return []
+        self._trial_checked_at = now
+        job = await self.session.run(self._claim_breaker_trial)
+        if job is None:
+            return []
+        get_logger("pgqueue.worker", worker_id=self.worker_id).info(
+            "breaker.trial_claimed", task=job.task, job_id=job.id)
+        return [job]
+
+    async def _write_breakers(self, conn: AsyncPsycopgConnection) -> None:
+        await AsyncBreakerStore(conn).upsert_breakers(self.breakers)
+
+    async def _claim_breaker_trial(self, conn: AsyncPsycopgConnection) -> Job | None:
+        return await AsyncBreakerStore(conn).claim_breaker_trial(
+            [config[0] for config in self.breakers], self.queues, self.worker_id)
 
     async def _nothing_left(self) -> bool:
         if self.running or self.acker.tracked():

@@ -161,7 +161,9 @@ class WorkerLoop:
             claim_session, self.flow, worker_id=self.worker_id, queues=self.queues, concurrency=self.concurrency,
             lease_seconds=self.settings.lease_seconds, poll_seconds=self.settings.poll_seconds, running=self.running,
             acker=acker, heartbeat=heartbeat, dispatch=lambda job: self._dispatch(job, runner),
-            on_empty=self._on_empty if self.until_empty else None)
+            on_empty=self._on_empty if self.until_empty else None,
+            breakers=[(task.name, cb.failures, cb.window, cb.cooldown) for task in self.app.tasks.values()
+                      if (cb := task.circuit_breaker) is not None])
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
