@@ -1,5 +1,5 @@
 """Operate pgqueue from Python: inspect, wait for, retry, cancel and delete jobs; pause, purge and
-limit queues; list workers and schedules; check health.
+limit queues; list workers, schedules and circuit breakers, reset a breaker; check health.
 
 Every function takes the caller's connection first, like :meth:`pgqueue.App.enqueue`: a psycopg
 ``Connection`` or a SQLAlchemy ``Session``/``Connection`` (psycopg driver). It runs in the
@@ -39,6 +39,7 @@ from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
 from pgqueue._db.audit import AuditStore
+from pgqueue._db.breakers import BreakerStore
 from pgqueue._db.connections import sync_connection
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.notifications import done_listener, listener_dsn
@@ -50,6 +51,7 @@ from pgqueue._db.workers import WorkerStore
 from pgqueue._humanize import format_seconds
 from pgqueue._payload import check_queue_name
 from pgqueue.errors import (
+    BreakerNotFound,
     ConfigurationError,
     InvalidFilter,
     InvalidJobState,
@@ -65,6 +67,7 @@ from pgqueue.settings import parse_duration, redact_dsn
 
 __all__ = [
     "UNCHANGED",
+    "BreakerInfo",
     "HealthCheck",
     "HealthReport",
     "JobChange",
@@ -81,6 +84,7 @@ __all__ = [
     "health",
     "list_job_events",
     "list_jobs",
+    "list_breakers",
     "list_queues",
     "list_schedules",
     "list_workers",
@@ -89,6 +93,7 @@ __all__ = [
     "pause_queue",
     "purge_queue",
     "report",
+    "reset_breaker",
     "resume_queue",
     "retry_failed",
     "retry_job",
@@ -299,6 +304,33 @@ class ScheduleInfo:
     state: str
     next_run_at: datetime | None
     last_run_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BreakerInfo:
+    """A task's circuit breaker (see :mod:`pgqueue.breakers`).
+
+    Attributes:
+        state: ``closed``, ``open`` or ``half_open``.
+        failures: failed attempts within the last ``window_seconds``.
+        opened_at: when it last opened (None while closed).
+        trial_at: while open, when a half-open trial becomes due.
+        trial_job_id: while half-open, the trial job.
+    """
+
+    task: str
+    state: str
+    failures: int
+    failure_threshold: int
+    window_seconds: float
+    cooldown_seconds: float
+    opened_at: datetime | None
+    trial_at: datetime | None
+    trial_job_id: int | None
+    updated_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -618,8 +650,11 @@ def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = Non
 def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
     """Cancel a scheduled, available or running job.
 
-    A running attempt is not interrupted (until flow control's cancellation ships): its worker
-    finishes it, but its outcome is refused and the job stays cancelled.
+    A running job's worker is told at once (NOTIFY, and its heartbeat checks every half second when
+    LISTEN is unavailable): ``job.cancelled`` becomes True, ``job.raise_if_cancelled()`` raises
+    :class:`pgqueue.Cancelled`, and an async handler's coroutine is cancelled. Whatever the attempt
+    then produces is refused (the job stays ``cancelled``) and a transactional task's writes roll
+    back. A sync handler that never checks runs to its end, but its outcome is refused all the same.
 
     Raises:
         JobNotFound: no job has that id.
@@ -831,6 +866,51 @@ def list_schedules(conn: Any) -> list[ScheduleInfo]:
                                    queue=item.queue, paused=item.paused, state=state, next_run_at=item.next_run_at,
                                    last_run_at=item.last_run_at))
     return result
+
+
+def list_breakers(conn: Any) -> list[BreakerInfo]:
+    """Every task's circuit breaker, by task name.
+
+    Example:
+        >>> [(b.task, b.state) for b in admin.list_breakers(conn)]
+        [('send-sms', 'open')]
+    """
+    rows = BreakerStore(sync_connection(conn)).list_breakers()
+    return [BreakerInfo(**{name: row[name] for name in BreakerInfo.__dataclass_fields__}) for row in rows]
+
+
+def reset_breaker(conn: Any, task: str, *, actor: str | None = None) -> BreakerChange:
+    """Close ``task``'s circuit breaker now, forgetting its counted failures (audited with ``actor``).
+
+    Its held jobs are claimed again at the workers' next poll. Resetting a closed breaker is
+    allowed (it clears the failures counted so far).
+
+    Raises:
+        BreakerNotFound: no breaker is declared for ``task`` (no worker with it ever started).
+
+    Example:
+        >>> admin.reset_breaker(conn, "send-sms", actor="alice").previous_state
+        'open'
+    """
+    checked = _check_text(task, "task", _MAX_TASK_LENGTH)
+    if not checked:
+        raise BreakerNotFound("a task name is required")
+    previous = BreakerStore(sync_connection(conn)).reset_breaker(checked, _actor(actor))
+    if previous is None:
+        raise BreakerNotFound(f"no circuit breaker for task {task!r} (`pgqueue breakers list` shows them)")
+    return BreakerChange(checked, previous, "closed")
+
+
+@dataclass(frozen=True)
+class BreakerChange:
+    """What :func:`reset_breaker` did."""
+
+    task: str
+    previous_state: str
+    state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def notification_queue_usage(conn: Any) -> float:

@@ -372,10 +372,12 @@ WITH before AS MATERIALIZED (
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
 -- name: cancel_job
--- A running job may be cancelled too: its worker's ack is then refused (state is no longer
--- running) and the outcome stays cancelled.
+-- A running job may be cancelled too: its worker is told on %(cancel_channel)s (payload
+-- '<id>:<lease token>', so a late notification never hits a later attempt), and its heartbeat
+-- finds it by polling if the NOTIFY is lost; its ack is refused (the lease token is cleared) and
+-- the outcome stays cancelled.
 WITH before AS (
-    SELECT id, state FROM pgqueue.jobs WHERE id = %(id)s FOR NO KEY UPDATE
+    SELECT id, state, lease_token FROM pgqueue.jobs WHERE id = %(id)s FOR NO KEY UPDATE
 ), cancelled AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'cancelled', finished_at = now(), lease_token = NULL
@@ -387,9 +389,13 @@ WITH before AS (
     SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
 ), woken AS (
     SELECT pg_notify(%(done_channel)s, '') FROM cancelled
+), interrupted AS (
+    SELECT pg_notify(%(cancel_channel)s, before.id || ':' || before.lease_token)
+    FROM before JOIN cancelled ON cancelled.id = before.id
+    WHERE before.state = 'running' AND before.lease_token IS NOT NULL
 )
 SELECT before.state AS previous_state, (SELECT count(*) FROM cancelled) AS cancelled,
-       (SELECT count(*) FROM woken) AS notified FROM before;
+       (SELECT count(*) FROM woken) + (SELECT count(*) FROM interrupted) AS notified FROM before;
 
 -- name: delete_job
 WITH deleted AS (
@@ -462,3 +468,8 @@ ORDER BY j.id DESC NULLS LAST;
 
 -- name: get_job_state
 SELECT state FROM pgqueue.jobs WHERE id = %(id)s;
+
+-- name: find_cancelled_jobs
+-- The heartbeat's fallback for a lost cancel NOTIFY (no LISTEN behind a transaction pooler): which
+-- of the jobs this worker runs were cancelled. Primary-key lookups of a handful of ids.
+SELECT id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled';
