@@ -980,6 +980,19 @@ def _long_transaction_check(store: ServerStore, max_xact_age: float) -> HealthCh
                        "the queue slows as it bloats (end them with pg_terminate_backend(pid))")
 
 
+def _breaker_check(conn: Any) -> HealthCheck:
+    # A warning, not a failure: an open breaker is pgqueue doing its job around a failing
+    # downstream, and restarting workers (what a failed probe leads to) would not help.
+    held = [b for b in list_breakers(conn) if b.state != "closed"]
+    if not held:
+        return HealthCheck("circuit_breakers", "ok", "no circuit breaker open")
+    listed = ", ".join(f"{b.task!r} ({b.state.replace('_', '-')}, {b.failures} failures in {format_seconds(b.window_seconds)})"
+                       for b in held)
+    return HealthCheck("circuit_breakers", "warn",
+                       f"{len(held)} circuit breaker{'' if len(held) == 1 else 's'} holding jobs back: {listed} "
+                       "(`pgqueue breakers reset TASK` closes one)")
+
+
 def _schema_check(dsn: str) -> HealthCheck:
     from pgqueue import _migrate  # alembic and SQLAlchemy: only loaded for this check
 
@@ -1001,7 +1014,7 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
     every queue with a job available for over ``max_age`` seconds has a live worker serving it
     (paused queues excepted); the server's NOTIFY queue is under half full. Warns (``warn``, still
     healthy) about transactions open for over ``max_xact_age`` seconds: they keep vacuum from
-    cleaning finished jobs.
+    cleaning finished jobs, and about circuit breakers that are open or half-open.
 
     Example:
         >>> report = admin.health(dsn)
@@ -1012,7 +1025,7 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         conn = connect(dsn)
     except PgqueueError as exc:
         skipped = [HealthCheck(name, "skipped", "database unreachable")
-                   for name in ("schema", "workers", "notification_queue", "long_transactions")]
+                   for name in ("schema", "workers", "circuit_breakers", "notification_queue", "long_transactions")]
         return HealthReport((HealthCheck("database", "fail", str(exc)), *skipped))
     with conn:
         store = ServerStore(conn)
@@ -1028,6 +1041,11 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         except SchemaNotReady:
             conn.rollback()
             checks.append(HealthCheck("workers", "skipped", "the pgqueue schema is missing"))
+        try:
+            checks.append(_breaker_check(conn))
+        except SchemaNotReady:
+            conn.rollback()
+            checks.append(HealthCheck("circuit_breakers", "skipped", "no pgqueue.circuit_breakers table (run `pgqueue migrate`)"))
         checks.append(_notification_check(store.notification_queue_usage()))
         checks.append(_long_transaction_check(store, max_xact_age))
     return HealthReport(tuple(checks))
