@@ -52,7 +52,8 @@ def open_client(module_dsn: str) -> Iterator[TestClient]:
 
 @pytest.fixture
 def db(module_dsn: str) -> Iterator[Conn]:
-    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues", "pgqueue.workers")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues", "pgqueue.workers",
+                 "pgqueue.circuit_breakers")
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         yield conn
 
@@ -102,7 +103,8 @@ def test_the_openapi_schema_lists_every_api_route(client: TestClient, db: Conn) 
     assert schema["openapi"].startswith("3.")
     assert {"/api/queues", "/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/retry", "/api/jobs/{job_id}/cancel",
             "/api/queues/{name}/pause", "/api/queues/{name}/resume", "/api/queues/{name}/purge",
-            "/api/queues/{name}/limits", "/api/schedules", "/api/workers", "/api/health"} <= set(schema["paths"])
+            "/api/queues/{name}/limits", "/api/schedules", "/api/workers", "/api/breakers",
+            "/api/health"} <= set(schema["paths"])
     assert set(schema["paths"]["/api/jobs/{job_id}"]) >= {"get", "delete"}
 
 
@@ -388,6 +390,19 @@ def test_schedules_workers_and_health(client: TestClient, db: Conn) -> None:
     assert health.json()["healthy"] is True
     assert "127.0.0.1" not in health.text
     assert "postgresql://" not in health.text
+
+
+def test_breakers_are_listed_by_the_api_and_on_the_overview(client: TestClient, db: Conn) -> None:
+    db.execute("INSERT INTO pgqueue.circuit_breakers (task, state, opened_at, failure_threshold, window_seconds,"
+               " cooldown_seconds) VALUES ('send-sms', 'open', now(), 5, 60, 30)")
+
+    items = client.get("/api/breakers", headers=READ).json()["items"]
+    page = client.get("/", headers=READ)
+
+    assert [(b["task"], b["state"], b["failure_threshold"]) for b in items] == [("send-sms", "open", 5)]
+    assert items[0]["trial_at"] is not None
+    assert page.status_code == 200
+    assert "Circuit breakers" in page.text and "send-sms" in page.text
 
 
 def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
