@@ -82,9 +82,9 @@ __all__ = [
     "format_rate",
     "get_job",
     "health",
+    "list_breakers",
     "list_job_events",
     "list_jobs",
-    "list_breakers",
     "list_queues",
     "list_schedules",
     "list_workers",
@@ -986,8 +986,9 @@ def _breaker_check(conn: Any) -> HealthCheck:
     held = [b for b in list_breakers(conn) if b.state != "closed"]
     if not held:
         return HealthCheck("circuit_breakers", "ok", "no circuit breaker open")
-    listed = ", ".join(f"{b.task!r} ({b.state.replace('_', '-')}, {b.failures} failures in {format_seconds(b.window_seconds)})"
-                       for b in held)
+    listed = ", ".join(
+        f"{b.task!r} ({b.state.replace('_', '-')}, {b.failures} failures in {format_seconds(b.window_seconds)})"
+        for b in held)
     return HealthCheck("circuit_breakers", "warn",
                        f"{len(held)} circuit breaker{'' if len(held) == 1 else 's'} holding jobs back: {listed} "
                        "(`pgqueue breakers reset TASK` closes one)")
@@ -1045,7 +1046,8 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
             checks.append(_breaker_check(conn))
         except SchemaNotReady:
             conn.rollback()
-            checks.append(HealthCheck("circuit_breakers", "skipped", "no pgqueue.circuit_breakers table (run `pgqueue migrate`)"))
+            checks.append(HealthCheck("circuit_breakers", "skipped",
+                                      "no pgqueue.circuit_breakers table (run `pgqueue migrate`)"))
         checks.append(_notification_check(store.notification_queue_usage()))
         checks.append(_long_transaction_check(store, max_xact_age))
     return HealthReport(tuple(checks))

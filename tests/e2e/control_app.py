@@ -47,7 +47,8 @@ def _execute(query: str, params: Any = None) -> Any:
 
 
 def _record(job: pgqueue.Job) -> None:
-    _execute("INSERT INTO test_executions (job_id, attempt, pid) VALUES (%s, %s, %s)", [job.id, job.attempt, os.getpid()])
+    _execute("INSERT INTO test_executions (job_id, attempt, pid) VALUES (%s, %s, %s)",
+             [job.id, job.attempt, os.getpid()])
 
 
 @app.task(name="downstream", max_attempts=1000, backoff=pgqueue.Backoff.fixed(0), circuit_breaker=BREAKER)

@@ -152,7 +152,7 @@ def test_cancel_reaches_sync_async_and_transactional_handlers_within_a_second(
 
     wait_until(lambda: count(db, "SELECT count(*) FROM test_cancels") == 3, timeout=10,
                message="every handler to learn of its cancellation")
-    lags = dict(db.execute("""
+    lags: dict[str, float] = dict(db.execute("""
         SELECT c.how, EXTRACT(EPOCH FROM c.seen_at - e.at)::float8 FROM test_cancels AS c
         JOIN pgqueue.job_events AS e ON e.job_id = c.job_id AND e.event = 'cancelled'""").fetchall())
     assert set(lags) == {"sync", "async", "tx"}
@@ -168,7 +168,7 @@ def test_cancel_reaches_sync_async_and_transactional_handlers_within_a_second(
     follow_up = app.enqueue(None, "other", {})
     wait_until(lambda: count(db, "SELECT count(*) FROM pgqueue.jobs WHERE id = %s AND state = 'completed'",
                              [follow_up]) == 1, timeout=10)
-    assert worker.alive
+    assert worker.alive()
 
 
 def test_cancel_cli_errors_are_one_line_and_change_nothing(worker_dsn: str, db: Db, run_cli: RunCli) -> None:

@@ -284,7 +284,8 @@ def test_snooze_goes_back_to_scheduled_at_now_plus_delay_and_keeps_the_last_erro
     assert row["last_error"]["type"] == "RuntimeError"
     delay = db.execute("SELECT EXTRACT(EPOCH FROM run_at - now()) FROM pgqueue.jobs WHERE id = %s",
                        [job_id]).fetchone()
-    assert delay is not None and 3500 < float(delay[0]) <= 3600
+    assert delay is not None
+    assert 3500 < float(delay[0]) <= 3600
     assert db.execute("SELECT detail FROM pgqueue.job_events WHERE job_id = %s AND event = 'snoozed'",
                       [job_id]).fetchone() == ({"delay_s": 3600},)
 
@@ -344,7 +345,9 @@ def test_a_breaker_opens_holds_the_task_runs_one_trial_and_closes(
     for job_id in ids:
         wait_for_state(db, job_id, "completed")
     row = breaker(db, "flaky")
-    assert row is not None and row["state"] == "closed" and row["failures"] == 0
+    assert row is not None
+    assert row["state"] == "closed"
+    assert row["failures"] == 0
     assert breaker_events(db) == [
         ("breaker_opened", "closed", "open"),
         ("breaker_half_opened", "open", "half_open"),
@@ -366,11 +369,13 @@ def test_failures_outside_the_window_do_not_open_the_breaker(
     start_worker(concurrency=1)
     first = app.enqueue(None, "slow-fail", {})
     wait_for_state(db, first, "failed")
-    time.sleep(0.7)  # the first failure leaves the 0.5 s window  # noqa: ASYNC251
+    time.sleep(0.7)  # the first failure leaves the 0.5 s window
     second = app.enqueue(None, "slow-fail", {})
     wait_for_state(db, second, "failed")
     row = breaker(db, "slow-fail")
-    assert row is not None and row["state"] == "closed" and row["failures"] == 1
+    assert row is not None
+    assert row["state"] == "closed"
+    assert row["failures"] == 1
 
 
 def test_the_worker_writes_the_breaker_settings_declared_in_code(

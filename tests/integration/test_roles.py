@@ -345,7 +345,8 @@ def test_a_worker_login_drives_breakers_and_snoozes_and_an_admin_login_cancels_a
     assert owner.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'breaker_reset'").fetchall() == [
         (ACTOR, {"task": "guarded"})]
     listed = run(as_role("reader"), "breakers", "list", "--json")
-    assert listed.returncode == 0 and '"task": "guarded"' in listed.stdout
+    assert listed.returncode == 0
+    assert '"task": "guarded"' in listed.stdout
 
 
 @pytest.mark.parametrize(("role", "statement"), [
@@ -358,7 +359,8 @@ def test_a_worker_login_drives_breakers_and_snoozes_and_an_admin_login_cancels_a
     ("admin", "INSERT INTO pgqueue.circuit_breakers (task, failure_threshold, window_seconds, cooldown_seconds) "
               "VALUES ('t', 1, 1, 1)"),
     ("enqueuer", "SELECT * FROM pgqueue.circuit_breakers"),
-    ("enqueuer", """INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) VALUES (1, 'snoozed', 'available', 0)"""),
+    ("enqueuer", "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) "
+                 "VALUES (1, 'snoozed', 'available', 0)"),
     ("reader", "UPDATE pgqueue.circuit_breakers SET state = 'closed'"),
 ])
 def test_breaker_state_and_events_are_written_only_by_the_role_whose_part_it_is(

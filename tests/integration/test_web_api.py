@@ -402,7 +402,8 @@ def test_breakers_are_listed_by_the_api_and_on_the_overview(client: TestClient, 
     assert [(b["task"], b["state"], b["failure_threshold"]) for b in items] == [("send-sms", "open", 5)]
     assert items[0]["trial_at"] is not None
     assert page.status_code == 200
-    assert "Circuit breakers" in page.text and "send-sms" in page.text
+    assert "Circuit breakers" in page.text
+    assert "send-sms" in page.text
 
 
 def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
