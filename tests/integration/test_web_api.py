@@ -402,6 +402,9 @@ def test_breakers_are_listed_by_the_api_and_on_the_overview(client: TestClient, 
     assert [(b["task"], b["state"], b["failure_threshold"]) for b in items] == [("send-sms", "open", 5)]
     assert items[0]["trial_at"] is not None
     assert page.status_code == 200
+    metrics = client.get("/metrics", headers=READ).text
+    assert 'pgqueue_circuit_breaker_state{state="open",task="send-sms"} 1.0' in metrics
+    assert 'pgqueue_circuit_breaker_state{state="closed",task="send-sms"} 0.0' in metrics
     assert "Circuit breakers" in page.text
     assert "send-sms" in page.text
 
