@@ -297,6 +297,23 @@ def test_retry_cancel_and_delete_act_audit_with_the_web_actor_and_refuse_wrong_s
     assert actors(db, "retried") == actors(db, "cancelled") == actors(db, "deleted") == ["web:admin-token"]
 
 
+def test_cancelling_a_running_job_from_the_web_tells_its_worker_by_notify(client: TestClient, db: Conn,
+                                                                          module_dsn: str) -> None:
+    running, live = enqueue(db, state="running"), enqueue(db)
+    token = db.execute("SELECT lease_token FROM pgqueue.jobs WHERE id = %s", [running]).fetchone()
+    assert token is not None
+    with psycopg.connect(module_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgqueue_cancel")
+        assert client.post(f"/api/jobs/{live}/cancel", headers=ADMIN).status_code == 200
+        response = client.post(f"/api/jobs/{running}/cancel", headers=ADMIN)
+        heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+
+    assert response.json() == {"id": running, "previous_state": "running", "state": "cancelled"}
+    # Only the running job's worker is told, under the lease it held (a later attempt is not hit).
+    assert heard == [f"{running}:{token[0]}"]
+    assert db.execute("SELECT lease_token FROM pgqueue.jobs WHERE id = %s", [running]).fetchone() == (None,)
+
+
 def test_bulk_actions_report_each_job_and_retry_failed_retries_the_dead_letters(client: TestClient,
                                                                                db: Conn) -> None:
     a, b = enqueue(db, state="failed"), enqueue(db, state="failed")
