@@ -1026,7 +1026,7 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         conn = connect(dsn)
     except PgqueueError as exc:
         skipped = [HealthCheck(name, "skipped", "database unreachable")
-                   for name in ("schema", "workers", "circuit_breakers", "notification_queue", "long_transactions")]
+                   for name in ("schema", "workers", "notification_queue", "long_transactions", "circuit_breakers")]
         return HealthReport((HealthCheck("database", "fail", str(exc)), *skipped))
     with conn:
         store = ServerStore(conn)
@@ -1042,12 +1042,12 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         except SchemaNotReady:
             conn.rollback()
             checks.append(HealthCheck("workers", "skipped", "the pgqueue schema is missing"))
+        checks.append(_notification_check(store.notification_queue_usage()))
+        checks.append(_long_transaction_check(store, max_xact_age))
         try:
             checks.append(_breaker_check(conn))
         except SchemaNotReady:
             conn.rollback()
             checks.append(HealthCheck("circuit_breakers", "skipped",
                                       "no pgqueue.circuit_breakers table (run `pgqueue migrate`)"))
-        checks.append(_notification_check(store.notification_queue_usage()))
-        checks.append(_long_transaction_check(store, max_xact_age))
     return HealthReport(tuple(checks))

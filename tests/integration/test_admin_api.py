@@ -451,5 +451,5 @@ def test_health_reports_each_check_and_is_healthy_on_a_migrated_idle_database(ds
     report = admin.health(dsn)
 
     assert report.healthy
-    assert [c.name for c in report.checks] == ["database", "schema", "workers", "circuit_breakers",
-                                               "notification_queue", "long_transactions"]
+    assert [c.name for c in report.checks] == ["database", "schema", "workers", "notification_queue",
+                                               "long_transactions", "circuit_breakers"]

@@ -414,3 +414,16 @@ def test_circuit_breaker_settings_are_checked() -> None:
         CircuitBreaker(window=0)
     with pytest.raises(ValueError, match="cooldown -1"):
         CircuitBreaker(cooldown=-1)
+
+
+def test_health_warns_about_an_open_breaker_without_failing(db: Conn, dsn: str) -> None:
+    db.execute("INSERT INTO pgqueue.circuit_breakers (task, state, opened_at, failure_threshold, window_seconds,"
+               " cooldown_seconds, recent_failures) VALUES ('sms', 'open', now(), 2, 60, 30, ARRAY[now(), now()])")
+
+    report = admin.health(dsn)
+
+    check = next(c for c in report.checks if c.name == "circuit_breakers")
+    assert report.healthy
+    assert check.status == "warn"
+    assert "'sms' (open, 2 failures in 1m 0s)" in check.detail
+    assert "pgqueue breakers reset" in check.detail
