@@ -97,9 +97,10 @@ GRANT SELECT, INSERT, DELETE, UPDATE (inserted_at) ON pgqueue.schedule_runs TO p
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.workers TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.leaders TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_worker;
--- Circuit breakers: a worker writes its tasks' breaker settings at start, counts failures and
--- moves breakers between states as it acks and claims; it never deletes one.
-GRANT SELECT, INSERT, UPDATE ON pgqueue.circuit_breakers TO pgqueue_worker;
+-- Circuit breakers: a worker writes its tasks' breaker settings at start (and deletes the breaker
+-- of a task its code now declares without one), counts failures and moves breakers between states
+-- as it acks and claims.
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.circuit_breakers TO pgqueue_worker;
 
 -- pgqueue_admin: the management commands (jobs retry/cancel/delete, queues pause/resume/purge,
 -- schedules add/remove/pause/resume, prune, keys rotate, audit verify) and what they audit. It does
@@ -158,7 +159,7 @@ CREATE POLICY job_events_work ON pgqueue.job_events FOR INSERT
                        'rescued', 'available', 'snoozed'))
         -- circuit breaker transitions driven by acks and trial claims (the task in detail)
         OR (job_id IS NULL AND actor IS NULL AND detail ? 'task'
-            AND event IN ('breaker_opened', 'breaker_half_opened', 'breaker_closed'))
+            AND event IN ('breaker_opened', 'breaker_half_opened', 'breaker_closed', 'breaker_removed'))
         -- a cron job the scheduler inserted, with its schedule and fire time
         OR (event = 'enqueued' AND actor = 'scheduler' AND job_id IS NOT NULL AND from_state IS NULL
             AND to_state IN ('scheduled', 'available') AND attempt = 0 AND worker_id IS NULL

@@ -19,6 +19,7 @@ from pgqueue.jobs import Job
 
 class BreakerQueries(NamedTuple):
     upsert_breakers: LiteralString
+    remove_breakers: LiteralString
     list_breakers: LiteralString
     reset_breaker: LiteralString
     claim_breaker_trial: LiteralString
@@ -59,6 +60,13 @@ class AsyncBreakerStore:
             await self.conn.execute(BREAKERS.upsert_breakers, {
                 "tasks": [c[0] for c in configs], "failures": [c[1] for c in configs],
                 "windows": [float(c[2]) for c in configs], "cooldowns": [float(c[3]) for c in configs]})
+
+    async def remove_breakers(self, tasks: Sequence[str], worker_id: str) -> list[str]:
+        """Delete the breakers of ``tasks`` (declared without one now); the tasks that had one."""
+        with translate_errors():
+            cur = await self.conn.execute(BREAKERS.remove_breakers, {"tasks": list(tasks), "worker_id": worker_id})
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
 
     async def claim_breaker_trial(self, tasks: Sequence[str], queues: Sequence[str] | None,
                                   worker_id: str) -> Job | None:

@@ -56,12 +56,15 @@ class Claimer:
             ``AsyncJobStore.has_pending_jobs``) and nothing of its own is running or unwritten.
         breakers: the circuit breakers of the app's tasks, written to the database before the
             first claim; the claimer also claims their half-open trials.
+        unguarded: the app's tasks without a breaker, whose breaker rows (left from older code)
+            are removed before the first claim.
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
                  queues: Sequence[str] | None, concurrency: int, lease_seconds: float, poll_seconds: float,
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
-                 on_empty: Callable[[], None] | None = None, breakers: Sequence[BreakerConfig] = ()) -> None:
+                 on_empty: Callable[[], None] | None = None, breakers: Sequence[BreakerConfig] = (),
+                 unguarded: Sequence[str] = ()) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
@@ -75,7 +78,8 @@ class Claimer:
         self.dispatch = dispatch
         self.on_empty = on_empty
         self.breakers = tuple(breakers)
-        self._breakers_written = not self.breakers
+        self.unguarded = tuple(unguarded)
+        self._breakers_written = not self.breakers and not self.unguarded
         self._trial_checked_at = 0.0
 
     async def run(self) -> None:
@@ -116,6 +120,9 @@ class Claimer:
             flow.wakeup.clear()
             limit = min(free, MAX_CLAIM_BATCH)
             try:
+                if not self._breakers_written:
+                    await self.session.run(self._write_breakers)
+                    self._breakers_written = True
                 trials = await self._claim_trial() if self.breakers else []
                 for job in trials:  # dispatched at once: the claim below may fail
                     self.dispatch(job)
@@ -147,11 +154,7 @@ class Claimer:
                     min(self.poll_seconds, TRIAL_CHECK_SECONDS) if self.breakers else self.poll_seconds)
 
     async def _claim_trial(self) -> list[Job]:
-        """Write the breaker configuration (once), then, at most every TRIAL_CHECK_SECONDS, claim a
-        half-open trial job if a breaker is due one."""
-        if not self._breakers_written:
-            await self.session.run(self._write_breakers)
-            self._breakers_written = True
+        """At most every TRIAL_CHECK_SECONDS, claim a half-open trial job if a breaker is due one."""
         now = time.monotonic()
         if now - self._trial_checked_at < TRIAL_CHECK_SECONDS:
             return []
@@ -164,7 +167,12 @@ class Claimer:
         return [job]
 
     async def _write_breakers(self, conn: AsyncPsycopgConnection) -> None:
-        await AsyncBreakerStore(conn).upsert_breakers(self.breakers)
+        store = AsyncBreakerStore(conn)
+        if self.breakers:
+            await store.upsert_breakers(self.breakers)
+        removed = await store.remove_breakers(self.unguarded, self.worker_id) if self.unguarded else []
+        if removed:
+            get_logger("pgqueue.worker", worker_id=self.worker_id).info("breaker.removed", tasks=removed)
 
     async def _claim_breaker_trial(self, conn: AsyncPsycopgConnection) -> Job | None:
         return await AsyncBreakerStore(conn).claim_breaker_trial(

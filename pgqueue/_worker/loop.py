@@ -199,7 +199,8 @@ class WorkerLoop:
             acker=acker, heartbeat=heartbeat, dispatch=lambda job: self._dispatch(job, runner),
             on_empty=self._on_empty if self.until_empty else None,
             breakers=[(task.name, cb.failures, cb.window, cb.cooldown) for task in self.app.tasks.values()
-                      if (cb := task.circuit_breaker) is not None])
+                      if (cb := task.circuit_breaker) is not None],
+            unguarded=[task.name for task in self.app.tasks.values() if task.circuit_breaker is None])
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()

@@ -427,3 +427,22 @@ def test_health_warns_about_an_open_breaker_without_failing(db: Conn, dsn: str) 
     assert check.status == "warn"
     assert "'sms' (open, 2 failures in 1m 0s)" in check.detail
     assert "pgqueue breakers reset" in check.detail
+
+
+def test_a_breaker_removed_from_the_code_is_removed_from_the_database_and_stops_holding_jobs(
+        app: App, db: Conn, start_worker: StartWorker) -> None:
+    db.execute("INSERT INTO pgqueue.circuit_breakers (task, state, opened_at, failure_threshold, window_seconds,"
+               " cooldown_seconds) VALUES ('formerly-guarded', 'open', now(), 5, 60, 3600),"
+               " ('not-ours', 'open', now(), 5, 60, 3600)")
+
+    @app.task(name="formerly-guarded")
+    def formerly_guarded(job: Job) -> str:
+        return "ok"
+
+    job_id = app.enqueue(None, "formerly-guarded", {})
+    start_worker()
+
+    wait_for_state(db, job_id, "completed")
+    # Only the breaker of a task this worker runs (without one) goes; another app's stays.
+    assert db.execute("SELECT task FROM pgqueue.circuit_breakers").fetchall() == [("not-ours",)]
+    assert breaker_events(db) == [("breaker_removed", "open", None)]

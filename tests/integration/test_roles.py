@@ -352,7 +352,7 @@ def test_a_worker_login_drives_breakers_and_snoozes_and_an_admin_login_cancels_a
 @pytest.mark.parametrize(("role", "statement"), [
     ("worker", """INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
                   VALUES (NULL, 'breaker_reset', 'cli:ops', '{"task": "t"}')"""),
-    ("worker", "DELETE FROM pgqueue.circuit_breakers"),
+    ("worker", "TRUNCATE pgqueue.circuit_breakers"),
     ("admin", """INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, detail)
                  VALUES (NULL, 'breaker_opened', 'closed', 'open', '{"task": "t"}')"""),
     ("admin", "UPDATE pgqueue.circuit_breakers SET failure_threshold = 1000"),

@@ -15,6 +15,18 @@ SET failure_threshold = EXCLUDED.failure_threshold, window_seconds = EXCLUDED.wi
 WHERE (b.failure_threshold, b.window_seconds, b.cooldown_seconds)
       IS DISTINCT FROM (EXCLUDED.failure_threshold, EXCLUDED.window_seconds, EXCLUDED.cooldown_seconds);
 
+-- name: remove_breakers
+-- The tasks a starting worker registers with no circuit breaker: a breaker removed from the code
+-- goes from the database too (else it would keep holding the task's jobs and counting failures).
+WITH removed AS (
+    DELETE FROM pgqueue.circuit_breakers WHERE task = ANY(%(tasks)s::text[])
+    RETURNING task, state
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, worker_id, detail)
+    SELECT NULL, 'breaker_removed', state, %(worker_id)s, jsonb_build_object('task', task) FROM removed
+)
+SELECT task FROM removed;
+
 -- name: list_breakers
 -- failures: failed attempts within the window now (recent_failures keeps up to the threshold).
 SELECT b.task, b.state, b.opened_at,
