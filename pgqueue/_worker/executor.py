@@ -246,6 +246,8 @@ class JobRunner:
 
     def _log_outcome(self, log: Any, job: Job, task: Task, outcome: Outcome, started: float,
                      error_type: str) -> None:
+        if job.cancelled:
+            return  # the attempt ended because it was cancelled: run() logs job.cancelled instead
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         fields: dict[str, Any] = {"error_type": error_type, "duration_ms": duration_ms}
         if self._sealer.must_seal(job, task):

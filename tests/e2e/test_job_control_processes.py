@@ -169,6 +169,9 @@ def test_cancel_reaches_sync_async_and_transactional_handlers_within_a_second(
     wait_until(lambda: count(db, "SELECT count(*) FROM pgqueue.jobs WHERE id = %s AND state = 'completed'",
                              [follow_up]) == 1, timeout=10)
     assert worker.alive()
+    # The worker logged each attempt as cancelled, not as a failure or a lost lease.
+    assert len(worker.log_events("job.cancelled")) == 3, worker.describe()
+    assert worker.log_events("job.retry_scheduled", "job.failed", "job.lease_lost") == [], worker.describe()
 
 
 def test_cancel_cli_errors_are_one_line_and_change_nothing(worker_dsn: str, db: Db, run_cli: RunCli) -> None:
