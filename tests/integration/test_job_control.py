@@ -290,6 +290,25 @@ def test_snooze_goes_back_to_scheduled_at_now_plus_delay_and_keeps_the_last_erro
                       [job_id]).fetchone() == ({"delay_s": 3600},)
 
 
+def test_a_transactional_task_that_snoozes_leaves_none_of_that_runs_writes(
+        app: App, db: Conn, start_worker: StartWorker) -> None:
+    runs: list[int] = []
+
+    @app.task(name="tx-snooze", transactional=True, max_attempts=1)
+    def tx_snooze(job: Job) -> None:
+        job.connection.execute("INSERT INTO public.ledger VALUES (%s, %s)", [job.id, len(runs)])
+        runs.append(job.attempt)
+        if len(runs) == 1:
+            raise Snooze(0)
+
+    job_id = app.enqueue(None, "tx-snooze", {})
+    start_worker()
+
+    wait_for_state(db, job_id, "completed")
+    assert runs == [1, 1]
+    assert db.execute("SELECT attempt FROM public.ledger").fetchall() == [(1,)]  # only the second run's write
+
+
 def test_snooze_refuses_a_negative_delay() -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         Snooze(delay=-1)
