@@ -20,6 +20,7 @@ from pgqueue.jobs import Job
 class BreakerQueries(NamedTuple):
     upsert_breakers: LiteralString
     remove_breakers: LiteralString
+    find_due_breakers: LiteralString
     list_breakers: LiteralString
     reset_breaker: LiteralString
     claim_breaker_trial: LiteralString
@@ -65,6 +66,12 @@ class AsyncBreakerStore:
         """Delete the breakers of ``tasks`` (declared without one now); the tasks that had one."""
         with translate_errors():
             cur = await self.conn.execute(BREAKERS.remove_breakers, {"tasks": list(tasks), "worker_id": worker_id})
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
+    async def find_due_breakers(self, tasks: Sequence[str]) -> list[str]:
+        with translate_errors():
+            cur = await self.conn.execute(BREAKERS.find_due_breakers, {"tasks": list(tasks)})
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
 

@@ -32,6 +32,10 @@ MAX_CLAIM_BATCH = 200
 #: How often a worker with circuit-breaker tasks looks for a breaker due a half-open trial, and
 #: the longest it sleeps while idle (a trial is due at a time, not announced by a NOTIFY).
 TRIAL_CHECK_SECONDS = 1.0
+#: After a breaker was due a trial but no job of its task could be claimed (none available in the
+#: worker's queues, or another worker took the trial), look again only after this long: finding
+#: a job of one task may read far down a large backlog.
+TRIAL_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Claimer:
         self.unguarded = tuple(unguarded)
         self._breakers_written = not self.breakers and not self.unguarded
         self._trial_checked_at = 0.0
+        self._trial_retry_at = 0.0
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -156,11 +161,14 @@ class Claimer:
     async def _claim_trial(self) -> list[Job]:
         """At most every TRIAL_CHECK_SECONDS, claim a half-open trial job if a breaker is due one."""
         now = time.monotonic()
-        if now - self._trial_checked_at < TRIAL_CHECK_SECONDS:
+        if now - self._trial_checked_at < TRIAL_CHECK_SECONDS or now < self._trial_retry_at:
             return []
         self._trial_checked_at = now
+        if not await self.session.run(self._find_due_breakers):
+            return []
         job = await self.session.run(self._claim_breaker_trial)
         if job is None:
+            self._trial_retry_at = time.monotonic() + TRIAL_RETRY_SECONDS
             return []
         get_logger("pgqueue.worker", worker_id=self.worker_id).info(
             "breaker.trial_claimed", task=job.task, job_id=job.id)
@@ -173,6 +181,9 @@ class Claimer:
         removed = await store.remove_breakers(self.unguarded, self.worker_id) if self.unguarded else []
         if removed:
             get_logger("pgqueue.worker", worker_id=self.worker_id).info("breaker.removed", tasks=removed)
+
+    async def _find_due_breakers(self, conn: AsyncPsycopgConnection) -> list[str]:
+        return await AsyncBreakerStore(conn).find_due_breakers([config[0] for config in self.breakers])
 
     async def _claim_breaker_trial(self, conn: AsyncPsycopgConnection) -> Job | None:
         return await AsyncBreakerStore(conn).claim_breaker_trial(

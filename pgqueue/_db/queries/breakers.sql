@@ -59,6 +59,16 @@ WITH before AS (
 -- would need the queues of the task's jobs, a scan of pgqueue.jobs.
 SELECT state AS previous_state FROM before;
 
+-- name: find_due_breakers
+-- Whether any of the tasks has a breaker due a half-open trial (see claim_breaker_trial): a read of
+-- the small breakers table, run every second by idle workers before the claim itself, whose
+-- search for a job of the task may read far down a large backlog.
+SELECT b.task FROM pgqueue.circuit_breakers AS b
+WHERE b.task = ANY(%(tasks)s::text[])
+  AND ((b.state = 'open' AND b.opened_at + make_interval(secs => b.cooldown_seconds) <= now())
+       OR (b.state = 'half_open'
+           AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS t WHERE t.id = b.trial_job_id AND t.state = 'running')));
+
 -- name: claim_breaker_trial
 -- Half-open: one trial job of a task whose breaker is open past its cooldown, or half-open with a
 -- trial that is no longer running (its worker died and the job was rescued, or it was cancelled or
