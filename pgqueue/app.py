@@ -17,6 +17,7 @@ from pgqueue._db.sessions import open_connection
 from pgqueue._payload import check_queue_name, encode_args
 from pgqueue._tracing import Tracing, with_carrier
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
+from pgqueue.breakers import CircuitBreaker
 from pgqueue.errors import (
     ConfigurationError,
     EncryptionKeyMissing,
@@ -153,7 +154,7 @@ class App:
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
-        encrypt: bool = False, tags: Sequence[str] = (),
+        encrypt: bool = False, tags: Sequence[str] = (), circuit_breaker: CircuitBreaker | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -163,7 +164,7 @@ class App:
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
-        encrypt: bool = False, tags: Sequence[str] = (),
+        encrypt: bool = False, tags: Sequence[str] = (), circuit_breaker: CircuitBreaker | None = None,
     ) -> Task[P, R] | Task[..., R] | TaskDecorator:
         """Register a handler as a task. Sync and ``async def`` handlers are both supported.
 
@@ -181,6 +182,9 @@ class App:
             encrypt: store this task's args, results and error text only as ciphertext (needs
                 ``PGQUEUE_ENCRYPTION_KEYS``); a job's ``encrypt=False`` cannot turn it off.
             tags: default plaintext labels for its jobs (never PHI).
+            circuit_breaker: a :class:`pgqueue.CircuitBreaker` shared by every worker: after too
+                many failed attempts the task's jobs wait (unclaimed, no attempt used) until a
+                trial succeeds. The worker writes it to ``pgqueue.circuit_breakers`` at start.
 
         Example:
             >>> @app.task(name="send-email", queue="emails", max_attempts=5, timeout=30)
@@ -195,6 +199,8 @@ class App:
                 raise ConfigurationError(f"task {task_name!r}: max_attempts {max_attempts} must be >= 1")
             if timeout is not None and timeout <= 0:
                 raise ConfigurationError(f"task {task_name!r}: timeout {timeout} must be > 0")
+            if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+                raise ConfigurationError(f"task {task_name!r}: circuit_breaker must be a pgqueue.CircuitBreaker")
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigurationError(f"task {task_name!r} is registered twice")
             registered = Task(
@@ -202,6 +208,7 @@ class App:
                 priority=resolve_priority(priority), max_attempts=max_attempts, timeout=timeout,
                 backoff=backoff, retry_on=tuple(retry_on), discard_on=tuple(discard_on),
                 transactional=transactional, encrypt=encrypt, tags=_check_tags(tags),
+                circuit_breaker=circuit_breaker,
             )
             self.tasks[task_name] = registered
             return registered

@@ -16,6 +16,7 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     │                            ScheduleNotFound
     ├── JobNotFound
     ├── QueueNotFound
+    ├── BreakerNotFound
     ├── InvalidJobState
     ├── InvalidQueueLimits
     ├── InvalidFilter
@@ -119,6 +120,10 @@ class JobNotFound(PgqueueError):
 
 class QueueNotFound(PgqueueError):
     """No queue has that name: no row in pgqueue.queues and no job in it."""
+
+
+class BreakerNotFound(PgqueueError):
+    """No circuit breaker is declared for that task (``pgqueue breakers reset``)."""
 
 
 class InvalidJobState(PgqueueError):

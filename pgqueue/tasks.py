@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
+from pgqueue.breakers import CircuitBreaker
 from pgqueue.errors import InvalidArgs, InvalidEnqueueOption, InvalidPriority
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class Task(Generic[P, R]):
     transactional: bool = False
     encrypt: bool = False
     tags: tuple[str, ...] = ()
+    circuit_breaker: CircuitBreaker | None = None
     is_async: bool = field(init=False)
     _signature: inspect.Signature | None = field(init=False, repr=False)
     # For keyword-only calls, the common case: (names accepted, names required, takes **kwargs,

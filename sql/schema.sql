@@ -273,6 +273,26 @@ CREATE TABLE pgqueue.queues (
     CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL))
 );
 
+-- Circuit breakers (migration 0008): one row per task declared with a circuit_breaker; the worker
+-- writes the configuration at start. recent_failures keeps at most failure_threshold timestamps of
+-- failed attempts (a sliding window on the database clock); trial_job_id is the half-open trial.
+CREATE TABLE pgqueue.circuit_breakers (
+    task              text PRIMARY KEY,
+    state             text             NOT NULL DEFAULT 'closed',
+    failures          integer          NOT NULL DEFAULT 0,
+    opened_at         timestamptz,
+    failure_threshold integer          NOT NULL,
+    window_seconds    double precision NOT NULL,
+    cooldown_seconds  double precision NOT NULL,
+    recent_failures   timestamptz[]    NOT NULL DEFAULT '{}',
+    trial_job_id      bigint,
+    updated_at        timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT circuit_breakers_state_check CHECK (state IN ('closed', 'open', 'half_open')),
+    CONSTRAINT circuit_breakers_config_check
+        CHECK (failure_threshold >= 1 AND window_seconds > 0 AND cooldown_seconds >= 0)
+);
+
+
 -- Cron schedules, defined in code (source = 'code', synced by the scheduler) or at run time.
 CREATE TABLE pgqueue.schedules (
     name         text PRIMARY KEY,

@@ -1,7 +1,7 @@
 """pgqueue.enqueue(): enqueue from SQL (triggers, psql, other languages) in the caller's transaction.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-04
 
 The function does what ``App.enqueue`` does for a plaintext job: the same validation (queue name,
@@ -27,7 +27,7 @@ from textwrap import dedent
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

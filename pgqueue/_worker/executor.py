@@ -23,7 +23,7 @@ from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
 from pgqueue._tracing import take_carrier
 from pgqueue._worker.payloads import PayloadSealer
 from pgqueue.errors import DecryptionError, EncryptionKeyMissing
-from pgqueue.jobs import Discard, Job, Retry
+from pgqueue.jobs import Discard, Job, Retry, Snooze
 from pgqueue.tasks import Task
 
 _TRACEBACK_LIMIT = 8000
@@ -83,6 +83,11 @@ def failure_outcome(job: Job, task: Task[..., Any] | None, exc: BaseException) -
 
     if isinstance(exc, Discard):
         return dead("discarded")
+    if isinstance(exc, Snooze):
+        # Not a failure: no attempt is used (fail_jobs hands it back) and no error is recorded.
+        delay = min(exc.delay, _MAX_RETRY_DELAY)
+        return Outcome(job_id=job.id, token=job.lease_token, state="scheduled" if delay > 0 else "available",
+                       delay=delay, event="snoozed")
     # A transactional handler's bad result surfaces here (its completion raised it): not worth a retry.
     if task is None or isinstance(exc, TaskNotRegistered | ResultNotSerializable):
         return dead("failed")
@@ -182,6 +187,12 @@ class JobRunner:
             with tracing.job_span(job, carrier) as span:
                 outcome = await self._run(task, job)
                 span.set_outcome(*_traced_outcome(outcome))
+        if job.cancelled:
+            # The job is already cancelled in the database (with its audit row): whatever the
+            # attempt produced would be refused, and a transactional handler's writes rolled back.
+            get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue,
+                       attempt=job.attempt).info("job.cancelled")
+            return None
         return None if outcome is None else self._sealer.seal(job, task, outcome)
 
     async def _run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
@@ -221,6 +232,10 @@ class JobRunner:
             log.warning("job.lease_lost", duration_ms=round((time.monotonic() - started) * 1000, 1))
             return None
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.cancelled and current is not None and current.cancelling():
+                current.uncancel()  # an operator cancelled the job: the attempt ends here, quietly
+                return None
             if _current_task_cancelling():
                 raise  # the worker itself is shutting down hard
             outcome = failure_outcome(job, task, asyncio.CancelledError("handler raised CancelledError"))
@@ -248,11 +263,15 @@ class JobRunner:
 
     def _log_outcome(self, log: Any, job: Job, task: Task[..., Any], outcome: Outcome, started: float,
                      error_type: str) -> None:
+        if job.cancelled:
+            return  # the attempt ended because it was cancelled: run() logs job.cancelled instead
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         fields: dict[str, Any] = {"error_type": error_type, "duration_ms": duration_ms}
         if self._sealer.must_seal(job, task):
             fields["error"] = "(redacted: encrypted job)"
-        if outcome.state == "failed":
+        if outcome.event == "snoozed":
+            log.info("job.snoozed", snooze_s=round(outcome.delay, 3), duration_ms=duration_ms)
+        elif outcome.state == "failed":
             log.warning("job.failed" if outcome.event == "failed" else "job.discarded", **fields)
         else:
             log.info("job.retry_scheduled", retry_in_s=round(outcome.delay, 3), **fields)

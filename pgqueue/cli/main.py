@@ -79,6 +79,10 @@ COMMANDS: dict[str, CommandEntry] = {
         "pgqueue.cli.queues:app",
         "Per-queue counts and controls: list, pause, resume, purge, set limits.",
         _OPERATE),
+    "breakers": CommandEntry(
+        "pgqueue.cli.breakers:app",
+        "Circuit breakers of tasks: list their state, reset one by hand.",
+        _OPERATE),
     "schedules": CommandEntry(
         "pgqueue.cli.schedules:app",
         "Cron schedules: list, add, remove, pause, resume (code schedules are synced by `pgqueue scheduler`).",
