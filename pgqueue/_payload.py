@@ -14,6 +14,7 @@ QUEUE_NAME = re.compile(r"^[a-z0-9_-]{1,63}$")
 # json.dumps escapes a NUL character as \u0000; an even run of backslashes before it means the
 # backslashes are escaped and the "u0000" is plain text.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_ESCAPED_NUL_GROUPS = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class _UnsupportedValue(ValueError):
@@ -34,6 +35,15 @@ def _dumps(value: Any) -> str:
         raise _UnsupportedValue(str(exc)) from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise _UnsupportedValue("strings must not contain the NUL character \\u0000 (jsonb refuses it)")
+    if not text.isascii():
+        # A lone surrogate ("\\ud800") is a valid Python str but not UTF-8: the driver cannot send
+        # it, and the failure would surface far from here (in the worker's ack, as a dead task).
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _UnsupportedValue(
+                f"strings must not contain lone surrogates such as {ascii(exc.object[exc.start:exc.end])} "
+                "(they are not valid UTF-8)") from None
     return text
 
 
@@ -65,17 +75,49 @@ class ResultNotSerializable(ValueError):
     """A handler returned something jsonb refuses; running it again would return the same."""
 
 
-def encode_result(value: Any) -> str:
-    """Serialise a handler's return value for ``jobs.result``; raises ResultNotSerializable if jsonb refuses it."""
+class ResultTooLarge(ResultNotSerializable):
+    """A handler's result is over the result size limit (``PGQUEUE_MAX_RESULT_BYTES``)."""
+
+
+#: Default upper bound on a handler's serialised result, like args' ``max_payload_bytes``: jsonb
+#: itself refuses about 256 MB, long after such a row has hurt every query that reads it.
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+
+
+def encode_result(value: Any, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> str:
+    """Serialise a handler's return value for ``jobs.result``.
+
+    Raises:
+        ResultNotSerializable: jsonb would refuse it.
+        ResultTooLarge: it is over ``max_bytes`` once encoded.
+    """
     try:
-        return _dumps(value)
+        text = _dumps(value)
     except _UnsupportedValue as exc:
         raise ResultNotSerializable(f"handler result is not JSON-serialisable: {exc}") from None
+    # len(str) <= UTF-8 size <= 4 * len(str): only a result near the limit needs encoding to measure.
+    if len(text) > max_bytes or (4 * len(text) > max_bytes and len(text.encode("utf-8")) > max_bytes):
+        size = len(text.encode("utf-8"))
+        raise ResultTooLarge(f"handler result is {size} bytes, over the {max_bytes}-byte limit "
+                             "(PGQUEUE_MAX_RESULT_BYTES)")
+    return text
+
+
+def safe_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: lone surrogates become '?', NUL becomes the text ``\\x00``."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def encode_json(value: Any) -> str:
-    """Serialise an internal value (errors, tags); these never carry user data that can fail."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Serialise an internal value (errors, tags). Error text comes from handlers and may hold
+    anything a Python str can, so what jsonb would refuse is replaced rather than raised."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    # jsonb refuses \u0000: keep it readable as the text \x00 (an escaped backslash is left alone).
+    return _ESCAPED_NUL_GROUPS.sub(r"\1\\\\x00", text) if "\\u0000" in text else text
 
 
 # Queue names already checked: an application uses a handful, and enqueue checks one per job.

@@ -99,6 +99,8 @@ class Settings:
         shutdown_grace_seconds: how long SIGTERM waits for running jobs.
         log_format: ``console`` or ``json`` (used by the CLI only).
         max_payload_bytes: upper bound on a job's serialised args.
+        max_result_bytes: upper bound on a handler's serialised result (``PGQUEUE_MAX_RESULT_BYTES``);
+            a larger result fails the attempt for good with ``ResultTooLarge``.
         listen_dsn: a direct PostgreSQL DSN used only for the worker's LISTEN session, for when
             ``dsn`` goes through a pooler in transaction mode (PgBouncer), where LISTEN cannot work.
         poll_only: the worker never LISTENs and finds jobs by polling every ``poll_seconds``.
@@ -115,6 +117,7 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     log_format: str = "console"
     max_payload_bytes: int = 1024 * 1024
+    max_result_bytes: int = 1024 * 1024
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     encrypt_all: bool = False
     listen_dsn: str | None = field(default=None, repr=False)
@@ -146,6 +149,7 @@ class Settings:
             retain_failed=_env_duration(env, "PGQUEUE_RETAIN_FAILED", DEFAULT_RETAIN_FAILED),
             retain_audit=_env_duration(env, "PGQUEUE_RETAIN_AUDIT", DEFAULT_RETAIN_AUDIT),
             prune_interval_seconds=_env_float(env, "PGQUEUE_PRUNE_INTERVAL_SECONDS", 60.0),
+            max_result_bytes=int(_env_float(env, "PGQUEUE_MAX_RESULT_BYTES", 1024 * 1024)),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings

@@ -77,10 +77,12 @@ def worker(
             os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
         raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())
 
+    from pgqueue._worker.children import contain_children, end_children
     from pgqueue._worker.supervisor import watch_parent
     from pgqueue.worker import Worker
 
     watch_parent()
+    contain_children()
     cron = None
     if with_scheduler:
         from pgqueue._scheduler import start_in_worker
@@ -95,6 +97,7 @@ def worker(
     finally:
         if cron is not None:
             cron.stop()
+        end_children()
     if runner.stuck_threads:
         # A handler thread that ignored shutdown would keep the interpreter alive; its job has
         # been released (or will be rescued), so leave now.
