@@ -42,7 +42,7 @@ def _dumps(value: Any) -> str:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise _UnsupportedValue(
-                f"strings must not contain lone surrogates such as {ascii(exc.object[exc.start:exc.end])} "
+                f"strings must not contain lone surrogates such as {exc.object[exc.start:exc.end]!a} "
                 "(they are not valid UTF-8)") from None
     return text
 

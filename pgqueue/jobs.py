@@ -131,7 +131,7 @@ class Job:
         # Checked here, in the handler: a note the database refuses would otherwise fail the
         # worker's progress flush or the job's completion, far from the call that caused it.
         if note is not None and (not isinstance(note, str) or "\x00" in note or not _is_utf8(note)):
-            raise ValueError(f"progress note {ascii(note)} must be a string without NUL characters "
+            raise ValueError(f"progress note {note!a} must be a string without NUL characters "
                              "or lone surrogates")
         if self._progress_sink is not None:
             self._progress_sink(self, float(percent), note)

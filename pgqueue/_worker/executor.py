@@ -159,13 +159,13 @@ class JobRunner:
                 raise  # the worker cancelled it (timeout, hard stop): not the handler's doing
             raise _HandlerCrashed(exc) from exc
 
-    async def _bounded(self, task: Task, job: Job, timeout: float, log: Any) -> Any:
-        """Run the handler with ``timeout``; raise TimeoutError when it overruns, even when it
+    async def _bounded(self, task: Task, job: Job, limit: float, log: Any) -> Any:
+        """Run the handler for up to ``limit`` seconds; raise TimeoutError when it overruns, even when it
         swallows the CancelledError that should stop it (``asyncio.wait_for`` would wait for it
         forever, and the job would never end). Such a handler is left running, unawaited."""
         inner = asyncio.ensure_future(self._contained(task, job))
         try:
-            done, _ = await asyncio.wait({inner}, timeout=timeout)
+            done, _ = await asyncio.wait({inner}, timeout=limit)
         except asyncio.CancelledError:
             inner.cancel()  # the worker is stopping hard: the handler goes with it
             raise

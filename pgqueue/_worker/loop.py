@@ -34,10 +34,10 @@ from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
 from pgqueue._worker.acker import Acker, Tally
+from pgqueue._worker.background import crash_site
 from pgqueue._worker.claimer import Claimer, Flow
 from pgqueue._worker.duties import leader_duties
 from pgqueue._worker.duties.pruner import Pruner
-from pgqueue._worker.background import crash_site
 from pgqueue._worker.executor import JobRunner, failure_outcome
 from pgqueue._worker.heartbeat import Heartbeat
 from pgqueue._worker.listener import Listener

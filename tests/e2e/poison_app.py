@@ -8,6 +8,7 @@ ordinary job that must still complete afterwards on the same worker process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pgqueue
 
 app = pgqueue.App()
 
-_POISON = {"max_attempts": 2, "backoff": pgqueue.Backoff.fixed(0)}
+_ONCE = pgqueue.Backoff.fixed(0)
 
 
 class UnprintableError(Exception):
@@ -39,57 +40,55 @@ def ok(job: pgqueue.Job, **_: Any) -> dict[str, int]:
     return {"id": job.id}
 
 
-@app.task(name="poison-result-surrogate", **_POISON)
+@app.task(name="poison-result-surrogate", max_attempts=2, backoff=_ONCE)
 def result_surrogate(job: pgqueue.Job) -> dict[str, str]:
     return {"text": "\ud800"}
 
 
-@app.task(name="poison-error-surrogate", **_POISON)
+@app.task(name="poison-error-surrogate", max_attempts=2, backoff=_ONCE)
 def error_surrogate(job: pgqueue.Job) -> None:
     raise ValueError("bad \ud800 text")
 
 
-@app.task(name="poison-progress-surrogate", **_POISON)
+@app.task(name="poison-progress-surrogate", max_attempts=2, backoff=_ONCE)
 def progress_surrogate(job: pgqueue.Job) -> None:
     job.set_progress(50, "note \udfff")
     time.sleep(1)  # a heartbeat tick passes while the note is pending
 
 
-@app.task(name="poison-progress-surrogate-swallowed", **_POISON)
+@app.task(name="poison-progress-surrogate-swallowed", max_attempts=2, backoff=_ONCE)
 def progress_surrogate_swallowed(job: pgqueue.Job) -> None:
-    try:
+    with contextlib.suppress(ValueError):
         job.set_progress(50, "note \udfff")
-    except ValueError:
-        pass
     raise RuntimeError("gave up after a bad progress note")
 
 
-@app.task(name="poison-unprintable", **_POISON)
+@app.task(name="poison-unprintable", max_attempts=2, backoff=_ONCE)
 def unprintable(job: pgqueue.Job) -> None:
     raise UnprintableError
 
 
-@app.task(name="poison-generator-exit", **_POISON)
+@app.task(name="poison-generator-exit", max_attempts=2, backoff=_ONCE)
 def generator_exit(job: pgqueue.Job) -> None:
     raise GeneratorExit
 
 
-@app.task(name="poison-async-generator-exit", **_POISON)
+@app.task(name="poison-async-generator-exit", max_attempts=2, backoff=_ONCE)
 async def async_generator_exit(job: pgqueue.Job) -> None:
     raise GeneratorExit
 
 
-@app.task(name="poison-base-exception", **_POISON)
+@app.task(name="poison-base-exception", max_attempts=2, backoff=_ONCE)
 def base_exception(job: pgqueue.Job) -> None:
     raise OddBaseException("odd")
 
 
-@app.task(name="poison-huge-result", **_POISON)
+@app.task(name="poison-huge-result", max_attempts=2, backoff=_ONCE)
 def huge_result(job: pgqueue.Job) -> str:
     return "x" * (3 * 1024 * 1024)  # over the result size limit
 
 
-@app.task(name="poison-swallow-cancel", timeout=1, **_POISON)
+@app.task(name="poison-swallow-cancel", timeout=1, max_attempts=2, backoff=_ONCE)
 async def swallow_cancel(job: pgqueue.Job) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -99,7 +98,7 @@ async def swallow_cancel(job: pgqueue.Job) -> None:
             continue  # refuses to stop
 
 
-@app.task(name="poison-fork", **_POISON)
+@app.task(name="poison-fork", max_attempts=2, backoff=_ONCE)
 def fork(job: pgqueue.Job, pid_file: str) -> None:
     pid = os.fork()
     if pid == 0:  # the child: outlive everyone if allowed
