@@ -21,6 +21,33 @@ class _UnsupportedValue(ValueError):
     pass
 
 
+#: How deeply args and results may nest (objects and arrays within each other). Deeper values
+#: overflow Python's encoder (RecursionError) or PostgreSQL's parser stack long before they are
+#: useful; a job's args are keyword arguments, not a tree to be walked.
+MAX_JSON_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests dicts and lists (0 for a scalar), walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        level += 1
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
 # One encoder for every call: json.dumps with any non-default option builds a new JSONEncoder per
 # call, a third of the cost of encoding a small args dict.
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
@@ -33,6 +60,12 @@ def _dumps(value: Any) -> str:
         raise _UnsupportedValue(str(exc)) from None
     except TypeError as exc:  # an object json cannot encode
         raise _UnsupportedValue(str(exc)) from None
+    except RecursionError:
+        raise _UnsupportedValue(f"values must not nest more than {MAX_JSON_DEPTH} levels deep") from None
+    # Counting brackets (in C) bounds the depth from above: only a value that might be too deep
+    # is walked.
+    if (text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH):
+        raise _UnsupportedValue(f"values must not nest more than {MAX_JSON_DEPTH} levels deep")
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise _UnsupportedValue("strings must not contain the NUL character \\u0000 (jsonb refuses it)")
     if not text.isascii():
@@ -135,3 +168,23 @@ def check_queue_name(queue: str) -> str:
     if type(queue) is str and len(_CHECKED_QUEUES) < _MAX_CHECKED_QUEUES:
         _CHECKED_QUEUES.add(queue)
     return queue
+
+
+#: Longest task name, in characters. Task names are identifiers: they are shown in every table.
+MAX_TASK_NAME_LENGTH = 200
+#: Longest ``unique_key``, in UTF-8 bytes: the unique index refuses entries over about 2.7 kB
+#: (a "program limit" error), long before a key of that size is sensible.
+MAX_UNIQUE_KEY_BYTES = 512
+
+
+def is_storable_text(text: str) -> bool:
+    """False for a str PostgreSQL text cannot hold: a NUL character or a lone surrogate."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
