@@ -75,8 +75,8 @@ def _dumps(value: Any) -> str:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise _UnsupportedValue(
-                f"strings must not contain lone surrogates such as {exc.object[exc.start:exc.end]!a} "
-                "(they are not valid UTF-8)") from None
+                f"strings must not hold a lone surrogate {exc.object[exc.start:exc.end]!a} "
+                "(strings must be valid Unicode, UTF-8 encodable)") from None
     return text
 
 
