@@ -6,13 +6,16 @@ then the embedded server (unless ``PGQUEUE_EMBEDDED=0``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pgqueue.errors import ConfigurationError, InvalidDSN
 
@@ -127,6 +130,14 @@ class Settings:
     retain_audit: float | None = DEFAULT_RETAIN_AUDIT
     prune_interval_seconds: float = 60.0
 
+    def __repr__(self) -> str:
+        # The generated repr would print the DSN whole, password included, wherever settings are
+        # logged or shown in a traceback.
+        fields = self.__dataclass_fields__
+        shown = {name: getattr(self, name) for name in fields if fields[name].repr}
+        shown["dsn"] = None if self.dsn is None else redact_dsn(self.dsn)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from ``env`` (default ``os.environ``); keyword overrides win when not None."""
@@ -168,8 +179,68 @@ def normalize_dsn(dsn: str) -> str:
     return dsn
 
 
+# password=... in a key/value DSN or a URL's query string, quoted or not.
+_KEYWORD_PASSWORD = re.compile(r"""(?i)\b(password|passwd|pgpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'"]+)""")
+# scheme://user:secret@ (greedy up to the last @ before whitespace: a password may hold an
+# un-encoded @, and hiding too much is the safe way to be wrong).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/?#@]*):\S*@")
+
+
+@functools.lru_cache(maxsize=64)
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The password(s) written in ``dsn``, raw and percent-decoded, found without parsing it
+    (a DSN that does not parse must still have its password hidden)."""
+    found: list[str] = []
+    for match in _KEYWORD_PASSWORD.finditer(dsn):
+        value = match.group(3)
+        found += [value, value.strip("'")]
+    for match in re.finditer(r"(?i)[a-z][a-z0-9+.-]*://[^\s:/?#@]*:(\S*)@", dsn):
+        found.append(match.group(1))
+    decoded = []
+    for value in found:
+        with contextlib.suppress(UnicodeDecodeError):
+            decoded.append(unquote(value, errors="strict"))
+    # Very short values would blank out unrelated text; they are also no secret worth the name.
+    return tuple(sorted({value for value in found + decoded if len(value) >= 3}, key=len, reverse=True))
+
+
+def _configured_dsns() -> list[str]:
+    """The DSNs this process was given: the environment, and ``--dsn``/``--listen-dsn`` on its command line."""
+    dsns = [os.environ.get(name, "") for name in ("PGQUEUE_DSN", "DATABASE_URL", "PGQUEUE_LISTEN_DSN")]
+    argv = sys.argv
+    for index, arg in enumerate(argv):
+        if arg in ("--dsn", "--listen-dsn") and index + 1 < len(argv):
+            dsns.append(argv[index + 1])
+        elif arg.startswith(("--dsn=", "--listen-dsn=")):
+            dsns.append(arg.split("=", 1)[1])
+    return [dsn for dsn in dsns if dsn]
+
+
+def scrub_secrets(text: str, *dsns: str) -> str:
+    """``text`` with every password hidden: ``password=...`` and ``user:...@`` by pattern, and the
+    passwords of ``dsns`` and of the DSNs this process was configured with wherever they appear
+    (a driver's error may quote one alone, e.g. "invalid percent-encoded token"). Never depends on
+    a DSN parsing."""
+    if not text:
+        return text
+    text = _KEYWORD_PASSWORD.sub(r"\1\2***", text)
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    for dsn in (*dsns, *_configured_dsns()):
+        for secret in dsn_secrets(dsn):
+            text = text.replace(secret, "***")
+    return text
+
+
 def redact_dsn(dsn: str) -> str:
-    """Render a DSN for logs and messages without its password."""
+    """Render a DSN for logs and messages without its password (also one that does not parse)."""
+    try:
+        shown = _redact_parsed(dsn)
+    except ValueError:  # urlsplit refuses it (a malformed IPv6 host): the patterns still apply
+        shown = dsn
+    return scrub_secrets(shown, dsn)
+
+
+def _redact_parsed(dsn: str) -> str:
     if "://" not in dsn:
         # A quoted value may hold spaces: password='a b' must go whole, not up to the space.
         return re.sub(r"password\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+)", "password=***", dsn)

@@ -85,9 +85,28 @@ def _password_of(conninfo: str) -> str | None:
             return None
 
 
-def _reason(exc: BaseException, password: str | None) -> str:
+def _reason(exc: BaseException, password: str | None, dsn: str = "") -> str:
+    from pgqueue.settings import scrub_secrets
+
     reason = first_line(exc)
-    return reason.replace(password, "***") if password else reason
+    return scrub_secrets(reason.replace(password, "***") if password else reason, dsn)
+
+
+def check_dsn(dsn: str) -> str:
+    """``dsn`` if libpq can parse it.
+
+    Raises:
+        InvalidDSN: it cannot (an un-encoded ``%`` in the password, a malformed IPv6 host): one
+            line, the password hidden. A process that would only retry such a DSN forever (a
+            worker, a scheduler) refuses to start instead.
+    """
+    from pgqueue.settings import redact_dsn
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise InvalidDSN(f"{redact_dsn(dsn)} is not a valid PostgreSQL DSN: {_reason(exc, None, dsn)}") from None
+    return dsn
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -110,16 +129,16 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        raise InvalidDSN(f"{shown} is not a valid PostgreSQL DSN: {_reason(exc, password)}") from None
+        raise InvalidDSN(f"{shown} is not a valid PostgreSQL DSN: {_reason(exc, password, conninfo)}") from None
     extra: dict[str, Any] = {}
     if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
         extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
     try:
         return psycopg.connect(conninfo, autocommit=autocommit, **extra)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to {shown}: {_reason(exc, password)}") from None
+        raise DatabaseUnavailable(f"cannot connect to {shown}: {_reason(exc, password, conninfo)}") from None
     except psycopg.Error as exc:
-        raise InvalidDSN(f"{shown}: {_reason(exc, password)}") from None
+        raise InvalidDSN(f"{shown}: {_reason(exc, password, conninfo)}") from None
 
 
 def open_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:

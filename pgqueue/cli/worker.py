@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pgqueue._db.sessions import check_dsn
 from pgqueue._loader import load_app
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._context import DsnOption, fail, resolve
@@ -58,6 +59,7 @@ def worker(
             app._dsn = normalize_dsn(dsn)
         elif app._dsn is None:
             app._dsn = resolve(None)
+        check_dsn(app.dsn)
     except PgqueueError as exc:
         fail(str(exc))
     if processes > 1:
