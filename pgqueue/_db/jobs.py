@@ -54,6 +54,7 @@ class JobQueries(NamedTuple):
     find_pending_job: LiteralString
     list_jobs_page: LiteralString
     get_job_state: LiteralString
+    outcomes_already_written: LiteralString
 
 
 JOBS = load_queries(JobQueries, "jobs.sql")
@@ -482,6 +483,18 @@ class AsyncJobStore:
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():
             cur = await self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes))
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def outcomes_already_written(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Ids of ``outcomes`` the database already holds: an ack re-sent after its commit landed
+        but the reply was lost (see ``outcomes_already_written`` in jobs.sql)."""
+        if not outcomes:
+            return set()
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.outcomes_already_written, {
+                "ids": [o.job_id for o in outcomes], "tokens": [o.token for o in outcomes],
+                "states": [o.state for o in outcomes]})
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 

@@ -157,11 +157,21 @@ class Acker:
             written_failed = await store.fail_jobs(failed)
             written |= written_failed
             self.tally.failed += sum(1 for o in failed if o.job_id in written_failed and o.state == "failed")
-        for outcome in batch:
-            if outcome.job_id not in written:
-                # Our claim was rescued (or the job cancelled) while we ran it: someone else owns
-                # the outcome now, and ours must not overwrite it.
-                log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
+        missing = [outcome for outcome in batch if outcome.job_id not in written]
+        if missing:
+            # A batch re-sent after a lost commit reply finds its outcomes already written: done.
+            resent = await store.outcomes_already_written(missing)
+            for outcome in missing:
+                if outcome.job_id in resent:
+                    log.info("job.outcome_already_written", job_id=outcome.job_id, outcome=outcome.state)
+                    if outcome.state == "completed":
+                        self.tally.completed += 1
+                    elif outcome.state == "failed":
+                        self.tally.failed += 1
+                else:
+                    # Our claim was rescued (or the job cancelled) while we ran it: someone else
+                    # owns the outcome now, and ours must not overwrite it.
+                    log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
 
     async def release(self, unfinished: Sequence[tuple[int, str]]) -> None:
         """Hand jobs this worker will not finish back at once (their attempt not counted); after

@@ -45,6 +45,8 @@ class SessionThread(threading.Thread):
         # lease, with no error to act on.
         self.session = ReconnectingSession(dsn, name, log=get_logger(f"pgqueue.{name}", thread=name))
         self.healthy = threading.Event()
+        #: Set when a tick failed; a subclass may clear it in a later tick, on a working session.
+        self.outage = False
 
     def tick(self, conn: PsycopgConnection) -> None:
         raise NotImplementedError
@@ -71,6 +73,7 @@ class SessionThread(threading.Thread):
             except (DriverError, PgqueueError) as exc:
                 failures += 1
                 self.healthy.clear()
+                self.outage = True
                 wait = capped_backoff(failures, base=0.5, cap=min(10.0, self.interval * 4), doublings=5)
                 log.warning("database.unavailable", thread=self.name, error_type=type(exc).__name__,
                             error=first_line(exc), retry_in_s=wait)
