@@ -122,6 +122,13 @@ class WorkerLoop:
             os._exit(130)
         self._begin_stop()
 
+    def _on_loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        exc = context.get("exception")
+        get_logger("pgqueue.worker", worker_id=self.worker_id).error(
+            "worker.loop_error", error_type=type(exc).__name__ if exc is not None else None,
+            at=crash_site(exc) if isinstance(exc, BaseException) else None,
+            what=str(context.get("message", ""))[:200])
+
     def _wake_when_empty(self) -> None:
         # Run until empty: an attempt ended or outcomes were written, so the claimer looks again
         # at once instead of after the poll interval.
@@ -133,6 +140,9 @@ class WorkerLoop:
     async def run(self, install_signal_handlers: bool = False) -> int:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
         self._loop = asyncio.get_running_loop()
+        # asyncio's default handler logs an unretrieved task exception with its traceback, whose
+        # messages may quote a (decrypted) payload: log its type and where it was raised instead.
+        self._loop.set_exception_handler(self._on_loop_error)
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)

@@ -78,6 +78,8 @@ def test_one_worker_survives_every_poison_handler_and_still_completes_ordinary_j
                                   [ok_ids]).fetchone() == (len(ok_ids),),
                timeout=30, message=f"ordinary jobs completed\n{worker.describe()}")
     assert not worker.log_events("worker.part_crashed"), worker.describe()
+    # Nothing reached stderr as a traceback (its messages could quote a decrypted payload).
+    assert "Traceback" not in worker.stderr(), worker.describe()
 
     # A handler's forked child does not outlive the worker.
     child = int(pid_file.read_text())
