@@ -3,6 +3,7 @@ JSON output (``--json``, the HTTP API) of what the database returns."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,3 +40,27 @@ def format_seconds(seconds: float | None) -> str:
         return f"{hours}h {minutes}m"
     days, hours = divmod(hours, 24)
     return f"{days}d {hours}h"
+
+
+# C0 controls (but tab and newline), DEL, C1 controls (U+009B is a one-character CSI), the
+# line/paragraph separators, and the bidirectional overrides and isolates ("Trojan Source").
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNPRINTABLE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, multiline: bool = True) -> str:
+    """``text`` safe for a terminal: control characters (an ANSI escape in a task name or a tag, a
+    carriage return that overwrites a line) are shown escaped (``\\x1b``), never sent raw.
+
+    Args:
+        multiline: keep newlines and tabs (tracebacks, multi-line messages); False escapes them too
+            (a table cell, one log line).
+    """
+    pattern = _UNPRINTABLE if multiline else _UNPRINTABLE_LINE
+    return pattern.sub(_escape, text) if pattern.search(text) else text

@@ -7,14 +7,14 @@ import getpass
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
 from pgqueue._db.sessions import open_connection
-from pgqueue._payload import check_queue_name, encode_args
+from pgqueue._payload import MAX_TASK_NAME_LENGTH, MAX_UNIQUE_KEY_BYTES, check_queue_name, encode_args, is_storable_text
 from pgqueue._tracing import Tracing, with_carrier
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
 from pgqueue.breakers import CircuitBreaker
@@ -40,6 +40,11 @@ _MAX_TAGS = 32
 # enqueue_many writes this many jobs per statement (one round trip each).
 _BATCH = 2500
 _MAX_TAG_LENGTH = 128
+#: Longest delay (and furthest run_at from now): 100 years, also the cap on a retry's delay.
+MAX_DELAY_SECONDS = 100 * 365 * 86400.0
+#: Earliest run_at accepted: an earlier one only means "now", and much earlier ones (year 1 in a
+#: zone east of UTC) are BC in UTC, which PostgreSQL stores and Python cannot read back.
+EARLIEST_RUN_AT = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _delay_seconds(delay: float | timedelta | None) -> float:
@@ -47,8 +52,9 @@ def _delay_seconds(delay: float | timedelta | None) -> float:
         return 0.0
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
     valid = isinstance(seconds, int | float) and not isinstance(seconds, bool)
-    if not valid or not math.isfinite(seconds) or seconds < 0:
-        raise InvalidEnqueueOption(f"delay {delay!r} must be a non-negative number of seconds or a timedelta")
+    if not valid or not math.isfinite(seconds) or not 0 <= seconds <= MAX_DELAY_SECONDS:
+        raise InvalidEnqueueOption(f"delay {delay!r} must be a number of seconds (or a timedelta) "
+                                   f"from 0 to {MAX_DELAY_SECONDS:.0f} (100 years)")
     return float(seconds)
 
 
@@ -57,7 +63,24 @@ def _check_run_at(run_at: datetime | None) -> datetime | None:
         return None
     if not isinstance(run_at, datetime) or run_at.tzinfo is None or run_at.utcoffset() is None:
         raise InvalidEnqueueOption(f"run_at {run_at!r} must be a timezone-aware datetime")
+    # A run_at far enough out (or back) becomes a timestamp PostgreSQL stores but Python cannot
+    # read back (after year 9999, or BC once in UTC): every listing that met the row crashed.
+    # The local clock bounds it, generously: the database's own clock is never that far off.
+    try:
+        too_late = run_at - datetime.now(UTC) > timedelta(seconds=MAX_DELAY_SECONDS)
+        too_early = run_at < EARLIEST_RUN_AT
+    except OverflowError:
+        too_late = too_early = True
+    if too_late or too_early:
+        raise InvalidEnqueueOption(f"run_at {run_at.isoformat()} must be between {EARLIEST_RUN_AT.date()} "
+                                   "and 100 years from now")
     return run_at
+
+
+def _shown(value: object) -> str:
+    """A bad value in an error message: repr-escaped (no control characters), and cut short."""
+    text = ascii(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
@@ -69,9 +92,10 @@ def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     if len(result) > _MAX_TAGS:
         raise InvalidEnqueueOption(f"a job takes at most {_MAX_TAGS} tags, got {len(result)}")
     for tag in result:
-        if not isinstance(tag, str) or not 0 < len(tag) <= _MAX_TAG_LENGTH or "\x00" in tag:
+        if not isinstance(tag, str) or not 0 < len(tag) <= _MAX_TAG_LENGTH or not is_storable_text(tag):
             raise InvalidEnqueueOption(
-                f"tag {tag!r} must be a non-empty string of at most {_MAX_TAG_LENGTH} characters")
+                f"tag {_shown(tag)} must be a non-empty string of at most {_MAX_TAG_LENGTH} characters, "
+                "without NUL characters or lone surrogates")
     return result
 
 
@@ -242,8 +266,9 @@ class App:
                  delay: float | timedelta | None = None, run_at: datetime | None = None,
                  max_attempts: int | None = None, unique_key: str | None = None,
                  encrypt: bool | None = None, tags: Iterable[str] | None = None) -> NewJob:
-        if not isinstance(task, str) or not task or "\x00" in task:  # PostgreSQL text cannot hold NUL
-            raise UnknownTask(f"task name {task!r} must be a non-empty string without NUL characters")
+        if not isinstance(task, str) or not task or len(task) > MAX_TASK_NAME_LENGTH or not is_storable_text(task):
+            raise UnknownTask(f"task name {_shown(task)} must be a non-empty string of at most "
+                              f"{MAX_TASK_NAME_LENGTH} characters, without NUL characters or lone surrogates")
         known = self.tasks.get(task)
         if known is None and self.require_registered_tasks:
             raise UnknownTask(f"task {task!r} is not registered with this app")
@@ -258,8 +283,12 @@ class App:
         attempts = max_attempts if max_attempts is not None else (known.max_attempts if known else DEFAULT_MAX_ATTEMPTS)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10_000:
             raise InvalidEnqueueOption(f"max_attempts {attempts!r} must be an integer from 1 to 10000")
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key or "\x00" in unique_key):
-            raise InvalidEnqueueOption(f"unique_key {unique_key!r} must be a non-empty string")
+        if unique_key is not None and (
+                not isinstance(unique_key, str) or not unique_key or not is_storable_text(unique_key)
+                or len(unique_key.encode("utf-8")) > MAX_UNIQUE_KEY_BYTES):
+            raise InvalidEnqueueOption(
+                f"unique_key {_shown(unique_key)} must be a non-empty string of at most {MAX_UNIQUE_KEY_BYTES} "
+                "UTF-8 bytes, without NUL characters or lone surrogates")
         default_tags = known.tags if known else ()
         args = with_carrier(self.tracing, args if args is not None else {})
         # Validated (JSON, size limit) on the plaintext, before anything is encrypted.

@@ -101,6 +101,17 @@ class Cancelled(Exception):
     """
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str holding a lone surrogate, which no UTF-8 database can store."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class Job:
     """The job a handler is running. Passed as the handler's first argument.
@@ -168,7 +179,8 @@ class Job:
             raise ValueError(f"progress {percent} must be between 0 and 100")
         # Checked here, in the handler: a note the database refuses would otherwise fail the
         # worker's progress flush or the job's completion, far from the call that caused it.
-        if note is not None and (not isinstance(note, str) or "\x00" in note):
-            raise ValueError(f"progress note {note!r} must be a string without NUL characters")
+        if note is not None and (not isinstance(note, str) or "\x00" in note or not _is_utf8(note)):
+            raise ValueError(f"progress note {note!a} must be a string without NUL characters "
+                             "or lone surrogates")
         if self._progress_sink is not None:
             self._progress_sink(self, float(percent), note)

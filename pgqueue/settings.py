@@ -6,13 +6,16 @@ then the embedded server (unless ``PGQUEUE_EMBEDDED=0``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pgqueue.errors import ConfigurationError, InvalidDSN
 
@@ -99,6 +102,8 @@ class Settings:
         shutdown_grace_seconds: how long SIGTERM waits for running jobs.
         log_format: ``console`` or ``json`` (used by the CLI only).
         max_payload_bytes: upper bound on a job's serialised args.
+        max_result_bytes: upper bound on a handler's serialised result (``PGQUEUE_MAX_RESULT_BYTES``);
+            a larger result fails the attempt for good with ``ResultTooLarge``.
         listen_dsn: a direct PostgreSQL DSN used only for the worker's LISTEN session, for when
             ``dsn`` goes through a pooler in transaction mode (PgBouncer), where LISTEN cannot work.
         poll_only: the worker never LISTENs and finds jobs by polling every ``poll_seconds``.
@@ -115,6 +120,7 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     log_format: str = "console"
     max_payload_bytes: int = 1024 * 1024
+    max_result_bytes: int = 1024 * 1024
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     encrypt_all: bool = False
     listen_dsn: str | None = field(default=None, repr=False)
@@ -123,6 +129,14 @@ class Settings:
     retain_failed: float | None = DEFAULT_RETAIN_FAILED
     retain_audit: float | None = DEFAULT_RETAIN_AUDIT
     prune_interval_seconds: float = 60.0
+
+    def __repr__(self) -> str:
+        # The generated repr would print the DSN whole, password included, wherever settings are
+        # logged or shown in a traceback.
+        fields = self.__dataclass_fields__
+        shown = {name: getattr(self, name) for name in fields if fields[name].repr}
+        shown["dsn"] = None if self.dsn is None else redact_dsn(self.dsn)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -146,6 +160,7 @@ class Settings:
             retain_failed=_env_duration(env, "PGQUEUE_RETAIN_FAILED", DEFAULT_RETAIN_FAILED),
             retain_audit=_env_duration(env, "PGQUEUE_RETAIN_AUDIT", DEFAULT_RETAIN_AUDIT),
             prune_interval_seconds=_env_float(env, "PGQUEUE_PRUNE_INTERVAL_SECONDS", 60.0),
+            max_result_bytes=int(_env_float(env, "PGQUEUE_MAX_RESULT_BYTES", 1024 * 1024)),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings
@@ -164,8 +179,68 @@ def normalize_dsn(dsn: str) -> str:
     return dsn
 
 
+# password=... in a key/value DSN or a URL's query string, quoted or not.
+_KEYWORD_PASSWORD = re.compile(r"""(?i)\b(password|passwd|pgpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'"]+)""")
+# scheme://user:secret@ (greedy up to the last @ before whitespace: a password may hold an
+# un-encoded @, and hiding too much is the safe way to be wrong).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/?#@]*):\S*@")
+
+
+@functools.lru_cache(maxsize=64)
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The password(s) written in ``dsn``, raw and percent-decoded, found without parsing it
+    (a DSN that does not parse must still have its password hidden)."""
+    found: list[str] = []
+    for match in _KEYWORD_PASSWORD.finditer(dsn):
+        value = match.group(3)
+        found += [value, value.strip("'")]
+    for match in re.finditer(r"(?i)[a-z][a-z0-9+.-]*://[^\s:/?#@]*:(\S*)@", dsn):
+        found.append(match.group(1))
+    decoded = []
+    for value in found:
+        with contextlib.suppress(UnicodeDecodeError):
+            decoded.append(unquote(value, errors="strict"))
+    # Very short values would blank out unrelated text; they are also no secret worth the name.
+    return tuple(sorted({value for value in found + decoded if len(value) >= 3}, key=len, reverse=True))
+
+
+def _configured_dsns() -> list[str]:
+    """The DSNs this process was given: the environment, and ``--dsn``/``--listen-dsn`` on its command line."""
+    dsns = [os.environ.get(name, "") for name in ("PGQUEUE_DSN", "DATABASE_URL", "PGQUEUE_LISTEN_DSN")]
+    argv = sys.argv
+    for index, arg in enumerate(argv):
+        if arg in ("--dsn", "--listen-dsn") and index + 1 < len(argv):
+            dsns.append(argv[index + 1])
+        elif arg.startswith(("--dsn=", "--listen-dsn=")):
+            dsns.append(arg.split("=", 1)[1])
+    return [dsn for dsn in dsns if dsn]
+
+
+def scrub_secrets(text: str, *dsns: str) -> str:
+    """``text`` with every password hidden: ``password=...`` and ``user:...@`` by pattern, and the
+    passwords of ``dsns`` and of the DSNs this process was configured with wherever they appear
+    (a driver's error may quote one alone, e.g. "invalid percent-encoded token"). Never depends on
+    a DSN parsing."""
+    if not text:
+        return text
+    text = _KEYWORD_PASSWORD.sub(r"\1\2***", text)
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    for dsn in (*dsns, *_configured_dsns()):
+        for secret in dsn_secrets(dsn):
+            text = text.replace(secret, "***")
+    return text
+
+
 def redact_dsn(dsn: str) -> str:
-    """Render a DSN for logs and messages without its password."""
+    """Render a DSN for logs and messages without its password (also one that does not parse)."""
+    try:
+        shown = _redact_parsed(dsn)
+    except ValueError:  # urlsplit refuses it (a malformed IPv6 host): the patterns still apply
+        shown = dsn
+    return scrub_secrets(shown, dsn)
+
+
+def _redact_parsed(dsn: str) -> str:
     if "://" not in dsn:
         # A quoted value may hold spaces: password='a b' must go whole, not up to the space.
         return re.sub(r"password\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+)", "password=***", dsn)

@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pgqueue._worker.loop import WorkerLoop
 
 if TYPE_CHECKING:
     from pgqueue.app import App
     from pgqueue.settings import Settings
+
+
+# How long tasks left over at the end of a run get to obey their cancellation.
+_LEFTOVER_GRACE = 2.0
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, except that leftover tasks get a bounded time to end.
+
+    asyncio.run waits for every task it cancels at the end; an async handler that swallows its
+    CancelledError (abandoned after its timeout) would keep the worker from ever exiting.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=_LEFTOVER_GRACE))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 class Worker:
@@ -86,7 +114,7 @@ class Worker:
             >>> threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}).start()
             >>> worker.stop()
         """
-        return asyncio.run(self.run_async(install_signal_handlers))
+        return _run_loop(self.run_async(install_signal_handlers))
 
     async def run_async(self, install_signal_handlers: bool = False) -> int:
         """:meth:`run` on the running event loop (``async def`` handlers share it).
@@ -116,7 +144,7 @@ class Worker:
             >>> pgqueue.Worker(app).run_until_empty()   # in a script or a test
             0
         """
-        return asyncio.run(self.run_until_empty_async(install_signal_handlers))
+        return _run_loop(self.run_until_empty_async(install_signal_handlers))
 
     async def run_until_empty_async(self, install_signal_handlers: bool = False) -> int:
         """:meth:`run_until_empty` on the running event loop.

@@ -23,8 +23,18 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (PgqueueError, psycopg.Error,
 
 #: The database refused the values of a statement (not the connection or the server failing):
 #: sending the same values again would be refused again.
+#: A program limit (SQLSTATE class 54: a value too large for jsonb, an index row over the btree
+#: maximum, too many columns) is one too: psycopg files it under OperationalError, like a lost
+#: connection, which made the worker retry such an outcome forever and pause its claims meanwhile.
 REFUSED_DATA: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError,
-                                                 psycopg.ProgrammingError)
+                                                 psycopg.ProgrammingError, psycopg.errors.ProgramLimitExceeded)
+
+
+def refused(exc: BaseException) -> bool:
+    """True when ``exc`` from writing values means the values, not the database, are the problem:
+    refused data, or an error raised before anything reached the server (the driver could not
+    encode a value), which sending the same values again would raise again."""
+    return isinstance(exc, REFUSED_DATA) or not isinstance(exc, DATABASE_ERRORS)
 
 
 def first_line(exc: BaseException) -> str:
@@ -52,6 +62,10 @@ def translate(exc: BaseException, *, every_error: bool = False) -> PgqueueError 
                   | psycopg.errors.UndefinedFunction):
         return SchemaNotReady(f"the pgqueue schema is missing or out of date ({exc.diag.message_primary}): "
                               "run `pgqueue migrate`")
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        # The server is fine; the values are too large for it (see REFUSED_DATA).
+        return None if not every_error else PgqueueError(
+            f"database refused the values ({exc.sqlstate}): {first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(f"database unavailable: {first_line(exc)}")
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):

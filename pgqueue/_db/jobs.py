@@ -55,6 +55,7 @@ class JobQueries(NamedTuple):
     list_jobs_page: LiteralString
     get_job_state: LiteralString
     find_cancelled_jobs: LiteralString
+    outcomes_already_written: LiteralString
 
 
 JOBS = load_queries(JobQueries, "jobs.sql")
@@ -489,6 +490,18 @@ class AsyncJobStore:
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():
             cur = await self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes))
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
+    async def outcomes_already_written(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Ids of ``outcomes`` the database already holds: an ack re-sent after its commit landed
+        but the reply was lost (see ``outcomes_already_written`` in jobs.sql)."""
+        if not outcomes:
+            return set()
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.outcomes_already_written, {
+                "ids": [o.job_id for o in outcomes], "tokens": [o.token for o in outcomes],
+                "states": [o.state for o in outcomes]})
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 

@@ -16,7 +16,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.sessions import session_options
+from pgqueue._db.sessions import session_options, tolerate_unreadable_timestamps
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.settings import normalize_dsn
 
@@ -117,7 +117,8 @@ class DashboardPool:
         with self._lock:
             if self._pool is None or self._pool.closed:
                 self._pool = ConnectionPool(self._conninfo, min_size=1, max_size=self._max_size, open=False,
-                                            timeout=10.0, kwargs={"connect_timeout": 10})
+                                            timeout=10.0, kwargs={"connect_timeout": 10},
+                                            configure=tolerate_unreadable_timestamps)
                 self._pool.open(wait=False)
             return self._pool
 

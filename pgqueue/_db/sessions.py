@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.types.datetime
 
 from pgqueue._db.errors import first_line, translate_errors
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, InvalidDSN, PgqueueError
@@ -85,9 +87,64 @@ def _password_of(conninfo: str) -> str | None:
             return None
 
 
-def _reason(exc: BaseException, password: str | None) -> str:
+def _reason(exc: BaseException, password: str | None, dsn: str = "") -> str:
+    from pgqueue.settings import scrub_secrets
+
     reason = first_line(exc)
-    return reason.replace(password, "***") if password else reason
+    return scrub_secrets(reason.replace(password, "***") if password else reason, dsn)
+
+
+def check_dsn(dsn: str) -> str:
+    """``dsn`` if libpq can parse it.
+
+    Raises:
+        InvalidDSN: it cannot (an un-encoded ``%`` in the password, a malformed IPv6 host): one
+            line, the password hidden. A process that would only retry such a DSN forever (a
+            worker, a scheduler) refuses to start instead.
+    """
+    from pgqueue.settings import redact_dsn
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise InvalidDSN(f"{redact_dsn(dsn)} is not a valid PostgreSQL DSN: {_reason(exc, None, dsn)}") from None
+    return dsn
+
+
+class _ClampedTimestamptzLoader(psycopg.types.datetime.TimestamptzLoader):
+    def load(self, data: Any) -> Any:
+        try:
+            return super().load(data)
+        except psycopg.DataError:
+            return _clamp(data)
+
+
+class _ClampedTimestamptzBinaryLoader(psycopg.types.datetime.TimestamptzBinaryLoader):
+    def load(self, data: Any) -> Any:
+        try:
+            return super().load(data)
+        except psycopg.DataError:
+            # Binary: a signed count of microseconds since 2000-01-01; the sign says which end.
+            return _clamp(b"-" if int.from_bytes(bytes(data)[:8], "big", signed=True) < 0 else b"")
+
+
+def _clamp(data: Any) -> datetime:
+    raw = bytes(data)
+    return datetime.min.replace(tzinfo=UTC) if raw.startswith(b"-") or raw.endswith(b"BC") else \
+        datetime.max.replace(tzinfo=UTC)
+
+
+def tolerate_unreadable_timestamps(conn: psycopg.Connection[Any]) -> None:
+    """Read a timestamptz Python cannot hold (after year 9999, or BC: PostgreSQL stores them) as
+    ``datetime.max``/``datetime.min`` on this connection, instead of failing the whole listing.
+
+    Enqueue refuses such values since this release (see docs/guide/enqueueing.md, Limits), but a
+    row written earlier, or straight with SQL, would otherwise make ``jobs list`` unusable.
+    Only pgqueue's own connections (the CLI's, the dashboard's) get this; an application's
+    connection keeps psycopg's behaviour.
+    """
+    conn.adapters.register_loader("timestamptz", _ClampedTimestamptzLoader)
+    conn.adapters.register_loader("timestamptz", _ClampedTimestamptzBinaryLoader)
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -110,16 +167,18 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        raise InvalidDSN(f"{shown} is not a valid PostgreSQL DSN: {_reason(exc, password)}") from None
+        raise InvalidDSN(f"{shown} is not a valid PostgreSQL DSN: {_reason(exc, password, conninfo)}") from None
     extra: dict[str, Any] = {}
     if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
         extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
     try:
-        return psycopg.connect(conninfo, autocommit=autocommit, **extra)
+        conn = psycopg.connect(conninfo, autocommit=autocommit, **extra)
+        tolerate_unreadable_timestamps(conn)
+        return conn
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to {shown}: {_reason(exc, password)}") from None
+        raise DatabaseUnavailable(f"cannot connect to {shown}: {_reason(exc, password, conninfo)}") from None
     except psycopg.Error as exc:
-        raise InvalidDSN(f"{shown}: {_reason(exc, password)}") from None
+        raise InvalidDSN(f"{shown}: {_reason(exc, password, conninfo)}") from None
 
 
 def open_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:

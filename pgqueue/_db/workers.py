@@ -4,6 +4,7 @@ workers long dead). Sync only: the worker's heartbeat and maintenance threads ru
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, LiteralString, NamedTuple
 
 import psycopg
@@ -72,11 +73,16 @@ class WorkerStore:
             row = self.conn.execute(WORKERS.stage_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL}).fetchone()
         return int(row[0]) if row else 0
 
-    def rescue_jobs(self, limit: int = 1000) -> list[tuple[int, str]]:
-        """Hand back up to ``limit`` running jobs of dead workers; (job id, new state) of each."""
+    def rescue_jobs(self, limit: int = 1000, recovered_at: datetime | None = None) -> list[tuple[int, str]]:
+        """Hand back up to ``limit`` running jobs of dead workers; (job id, new state) of each.
+
+        ``recovered_at``: when (server clock) the caller's session came back from an outage; leases
+        hold for their full length after it, as after a server restart or promotion.
+        """
         with translate_errors():
             rows = self.conn.execute(WORKERS.rescue_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL,
-                                                                 "done_channel": DONE_CHANNEL}).fetchall()
+                                                           "done_channel": DONE_CHANNEL,
+                                                           "recovered_at": recovered_at}).fetchall()
         return [(r[0], r[1]) for r in rows]
 
     def delete_expired_workers(self, keep_seconds: float) -> int:

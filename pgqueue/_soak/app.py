@@ -8,8 +8,10 @@ visible: the books count executions from that table, independently of what pgque
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from typing import Any
 
 import pgqueue
 from pgqueue._db.soak import ExecutionLog
@@ -17,11 +19,12 @@ from pgqueue._db.soak import ExecutionLog
 WORK = "soak-work"  # succeeds on its first attempt
 FLAKY = "soak-flaky"  # fails twice, then succeeds: exercises retry_scheduled
 DOOMED = "soak-doomed"  # fails every attempt: ends failed
+POISON = "soak-poison"  # misbehaves as the worker's catalogue of poison handlers does: ends failed
 TICK = "soak-tick"  # the cron task
 SCHEDULE = "soak-every-2s"
 CRON = "*/2 * * * * *"
 CRON_QUEUE = "soak-cron"
-ENQUEUED_TASKS = (WORK, FLAKY, DOOMED)
+ENQUEUED_TASKS = (WORK, FLAKY, DOOMED, POISON)
 
 app = pgqueue.App()
 
@@ -55,6 +58,47 @@ def flaky(job: pgqueue.Job, n: int) -> None:
 def doomed(job: pgqueue.Job, n: int) -> None:
     record_execution(job)
     raise FlakyError("planned failure of every attempt")
+
+
+class UnprintableError(Exception):
+    """A poison handler's error whose ``__str__`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this error raises")
+
+
+#: What a poison job does, chosen by its number: each once wedged or killed a worker (see
+#: tests/e2e/test_poison_handlers.py for the whole catalogue, forks included).
+POISON_KINDS = ("result-surrogate", "error-surrogate", "unprintable", "generator-exit", "huge-result",
+                "swallow-cancel")
+
+
+def poison_kind(n: int) -> str:
+    return POISON_KINDS[(n // 100) % len(POISON_KINDS)]
+
+
+@app.task(name=POISON, max_attempts=2, backoff=pgqueue.Backoff.fixed(0.5), timeout=0.5)
+async def poison(job: pgqueue.Job, n: int) -> Any:
+    await asyncio.to_thread(record_execution, job)
+    kind = poison_kind(n)
+    if kind == "result-surrogate":
+        return {"text": "\ud800"}
+    if kind == "error-surrogate":
+        raise FlakyError("bad \udfff text")
+    if kind == "unprintable":
+        raise UnprintableError
+    if kind == "generator-exit":
+        raise GeneratorExit
+    if kind == "huge-result":
+        return "x" * (2 * 1024 * 1024)
+    # swallow-cancel: ignores the cancellation of its 0.5 s timeout for a few seconds more.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            continue
+    return None
 
 
 @app.task(name=TICK, queue=CRON_QUEUE, max_attempts=10)

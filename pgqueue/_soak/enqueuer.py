@@ -9,7 +9,7 @@ import time
 import pgqueue
 from pgqueue._db.errors import DATABASE_ERRORS
 from pgqueue._db.soak import EnqueuerSession
-from pgqueue._soak.app import DOOMED, ENQUEUED_TASKS, FLAKY, WORK
+from pgqueue._soak.app import DOOMED, ENQUEUED_TASKS, FLAKY, POISON, WORK
 from pgqueue._soak.app import app as soak_app
 
 _TICK = 0.25
@@ -17,9 +17,9 @@ _MAX_BATCH = 1000
 
 
 def task_for(n: int) -> str:
-    """3 % flaky, 1 % doomed, the rest plain: a fixed mix, so every seed enqueues the same jobs."""
+    """3 % flaky, 1 % doomed, 1 % poison, the rest plain: a fixed mix, so every seed enqueues the same jobs."""
     rest = n % 100
-    return FLAKY if rest < 3 else DOOMED if rest == 3 else WORK
+    return FLAKY if rest < 3 else DOOMED if rest == 3 else POISON if rest == 4 else WORK
 
 
 class Enqueuer(threading.Thread):

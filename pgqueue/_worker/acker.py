@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgqueue._db.errors import DATABASE_ERRORS, REFUSED_DATA, first_line
+from pgqueue._db.errors import DATABASE_ERRORS, first_line, refused
 from pgqueue._db.jobs import AsyncJobStore, Outcome
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
@@ -91,25 +91,27 @@ class Acker:
                 failures = 0
                 self.failing = False
                 self._written()
-            except REFUSED_DATA:
-                # The database refused something in the batch itself (not the connection): retrying
-                # the batch would refuse it forever and block every outcome behind it.
+            except Exception as exc:  # noqa: BLE001 - refused values vs an outage, told apart by refused()
+                if not refused(exc):
+                    # Outcomes are idempotent under their lease token: put them back and retry.
+                    self.pending[:0] = batch
+                    self.failing = True
+                    failures += 1
+                    wait = capped_backoff(failures, base=0.25, cap=5.0, doublings=6)
+                    log.warning("database.unavailable", role="ack", error_type=type(exc).__name__,
+                                error=first_line(exc), pending=len(self.pending), retry_in_s=wait)
+                    await self.session.close()
+                    await asyncio.sleep(wait)
+                    continue
+                # The database refused something in the batch itself (not the connection), or the
+                # driver could not even send it: retrying the batch would fail forever and block
+                # every outcome behind it.
                 await self._write_one_by_one(batch, log)
                 # The batch is written (or handed back, in which case the next round sets this
                 # again): claims must not stay paused behind an outage that is over.
                 failures = 0
                 self.failing = False
                 self._written()
-            except DATABASE_ERRORS as exc:
-                # Outcomes are idempotent under their lease token: put them back and retry.
-                self.pending[:0] = batch
-                self.failing = True
-                failures += 1
-                wait = capped_backoff(failures, base=0.25, cap=5.0, doublings=6)
-                log.warning("database.unavailable", role="ack", error_type=type(exc).__name__,
-                            error=first_line(exc), pending=len(self.pending), retry_in_s=wait)
-                await self.session.close()
-                await asyncio.sleep(wait)
             finally:
                 self.inflight = set()
 
@@ -122,7 +124,12 @@ class Acker:
         for index, outcome in enumerate(batch):
             try:
                 await self.session.run(functools.partial(self._write, batch=[outcome], log=log))
-            except REFUSED_DATA as exc:
+            except Exception as exc:  # noqa: BLE001 - refused values vs an outage, told apart by refused()
+                if not refused(exc):
+                    # An outage after all: hand the rest back to the normal retry path.
+                    self.pending[:0] = batch[index:]
+                    self._ready.set()
+                    return
                 log.error("job.outcome_refused", job_id=outcome.job_id, outcome=outcome.state,
                           error_type=type(exc).__name__)
                 error = encode_json({"type": "OutcomeRejected",
@@ -131,13 +138,12 @@ class Acker:
                                       error=error)
                 try:
                     await self.session.run(functools.partial(self._write, batch=[replacement], log=log))
-                except REFUSED_DATA:
+                except Exception as again:  # noqa: BLE001 - see above
+                    if not refused(again):
+                        self.pending[:0] = [outcome, *batch[index + 1:]]
+                        self._ready.set()
+                        return
                     log.error("job.outcome_dropped", job_id=outcome.job_id)
-            except DATABASE_ERRORS:
-                # An outage after all: hand the rest back to the normal retry path.
-                self.pending[:0] = batch[index:]
-                self._ready.set()
-                return
 
     async def _write(self, conn: AsyncPsycopgConnection, batch: list[Outcome], log: Any) -> None:
         store = AsyncJobStore(conn)
@@ -151,11 +157,21 @@ class Acker:
             written_failed = await store.fail_jobs(failed)
             written |= written_failed
             self.tally.failed += sum(1 for o in failed if o.job_id in written_failed and o.state == "failed")
-        for outcome in batch:
-            if outcome.job_id not in written:
-                # Our claim was rescued (or the job cancelled) while we ran it: someone else owns
-                # the outcome now, and ours must not overwrite it.
-                log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
+        missing = [outcome for outcome in batch if outcome.job_id not in written]
+        if missing:
+            # A batch re-sent after a lost commit reply finds its outcomes already written: done.
+            resent = await store.outcomes_already_written(missing)
+            for outcome in missing:
+                if outcome.job_id in resent:
+                    log.info("job.outcome_already_written", job_id=outcome.job_id, outcome=outcome.state)
+                    if outcome.state == "completed":
+                        self.tally.completed += 1
+                    elif outcome.state == "failed":
+                        self.tally.failed += 1
+                else:
+                    # Our claim was rescued (or the job cancelled) while we ran it: someone else
+                    # owns the outcome now, and ours must not overwrite it.
+                    log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
 
     async def release(self, unfinished: Sequence[tuple[int, str]]) -> None:
         """Hand jobs this worker will not finish back at once (their attempt not counted); after

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import traceback
 from typing import TYPE_CHECKING
 
 from pgqueue._db.errors import DriverError, first_line
@@ -16,6 +17,16 @@ from pgqueue.errors import PgqueueError
 
 if TYPE_CHECKING:
     from pgqueue._db.types import PsycopgConnection
+
+
+def crash_site(exc: BaseException) -> str:
+    """Where ``exc`` was raised (file:line in function), for a part's crash log. Neither the message
+    nor a traceback is logged: either may quote a job's payload, which must never reach the logs."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
 class SessionThread(threading.Thread):
@@ -34,6 +45,8 @@ class SessionThread(threading.Thread):
         # lease, with no error to act on.
         self.session = ReconnectingSession(dsn, name, log=get_logger(f"pgqueue.{name}", thread=name))
         self.healthy = threading.Event()
+        #: Set when a tick failed; a subclass may clear it in a later tick, on a working session.
+        self.outage = False
 
     def tick(self, conn: PsycopgConnection) -> None:
         raise NotImplementedError
@@ -60,9 +73,20 @@ class SessionThread(threading.Thread):
             except (DriverError, PgqueueError) as exc:
                 failures += 1
                 self.healthy.clear()
+                self.outage = True
                 wait = capped_backoff(failures, base=0.5, cap=min(10.0, self.interval * 4), doublings=5)
                 log.warning("database.unavailable", thread=self.name, error_type=type(exc).__name__,
                             error=first_line(exc), retry_in_s=wait)
+                self.session.close()
+            except Exception as exc:  # noqa: BLE001 - supervision: a bug in one tick must not end the thread
+                # A thread that died here would die silently: the heartbeat's worker would keep
+                # claiming while its lease ran out and its jobs were rescued under it. Log, start
+                # over on a fresh session, and keep going.
+                failures += 1
+                self.healthy.clear()
+                wait = capped_backoff(failures, base=0.5, cap=min(10.0, self.interval * 4), doublings=5)
+                log.error("worker.part_crashed", part=self.name, error_type=type(exc).__name__,
+                          at=crash_site(exc), restart_in_s=wait)
                 self.session.close()
             self.stopping.wait(wait)
         with contextlib.suppress(DriverError, PgqueueError):

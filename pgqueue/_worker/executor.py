@@ -19,7 +19,7 @@ import structlog
 
 from pgqueue._db.jobs import Outcome
 from pgqueue._log import get_logger
-from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
+from pgqueue._payload import DEFAULT_MAX_RESULT_BYTES, ResultNotSerializable, encode_json, encode_result
 from pgqueue._tracing import take_carrier
 from pgqueue._worker.payloads import PayloadSealer
 from pgqueue.errors import DecryptionError, EncryptionKeyMissing
@@ -27,6 +27,9 @@ from pgqueue.jobs import Discard, Job, Retry, Snooze
 from pgqueue.tasks import Task
 
 _TRACEBACK_LIMIT = 8000
+# How long an async handler that overran its timeout gets to obey the cancellation before the
+# attempt ends without it (its coroutine is left running, unawaited).
+_CANCEL_GRACE = 1.0
 _MAX_RETRY_DELAY = 100 * 365 * 86400.0  # a century: far beyond any sensible retry, far within timestamptz
 
 
@@ -62,16 +65,29 @@ class _HandlerCrashed(Exception):
     """
 
     def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
+        super().__init__(type(original).__name__)
         self.original = original
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of it when its ``__str__`` raises (a poison handler's error
+    must still become a failed attempt, never an error in the worker itself)."""
+    try:
+        return str(exc)
+    except BaseException as failure:  # noqa: BLE001 - whatever __str__ raises, the attempt must still end
+        return f"<{type(exc).__name__}: str() raised {type(failure).__name__}>"
+
+
 def error_json(exc: BaseException) -> str:
-    # jsonb refuses \u0000, and one outcome it refuses would fail every ack batch it is part of.
-    text = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException as failure:  # noqa: BLE001 - a traceback that cannot be rendered is left out
+        text = f"<traceback unavailable: {type(failure).__name__}>"
+    # jsonb refuses \u0000 and PostgreSQL lone surrogates; one outcome it refuses would fail every
+    # ack batch it is part of (encode_json replaces both).
     return encode_json({
         "type": type(exc).__name__,
-        "message": str(exc)[:2000].replace("\x00", "\\x00"),
+        "message": describe_exception(exc)[:2000],
         "traceback": text[-_TRACEBACK_LIMIT:],
     })
 
@@ -123,8 +139,10 @@ class JobRunner:
     """
 
     def __init__(self, threads_factory: Callable[[], Executor], headroom: int,
-                 transactional: Callable[[Task[..., Any], Job], Any], sealer: PayloadSealer) -> None:
+                 transactional: Callable[[Task[..., Any], Job], Any], sealer: PayloadSealer,
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self._sealer = sealer
+        self._max_result_bytes = max_result_bytes
         self._threads_factory = threads_factory
         self._threads = threads_factory()
         self._headroom = headroom
@@ -147,12 +165,34 @@ class JobRunner:
     async def _contained(self, task: Task[..., Any], job: Job) -> Any:
         try:
             return await self._call(task, job)
-        except (SystemExit, KeyboardInterrupt) as exc:
+        except _HandlerCrashed:
+            raise
+        except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
             raise _HandlerCrashed(exc) from exc
         except asyncio.CancelledError as exc:
             if _current_task_cancelling():
                 raise  # the worker cancelled it (timeout, hard stop): not the handler's doing
             raise _HandlerCrashed(exc) from exc
+
+    async def _bounded(self, task: Task[..., Any], job: Job, limit: float, log: Any) -> Any:
+        """Run the handler for up to ``limit`` seconds; raise TimeoutError when it overruns, even when it
+        swallows the CancelledError that should stop it (``asyncio.wait_for`` would wait for it
+        forever, and the job would never end). Such a handler is left running, unawaited."""
+        inner = asyncio.ensure_future(self._contained(task, job))
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=limit)
+        except asyncio.CancelledError:
+            inner.cancel()  # the worker is stopping hard: the handler goes with it
+            raise
+        if inner in done:
+            return inner.result()
+        inner.cancel()
+        done, _ = await asyncio.wait({inner}, timeout=_CANCEL_GRACE)
+        if not done:
+            log.warning("job.handler_ignored_cancel", grace_s=_CANCEL_GRACE)
+        # Whatever it ends with is no longer anyone's outcome; retrieve it so asyncio does not log it.
+        inner.add_done_callback(_forget)
+        raise TimeoutError
 
     async def _call(self, task: Task[..., Any], job: Job) -> Any:
         if task.transactional:
@@ -161,7 +201,19 @@ class JobRunner:
             return await task.fn(job, **job.args)
         loop = asyncio.get_running_loop()
         context = copy_context()
-        return await loop.run_in_executor(self._threads, lambda: context.run(task.fn, job, **job.args))
+
+        def call() -> Any:
+            try:
+                return context.run(task.fn, job, **job.args)
+            except Exception:
+                raise
+            except BaseException as exc:
+                # Not an Exception (GeneratorExit, SystemExit, a BaseException of its own): raised
+                # through the future into this coroutine, GeneratorExit closed the coroutine itself
+                # and the attempt never got an outcome (it ran again and again, uncounted).
+                raise _HandlerCrashed(exc) from exc
+
+        return await loop.run_in_executor(self._threads, call)
 
     async def run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
         """Run ``job``; return its outcome, or None when a transactional handler already wrote it.
@@ -215,7 +267,7 @@ class JobRunner:
             return failure_outcome(job, None, error)
         try:
             if task.timeout is not None:
-                result = await asyncio.wait_for(self._contained(task, job), task.timeout)
+                result = await self._bounded(task, job, task.timeout, log)
             else:
                 result = await self._contained(task, job)
         except TimeoutError:
@@ -251,12 +303,12 @@ class JobRunner:
             log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
             return None
         try:
-            result_text = encode_result(result)
+            result_text = encode_result(result, self._max_result_bytes)
         except ValueError as exc:
             # Retrying would run the side effects again only to produce the same bad result.
             outcome = Outcome(job_id=job.id, token=job.lease_token, state="failed", event="failed",
                               error=error_json(exc))
-            self._log_outcome(log, job, task, outcome, started, "ResultNotSerializable")
+            self._log_outcome(log, job, task, outcome, started, type(exc).__name__)
             return outcome
         log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
         return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text)
@@ -275,6 +327,11 @@ class JobRunner:
             log.warning("job.failed" if outcome.event == "failed" else "job.discarded", **fields)
         else:
             log.info("job.retry_scheduled", retry_in_s=round(outcome.delay, 3), **fields)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _current_task_cancelling() -> bool:

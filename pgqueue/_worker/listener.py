@@ -14,6 +14,7 @@ from pgqueue._db.errors import DATABASE_ERRORS
 from pgqueue._db.notifications import CANCEL_CHANNEL, ListenSession
 from pgqueue._db.sessions import capped_backoff
 from pgqueue._log import get_logger
+from pgqueue._worker.background import crash_site
 
 # The listener probes a quiet LISTEN session; no answer within this long means the path is lost.
 PROBE_TIMEOUT = 5.0
@@ -71,6 +72,12 @@ class Listener:
                 failures += 1
                 wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
                 log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)
+                await asyncio.sleep(wait)
+            except Exception as exc:  # noqa: BLE001 - supervision: the listener restarts, never dies silently
+                failures += 1
+                wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
+                log.error("worker.part_crashed", part="listener", error_type=type(exc).__name__,
+                          at=crash_site(exc), restart_in_s=wait)
                 await asyncio.sleep(wait)
             finally:
                 if session is not None:

@@ -25,19 +25,20 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pgqueue._db.sessions import AsyncReconnectingSession
+from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
 from pgqueue._worker.acker import Acker, Tally
+from pgqueue._worker.background import crash_site
 from pgqueue._worker.claimer import Claimer, Flow
 from pgqueue._worker.duties import leader_duties
 from pgqueue._worker.duties.pruner import Pruner
-from pgqueue._worker.executor import JobRunner
+from pgqueue._worker.executor import JobRunner, failure_outcome
 from pgqueue._worker.heartbeat import Heartbeat
 from pgqueue._worker.listener import Listener
 from pgqueue._worker.maintenance import Maintenance
@@ -121,6 +122,13 @@ class WorkerLoop:
             os._exit(130)
         self._begin_stop()
 
+    def _on_loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        exc = context.get("exception")
+        get_logger("pgqueue.worker", worker_id=self.worker_id).error(
+            "worker.loop_error", error_type=type(exc).__name__ if exc is not None else None,
+            at=crash_site(exc) if isinstance(exc, BaseException) else None,
+            what=str(context.get("message", ""))[:200])
+
     def _wake_when_empty(self) -> None:
         # Run until empty: an attempt ended or outcomes were written, so the claimer looks again
         # at once instead of after the poll interval.
@@ -167,6 +175,9 @@ class WorkerLoop:
     async def run(self, install_signal_handlers: bool = False) -> int:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
         self._loop = asyncio.get_running_loop()
+        # asyncio's default handler logs an unretrieved task exception with its traceback, whose
+        # messages may quote a (decrypted) payload: log its type and where it was raised instead.
+        self._loop.set_exception_handler(self._on_loop_error)
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
@@ -188,6 +199,7 @@ class WorkerLoop:
         runner = JobRunner(
             lambda: ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="pgqueue-job"),
             headroom=4, transactional=self.transactional.run, sealer=self.sealer,
+            max_result_bytes=self.settings.max_result_bytes,
         )
         # Prepared statements (planned once) only with no pooler in between: see session_options.
         claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
@@ -212,7 +224,7 @@ class WorkerLoop:
             self.settings.listen_dsn or dsn, self.queues, poll_seconds=self.settings.poll_seconds,
             wake=self.flow.wakeup.set, stopping=lambda: self.flow.stopping, worker_id=self.worker_id,
             cancel=self._cancel_running).run())
-        acking = asyncio.create_task(acker.run())
+        acking = asyncio.create_task(self._supervised("acker", acker.run))
         try:
             await claimer.run()
             await self._drain()
@@ -235,6 +247,21 @@ class WorkerLoop:
             log.info("worker.stopped", completed=self.tally.completed, failed=self.tally.failed)
         return self.exit_code
 
+    async def _supervised(self, part: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run`` until it returns, restarting it (logged, with backoff) whenever it crashes."""
+        failures = 0
+        while True:
+            try:
+                await run()
+                return
+            except Exception as exc:  # noqa: BLE001 - supervision: log and restart, never die silently
+                failures += 1
+                wait = capped_backoff(failures, base=0.25, cap=5.0, doublings=5)
+                get_logger("pgqueue.worker", worker_id=self.worker_id).error(
+                    "worker.part_crashed", part=part, error_type=type(exc).__name__, at=crash_site(exc),
+                    restart_in_s=wait)
+                await asyncio.sleep(wait)
+
     def _session(self, dsn: str, name: str, *, prepare: bool) -> AsyncReconnectingSession:
         return AsyncReconnectingSession(dsn, name, prepare=prepare, log=get_logger("pgqueue.worker", role=name))
 
@@ -247,6 +274,15 @@ class WorkerLoop:
     async def _execute(self, job: Job, task: Task[..., Any] | None, runner: JobRunner) -> None:
         try:
             outcome = await runner.run(task, job)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - supervision: an attempt always ends in an outcome
+            # A failure of the worker's own code around the handler (sealing its result, say) must
+            # still end the attempt: a job with no outcome stays running under this live worker's
+            # lease, and is never rescued while the worker lives.
+            get_logger("pgqueue.worker", worker_id=self.worker_id, job_id=job.id).error(
+                "worker.part_crashed", part="executor", error_type=type(exc).__name__, at=crash_site(exc))
+            outcome = failure_outcome(job, task, exc)
         finally:
             self.running.pop(job.id, None)
             self.flow.slot_freed.set()

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pgqueue._db.server import ServerStore
 from pgqueue._db.workers import WorkerStore
 from pgqueue._log import get_logger
 from pgqueue._worker.background import SessionThread
 from pgqueue._worker.duties import Duty, leader_duties
+from pgqueue._worker.duties.rescuer import Rescuer
 
 if TYPE_CHECKING:
     from pgqueue._db.types import PsycopgConnection
@@ -30,6 +32,14 @@ class Maintenance(SessionThread):
         self.duties = list(duties) if duties is not None else leader_duties(lease_seconds)
 
     def tick(self, conn: PsycopgConnection) -> None:
+        if self.outage:
+            # Back from an outage (a restart, a failover to a standby, a network cut): the other
+            # workers may still be reconnecting, so their leases hold for a full length from now.
+            recovered_at = ServerStore(conn).now()
+            for duty in self.duties:
+                if isinstance(duty, Rescuer):
+                    duty.recovered_at = recovered_at
+            self.outage = False
         store = WorkerStore(conn)
         was_leader = self.is_leader
         self.is_leader = store.acquire_leadership(self.LEADER, self.holder, self.ttl)

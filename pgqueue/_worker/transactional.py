@@ -65,7 +65,8 @@ class TransactionalRunner:
 
     def _outcome(self, job: Job, result: Any) -> Outcome:
         progress = self.progress.take(job.id)
-        outcome = Outcome(job_id=job.id, token=job.lease_token, state="completed", result=encode_result(result),
+        result_text = encode_result(result, self.app.settings.max_result_bytes)
+        outcome = Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text,
                           progress=progress[1] if progress else None,
                           progress_note=progress[2] if progress else None)
         return self.sealer.seal(job, self.app.tasks.get(job.task), outcome)

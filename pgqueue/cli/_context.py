@@ -7,8 +7,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from pgqueue._humanize import printable
 from pgqueue.errors import PgqueueError
-from pgqueue.settings import ResolvedDSN, redact_dsn, resolve_dsn
+from pgqueue.settings import ResolvedDSN, redact_dsn, resolve_dsn, scrub_secrets
 
 DsnOption = Annotated[
     str | None,
@@ -20,8 +21,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line on stderr and exit non-zero: the CLI's only way to report a user error."""
-    print(f"pgqueue: error: {message}", file=sys.stderr)
+    print(f"pgqueue: error: {one_line_for_terminal(message)}", file=sys.stderr)
     raise typer.Exit(code)
+
+
+def one_line_for_terminal(message: str) -> str:
+    """An error message as the CLI prints it: no password, no raw control characters."""
+    return printable(scrub_secrets(message), multiline=False)
 
 
 def resolve(dsn: str | None) -> str:

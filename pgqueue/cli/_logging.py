@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from pgqueue.settings import scrub_secrets
 
 # What the CLI configured, so `worker --processes N` starts its children logging the same way.
 _configured = {"PGQUEUE_LOG_FORMAT": "console", "PGQUEUE_LOG_LEVEL": "info"}
@@ -22,12 +26,13 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
                        PGQUEUE_LOG_LEVEL=logging.getLevelName(level).lower())
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _scrub_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.typing.Processor
     if log_format == "json":
-        processors.append(structlog.processors.format_exc_info)
+        processors += [structlog.processors.format_exc_info, _scrub_secrets]
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -41,6 +46,15 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _scrub_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Hide passwords in every string of every log line (a DSN in an error message, in any form:
+    see :func:`pgqueue.settings.scrub_secrets`), whichever code logged it."""
+    for key, value in event.items():
+        if isinstance(value, str) and value:
+            event[key] = scrub_secrets(value)
+    return event
 
 
 def set_level(level: int) -> None:

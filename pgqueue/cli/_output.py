@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue._humanize import format_seconds, json_default
+from pgqueue._humanize import format_seconds, json_default, printable
 
 # When the output is piped, rich would wrap tables at 80 columns; a pipe has no width, so lay
 # rows out in full (columns only grow as wide as their content).
@@ -45,9 +45,10 @@ class Column:
 
     def text(self, row: Mapping[str, Any]) -> str:
         if self.compute is not None:
-            return self.compute(row)
+            return printable(self.compute(row), multiline=self.fold)
         value = row.get(self.key)
-        return self.render(value) if self.render is not None else format_value(value)
+        # Stored names and text are data anyone with enqueue rights wrote: never raw control characters.
+        return printable(self.render(value) if self.render is not None else format_value(value), multiline=self.fold)
 
 
 def console() -> Console:
@@ -123,7 +124,7 @@ def emit_record(record: Mapping[str, Any], fields: Sequence[Column], *, title: s
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for field in fields:
-        table.add_row(Text(field.header), Text(field.text(record)))
+        table.add_row(Text(field.header), Text(printable(field.text(record))))
     console().print(table)
 
 
@@ -132,4 +133,4 @@ def emit_message(message: str, data: Mapping[str, Any], *, json_output: bool) ->
     if json_output:
         print_json(dict(data))
     else:
-        print(message)
+        print(printable(message))

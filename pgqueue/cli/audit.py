@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pgqueue import _audit
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import connect
+from pgqueue._humanize import printable
 from pgqueue.cli._admin import parse_job_id
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, emit_record, print_json
@@ -121,6 +122,6 @@ def verify_command(
     else:
         emit_record({**data, "verdict": "intact" if report.ok else "ALTERED"}, VERIFY_FIELDS, title="audit verify")
         for problem in report.problems:
-            print(f"  - {problem}")
+            print(printable(f"  - {problem}"))
     if not report.ok:
         fail(f"the audit trail was altered: {report.problems[0]}")

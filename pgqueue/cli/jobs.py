@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from pgqueue import admin
+from pgqueue._humanize import printable
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._admin import actor, open_session, parse_job_id, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
@@ -159,7 +160,7 @@ def show_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: Ds
     error = job.get("last_error")
     if isinstance(error, Mapping) and error.get("traceback"):
         print("\nlast error traceback:")
-        print(str(error["traceback"]).rstrip())
+        print(printable(str(error["traceback"]).rstrip()))
 
 
 @app.command("retry")

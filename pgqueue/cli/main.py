@@ -277,8 +277,53 @@ def _run() -> None:
 
 def main() -> None:
     """Entry point of the ``pgqueue`` script: user errors become one line and exit 1."""
+    from pgqueue.cli._context import one_line_for_terminal
+
+    _install_crash_hooks()
     try:
         _run()
     except PgqueueError as exc:
-        print(f"pgqueue: error: {exc}", file=sys.stderr)
+        print(f"pgqueue: error: {one_line_for_terminal(str(exc))}", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback (it may quote secrets or job data)
+        print(f"pgqueue: error: {one_line_for_terminal(_crash_line(exc))}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _crash_line(exc: BaseException) -> str:
+    """One line for an error nobody planned for: its type and where it was raised, and its message
+    only when the type is a plain ValueError/TypeError (bad input). Messages of other errors may
+    quote a job's payload."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    if type(exc) in (ValueError, TypeError):
+        return f"{exc} ({type(exc).__name__}{where})"
+    return f"unexpected {type(exc).__name__}{where} (a bug in pgqueue: please report it)"
+
+
+def _install_crash_hooks() -> None:
+    """An exception no code caught, in any thread, prints one line: never a traceback, which could
+    carry a decrypted payload or a password in its messages."""
+    import threading
+
+    def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        from pgqueue.cli._context import one_line_for_terminal
+
+        print(f"pgqueue: error: {one_line_for_terminal(_crash_line(exc))}", file=sys.stderr)
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or isinstance(args.exc_value, SystemExit):
+            return
+        from pgqueue.cli._context import one_line_for_terminal
+
+        name = args.thread.name if args.thread is not None else "?"
+        print(f"pgqueue: error in thread {name}: {one_line_for_terminal(_crash_line(args.exc_value))}",
+              file=sys.stderr)
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pgqueue._cron import DEFAULT_MISFIRE_GRACE
+from pgqueue._db.sessions import check_dsn
 from pgqueue._loader import load_app
 from pgqueue._scheduler import Scheduler
 from pgqueue.cli._context import DsnOption, fail, resolve
@@ -43,7 +44,7 @@ def scheduler(
             target = resolve(None)
         else:
             target = app.dsn
-        runner = Scheduler(app, misfire_grace=timedelta(seconds=misfire_grace_seconds), dsn=target)
+        runner = Scheduler(app, misfire_grace=timedelta(seconds=misfire_grace_seconds), dsn=check_dsn(target))
     except PgqueueError as exc:
         fail(str(exc))
     stop = threading.Event()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pgqueue._db.sessions import check_dsn
 from pgqueue._loader import load_app
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._context import DsnOption, fail, resolve
@@ -38,6 +39,9 @@ def worker(
     poll_only: Annotated[bool, typer.Option(
         "--poll-only", envvar="PGQUEUE_POLL_ONLY", show_envvar=False,
         help="Never LISTEN: find jobs by polling every --poll-seconds (for PgBouncer without a direct DSN).")] = False,
+    max_result_bytes: Annotated[int | None, typer.Option(
+        envvar="PGQUEUE_MAX_RESULT_BYTES", show_envvar=False, min=1,
+        help="Largest handler result stored, in bytes of JSON (default 1 MiB); a larger one fails the job.")] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
@@ -51,13 +55,14 @@ def worker(
         settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                      shutdown_grace_seconds=shutdown_grace_seconds,
                                      listen_dsn=normalize_dsn(listen_dsn) if listen_dsn else None,
-                                     poll_only=True if poll_only else None)
+                                     poll_only=True if poll_only else None, max_result_bytes=max_result_bytes)
         app = load_app(app_path)
         app.settings = settings
         if dsn:
             app._dsn = normalize_dsn(dsn)
         elif app._dsn is None:
             app._dsn = resolve(None)
+        check_dsn(app.dsn)
     except PgqueueError as exc:
         fail(str(exc))
     if processes > 1:
@@ -76,14 +81,17 @@ def worker(
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
         os.environ["PGQUEUE_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)
         os.environ["PGQUEUE_POLL_ONLY"] = "1" if settings.poll_only else "0"
+        os.environ["PGQUEUE_MAX_RESULT_BYTES"] = str(settings.max_result_bytes)
         if settings.listen_dsn:
             os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
         raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())
 
+    from pgqueue._worker.children import contain_children, end_children
     from pgqueue._worker.supervisor import watch_parent
     from pgqueue.worker import Worker
 
     watch_parent()
+    contain_children()
     cron = None
     if with_scheduler:
         from pgqueue._scheduler import start_in_worker
@@ -98,6 +106,7 @@ def worker(
     finally:
         if cron is not None:
             cron.stop()
+        end_children()
     if runner.stuck_threads:
         # A handler thread that ignored shutdown would keep the interpreter alive; its job has
         # been released (or will be rescued), so leave now.

@@ -5,22 +5,28 @@ from __future__ import annotations
 import threading
 
 import psycopg
+import psycopg.sql
+import pytest
 
 from pgqueue import App, Job, JobSpec, Worker
 from pgqueue.settings import Settings
 from tests.helpers import wait_until
 
 
-def test_a_refused_outcome_fails_its_job_and_the_rest_of_the_batch_is_written(dsn: str) -> None:
+# 22023: a data error (psycopg.DataError). 54000: a program limit (a value too large for jsonb, an
+# index row over the btree maximum), which psycopg files under OperationalError, like a lost
+# connection: the worker took it for an outage and retried the ack forever, claims paused.
+@pytest.mark.parametrize("sqlstate", ["22023", "54000"])
+def test_a_refused_outcome_fails_its_job_and_the_rest_of_the_batch_is_written(dsn: str, sqlstate: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # Stands in for any value the database refuses (a constraint, a domain, a bad encoding):
-        # completing a 'cursed' job raises a data error (SQLSTATE 22023 -> psycopg.DataError).
-        conn.execute("""
+        # Stands in for any value the database refuses (a constraint, a domain, a bad encoding, a
+        # size limit): completing a 'cursed' job raises the error.
+        conn.execute(psycopg.sql.SQL("""
             CREATE FUNCTION refuse_cursed() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN RAISE EXCEPTION 'cursed result' USING ERRCODE = '22023'; END $$;
+            BEGIN RAISE EXCEPTION 'cursed result' USING ERRCODE = {}; END $$;
             CREATE TRIGGER refuse_cursed BEFORE UPDATE ON pgqueue.jobs FOR EACH ROW
             WHEN (NEW.state = 'completed' AND NEW.task = 'cursed') EXECUTE FUNCTION refuse_cursed();
-        """)
+        """).format(psycopg.sql.Literal(sqlstate)))
     settings = Settings(dsn=dsn, lease_seconds=5, poll_seconds=0.2, shutdown_grace_seconds=2)
     app = App(dsn, settings=settings)
 

@@ -475,3 +475,13 @@ SELECT state FROM pgqueue.jobs WHERE id = %(id)s;
 -- The heartbeat's fallback for a lost cancel NOTIFY (no LISTEN behind a transaction pooler): which
 -- of the jobs this worker runs were cancelled. Primary-key lookups of a handful of ids.
 SELECT id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled';
+
+-- name: outcomes_already_written
+-- An ack whose commit landed but whose reply was lost (the connection broke after COMMIT) is sent
+-- again and then matches nothing: the job is no longer running. It is done, not a lost lease, when
+-- the job holds that very outcome under the same lease token: a rescue clears the token, a new
+-- claim replaces it, and a cancel ends in a state no outcome writes.
+SELECT j.id
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[]) AS o(id, token, state)
+JOIN pgqueue.jobs AS j ON j.id = o.id
+WHERE j.lease_token = o.token AND j.state = o.state;

@@ -61,9 +61,14 @@ SELECT count(*) AS staged, (SELECT count(*) FROM notified) AS notified FROM stag
 -- name: rescue_jobs
 -- Running jobs whose worker stopped heartbeating go back to available, or to failed when they
 -- have no attempts left. The lease token is cleared, so the lost worker's late ack is refused.
--- A lease also holds for its full length after the server (re)started: while the database was
--- down no worker could heartbeat, and rescuing then would re-run jobs whose live workers were
--- only reconnecting.
+-- A lease also holds for its full length after the server (re)started, was promoted, or the
+-- rescuer's own session came back from an outage: while the database was unreachable no worker
+-- could heartbeat, and rescuing then would re-run jobs whose live workers were only reconnecting.
+-- pg_postmaster_start_time() alone missed a promotion: a standby that ran for weeks keeps its
+-- start time. pg_last_xact_replay_timestamp() (NULL on a server that never replayed) is the last
+-- commit it replayed, i.e. about when the old primary stopped; %(recovered_at)s is the server's
+-- clock when the leader's session reconnected after an outage (NULL: no outage seen), which also
+-- covers a failover slower than a lease. GREATEST ignores NULLs.
 WITH orphaned AS MATERIALIZED (
     SELECT j.id FROM pgqueue.jobs AS j
     WHERE j.state = 'running'
@@ -71,7 +76,8 @@ WITH orphaned AS MATERIALIZED (
           SELECT 1 FROM pgqueue.workers AS w
           WHERE w.id = j.worker_id
             AND (w.lease_expires_at > now()
-                 OR pg_postmaster_start_time() + (w.lease_expires_at - w.heartbeat_at) > now())
+                 OR GREATEST(pg_postmaster_start_time(), pg_last_xact_replay_timestamp(),
+                             %(recovered_at)s::timestamptz) + (w.lease_expires_at - w.heartbeat_at) > now())
       )
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED

@@ -1,0 +1,47 @@
+"""Pattern-level redaction and terminal escaping: neither depends on a DSN parsing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgqueue._humanize import printable
+from pgqueue.settings import Settings, dsn_secrets, redact_dsn, scrub_secrets
+
+SECRET = "pw-Secret-42"
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://u:{SECRET}@h/db",
+    f"postgresql://u:{SECRET}%zz@h/db",          # un-encoded %: libpq refuses it
+    f"postgresql://u:{SECRET}@[::1/db",          # malformed IPv6: urlsplit raises
+    f"postgresql://u:{SECRET}@x@h:5432/db",      # un-encoded @
+    f"postgresql://u:{SECRET}@h1,h2:5433/db?target_session_attrs=read-write",
+    f"postgresql://u@h/db?sslmode=require&password={SECRET}",
+    f"host=h user=u password={SECRET} dbname=db",
+    f"host=h password = '{SECRET} with spaces' dbname=db",
+    f"postgresql+psycopg://u:{SECRET}@h/db",
+])
+def test_every_dsn_form_is_redacted_and_its_password_found(dsn: str) -> None:
+    assert SECRET not in redact_dsn(dsn)
+    assert SECRET not in scrub_secrets(f"could not connect to {dsn}: refused")
+    assert SECRET not in repr(Settings(dsn=dsn))
+    assert any(SECRET in secret for secret in dsn_secrets(dsn))
+
+
+def test_a_password_quoted_alone_by_a_driver_error_is_hidden_too() -> None:
+    dsn = f"postgresql://u:{SECRET}%zz@h/db"
+    assert scrub_secrets(f'invalid percent-encoded token: "{SECRET}%zz"', dsn) == \
+        'invalid percent-encoded token: "***"'
+
+
+@given(st.text())
+def test_printable_never_lets_a_control_character_through(text: str) -> None:
+    shown = printable(text, multiline=False)
+    assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF for ch in shown)
+    assert printable(shown, multiline=False) == shown  # escaping is stable: nothing left to escape
+
+
+def test_printable_keeps_newlines_in_multiline_text_and_escapes_ansi() -> None:
+    assert printable("a\n\x1b[31mb\u202e") == "a\n\\x1b[31mb\\u202e"
