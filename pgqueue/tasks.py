@@ -62,6 +62,11 @@ class Task:
     transactional: bool = False
     encrypt: bool = False
     tags: tuple[str, ...] = ()
+    #: Flow limits enforced by the database across workers (see ``pgqueue.task_limits``).
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: int | None = None
+    group_concurrency: int | None = None
     is_async: bool = field(init=False)
     _signature: inspect.Signature | None = field(init=False, repr=False)
 
@@ -88,6 +93,20 @@ class Task:
             parts = [f"unexpected {', '.join(map(repr, unexpected))}" if unexpected else "",
                      f"missing {', '.join(map(repr, missing))}" if missing else ""]
             raise TypeError("; ".join(p for p in parts if p) or "args do not match the signature") from None
+
+    @property
+    def limited(self) -> bool:
+        """Whether the task declares a concurrency, rate or group limit."""
+        return self.concurrency is not None or self.rate_limit is not None or self.group_concurrency is not None
+
+    @property
+    def rate(self) -> str | None:
+        """The rate limit as written (``"100/m"``), or None."""
+        if self.rate_limit is None or self.rate_period_seconds is None:
+            return None
+        from pgqueue.admin import format_rate
+
+        return format_rate(self.rate_limit, self.rate_period_seconds)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

@@ -41,6 +41,14 @@ class JobQueries(NamedTuple):
     find_live_job_by_unique_key: LiteralString
     claim_jobs: LiteralString
     claim_jobs_any_queue: LiteralString
+    claim_jobs_except_limited_tasks: LiteralString
+    claim_jobs_any_queue_except_limited_tasks: LiteralString
+    list_limited_scopes: LiteralString
+    lock_queue_limits: LiteralString
+    lock_task_limits: LiteralString
+    claim_limited_queue_jobs: LiteralString
+    claim_limited_task_jobs: LiteralString
+    sync_task_limits: LiteralString
     complete_jobs: LiteralString
     fail_jobs: LiteralString
     release_jobs: LiteralString
@@ -73,6 +81,7 @@ class NewJob:
     unique_key: str | None
     tags: tuple[str, ...]
     args_encrypted: bytes | None = None
+    group_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
         "args_encrypted": job.args_encrypted,
         "max_attempts": job.max_attempts, "run_at": job.run_at, "delay": job.delay,
         "unique_key": job.unique_key, "tags": list(job.tags) if job.tags else None, "actor": actor,
-        "channel": NOTIFY_CHANNEL,
+        "channel": NOTIFY_CHANNEL, "group_key": job.group_key,
     }
 
 
@@ -119,7 +128,7 @@ def _copyable(jobs: Sequence[NewJob]) -> bool:
 def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
     """A row of JOBS.copy_jobs, in its column order."""
     return (job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted, job.max_attempts,
-            list(job.tags))
+            list(job.tags), job.group_key)
 
 
 def _inserted_id(row: tuple[Any, ...] | None) -> int:
@@ -140,6 +149,7 @@ def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
         "delays": [j.delay for j in jobs],
         "unique_keys": [j.unique_key for j in jobs],
         "tags": [encode_json(list(j.tags)) if j.tags else None for j in jobs],
+        "group_keys": [j.group_key for j in jobs],
         "actor": actor,
         "channel": NOTIFY_CHANNEL,
     }
@@ -180,6 +190,22 @@ def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
         max_attempts=max_attempts, enqueued_at=enqueued_at, priority=priority, tags=tuple(tags or ()),
         lease_token=token, _sealed_args=args_encrypted,
     )
+
+
+def _limited_claim(rows: Sequence[tuple[Any, ...]], token: str) -> tuple[list[Job], int]:
+    allowance = int(rows[0][0]) if rows else 0
+    return [_job_from_row(row[1:], token) for row in rows if row[1] is not None], allowance
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """The limits one task declares in code (``@app.task(concurrency=..., rate=..., group_concurrency=...)``)."""
+
+    task: str
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: int | None = None
+    group_concurrency: int | None = None
 
 
 def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -466,18 +492,72 @@ class AsyncJobStore:
 
     # --- the worker's claim and ack sessions ---
 
-    async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str) -> list[Job]:
+    async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str, *,
+                         except_limited_tasks: bool = False) -> list[Job]:
+        """Claim jobs that no limit holds back: of ``queues`` (None: every queue), not of a paused or
+        limited queue, and with ``except_limited_tasks`` not of a task in ``pgqueue.task_limits``."""
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}
         if queues:
             params["queues"] = list(queues)
-            query = JOBS.claim_jobs
+            query = JOBS.claim_jobs_except_limited_tasks if except_limited_tasks else JOBS.claim_jobs
+        elif except_limited_tasks:
+            query = JOBS.claim_jobs_any_queue_except_limited_tasks
         else:
             query = JOBS.claim_jobs_any_queue
         with translate_errors():
             cur = await self.conn.execute(query, params)
             rows = await cur.fetchall()
         return [_job_from_row(row, token) for row in rows]
+
+    async def list_limited_scopes(self) -> tuple[list[str], list[str]]:
+        """(limited queues, limited tasks) as the database has them now."""
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.list_limited_scopes)
+            rows = await cur.fetchall()
+        return [r[1] for r in rows if r[0] == "queue"], [r[1] for r in rows if r[0] == "task"]
+
+    async def claim_limited_queue_jobs(self, queue: str, limit: int, worker_id: str) -> tuple[list[Job], int]:
+        """Claim up to ``limit`` jobs of a limited queue, within its limits, under its lock.
+
+        Returns the jobs and what the limits allowed (below ``limit``: the queue is held back).
+        """
+        token = str(uuid.uuid4())
+        params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token}
+        with translate_errors():
+            async with self.conn.transaction():
+                await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue})
+                cur = await self.conn.execute(JOBS.claim_limited_queue_jobs, params)
+                rows = await cur.fetchall()
+        return _limited_claim(rows, token)
+
+    async def claim_limited_task_jobs(self, task: str, queues: Sequence[str] | None, limit: int,
+                                      worker_id: str) -> tuple[list[Job], int]:
+        """Claim up to ``limit`` jobs of a limited task from ``queues`` (None: every queue), within
+        the task's limits (concurrency, rate, groups) and those of limited queues, under their locks.
+
+        Returns the jobs and how many of the task's jobs were claimable (claimed ones included).
+        """
+        token = str(uuid.uuid4())
+        names = list(queues) if queues else None
+        params = {"task": task, "queues": names, "limit": limit, "worker_id": worker_id, "lease_token": token}
+        with translate_errors():
+            async with self.conn.transaction():
+                await self.conn.execute(JOBS.lock_task_limits, {"task": task, "queues": names})
+                cur = await self.conn.execute(JOBS.claim_limited_task_jobs, params)
+                rows = await cur.fetchall()
+        return _limited_claim(rows, token)
+
+    async def sync_task_limits(self, limits: Sequence[TaskLimits]) -> None:
+        """Store the limits the worker's code declares (a task with none loses its row)."""
+        if not limits:
+            return
+        with translate_errors():
+            await self.conn.execute(JOBS.sync_task_limits, {
+                "tasks": [t.task for t in limits], "concurrency": [t.concurrency for t in limits],
+                "rate_limits": [t.rate_limit for t in limits], "rate_periods": [t.rate_period_seconds for t in limits],
+                "group_concurrency": [t.group_concurrency for t in limits],
+            })
 
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():

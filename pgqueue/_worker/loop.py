@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pgqueue._db.jobs import AsyncJobStore, TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
@@ -42,6 +44,7 @@ from pgqueue._worker.heartbeat import Heartbeat
 from pgqueue._worker.listener import Listener
 from pgqueue._worker.maintenance import Maintenance
 from pgqueue._worker.payloads import PayloadSealer
+from pgqueue._worker.pools import build_pools
 from pgqueue._worker.preflight import check_connection
 from pgqueue._worker.progress import ProgressBook
 from pgqueue._worker.supervisor import PARENT_ENV
@@ -50,8 +53,15 @@ from pgqueue.jobs import Job
 from pgqueue.settings import Settings
 
 if TYPE_CHECKING:
+    from pgqueue._db.types import AsyncPsycopgConnection
     from pgqueue.app import App
     from pgqueue.tasks import Task
+
+
+async def _sync_task_limits(conn: AsyncPsycopgConnection, tasks: list[Task]) -> None:
+    await AsyncJobStore(conn).sync_task_limits([
+        TaskLimits(task.name, task.concurrency, task.rate_limit, task.rate_period_seconds, task.group_concurrency)
+        for task in tasks])
 
 
 class WorkerLoop:
@@ -61,12 +71,14 @@ class WorkerLoop:
     nothing is left to run (see ``AsyncJobStore.has_pending_jobs``).
     """
 
-    def __init__(self, app: App, *, queues: Sequence[str] | None, concurrency: int, settings: Settings,
-                 worker_id: str | None) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency {concurrency} must be >= 1")
+    def __init__(self, app: App, *, queues: Sequence[str] | Mapping[str, int | None] | None, concurrency: int,
+                 settings: Settings, worker_id: str | None) -> None:
         self.app = app
-        self.queues = sorted(set(queues)) if queues else None
+        self.pools = build_pools(queues, concurrency)
+        served = [q for pool in self.pools for q in pool.queues or ()]
+        self.queues = None if any(pool.queues is None for pool in self.pools) else sorted(served)
+        # Every pool's slots: the thread pool and the transactional connections are sized by it.
+        concurrency = sum(pool.capacity for pool in self.pools)
         self.concurrency = concurrency
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -157,11 +169,15 @@ class WorkerLoop:
         claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
                                     worker_id=self.worker_id, on_written=self._wake_when_empty)
+        limited = [task for task in self.app.tasks.values() if task.limited]
+        # The claim enforces the code's task limits from the database, for every worker; a task
+        # whose limits were removed from the code loses its row.
+        await claim_session.run(functools.partial(_sync_task_limits, tasks=list(self.app.tasks.values())))
         claimer = Claimer(
-            claim_session, self.flow, worker_id=self.worker_id, queues=self.queues, concurrency=self.concurrency,
+            claim_session, self.flow, worker_id=self.worker_id, pools=self.pools,
             lease_seconds=self.settings.lease_seconds, poll_seconds=self.settings.poll_seconds, running=self.running,
             acker=acker, heartbeat=heartbeat, dispatch=lambda job: self._dispatch(job, runner),
-            on_empty=self._on_empty if self.until_empty else None)
+            on_empty=self._on_empty if self.until_empty else None, limited_tasks=[task.name for task in limited])
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
