@@ -271,6 +271,9 @@ CREATE TABLE pgqueue.queues (
     rate_limit  integer,
     rate_period_seconds integer,
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- Migration 0007: paused or limited. The plain claim skips a gated queue's jobs (one boolean,
+    -- so its anti-join keeps the plan it had on `paused`); limited queues are claimed under a lock.
+    gated       boolean GENERATED ALWAYS AS (paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) STORED,
     CONSTRAINT queues_name_check CHECK (name ~ '^[a-z0-9_-]{1,63}$'),
     CONSTRAINT queues_concurrency_check CHECK (concurrency IS NULL OR concurrency >= 1),
     CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL))

@@ -4,6 +4,8 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-04
 
+- ``pgqueue.queues.gated`` (generated): paused or limited. The plain claim leaves a gated queue's
+  jobs alone; a limited queue's are claimed under its lock, counting what runs.
 - ``pgqueue.jobs.group_key``: the group a job was enqueued in (``group="patient:42"``), NULL for
   none. A task declared with ``group_concurrency=N`` runs at most N jobs of one group at once.
 - ``pgqueue.task_limits``: the limits declared in code on ``@app.task`` (concurrency, rate,
@@ -32,6 +34,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # One boolean the plain claim's anti-join reads, as it read `paused` before: the same plan (a
+    # condition OR-ed from three columns changes the planner's estimate, and with it the plan).
+    op.execute("ALTER TABLE pgqueue.queues ADD COLUMN gated boolean GENERATED ALWAYS AS "
+               "(paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) STORED")
     # A nullable column with no default: a catalog-only change, no table rewrite.
     op.execute("ALTER TABLE pgqueue.jobs ADD COLUMN group_key text")
     op.execute("""
@@ -59,3 +65,4 @@ def downgrade() -> None:
     op.execute("DROP TABLE pgqueue.rate_starts")
     op.execute("DROP TABLE pgqueue.task_limits")
     op.execute("ALTER TABLE pgqueue.jobs DROP COLUMN group_key")
+    op.execute("ALTER TABLE pgqueue.queues DROP COLUMN gated")

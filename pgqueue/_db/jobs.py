@@ -493,11 +493,14 @@ class AsyncJobStore:
     # --- the worker's claim and ack sessions ---
 
     async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str, *,
-                         except_limited_tasks: bool = False) -> list[Job]:
+                         except_tasks: Sequence[str] = ()) -> list[Job]:
         """Claim jobs that no limit holds back: of ``queues`` (None: every queue), not of a paused or
-        limited queue, and with ``except_limited_tasks`` not of a task in ``pgqueue.task_limits``."""
+        limited queue, and not of the limited tasks ``except_tasks``."""
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}
+        except_limited_tasks = bool(except_tasks)
+        if except_limited_tasks:
+            params["limited_tasks"] = list(except_tasks)
         if queues:
             params["queues"] = list(queues)
             query = JOBS.claim_jobs_except_limited_tasks if except_limited_tasks else JOBS.claim_jobs
@@ -517,13 +520,16 @@ class AsyncJobStore:
             rows = await cur.fetchall()
         return [r[1] for r in rows if r[0] == "queue"], [r[1] for r in rows if r[0] == "task"]
 
-    async def claim_limited_queue_jobs(self, queue: str, limit: int, worker_id: str) -> tuple[list[Job], int]:
-        """Claim up to ``limit`` jobs of a limited queue, within its limits, under its lock.
+    async def claim_limited_queue_jobs(self, queue: str, limit: int, worker_id: str,
+                                       except_tasks: Sequence[str] = ()) -> tuple[list[Job], int]:
+        """Claim up to ``limit`` jobs of a limited queue, within its limits, under its lock; the
+        limited tasks ``except_tasks`` are left to their own claim.
 
         Returns the jobs and what the limits allowed (below ``limit``: the queue is held back).
         """
         token = str(uuid.uuid4())
-        params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token}
+        params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token,
+                  "limited_tasks": list(except_tasks)}
         with translate_errors():
             async with self.conn.transaction():
                 await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue})

@@ -217,11 +217,11 @@ class Claimer:
                 "worker.lost_claims_released", jobs=released)
 
     async def _claim(self, conn: AsyncPsycopgConnection, queues: list[str] | None, limit: int) -> list[Job]:
-        return await AsyncJobStore(conn).claim_jobs(queues, limit, self.worker_id,
-                                                    except_limited_tasks=bool(self.limited_tasks))
+        return await AsyncJobStore(conn).claim_jobs(queues, limit, self.worker_id, except_tasks=self.limited_tasks)
 
     async def _claim_limited_queue(self, conn: AsyncPsycopgConnection, queue: str, limit: int) -> tuple[list[Job], int]:
-        return await AsyncJobStore(conn).claim_limited_queue_jobs(queue, limit, self.worker_id)
+        return await AsyncJobStore(conn).claim_limited_queue_jobs(queue, limit, self.worker_id,
+                                                                  except_tasks=self.limited_tasks)
 
     async def _claim_limited_task(self, conn: AsyncPsycopgConnection, task: str, queues: list[str] | None,
                                   limit: int) -> tuple[list[Job], int]:

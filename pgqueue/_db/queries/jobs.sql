@@ -141,18 +141,18 @@ WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'runni
 -- name: claim_jobs
 -- The claim of jobs that no limit holds back: today's claim, unchanged for unlimited queues.
 -- MATERIALIZED keeps the LIMIT applied before the UPDATE, so a batch never takes more rows than
--- it asked for. Paused and limited queues are an anti-join, not `queue <> ALL (ARRAY(...))`: the
--- planner estimates the latter at one row when one queue holds most jobs, and then sorts the whole
--- backlog on every claim (375 ms per claim at 1M waiting, against 2 ms). A limited queue's jobs
--- are left to claim_limited_queue_jobs, which counts under the queue's lock. FOR NO KEY UPDATE
+-- it asked for. Gated (paused or limited) queues are an anti-join, not `queue <> ALL (ARRAY(...))`:
+-- the planner estimates the latter at one row when one queue holds most jobs, and then sorts the
+-- whole backlog on every claim (375 ms per claim at 1M waiting, against 2 ms). A limited queue's
+-- jobs are left to claim_limited_queue_jobs, which counts under the queue's lock. `gated` is one
+-- generated boolean so that the estimate, and the plan, are the ones `paused` had. FOR NO KEY UPDATE
 -- (not FOR UPDATE) lets audit rows and other readers proceed.
 -- SKIP LOCKED lets concurrent workers pass each other instead of queueing on the same rows.
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND queue = ANY(%(queues)b::text[])
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue
-                      AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL))
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -176,8 +176,7 @@ SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue
-                      AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL))
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -198,14 +197,15 @@ SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags
 -- name: claim_jobs_except_limited_tasks
 -- claim_jobs while some task has limits (pgqueue.task_limits has rows): those tasks' jobs are
 -- left to claim_limited_task_jobs. A separate query so that with no task limits the claim above
--- keeps its plan.
+-- keeps its plan. The worker passes the limited tasks it knows (its own, and the table's as read
+-- about every second): an anti-join on pgqueue.task_limits, estimated blind, made the planner
+-- scan the whole table.
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND queue = ANY(%(queues)b::text[])
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue
-                      AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL))
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.task_limits AS t WHERE t.task = jobs.task)
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
+      AND task <> ALL(%(limited_tasks)b::text[])
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -227,9 +227,8 @@ SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue
-                      AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL))
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.task_limits AS t WHERE t.task = jobs.task)
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
+      AND task <> ALL(%(limited_tasks)b::text[])
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -305,7 +304,7 @@ WITH settings AS (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND queue = %(queue)s
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.task_limits AS t WHERE t.task = jobs.task)
+      AND task <> ALL(%(limited_tasks)b::text[])
     ORDER BY priority, run_at, id
     LIMIT (SELECT n FROM allowance)
     FOR NO KEY UPDATE SKIP LOCKED
@@ -313,8 +312,9 @@ WITH settings AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
         lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
-    FROM picked
-    WHERE j.id = picked.id
+    -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
+    -- otherwise hash-join it against a scan of the whole table.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
               j.args_encrypted
 ), pruned AS (
@@ -394,8 +394,9 @@ WITH settings AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
         lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
-    FROM picked
-    WHERE j.id = picked.id
+    -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
+    -- otherwise hash-join it against a scan of the whole table.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
               j.args_encrypted
 ), pruned AS (
