@@ -260,6 +260,9 @@ ORDER BY 1, 2;
 -- COMMITTED the claim takes its snapshot after the lock is granted, so it counts the running jobs
 -- and starts that the previous holder committed. (Lock and count in one statement would count
 -- from a snapshot taken before the wait, and let two claims both see room for the same slot.)
+-- The limited claims stamp starts (started_at, the rate ledger) with statement_timestamp(), the
+-- claim statement's start, which is after the lock was granted: stamps then increase in lock order,
+-- which is what makes the sliding window exact (now() is the transaction's start, before the wait).
 -- A transaction-scoped advisory lock: released at commit, and safe behind PgBouncer.
 SELECT pg_advisory_xact_lock(hashtextextended('pgqueue:queue:' || %(queue)s::text, 0));
 
@@ -298,7 +301,7 @@ WITH settings AS (
             %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = %(queue)s),
             s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
-                            WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > now() - s.period)), 0)
+                            WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > statement_timestamp() - s.period)), 0)
         FROM settings AS s), 0) AS n
 ), picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
@@ -311,7 +314,7 @@ WITH settings AS (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
     -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
     -- otherwise hash-join it against a scan of the whole table.
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -321,10 +324,10 @@ WITH settings AS (
     -- The ledger keeps only the window: starts that left it are deleted by the scope's next claim.
     DELETE FROM pgqueue.rate_starts AS r
     USING settings AS s
-    WHERE r.scope = 'queue:' || %(queue)s::text AND s.rate_limit IS NOT NULL AND r.at <= now() - s.period
+    WHERE r.scope = 'queue:' || %(queue)s::text AND s.rate_limit IS NOT NULL AND r.at <= statement_timestamp() - s.period
 ), ledger AS (
     INSERT INTO pgqueue.rate_starts (scope, at)
-    SELECT 'queue:' || %(queue)s::text, now() FROM claimed WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    SELECT 'queue:' || %(queue)s::text, statement_timestamp() FROM claimed WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
@@ -351,7 +354,7 @@ WITH settings AS (
             %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.task = %(task)s),
             s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
-                            WHERE r.scope = 'task:' || %(task)s::text AND r.at > now() - s.period)), 0)
+                            WHERE r.scope = 'task:' || %(task)s::text AND r.at > statement_timestamp() - s.period)), 0)
         FROM settings AS s), 0) AS n
 ), queue_room AS (
     SELECT q.name, q.rate_limit,
@@ -359,7 +362,7 @@ WITH settings AS (
                q.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = q.name),
                q.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
                                WHERE r.scope = 'queue:' || q.name
-                                 AND r.at > now() - make_interval(secs => q.rate_period_seconds))), 0) AS n
+                                 AND r.at > statement_timestamp() - make_interval(secs => q.rate_period_seconds))), 0) AS n
     FROM pgqueue.queues AS q
     WHERE (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
       AND (%(queues)b::text[] IS NULL OR q.name = ANY(%(queues)b::text[]))
@@ -393,7 +396,7 @@ WITH settings AS (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
     -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
     -- otherwise hash-join it against a scan of the whole table.
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -402,16 +405,16 @@ WITH settings AS (
 ), pruned AS (
     DELETE FROM pgqueue.rate_starts AS r
     WHERE (r.scope = 'task:' || %(task)s::text
-           AND r.at <= now() - (SELECT period FROM settings WHERE rate_limit IS NOT NULL))
+           AND r.at <= statement_timestamp() - (SELECT period FROM settings WHERE rate_limit IS NOT NULL))
        OR (r.scope IN (SELECT 'queue:' || name FROM queue_room WHERE rate_limit IS NOT NULL)
-           AND r.at <= now() - (SELECT make_interval(secs => q.rate_period_seconds) FROM pgqueue.queues AS q
+           AND r.at <= statement_timestamp() - (SELECT make_interval(secs => q.rate_period_seconds) FROM pgqueue.queues AS q
                                 WHERE 'queue:' || q.name = r.scope))
 ), ledger AS (
     INSERT INTO pgqueue.rate_starts (scope, at)
-    SELECT 'task:' || %(task)s::text, now() FROM claimed
+    SELECT 'task:' || %(task)s::text, statement_timestamp() FROM claimed
     WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
     UNION ALL
-    SELECT 'queue:' || c.queue, now() FROM claimed AS c JOIN queue_room AS qr ON qr.name = c.queue
+    SELECT 'queue:' || c.queue, statement_timestamp() FROM claimed AS c JOIN queue_room AS qr ON qr.name = c.queue
     WHERE qr.rate_limit IS NOT NULL
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
