@@ -239,7 +239,7 @@ class QueueInfo:
     Attributes:
         lag_seconds: how long the oldest available job has waited to be claimed (None: none waits).
         concurrency, rate_limit, rate_period_seconds: the limits :func:`set_queue_limits` stored
-            (None: unlimited). Workers enforce them once flow control ships.
+            (None: unlimited), enforced by the claim across every worker.
         completed_last_hour, failed_last_hour: jobs that ended completed / failed in the last hour.
     """
 
@@ -772,8 +772,9 @@ def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | N
     """Store a queue's global limits: at most ``concurrency`` running jobs, at most ``rate`` starts.
 
     The limits live in ``pgqueue.queues`` (``concurrency``, ``rate_limit``, ``rate_period_seconds``)
-    and hold across every worker once flow control ships; until then they are stored and shown.
-    ``None`` removes a limit; a limit not passed keeps its value.
+    and hold across every worker within about a second: the claim counts the queue's running jobs
+    and its starts in the sliding window (database clock) under a lock. ``None`` removes a limit;
+    a limit not passed keeps its value.
 
     Args:
         concurrency: a whole number >= 1, or None.
