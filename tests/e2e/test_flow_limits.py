@@ -202,7 +202,7 @@ def test_per_worker_slots_bound_each_queue_in_each_worker(
     # Handlers running at once in one process, per queue, from their own clock readings. (A job
     # whose handler returned stays 'running' in the table until its outcome is written, so the
     # table may briefly show more: the slots bound handlers, as --concurrency does.)
-    most = dict(db.execute("""
+    most: dict[str, int] = dict(db.execute("""
         SELECT queue, max(n) FROM (
             SELECT s.queue, (SELECT count(*) FROM test_spans o
                              WHERE o.pid = s.pid AND o.queue = s.queue
