@@ -8,6 +8,7 @@ clock. Sampling threads read ``pgqueue.jobs`` every 20 ms on their own connectio
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -218,3 +219,58 @@ def test_bad_slots_are_one_line_errors(run_cli: RunCli, spans_dsn: str) -> None:
         assert done.returncode != 0
         assert "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def queue_limits_events(db: Db) -> int:
+    row = db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'queue_limits_set'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sms", "--rate", "10/fortnight"], "rate '10/fortnight' must look like N/s"),
+    (["sms", "--concurrency", "-1"], "concurrency"),
+    (["sms", "--concurrency", "0"], "concurrency"),
+    (["nosuchqueue", "--concurrency", "3"], "queue 'nosuchqueue' not found"),
+])
+def test_bad_limits_are_one_line_errors_and_change_nothing(
+        spans_dsn: str, db: Db, run_cli: RunCli, args: list[str], message: str) -> None:
+    enqueue(spans_dsn, [pgqueue.JobSpec("noop", queue="sms")])
+    with psycopg.connect(spans_dsn) as conn:
+        admin.set_queue_limits(conn, "sms", concurrency=5, rate="20/s")
+    before = queue_limits_events(db)
+
+    done = run_cli(["queues", "set", *args], dsn=spans_dsn)
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
+    assert db.execute("SELECT concurrency, rate_limit, rate_period_seconds FROM pgqueue.queues WHERE name = 'sms'"
+                      ).fetchone() == (5, 20, 1)
+    assert queue_limits_events(db) == before
+
+
+def test_queues_list_and_tasks_list_show_limits_and_usage(
+        spans_dsn: str, db: Db, run_cli: RunCli, spawn_worker: SpawnWorker) -> None:
+    ids = enqueue(spans_dsn, [pgqueue.JobSpec("span", {"seconds": 30}, queue="sms") for _ in range(4)]
+                  + [pgqueue.JobSpec("task-limited", {"seconds": 30}) for _ in range(3)])
+    with psycopg.connect(spans_dsn) as conn:
+        admin.set_queue_limits(conn, "sms", concurrency=2, rate="10/m")
+    spawn_worker(spans_dsn, app_path=APP, concurrency=10)
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) AND state = 'running'",
+                                  [ids]).fetchone() == (4,), timeout=20)
+
+    queues = json.loads(run_cli(["queues", "list", "--json"], dsn=spans_dsn).stdout)
+    table = run_cli(["queues", "list"], dsn=spans_dsn).stdout
+    tasks = json.loads(run_cli(["tasks", "list", "--json"], dsn=spans_dsn).stdout)
+    task_table = run_cli(["tasks", "list"], dsn=spans_dsn).stdout
+
+    sms = next(q for q in queues if q["name"] == "sms")
+    assert (sms["running"], sms["concurrency"], sms["starts_in_window"], sms["rate"]) == (2, 2, 2, "10/m")
+    assert "2/2" in table
+    assert "2/10/m" in table
+    limited = {t["task"]: t for t in tasks}
+    assert (limited["task-limited"]["running"], limited["task-limited"]["concurrency"]) == (2, 2)
+    assert (limited["task-rated"]["rate"], limited["grouped"]["group_concurrency"]) == ("10/s", 1)
+    assert "task-limited" in task_table
