@@ -47,6 +47,9 @@ class Flow:
     #: Set when a running job ends, so a full worker claims again.
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    #: The last claim round was held back by a limit: the worker's own outcomes, once written,
+    #: lower the running count that the limit is checked against, so the acker wakes the claimer.
+    held_back: bool = False
 
 
 class Claimer:
@@ -135,6 +138,7 @@ class Claimer:
                 await self.session.close()
                 await self._sleep_unless_woken(wait)
                 continue
+            flow.held_back = held_back
             if hungry:
                 continue  # a pool took all it asked for: there may be more
             if self.on_empty is not None and not held_back and await self._nothing_left():

@@ -139,6 +139,13 @@ class WorkerLoop:
         if self.until_empty:
             self.flow.wakeup.set()
 
+    def _on_written(self) -> None:
+        # Outcomes written: a claim that a limit held back (our finished jobs still counted as
+        # running) may go ahead now, instead of after the held-back poll.
+        if self.flow.held_back:
+            self.flow.wakeup.set()
+        self._wake_when_empty()
+
     # --- running ---
 
     async def run(self, install_signal_handlers: bool = False) -> int:
@@ -168,7 +175,7 @@ class WorkerLoop:
         # Prepared statements (planned once) only with no pooler in between: see session_options.
         claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
-                                    worker_id=self.worker_id, on_written=self._wake_when_empty)
+                                    worker_id=self.worker_id, on_written=self._on_written)
         limited = [task for task in self.app.tasks.values() if task.limited]
         # The claim enforces the code's task limits from the database, for every worker; a task
         # whose limits were removed from the code loses its row.
