@@ -53,10 +53,11 @@ def span(job: pgqueue.Job, seconds: float, grp: str | None = None) -> None:
         conn.execute("UPDATE test_spans SET ended = clock_timestamp() WHERE job_id = %s", [job.id])
 
 
-@app.task(name="span")
-def plain(job: pgqueue.Job, seconds: float = 0.0) -> None:
-    """No limit of its own: the queue's limits (set by the test) apply."""
-    span(job, seconds)
+@app.task(name="span", max_attempts=5)
+def plain(job: pgqueue.Job, seconds: float = 0.0, later_seconds: float | None = None) -> None:
+    """No limit of its own: the queue's limits (set by the test) apply. Attempts after the first
+    sleep ``later_seconds`` (default ``seconds``), so a rescued job finishes soon on its next worker."""
+    span(job, seconds if job.attempt == 1 or later_seconds is None else later_seconds)
 
 
 @app.task(name="noop")

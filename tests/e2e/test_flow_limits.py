@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -211,6 +212,28 @@ def test_per_worker_slots_bound_each_queue_in_each_worker(
             FROM test_spans s) AS x
         GROUP BY queue""").fetchall())
     assert most == {"bulk": 2, "critical": 5}
+
+
+def test_a_killed_workers_slots_come_back_when_its_jobs_are_rescued(
+        spans_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    # Two jobs that hang on their first attempt (they take both slots first), two short ones.
+    ids = enqueue(spans_dsn, [pgqueue.JobSpec("span", {"seconds": 60, "later_seconds": 0.1}, queue="limited")
+                              for _ in range(2)]
+                  + [pgqueue.JobSpec("span", {"seconds": 0.1}, queue="limited") for _ in range(2)])
+    with psycopg.connect(spans_dsn) as conn:
+        admin.set_queue_limits(conn, "limited", concurrency=2)
+    doomed = spawn_worker(spans_dsn, app_path=APP, concurrency=10)
+    wait_until(lambda: db.execute("SELECT count(*) FROM test_spans").fetchone() == (2,), timeout=20)
+    doomed.send(signal.SIGKILL)
+    doomed.wait(10)
+    with sampled(spans_dsn, "SELECT count(*) FROM pgqueue.jobs WHERE queue = 'limited' AND state = 'running'") as runs:
+        # The dead worker's two jobs hold both slots until its lease expires and they are rescued.
+        spawn_worker(spans_dsn, app_path=APP, concurrency=10)
+        wait_until(lambda: finished(db, ids), timeout=60, message="the slots of the killed worker never came back")
+
+    assert max(int(str(r[0])) for r in runs) <= 2
+    attempts = sorted(r[0] for r in db.execute("SELECT attempt FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]))
+    assert attempts == [1, 1, 2, 2]
 
 
 def test_bad_slots_are_one_line_errors(run_cli: RunCli, spans_dsn: str) -> None:
