@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pgqueue._db.errors import DATABASE_ERRORS, first_line
-from pgqueue._db.jobs import AsyncJobStore
+from pgqueue._db.jobs import AsyncJobStore, TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._worker.acker import Acker
@@ -65,7 +65,8 @@ class Claimer:
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
                  pools: Sequence[Pool], lease_seconds: float, poll_seconds: float,
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
-                 on_empty: Callable[[], None] | None = None, limited_tasks: Collection[str] = ()) -> None:
+                 on_empty: Callable[[], None] | None = None, limited_tasks: Collection[str] = (),
+                 task_limits: Sequence[TaskLimits] = ()) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
@@ -76,6 +77,9 @@ class Claimer:
         self.concurrency = sum(p.capacity for p in self.pools)
         # The worker's own limited tasks are known before the first refresh.
         self._own_limited_tasks = frozenset(limited_tasks)
+        # Stored before the first claim (and retried with it while the database is away): the
+        # claim enforces the code's task limits from pgqueue.task_limits, for every worker.
+        self._task_limits: list[TaskLimits] | None = list(task_limits)
         self.limited_tasks: list[str] = sorted(limited_tasks)
         self.limited_queues: list[str] = []
         self._limits_read_at = -LIMITS_REFRESH_SECONDS
@@ -151,6 +155,9 @@ class Claimer:
     async def _claim_round(self) -> tuple[bool, bool]:
         """One claim for each pool with free slots: the unlimited claim, then each limited queue and
         limited task under its lock. Returns (a pool took all it asked for, a limit held one back)."""
+        if self._task_limits is not None:
+            await self.session.run(self._sync_task_limits)
+            self._task_limits = None
         if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
             await self.session.run(self._read_limits)
         hungry = held_back = False
@@ -193,6 +200,9 @@ class Claimer:
         for job in jobs:
             pool.claimed.add(job.id)
             self.dispatch(job)
+
+    async def _sync_task_limits(self, conn: AsyncPsycopgConnection) -> None:
+        await AsyncJobStore(conn).sync_task_limits(self._task_limits or [])
 
     async def _read_limits(self, conn: AsyncPsycopgConnection) -> None:
         queues, tasks = await AsyncJobStore(conn).list_limited_scopes()

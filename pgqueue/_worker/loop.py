@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import signal
 import socket
@@ -31,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pgqueue._db.jobs import AsyncJobStore, TaskLimits
+from pgqueue._db.jobs import TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
@@ -53,15 +52,8 @@ from pgqueue.jobs import Job
 from pgqueue.settings import Settings
 
 if TYPE_CHECKING:
-    from pgqueue._db.types import AsyncPsycopgConnection
     from pgqueue.app import App
     from pgqueue.tasks import Task
-
-
-async def _sync_task_limits(conn: AsyncPsycopgConnection, tasks: list[Task]) -> None:
-    await AsyncJobStore(conn).sync_task_limits([
-        TaskLimits(task.name, task.concurrency, task.rate_limit, task.rate_period_seconds, task.group_concurrency)
-        for task in tasks])
 
 
 class WorkerLoop:
@@ -177,14 +169,13 @@ class WorkerLoop:
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
                                     worker_id=self.worker_id, on_written=self._on_written)
         limited = [task for task in self.app.tasks.values() if task.limited]
-        # The claim enforces the code's task limits from the database, for every worker; a task
-        # whose limits were removed from the code loses its row.
-        await claim_session.run(functools.partial(_sync_task_limits, tasks=list(self.app.tasks.values())))
         claimer = Claimer(
             claim_session, self.flow, worker_id=self.worker_id, pools=self.pools,
             lease_seconds=self.settings.lease_seconds, poll_seconds=self.settings.poll_seconds, running=self.running,
             acker=acker, heartbeat=heartbeat, dispatch=lambda job: self._dispatch(job, runner),
-            on_empty=self._on_empty if self.until_empty else None, limited_tasks=[task.name for task in limited])
+            on_empty=self._on_empty if self.until_empty else None, limited_tasks=[task.name for task in limited],
+            task_limits=[TaskLimits(task.name, task.concurrency, task.rate_limit, task.rate_period_seconds,
+                                    task.group_concurrency) for task in self.app.tasks.values()])
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
