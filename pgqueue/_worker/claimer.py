@@ -194,6 +194,8 @@ class Claimer:
                 claimed += len(jobs)
                 # Jobs left waiting: a limit, or a group whose head runs elsewhere, holds them back.
                 held_back = held_back or (waiting > len(jobs) and len(jobs) < ask)
+            # A full batch (capped at MAX_CLAIM_BATCH) from any claim: there may be more.
+            hungry = hungry or claimed == wanted
         return hungry, held_back
 
     def _dispatch_all(self, pool: Pool, jobs: list[Job]) -> None:
