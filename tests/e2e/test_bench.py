@@ -81,4 +81,4 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, process, latency, "
-        "backlog, churn, physical"]
+        "backlog, limits, churn, physical"]
