@@ -521,11 +521,12 @@ class AsyncJobStore:
         return [r[1] for r in rows if r[0] == "queue"], [r[1] for r in rows if r[0] == "task"]
 
     async def claim_limited_queue_jobs(self, queue: str, limit: int, worker_id: str,
-                                       except_tasks: Sequence[str] = ()) -> tuple[list[Job], int]:
+                                       except_tasks: Sequence[str] = ()) -> tuple[list[Job], bool]:
         """Claim up to ``limit`` jobs of a limited queue, within its limits, under its lock; the
         limited tasks ``except_tasks`` are left to their own claim.
 
-        Returns the jobs and what the limits allowed (below ``limit``: the queue is held back).
+        Returns the jobs, and whether a limit held back jobs that wait (the allowance was below
+        ``limit`` and the queue had claimable jobs).
         """
         token = str(uuid.uuid4())
         params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token,
@@ -535,7 +536,9 @@ class AsyncJobStore:
                 await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue})
                 cur = await self.conn.execute(JOBS.claim_limited_queue_jobs, params)
                 rows = await cur.fetchall()
-        return _limited_claim(rows, token)
+        allowance, waiting = (int(rows[0][0]), bool(rows[0][1])) if rows else (0, False)
+        jobs = [_job_from_row(row[2:], token) for row in rows if row[2] is not None]
+        return jobs, allowance < limit and waiting
 
     async def claim_limited_task_jobs(self, task: str, queues: Sequence[str] | None, limit: int,
                                       worker_id: str) -> tuple[list[Job], int]:

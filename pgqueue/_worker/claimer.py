@@ -179,11 +179,11 @@ class Claimer:
                 if claimed >= wanted:
                     break
                 ask = wanted - claimed
-                jobs, allowance = await self.session.run(
+                jobs, cut = await self.session.run(
                     functools.partial(self._claim_limited_queue, queue=queue, limit=ask))
                 self._dispatch_all(pool, jobs)
                 claimed += len(jobs)
-                held_back = held_back or allowance < ask
+                held_back = held_back or cut
             for task in self.limited_tasks:
                 if claimed >= wanted:
                     break
@@ -235,7 +235,8 @@ class Claimer:
     async def _claim(self, conn: AsyncPsycopgConnection, queues: list[str] | None, limit: int) -> list[Job]:
         return await AsyncJobStore(conn).claim_jobs(queues, limit, self.worker_id, except_tasks=self.limited_tasks)
 
-    async def _claim_limited_queue(self, conn: AsyncPsycopgConnection, queue: str, limit: int) -> tuple[list[Job], int]:
+    async def _claim_limited_queue(self, conn: AsyncPsycopgConnection, queue: str,
+                                   limit: int) -> tuple[list[Job], bool]:
         return await AsyncJobStore(conn).claim_limited_queue_jobs(queue, limit, self.worker_id,
                                                                   except_tasks=self.limited_tasks)
 

@@ -287,8 +287,7 @@ FROM (
 -- queue's concurrency (running jobs across all workers) and rate (starts in the sliding window,
 -- pgqueue.rate_starts) still allow. Jobs of limited tasks are left to their task's claim. The
 -- candidates are the same index range scan as claim_jobs, with a smaller LIMIT. The first column
--- is what the limits allowed (returned even when nothing was claimed): the worker polls again soon
--- when it was below what it asked for.
+-- is what the limits allowed (returned even when nothing was claimed).
 WITH settings AS (
     SELECT q.concurrency, q.rate_limit, make_interval(secs => q.rate_period_seconds) AS period
     FROM pgqueue.queues AS q
@@ -332,8 +331,15 @@ WITH settings AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
 )
-SELECT a.n AS allowance, c.id, c.task, c.queue, c.args, c.attempt, c.max_attempts, c.enqueued_at, c.priority, c.tags,
-       c.args_encrypted
+-- `waiting`: whether any job of the queue was claimable (this statement's snapshot, so the ones it
+-- claimed count): a worker held back by the limit polls again soon only when something waits.
+SELECT a.n AS allowance,
+       -- A scalar subquery in claim order with LIMIT 1: the claim index's first entry. (EXISTS would
+       -- drop the ORDER BY and let the planner scan the table.)
+       (SELECT w.id FROM pgqueue.jobs AS w WHERE w.state = 'available' AND w.queue = %(queue)s
+        AND w.task <> ALL(%(limited_tasks)b::text[])
+        ORDER BY w.priority, w.run_at, w.id LIMIT 1) IS NOT NULL AS waiting,
+       c.id, c.task, c.queue, c.args, c.attempt, c.max_attempts, c.enqueued_at, c.priority, c.tags, c.args_encrypted
 FROM allowance AS a LEFT JOIN claimed AS c ON true;
 
 -- name: claim_limited_task_jobs
