@@ -175,6 +175,7 @@ def test_groups_run_one_at_a_time_in_order_and_side_by_side(
     assert widest >= 4, f"at most {widest} groups ran at once: groups were serialised"
 
 
+@pytest.mark.timing
 def test_a_limited_queue_never_blocks_another_queue_of_the_same_worker(
         spans_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     slow = enqueue(spans_dsn, [pgqueue.JobSpec("span", {"seconds": 2.0}, queue="slow") for _ in range(6)])
