@@ -33,7 +33,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
@@ -76,6 +76,7 @@ __all__ = [
     "Page",
     "QueueInfo",
     "ScheduleInfo",
+    "TaskLimitsInfo",
     "WorkerInfo",
     "cancel_job",
     "delete_job",
@@ -87,6 +88,7 @@ __all__ = [
     "list_jobs",
     "list_queues",
     "list_schedules",
+    "list_task_limits",
     "list_workers",
     "notification_queue_usage",
     "parse_rate",
@@ -244,7 +246,7 @@ class QueueInfo:
     Attributes:
         lag_seconds: how long the oldest available job has waited to be claimed (None: none waits).
         concurrency, rate_limit, rate_period_seconds: the limits :func:`set_queue_limits` stored
-            (None: unlimited). Workers enforce them once flow control ships.
+            (None: unlimited), enforced by the claim across every worker.
         completed_last_hour, failed_last_hour: jobs that ended completed / failed in the last hour.
     """
 
@@ -261,10 +263,42 @@ class QueueInfo:
     lag_seconds: float | None
     completed_last_hour: int = 0
     failed_last_hour: int = 0
+    #: Starts in the rate window now (rate-limited queues only, else None).
+    starts_in_window: int | None = None
 
     @property
     def rate(self) -> str | None:
         """The rate limit as :func:`parse_rate` reads it (``"20/s"``), or None."""
+        if self.rate_limit is None or self.rate_period_seconds is None:
+            return None
+        return format_rate(self.rate_limit, self.rate_period_seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"rate": self.rate}
+
+
+@dataclass(frozen=True)
+class TaskLimitsInfo:
+    """A task's limits as declared in code (``@app.task(concurrency=..., rate=..., group_concurrency=...)``)
+    and stored by the workers at start, with its usage now across every worker.
+
+    Attributes:
+        running: the task's jobs running now.
+        starts_in_window: starts in the rate window now (None without a rate limit).
+    """
+
+    task: str
+    concurrency: int | None
+    rate_limit: int | None
+    rate_period_seconds: int | None
+    group_concurrency: int | None
+    running: int
+    starts_in_window: int | None
+    updated_at: datetime
+
+    @property
+    def rate(self) -> str | None:
+        """The rate limit as written (``"100/m"``), or None."""
         if self.rate_limit is None or self.rate_period_seconds is None:
             return None
         return format_rate(self.rate_limit, self.rate_period_seconds)
@@ -738,12 +772,29 @@ def list_queues(conn: Any) -> list[QueueInfo]:
     for row in report(own, "throughput", window="1 hour", bucket="1 hour"):
         completed, failed = recent.get(row["queue"], (0, 0))
         recent[row["queue"]] = (completed + int(row["completed"]), failed + int(row["failed"]))
-    queues = {row["queue"]: _queue(row, recent) for row in report(own, "queue_lag")}
+    starts = QueueStore(own).rate_window_starts()
+    queues = {row["queue"]: replace(_queue(row, recent), starts_in_window=starts.get(row["queue"]))
+              for row in report(own, "queue_lag")}
     for name in recent.keys() - queues.keys():  # only finished jobs, in the last hour
         queues[name] = _queue({"queue": name, "paused": False, "concurrency": None, "rate_limit": None,
                                "rate_period_seconds": None, "scheduled": 0, "available": 0, "running": 0,
                                "failed": 0, "cancelled": 0, "lag_seconds": None}, recent)
     return [queues[name] for name in sorted(queues)]
+
+
+def list_task_limits(conn: Any) -> list[TaskLimitsInfo]:
+    """Tasks with limits (stored by workers at start from ``@app.task``), and their usage now.
+
+    Example:
+        >>> [(t.task, t.concurrency, t.running) for t in admin.list_task_limits(conn)]
+        [('sync-record', 3, 1)]
+    """
+    return [TaskLimitsInfo(
+        task=row["task"], concurrency=row["concurrency"], rate_limit=row["rate_limit"],
+        rate_period_seconds=row["rate_period_seconds"], group_concurrency=row["group_concurrency"],
+        running=int(row["running"]),
+        starts_in_window=None if row["starts_in_window"] is None else int(row["starts_in_window"]),
+        updated_at=row["updated_at"]) for row in QueueStore(sync_connection(conn)).task_limits()]
 
 
 def _queue_info(conn: Any, queue: str) -> QueueInfo:
@@ -807,8 +858,9 @@ def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | N
     """Store a queue's global limits: at most ``concurrency`` running jobs, at most ``rate`` starts.
 
     The limits live in ``pgqueue.queues`` (``concurrency``, ``rate_limit``, ``rate_period_seconds``)
-    and hold across every worker once flow control ships; until then they are stored and shown.
-    ``None`` removes a limit; a limit not passed keeps its value.
+    and hold across every worker within about a second: the claim counts the queue's running jobs
+    and its starts in the sliding window (database clock) under a lock. ``None`` removes a limit;
+    a limit not passed keeps its value.
 
     Args:
         concurrency: a whole number >= 1, or None.

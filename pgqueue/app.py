@@ -179,6 +179,7 @@ class App:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
         encrypt: bool = False, tags: Sequence[str] = (), circuit_breaker: CircuitBreaker | None = None,
+        concurrency: int | None = None, rate: str | None = None, group_concurrency: int | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -189,6 +190,7 @@ class App:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
         encrypt: bool = False, tags: Sequence[str] = (), circuit_breaker: CircuitBreaker | None = None,
+        concurrency: int | None = None, rate: str | None = None, group_concurrency: int | None = None,
     ) -> Task[P, R] | Task[..., R] | TaskDecorator:
         """Register a handler as a task. Sync and ``async def`` handlers are both supported.
 
@@ -209,6 +211,14 @@ class App:
             circuit_breaker: a :class:`pgqueue.CircuitBreaker` shared by every worker: after too
                 many failed attempts the task's jobs wait (unclaimed, no attempt used) until a
                 trial succeeds. The worker writes it to ``pgqueue.circuit_breakers`` at start.
+            concurrency: at most this many of its jobs run at once, across every worker.
+            rate: at most N starts per period across every worker (``"100/m"``, ``"20/s"``,
+                ``"100/30s"``): a sliding window on the database clock.
+            group_concurrency: at most this many of its jobs with the same ``group`` (given at
+                enqueue) run at once, in (priority, run_at, id) order within the group.
+
+        The limits are stored in ``pgqueue.task_limits`` by every worker at start, and enforced by
+        the claim in the database (see the flow-control docs).
 
         Example:
             >>> @app.task(name="send-email", queue="emails", max_attempts=5, timeout=30)
@@ -225,6 +235,10 @@ class App:
                 raise ConfigurationError(f"task {task_name!r}: timeout {timeout} must be > 0")
             if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
                 raise ConfigurationError(f"task {task_name!r}: circuit_breaker must be a pgqueue.CircuitBreaker")
+            for option, value in (("concurrency", concurrency), ("group_concurrency", group_concurrency)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ConfigurationError(f"task {task_name!r}: {option} {value!r} must be a whole number >= 1")
+            rate_limit, rate_period = _task_rate(task_name, rate)
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigurationError(f"task {task_name!r} is registered twice")
             registered = Task(
@@ -233,6 +247,8 @@ class App:
                 backoff=backoff, retry_on=tuple(retry_on), discard_on=tuple(discard_on),
                 transactional=transactional, encrypt=encrypt, tags=_check_tags(tags),
                 circuit_breaker=circuit_breaker,
+                concurrency=concurrency, rate_limit=rate_limit, rate_period_seconds=rate_period,
+                group_concurrency=group_concurrency,
             )
             self.tasks[task_name] = registered
             return registered
@@ -265,7 +281,8 @@ class App:
     def _new_job(self, task: str, args: Any, *, queue: str | None = None, priority: int | str | None = None,
                  delay: float | timedelta | None = None, run_at: datetime | None = None,
                  max_attempts: int | None = None, unique_key: str | None = None,
-                 encrypt: bool | None = None, tags: Iterable[str] | None = None) -> NewJob:
+                 encrypt: bool | None = None, tags: Iterable[str] | None = None,
+                 group: str | None = None) -> NewJob:
         if not isinstance(task, str) or not task or len(task) > MAX_TASK_NAME_LENGTH or not is_storable_text(task):
             raise UnknownTask(f"task name {_shown(task)} must be a non-empty string of at most "
                               f"{MAX_TASK_NAME_LENGTH} characters, without NUL characters or lone surrogates")
@@ -289,6 +306,10 @@ class App:
             raise InvalidEnqueueOption(
                 f"unique_key {_shown(unique_key)} must be a non-empty string of at most {MAX_UNIQUE_KEY_BYTES} "
                 "UTF-8 bytes, without NUL characters or lone surrogates")
+        if group is not None and (not isinstance(group, str) or not group or not is_storable_text(group)
+                                  or len(group) > 255):
+            raise InvalidEnqueueOption(f"group {_shown(group)} must be a non-empty string of at most 255 characters, "
+                                       "without NUL characters or lone surrogates")
         default_tags = known.tags if known else ()
         args = with_carrier(self.tracing, args if args is not None else {})
         # Validated (JSON, size limit) on the plaintext, before anything is encrypted.
@@ -304,18 +325,20 @@ class App:
             delay=_delay_seconds(delay),
             unique_key=unique_key,
             tags=_check_tags(tags) if tags is not None else default_tags,
+            group_key=group,
         )
 
     def _spec_job(self, spec: JobSpec) -> NewJob:
         return self._new_job(
             spec.task, spec.args, queue=spec.queue, priority=spec.priority, delay=spec.delay, run_at=spec.run_at,
             max_attempts=spec.max_attempts, unique_key=spec.unique_key, encrypt=spec.encrypt, tags=spec.tags,
+            group=spec.group,
         )
 
     def enqueue(self, conn: Connection | None, task: str, args: dict[str, Any] | None = None, *,
                 queue: str | None = None, priority: int | str | None = None, delay: float | timedelta | None = None,
                 run_at: datetime | None = None, max_attempts: int | None = None, unique_key: str | None = None,
-                encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
+                encrypt: bool | None = None, tags: Iterable[str] | None = None, group: str | None = None) -> int:
         """Enqueue one job on ``conn``, inside the caller's transaction, and return its id.
 
         pgqueue never commits or rolls back ``conn``: roll back and the job never existed;
@@ -337,6 +360,9 @@ class App:
                 None or False follow the task (``encrypt=True``) and compliance mode
                 (``PGQUEUE_ENCRYPT_ALL``), which always encrypt: False cannot opt out of them.
             tags: short plaintext labels (never PHI).
+            group: the job's group key (``"patient:42"``): a task declared with
+                ``group_concurrency=N`` runs at most N jobs of one group at once, in order.
+                Plaintext, like tags (never PHI).
 
         Returns:
             The job id (the existing job's id when ``unique_key`` matched a live job).
@@ -351,7 +377,8 @@ class App:
             ...     job_id = app.enqueue(conn, "send-email", {"to": "a@example.com"}, delay=60)
         """
         new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                                max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
+                                max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags,
+                                group=group)
         if conn is None:
             with self.connect() as own:
                 return JobStore(own).insert_job(new_job, actor=_actor())
@@ -400,7 +427,8 @@ class App:
                             queue: str | None = None, priority: int | str | None = None,
                             delay: float | timedelta | None = None, run_at: datetime | None = None,
                             max_attempts: int | None = None, unique_key: str | None = None,
-                            encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
+                            encrypt: bool | None = None, tags: Iterable[str] | None = None,
+                            group: str | None = None) -> int:
         """Async twin of :meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy
         ``AsyncSession``/``AsyncConnection``.
 
@@ -409,7 +437,8 @@ class App:
             ...     job_id = await app.enqueue_async(aconn, "send-email", {"to": "a@example.com"})
         """
         new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                                max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
+                                max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags,
+                                group=group)
         return await AsyncJobStore(await async_connection(conn)).insert_job(new_job, actor=_actor())
 
     async def enqueue_many_async(self, conn: AsyncConnection, jobs: Iterable[JobSpec]) -> list[int]:
@@ -466,6 +495,18 @@ class App:
         from pgqueue._results import wait_result_async
 
         return await wait_result_async(self, conn, job_id, timeout, poll_interval)
+
+
+def _task_rate(task_name: str, rate: str | None) -> tuple[int | None, int | None]:
+    if rate is None:
+        return None, None
+    from pgqueue.admin import parse_rate
+    from pgqueue.errors import PgqueueError
+
+    try:
+        return parse_rate(rate)
+    except PgqueueError as exc:
+        raise ConfigurationError(f"task {task_name!r}: {exc}") from None
 
 
 @functools.cache

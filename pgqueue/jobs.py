@@ -45,6 +45,7 @@ class JobSpec:
     unique_key: str | None = None
     tags: Sequence[str] | None = None
     encrypt: bool | None = None
+    group: str | None = None
 
 
 class Retry(Exception):

@@ -127,6 +127,11 @@ class Task(Generic[P, R]):
     encrypt: bool = False
     tags: tuple[str, ...] = ()
     circuit_breaker: CircuitBreaker | None = None
+    #: Flow limits enforced by the database across workers (see ``pgqueue.task_limits``).
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: int | None = None
+    group_concurrency: int | None = None
     is_async: bool = field(init=False)
     _signature: inspect.Signature | None = field(init=False, repr=False)
     # For keyword-only calls, the common case: (names accepted, names required, takes **kwargs,
@@ -168,6 +173,20 @@ class Task(Generic[P, R]):
         parts = [f"unexpected {', '.join(map(repr, unexpected))}" if unexpected else "",
                  f"missing {', '.join(map(repr, missing))}" if missing else ""]
         return "; ".join(p for p in parts if p) or _GENERIC_MISMATCH
+
+    @property
+    def limited(self) -> bool:
+        """Whether the task declares a concurrency, rate or group limit."""
+        return self.concurrency is not None or self.rate_limit is not None or self.group_concurrency is not None
+
+    @property
+    def rate(self) -> str | None:
+        """The rate limit as written (``"100/m"``), or None."""
+        if self.rate_limit is None or self.rate_period_seconds is None:
+            return None
+        from pgqueue.admin import format_rate
+
+        return format_rate(self.rate_limit, self.rate_period_seconds)
 
     def job_args(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The stored args (a JSON object) for a call of the handler with ``args`` and ``kwargs``.

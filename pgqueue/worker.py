@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgqueue._worker.loop import WorkerLoop
@@ -53,14 +53,16 @@ class Worker:
 
     Args:
         app: the App whose tasks this worker runs (its DSN and settings too).
-        queues: queue names to serve; None (the default) serves every queue.
-        concurrency: jobs running at once.
+        queues: queue names to serve; None (the default) serves every queue. ``"critical=20"``
+            (or a mapping ``{"critical": 20, "bulk": None}``) gives a queue 20 slots of its own in
+            this worker; bare names share ``concurrency`` slots.
+        concurrency: jobs running at once (in the queues without slots of their own).
         settings: lease, poll, shutdown-grace and retention settings (default: ``app.settings``).
         worker_id: the name in ``pgqueue.workers`` and the audit trail (default: host, pid and a
             random suffix).
 
     Raises:
-        ValueError: ``concurrency`` is below 1.
+        ValueError: ``concurrency`` or a queue's slots is below 1, or a queue entry is malformed.
         pgqueue.errors.ConfigurationError: a configured encryption key is malformed.
         pgqueue.errors.EncryptionKeyMissing: compliance mode is on and no key is configured.
 
@@ -72,7 +74,8 @@ class Worker:
         >>> worker.run()  # until SIGTERM or Ctrl-C
     """
 
-    def __init__(self, app: App, *, queues: Sequence[str] | None = None, concurrency: int = 10,
+    def __init__(self, app: App, *, queues: Sequence[str] | Mapping[str, int | None] | None = None,
+                 concurrency: int = 10,
                  settings: Settings | None = None, worker_id: str | None = None) -> None:
         self._loop = WorkerLoop(app, queues=queues, concurrency=concurrency, settings=settings or app.settings,
                                 worker_id=worker_id)

@@ -64,7 +64,8 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pgqueue TO pgqueue_reader;
 -- only these columns: state, attempt, lease, worker, times, result and error take their defaults
 -- (and the jobs_insert_fresh trigger refuses a job that is not fresh from anyone but the owner).
 -- Bulk enqueue and the scheduler draw ids up front with nextval('pgqueue.jobs_id_seq').
-GRANT INSERT (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key, tags)
+GRANT INSERT (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key, tags,
+               group_key)
     ON pgqueue.jobs TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 GRANT USAGE ON SEQUENCE pgqueue.jobs_id_seq TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 -- Audit rows take `at` and `xid` from the database (now(), the writing transaction): no role can
@@ -82,7 +83,8 @@ GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestampt
 
 -- pgqueue_enqueuer: insert jobs and their 'enqueued' audit rows. It reads back only job
 -- metadata (RETURNING id, the live job holding a unique_key), never other jobs' args or results.
-GRANT SELECT (id, task, queue, state, priority, attempt, max_attempts, run_at, enqueued_at, unique_key, tags)
+GRANT SELECT (id, task, queue, state, priority, attempt, max_attempts, run_at, enqueued_at, unique_key, tags,
+              group_key)
     ON pgqueue.jobs TO pgqueue_enqueuer;
 GRANT SELECT ON pgqueue.queues TO pgqueue_enqueuer;
 
@@ -109,6 +111,10 @@ GRANT SELECT ON pgqueue.queue_stats TO pgqueue_worker;
 -- of a task its code now declares without one), counts failures and moves breakers between states
 -- as it acks and claims.
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.circuit_breakers TO pgqueue_worker;
+-- Flow limits: a worker stores its code's task limits at start, and the claims of rate-limited
+-- queues and tasks keep the start ledger (insert a start, delete the ones that left the window).
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.task_limits TO pgqueue_worker;
+GRANT SELECT, INSERT, DELETE ON pgqueue.rate_starts TO pgqueue_worker;
 
 -- pgqueue_admin: the management commands (jobs retry/cancel/delete, queues pause/resume/purge,
 -- schedules add/remove/pause/resume, prune, keys rotate, audit verify) and what they audit. It does
@@ -126,6 +132,7 @@ GRANT SELECT ON pgqueue.queue_stats TO pgqueue_admin;
 -- `pgqueue breakers reset`: closes a breaker; its settings are the code's (written by workers).
 GRANT SELECT, UPDATE (state, failures, recent_failures, opened_at, trial_job_id, updated_at)
     ON pgqueue.circuit_breakers TO pgqueue_admin;
+GRANT SELECT ON pgqueue.task_limits, pgqueue.rate_starts TO pgqueue_admin;
 
 -- Row-level security on the audit trail: which rows each role may insert, read and delete. The
 -- table's owner (and superusers) bypass it; any other role with a grant on pgqueue.job_events

@@ -31,6 +31,9 @@ CREATE TABLE pgqueue.jobs (
     args_encrypted   bytea,
     result_encrypted bytea,
     error_encrypted  bytea,
+    -- The job's group (migration 0007): a task with group_concurrency = N runs at most N jobs of
+    -- one group at once, in (priority, run_at, id) order. NULL: no group.
+    group_key     text,
     CONSTRAINT jobs_state_check CHECK (state IN ('scheduled', 'available', 'running', 'completed', 'failed', 'cancelled')),
     CONSTRAINT jobs_attempt_check CHECK (attempt >= 0 AND max_attempts >= 1),
     CONSTRAINT jobs_queue_check CHECK (queue ~ '^[a-z0-9_-]{1,63}$'),
@@ -268,10 +271,37 @@ CREATE TABLE pgqueue.queues (
     rate_limit  integer,
     rate_period_seconds integer,
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- Migration 0007: paused or limited. The plain claim skips a gated queue's jobs (one boolean,
+    -- so its anti-join keeps the plan it had on `paused`); limited queues are claimed under a lock.
+    gated       boolean GENERATED ALWAYS AS (paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) STORED,
     CONSTRAINT queues_name_check CHECK (name ~ '^[a-z0-9_-]{1,63}$'),
     CONSTRAINT queues_concurrency_check CHECK (concurrency IS NULL OR concurrency >= 1),
     CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL))
 );
+
+-- Limits declared in code on @app.task (migration 0007), upserted by each worker at start so the
+-- claim enforces them across workers. Only limited tasks have a row.
+CREATE TABLE pgqueue.task_limits (
+    task                text PRIMARY KEY,
+    concurrency         integer,
+    rate_limit          integer,
+    rate_period_seconds integer,
+    group_concurrency   integer,
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT task_limits_concurrency_check CHECK (concurrency IS NULL OR concurrency >= 1),
+    CONSTRAINT task_limits_rate_check CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL)
+                                             AND (rate_limit IS NULL OR (rate_limit >= 1 AND rate_period_seconds >= 1))),
+    CONSTRAINT task_limits_group_check CHECK (group_concurrency IS NULL OR group_concurrency >= 1)
+);
+
+-- The start ledger of rate-limited queues and tasks (scope 'queue:<name>' or 'task:<name>'): one
+-- row per job start, written by the claim and pruned by the next claim of the scope once it has
+-- left the window. Unlimited queues write nothing here.
+CREATE TABLE pgqueue.rate_starts (
+    scope text        NOT NULL,
+    at    timestamptz NOT NULL
+);
+CREATE INDEX rate_starts_scope_at_idx ON pgqueue.rate_starts (scope, at);
 
 -- Circuit breakers (migration 0008): one row per task declared with a circuit_breaker; the worker
 -- writes the configuration at start. recent_failures keeps at most failure_threshold timestamps of

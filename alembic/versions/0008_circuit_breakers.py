@@ -1,7 +1,7 @@
 """Circuit breakers shared by every worker: ``pgqueue.circuit_breakers``.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-04
 
 One row per task declared with ``@app.task(circuit_breaker=pgqueue.CircuitBreaker(...))``; the
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

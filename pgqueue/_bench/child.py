@@ -24,6 +24,9 @@ def _main() -> int:
     # The churn scenario's retention: the worker's own maintenance leader prunes and vacuums.
     parser.add_argument("--retain-completed", type=float, default=None)
     parser.add_argument("--prune-interval", type=float, default=None)
+    # The limits scenario serves its queue by name (a worker of every queue scans a limited
+    # queue's backlog in its plain claim, as it does a paused one's).
+    parser.add_argument("--queue", action="append", default=None)
     options = parser.parse_args()
     record = options.record_starts
     out = sys.stdout
@@ -44,7 +47,7 @@ def _main() -> int:
         settings = replace(settings, prune_interval_seconds=options.prune_interval)
     app = App(dsn, settings=settings)
     app.task(name=TASK, queue=QUEUE)(noop_async if options.handler == ASYNC else noop)
-    worker = Worker(app, concurrency=options.concurrency)
+    worker = Worker(app, queues=options.queue, concurrency=options.concurrency)
     finished = threading.Event()
 
     def stop_when_stdin_closes() -> None:

@@ -59,7 +59,7 @@ def _seconds(start: datetime, end: datetime) -> float:
 
 
 def _drain(ctx: Context, dsn: str, *, processes: int, concurrency: int, target: int,
-           handler: str = ASYNC) -> tuple[float, str | None]:
+           handler: str = ASYNC, already: int = 0, queues: tuple[str, ...] = ()) -> tuple[float, str | None]:
     """Start workers on the paused queue, resume it, and time ``target`` completions.
 
     Start and end come from the database clock: the moment before the queue resumes, and the
@@ -67,19 +67,19 @@ def _drain(ctx: Context, dsn: str, *, processes: int, concurrency: int, target: 
     """
     cap = ctx.sizes.process_cap_s
     with bench_probe(dsn) as probe, WorkerProcesses(
-            dsn, processes=processes, concurrency=concurrency, handler=handler) as workers:
+            dsn, processes=processes, concurrency=concurrency, handler=handler, queues=queues) as workers:
         ctx.status(f"starting {processes} worker process(es)")
         workers.wait_ready()
         ctx.status(f"draining {target:,} jobs with {processes} x {concurrency}")
         started: datetime = probe.clock()
         _set_paused(probe, False)
         deadline = time.monotonic() + cap
-        done = probe.count_completed()
+        done = probe.count_completed() - already
         while done < target and time.monotonic() < deadline:
             time.sleep(0.05)
-            done = probe.count_completed()
+            done = probe.count_completed() - already
         if done >= target:
-            return rate(target, _seconds(started, probe.nth_finished_at(target))), None
+            return rate(target, _seconds(started, probe.nth_finished_at(already + target))), None
         elapsed = _seconds(started, probe.clock())
         return rate(done, elapsed), f"capped at {cap:g} s: {done} of {target} jobs; rate = jobs handled / elapsed"
 
@@ -211,6 +211,49 @@ def _backlog(ctx: Context) -> list[Sample]:
     return samples
 
 
+# --- flow limits ---
+
+def _limits(ctx: Context) -> list[Sample]:
+    """One large backlog drained by 1 process x 50: unlimited; limited to concurrency 10,000 (never
+    binds: the difference is the locked claim's cost per job); limited to 50 (binds: finished
+    jobs count as running until their outcome is written, so fewer are in flight); and
+    rate-limited to 500/s (the achieved rate shows how closely the sliding window is used). The
+    worker serves the queue by name: a worker of every queue would also walk the limited queue's
+    backlog in its plain claim, as it does a paused queue's."""
+    size, measure = ctx.sizes.backlogs[1], ctx.sizes.backlog_measure
+    rate_limit = 500
+    label = count_label(size)
+    samples: list[Sample] = []
+    with ctx.databases.fresh() as dsn:
+        with bench_probe(dsn) as probe:
+            _set_paused(probe, True)
+            ctx.status(f"generating a backlog of {size:,} jobs")
+            probe.fill_backlog(TASK, QUEUE, size)
+        figures: dict[str, float] = {}
+        for key, concurrency, limit_rate, target in (
+                (f"limits_unlimited_{label}", None, None, measure),
+                (f"limits_c10000_{label}", 10_000, None, measure),
+                (f"limits_c50_{label}", 50, None, measure),
+                (f"limits_rate_{rate_limit}_s", None, (rate_limit, 1), rate_limit * 6)):
+            with bench_probe(dsn) as probe:
+                _set_paused(probe, True)
+                probe.set_queue_limits(QUEUE, concurrency=concurrency, rate=limit_rate, actor=ACTOR)
+                done = probe.count_completed()
+            value, note = _drain(ctx, dsn, processes=1, concurrency=50, target=target, already=done,
+                                 queues=(QUEUE,))
+            figures[key] = value
+            if limit_rate is not None and note is None:
+                # A sliding window lets the first N start at once: K jobs take at least K/N - 1 s.
+                note = (f"{target:,} jobs at {rate_limit}/s: at most {target / (target / rate_limit - 1):,.0f} jobs/s "
+                        "(the first window starts at once)")
+            samples.append(Sample(key, "jobs/s", value, note))
+    plain, locked = figures[f"limits_unlimited_{label}"], figures[f"limits_c10000_{label}"]
+    overhead = (1 / locked - 1 / plain) * 1e6 if locked and plain else float("nan")
+    samples.append(Sample("limits_claim_overhead", "us/job", overhead,
+                          "claim of a limited queue (lock, count running) against the plain claim; limit not binding"))
+    return samples
+
+
 # --- churn ---
 
 def _churn(ctx: Context) -> list[Sample]:
@@ -286,6 +329,8 @@ SCENARIOS: dict[str, Scenario] = {
                  lambda sizes: [Unit("latency", _latency)]),
         Scenario("backlog", "claim+complete throughput with a small vs a large backlog",
                  lambda sizes: [Unit("backlog", _backlog)]),
+        Scenario("limits", "a large backlog unlimited, then limited to concurrency 50, then rate-limited",
+                 lambda sizes: [Unit("limits", _limits)]),
         Scenario("churn", "many jobs through the table with retention on: size and dead tuples",
                  lambda sizes: [Unit("churn", _churn)]),
         Scenario("physical", "PostgreSQL's ceiling: the minimal SQL a queue needs per job",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from pgqueue._db.bench import bench_probe
@@ -37,7 +38,7 @@ class WorkerProcesses:
 
     def __init__(self, dsn: str, *, processes: int, concurrency: int, handler: str = ASYNC,
                  record_starts: bool = False, retain_completed: float | None = None,
-                 prune_interval: float | None = None) -> None:
+                 prune_interval: float | None = None, queues: Sequence[str] = ()) -> None:
         self.dsn = dsn
         self.processes = processes
         self.argv = [sys.executable, "-m", "pgqueue._bench.child", "--concurrency", str(concurrency),
@@ -46,6 +47,8 @@ class WorkerProcesses:
             self.argv += ["--retain-completed", str(retain_completed)]
         if prune_interval is not None:
             self.argv += ["--prune-interval", str(prune_interval)]
+        for queue in queues:
+            self.argv += ["--queue", queue]
         self.record_starts = record_starts
         self.starts: dict[int, float] = {}
         self._children: list[subprocess.Popen[str]] = []

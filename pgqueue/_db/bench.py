@@ -104,6 +104,11 @@ class BenchProbe:
     def set_queue_paused(self, queue: str, paused: bool, actor: str) -> None:
         QueueStore(self.conn).set_queue_paused(queue, paused, actor=actor)
 
+    def set_queue_limits(self, queue: str, *, concurrency: int | None, rate: tuple[int, int] | None,
+                         actor: str) -> None:
+        QueueStore(self.conn).set_limits(queue, concurrency=concurrency, set_concurrency=True, rate=rate,
+                                         set_rate=True, actor=actor)
+
     def fill_backlog(self, task: str, queue: str, count: int) -> None:
         """``count`` available jobs generated server-side, then the table vacuumed and analysed."""
         self.conn.execute(BENCH.fill_backlog, {"task": task, "queue": queue, "count": count})

@@ -41,6 +41,14 @@ class JobQueries(NamedTuple):
     find_live_job_by_unique_key: LiteralString
     claim_jobs: LiteralString
     claim_jobs_any_queue: LiteralString
+    claim_jobs_except_limited_tasks: LiteralString
+    claim_jobs_any_queue_except_limited_tasks: LiteralString
+    list_limited_scopes: LiteralString
+    lock_queue_limits: LiteralString
+    lock_task_limits: LiteralString
+    claim_limited_queue_jobs: LiteralString
+    claim_limited_task_jobs: LiteralString
+    sync_task_limits: LiteralString
     complete_jobs: LiteralString
     fail_jobs: LiteralString
     release_jobs: LiteralString
@@ -75,6 +83,7 @@ class NewJob:
     unique_key: str | None
     tags: tuple[str, ...]
     args_encrypted: bytes | None = None
+    group_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
         "args_encrypted": job.args_encrypted,
         "max_attempts": job.max_attempts, "run_at": job.run_at, "delay": job.delay,
         "unique_key": job.unique_key, "tags": list(job.tags) if job.tags else None, "actor": actor,
-        "channel": NOTIFY_CHANNEL,
+        "channel": NOTIFY_CHANNEL, "group_key": job.group_key,
     }
 
 
@@ -121,7 +130,7 @@ def _copyable(jobs: Sequence[NewJob]) -> bool:
 def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
     """A row of JOBS.copy_jobs, in its column order."""
     return (job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted, job.max_attempts,
-            list(job.tags))
+            list(job.tags), job.group_key)
 
 
 def _inserted_id(row: tuple[Any, ...] | None) -> int:
@@ -142,6 +151,7 @@ def _bulk_params(jobs: Sequence[NewJob], actor: str | None) -> dict[str, Any]:
         "delays": [j.delay for j in jobs],
         "unique_keys": [j.unique_key for j in jobs],
         "tags": [encode_json(list(j.tags)) if j.tags else None for j in jobs],
+        "group_keys": [j.group_key for j in jobs],
         "actor": actor,
         "channel": NOTIFY_CHANNEL,
     }
@@ -182,6 +192,22 @@ def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
         max_attempts=max_attempts, enqueued_at=enqueued_at, priority=priority, tags=tuple(tags or ()),
         lease_token=token, _sealed_args=args_encrypted,
     )
+
+
+def _limited_claim(rows: Sequence[tuple[Any, ...]], token: str) -> tuple[list[Job], int]:
+    allowance = int(rows[0][0]) if rows else 0
+    return [_job_from_row(row[1:], token) for row in rows if row[1] is not None], allowance
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """The limits one task declares in code (``@app.task(concurrency=..., rate=..., group_concurrency=...)``)."""
+
+    task: str
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: int | None = None
+    group_concurrency: int | None = None
 
 
 def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -474,18 +500,81 @@ class AsyncJobStore:
 
     # --- the worker's claim and ack sessions ---
 
-    async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str) -> list[Job]:
+    async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str, *,
+                         except_tasks: Sequence[str] = ()) -> list[Job]:
+        """Claim jobs that no limit holds back: of ``queues`` (None: every queue), not of a paused or
+        limited queue, and not of the limited tasks ``except_tasks``."""
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}
+        except_limited_tasks = bool(except_tasks)
+        if except_limited_tasks:
+            params["limited_tasks"] = list(except_tasks)
         if queues:
             params["queues"] = list(queues)
-            query = JOBS.claim_jobs
+            query = JOBS.claim_jobs_except_limited_tasks if except_limited_tasks else JOBS.claim_jobs
+        elif except_limited_tasks:
+            query = JOBS.claim_jobs_any_queue_except_limited_tasks
         else:
             query = JOBS.claim_jobs_any_queue
         with translate_errors():
             cur = await self.conn.execute(query, params)
             rows = await cur.fetchall()
         return [_job_from_row(row, token) for row in rows]
+
+    async def list_limited_scopes(self) -> tuple[list[str], list[str]]:
+        """(limited queues, limited tasks) as the database has them now."""
+        with translate_errors():
+            cur = await self.conn.execute(JOBS.list_limited_scopes)
+            rows = await cur.fetchall()
+        return [r[1] for r in rows if r[0] == "queue"], [r[1] for r in rows if r[0] == "task"]
+
+    async def claim_limited_queue_jobs(self, queue: str, limit: int, worker_id: str,
+                                       except_tasks: Sequence[str] = ()) -> tuple[list[Job], bool]:
+        """Claim up to ``limit`` jobs of a limited queue, within its limits, under its lock; the
+        limited tasks ``except_tasks`` are left to their own claim.
+
+        Returns the jobs, and whether a limit held back jobs that wait (the allowance was below
+        ``limit`` and the queue had claimable jobs).
+        """
+        token = str(uuid.uuid4())
+        params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token,
+                  "limited_tasks": list(except_tasks)}
+        with translate_errors():
+            async with self.conn.transaction():
+                await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue})
+                cur = await self.conn.execute(JOBS.claim_limited_queue_jobs, params)
+                rows = await cur.fetchall()
+        allowance, waiting = (int(rows[0][0]), bool(rows[0][1])) if rows else (0, False)
+        jobs = [_job_from_row(row[2:], token) for row in rows if row[2] is not None]
+        return jobs, allowance < limit and waiting
+
+    async def claim_limited_task_jobs(self, task: str, queues: Sequence[str] | None, limit: int,
+                                      worker_id: str) -> tuple[list[Job], int]:
+        """Claim up to ``limit`` jobs of a limited task from ``queues`` (None: every queue), within
+        the task's limits (concurrency, rate, groups) and those of limited queues, under their locks.
+
+        Returns the jobs and how many of the task's jobs were claimable (claimed ones included).
+        """
+        token = str(uuid.uuid4())
+        names = list(queues) if queues else None
+        params = {"task": task, "queues": names, "limit": limit, "worker_id": worker_id, "lease_token": token}
+        with translate_errors():
+            async with self.conn.transaction():
+                await self.conn.execute(JOBS.lock_task_limits, {"task": task, "queues": names})
+                cur = await self.conn.execute(JOBS.claim_limited_task_jobs, params)
+                rows = await cur.fetchall()
+        return _limited_claim(rows, token)
+
+    async def sync_task_limits(self, limits: Sequence[TaskLimits]) -> None:
+        """Store the limits the worker's code declares (a task with none loses its row)."""
+        if not limits:
+            return
+        with translate_errors():
+            await self.conn.execute(JOBS.sync_task_limits, {
+                "tasks": [t.task for t in limits], "concurrency": [t.concurrency for t in limits],
+                "rate_limits": [t.rate_limit for t in limits], "rate_periods": [t.rate_period_seconds for t in limits],
+                "group_concurrency": [t.group_concurrency for t in limits],
+            })
 
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():

@@ -18,6 +18,8 @@ class QueueQueries(NamedTuple):
     summarize_queues: LiteralString
     queue_exists: LiteralString
     set_queue_limits: LiteralString
+    rate_window_starts: LiteralString
+    list_task_limits: LiteralString
 
 
 QUEUES = load_queries(QueueQueries, "queues.sql")
@@ -63,3 +65,13 @@ class QueueStore:
             row = cur.execute(QUEUES.set_queue_limits, params).fetchone()
         assert row is not None  # noqa: S101 - an upsert returns its row
         return row
+
+    def rate_window_starts(self) -> dict[str, int]:
+        """Starts in the sliding window now, per rate-limited queue."""
+        with translate_errors():
+            rows = self.conn.execute(QUEUES.rate_window_starts).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def task_limits(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(QUEUES.list_task_limits).fetchall()

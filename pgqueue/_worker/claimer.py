@@ -9,7 +9,6 @@ reconciles what the database thinks this worker runs with what it really runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -18,17 +17,25 @@ from typing import TYPE_CHECKING
 
 from pgqueue._db.breakers import AsyncBreakerStore, BreakerConfig
 from pgqueue._db.errors import DATABASE_ERRORS, first_line
-from pgqueue._db.jobs import AsyncJobStore
+from pgqueue._db.jobs import AsyncJobStore, TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._worker.acker import Acker
 from pgqueue._worker.heartbeat import Heartbeat
+from pgqueue._worker.pools import Pool
 from pgqueue.jobs import Job
 
 if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
 
 MAX_CLAIM_BATCH = 200
+#: How often the limited queues and tasks are re-read from the database: a limit set with
+#: `pgqueue queues set` applies to the locked claims within this long (the unlimited claim stops
+#: taking a newly limited queue's jobs at once: it reads the settings itself).
+LIMITS_REFRESH_SECONDS = 1.0
+#: How soon a claim held back by a limit (queue full, rate spent) looks again: other workers'
+#: jobs end, and the rate window slides, without a notification.
+HELD_BACK_POLL_SECONDS = 0.1
 #: How often a worker with circuit-breaker tasks looks for a breaker due a half-open trial, and
 #: the longest it sleeps while idle (a trial is due at a time, not announced by a NOTIFY).
 TRIAL_CHECK_SECONDS = 1.0
@@ -48,6 +55,9 @@ class Flow:
     #: Set when a running job ends, so a full worker claims again.
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    #: The last claim round was held back by a limit: the worker's own outcomes, once written,
+    #: lower the running count that the limit is checked against, so the acker wakes the claimer.
+    held_back: bool = False
 
 
 class Claimer:
@@ -65,15 +75,27 @@ class Claimer:
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
-                 queues: Sequence[str] | None, concurrency: int, lease_seconds: float, poll_seconds: float,
+                 pools: Sequence[Pool], lease_seconds: float, poll_seconds: float,
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
-                 on_empty: Callable[[], None] | None = None, breakers: Sequence[BreakerConfig] = (),
+                 on_empty: Callable[[], None] | None = None, limited_tasks: Collection[str] = (),
+                 task_limits: Sequence[TaskLimits] = (), breakers: Sequence[BreakerConfig] = (),
                  unguarded: Sequence[str] = ()) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
-        self.queues = queues
-        self.concurrency = concurrency
+        self.pools = list(pools)
+        self.queues: list[str] | None = (
+            None if any(p.queues is None for p in self.pools)
+            else sorted({q for p in self.pools for q in p.queues or ()}))
+        self.concurrency = sum(p.capacity for p in self.pools)
+        # The worker's own limited tasks are known before the first refresh.
+        self._own_limited_tasks = frozenset(limited_tasks)
+        # Stored before the first claim (and retried with it while the database is away): the
+        # claim enforces the code's task limits from pgqueue.task_limits, for every worker.
+        self._task_limits: list[TaskLimits] | None = list(task_limits)
+        self.limited_tasks: list[str] = sorted(limited_tasks)
+        self.limited_queues: list[str] = []
+        self._limits_read_at = -LIMITS_REFRESH_SECONDS
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.running = running
@@ -104,10 +126,9 @@ class Claimer:
                     claim_uncertain = False
                 except DATABASE_ERRORS:
                     pass  # the claim below meets the same outage and backs off
-            free = self.concurrency - len(self.running)
-            if free <= 0:
+            if len(self.running) >= self.concurrency:
                 flow.slot_freed.clear()
-                if self.concurrency - len(self.running) <= 0:
+                if len(self.running) >= self.concurrency:
                     await flow.slot_freed.wait()
                 continue
             if not self.heartbeat.lease_current():
@@ -121,19 +142,11 @@ class Claimer:
                 # where nobody rescues them: claiming more while that lasts would only add to them.
                 await asyncio.sleep(0.25)
                 continue
-            # Cleared before claiming, so a notification that arrives during the claim is kept.
+            # Cleared before claiming, so a notification or a finished job during the claim is kept.
             flow.wakeup.clear()
-            limit = min(free, MAX_CLAIM_BATCH)
+            flow.slot_freed.clear()
             try:
-                if not self._breakers_written:
-                    await self.session.run(self._write_breakers)
-                    self._breakers_written = True
-                trials = await self._claim_trial() if self.breakers else []
-                for job in trials:  # dispatched at once: the claim below may fail
-                    self.dispatch(job)
-                jobs = []
-                if len(trials) < limit:
-                    jobs = await self.session.run(functools.partial(self._claim, limit=limit - len(trials)))
+                hungry, held_back = await self._claim_round()
                 if failures:
                     log.info("database.reconnected", role="claim")
                 failures = 0
@@ -147,16 +160,76 @@ class Claimer:
                 await self.session.close()
                 await self._sleep_unless_woken(wait)
                 continue
-            for job in jobs:
-                self.dispatch(job)
-            if len(jobs) + len(trials) < limit:
-                if self.on_empty is not None and await self._nothing_left():
-                    self.on_empty()
-                    continue
-                # The queue is (momentarily) empty: sleep until notified, or poll as a fallback.
-                # A breaker's cooldown ends unannounced: workers with breakers look every second.
-                await self._sleep_unless_woken(
-                    min(self.poll_seconds, TRIAL_CHECK_SECONDS) if self.breakers else self.poll_seconds)
+            flow.held_back = held_back
+            if hungry:
+                continue  # a pool took all it asked for: there may be more
+            if self.on_empty is not None and not held_back and await self._nothing_left():
+                self.on_empty()
+                continue
+            # Every pool is full or (momentarily) found nothing: sleep until notified, a slot frees,
+            # or poll as a fallback; soon when a limit held a claim back. A breaker's cooldown ends
+            # unannounced: workers with breakers look every second.
+            idle = min(self.poll_seconds, TRIAL_CHECK_SECONDS) if self.breakers else self.poll_seconds
+            await self._sleep_unless_woken(HELD_BACK_POLL_SECONDS if held_back else idle)
+
+    async def _claim_round(self) -> tuple[bool, bool]:
+        """One claim for each pool with free slots: the unlimited claim, then each limited queue and
+        limited task under its lock. Returns (a pool took all it asked for, a limit held one back)."""
+        if self._task_limits is not None:
+            await self.session.run(self._sync_task_limits)
+            self._task_limits = None
+        if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
+            await self.session.run(self._read_limits)
+        if not self._breakers_written:
+            await self.session.run(self._write_breakers)
+            self._breakers_written = True
+        if self.breakers and any(pool.free(self.running) > 0 for pool in self.pools):
+            for job in await self._claim_trial():  # dispatched at once: the claims below may fail
+                self._dispatch_all(self._pool_of(job), [job])
+        hungry = held_back = False
+        limited = set(self.limited_queues)
+        for pool in self.pools:
+            free = pool.free(self.running)
+            if free <= 0:
+                continue
+            wanted = min(free, MAX_CLAIM_BATCH)
+            claimed = 0
+            plain = None if pool.queues is None else [q for q in pool.queues if q not in limited]
+            if plain is None or plain:
+                jobs = await self.session.run(functools.partial(self._claim, queues=plain, limit=wanted))
+                self._dispatch_all(pool, jobs)
+                claimed += len(jobs)
+                hungry = hungry or len(jobs) == wanted
+            queues = sorted(limited) if pool.queues is None else [q for q in pool.queues if q in limited]
+            for queue in queues:
+                if claimed >= wanted:
+                    break
+                ask = wanted - claimed
+                jobs, cut = await self.session.run(
+                    functools.partial(self._claim_limited_queue, queue=queue, limit=ask))
+                self._dispatch_all(pool, jobs)
+                claimed += len(jobs)
+                held_back = held_back or cut
+            for task in self.limited_tasks:
+                if claimed >= wanted:
+                    break
+                ask = wanted - claimed
+                jobs, waiting = await self.session.run(
+                    functools.partial(self._claim_limited_task, task=task, queues=pool.queues, limit=ask))
+                self._dispatch_all(pool, jobs)
+                claimed += len(jobs)
+                # Jobs left waiting: a limit, or a group whose head runs elsewhere, holds them back.
+                held_back = held_back or (waiting > len(jobs) and len(jobs) < ask)
+            # A full batch (capped at MAX_CLAIM_BATCH) from any claim: there may be more.
+            hungry = hungry or claimed == wanted
+        return hungry, held_back
+
+    def _pool_of(self, job: Job) -> Pool:
+        """The pool whose slots a job of ``job.queue`` uses (the first that serves that queue)."""
+        for pool in self.pools:
+            if pool.queues is None or job.queue in pool.queues:
+                return pool
+        return self.pools[0]
 
     async def _claim_trial(self) -> list[Job]:
         """At most every TRIAL_CHECK_SECONDS, claim a half-open trial job if a breaker is due one."""
@@ -189,6 +262,20 @@ class Claimer:
         return await AsyncBreakerStore(conn).claim_breaker_trial(
             [config[0] for config in self.breakers], self.queues, self.worker_id)
 
+    def _dispatch_all(self, pool: Pool, jobs: list[Job]) -> None:
+        for job in jobs:
+            pool.claimed.add(job.id)
+            self.dispatch(job)
+
+    async def _sync_task_limits(self, conn: AsyncPsycopgConnection) -> None:
+        await AsyncJobStore(conn).sync_task_limits(self._task_limits or [])
+
+    async def _read_limits(self, conn: AsyncPsycopgConnection) -> None:
+        queues, tasks = await AsyncJobStore(conn).list_limited_scopes()
+        self.limited_queues = queues
+        self.limited_tasks = sorted(set(tasks) | set(self._own_limited_tasks))
+        self._limits_read_at = time.monotonic()
+
     async def _nothing_left(self) -> bool:
         if self.running or self.acker.tracked():
             return False  # our own jobs are not finished, or not written yet
@@ -209,10 +296,24 @@ class Claimer:
             get_logger("pgqueue.worker", worker_id=self.worker_id).warning(
                 "worker.lost_claims_released", jobs=released)
 
-    async def _claim(self, conn: AsyncPsycopgConnection, limit: int) -> list[Job]:
-        return await AsyncJobStore(conn).claim_jobs(self.queues, limit, self.worker_id)
+    async def _claim(self, conn: AsyncPsycopgConnection, queues: list[str] | None, limit: int) -> list[Job]:
+        return await AsyncJobStore(conn).claim_jobs(queues, limit, self.worker_id, except_tasks=self.limited_tasks)
+
+    async def _claim_limited_queue(self, conn: AsyncPsycopgConnection, queue: str,
+                                   limit: int) -> tuple[list[Job], bool]:
+        return await AsyncJobStore(conn).claim_limited_queue_jobs(queue, limit, self.worker_id,
+                                                                  except_tasks=self.limited_tasks)
+
+    async def _claim_limited_task(self, conn: AsyncPsycopgConnection, task: str, queues: list[str] | None,
+                                  limit: int) -> tuple[list[Job], int]:
+        return await AsyncJobStore(conn).claim_limited_task_jobs(task, queues, limit, self.worker_id)
 
     async def _sleep_unless_woken(self, seconds: float) -> None:
-        # The wake-up is also set by a stop request, so shutdown never waits out a backoff.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flow.wakeup.wait(), timeout=seconds)
+        # The wake-up is also set by a stop request, so shutdown never waits out a backoff. A freed
+        # slot wakes too: a full pool can claim again while the others found nothing.
+        waits = [asyncio.ensure_future(self.flow.wakeup.wait()), asyncio.ensure_future(self.flow.slot_freed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()

@@ -25,11 +25,12 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pgqueue._db.jobs import TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
@@ -43,6 +44,7 @@ from pgqueue._worker.heartbeat import Heartbeat
 from pgqueue._worker.listener import Listener
 from pgqueue._worker.maintenance import Maintenance
 from pgqueue._worker.payloads import PayloadSealer
+from pgqueue._worker.pools import build_pools
 from pgqueue._worker.preflight import check_connection
 from pgqueue._worker.progress import ProgressBook
 from pgqueue._worker.supervisor import PARENT_ENV
@@ -62,12 +64,14 @@ class WorkerLoop:
     nothing is left to run (see ``AsyncJobStore.has_pending_jobs``).
     """
 
-    def __init__(self, app: App, *, queues: Sequence[str] | None, concurrency: int, settings: Settings,
-                 worker_id: str | None) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency {concurrency} must be >= 1")
+    def __init__(self, app: App, *, queues: Sequence[str] | Mapping[str, int | None] | None, concurrency: int,
+                 settings: Settings, worker_id: str | None) -> None:
         self.app = app
-        self.queues = sorted(set(queues)) if queues else None
+        self.pools = build_pools(queues, concurrency)
+        served = [q for pool in self.pools for q in pool.queues or ()]
+        self.queues = None if any(pool.queues is None for pool in self.pools) else sorted(served)
+        # Every pool's slots: the thread pool and the transactional connections are sized by it.
+        concurrency = sum(pool.capacity for pool in self.pools)
         self.concurrency = concurrency
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -134,6 +138,13 @@ class WorkerLoop:
         # at once instead of after the poll interval.
         if self.until_empty:
             self.flow.wakeup.set()
+
+    def _on_written(self) -> None:
+        # Outcomes written: a claim that a limit held back (our finished jobs still counted as
+        # running) may go ahead now, instead of after the held-back poll.
+        if self.flow.held_back:
+            self.flow.wakeup.set()
+        self._wake_when_empty()
 
     # --- cancelling running jobs ---
 
@@ -204,12 +215,15 @@ class WorkerLoop:
         # Prepared statements (planned once) only with no pooler in between: see session_options.
         claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
-                                    worker_id=self.worker_id, on_written=self._wake_when_empty)
+                                    worker_id=self.worker_id, on_written=self._on_written)
+        limited = [task for task in self.app.tasks.values() if task.limited]
         claimer = Claimer(
-            claim_session, self.flow, worker_id=self.worker_id, queues=self.queues, concurrency=self.concurrency,
+            claim_session, self.flow, worker_id=self.worker_id, pools=self.pools,
             lease_seconds=self.settings.lease_seconds, poll_seconds=self.settings.poll_seconds, running=self.running,
             acker=acker, heartbeat=heartbeat, dispatch=lambda job: self._dispatch(job, runner),
-            on_empty=self._on_empty if self.until_empty else None,
+            on_empty=self._on_empty if self.until_empty else None, limited_tasks=[task.name for task in limited],
+            task_limits=[TaskLimits(task.name, task.concurrency, task.rate_limit, task.rate_period_seconds,
+                                    task.group_concurrency) for task in self.app.tasks.values()],
             breakers=[(task.name, cb.failures, cb.window, cb.cooldown) for task in self.app.tasks.values()
                       if (cb := task.circuit_breaker) is not None],
             unguarded=[task.name for task in self.app.tasks.values() if task.circuit_breaker is None])

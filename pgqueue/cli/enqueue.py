@@ -64,6 +64,10 @@ def enqueue(
     encrypt: Annotated[
         bool, typer.Option("--encrypt", help="Store args encrypted (needs PGQUEUE_ENCRYPTION_KEYS).")
     ] = False,
+    group: Annotated[
+        str | None, typer.Option("--group", help=(
+            "Group key, e.g. patient:42: a task with group_concurrency=N runs N of a group at once (no PHI)."))
+    ] = None,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
@@ -87,6 +91,7 @@ def enqueue(
         job_id = app.enqueue(
             conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
             max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt else None, tags=tag,
+            group=group,
         )
     if json_output:
         print_json({"id": job_id})

@@ -83,6 +83,10 @@ COMMANDS: dict[str, CommandEntry] = {
         "pgqueue.cli.breakers:app",
         "Circuit breakers of tasks: list their state, reset one by hand.",
         _OPERATE),
+    "tasks": CommandEntry(
+        "pgqueue.cli.tasks:app",
+        "Tasks with flow limits (declared on @app.task, stored by workers at start): list.",
+        _OPERATE),
     "schedules": CommandEntry(
         "pgqueue.cli.schedules:app",
         "Cron schedules: list, add, remove, pause, resume (code schedules are synced by `pgqueue scheduler`).",

@@ -37,9 +37,17 @@ QUEUE_COLUMNS = [
     Column("completed_last_hour", "DONE 1H", justify="right"),
     Column("failed_last_hour", "FAILED 1H", justify="right"),
     Column("lag_seconds", "LAG", render=format_seconds, justify="right"),
-    Column("concurrency", "CONCURRENCY", justify="right"),
-    Column("rate", "RATE", justify="right"),
+    # Usage against the limit: running / concurrency, starts in the window / rate.
+    Column("concurrency", "CONCURRENCY", justify="right",
+           compute=lambda row: _usage(row.get("running"), row.get("concurrency"))),
+    Column("rate", "RATE", justify="right", compute=lambda row: _usage(row.get("starts_in_window"), row.get("rate"))),
 ]
+
+
+def _usage(used: int | None, limit: object) -> str:
+    if limit is None or limit == "":  # no limit; "" is the totals row of `pgqueue stats`
+        return "-" if limit is None else ""
+    return f"{used or 0}/{limit}"
 
 
 def queue_rows(queues: list[admin.QueueInfo]) -> list[dict[str, Any]]:
@@ -49,7 +57,8 @@ def queue_rows(queues: list[admin.QueueInfo]) -> list[dict[str, Any]]:
 @app.command("list")
 def list_command(json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """List queues: paused or not, live and dead-letter jobs per state, the last hour's outcomes,
-    lag (how long the oldest available job has waited), and limits.
+    lag (how long the oldest available job has waited), and limits with their usage now
+    (CONCURRENCY: running/limit; RATE: starts in the window/limit, e.g. 13/20/s).
 
     Counts read only live and dead-letter jobs (fast on any table size); completed jobs are counted
     over the last hour. Exact all-time totals: SELECT * FROM pgqueue.queue_stats (reads every job).

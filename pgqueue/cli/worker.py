@@ -10,7 +10,7 @@ import typer
 
 from pgqueue._db.sessions import check_dsn
 from pgqueue._loader import load_app
-from pgqueue._payload import check_queue_name
+from pgqueue._worker.pools import build_pools
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings, normalize_dsn
@@ -21,7 +21,9 @@ AppOption = Annotated[str, typer.Option("--app", help="Your App, as 'package.mod
 def worker(
     app_path: AppOption,
     queue: Annotated[
-        list[str] | None, typer.Option("--queue", "-q", help="Queue to serve (repeatable; default all).")] = None,
+        list[str] | None, typer.Option("--queue", "-q", help=(
+            "Queue to serve (repeatable; default all). NAME=N gives it N slots of its own in each process; "
+            "bare names share --concurrency."))] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, max=1000, help="Jobs at once per process.")] = 10,
     processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64, help="Worker processes.")] = 1,
@@ -47,7 +49,11 @@ def worker(
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
     period, release the rest."""
     try:
-        queues = [check_queue_name(q) for q in queue] if queue else None
+        queues = list(queue) if queue else None
+        try:
+            build_pools(queues, concurrency)
+        except ValueError as exc:
+            fail(str(exc))
         for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds),
                             ("--shutdown-grace-seconds", shutdown_grace_seconds)):
             if value is not None and value <= 0:

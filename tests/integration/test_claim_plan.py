@@ -307,3 +307,41 @@ def test_the_claim_stays_an_index_scan_while_a_circuit_breaker_holds_a_task(back
             assert not [n for n in nodes if n["Node Type"] == "Sort" and n["Plan Rows"] > 5000]
             assert {n["Index Name"] for n in nodes if "Index Name" in n} & CLAIM_INDEXES
         conn.rollback()
+
+
+@pytest.mark.parametrize(("name", "queues"), [("claim_jobs_except_limited_tasks", ["default"]),
+                                              ("claim_jobs_any_queue_except_limited_tasks", None)])
+def test_the_claim_that_leaves_limited_tasks_out_stays_an_index_scan(
+        backlog_dsn: str, name: str, queues: list[str] | None) -> None:
+    params: dict[str, Any] = {"limit": 50, "worker_id": "w-plan", "lease_token": str(uuid.uuid4()),
+                              "limited_tasks": ["send-sms", "sync-record"]}
+    if queues is not None:
+        params["queues"] = queues
+
+    nodes = explain(backlog_dsn, getattr(JOBS, name), params)
+
+    assert not [n for n in nodes if n.get("Relation Name") == "jobs" and n["Node Type"] == "Seq Scan"]
+    big_sorts = [n for n in nodes if n["Node Type"] == "Sort" and n["Plan Rows"] > 5000]
+    assert not big_sorts, f"the claim sorts the backlog instead of walking its index: {big_sorts}"
+
+
+def test_a_limited_queues_claim_stays_an_index_scan_over_a_large_analyzed_backlog(backlog_dsn: str) -> None:
+    # The queue is limited inside the EXPLAIN's own transaction (rolled back): its 100k jobs wait.
+    params = {"queue": "default", "limit": 50, "worker_id": "w-plan", "lease_token": str(uuid.uuid4()),
+              "limited_tasks": ["send-sms"]}
+    with psycopg.connect(backlog_dsn) as conn:
+        conn.execute("INSERT INTO pgqueue.queues (name, concurrency, rate_limit, rate_period_seconds)"
+                     " VALUES ('default', 50, 1000, 1)")
+        row = conn.execute("EXPLAIN (FORMAT JSON) " + JOBS.claim_limited_queue_jobs, params).fetchone()
+        conn.rollback()
+    assert row is not None
+    nodes = list(plan_nodes((row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]))
+
+    seq = [n for n in nodes if n.get("Relation Name") == "jobs" and n["Node Type"] == "Seq Scan"]
+    assert not seq, f"sequential scan on jobs: {seq}"
+    big_sorts = [n for n in nodes if n["Node Type"] == "Sort" and n["Plan Rows"] > 5000]
+    assert not big_sorts, f"the limited claim sorts the backlog instead of walking its index: {big_sorts}"
+    used = {n["Index Name"] for n in nodes if "Index Name" in n}
+    # Either partial claim index (as for claim_jobs); the running count walks jobs_running_idx.
+    assert used & CLAIM_INDEXES, f"indexes used: {sorted(used)}"
+    assert used <= CLAIM_INDEXES | {"jobs_pkey", "jobs_running_idx", "queues_pkey", "rate_starts_scope_at_idx"}

@@ -257,6 +257,38 @@ def test_a_worker_login_runs_jobs_schedules_cron_jobs_seals_and_prunes(as_role: 
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def test_worker_and_enqueuer_logins_run_limited_queues_limited_tasks_and_groups(as_role: Any, owner: Conn) -> None:
+    # Flow limits need the worker to keep pgqueue.task_limits and the rate_starts ledger, and the
+    # enqueuer to write group_key: a missing grant fails here.
+    enqueuer = App(as_role("enqueuer"))
+    ids = enqueuer.enqueue_many(None, [JobSpec("ok", queue="sms") for _ in range(3)]
+                                + [JobSpec("capped") for _ in range(3)]
+                                + [JobSpec("grouped", group="patient:42") for _ in range(2)])
+    ids.append(enqueuer.enqueue(None, "grouped", group="patient:43"))
+    owner.execute("INSERT INTO pgqueue.queues (name, concurrency, rate_limit, rate_period_seconds)"
+                  " VALUES ('sms', 2, 100, 60)")
+    worker_dsn = as_role("worker")
+    app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
+                                            shutdown_grace_seconds=5))
+
+    @app.task(name="ok")
+    def ok(job: Job) -> None: ...
+
+    @app.task(name="capped", concurrency=1, rate="100/m")
+    def capped(job: Job) -> None: ...
+
+    @app.task(name="grouped", group_concurrency=1)
+    def grouped(job: Job) -> None: ...
+
+    with worker_running(app):
+        wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) AND state = 'completed'",
+                                 [ids]) == len(ids), timeout=20)
+
+    assert count(owner, "SELECT count(*) FROM pgqueue.task_limits") == 2
+    assert count(owner, "SELECT count(*) FROM pgqueue.rate_starts WHERE scope IN ('queue:sms', 'task:capped')") == 6
+    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE group_key = 'patient:42'") == 2
+
+
 @pytest.mark.parametrize(("columns", "values"), [
     # an operator's action, or the scheduler's, or maintenance's, written by a worker
     ("job_id, event, from_state, to_state, attempt, actor", "1, 'retried', 'failed', 'available', 1, 'cli:ops'"),

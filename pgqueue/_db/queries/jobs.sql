@@ -18,11 +18,12 @@ WITH input AS (
         %(args_encrypted)b::bytea AS args_encrypted,
         %(max_attempts)s::int AS max_attempts,
         COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
-        COALESCE(%(tags)b::text[], '{}') AS tags
+        COALESCE(%(tags)b::text[], '{}') AS tags,
+        %(group_key)s::text AS group_key
 ), inserted AS (
-    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, args_encrypted, max_attempts, run_at, tags)
+    INSERT INTO pgqueue.jobs (task, queue, state, priority, args, args_encrypted, max_attempts, run_at, tags, group_key)
     SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, args, args_encrypted, max_attempts, run_at, tags
+           priority, args, args_encrypted, max_attempts, run_at, tags, group_key
     FROM input
     RETURNING id, queue, state, attempt
 ), audit AS (
@@ -43,12 +44,13 @@ WITH input AS (
         %(max_attempts)s::int AS max_attempts,
         COALESCE(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s::float8)) AS run_at,
         %(unique_key)s::text AS unique_key,
-        COALESCE(%(tags)b::text[], '{}') AS tags
+        COALESCE(%(tags)b::text[], '{}') AS tags,
+        %(group_key)s::text AS group_key
 ), inserted AS (
     INSERT INTO pgqueue.jobs (task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key,
-                              tags)
+                              tags, group_key)
     SELECT task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, args, args_encrypted, max_attempts, run_at, unique_key, tags
+           priority, args, args_encrypted, max_attempts, run_at, unique_key, tags, group_key
     FROM input
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
     DO NOTHING
@@ -71,18 +73,19 @@ WITH input AS (
         COALESCE(i.run_at, now() + make_interval(secs => i.delay)) AS run_at,
         i.unique_key,
         CASE WHEN i.tags IS NULL THEN '{}'::text[]
-             ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags
+             ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags,
+        i.group_key
     FROM unnest(
         %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[], %(args)b::text[], %(args_encrypted)b::bytea[],
         %(max_attempts)b::int[], %(run_ats)b::timestamptz[], %(delays)b::float8[], %(unique_keys)b::text[],
-        %(tags)b::text[]
+        %(tags)b::text[], %(group_keys)b::text[]
     ) WITH ORDINALITY AS i(task, queue, priority, args, args_encrypted, max_attempts, run_at, delay, unique_key, tags,
-                           ord)
+                           group_key, ord)
 ), inserted AS (
     INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at,
-                              unique_key, tags)
+                              unique_key, tags, group_key)
     SELECT id, task, queue, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, args, args_encrypted, max_attempts, run_at, unique_key, tags
+           priority, args, args_encrypted, max_attempts, run_at, unique_key, tags, group_key
     FROM input
     ORDER BY ord
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
@@ -112,7 +115,7 @@ SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
 
 -- name: copy_jobs
 -- The columns left out take the table's defaults: state 'available', run_at and enqueued_at now().
-COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags) FROM STDIN;
+COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags, group_key) FROM STDIN;
 
 -- name: insert_copied_job_events
 -- The 'enqueued' rows of the jobs copy_jobs wrote (all available at once). An INSERT, not a COPY:
@@ -136,10 +139,14 @@ SELECT id FROM pgqueue.jobs
 WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'running');
 
 -- name: claim_jobs
+-- The claim of jobs that no limit holds back: today's claim, unchanged for unlimited queues.
 -- MATERIALIZED keeps the LIMIT applied before the UPDATE, so a batch never takes more rows than
--- it asked for. Paused queues are an anti-join, not `queue <> ALL (ARRAY(...))`: the planner
--- estimates the latter at one row when one queue holds most jobs, and then sorts the whole
--- backlog on every claim (375 ms per claim at 1M waiting, against 2 ms). FOR NO KEY UPDATE (not FOR UPDATE) lets audit rows and other readers proceed.
+-- it asked for. Gated (paused or limited) queues are an anti-join, not `queue <> ALL (ARRAY(...))`:
+-- the planner estimates the latter at one row when one queue holds most jobs, and then sorts the
+-- whole backlog on every claim (375 ms per claim at 1M waiting, against 2 ms). A limited queue's
+-- jobs are left to claim_limited_queue_jobs, which counts under the queue's lock. `gated` is one
+-- generated boolean so that the estimate, and the plan, are the ones `paused` had. FOR NO KEY UPDATE
+-- (not FOR UPDATE) lets audit rows and other readers proceed.
 -- SKIP LOCKED lets concurrent workers pass each other instead of queueing on the same rows.
 -- A task whose circuit breaker is open or half-open is skipped (its half-open trial is claimed by
 -- breakers.sql claim_breaker_trial). NOT IN, not NOT EXISTS: it stays a hashed subplan (the few held
@@ -149,7 +156,7 @@ WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND queue = ANY(%(queues)b::text[])
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.paused)
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
       AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
@@ -174,7 +181,7 @@ SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
-      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.paused)
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
       AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
@@ -192,6 +199,272 @@ WITH picked AS MATERIALIZED (
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
 )
 SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted FROM claimed;
+
+-- name: claim_jobs_except_limited_tasks
+-- claim_jobs while some task has limits (pgqueue.task_limits has rows): those tasks' jobs are
+-- left to claim_limited_task_jobs. A separate query so that with no task limits the claim above
+-- keeps its plan. The worker passes the limited tasks it knows (its own, and the table's as read
+-- about every second): an anti-join on pgqueue.task_limits, estimated blind, made the planner
+-- scan the whole table.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'available'
+      AND queue = ANY(%(queues)b::text[])
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
+      AND task <> ALL(%(limited_tasks)b::text[])
+      AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
+              j.args_encrypted
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
+)
+SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted FROM claimed;
+
+-- name: claim_jobs_any_queue_except_limited_tasks
+WITH picked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'available'
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.gated)
+      AND task <> ALL(%(limited_tasks)b::text[])
+      AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
+              j.args_encrypted
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
+)
+SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted FROM claimed;
+
+-- name: list_limited_scopes
+-- What the claimer must claim under a lock: limited queues and limited tasks. Re-read about
+-- every second, so a limit set with `pgqueue queues set` takes effect within a second (the
+-- claims above stop taking a limited queue's jobs at once: their anti-join reads the settings).
+SELECT 'queue' AS kind, name FROM pgqueue.queues WHERE concurrency IS NOT NULL OR rate_limit IS NOT NULL
+UNION ALL
+SELECT 'task', task FROM pgqueue.task_limits
+ORDER BY 1, 2;
+
+-- name: lock_queue_limits
+-- Limited claims run as two statements in one transaction: this lock, then the claim. Under READ
+-- COMMITTED the claim takes its snapshot after the lock is granted, so it counts the running jobs
+-- and starts that the previous holder committed. (Lock and count in one statement would count
+-- from a snapshot taken before the wait, and let two claims both see room for the same slot.)
+-- The limited claims stamp starts (started_at, the rate ledger) with statement_timestamp(), the
+-- claim statement's start, which is after the lock was granted: stamps then increase in lock order,
+-- which is what makes the sliding window exact (now() is the transaction's start, before the wait).
+-- A transaction-scoped advisory lock: released at commit, and safe behind PgBouncer.
+SELECT pg_advisory_xact_lock(hashtextextended('pgqueue:queue:' || %(queue)s::text, 0));
+
+-- name: lock_task_limits
+-- The task's lock, and the locks of the limited queues its jobs may be in: a task pass counts both.
+-- Keys are taken in one order by every claim, so claims never deadlock.
+SELECT pg_advisory_xact_lock(key)
+FROM (
+    SELECT DISTINCT hashtextextended(scope, 0) AS key
+    FROM (
+        SELECT 'pgqueue:task:' || %(task)s::text AS scope
+        UNION ALL
+        SELECT 'pgqueue:queue:' || q.name FROM pgqueue.queues AS q
+        WHERE (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
+          AND (%(queues)b::text[] IS NULL OR q.name = ANY(%(queues)b::text[]))
+    ) AS scopes
+    ORDER BY key
+) AS keys;
+
+-- name: claim_limited_queue_jobs
+-- A limited queue's claim, run after lock_queue_limits in the same transaction: at most what the
+-- queue's concurrency (running jobs across all workers) and rate (starts in the sliding window,
+-- pgqueue.rate_starts) still allow. Jobs of limited tasks are left to their task's claim. The
+-- candidates are the same index range scan as claim_jobs, with a smaller LIMIT. The first column
+-- is what the limits allowed (returned even when nothing was claimed).
+WITH settings AS (
+    SELECT q.concurrency, q.rate_limit, make_interval(secs => q.rate_period_seconds) AS period
+    FROM pgqueue.queues AS q
+    WHERE q.name = %(queue)s AND NOT q.paused AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
+), allowance AS (
+    -- LEAST ignores NULLs: a limit that is not set does not bound. No settings row (resumed into
+    -- unlimited, or paused): 0 here, and the unlimited claim or nobody takes the jobs.
+    SELECT COALESCE((
+        SELECT GREATEST(LEAST(
+            %(limit)s::bigint,
+            s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = %(queue)s),
+            s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+                            WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > statement_timestamp() - s.period)), 0)
+        FROM settings AS s), 0) AS n
+), picked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'available'
+      AND queue = %(queue)s
+      AND task <> ALL(%(limited_tasks)b::text[])
+      AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
+    ORDER BY priority, run_at, id
+    LIMIT (SELECT n FROM allowance)
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
+    -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
+    -- otherwise hash-join it against a scan of the whole table.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
+              j.args_encrypted
+), pruned AS (
+    -- The ledger keeps only the window: starts that left it are deleted by the scope's next claim.
+    DELETE FROM pgqueue.rate_starts AS r
+    USING settings AS s
+    WHERE r.scope = 'queue:' || %(queue)s::text AND s.rate_limit IS NOT NULL AND r.at <= statement_timestamp() - s.period
+), ledger AS (
+    INSERT INTO pgqueue.rate_starts (scope, at)
+    SELECT 'queue:' || %(queue)s::text, statement_timestamp() FROM claimed WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
+)
+-- `waiting`: whether any job of the queue was claimable (this statement's snapshot, so the ones it
+-- claimed count): a worker held back by the limit polls again soon only when something waits.
+SELECT a.n AS allowance,
+       -- A scalar subquery in claim order with LIMIT 1: the claim index's first entry. (EXISTS would
+       -- drop the ORDER BY and let the planner scan the table.)
+       (SELECT w.id FROM pgqueue.jobs AS w WHERE w.state = 'available' AND w.queue = %(queue)s
+        AND w.task <> ALL(%(limited_tasks)b::text[])
+        AND w.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
+        ORDER BY w.priority, w.run_at, w.id LIMIT 1) IS NOT NULL AS waiting,
+       c.id, c.task, c.queue, c.args, c.attempt, c.max_attempts, c.enqueued_at, c.priority, c.tags, c.args_encrypted
+FROM allowance AS a LEFT JOIN claimed AS c ON true;
+
+-- name: claim_limited_task_jobs
+-- A limited task's claim (concurrency, rate, group_concurrency from pgqueue.task_limits), run after
+-- lock_task_limits in the same transaction, over the worker's queues (NULL: every queue). A job in
+-- a limited queue is also held to that queue's room (its lock is held too). Groups: the jobs of
+-- one group_key are ranked in (priority, run_at, id) order, and only the first
+-- group_concurrency - running ones can be taken, so a group runs in order and groups side by side.
+-- Reads every available job of the task (the window needs them): fine for thousands, not for a
+-- backlog of millions of one limited task.
+WITH settings AS (
+    SELECT t.concurrency, t.rate_limit, make_interval(secs => t.rate_period_seconds) AS period,
+           t.group_concurrency
+    FROM pgqueue.task_limits AS t WHERE t.task = %(task)s
+), allowance AS (
+    SELECT COALESCE((
+        SELECT GREATEST(LEAST(
+            %(limit)s::bigint,
+            s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.task = %(task)s),
+            s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+                            WHERE r.scope = 'task:' || %(task)s::text AND r.at > statement_timestamp() - s.period)), 0)
+        FROM settings AS s), 0) AS n
+), queue_room AS (
+    SELECT q.name, q.rate_limit,
+           GREATEST(LEAST(
+               q.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = q.name),
+               q.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+                               WHERE r.scope = 'queue:' || q.name
+                                 AND r.at > statement_timestamp() - make_interval(secs => q.rate_period_seconds))), 0) AS n
+    FROM pgqueue.queues AS q
+    WHERE (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
+      AND (%(queues)b::text[] IS NULL OR q.name = ANY(%(queues)b::text[]))
+), group_running AS (
+    SELECT r.group_key, count(*) AS n FROM pgqueue.jobs AS r
+    WHERE r.state = 'running' AND r.task = %(task)s AND r.group_key IS NOT NULL
+    GROUP BY r.group_key
+), candidates AS (
+    SELECT j.id, j.queue, j.priority, j.run_at, j.group_key,
+           row_number() OVER (PARTITION BY j.group_key ORDER BY j.priority, j.run_at, j.id) AS group_rank
+    FROM pgqueue.jobs AS j
+    WHERE j.state = 'available' AND j.task = %(task)s
+      AND (%(queues)b::text[] IS NULL OR j.queue = ANY(%(queues)b::text[]))
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = j.queue AND q.paused)
+      AND j.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
+), within_groups AS (
+    SELECT c.id, c.queue, c.priority, c.run_at,
+           row_number() OVER (PARTITION BY c.queue ORDER BY c.priority, c.run_at, c.id) AS queue_rank
+    FROM candidates AS c LEFT JOIN group_running AS g ON g.group_key = c.group_key
+    WHERE c.group_key IS NULL
+       OR (SELECT group_concurrency FROM settings) IS NULL
+       OR c.group_rank <= (SELECT group_concurrency FROM settings) - COALESCE(g.n, 0)
+), chosen AS (
+    SELECT w.id FROM within_groups AS w LEFT JOIN queue_room AS qr ON qr.name = w.queue
+    WHERE qr.name IS NULL OR w.queue_rank <= qr.n
+    ORDER BY w.priority, w.run_at, w.id
+    LIMIT (SELECT n FROM allowance)
+), picked AS MATERIALIZED (
+    SELECT id FROM pgqueue.jobs
+    WHERE id IN (SELECT id FROM chosen) AND state = 'available'
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
+    -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
+    -- otherwise hash-join it against a scan of the whole table.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
+              j.args_encrypted
+), pruned AS (
+    DELETE FROM pgqueue.rate_starts AS r
+    WHERE (r.scope = 'task:' || %(task)s::text
+           AND r.at <= statement_timestamp() - (SELECT period FROM settings WHERE rate_limit IS NOT NULL))
+       OR (r.scope IN (SELECT 'queue:' || name FROM queue_room WHERE rate_limit IS NOT NULL)
+           AND r.at <= statement_timestamp() - (SELECT make_interval(secs => q.rate_period_seconds) FROM pgqueue.queues AS q
+                                WHERE 'queue:' || q.name = r.scope))
+), ledger AS (
+    INSERT INTO pgqueue.rate_starts (scope, at)
+    SELECT 'task:' || %(task)s::text, statement_timestamp() FROM claimed
+    WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    UNION ALL
+    SELECT 'queue:' || c.queue, statement_timestamp() FROM claimed AS c JOIN queue_room AS qr ON qr.name = c.queue
+    WHERE qr.rate_limit IS NOT NULL
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
+    SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
+)
+-- The first column counts the task's claimable jobs (claimed ones included): more than were claimed
+-- means a limit or a running group head held some back, and the worker polls again soon.
+SELECT w.n AS waiting, c.id, c.task, c.queue, c.args, c.attempt, c.max_attempts, c.enqueued_at, c.priority, c.tags,
+       c.args_encrypted
+FROM (SELECT count(*) AS n FROM candidates) AS w LEFT JOIN claimed AS c ON true;
+
+-- name: sync_task_limits
+-- A worker's start: the limits its code declares for its tasks. Tasks with no limit lose their
+-- row, so removing a limit from the code removes it from the database at the next deploy.
+WITH declared AS (
+    SELECT * FROM unnest(%(tasks)b::text[], %(concurrency)b::int[], %(rate_limits)b::int[],
+                         %(rate_periods)b::int[], %(group_concurrency)b::int[])
+        AS d(task, concurrency, rate_limit, rate_period_seconds, group_concurrency)
+), removed AS (
+    DELETE FROM pgqueue.task_limits AS t
+    USING declared AS d
+    WHERE t.task = d.task AND d.concurrency IS NULL AND d.rate_limit IS NULL AND d.group_concurrency IS NULL
+)
+INSERT INTO pgqueue.task_limits AS t (task, concurrency, rate_limit, rate_period_seconds, group_concurrency)
+SELECT task, concurrency, rate_limit, rate_period_seconds, group_concurrency FROM declared
+WHERE concurrency IS NOT NULL OR rate_limit IS NOT NULL OR group_concurrency IS NOT NULL
+ON CONFLICT (task) DO UPDATE
+SET concurrency = EXCLUDED.concurrency, rate_limit = EXCLUDED.rate_limit,
+    rate_period_seconds = EXCLUDED.rate_period_seconds, group_concurrency = EXCLUDED.group_concurrency,
+    updated_at = now()
+WHERE (t.concurrency, t.rate_limit, t.rate_period_seconds, t.group_concurrency)
+      IS DISTINCT FROM (EXCLUDED.concurrency, EXCLUDED.rate_limit, EXCLUDED.rate_period_seconds,
+                        EXCLUDED.group_concurrency);
 
 -- name: complete_jobs
 -- Group commit: many finished jobs in one statement. The lease token fences out a worker whose

@@ -1,0 +1,76 @@
+"""A worker's slots per queue (``pgqueue worker --queue critical=20 --queue bulk=2``).
+
+No database here: the CLI checks ``--queue`` entries with :func:`build_pools` before it starts anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pgqueue._payload import check_queue_name
+
+
+@dataclass
+class Pool:
+    """Slots of one worker for some queues: ``--queue critical=20`` is a pool of its own, the bare
+    ``--queue`` names share one of ``--concurrency`` slots (``queues`` None: every queue)."""
+
+    queues: list[str] | None
+    capacity: int
+    #: Ids this pool claimed; those no longer running are dropped before counting.
+    claimed: set[int] = field(default_factory=set)
+
+    def free(self, running: Collection[int]) -> int:
+        self.claimed.intersection_update(running)
+        return self.capacity - len(self.claimed)
+
+
+
+def build_pools(queues: Sequence[str] | Mapping[str, int | None] | None, concurrency: int) -> list[Pool]:
+    """The worker's slots: ``name=N`` (or a mapping's number) gives a queue N slots of its own; bare
+    names share ``concurrency`` slots; no queues at all: every queue, ``concurrency`` slots.
+
+    Raises:
+        ValueError: a malformed entry, a slot count below 1, or a queue given twice.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency {concurrency} must be >= 1")
+    if not queues:
+        return [Pool(None, concurrency)]
+    entries: list[tuple[str, int | None]] = []
+    if isinstance(queues, Mapping):
+        entries = list(queues.items())
+    else:
+        for entry in queues:
+            queue, sep, count = entry.partition("=")
+            if not sep:
+                entries.append((queue.strip(), None))
+                continue
+            try:
+                entries.append((queue.strip(), int(count)))
+            except ValueError:
+                raise ValueError(f"queue {entry!r} must be NAME or NAME=SLOTS (SLOTS a whole number >= 1)") from None
+    shared: list[str] = []
+    pools: list[Pool] = []
+    seen: set[str] = set()
+    for name, slots in entries:
+        check_queue_name(name)
+        # A mapping's values come unchecked from the caller.
+        slots = slots if slots is None else _whole(name, slots)
+        if name in seen:
+            raise ValueError(f"queue {name!r} is given twice")
+        seen.add(name)
+        if slots is None:
+            shared.append(name)
+        else:
+            pools.append(Pool([name], slots))
+    if shared:
+        pools.append(Pool(sorted(shared), concurrency))
+    return pools
+
+
+def _whole(name: str, slots: object) -> int:
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"queue {name!r}: slots {slots!r} must be a whole number >= 1")
+    return slots
