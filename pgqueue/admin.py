@@ -8,9 +8,10 @@ happened. Results are frozen dataclasses; errors are :mod:`pgqueue.errors` types
 (:class:`~pgqueue.errors.JobNotFound`, :class:`~pgqueue.errors.InvalidJobState`,
 :class:`~pgqueue.errors.QueueNotFound`, ...), raised before anything is changed.
 
-Every action writes its row in ``pgqueue.job_events`` in the same transaction, with ``actor``:
-by default the OS user of the calling process. pgqueue's own front ends say where an action came
-from in the actor: ``cli:<os user>`` for the CLI, ``web:<who>`` for the dashboard and HTTP API.
+Every action writes its row in ``pgqueue.job_events`` in the same transaction, with ``actor``
+(who: by default the OS user of the calling process) and, in the row's ``detail``, ``source``
+(where the action came from: ``api`` by default, ``cli`` from the ``pgqueue`` command, ``web``
+from the dashboard and HTTP API).
 
 Reads stay cheap on large tables: :func:`list_jobs` walks at most a fixed number of rows per page
 down an index, and :func:`list_queues` counts only live jobs and the dead-letter set, each through
@@ -38,8 +39,10 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
+from pgqueue import _retention
 from pgqueue._db.audit import AuditStore
 from pgqueue._db.connections import sync_connection
+from pgqueue._db.errors import translate_errors
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.notifications import done_listener, listener_dsn
 from pgqueue._db.queues import QueueStore
@@ -61,7 +64,7 @@ from pgqueue.errors import (
     SchemaNotReady,
 )
 from pgqueue.jobs import FINISHED_STATES, LIVE_STATES, JobState
-from pgqueue.settings import parse_duration, redact_dsn
+from pgqueue.settings import Settings, parse_duration, redact_dsn
 
 __all__ = [
     "UNCHANGED",
@@ -71,6 +74,7 @@ __all__ = [
     "JobEvent",
     "JobRecord",
     "Page",
+    "PruneReport",
     "QueueInfo",
     "ScheduleInfo",
     "WorkerInfo",
@@ -87,6 +91,7 @@ __all__ = [
     "notification_queue_usage",
     "parse_rate",
     "pause_queue",
+    "prune",
     "purge_queue",
     "report",
     "resume_queue",
@@ -134,6 +139,19 @@ def default_actor() -> str:
 
 def _actor(actor: str | None) -> str:
     return actor if actor is not None else default_actor()
+
+
+#: ``source`` of an action taken through this module directly (the CLI passes ``cli``, the web ``web``).
+DEFAULT_SOURCE = "api"
+_MAX_SOURCE_LENGTH = 32
+
+
+def _source(source: str) -> str:
+    if not isinstance(source, str) or not re.fullmatch(r"[a-z][a-z0-9_.-]*", source) \
+            or len(source) > _MAX_SOURCE_LENGTH:
+        raise ConfigurationError(f"source {source!r} must be a short lowercase label such as 'api', 'cli' or 'web' "
+                                 f"(letters, digits, '_', '.', '-'; at most {_MAX_SOURCE_LENGTH} characters)")
+    return source
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -579,7 +597,7 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
             listener.wait(min(remaining, poll_interval))
 
 
-def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
     """Make a failed or cancelled job available again now. A job that used all its attempts gets one
     more, so a manual retry always runs.
 
@@ -591,11 +609,12 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
         >>> admin.retry_job(conn, 42, actor="alice")
         JobChange(id=42, previous_state='failed', state='available')
     """
+    where = _source(source)
     own = sync_connection(conn)
     previous = JobStore(own).job_state(_check_job_id(job_id))
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
-    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor)):
+    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor), source=where):
         return JobChange(job_id, previous, JobState.AVAILABLE.value)
     state = JobStore(own).job_state(job_id)
     if state is None:
@@ -603,19 +622,22 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
     raise InvalidJobState(f"job {job_id} is {state}; only failed or cancelled jobs can be retried")
 
 
-def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None) -> list[int]:
+def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None,
+                 source: str = DEFAULT_SOURCE) -> list[int]:
     """Retry every failed job (the dead-letter set), or only one queue's; returns their ids.
 
     Example:
         >>> admin.retry_failed(conn, queue="emails")
         [17, 23]
     """
+    where = _source(source)
     if queue is not None:
         check_queue_name(queue)
-    return sorted(JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor)))
+    return sorted(JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor),
+                                                             source=where))
 
 
-def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+def cancel_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
     """Cancel a scheduled, available or running job.
 
     A running attempt is not interrupted (until flow control's cancellation ships): its worker
@@ -629,7 +651,8 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange
         >>> admin.cancel_job(conn, 42).previous_state
         'scheduled'
     """
-    previous, cancelled = JobStore(sync_connection(conn)).cancel_job(_check_job_id(job_id), _actor(actor))
+    where = _source(source)
+    previous, cancelled = JobStore(sync_connection(conn)).cancel_job(_check_job_id(job_id), _actor(actor), where)
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
     if not cancelled:
@@ -638,18 +661,19 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange
     return JobChange(job_id, previous, JobState.CANCELLED.value)
 
 
-def delete_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+def delete_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
     """Delete a job that is not running; its audit trail stays, with a ``deleted`` event.
 
     Raises:
         JobNotFound: no job has that id.
         InvalidJobState: the job is running (cancel it first).
     """
+    where = _source(source)
     own = sync_connection(conn)
     previous = JobStore(own).job_state(_check_job_id(job_id))
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
-    if JobStore(own).delete_job(job_id, _actor(actor)):
+    if JobStore(own).delete_job(job_id, _actor(actor), where):
         return JobChange(job_id, previous, None)
     state = JobStore(own).job_state(job_id)
     if state is None:
@@ -718,7 +742,8 @@ def _queue_info(conn: Any, queue: str) -> QueueInfo:
     raise QueueNotFound(f"queue {queue!r} not found")
 
 
-def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False) -> QueueInfo:
+def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False,
+                source: str = DEFAULT_SOURCE) -> QueueInfo:
     """Pause a queue: workers stop claiming its jobs (enqueueing still works; running jobs finish).
 
     Raises:
@@ -729,22 +754,25 @@ def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool
         >>> admin.pause_queue(conn, "emails", actor="alice").paused
         True
     """
-    return _set_paused(conn, queue, True, actor, create)
+    return _set_paused(conn, queue, True, actor, create, source)
 
 
-def resume_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False) -> QueueInfo:
+def resume_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False,
+                 source: str = DEFAULT_SOURCE) -> QueueInfo:
     """Resume a paused queue and wake idle workers (on commit). Raises as :func:`pause_queue`."""
-    return _set_paused(conn, queue, False, actor, create)
+    return _set_paused(conn, queue, False, actor, create, source)
 
 
-def _set_paused(conn: Any, queue: str, paused: bool, actor: str | None, create: bool) -> QueueInfo:
+def _set_paused(conn: Any, queue: str, paused: bool, actor: str | None, create: bool, source: str) -> QueueInfo:
+    where = _source(source)
     own = sync_connection(conn)
     _require_queue(own, queue, create)
-    QueueStore(own).set_queue_paused(queue, paused, _actor(actor))
+    QueueStore(own).set_queue_paused(queue, paused, _actor(actor), where)
     return _queue_info(own, queue)
 
 
-def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str | None = None) -> int:
+def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str | None = None,
+                source: str = DEFAULT_SOURCE) -> int:
     """Delete a queue's jobs: all but running ones, or only those in ``state``; returns how many.
 
     Each deleted job leaves a ``purged`` event in its audit trail.
@@ -761,14 +789,15 @@ def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str |
     if state is not None and str(state).strip().lower() == JobState.RUNNING:
         raise InvalidJobState("running jobs cannot be purged: their workers hold them; cancel them first")
     wanted = _check_state(state, PURGEABLE_STATES)
+    where = _source(source)
     own = sync_connection(conn)
     _require_queue(own, queue, create=False)
-    return JobStore(own).purge_queue(queue, wanted, _actor(actor))
+    return JobStore(own).purge_queue(queue, wanted, _actor(actor), where)
 
 
 def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | None = UNCHANGED,
                      rate: str | _Unchanged | None = UNCHANGED, actor: str | None = None,
-                     create: bool = False) -> QueueInfo:
+                     create: bool = False, source: str = DEFAULT_SOURCE) -> QueueInfo:
     """Store a queue's global limits: at most ``concurrency`` running jobs, at most ``rate`` starts.
 
     The limits live in ``pgqueue.queues`` (``concurrency``, ``rate_limit``, ``rate_period_seconds``)
@@ -793,10 +822,11 @@ def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | N
         raise InvalidQueueLimits("give concurrency, rate or both (None removes a limit)")
     new_concurrency = None if concurrency is UNCHANGED else _check_concurrency(concurrency)
     new_rate = None if rate is UNCHANGED or rate is None else parse_rate(rate)
+    where = _source(source)
     own = sync_connection(conn)
     _require_queue(own, queue, create)
     QueueStore(own).set_limits(queue, concurrency=new_concurrency, set_concurrency=concurrency is not UNCHANGED,
-                                rate=new_rate, set_rate=rate is not UNCHANGED, actor=_actor(actor))
+                                rate=new_rate, set_rate=rate is not UNCHANGED, actor=_actor(actor), source=where)
     return _queue_info(own, queue)
 
 
@@ -951,3 +981,62 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         checks.append(_notification_check(store.notification_queue_usage()))
         checks.append(_long_transaction_check(store, max_xact_age))
     return HealthReport(tuple(checks))
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+#: What :func:`prune` returns: rows deleted (or counted, for a dry run) per kind, and the cutoffs.
+PruneReport = _retention.PruneReport
+
+_Age = str | float | None
+
+
+def _age(value: _Age | _Unchanged, name: str, default: float | None) -> float | None:
+    if value is UNCHANGED:
+        return default
+    if value is None or isinstance(value, str):
+        return parse_duration(value, name) if value is not None else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigurationError(f"{name} {value!r} must be seconds (>= 0), a duration such as '12h', or None")
+    return float(value)
+
+
+def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
+          failed_older_than: _Age | _Unchanged = UNCHANGED, audit_older_than: _Age | _Unchanged = UNCHANGED,
+          dry_run: bool = False, actor: str | None = None, source: str = DEFAULT_SOURCE,
+          progress: Callable[[str, int], None] | None = None) -> PruneReport:
+    """Delete finished jobs (and spent cron run records, and sealed audit rows) older than the
+    retention, now: what the workers' maintenance leader does every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``.
+
+    Like :func:`health` it takes an address, not a connection: it deletes in batches of 5,000 rows,
+    each its own short transaction on a session of its own (one huge transaction would hold row
+    locks and a burst of WAL), and writes one ``pruned`` row in ``pgqueue.job_events`` with the
+    counts, the cutoffs, ``actor`` and ``source``.
+
+    Args:
+        completed_older_than: completed jobs finished longer ago than this: seconds, a duration
+            (``"12h"``, ``"1d"``), or None / ``"never"`` to keep them. Default: the
+            ``PGQUEUE_RETAIN_COMPLETED`` setting (1 day).
+        failed_older_than: the same for failed and cancelled jobs (``PGQUEUE_RETAIN_FAILED``, 7 days).
+        audit_older_than: audit retention (``PGQUEUE_RETAIN_AUDIT``, 30 days): whole sealed ranges
+            of ``pgqueue.job_events``, and cron run records no schedule can fire again.
+        dry_run: count what would be deleted, delete and record nothing.
+        progress: called after each batch with the step's name and the rows deleted so far.
+
+    Raises:
+        ConfigurationError: a malformed age or source; nothing is deleted.
+
+    Example:
+        >>> admin.prune(dsn, completed_older_than="1h", failed_older_than="never").completed
+        1200
+    """
+    settings = Settings.from_env()
+    policy = _retention.RetentionPolicy(
+        completed=_age(completed_older_than, "completed_older_than", settings.retain_completed),
+        failed=_age(failed_older_than, "failed_older_than", settings.retain_failed),
+        audit=_age(audit_older_than, "audit_older_than", settings.retain_audit))
+    where = _source(source)
+    with translate_errors(), connect(dsn, autocommit=True) as conn:
+        if dry_run:
+            return _retention.count_prunable(conn, policy)
+        return _retention.prune(conn, policy, _actor(actor), progress, source=where)

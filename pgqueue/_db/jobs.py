@@ -347,30 +347,35 @@ class JobStore:
             row = self.conn.execute(JOBS.get_job_state, {"id": job_id}).fetchone()
         return row[0] if row else None
 
+    # ``source`` (cli, web, api: where an operator's action came from) is recorded in the audit
+    # row's detail by the statements below; None leaves it out.
+
     def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
-                   actor: str | None) -> list[int]:
+                   actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors():
             rows = self.conn.execute(JOBS.retry_jobs, {
                 "ids": list(ids) if ids is not None else None, "queue": queue,
-                "only_failed": only_failed, "actor": actor, "channel": NOTIFY_CHANNEL,
+                "only_failed": only_failed, "actor": actor, "source": source, "channel": NOTIFY_CHANNEL,
             }).fetchall()
         return [r[0] for r in rows]
 
-    def cancel_job(self, job_id: int, actor: str | None) -> tuple[str | None, bool]:
+    def cancel_job(self, job_id: int, actor: str | None, source: str | None = None) -> tuple[str | None, bool]:
         with translate_errors():
-            row = self.conn.execute(JOBS.cancel_job,
-                                    {"id": job_id, "actor": actor, "done_channel": DONE_CHANNEL}).fetchone()
+            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor, "source": source,
+                                                      "done_channel": DONE_CHANNEL}).fetchone()
         if row is None:
             return None, False
         return row[0], bool(row[1])
 
-    def delete_job(self, job_id: int, actor: str | None) -> bool:
+    def delete_job(self, job_id: int, actor: str | None, source: str | None = None) -> bool:
         with translate_errors():
-            return self.conn.execute(JOBS.delete_job, {"id": job_id, "actor": actor}).fetchone() is not None
+            params = {"id": job_id, "actor": actor, "source": source}
+            return self.conn.execute(JOBS.delete_job, params).fetchone() is not None
 
-    def purge_queue(self, queue: str, state: str | None, actor: str | None) -> int:
+    def purge_queue(self, queue: str, state: str | None, actor: str | None, source: str | None = None) -> int:
         with translate_errors():
-            row = self.conn.execute(JOBS.purge_queue, {"queue": queue, "state": state, "actor": actor}).fetchone()
+            params = {"queue": queue, "state": state, "actor": actor, "source": source}
+            row = self.conn.execute(JOBS.purge_queue, params).fetchone()
         return int(row[0]) if row else 0
 
 

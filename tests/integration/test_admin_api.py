@@ -179,7 +179,7 @@ def test_retry_job_makes_a_failed_job_available_and_audits_the_actor(tx: Conn) -
 
     assert change == admin.JobChange(job_id, "failed", "available")
     assert state_of(tx, job_id) == "available"
-    assert audit(tx, "retried", job_id) == [("alice", None)]
+    assert audit(tx, "retried", job_id) == [("alice", {"source": "api"})]
 
 
 def test_actions_default_to_the_os_user_as_actor(tx: Conn) -> None:
@@ -187,7 +187,7 @@ def test_actions_default_to_the_os_user_as_actor(tx: Conn) -> None:
 
     admin.cancel_job(tx, job_id)
 
-    assert audit(tx, "cancelled", job_id) == [(admin.default_actor(), None)]
+    assert audit(tx, "cancelled", job_id) == [(admin.default_actor(), {"source": "api"})]
 
 
 @pytest.mark.parametrize("state", ["available", "running", "completed"])
@@ -225,7 +225,7 @@ def test_cancel_and_delete_raise_typed_errors_and_change_nothing_when_refused(tx
     assert (state_of(tx, finished), state_of(tx, running)) == ("completed", "running")
     assert admin.delete_job(tx, finished, actor="carol") == admin.JobChange(finished, "completed", None)
     assert state_of(tx, finished) is None
-    assert audit(tx, "deleted", finished) == [("carol", None)]
+    assert audit(tx, "deleted", finished) == [("carol", {"source": "api"})]
 
 
 def test_actions_run_in_the_callers_transaction_and_vanish_with_its_rollback(module_dsn: str) -> None:
@@ -272,8 +272,8 @@ def test_pause_resume_and_list_queues_with_counts_lag_and_audit(tx: Conn) -> Non
     assert (resumed.available, resumed.failed, resumed.failed_last_hour) == (1, 1, 1)
     assert resumed.lag_seconds is not None
     assert resumed.lag_seconds >= 29
-    assert audit(tx, "queue_paused") == [("frank", {"queue": "q1"})]
-    assert audit(tx, "queue_resumed") == [("frank", {"queue": "q1"})]
+    assert audit(tx, "queue_paused") == [("frank", {"queue": "q1", "source": "api"})]
+    assert audit(tx, "queue_resumed") == [("frank", {"queue": "q1", "source": "api"})]
 
 
 def test_an_unknown_queue_is_queue_not_found_unless_created_on_purpose(tx: Conn) -> None:
@@ -317,7 +317,7 @@ def test_set_queue_limits_parses_rates_and_stores_them_with_an_audit_row(tx: Con
     assert info.rate == admin.format_rate(*stored)
     assert admin.parse_rate(info.rate) == stored
     assert audit(tx, "queue_limits_set") == [("hal", {"queue": "sms", "concurrency": 5, "rate_limit": stored[0],
-                                                      "rate_period_seconds": stored[1]})]
+                                                      "rate_period_seconds": stored[1], "source": "api"})]
 
 
 def test_set_queue_limits_changes_only_the_limit_given_and_none_clears_it(tx: Conn) -> None:

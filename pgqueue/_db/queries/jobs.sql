@@ -309,8 +309,8 @@ WITH before AS MATERIALIZED (
     WHERE j.id = before.id
     RETURNING j.id, j.queue, j.attempt, before.state AS from_state
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
-    SELECT id, 'retried', from_state, 'available', attempt, %(actor)s FROM retried
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
+    SELECT id, 'retried', from_state, 'available', attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM retried
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
@@ -328,8 +328,8 @@ WITH before AS (
     WHERE j.id = before.id AND before.state IN ('scheduled', 'available', 'running')
     RETURNING j.id, before.state AS from_state, j.attempt
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
-    SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
+    SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM cancelled
 ), woken AS (
     SELECT pg_notify(%(done_channel)s, '') FROM cancelled
 )
@@ -341,8 +341,8 @@ WITH deleted AS (
     DELETE FROM pgqueue.jobs WHERE id = %(id)s AND state <> 'running'
     RETURNING id, state, attempt
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor)
-    SELECT id, 'deleted', state, attempt, %(actor)s FROM deleted
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor, detail)
+    SELECT id, 'deleted', state, attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM deleted
 )
 SELECT id FROM deleted;
 
@@ -355,7 +355,9 @@ WITH purged AS (
     RETURNING id, state, attempt
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor, detail)
-    SELECT id, 'purged', state, attempt, %(actor)s, jsonb_build_object('queue', %(queue)s::text) FROM purged
+    SELECT id, 'purged', state, attempt, %(actor)s,
+           jsonb_build_object('queue', %(queue)s::text) || jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text))
+    FROM purged
 )
 SELECT count(*) AS purged FROM purged;
 
