@@ -41,10 +41,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pgqueue import _retention
 from pgqueue._db.audit import AuditStore
-from pgqueue._db.connections import sync_connection
+from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.jobs import JobStore
-from pgqueue._db.notifications import done_listener, listener_dsn
+from pgqueue._db.jobs import AsyncJobStore, JobStore
+from pgqueue._db.notifications import async_done_listener, done_listener, listener_dsn
 from pgqueue._db.queues import QueueStore
 from pgqueue._db.reports import REPORTS, run_report
 from pgqueue._db.server import ServerStore
@@ -99,6 +99,7 @@ __all__ = [
     "retry_job",
     "set_queue_limits",
     "wait_for_job",
+    "wait_for_job_async",
 ]
 
 T = TypeVar("T")
@@ -595,6 +596,51 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
             if remaining <= 0:
                 raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
             listener.wait(min(remaining, poll_interval))
+
+
+async def wait_for_job_async(conn: Any, job_id: int,
+                             timeout: float = 30.0,  # noqa: ASYNC109 - the same signature as wait_for_job
+                             *, dsn: str | None = None, poll_interval: float = 5.0) -> JobRecord:
+    """:func:`wait_for_job` for asyncio code: the same wait, without blocking the event loop.
+
+    Args:
+        conn: a psycopg ``AsyncConnection`` or a SQLAlchemy ``AsyncSession``/``AsyncConnection``
+            (psycopg driver); the job is looked up on it first.
+        timeout, dsn, poll_interval: as for :func:`wait_for_job` (the listening session is an
+            ``AsyncConnection`` of its own).
+
+    Raises:
+        As :func:`wait_for_job`.
+
+    Example:
+        >>> job_id = await app.enqueue_async(conn, "render-report", {"report_id": 7}); await conn.commit()
+        >>> (await admin.wait_for_job_async(conn, job_id, timeout=60)).result
+        {'pages': 12}
+    """
+    own = await async_connection(conn)
+    row = await AsyncJobStore(own).get_job(_check_job_id(job_id))
+    if row is None:
+        raise JobNotFound(f"job {job_id} not found")
+    job = _job(row)
+    if job.finished:
+        return job
+    deadline = time.monotonic() + max(float(timeout), 0.0)
+    async with async_done_listener(dsn or listener_dsn(own)) as listener:
+        while True:
+            # Read after LISTEN, on the listening session (see wait_for_job): no wake-up is lost.
+            row = await AsyncJobStore(listener.conn).get_job(job_id)
+            if row is None:
+                if await AsyncJobStore(own).get_job(job_id) is not None:
+                    raise InvalidJobState(f"job {job_id} is not committed: it was enqueued in a transaction that "
+                                          "has not committed yet, so no worker can see it; commit, then wait")
+                raise JobNotFound(f"job {job_id} was deleted while waiting for it")
+            job = _job(row)
+            if job.finished:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
+            await listener.wait(min(remaining, poll_interval))
 
 
 def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:

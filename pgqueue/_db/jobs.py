@@ -471,6 +471,13 @@ class AsyncJobStore:
 
     # --- the worker's claim and ack sessions ---
 
+    async def get_job(self, job_id: int) -> dict[str, Any] | None:
+        """One job as an operator sees it (``pgqueue.admin.wait_for_job_async``)."""
+        with translate_errors():
+            async with self.conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(JOBS.get_job, {"id": job_id})
+                return await cur.fetchone()
+
     async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str) -> list[Job]:
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}

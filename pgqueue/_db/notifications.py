@@ -65,7 +65,7 @@ class ListenSession:
 # --- finished jobs, for pgqueue.admin.wait_for_job ---
 
 
-def listener_dsn(conn: psycopg.Connection[Any]) -> str:
+def listener_dsn(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     """A conninfo string for a new session to the same server, database and role as ``conn``.
 
     ``conn.info.dsn`` leaves the password out (psycopg hides it), so it is added back.
@@ -103,3 +103,41 @@ def done_listener(dsn: str) -> Iterator[DoneListener]:
         yield listener
     finally:
         listener.close()
+
+
+class AsyncDoneListener:
+    """The asyncio twin of :class:`DoneListener` (``pgqueue.admin.wait_for_job_async``)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, dsn: str) -> AsyncDoneListener:
+        with translate_errors():
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            try:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
+            except BaseException:
+                await conn.close()
+                raise
+        return cls(conn)
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until a notification arrives (True) or ``seconds`` pass (False)."""
+        with translate_errors():
+            async for _ in self.conn.notifies(timeout=max(seconds, 0.0), stop_after=1):
+                return True
+        return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            await self.conn.close()
+
+
+@contextlib.asynccontextmanager
+async def async_done_listener(dsn: str) -> AsyncIterator[AsyncDoneListener]:
+    listener = await AsyncDoneListener.open(dsn)
+    try:
+        yield listener
+    finally:
+        await listener.close()

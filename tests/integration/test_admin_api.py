@@ -6,6 +6,7 @@ that need commits (paging under inserts, wait_for_job with a worker) take a data
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from pgqueue import App, Discard, Job, Worker, admin
 from pgqueue.errors import (
+    ConfigurationError,
     InvalidFilter,
     InvalidJobState,
     InvalidQueueLimits,
@@ -442,6 +444,100 @@ def test_wait_for_job_times_out_cleanly_and_refuses_an_uncommitted_job(dsn: str)
         assert time.monotonic() - started < 5
         with pytest.raises(JobNotFound):
             admin.wait_for_job(conn, 999_999, timeout=1)
+
+
+def test_wait_for_job_async_returns_the_result_the_worker_acked_without_blocking_the_loop(worker_app: App,
+                                                                                          dsn: str) -> None:
+    async def scenario() -> tuple[admin.JobRecord, int, float]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            job_id = await worker_app.enqueue_async(conn, "slow", {})
+            await asyncio.to_thread(wait_until, lambda: state_of_dsn(dsn, job_id) == "running", 15)
+            threading.Timer(0.5, worker_app.release.set).start()  # type: ignore[attr-defined]
+            ticks = 0
+
+            async def tick() -> None:  # runs only if the wait leaves the event loop free
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            started = time.monotonic()
+            try:
+                job = await admin.wait_for_job_async(conn, job_id, timeout=20, poll_interval=30)
+            finally:
+                ticker.cancel()
+            return job, ticks, time.monotonic() - started
+
+    job, ticks, elapsed = asyncio.run(scenario())
+
+    assert (job.state, job.result) == ("completed", {"answer": 42})
+    assert ticks >= 5  # the loop kept running while it waited (about 0.5 s at least)
+    assert elapsed < 10  # woken by NOTIFY, not by the 30 s fallback poll
+
+
+def test_wait_for_job_async_wakes_on_a_cancel_times_out_and_refuses_uncommitted_or_unknown_jobs(dsn: str) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            job_id = await App(dsn).enqueue_async(conn, "t", {})
+            with pytest.raises(InvalidJobState, match="not committed"):
+                await admin.wait_for_job_async(conn, job_id, timeout=5)
+            await conn.commit()
+            with pytest.raises(JobWaitTimeout, match=f"job {job_id} is still available after 0.3s"):
+                await admin.wait_for_job_async(conn, job_id, timeout=0.3)
+            await conn.commit()
+            with pytest.raises(JobNotFound):
+                await admin.wait_for_job_async(conn, 999_999, timeout=1)
+            await conn.rollback()
+
+            def cancel() -> None:
+                with psycopg.connect(dsn, autocommit=True) as other:
+                    admin.cancel_job(other, job_id, actor="ivan")
+
+            threading.Timer(0.5, cancel).start()
+            started = time.monotonic()
+            job = await admin.wait_for_job_async(conn, job_id, timeout=20, poll_interval=30)
+            assert job.state == "cancelled"
+            assert time.monotonic() - started < 10
+
+    asyncio.run(scenario())
+
+
+# --- prune ---
+
+
+def test_prune_deletes_by_age_counts_on_a_dry_run_and_records_actor_and_source(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        old = [enqueue(conn) for _ in range(3)]
+        recent, failed = enqueue(conn), enqueue(conn)
+        conn.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, "
+                     "finished_at = now() - interval '2 hours' WHERE id = ANY(%s)", [old])
+        conn.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, finished_at = now() WHERE id = %s",
+                     [recent])
+        conn.execute("UPDATE pgqueue.jobs SET state = 'failed', attempt = 1, finished_at = now() - interval '30 days' "
+                     "WHERE id = %s", [failed])
+
+        with pytest.raises(ConfigurationError, match="completed_older_than 'soon'"):
+            admin.prune(dsn, completed_older_than="soon")
+        with pytest.raises(ConfigurationError, match="source 'Web!'"):
+            admin.prune(dsn, completed_older_than=0, source="Web!")
+        counted = admin.prune(dsn, completed_older_than="1h", failed_older_than=None, dry_run=True)
+        steps: list[tuple[str, int]] = []
+        pruned = admin.prune(dsn, completed_older_than=3600.0, failed_older_than="never", actor="olga",
+                             progress=lambda step, done: steps.append((step, done)))
+
+        assert (counted.dry_run, counted.completed, counted.failed) == (True, 3, 0)
+        assert (pruned.dry_run, pruned.completed, pruned.failed, pruned.total) == (False, 3, 0, 3)
+        assert steps[0] == ("completed", 3)
+        assert [state_of(conn, j) for j in (*old, recent, failed)] == [None, None, None, "completed", "failed"]
+        rows = conn.execute("SELECT actor, detail ->> 'source', (detail ->> 'completed')::int FROM pgqueue.job_events "
+                            "WHERE event = 'pruned'").fetchall()
+        assert rows == [("olga", "api", 3)]  # the refused calls and the dry run wrote nothing
+
+
+def state_of_dsn(dsn: str, job_id: int) -> str | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return state_of(conn, job_id)
 
 
 # --- health ---
