@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 from pgqueue._db.sessions import AsyncReconnectingSession
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
-from pgqueue._worker.acker import Acker, Tally
+from pgqueue._worker.acker import Acker, OutcomeObserver, Tally
 from pgqueue._worker.claimer import Claimer, Flow
 from pgqueue._worker.duties import leader_duties
 from pgqueue._worker.duties.pruner import Pruner
@@ -62,7 +63,7 @@ class WorkerLoop:
     """
 
     def __init__(self, app: App, *, queues: Sequence[str] | None, concurrency: int, settings: Settings,
-                 worker_id: str | None) -> None:
+                 worker_id: str | None, observer: OutcomeObserver | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency} must be >= 1")
         self.app = app
@@ -82,6 +83,8 @@ class WorkerLoop:
         self.transactional = TransactionalRunner(app, self.sealer, self.progress, concurrency=concurrency)
         self._acker: Acker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Told about every outcome this worker writes (``pgqueue worker --metrics-port``).
+        self.observer = observer
 
     # --- stopping ---
 
@@ -156,7 +159,8 @@ class WorkerLoop:
         # Prepared statements (planned once) only with no pooler in between: see session_options.
         claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
-                                    worker_id=self.worker_id, on_written=self._wake_when_empty)
+                                    worker_id=self.worker_id, on_written=self._wake_when_empty,
+                                    observer=self.observer)
         claimer = Claimer(
             claim_session, self.flow, worker_id=self.worker_id, queues=self.queues, concurrency=self.concurrency,
             lease_seconds=self.settings.lease_seconds, poll_seconds=self.settings.poll_seconds, running=self.running,
@@ -205,22 +209,26 @@ class WorkerLoop:
         self.running[job.id] = (job, handle)
 
     async def _execute(self, job: Job, task: Task | None, runner: JobRunner) -> None:
+        started = time.monotonic() if self.observer is not None else 0.0
         try:
             outcome = await runner.run(task, job)
         finally:
             self.running.pop(job.id, None)
             self.flow.slot_freed.set()
+        seconds = time.monotonic() - started if self.observer is not None else None
         if outcome is None:
             self.progress.take(job.id)
             if task is not None and task.transactional:
                 self.tally.completed += 1
+                if self.observer is not None:  # its completion committed with the handler's writes
+                    self.observer(job.queue, job.task, "completed", seconds)
             self._wake_when_empty()
             return
         progress = self.progress.take(job.id)
         if progress is not None:
             outcome = replace(outcome, progress=progress[1], progress_note=progress[2])
         assert self._acker is not None  # noqa: S101 - dispatch starts after run() made it
-        self._acker.add(outcome)
+        self._acker.add(outcome, queue=job.queue, task=job.task, seconds=seconds)
 
     # --- shutting down ---
 
