@@ -550,9 +550,10 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
     """Block until a job is finished (completed, failed or cancelled) and return it, result included.
 
     A job is finished when nothing more happens to it: a failed attempt that will be retried is
-    not. The wait LISTENs on its own session (the ``pgqueue_done`` channel, which every statement
-    that finishes jobs notifies), so it wakes within the notification latency; it also re-reads
-    the job every ``poll_interval`` seconds in case a notification is lost.
+    not. The wait LISTENs on its own session (the ``pgqueue_done`` channel, which the statements
+    that finish jobs notify while anyone waits: the session registers as a waiter with a shared
+    advisory lock), so it wakes within the notification latency; it also re-reads the job every
+    ``poll_interval`` seconds in case a notification is lost.
 
     The job must be committed: a job enqueued in a transaction that has not committed yet can
     never be claimed, so it can never finish. Commit first, then wait (waiting on the connection
@@ -580,6 +581,8 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
         return job
     deadline = time.monotonic() + max(float(timeout), 0.0)
     with done_listener(dsn or listener_dsn(own)) as listener:
+        if not listener.join(deadline - time.monotonic()):
+            raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
         while True:
             # Read on the listening session (after LISTEN): it sees every commit, whatever
             # isolation level or snapshot the caller's transaction holds.
@@ -626,6 +629,8 @@ async def wait_for_job_async(conn: Any, job_id: int,
         return job
     deadline = time.monotonic() + max(float(timeout), 0.0)
     async with async_done_listener(dsn or listener_dsn(own)) as listener:
+        if not await listener.join(deadline - time.monotonic()):
+            raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
         while True:
             # Read after LISTEN, on the listening session (see wait_for_job): no wake-up is lost.
             row = await AsyncJobStore(listener.conn).get_job(job_id)

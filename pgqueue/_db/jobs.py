@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.notifications import DONE_CHANNEL, NOTIFY_CHANNEL
+from pgqueue._db.notifications import DONE_CHANNEL, NOTIFY_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
 from pgqueue.errors import DatabaseUnavailable, SchemaNotReady
@@ -190,7 +190,7 @@ def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "results_encrypted": [o.result_encrypted for o in outcomes],
         "progress": [o.progress for o in outcomes],
         "progress_notes": [o.progress_note for o in outcomes],
-        "done_channel": DONE_CHANNEL,
+        "done_channel": DONE_CHANNEL, "waiters_lock": WAITERS_LOCK_KEY,
     }
 
 
@@ -203,7 +203,7 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "errors": [o.error for o in outcomes],
         "errors_encrypted": [o.error_encrypted for o in outcomes],
         "events": [o.event for o in outcomes],
-        "channel": NOTIFY_CHANNEL, "done_channel": DONE_CHANNEL,
+        "channel": NOTIFY_CHANNEL, "done_channel": DONE_CHANNEL, "waiters_lock": WAITERS_LOCK_KEY,
     }
 
 

@@ -20,6 +20,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from pgqueue import App, Discard, Job, Worker, admin
+from pgqueue._db.jobs import AsyncJobStore, Outcome
+from pgqueue._db.notifications import DONE_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue.errors import (
     ConfigurationError,
     InvalidFilter,
@@ -501,6 +503,82 @@ def test_wait_for_job_async_wakes_on_a_cancel_times_out_and_refuses_uncommitted_
             assert time.monotonic() - started < 10
 
     asyncio.run(scenario())
+
+
+def running_job(conn: Conn) -> tuple[int, str]:
+    """A job claimed by a (pretend) worker: its id and lease token."""
+    job_id = enqueue(conn)
+    force_state(conn, job_id, "running")
+    row = conn.execute("SELECT lease_token::text FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None
+    return job_id, row[0]
+
+
+async def ack(dsn: str, job_id: int, token: str, *, commit_after: float = 0.0) -> None:
+    """What a worker's acker writes for a completed job; its transaction commits ``commit_after``
+    seconds after the statement."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        written = await AsyncJobStore(conn).complete_jobs([Outcome(job_id=job_id, token=token, state="completed")])
+        assert written == {job_id}
+        await asyncio.sleep(commit_after)
+        await conn.commit()
+
+
+def done_notifications(listener: Conn, seconds: float) -> int:
+    return sum(1 for _ in listener.notifies(timeout=seconds))
+
+
+def test_acks_notify_the_done_channel_only_while_a_waiter_is_registered(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {DONE_CHANNEL}")  # listening alone is not waiting
+        first, second = running_job(conn), running_job(conn)
+
+        asyncio.run(ack(dsn, *first))
+        unwatched = done_notifications(listener, 1.0)
+        listener.execute("SELECT pg_advisory_lock_shared(%s)", [WAITERS_LOCK_KEY])  # what a waiter holds
+        asyncio.run(ack(dsn, *second))
+        watched = done_notifications(listener, 5.0)
+
+    assert (unwatched, watched) == (0, 1)
+
+
+def test_a_waiter_arriving_during_an_unnotified_ack_sees_its_outcome_at_commit(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job_id, token = running_job(conn)
+        # The ack's statement runs with nobody waiting (so it will not notify) and commits 2 s
+        # later; the waiter starts in between. With a 30 s fallback poll, only the lock hand-off
+        # can wake it in time.
+        acking = threading.Thread(target=asyncio.run, args=(ack(dsn, job_id, token, commit_after=2.0),))
+        acking.start()
+        wait_until(lambda: ack_holds_waiters_lock(dsn), timeout=10, message="the ack holds the lock")
+        started = time.monotonic()
+
+        job = admin.wait_for_job(conn, job_id, timeout=20, poll_interval=30)
+        acking.join(10)
+
+    assert job.state == "completed"
+    assert time.monotonic() - started < 10
+
+
+def test_a_waiter_that_cannot_join_within_its_timeout_times_out(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn) as holder:
+        job_id = enqueue(conn)
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [WAITERS_LOCK_KEY])  # an ack not yet committed
+        started = time.monotonic()
+        with pytest.raises(JobWaitTimeout, match=f"job {job_id} is still available after 0.5s"):
+            admin.wait_for_job(conn, job_id, timeout=0.5)
+        holder.rollback()
+
+    assert time.monotonic() - started < 5
+
+
+def ack_holds_waiters_lock(dsn: str) -> bool:
+    """True once some session holds the waiters' lock exclusively (an ack that has not committed)."""
+    with psycopg.connect(dsn, autocommit=True) as probe:
+        row = probe.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' "
+                            "AND granted AND ((classid::bigint << 32) | objid::bigint) = %s",
+                            [WAITERS_LOCK_KEY]).fetchone()
+    return bool(row and row[0])
 
 
 # --- prune ---

@@ -205,8 +205,13 @@ WITH done AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'completed', 'running', 'completed', attempt, worker_id FROM updated
 ), woken AS (
-    -- One wake-up per statement for pgqueue.admin.wait_for_job; waiters re-read their job by id.
+    -- One wake-up per statement for pgqueue.admin.wait_for_job (waiters re-read their job by id),
+    -- and none while nobody waits: waiters hold %(waiters_lock)s in shared mode, so the try below
+    -- fails exactly when one does. When it succeeds, this transaction holds the lock until it
+    -- commits and a waiter arriving meanwhile blocks on it, then reads the committed outcome: no
+    -- wake-up is lost (see pgqueue/_db/notifications.py).
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated LIMIT 1) AS any_row
+    WHERE NOT pg_try_advisory_xact_lock(%(waiters_lock)s)
 )
 SELECT id, (SELECT count(*) FROM woken) AS notified FROM updated;
 
@@ -234,7 +239,9 @@ WITH failed AS (
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
 ), woken AS (
+    -- As in complete_jobs: only when someone waits.
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated WHERE state = 'failed' LIMIT 1) AS any_row
+    WHERE NOT pg_try_advisory_xact_lock(%(waiters_lock)s)
 )
 SELECT id, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS notified FROM updated;
 
