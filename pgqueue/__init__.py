@@ -16,14 +16,16 @@ if TYPE_CHECKING:
     from pgqueue import errors
     from pgqueue.app import App
     from pgqueue.backoff import Backoff
-    from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
+    from pgqueue.breakers import CircuitBreaker
+    from pgqueue.jobs import Cancelled, Discard, Job, JobSpec, JobState, Retry, Snooze
     from pgqueue.tasks import Task
     from pgqueue.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Backoff", "Discard", "Job", "JobSpec", "JobState", "Retry", "Task", "Worker", "__version__", "errors",
+    "App", "Backoff", "Cancelled", "CircuitBreaker", "Discard", "Job", "JobSpec", "JobState", "Retry", "Snooze", "Task",
+    "Worker", "__version__", "errors",
 ]
 
 # Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
@@ -31,11 +33,14 @@ __all__ = [
 _PUBLIC: dict[str, str] = {
     "App": "pgqueue.app",
     "Backoff": "pgqueue.backoff",
+    "Cancelled": "pgqueue.jobs",
+    "CircuitBreaker": "pgqueue.breakers",
     "Discard": "pgqueue.jobs",
     "Job": "pgqueue.jobs",
     "JobSpec": "pgqueue.jobs",
     "JobState": "pgqueue.jobs",
     "Retry": "pgqueue.jobs",
+    "Snooze": "pgqueue.jobs",
     "Task": "pgqueue.tasks",
     # The worker (asyncio, the pools) too: an application that only enqueues never pays for it.
     "Worker": "pgqueue.worker",

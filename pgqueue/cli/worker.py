@@ -81,7 +81,10 @@ def worker(
             argv.append("--with-scheduler")
         if metrics_port is not None:  # each child adds its slot (PGQUEUE_WORKER_SLOT) to the port
             argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
+        from pgqueue.cli._logging import child_environment
+
         os.environ["PGQUEUE_DSN"] = app.dsn  # children read it from the environment, never from argv
+        os.environ.update(child_environment())
         os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
         os.environ["PGQUEUE_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)

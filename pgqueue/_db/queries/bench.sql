@@ -72,3 +72,7 @@ SELECT name, current_setting(name) FROM unnest(ARRAY[
     'server_version', 'shared_buffers', 'synchronous_commit', 'fsync', 'max_connections',
     'work_mem', 'autovacuum'
 ]) AS name;
+
+-- name: enqueue_via_sql
+-- The SQL enqueue function (migration 0009), as a trigger or psql would call it.
+SELECT pgqueue.enqueue(%(task)s, %(args)s::jsonb, queue => %(queue)s);
