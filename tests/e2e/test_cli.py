@@ -390,8 +390,11 @@ def test_audit_show_and_verify_pass_on_an_intact_trail_and_fail_in_one_line_once
     assert digest in table
 
     trail = ok_json(dsn, "audit", "show", str(job_id))
-    assert [(e["event"], e["actor"], e["seal"], e["seal_intact"]) for e in trail] == [
-        ("enqueued", getpass.getuser(), "1 ok", True), ("cancelled", ACTOR, "1 ok", True)]
+    assert [(e["event"], e["actor"], e["seal_intact"]) for e in trail] == [
+        ("enqueued", getpass.getuser(), True), ("cancelled", ACTOR, True)]
+    # One seal or two: a transaction another test holds open on the shared server can hold the
+    # cancel's row back from the first seal (sealing stops below the oldest open transaction).
+    assert [e["seal"] for e in trail] in (["1 ok", "1 ok"], ["1 ok", "2 ok"])
     assert "cancelled" in ok(dsn, "audit", "show", str(job_id))
 
     conn.execute("SET session_replication_role = replica")
