@@ -576,7 +576,8 @@ def ack_holds_waiters_lock(dsn: str) -> bool:
     """True once some session holds the waiters' lock exclusively (an ack that has not committed)."""
     with psycopg.connect(dsn, autocommit=True) as probe:
         row = probe.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' "
-                            "AND granted AND ((classid::bigint << 32) | objid::bigint) = %s",
+                            "AND granted AND ((classid::bigint << 32) | objid::bigint) = %s "
+                            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                             [WAITERS_LOCK_KEY]).fetchone()
     return bool(row and row[0])
 
