@@ -53,8 +53,10 @@ def stale_counts(store: KeyStore, keyring: Keyring) -> dict[str, int]:
 
 
 def rotate(store: KeyStore, keyring: Keyring, *, batch: int = DEFAULT_BATCH, dry_run: bool = False,
-           actor: str | None = None, on_batch: Callable[[int], None] | None = None) -> RotationReport:
-    """Re-encrypt stale ciphertexts under ``keyring``'s newest key; write one ``keys_rotated`` audit row.
+           actor: str | None = None, source: str | None = None,
+           on_batch: Callable[[int], None] | None = None) -> RotationReport:
+    """Re-encrypt stale ciphertexts under ``keyring``'s newest key; write one ``keys_rotated`` audit row
+    (``source``, where the run came from, in its detail when given).
 
     A dry run decrypts everything it would rotate (so it finds unreadable rows too) and writes nothing.
     """
@@ -75,7 +77,8 @@ def rotate(store: KeyStore, keyring: Keyring, *, batch: int = DEFAULT_BATCH, dry
     if not dry_run:
         report.remaining = stale_counts(store, keyring)
         with store.transaction():
-            store.record_key_rotation(actor or "", report.as_dict())
+            detail = report.as_dict() | ({"source": source} if source else {})
+            store.record_key_rotation(actor or "", detail)
     return report
 
 

@@ -1,8 +1,8 @@
 """Waiting for a job's outcome: :meth:`pgqueue.App.result` and :meth:`pgqueue.App.result_async`.
 
-Like :func:`pgqueue.admin.wait_for_job`, a wait LISTENs on ``pgqueue_done`` on a session of its
-own (which sees every commit whatever the caller's snapshot) and re-reads the job every
-``poll_interval`` seconds in case a notification is lost.
+Like :func:`pgqueue.admin.wait_for_job`, a wait registers as a waiter and LISTENs on
+``pgqueue_done`` on a session of its own (which sees every commit whatever the caller's snapshot),
+and re-reads the job every ``poll_interval`` seconds in case a notification is lost.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from pgqueue._db.connections import async_connection, sync_connection
-from pgqueue._db.notifications import done_listener
-from pgqueue._db.results import AsyncResultStore, ResultStore, async_done_listener, conninfo_of
+from pgqueue._db.notifications import async_done_listener, done_listener
+from pgqueue._db.results import AsyncResultStore, ResultStore, conninfo_of
 from pgqueue.errors import (
     DecryptionError,
     InvalidJobState,
@@ -82,6 +82,8 @@ def wait_result(app: App, conn: Connection | None, job_id: int, timeout: float, 
         return outcome(app, row)
     deadline = time.monotonic() + max(float(timeout), 0.0)
     with done_listener(conninfo_of(own)) as listener:
+        if not listener.join(deadline - time.monotonic()):  # a waiter, so that acks notify
+            raise JobWaitTimeout(f"job {job_id} is still {row['state']} after {float(timeout):g}s")
         while True:
             row = ResultStore(listener.conn).get_outcome(job_id)
             if row is None:
@@ -107,6 +109,8 @@ async def wait_result_async(app: App, conn: AsyncConnection, job_id: int, timeou
         return outcome(app, row)
     deadline = time.monotonic() + max(float(timeout), 0.0)
     async with async_done_listener(conninfo_of(own)) as listener:
+        if not await listener.join(deadline - time.monotonic()):  # a waiter, so that acks notify
+            raise JobWaitTimeout(f"job {job_id} is still {row['state']} after {float(timeout):g}s")
         while True:
             row = await AsyncResultStore(listener.conn).get_outcome(job_id)
             if row is None:

@@ -134,7 +134,7 @@ def _steps(store: RetentionStore, cutoffs: Cutoffs) -> list[_Step]:
 
 def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
           progress: ProgressCallback | None = None, *, batch_size: int = BATCH_SIZE,
-          max_batches: int | None = None, record_empty: bool = True) -> PruneReport:
+          max_batches: int | None = None, record_empty: bool = True, source: str | None = None) -> PruneReport:
     """Delete what ``policy`` no longer keeps, in batches, and record one ``pruned`` audit row.
 
     Runs on an autocommit connection: each batch is its own transaction.
@@ -147,6 +147,7 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
         batch_size: rows per delete statement.
         max_batches: stop after this many batches (the report is then not ``finished``).
         record_empty: write the summary row even when nothing was deleted.
+        source: where the run came from (``cli``, ``api``), in the summary row's detail when given.
 
     Returns:
         The rows deleted per kind.
@@ -157,7 +158,7 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
     steps = _steps(store, cutoffs)
     if not steps:
         with conn.transaction():
-            _record(store, report, actor, record_empty)
+            _record(store, report, actor, record_empty, source)
         return report
     current = 0
     committed = PruneReport(cutoffs=cutoffs, finished=False)
@@ -174,9 +175,9 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
                 out_of_budget = not done and max_batches is not None and report.batches >= max_batches
                 if done or out_of_budget:
                     report.finished = done
-                    _record(store, report, actor, record_empty)
+                    _record(store, report, actor, record_empty, source)
         except DATABASE_ERRORS:
-            _record_failed_run(store, committed, actor)
+            _record_failed_run(store, committed, actor, source)
             raise
         committed.add(counts)
         if progress is not None:
@@ -185,19 +186,22 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
             return report
 
 
-def _record(store: RetentionStore, report: PruneReport, actor: str, record_empty: bool) -> None:
+def _record(store: RetentionStore, report: PruneReport, actor: str, record_empty: bool,
+            source: str | None = None) -> None:
     if report.total or record_empty:
         detail = report.as_dict()
         del detail["dry_run"]
+        if source:
+            detail["source"] = source
         store.insert_prune_event(actor, detail)
 
 
-def _record_failed_run(store: RetentionStore, committed: PruneReport, actor: str) -> None:
+def _record_failed_run(store: RetentionStore, committed: PruneReport, actor: str, source: str | None) -> None:
     """Account for the batches a failed run committed, if the session still takes a statement."""
     if not committed.total or session_broken(store.conn):
         return
     with suppress(*DATABASE_ERRORS), store.conn.transaction():
-        _record(store, committed, actor, record_empty=False)
+        _record(store, committed, actor, record_empty=False, source=source)
 
 
 def count_prunable(conn: PsycopgConnection, policy: RetentionPolicy) -> PruneReport:

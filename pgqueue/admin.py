@@ -8,9 +8,10 @@ happened. Results are frozen dataclasses; errors are :mod:`pgqueue.errors` types
 (:class:`~pgqueue.errors.JobNotFound`, :class:`~pgqueue.errors.InvalidJobState`,
 :class:`~pgqueue.errors.QueueNotFound`, ...), raised before anything is changed.
 
-Every action writes its row in ``pgqueue.job_events`` in the same transaction, with ``actor``:
-by default the OS user of the calling process. pgqueue's own front ends say where an action came
-from in the actor: ``cli:<os user>`` for the CLI, ``web:<who>`` for the dashboard and HTTP API.
+Every action writes its row in ``pgqueue.job_events`` in the same transaction, with ``actor``
+(who: by default the OS user of the calling process) and, in the row's ``detail``, ``source``
+(where the action came from: ``api`` by default, ``cli`` from the ``pgqueue`` command, ``web``
+from the dashboard and HTTP API).
 
 Reads stay cheap on large tables: :func:`list_jobs` walks at most a fixed number of rows per page
 down an index, and :func:`list_queues` counts only live jobs and the dead-letter set, each through
@@ -38,11 +39,13 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
+from pgqueue import _retention
 from pgqueue._db.audit import AuditStore
 from pgqueue._db.breakers import BreakerStore
-from pgqueue._db.connections import sync_connection
-from pgqueue._db.jobs import JobStore
-from pgqueue._db.notifications import done_listener, listener_dsn
+from pgqueue._db.connections import async_connection, sync_connection
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.jobs import AsyncJobStore, JobStore
+from pgqueue._db.notifications import async_done_listener, done_listener, listener_dsn
 from pgqueue._db.queues import QueueStore
 from pgqueue._db.reports import REPORTS, run_report
 from pgqueue._db.server import ServerStore
@@ -63,7 +66,7 @@ from pgqueue.errors import (
     SchemaNotReady,
 )
 from pgqueue.jobs import FINISHED_STATES, LIVE_STATES, JobState
-from pgqueue.settings import parse_duration, redact_dsn
+from pgqueue.settings import Settings, parse_duration, redact_dsn
 
 __all__ = [
     "UNCHANGED",
@@ -74,6 +77,7 @@ __all__ = [
     "JobEvent",
     "JobRecord",
     "Page",
+    "PruneReport",
     "QueueInfo",
     "ScheduleInfo",
     "TaskLimitsInfo",
@@ -93,6 +97,7 @@ __all__ = [
     "notification_queue_usage",
     "parse_rate",
     "pause_queue",
+    "prune",
     "purge_queue",
     "report",
     "reset_breaker",
@@ -101,6 +106,7 @@ __all__ = [
     "retry_job",
     "set_queue_limits",
     "wait_for_job",
+    "wait_for_job_async",
 ]
 
 T = TypeVar("T")
@@ -141,6 +147,19 @@ def default_actor() -> str:
 
 def _actor(actor: str | None) -> str:
     return actor if actor is not None else default_actor()
+
+
+#: ``source`` of an action taken through this module directly (the CLI passes ``cli``, the web ``web``).
+DEFAULT_SOURCE = "api"
+_MAX_SOURCE_LENGTH = 32
+
+
+def _source(source: str) -> str:
+    if not isinstance(source, str) or not re.fullmatch(r"[a-z][a-z0-9_.-]*", source) \
+            or len(source) > _MAX_SOURCE_LENGTH:
+        raise ConfigurationError(f"source {source!r} must be a short lowercase label such as 'api', 'cli' or 'web' "
+                                 f"(letters, digits, '_', '.', '-'; at most {_MAX_SOURCE_LENGTH} characters)")
+    return source
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -597,9 +616,10 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
     """Block until a job is finished (completed, failed or cancelled) and return it, result included.
 
     A job is finished when nothing more happens to it: a failed attempt that will be retried is
-    not. The wait LISTENs on its own session (the ``pgqueue_done`` channel, which every statement
-    that finishes jobs notifies), so it wakes within the notification latency; it also re-reads
-    the job every ``poll_interval`` seconds in case a notification is lost.
+    not. The wait LISTENs on its own session (the ``pgqueue_done`` channel, which the statements
+    that finish jobs notify while anyone waits: the session registers as a waiter with a shared
+    advisory lock), so it wakes within the notification latency; it also re-reads the job every
+    ``poll_interval`` seconds in case a notification is lost.
 
     The job must be committed: a job enqueued in a transaction that has not committed yet can
     never be claimed, so it can never finish. Commit first, then wait (waiting on the connection
@@ -627,6 +647,8 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
         return job
     deadline = time.monotonic() + max(float(timeout), 0.0)
     with done_listener(dsn or listener_dsn(own)) as listener:
+        if not listener.join(deadline - time.monotonic()):
+            raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
         while True:
             # Read on the listening session (after LISTEN): it sees every commit, whatever
             # isolation level or snapshot the caller's transaction holds.
@@ -645,7 +667,54 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
             listener.wait(min(remaining, poll_interval))
 
 
-def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+async def wait_for_job_async(conn: Any, job_id: int,
+                             timeout: float = 30.0,  # noqa: ASYNC109 - the same signature as wait_for_job
+                             *, dsn: str | None = None, poll_interval: float = 5.0) -> JobRecord:
+    """:func:`wait_for_job` for asyncio code: the same wait, without blocking the event loop.
+
+    Args:
+        conn: a psycopg ``AsyncConnection`` or a SQLAlchemy ``AsyncSession``/``AsyncConnection``
+            (psycopg driver); the job is looked up on it first.
+        timeout, dsn, poll_interval: as for :func:`wait_for_job` (the listening session is an
+            ``AsyncConnection`` of its own).
+
+    Raises:
+        As :func:`wait_for_job`.
+
+    Example:
+        >>> job_id = await app.enqueue_async(conn, "render-report", {"report_id": 7}); await conn.commit()
+        >>> (await admin.wait_for_job_async(conn, job_id, timeout=60)).result
+        {'pages': 12}
+    """
+    own = await async_connection(conn)
+    row = await AsyncJobStore(own).get_job(_check_job_id(job_id))
+    if row is None:
+        raise JobNotFound(f"job {job_id} not found")
+    job = _job(row)
+    if job.finished:
+        return job
+    deadline = time.monotonic() + max(float(timeout), 0.0)
+    async with async_done_listener(dsn or listener_dsn(own)) as listener:
+        if not await listener.join(deadline - time.monotonic()):
+            raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
+        while True:
+            # Read after LISTEN, on the listening session (see wait_for_job): no wake-up is lost.
+            row = await AsyncJobStore(listener.conn).get_job(job_id)
+            if row is None:
+                if await AsyncJobStore(own).get_job(job_id) is not None:
+                    raise InvalidJobState(f"job {job_id} is not committed: it was enqueued in a transaction that "
+                                          "has not committed yet, so no worker can see it; commit, then wait")
+                raise JobNotFound(f"job {job_id} was deleted while waiting for it")
+            job = _job(row)
+            if job.finished:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobWaitTimeout(f"job {job_id} is still {job.state} after {float(timeout):g}s")
+            await listener.wait(min(remaining, poll_interval))
+
+
+def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
     """Make a failed or cancelled job available again now. A job that used all its attempts gets one
     more, so a manual retry always runs.
 
@@ -657,11 +726,12 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
         >>> admin.retry_job(conn, 42, actor="alice")
         JobChange(id=42, previous_state='failed', state='available')
     """
+    where = _source(source)
     own = sync_connection(conn)
     previous = JobStore(own).job_state(_check_job_id(job_id))
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
-    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor)):
+    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor), source=where):
         return JobChange(job_id, previous, JobState.AVAILABLE.value)
     state = JobStore(own).job_state(job_id)
     if state is None:
@@ -669,19 +739,22 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
     raise InvalidJobState(f"job {job_id} is {state}; only failed or cancelled jobs can be retried")
 
 
-def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None) -> list[int]:
+def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None,
+                 source: str = DEFAULT_SOURCE) -> list[int]:
     """Retry every failed job (the dead-letter set), or only one queue's; returns their ids.
 
     Example:
         >>> admin.retry_failed(conn, queue="emails")
         [17, 23]
     """
+    where = _source(source)
     if queue is not None:
         check_queue_name(queue)
-    return sorted(JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor)))
+    return sorted(JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor),
+                                                             source=where))
 
 
-def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+def cancel_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
     """Cancel a scheduled, available or running job.
 
     A running job's worker is told at once (NOTIFY, and its heartbeat checks every half second when
@@ -698,7 +771,8 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange
         >>> admin.cancel_job(conn, 42).previous_state
         'scheduled'
     """
-    previous, cancelled = JobStore(sync_connection(conn)).cancel_job(_check_job_id(job_id), _actor(actor))
+    where = _source(source)
+    previous, cancelled = JobStore(sync_connection(conn)).cancel_job(_check_job_id(job_id), _actor(actor), where)
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
     if not cancelled:
@@ -707,18 +781,19 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange
     return JobChange(job_id, previous, JobState.CANCELLED.value)
 
 
-def delete_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
+def delete_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
     """Delete a job that is not running; its audit trail stays, with a ``deleted`` event.
 
     Raises:
         JobNotFound: no job has that id.
         InvalidJobState: the job is running (cancel it first).
     """
+    where = _source(source)
     own = sync_connection(conn)
     previous = JobStore(own).job_state(_check_job_id(job_id))
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
-    if JobStore(own).delete_job(job_id, _actor(actor)):
+    if JobStore(own).delete_job(job_id, _actor(actor), where):
         return JobChange(job_id, previous, None)
     state = JobStore(own).job_state(job_id)
     if state is None:
@@ -804,7 +879,8 @@ def _queue_info(conn: Any, queue: str) -> QueueInfo:
     raise QueueNotFound(f"queue {queue!r} not found")
 
 
-def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False) -> QueueInfo:
+def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False,
+                source: str = DEFAULT_SOURCE) -> QueueInfo:
     """Pause a queue: workers stop claiming its jobs (enqueueing still works; running jobs finish).
 
     Raises:
@@ -815,22 +891,25 @@ def pause_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool
         >>> admin.pause_queue(conn, "emails", actor="alice").paused
         True
     """
-    return _set_paused(conn, queue, True, actor, create)
+    return _set_paused(conn, queue, True, actor, create, source)
 
 
-def resume_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False) -> QueueInfo:
+def resume_queue(conn: Any, queue: str, *, actor: str | None = None, create: bool = False,
+                 source: str = DEFAULT_SOURCE) -> QueueInfo:
     """Resume a paused queue and wake idle workers (on commit). Raises as :func:`pause_queue`."""
-    return _set_paused(conn, queue, False, actor, create)
+    return _set_paused(conn, queue, False, actor, create, source)
 
 
-def _set_paused(conn: Any, queue: str, paused: bool, actor: str | None, create: bool) -> QueueInfo:
+def _set_paused(conn: Any, queue: str, paused: bool, actor: str | None, create: bool, source: str) -> QueueInfo:
+    where = _source(source)
     own = sync_connection(conn)
     _require_queue(own, queue, create)
-    QueueStore(own).set_queue_paused(queue, paused, _actor(actor))
+    QueueStore(own).set_queue_paused(queue, paused, _actor(actor), where)
     return _queue_info(own, queue)
 
 
-def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str | None = None) -> int:
+def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str | None = None,
+                source: str = DEFAULT_SOURCE) -> int:
     """Delete a queue's jobs: all but running ones, or only those in ``state``; returns how many.
 
     Each deleted job leaves a ``purged`` event in its audit trail.
@@ -847,14 +926,15 @@ def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str |
     if state is not None and str(state).strip().lower() == JobState.RUNNING:
         raise InvalidJobState("running jobs cannot be purged: their workers hold them; cancel them first")
     wanted = _check_state(state, PURGEABLE_STATES)
+    where = _source(source)
     own = sync_connection(conn)
     _require_queue(own, queue, create=False)
-    return JobStore(own).purge_queue(queue, wanted, _actor(actor))
+    return JobStore(own).purge_queue(queue, wanted, _actor(actor), where)
 
 
 def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | None = UNCHANGED,
                      rate: str | _Unchanged | None = UNCHANGED, actor: str | None = None,
-                     create: bool = False) -> QueueInfo:
+                     create: bool = False, source: str = DEFAULT_SOURCE) -> QueueInfo:
     """Store a queue's global limits: at most ``concurrency`` running jobs, at most ``rate`` starts.
 
     The limits live in ``pgqueue.queues`` (``concurrency``, ``rate_limit``, ``rate_period_seconds``)
@@ -880,10 +960,11 @@ def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | N
         raise InvalidQueueLimits("give concurrency, rate or both (None removes a limit)")
     new_concurrency = None if concurrency is UNCHANGED else _check_concurrency(concurrency)
     new_rate = None if rate is UNCHANGED or rate is None else parse_rate(rate)
+    where = _source(source)
     own = sync_connection(conn)
     _require_queue(own, queue, create)
     QueueStore(own).set_limits(queue, concurrency=new_concurrency, set_concurrency=concurrency is not UNCHANGED,
-                                rate=new_rate, set_rate=rate is not UNCHANGED, actor=_actor(actor))
+                                rate=new_rate, set_rate=rate is not UNCHANGED, actor=_actor(actor), source=where)
     return _queue_info(own, queue)
 
 
@@ -931,8 +1012,9 @@ def list_breakers(conn: Any) -> list[BreakerInfo]:
     return [BreakerInfo(**{name: row[name] for name in BreakerInfo.__dataclass_fields__}) for row in rows]
 
 
-def reset_breaker(conn: Any, task: str, *, actor: str | None = None) -> BreakerChange:
-    """Close ``task``'s circuit breaker now, forgetting its counted failures (audited with ``actor``).
+def reset_breaker(conn: Any, task: str, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> BreakerChange:
+    """Close ``task``'s circuit breaker now, forgetting its counted failures (audited with ``actor``
+    and ``source``).
 
     Its held jobs are claimed again at the workers' next poll. Resetting a closed breaker is
     allowed (it clears the failures counted so far).
@@ -947,7 +1029,8 @@ def reset_breaker(conn: Any, task: str, *, actor: str | None = None) -> BreakerC
     checked = _check_text(task, "task", _MAX_TASK_LENGTH)
     if not checked:
         raise BreakerNotFound("a task name is required")
-    previous = BreakerStore(sync_connection(conn)).reset_breaker(checked, _actor(actor))
+    where = _source(source)
+    previous = BreakerStore(sync_connection(conn)).reset_breaker(checked, _actor(actor), where)
     if previous is None:
         raise BreakerNotFound(f"no circuit breaker for task {task!r} (`pgqueue breakers list` shows them)")
     return BreakerChange(checked, previous, "closed")
@@ -1103,3 +1186,62 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
             checks.append(HealthCheck("circuit_breakers", "skipped",
                                       "no pgqueue.circuit_breakers table (run `pgqueue migrate`)"))
     return HealthReport(tuple(checks))
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+#: What :func:`prune` returns: rows deleted (or counted, for a dry run) per kind, and the cutoffs.
+PruneReport = _retention.PruneReport
+
+_Age = str | float | None
+
+
+def _age(value: _Age | _Unchanged, name: str, default: float | None) -> float | None:
+    if value is UNCHANGED:
+        return default
+    if value is None or isinstance(value, str):
+        return parse_duration(value, name) if value is not None else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigurationError(f"{name} {value!r} must be seconds (>= 0), a duration such as '12h', or None")
+    return float(value)
+
+
+def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
+          failed_older_than: _Age | _Unchanged = UNCHANGED, audit_older_than: _Age | _Unchanged = UNCHANGED,
+          dry_run: bool = False, actor: str | None = None, source: str = DEFAULT_SOURCE,
+          progress: Callable[[str, int], None] | None = None) -> PruneReport:
+    """Delete finished jobs (and spent cron run records, and sealed audit rows) older than the
+    retention, now: what the workers' maintenance leader does every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``.
+
+    Like :func:`health` it takes an address, not a connection: it deletes in batches of 5,000 rows,
+    each its own short transaction on a session of its own (one huge transaction would hold row
+    locks and a burst of WAL), and writes one ``pruned`` row in ``pgqueue.job_events`` with the
+    counts, the cutoffs, ``actor`` and ``source``.
+
+    Args:
+        completed_older_than: completed jobs finished longer ago than this: seconds, a duration
+            (``"12h"``, ``"1d"``), or None / ``"never"`` to keep them. Default: the
+            ``PGQUEUE_RETAIN_COMPLETED`` setting (1 day).
+        failed_older_than: the same for failed and cancelled jobs (``PGQUEUE_RETAIN_FAILED``, 7 days).
+        audit_older_than: audit retention (``PGQUEUE_RETAIN_AUDIT``, 30 days): whole sealed ranges
+            of ``pgqueue.job_events``, and cron run records no schedule can fire again.
+        dry_run: count what would be deleted, delete and record nothing.
+        progress: called after each batch with the step's name and the rows deleted so far.
+
+    Raises:
+        ConfigurationError: a malformed age or source; nothing is deleted.
+
+    Example:
+        >>> admin.prune(dsn, completed_older_than="1h", failed_older_than="never").completed
+        1200
+    """
+    settings = Settings.from_env()
+    policy = _retention.RetentionPolicy(
+        completed=_age(completed_older_than, "completed_older_than", settings.retain_completed),
+        failed=_age(failed_older_than, "failed_older_than", settings.retain_failed),
+        audit=_age(audit_older_than, "audit_older_than", settings.retain_audit))
+    where = _source(source)
+    with translate_errors(), connect(dsn, autocommit=True) as conn:
+        if dry_run:
+            return _retention.count_prunable(conn, policy)
+        return _retention.prune(conn, policy, _actor(actor), progress, source=where)

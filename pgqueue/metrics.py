@@ -27,10 +27,10 @@ Two sources feed the counter and the histogram:
 Depth, lag and workers are read at scrape time by one query (the ``queue_lag`` report) and one
 count of the worker table, whatever the number of queues.
 
-Example (a worker, once it has a ``--metrics-port``): one call at start, one per outcome::
+Example (what ``pgqueue worker --metrics-port 9090`` does; also for a Worker in your own process)::
 
     metrics = pgqueue.metrics.start_worker_metrics(9090, dsn)   # GET http://host:9090/metrics
-    metrics.observe_job("emails", "send-email", "completed", 0.42)   # from the acker
+    pgqueue.Worker(app, metrics=metrics).run()   # its acker counts each outcome it writes
 """
 
 from __future__ import annotations
@@ -182,6 +182,11 @@ class Metrics:
         """Count one attempt that ended (``outcome``: completed, retried, failed, discarded,
         rescued, cancelled) and its run time."""
         self.outcomes.observe(queue, task, outcome, seconds)
+
+    def observe_event(self, queue: str, task: str, event: str, seconds: float | None = None) -> None:
+        """:meth:`observe_job` by the audit event the outcome wrote (``retry_scheduled`` counts as
+        ``retried``): what a :class:`pgqueue.Worker` built with ``metrics=`` calls from its acker."""
+        self.outcomes.observe(queue, task, OUTCOMES.get(event, event), seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format and its content type, for an HTTP handler."""

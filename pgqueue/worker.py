@@ -10,6 +10,7 @@ from pgqueue._worker.loop import WorkerLoop
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.metrics import Metrics
     from pgqueue.settings import Settings
 
 
@@ -60,6 +61,8 @@ class Worker:
         settings: lease, poll, shutdown-grace and retention settings (default: ``app.settings``).
         worker_id: the name in ``pgqueue.workers`` and the audit trail (default: host, pid and a
             random suffix).
+        metrics: count each outcome this worker writes, and its run time, in these Prometheus
+            series (:func:`pgqueue.metrics.start_worker_metrics`; needs the ``web`` extra).
 
     Raises:
         ValueError: ``concurrency`` or a queue's slots is below 1, or a queue entry is malformed.
@@ -75,10 +78,10 @@ class Worker:
     """
 
     def __init__(self, app: App, *, queues: Sequence[str] | Mapping[str, int | None] | None = None,
-                 concurrency: int = 10,
-                 settings: Settings | None = None, worker_id: str | None = None) -> None:
+                 concurrency: int = 10, settings: Settings | None = None, worker_id: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._loop = WorkerLoop(app, queues=queues, concurrency=concurrency, settings=settings or app.settings,
-                                worker_id=worker_id)
+                                worker_id=worker_id, observer=metrics.observe_event if metrics is not None else None)
 
     @property
     def worker_id(self) -> str:

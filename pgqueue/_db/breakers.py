@@ -43,10 +43,10 @@ class BreakerStore:
             cur.execute(BREAKERS.list_breakers)
             return cur.fetchall()
 
-    def reset_breaker(self, task: str, actor: str | None) -> str | None:
+    def reset_breaker(self, task: str, actor: str | None, source: str | None = None) -> str | None:
         """Close ``task``'s breaker; its state before, or None when the task has no breaker."""
         with translate_errors():
-            row = self.conn.execute(BREAKERS.reset_breaker, {"task": task, "actor": actor}).fetchone()
+            row = self.conn.execute(BREAKERS.reset_breaker, {"task": task, "actor": actor, "source": source}).fetchone()
         return None if row is None else str(row[0])
 
 

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL, NOTIFY_CHANNEL
+from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL, NOTIFY_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
 from pgqueue.errors import DatabaseUnavailable, SchemaNotReady
@@ -218,7 +218,7 @@ def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "results_encrypted": [o.result_encrypted for o in outcomes],
         "progress": [o.progress for o in outcomes],
         "progress_notes": [o.progress_note for o in outcomes],
-        "done_channel": DONE_CHANNEL,
+        "done_channel": DONE_CHANNEL, "waiters_lock": WAITERS_LOCK_KEY,
     }
 
 
@@ -231,7 +231,7 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "errors": [o.error for o in outcomes],
         "errors_encrypted": [o.error_encrypted for o in outcomes],
         "events": [o.event for o in outcomes],
-        "channel": NOTIFY_CHANNEL, "done_channel": DONE_CHANNEL,
+        "channel": NOTIFY_CHANNEL, "done_channel": DONE_CHANNEL, "waiters_lock": WAITERS_LOCK_KEY,
     }
 
 
@@ -381,30 +381,36 @@ class JobStore:
             row = self.conn.execute(JOBS.get_job_state, {"id": job_id}).fetchone()
         return row[0] if row else None
 
+    # ``source`` (cli, web, api: where an operator's action came from) is recorded in the audit
+    # row's detail by the statements below; None leaves it out.
+
     def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
-                   actor: str | None) -> list[int]:
+                   actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors():
             rows = self.conn.execute(JOBS.retry_jobs, {
                 "ids": list(ids) if ids is not None else None, "queue": queue,
-                "only_failed": only_failed, "actor": actor, "channel": NOTIFY_CHANNEL,
+                "only_failed": only_failed, "actor": actor, "source": source, "channel": NOTIFY_CHANNEL,
             }).fetchall()
         return [r[0] for r in rows]
 
-    def cancel_job(self, job_id: int, actor: str | None) -> tuple[str | None, bool]:
+    def cancel_job(self, job_id: int, actor: str | None, source: str | None = None) -> tuple[str | None, bool]:
         with translate_errors():
-            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor, "done_channel": DONE_CHANNEL,
+            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor, "source": source,
+                                                      "done_channel": DONE_CHANNEL,
                                                       "cancel_channel": CANCEL_CHANNEL}).fetchone()
         if row is None:
             return None, False
         return row[0], bool(row[1])
 
-    def delete_job(self, job_id: int, actor: str | None) -> bool:
+    def delete_job(self, job_id: int, actor: str | None, source: str | None = None) -> bool:
         with translate_errors():
-            return self.conn.execute(JOBS.delete_job, {"id": job_id, "actor": actor}).fetchone() is not None
+            params = {"id": job_id, "actor": actor, "source": source}
+            return self.conn.execute(JOBS.delete_job, params).fetchone() is not None
 
-    def purge_queue(self, queue: str, state: str | None, actor: str | None) -> int:
+    def purge_queue(self, queue: str, state: str | None, actor: str | None, source: str | None = None) -> int:
         with translate_errors():
-            row = self.conn.execute(JOBS.purge_queue, {"queue": queue, "state": state, "actor": actor}).fetchone()
+            params = {"queue": queue, "state": state, "actor": actor, "source": source}
+            row = self.conn.execute(JOBS.purge_queue, params).fetchone()
         return int(row[0]) if row else 0
 
 
@@ -499,6 +505,13 @@ class AsyncJobStore:
         return ids
 
     # --- the worker's claim and ack sessions ---
+
+    async def get_job(self, job_id: int) -> dict[str, Any] | None:
+        """One job as an operator sees it (``pgqueue.admin.wait_for_job_async``)."""
+        with translate_errors():
+            async with self.conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(JOBS.get_job, {"id": job_id})
+                return await cur.fetchone()
 
     async def claim_jobs(self, queues: Sequence[str] | None, limit: int, worker_id: str, *,
                          except_tasks: Sequence[str] = ()) -> list[Job]:

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.server import AsyncServerStore
+from pgqueue._db.server import SERVER, AsyncServerStore
 from pgqueue._db.sessions import BoundedAsyncConnection, connect, session_options
 
 #: The one channel name; every ``.sql`` file takes it as ``%(channel)s``.
@@ -26,6 +26,21 @@ DONE_CHANNEL = "pgqueue_done"
 #: The channel ``cancel_job`` notifies when it cancels a running job (payload ``<id>:<lease token>``):
 #: workers LISTEN on it beside :data:`NOTIFY_CHANNEL` to interrupt the handler at once.
 CANCEL_CHANNEL = "pgqueue_cancel"
+#: The advisory lock (one bigint key: the bytes of "pgqwait!") every waiter holds in shared mode.
+#:
+#: A NOTIFY is not free: at commit it takes a cluster-wide lock, writes the notification queue and
+#: signals every LISTENing backend of the database (each worker's listener too). So the worker's ack
+#: statements notify only while someone waits: they ``pg_try_advisory_xact_lock`` this key, which
+#: fails while a waiter holds it shared (notify), and otherwise holds it until their commit (no
+#: notify). A waiter takes it shared, LISTENs, then reads its job: if an ack's try came first, the
+#: waiter's lock waits for that ack's commit and the read sees its outcome; if the waiter came
+#: first, the ack notifies. Either way no wake-up is lost (the poll fallback stays as a backstop).
+WAITERS_LOCK_KEY = int.from_bytes(b"pgqwait!", "big")
+
+
+def _lock_timeout_ms(seconds: float) -> int:
+    # 0 would mean "no timeout" to PostgreSQL: at least one millisecond.
+    return max(1, int(seconds * 1000))
 
 
 class ListenSession:
@@ -76,7 +91,7 @@ class ListenSession:
 # --- finished jobs, for pgqueue.admin.wait_for_job ---
 
 
-def listener_dsn(conn: psycopg.Connection[Any]) -> str:
+def listener_dsn(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     """A conninfo string for a new session to the same server, database and role as ``conn``.
 
     ``conn.info.dsn`` leaves the password out (psycopg hides it), so it is added back.
@@ -89,12 +104,22 @@ def listener_dsn(conn: psycopg.Connection[Any]) -> str:
 
 
 class DoneListener:
-    """A session of its own that LISTENs on :data:`DONE_CHANNEL`."""
+    """A session of its own that LISTENs on :data:`DONE_CHANNEL`, as a registered waiter."""
 
     def __init__(self, dsn: str) -> None:
         self.conn = connect(dsn, autocommit=True)
         with translate_errors():
             self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
+
+    def join(self, seconds: float) -> bool:
+        """Become a waiter (see :data:`WAITERS_LOCK_KEY`); False if that took over ``seconds``."""
+        with translate_errors():
+            try:
+                self.conn.execute(SERVER.join_job_waiters,
+                                  {"key": WAITERS_LOCK_KEY, "lock_timeout_ms": _lock_timeout_ms(seconds)})
+            except psycopg.errors.LockNotAvailable:
+                return False
+        return True
 
     def wait(self, timeout: float) -> bool:
         """Block until a notification arrives (True) or ``timeout`` seconds pass (False)."""
@@ -114,3 +139,51 @@ def done_listener(dsn: str) -> Iterator[DoneListener]:
         yield listener
     finally:
         listener.close()
+
+
+class AsyncDoneListener:
+    """The asyncio twin of :class:`DoneListener` (``pgqueue.admin.wait_for_job_async``)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def join(self, seconds: float) -> bool:
+        """Become a waiter (see :data:`WAITERS_LOCK_KEY`); False if that took over ``seconds``."""
+        with translate_errors():
+            try:
+                await self.conn.execute(SERVER.join_job_waiters,
+                                        {"key": WAITERS_LOCK_KEY, "lock_timeout_ms": _lock_timeout_ms(seconds)})
+            except psycopg.errors.LockNotAvailable:
+                return False
+        return True
+
+    @classmethod
+    async def open(cls, dsn: str) -> AsyncDoneListener:
+        with translate_errors():
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            try:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
+            except BaseException:
+                await conn.close()
+                raise
+        return cls(conn)
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until a notification arrives (True) or ``seconds`` pass (False)."""
+        with translate_errors():
+            async for _ in self.conn.notifies(timeout=max(seconds, 0.0), stop_after=1):
+                return True
+        return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            await self.conn.close()
+
+
+@contextlib.asynccontextmanager
+async def async_done_listener(dsn: str) -> AsyncIterator[AsyncDoneListener]:
+    listener = await AsyncDoneListener.open(dsn)
+    try:
+        yield listener
+    finally:
+        await listener.close()

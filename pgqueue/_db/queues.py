@@ -31,11 +31,12 @@ class QueueStore:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
-    def set_queue_paused(self, queue: str, paused: bool, actor: str | None) -> None:
-        """Pause or resume ``queue`` (resuming wakes idle workers); writes the audit row."""
+    def set_queue_paused(self, queue: str, paused: bool, actor: str | None, source: str | None = None) -> None:
+        """Pause or resume ``queue`` (resuming wakes idle workers); writes the audit row (with
+        ``source``, where the action came from, in its detail when given)."""
         with translate_errors():
-            self.conn.execute(QUEUES.set_queue_paused,
-                              {"queue": queue, "paused": paused, "actor": actor, "channel": NOTIFY_CHANNEL})
+            self.conn.execute(QUEUES.set_queue_paused, {"queue": queue, "paused": paused, "actor": actor,
+                                                        "source": source, "channel": NOTIFY_CHANNEL})
 
     def queue_stats(self) -> list[dict[str, Any]]:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
@@ -54,12 +55,13 @@ class QueueStore:
         return bool(row and row[0])
 
     def set_limits(self, queue: str, *, concurrency: int | None, set_concurrency: bool,
-                   rate: tuple[int, int] | None, set_rate: bool, actor: str | None) -> dict[str, Any]:
+                   rate: tuple[int, int] | None, set_rate: bool, actor: str | None,
+                   source: str | None = None) -> dict[str, Any]:
         """Store the limits passed (``set_*``), keep the others; the queue's row comes back."""
         params = {
             "queue": queue, "concurrency": concurrency, "set_concurrency": set_concurrency,
             "rate_limit": rate[0] if rate else None, "rate_period_seconds": rate[1] if rate else None,
-            "set_rate": set_rate, "actor": actor,
+            "set_rate": set_rate, "actor": actor, "source": source,
         }
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(QUEUES.set_queue_limits, params).fetchone()

@@ -28,6 +28,7 @@ class ServerQueries(NamedTuple):
     read_clock: LiteralString
     schema_revision: LiteralString
     set_transaction_settings: LiteralString
+    join_job_waiters: LiteralString
 
 
 SERVER = load_queries(ServerQueries, "server.sql")

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 _CLOSE_WAIT = 10.0
 
 
+#: Called once per outcome written: (queue, task, event, run seconds). ``event`` is the audit
+#: event the outcome wrote (completed, retry_scheduled, failed, discarded). Runs on the event loop
+#: after the batch's statement: it must be cheap (Prometheus counters), never a database call.
+OutcomeObserver = Callable[[str, str, str, float | None], None]
+
+
 @dataclass
 class Tally:
     """Attempts this worker finished: completed, and failed for good (retries are not counted)."""
@@ -41,14 +47,18 @@ class Acker:
         session: the worker's ack session.
         tally: counts what was written.
         on_written: called after each batch that reached the database.
+        observer: told about each outcome written (metrics); None: nothing is kept for it.
     """
 
     def __init__(self, session: AsyncReconnectingSession, tally: Tally, *, worker_id: str,
-                 on_written: Callable[[], None] | None = None) -> None:
+                 on_written: Callable[[], None] | None = None, observer: OutcomeObserver | None = None) -> None:
         self.session = session
         self.tally = tally
         self.worker_id = worker_id
         self.on_written = on_written
+        self.observer = observer
+        # job id -> (queue, task, run seconds), for the observer; filled only when there is one.
+        self._observed: dict[int, tuple[str, str, float | None]] = {}
         self.pending: list[Outcome] = []
         self.inflight: set[int] = set()
         #: True while outcomes cannot be written (the claim loop stops claiming meanwhile).
@@ -56,9 +66,19 @@ class Acker:
         self._closing = False
         self._ready = asyncio.Event()
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, *, queue: str = "", task: str = "", seconds: float | None = None) -> None:
+        """Queue ``outcome`` for the next batch (``queue``, ``task`` and ``seconds`` are for the observer)."""
+        if self.observer is not None:
+            self._observed[outcome.job_id] = (queue, task, seconds)
         self.pending.append(outcome)
         self._ready.set()
+
+    def _observe(self, outcome: Outcome, written: bool) -> None:
+        if self.observer is None:
+            return
+        meta = self._observed.pop(outcome.job_id, None)
+        if written and meta is not None:
+            self.observer(meta[0], meta[1], outcome.event, meta[2])
 
     def tracked(self) -> set[int]:
         """Ids of the jobs whose outcome is not written yet."""
@@ -150,13 +170,19 @@ class Acker:
         completed = [o for o in batch if o.state == "completed"]
         failed = [o for o in batch if o.state != "completed"]
         written: set[int] = set()
+        # Each statement commits on its own (autocommit): what it wrote is observed at once, so a
+        # failure of the next one (and the batch's retry, which the fence then refuses) loses nothing.
         if completed:
             written |= await store.complete_jobs(completed)
             self.tally.completed += sum(1 for o in completed if o.job_id in written)
+            for outcome in completed:
+                self._observe(outcome, outcome.job_id in written)
         if failed:
             written_failed = await store.fail_jobs(failed)
             written |= written_failed
             self.tally.failed += sum(1 for o in failed if o.job_id in written_failed and o.state == "failed")
+            for outcome in failed:
+                self._observe(outcome, outcome.job_id in written_failed)
         missing = [outcome for outcome in batch if outcome.job_id not in written]
         if missing:
             # A batch re-sent after a lost commit reply finds its outcomes already written: done.
@@ -164,6 +190,7 @@ class Acker:
             for outcome in missing:
                 if outcome.job_id in resent:
                     log.info("job.outcome_already_written", job_id=outcome.job_id, outcome=outcome.state)
+                    self._observe(outcome, True)  # the first write's reply was lost, uncounted
                     if outcome.state == "completed":
                         self.tally.completed += 1
                     elif outcome.state == "failed":

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from pgqueue._db.jobs import TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
-from pgqueue._worker.acker import Acker, Tally
+from pgqueue._worker.acker import Acker, OutcomeObserver, Tally
 from pgqueue._worker.background import crash_site
 from pgqueue._worker.claimer import Claimer, Flow
 from pgqueue._worker.duties import leader_duties
@@ -65,7 +66,7 @@ class WorkerLoop:
     """
 
     def __init__(self, app: App, *, queues: Sequence[str] | Mapping[str, int | None] | None, concurrency: int,
-                 settings: Settings, worker_id: str | None) -> None:
+                 settings: Settings, worker_id: str | None, observer: OutcomeObserver | None = None) -> None:
         self.app = app
         self.pools = build_pools(queues, concurrency)
         served = [q for pool in self.pools for q in pool.queues or ()]
@@ -87,6 +88,8 @@ class WorkerLoop:
         self.transactional = TransactionalRunner(app, self.sealer, self.progress, concurrency=concurrency)
         self._acker: Acker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Told about every outcome this worker writes (``pgqueue worker --metrics-port``).
+        self.observer = observer
 
     # --- stopping ---
 
@@ -215,7 +218,8 @@ class WorkerLoop:
         # Prepared statements (planned once) only with no pooler in between: see session_options.
         claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
-                                    worker_id=self.worker_id, on_written=self._on_written)
+                                    worker_id=self.worker_id, on_written=self._on_written,
+                                    observer=self.observer)
         limited = [task for task in self.app.tasks.values() if task.limited]
         claimer = Claimer(
             claim_session, self.flow, worker_id=self.worker_id, pools=self.pools,
@@ -286,6 +290,7 @@ class WorkerLoop:
         self.running[job.id] = (job, handle)
 
     async def _execute(self, job: Job, task: Task[..., Any] | None, runner: JobRunner) -> None:
+        started = time.monotonic() if self.observer is not None else 0.0
         try:
             outcome = await runner.run(task, job)
         except asyncio.CancelledError:
@@ -300,17 +305,20 @@ class WorkerLoop:
         finally:
             self.running.pop(job.id, None)
             self.flow.slot_freed.set()
+        seconds = time.monotonic() - started if self.observer is not None else None
         if outcome is None:
             self.progress.take(job.id)
             if task is not None and task.transactional and not job.cancelled:
                 self.tally.completed += 1
+                if self.observer is not None:  # its completion committed with the handler's writes
+                    self.observer(job.queue, job.task, "completed", seconds)
             self._wake_when_empty()
             return
         progress = self.progress.take(job.id)
         if progress is not None:
             outcome = replace(outcome, progress=progress[1], progress_note=progress[2])
         assert self._acker is not None  # noqa: S101 - dispatch starts after run() made it
-        self._acker.add(outcome)
+        self._acker.add(outcome, queue=job.queue, task=job.task, seconds=seconds)
 
     # --- shutting down ---
 

@@ -23,6 +23,8 @@ from pgqueue._log import get_logger
 
 _PR_SET_PDEATHSIG = 1
 PARENT_ENV = "PGQUEUE_SUPERVISOR_PID"
+#: Each child's slot, 0 to N-1, kept by the child that replaces it (``--metrics-port`` adds it).
+SLOT_ENV = "PGQUEUE_WORKER_SLOT"
 
 
 def watch_parent() -> None:
@@ -63,7 +65,7 @@ class Supervisor:
         self._wakeup_r: int | None = None
 
     def _spawn(self, slot: int) -> None:
-        env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), "PGQUEUE_WORKER_SLOT": str(slot)})
+        env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), SLOT_ENV: str(slot)})
         child = subprocess.Popen(self.argv, env=env)  # noqa: S603 - our own interpreter and arguments
         self.children[slot] = child
         get_logger("pgqueue.supervisor").info("supervisor.child_started", slot=slot, pid=child.pid)

@@ -20,9 +20,14 @@ S = TypeVar("S")
 _MAX_BIGINT = 2**63 - 1
 
 
+#: The ``source`` of actions taken from this CLI (in their audit row's detail).
+SOURCE = "cli"
+
+
 def actor() -> str:
-    """The ``actor`` written to ``pgqueue.job_events`` for actions taken from this CLI."""
-    return f"cli:{default_actor()}"
+    """The ``actor`` written to ``pgqueue.job_events`` for actions taken from this CLI: the OS user
+    (with ``source`` :data:`SOURCE` in the row's detail for :mod:`pgqueue.admin` actions)."""
+    return default_actor()
 
 
 def parse_job_id(raw: str) -> int:

@@ -13,7 +13,7 @@ import typer
 
 from pgqueue import admin
 from pgqueue._humanize import format_seconds
-from pgqueue.cli._admin import actor, open_session
+from pgqueue.cli._admin import SOURCE, actor, open_session
 from pgqueue.cli._context import DsnOption, JsonOption
 from pgqueue.cli._output import Column, emit, emit_message, format_value
 
@@ -54,6 +54,6 @@ def reset_command(
     """Close a task's circuit breaker now and forget its counted failures; its held jobs are claimed
     again at the workers' next poll."""
     with open_session(dsn) as conn:
-        change = admin.reset_breaker(conn, task, actor=actor())
+        change = admin.reset_breaker(conn, task, actor=actor(), source=SOURCE)
     emit_message(f"reset the circuit breaker of {task!r} (was {change.previous_state}): its jobs run again",
                  change.as_dict(), json_output=json_output)

@@ -14,7 +14,7 @@ import typer
 from pgqueue import admin
 from pgqueue._humanize import printable
 from pgqueue._payload import check_queue_name
-from pgqueue.cli._admin import actor, open_session, parse_job_id, parse_state
+from pgqueue.cli._admin import SOURCE, actor, open_session, parse_job_id, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import Column, emit, emit_message, emit_record, format_value, print_json
 
@@ -186,9 +186,9 @@ def retry_command(
     wanted = parse_job_id(job_id) if job_id is not None else None
     with open_session(dsn) as conn:
         if wanted is None:
-            ids = admin.retry_failed(conn, queue=queue, actor=actor())
+            ids = admin.retry_failed(conn, queue=queue, actor=actor(), source=SOURCE)
         else:
-            ids = [admin.retry_job(conn, wanted, actor=actor()).id]
+            ids = [admin.retry_job(conn, wanted, actor=actor(), source=SOURCE).id]
     if wanted is not None:
         message = f"retried job {wanted}: it is available again"
     else:
@@ -207,7 +207,7 @@ def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: 
     """
     wanted = parse_job_id(job_id)
     with open_session(dsn) as conn:
-        change = admin.cancel_job(conn, wanted, actor=actor())
+        change = admin.cancel_job(conn, wanted, actor=actor(), source=SOURCE)
     previous = change.previous_state
     note = "; its worker was told to stop the running attempt" if previous == "running" else ""
     emit_message(f"cancelled job {wanted} (was {previous}){note}",
@@ -219,5 +219,5 @@ def delete_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: 
     """Delete a job that is not running (its audit trail stays, with a 'deleted' event)."""
     wanted = parse_job_id(job_id)
     with open_session(dsn) as conn:
-        admin.delete_job(conn, wanted, actor=actor())
+        admin.delete_job(conn, wanted, actor=actor(), source=SOURCE)
     emit_message(f"deleted job {wanted}", {"id": wanted, "deleted": True}, json_output=json_output)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pgqueue import _key_rotation
 from pgqueue._crypto import Keyring, generate_key
 from pgqueue._db.keys import KeyStore
-from pgqueue.cli._admin import actor, open_store
+from pgqueue.cli._admin import SOURCE, actor, open_store
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import print_json
 from pgqueue.settings import Settings
@@ -60,7 +60,7 @@ def rotate_command(
         with Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as progress:
             bar = progress.add_task("rotate", total=total)
             report = _key_rotation.rotate(store, keyring, batch=batch, dry_run=dry_run, actor=actor(),
-                                          on_batch=lambda rows: progress.advance(bar, rows))
+                                          source=SOURCE, on_batch=lambda rows: progress.advance(bar, rows))
     summary = report.as_dict()
     if json_output:
         print_json(summary)

@@ -4,7 +4,7 @@ The same pruning the workers' maintenance leader runs every ``PGQUEUE_PRUNE_INTE
 with the same defaults (``PGQUEUE_RETAIN_COMPLETED``, ``_FAILED``, ``_AUDIT``); each option
 overrides one of them for this run. It deletes in batches of 5,000 rows, one short transaction
 each, and writes one ``pruned`` row in ``pgqueue.job_events`` with the counts and cutoffs,
-actor ``cli:<os user>``.
+actor the OS user, source ``cli``. A thin layer over :func:`pgqueue.admin.prune`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from pgqueue import _retention
-from pgqueue._db.errors import translate_errors
-from pgqueue._db.sessions import connect
-from pgqueue.cli._admin import actor
+from pgqueue import admin
+from pgqueue.cli._admin import SOURCE, actor
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, print_json
 from pgqueue.errors import ConfigurationError
-from pgqueue.settings import Settings, parse_duration
+from pgqueue.settings import parse_duration
 
 _DURATION_HELP = "90s, 15m, 12h, 1d, 2w or 'never'"
 
@@ -42,17 +40,9 @@ _KINDS = (
 )
 
 
-def _option(raw: str | None, name: str, default: float | None) -> float | None:
-    return default if raw is None else parse_duration(raw, name)
-
-
-def _policy(completed: str | None, failed: str | None, audit: str | None) -> _retention.RetentionPolicy:
-    settings = Settings.from_env()
-    return _retention.RetentionPolicy(
-        completed=_option(completed, "--completed-older-than", settings.retain_completed),
-        failed=_option(failed, "--failed-older-than", settings.retain_failed),
-        audit=_option(audit, "--audit-older-than", settings.retain_audit),
-    )
+def _age(raw: str | None) -> str | admin._Unchanged:
+    """An option as given, or the setting's value when it was not."""
+    return admin.UNCHANGED if raw is None else raw
 
 
 def prune(
@@ -78,22 +68,26 @@ def prune(
     --failed-older-than (each counted from when the job finished); 'never' keeps them.
     Scheduled, available and running jobs are never pruned.
     """
+    for raw, option in ((completed_older_than, "--completed-older-than"),
+                        (failed_older_than, "--failed-older-than"), (audit_older_than, "--audit-older-than")):
+        if raw is not None:
+            try:  # checked here first so the message names the option
+                parse_duration(raw, option)
+            except ConfigurationError as exc:
+                fail(str(exc), code=2)
+    target = resolve(dsn)
+    progress = Progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
+                        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                        disable=json_output or dry_run)
     try:
-        policy = _policy(completed_older_than, failed_older_than, audit_older_than)
-    except ConfigurationError as exc:
+        with progress:
+            task = progress.add_task("", total=None)
+            report = admin.prune(
+                target, completed_older_than=_age(completed_older_than), failed_older_than=_age(failed_older_than),
+                audit_older_than=_age(audit_older_than), dry_run=dry_run, actor=actor(), source=SOURCE,
+                progress=lambda step, done: progress.update(task, description=step, completed=done))
+    except ConfigurationError as exc:  # PGQUEUE_RETAIN_* malformed
         fail(str(exc), code=2)
-    with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
-        if dry_run:
-            report = _retention.count_prunable(conn, policy)
-        else:
-            progress = Progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                                disable=json_output)
-            with progress:
-                task = progress.add_task("", total=None)
-                report = _retention.prune(
-                    conn, policy, actor(),
-                    progress=lambda step, done: progress.update(task, description=step, completed=done))
     data = report.as_dict()
     if json_output:
         print_json(data)

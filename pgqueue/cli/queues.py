@@ -15,7 +15,7 @@ import typer
 from pgqueue import admin
 from pgqueue._humanize import format_seconds
 from pgqueue._payload import check_queue_name
-from pgqueue.cli._admin import actor, open_session, parse_state
+from pgqueue.cli._admin import SOURCE, actor, open_session, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import Column, emit, emit_message, format_value
 from pgqueue.jobs import JobState
@@ -72,9 +72,9 @@ def _set_paused(queue: str, paused: bool, create: bool, json_output: bool, dsn: 
     check_queue_name(queue)
     with open_session(dsn) as conn:
         if paused:
-            admin.pause_queue(conn, queue, actor=actor(), create=create)
+            admin.pause_queue(conn, queue, actor=actor(), create=create, source=SOURCE)
         else:
-            admin.resume_queue(conn, queue, actor=actor(), create=create)
+            admin.resume_queue(conn, queue, actor=actor(), create=create, source=SOURCE)
     if paused:
         message = f"paused queue {queue!r}: workers stop claiming its jobs; running jobs finish"
     else:
@@ -138,7 +138,7 @@ def purge_command(
         if not typer.confirm(question, default=False, err=True):
             fail("purge cancelled; nothing was deleted")
     with open_session(dsn) as conn:
-        purged = admin.purge_queue(conn, queue, state=wanted, actor=actor())
+        purged = admin.purge_queue(conn, queue, state=wanted, actor=actor(), source=SOURCE)
     emit_message(f"purged {purged} {scope} from queue {queue!r}", {"queue": queue, "state": wanted, "purged": purged},
                  json_output=json_output)
 
@@ -190,7 +190,7 @@ def set_command(
     check_queue_name(queue)
     with open_session(dsn) as conn:
         info = admin.set_queue_limits(conn, queue, concurrency=_limit_option(concurrency, "concurrency"),
-                                      rate=_limit_option(rate, "rate"), actor=actor(), create=create)
+                                      rate=_limit_option(rate, "rate"), actor=actor(), create=create, source=SOURCE)
     message = (f"queue {queue!r}: concurrency {format_value(info.concurrency) if info.concurrency else 'unlimited'}, "
                f"rate {info.rate or 'unlimited'}")
     emit_message(message, {"queue": queue, "concurrency": info.concurrency, "rate": info.rate,

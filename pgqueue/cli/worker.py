@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from pgqueue._worker.pools import build_pools
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings, normalize_dsn
+
+if TYPE_CHECKING:
+    from pgqueue.metrics import Metrics
 
 AppOption = Annotated[str, typer.Option("--app", help="Your App, as 'package.module:app'.")]
 
@@ -44,6 +47,12 @@ def worker(
     max_result_bytes: Annotated[int | None, typer.Option(
         envvar="PGQUEUE_MAX_RESULT_BYTES", show_envvar=False, min=1,
         help="Largest handler result stored, in bytes of JSON (default 1 MiB); a larger one fails the job.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=1, max=65535, metavar="PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs pgqueue[web]); with --processes N, "
+             "process i listens on PORT+i.")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        "--metrics-host", help="Address the metrics port listens on.")] = "0.0.0.0",  # noqa: S104 - for Prometheus
     dsn: DsnOption = None,
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
@@ -71,6 +80,8 @@ def worker(
         check_dsn(app.dsn)
     except PgqueueError as exc:
         fail(str(exc))
+    if metrics_port is not None:
+        _check_metrics(metrics_port, processes)
     if processes > 1:
         from pgqueue._worker.supervisor import Supervisor
 
@@ -79,6 +90,8 @@ def worker(
             argv += ["--queue", name]
         if with_scheduler:
             argv.append("--with-scheduler")
+        if metrics_port is not None:  # each child adds its slot (PGQUEUE_WORKER_SLOT) to the port
+            argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
         from pgqueue.cli._logging import child_environment
 
         os.environ["PGQUEUE_DSN"] = app.dsn  # children read it from the environment, never from argv
@@ -106,7 +119,8 @@ def worker(
             cron = start_in_worker(app)
         except PgqueueError as exc:
             fail(str(exc))
-    runner = Worker(app, queues=queues, concurrency=concurrency, settings=settings)
+    metrics = _serve_metrics(metrics_port, metrics_host, app.dsn) if metrics_port is not None else None
+    runner = Worker(app, queues=queues, concurrency=concurrency, settings=settings, metrics=metrics)
     try:
         code = runner.run()
     finally:
@@ -120,3 +134,26 @@ def worker(
         sys.stderr.flush()
         os._exit(code)
     raise typer.Exit(code)
+
+
+def _check_metrics(port: int, processes: int) -> None:
+    """Before anything starts: the extra is installed and every process's port exists."""
+    try:
+        import prometheus_client  # noqa: F401 - only checks the web extra is there
+    except ImportError:
+        fail("--metrics-port needs prometheus-client: pip install 'pgqueue[web]'")
+    if port + processes - 1 > 65535:
+        fail(f"--metrics-port {port} with --processes {processes} needs ports up to {port + processes - 1}; "
+             "the highest is 65535")
+
+
+def _serve_metrics(base_port: int, host: str, dsn: str) -> Metrics:
+    """This process's metrics endpoint: ``base_port`` plus its slot under a supervisor (0 alone)."""
+    from pgqueue._worker.supervisor import PARENT_ENV, SLOT_ENV
+    from pgqueue.metrics import start_worker_metrics  # prometheus-client: only with --metrics-port
+
+    port = base_port + (int(os.environ.get(SLOT_ENV, "0")) if os.environ.get(PARENT_ENV) else 0)
+    try:
+        return start_worker_metrics(port, dsn, host=host)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}")

@@ -22,6 +22,8 @@ from pgqueue.web.app import JSON, dashboard_of
 from pgqueue.web.openapi import openapi_document
 
 _MAX_BULK = 1000
+#: Recorded in the audit row's detail of every action taken through the API or the pages.
+SOURCE = "web"
 _MAX_BODY = 64 * 1024
 
 
@@ -175,7 +177,7 @@ def retry_job(request: Request) -> Response:
     actor = dashboard.actor(request)
     job_id = _job_id(request)
     with dashboard.connection() as conn:
-        return _refresh(admin.retry_job(conn, job_id, actor=actor).as_dict())
+        return _refresh(admin.retry_job(conn, job_id, actor=actor, source=SOURCE).as_dict())
 
 
 def cancel_job(request: Request) -> Response:
@@ -183,7 +185,7 @@ def cancel_job(request: Request) -> Response:
     actor = dashboard.actor(request)
     job_id = _job_id(request)
     with dashboard.connection() as conn:
-        return _refresh(admin.cancel_job(conn, job_id, actor=actor).as_dict())
+        return _refresh(admin.cancel_job(conn, job_id, actor=actor, source=SOURCE).as_dict())
 
 
 def delete_job(request: Request) -> Response:
@@ -191,7 +193,7 @@ def delete_job(request: Request) -> Response:
     actor = dashboard.actor(request)
     job_id = _job_id(request)
     with dashboard.connection() as conn:
-        return _refresh(admin.delete_job(conn, job_id, actor=actor).as_dict())
+        return _refresh(admin.delete_job(conn, job_id, actor=actor, source=SOURCE).as_dict())
 
 
 async def retry_failed(request: Request) -> Response:
@@ -202,7 +204,7 @@ async def retry_failed(request: Request) -> Response:
     if queue is not None and not isinstance(queue, str):
         raise InvalidFilter("queue must be a string")
     with dashboard.connection() as conn:
-        ids = admin.retry_failed(conn, queue=queue, actor=actor)
+        ids = admin.retry_failed(conn, queue=queue, actor=actor, source=SOURCE)
     return _refresh({"retried": ids, "count": len(ids)})
 
 
@@ -232,7 +234,7 @@ async def bulk(request: Request) -> Response:
     with dashboard.connection() as conn:
         for job_id in ids:
             try:
-                change = _BULK_ACTIONS[action](conn, job_id, actor=actor)
+                change = _BULK_ACTIONS[action](conn, job_id, actor=actor, source=SOURCE)
                 results.append({"id": job_id, "ok": True, "previous_state": change.previous_state,
                                 "state": change.state})
             except PgqueueError as exc:
@@ -250,14 +252,14 @@ def pause_queue(request: Request) -> Response:
     dashboard = dashboard_of(request)
     actor = dashboard.actor(request)
     with dashboard.connection() as conn:
-        return _refresh(admin.pause_queue(conn, _queue_name(request), actor=actor).as_dict())
+        return _refresh(admin.pause_queue(conn, _queue_name(request), actor=actor, source=SOURCE).as_dict())
 
 
 def resume_queue(request: Request) -> Response:
     dashboard = dashboard_of(request)
     actor = dashboard.actor(request)
     with dashboard.connection() as conn:
-        return _refresh(admin.resume_queue(conn, _queue_name(request), actor=actor).as_dict())
+        return _refresh(admin.resume_queue(conn, _queue_name(request), actor=actor, source=SOURCE).as_dict())
 
 
 async def purge_queue(request: Request) -> Response:
@@ -269,7 +271,7 @@ async def purge_queue(request: Request) -> Response:
         raise InvalidFilter("state must be a string")
     queue = _queue_name(request)
     with dashboard.connection() as conn:
-        purged = admin.purge_queue(conn, queue, state=state, actor=actor)
+        purged = admin.purge_queue(conn, queue, state=state, actor=actor, source=SOURCE)
     return _refresh({"queue": queue, "state": state, "purged": purged})
 
 
@@ -297,7 +299,7 @@ async def set_limits(request: Request) -> Response:
         raise InvalidQueueLimits(f"unknown limit {unknown[0]!r}: give concurrency, rate or both")
     with dashboard.connection() as conn:
         info = admin.set_queue_limits(conn, _queue_name(request), concurrency=_limit_value(body, "concurrency"),
-                                      rate=_limit_value(body, "rate"), actor=actor)
+                                      rate=_limit_value(body, "rate"), actor=actor, source=SOURCE)
     return _refresh(info.as_dict())
 
 

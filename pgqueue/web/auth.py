@@ -43,7 +43,9 @@ class AuthError(Exception):
 @dataclass(frozen=True)
 class Principal:
     role: Literal["admin", "read"]
-    actor: str  # written to the audit trail as is
+    # Written to the audit trail as is (with source=web in the row's detail): which token acted,
+    # or the dashboard's OS user when it serves loopback without tokens.
+    actor: str
     via: Literal["bearer", "cookie", "loopback"]
     csrf: str  # what X-PGQueue-CSRF must hold for this principal's actions
 
@@ -106,18 +108,18 @@ class Authenticator:
             role = self._role(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
             if role is None:
                 raise AuthError(401, "invalid bearer token")
-            return Principal(role, f"web:{role}-token", "bearer", "")
+            return Principal(role, f"{role}-token", "bearer", "")
         if self.open:
             client = request.client.host if request.client else None
             if not is_loopback(client) or not is_loopback(_host_name(request.headers.get("host", ""))):
                 raise AuthError(403, f"no token is configured, so only loopback is served: set "
                                      f"{ADMIN_TOKEN_ENV} (and {READ_TOKEN_ENV}) to serve other addresses")
-            return Principal("admin", f"web:{default_actor()}", "loopback", self._csrf("loopback"))
+            return Principal("admin", default_actor(), "loopback", self._csrf("loopback"))
         cookie = request.cookies.get(COOKIE, "")
         role = self._role(cookie) if cookie else None
         if role is None:
             raise AuthError(401, "authentication required: send Authorization: Bearer <token>, or log in")
-        return Principal(role, f"web:{role}-token", "cookie", self._csrf(f"cookie:{cookie}"))
+        return Principal(role, f"{role}-token", "cookie", self._csrf(f"cookie:{cookie}"))
 
     def check_action(self, request: Request, principal: Principal) -> None:
         """Raise :class:`AuthError` unless ``principal`` may act and the request is not cross-site."""

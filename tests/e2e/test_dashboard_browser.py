@@ -202,10 +202,11 @@ def test_a_failed_job_shows_its_traceback_and_a_retry_runs_it_to_completion(stac
     expect(page.locator("pre").nth(1)).to_contain_text('"synced": 42')
     expect(page.locator("table.grid")).to_contain_text("retried")
     assert state_of(db, job_id) == "completed"
-    actor = db.execute("SELECT actor FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
-                       [job_id]).fetchone()
-    assert actor is not None
-    assert actor[0].startswith("web:")
+    audited = db.execute("SELECT actor, detail FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
+                         [job_id]).fetchone()
+    assert audited is not None
+    assert audited[1] == {"source": "web"}
+    assert audited[0]  # the dashboard's OS user on loopback, or the token's role
     page.screenshot(path=str(shots / "job-retried.png"), full_page=True)
 
 

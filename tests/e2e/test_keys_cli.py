@@ -80,7 +80,7 @@ def test_enqueue_encrypt_rotate_and_jobs_show(dsn: str, conn: Conn) -> None:
     audit = conn.execute("SELECT actor, detail FROM pgqueue.job_events WHERE job_id IS NULL AND event = 'keys_rotated'"
                          ).fetchall()
     conn.rollback()
-    assert [a[0] for a in audit] == [ACTOR]
+    assert [(a[0], a[1]["source"]) for a in audit] == [(ACTOR, "cli")]
     assert new not in repr(audit)
     assert old not in repr(audit)
 

@@ -51,9 +51,9 @@ def test_prune_dry_run_counts_then_prune_deletes_and_records_one_audit_row(dsn: 
     assert "deleted 4 rows" in table
     assert counts(conn) == {"completed": 2, "failed": 4, "available": 2}
 
-    events = conn.execute("SELECT job_id, actor, detail ->> 'completed', detail ->> 'failed' "
+    events = conn.execute("SELECT job_id, actor, detail ->> 'completed', detail ->> 'failed', detail ->> 'source' "
                           "FROM pgqueue.job_events WHERE event = 'pruned' ORDER BY id").fetchall()
-    assert events == [(None, ACTOR, "7", "0"), (None, ACTOR, "0", "3")]
+    assert events == [(None, ACTOR, "7", "0", "cli"), (None, ACTOR, "0", "3", "cli")]
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], expected: str) -> None:

@@ -6,6 +6,7 @@ that need commits (paging under inserts, wait_for_job with a worker) take a data
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,10 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from pgqueue import App, Discard, Job, Worker, admin
+from pgqueue._db.jobs import AsyncJobStore, Outcome
+from pgqueue._db.notifications import DONE_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue.errors import (
+    ConfigurationError,
     InvalidFilter,
     InvalidJobState,
     InvalidQueueLimits,
@@ -179,7 +183,7 @@ def test_retry_job_makes_a_failed_job_available_and_audits_the_actor(tx: Conn) -
 
     assert change == admin.JobChange(job_id, "failed", "available")
     assert state_of(tx, job_id) == "available"
-    assert audit(tx, "retried", job_id) == [("alice", None)]
+    assert audit(tx, "retried", job_id) == [("alice", {"source": "api"})]
 
 
 def test_actions_default_to_the_os_user_as_actor(tx: Conn) -> None:
@@ -187,7 +191,7 @@ def test_actions_default_to_the_os_user_as_actor(tx: Conn) -> None:
 
     admin.cancel_job(tx, job_id)
 
-    assert audit(tx, "cancelled", job_id) == [(admin.default_actor(), None)]
+    assert audit(tx, "cancelled", job_id) == [(admin.default_actor(), {"source": "api"})]
 
 
 @pytest.mark.parametrize("state", ["available", "running", "completed"])
@@ -225,7 +229,7 @@ def test_cancel_and_delete_raise_typed_errors_and_change_nothing_when_refused(tx
     assert (state_of(tx, finished), state_of(tx, running)) == ("completed", "running")
     assert admin.delete_job(tx, finished, actor="carol") == admin.JobChange(finished, "completed", None)
     assert state_of(tx, finished) is None
-    assert audit(tx, "deleted", finished) == [("carol", None)]
+    assert audit(tx, "deleted", finished) == [("carol", {"source": "api"})]
 
 
 def test_actions_run_in_the_callers_transaction_and_vanish_with_its_rollback(module_dsn: str) -> None:
@@ -272,8 +276,8 @@ def test_pause_resume_and_list_queues_with_counts_lag_and_audit(tx: Conn) -> Non
     assert (resumed.available, resumed.failed, resumed.failed_last_hour) == (1, 1, 1)
     assert resumed.lag_seconds is not None
     assert resumed.lag_seconds >= 29
-    assert audit(tx, "queue_paused") == [("frank", {"queue": "q1"})]
-    assert audit(tx, "queue_resumed") == [("frank", {"queue": "q1"})]
+    assert audit(tx, "queue_paused") == [("frank", {"queue": "q1", "source": "api"})]
+    assert audit(tx, "queue_resumed") == [("frank", {"queue": "q1", "source": "api"})]
 
 
 def test_an_unknown_queue_is_queue_not_found_unless_created_on_purpose(tx: Conn) -> None:
@@ -317,7 +321,7 @@ def test_set_queue_limits_parses_rates_and_stores_them_with_an_audit_row(tx: Con
     assert info.rate == admin.format_rate(*stored)
     assert admin.parse_rate(info.rate) == stored
     assert audit(tx, "queue_limits_set") == [("hal", {"queue": "sms", "concurrency": 5, "rate_limit": stored[0],
-                                                      "rate_period_seconds": stored[1]})]
+                                                      "rate_period_seconds": stored[1], "source": "api"})]
 
 
 def test_set_queue_limits_changes_only_the_limit_given_and_none_clears_it(tx: Conn) -> None:
@@ -442,6 +446,177 @@ def test_wait_for_job_times_out_cleanly_and_refuses_an_uncommitted_job(dsn: str)
         assert time.monotonic() - started < 5
         with pytest.raises(JobNotFound):
             admin.wait_for_job(conn, 999_999, timeout=1)
+
+
+def test_wait_for_job_async_returns_the_result_the_worker_acked_without_blocking_the_loop(worker_app: App,
+                                                                                          dsn: str) -> None:
+    async def scenario() -> tuple[admin.JobRecord, int, float]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            job_id = await worker_app.enqueue_async(conn, "slow", {})
+            await asyncio.to_thread(wait_until, lambda: state_of_dsn(dsn, job_id) == "running", 15)
+            threading.Timer(0.5, worker_app.release.set).start()  # type: ignore[attr-defined]
+            ticks = 0
+
+            async def tick() -> None:  # runs only if the wait leaves the event loop free
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            started = time.monotonic()
+            try:
+                job = await admin.wait_for_job_async(conn, job_id, timeout=20, poll_interval=30)
+            finally:
+                ticker.cancel()
+            return job, ticks, time.monotonic() - started
+
+    job, ticks, elapsed = asyncio.run(scenario())
+
+    assert (job.state, job.result) == ("completed", {"answer": 42})
+    assert ticks >= 5  # the loop kept running while it waited (about 0.5 s at least)
+    assert elapsed < 10  # woken by NOTIFY, not by the 30 s fallback poll
+
+
+def test_wait_for_job_async_wakes_on_a_cancel_times_out_and_refuses_uncommitted_or_unknown_jobs(dsn: str) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            job_id = await App(dsn).enqueue_async(conn, "t", {})
+            with pytest.raises(InvalidJobState, match="not committed"):
+                await admin.wait_for_job_async(conn, job_id, timeout=5)
+            await conn.commit()
+            with pytest.raises(JobWaitTimeout, match=f"job {job_id} is still available after 0.3s"):
+                await admin.wait_for_job_async(conn, job_id, timeout=0.3)
+            await conn.commit()
+            with pytest.raises(JobNotFound):
+                await admin.wait_for_job_async(conn, 999_999, timeout=1)
+            await conn.rollback()
+
+            def cancel() -> None:
+                with psycopg.connect(dsn, autocommit=True) as other:
+                    admin.cancel_job(other, job_id, actor="ivan")
+
+            threading.Timer(0.5, cancel).start()
+            started = time.monotonic()
+            job = await admin.wait_for_job_async(conn, job_id, timeout=20, poll_interval=30)
+            assert job.state == "cancelled"
+            assert time.monotonic() - started < 10
+
+    asyncio.run(scenario())
+
+
+def running_job(conn: Conn) -> tuple[int, str]:
+    """A job claimed by a (pretend) worker: its id and lease token."""
+    job_id = enqueue(conn)
+    force_state(conn, job_id, "running")
+    row = conn.execute("SELECT lease_token::text FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None
+    return job_id, row[0]
+
+
+async def ack(dsn: str, job_id: int, token: str, *, commit_after: float = 0.0) -> None:
+    """What a worker's acker writes for a completed job; its transaction commits ``commit_after``
+    seconds after the statement."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        written = await AsyncJobStore(conn).complete_jobs([Outcome(job_id=job_id, token=token, state="completed")])
+        assert written == {job_id}
+        await asyncio.sleep(commit_after)
+        await conn.commit()
+
+
+def done_notifications(listener: Conn, seconds: float) -> int:
+    return sum(1 for _ in listener.notifies(timeout=seconds))
+
+
+def test_acks_notify_the_done_channel_only_while_a_waiter_is_registered(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {DONE_CHANNEL}")  # listening alone is not waiting
+        first, second = running_job(conn), running_job(conn)
+
+        asyncio.run(ack(dsn, *first))
+        unwatched = done_notifications(listener, 1.0)
+        listener.execute("SELECT pg_advisory_lock_shared(%s)", [WAITERS_LOCK_KEY])  # what a waiter holds
+        asyncio.run(ack(dsn, *second))
+        watched = done_notifications(listener, 5.0)
+
+    assert (unwatched, watched) == (0, 1)
+
+
+def test_a_waiter_arriving_during_an_unnotified_ack_sees_its_outcome_at_commit(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job_id, token = running_job(conn)
+        # The ack's statement runs with nobody waiting (so it will not notify) and commits 2 s
+        # later; the waiter starts in between. With a 30 s fallback poll, only the lock hand-off
+        # can wake it in time.
+        acking = threading.Thread(target=asyncio.run, args=(ack(dsn, job_id, token, commit_after=2.0),))
+        acking.start()
+        wait_until(lambda: ack_holds_waiters_lock(dsn), timeout=10, message="the ack holds the lock")
+        started = time.monotonic()
+
+        job = admin.wait_for_job(conn, job_id, timeout=20, poll_interval=30)
+        acking.join(10)
+
+    assert job.state == "completed"
+    assert time.monotonic() - started < 10
+
+
+def test_a_waiter_that_cannot_join_within_its_timeout_times_out(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn) as holder:
+        job_id = enqueue(conn)
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [WAITERS_LOCK_KEY])  # an ack not yet committed
+        started = time.monotonic()
+        with pytest.raises(JobWaitTimeout, match=f"job {job_id} is still available after 0.5s"):
+            admin.wait_for_job(conn, job_id, timeout=0.5)
+        holder.rollback()
+
+    assert time.monotonic() - started < 5
+
+
+def ack_holds_waiters_lock(dsn: str) -> bool:
+    """True once some session holds the waiters' lock exclusively (an ack that has not committed)."""
+    with psycopg.connect(dsn, autocommit=True) as probe:
+        row = probe.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' "
+                            "AND granted AND ((classid::bigint << 32) | objid::bigint) = %s "
+                            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                            [WAITERS_LOCK_KEY]).fetchone()
+    return bool(row and row[0])
+
+
+# --- prune ---
+
+
+def test_prune_deletes_by_age_counts_on_a_dry_run_and_records_actor_and_source(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        old = [enqueue(conn) for _ in range(3)]
+        recent, failed = enqueue(conn), enqueue(conn)
+        conn.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, "
+                     "finished_at = now() - interval '2 hours' WHERE id = ANY(%s)", [old])
+        conn.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, finished_at = now() WHERE id = %s",
+                     [recent])
+        conn.execute("UPDATE pgqueue.jobs SET state = 'failed', attempt = 1, finished_at = now() - interval '30 days' "
+                     "WHERE id = %s", [failed])
+
+        with pytest.raises(ConfigurationError, match="completed_older_than 'soon'"):
+            admin.prune(dsn, completed_older_than="soon")
+        with pytest.raises(ConfigurationError, match="source 'Web!'"):
+            admin.prune(dsn, completed_older_than=0, source="Web!")
+        counted = admin.prune(dsn, completed_older_than="1h", failed_older_than=None, dry_run=True)
+        steps: list[tuple[str, int]] = []
+        pruned = admin.prune(dsn, completed_older_than=3600.0, failed_older_than="never", actor="olga",
+                             progress=lambda step, done: steps.append((step, done)))
+
+        assert (counted.dry_run, counted.completed, counted.failed) == (True, 3, 0)
+        assert (pruned.dry_run, pruned.completed, pruned.failed, pruned.total) == (False, 3, 0, 3)
+        assert steps[0] == ("completed", 3)
+        assert [state_of(conn, j) for j in (*old, recent, failed)] == [None, None, None, "completed", "failed"]
+        rows = conn.execute("SELECT actor, detail ->> 'source', (detail ->> 'completed')::int FROM pgqueue.job_events "
+                            "WHERE event = 'pruned'").fetchall()
+        assert rows == [("olga", "api", 3)]  # the refused calls and the dry run wrote nothing
+
+
+def state_of_dsn(dsn: str, job_id: int) -> str | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return state_of(conn, job_id)
 
 
 # --- health ---

@@ -423,7 +423,7 @@ def test_reset_breaker_closes_it_with_an_audit_row_and_list_breakers_shows_it(
             admin.reset_breaker(conn, "nope")
     assert db.execute("SELECT state FROM pgqueue.circuit_breakers").fetchone() == ("closed",)
     assert db.execute("SELECT event, from_state, to_state, actor, detail FROM pgqueue.job_events").fetchall() == [
-        ("breaker_reset", "open", "closed", "bob", {"task": "sms"})]
+        ("breaker_reset", "open", "closed", "bob", {"task": "sms", "source": "api"})]
 
 
 def test_circuit_breaker_settings_are_checked() -> None:

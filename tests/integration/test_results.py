@@ -157,3 +157,72 @@ def test_an_encrypted_jobs_result_and_error_are_opened_with_the_apps_keys(dsn: s
         keyless.result(conn, ok, timeout=1)
     with pytest.raises(JobFailed, match=r"failed: ValueError$"):
         keyless.result(conn, bad, timeout=1)
+
+
+# --- woken by the acks' NOTIFY, which is sent only while someone waits ---
+
+
+def _running_job(conn: Conn) -> tuple[int, str]:
+    job_id = App().enqueue(conn, "render", {"pages": 1})
+    row = conn.execute("UPDATE pgqueue.jobs SET state = 'running', attempt = 1, lease_token = gen_random_uuid() "
+                       "WHERE id = %s RETURNING lease_token::text", [job_id]).fetchone()
+    assert row is not None
+    conn.commit()
+    return job_id, row[0]
+
+
+async def _ack(dsn: str, job_id: int, token: str, *, commit_after: float) -> None:
+    """What a worker's acker writes for a completed job, committed ``commit_after`` seconds later."""
+    from pgqueue._db.jobs import AsyncJobStore, Outcome
+
+    async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+        done = await AsyncJobStore(aconn).complete_jobs([Outcome(job_id=job_id, token=token, state="completed",
+                                                                 result='{"pages": 1}')])
+        assert done == {job_id}
+        await asyncio.sleep(commit_after)
+        await aconn.commit()
+
+
+def _waiters(dsn: str, mode: str = "ShareLock") -> int:
+    """Sessions of this database holding the waiters' lock in ``mode`` (ShareLock: waiters;
+    ExclusiveLock: an ack that ran with nobody waiting and has not committed)."""
+    from pgqueue._db.notifications import WAITERS_LOCK_KEY
+
+    with psycopg.connect(dsn, autocommit=True) as probe:
+        row = probe.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = %s "
+                            "AND granted AND ((classid::bigint << 32) | objid::bigint) = %s "
+                            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                            [mode, WAITERS_LOCK_KEY]).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("waiter_first", [True, False])
+def test_result_wakes_at_the_acks_commit_whoever_comes_first(dsn: str, conn: Conn, waiter_first: bool) -> None:
+    # A 30 s poll: returning within 10 s means the wake-up came from the ack (its NOTIFY when the
+    # waiter came first; the waiters' lock hand-off when the ack's statement ran with nobody waiting).
+    job_id, token = _running_job(conn)
+    results: list[object] = []
+    waiter = threading.Thread(target=lambda: results.append(
+        App(dsn).result(None, job_id, timeout=20, poll_interval=30)))
+    if waiter_first:
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while _waiters(dsn) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _waiters(dsn) == 1
+        started = time.monotonic()
+        asyncio.run(_ack(dsn, job_id, token, commit_after=0.0))
+    else:
+        acking = threading.Thread(target=asyncio.run, args=(_ack(dsn, job_id, token, commit_after=1.5),))
+        acking.start()
+        deadline = time.monotonic() + 10
+        while _waiters(dsn, "ExclusiveLock") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _waiters(dsn, "ExclusiveLock") == 1  # the ack's statement ran with nobody waiting
+        started = time.monotonic()
+        waiter.start()
+        acking.join(15)
+    waiter.join(25)
+
+    assert results == [{"pages": 1}]
+    assert time.monotonic() - started < 10

@@ -375,7 +375,7 @@ def test_a_worker_login_drives_breakers_and_snoozes_and_an_admin_login_cancels_a
     assert reset.returncode == 0, reset.stderr
     assert owner.execute("SELECT state FROM pgqueue.circuit_breakers").fetchall() == [("closed",)]
     assert owner.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'breaker_reset'").fetchall() == [
-        (ACTOR, {"task": "guarded"})]
+        (ACTOR, {"task": "guarded", "source": "cli"})]
     listed = run(as_role("reader"), "breakers", "list", "--json")
     assert listed.returncode == 0
     assert '"task": "guarded"' in listed.stdout
@@ -419,9 +419,9 @@ def test_an_admin_login_retries_cancels_pauses_purges_and_prunes_from_the_cli(as
         result = run(admin, *args)
         assert result.returncode == 0, (args, result.stdout, result.stderr)
 
-    trail = owner.execute("SELECT event, actor FROM pgqueue.job_events WHERE job_id = %s ORDER BY id",
-                          [cancel_then_retry]).fetchall()
-    assert trail[1:] == [("cancelled", ACTOR), ("retried", ACTOR)]
+    trail = owner.execute("SELECT event, actor, detail ->> 'source' FROM pgqueue.job_events WHERE job_id = %s "
+                          "ORDER BY id", [cancel_then_retry]).fetchall()
+    assert trail[1:] == [("cancelled", ACTOR, "cli"), ("retried", ACTOR, "cli")]
     assert owner.execute("SELECT paused FROM pgqueue.queues WHERE name = 'bulk'").fetchone() == (True,)
     assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s)", [[*to_purge, old]]) == 0
     assert count(owner, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'purged' AND actor = %s",
@@ -429,6 +429,36 @@ def test_an_admin_login_retries_cancels_pauses_purges_and_prunes_from_the_cli(as
     assert count(owner, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'pruned' AND actor = %s",
                  [ACTOR]) == 1
     assert count(owner, "SELECT count(*) FROM pgqueue.audit_seals") >= 1  # verify sealed as the admin
+    assert count(owner, "SELECT count(*) FROM pgqueue.job_events WHERE actor = %s AND event <> 'enqueued' "
+                        "AND detail ->> 'source' IS DISTINCT FROM 'cli'", [ACTOR]) == 0
+
+
+def test_an_admin_login_acts_from_the_dashboard_with_source_web(as_role: Any, owner: Conn, dsn: str) -> None:
+    import warnings
+
+    from pgqueue.web import create_app
+
+    with warnings.catch_warnings():  # starlette's note about httpx2, as in test_web_api
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    app = App(dsn)
+    job_id = app.enqueue(owner, "t", {}, queue="webq")
+    web = create_app(as_role("admin"), admin_token="admin-secret", read_token="read-secret")
+    bearer = {"Authorization": "Bearer admin-secret"}
+    with TestClient(web, base_url="http://dashboard.example") as client:
+        answers = [client.post(f"/api/jobs/{job_id}/cancel", headers=bearer),
+                   client.post(f"/api/jobs/{job_id}/retry", headers=bearer),
+                   client.post("/api/queues/webq/pause", headers=bearer),
+                   client.put("/api/queues/webq/limits", json={"concurrency": 3}, headers=bearer),
+                   client.post("/api/queues/webq/resume", headers=bearer)]
+
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+    rows = owner.execute("SELECT event, actor, detail ->> 'source' FROM pgqueue.job_events "
+                         "WHERE event <> 'enqueued' ORDER BY id").fetchall()
+    assert rows == [("cancelled", "admin-token", "web"), ("retried", "admin-token", "web"),
+                    ("queue_paused", "admin-token", "web"), ("queue_limits_set", "admin-token", "web"),
+                    ("queue_resumed", "admin-token", "web")]
 
 
 @pytest.mark.parametrize(("columns", "values"), [

@@ -76,7 +76,10 @@ def state_of(conn: Conn, job_id: int) -> str | None:
 
 
 def actors(conn: Conn, event: str) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT actor FROM pgqueue.job_events WHERE event = %s ORDER BY id", [event])]
+    """Who did ``event``, each with where from (``actor@source``, the source from the row's detail)."""
+    rows = conn.execute("SELECT actor, detail ->> 'source' FROM pgqueue.job_events WHERE event = %s ORDER BY id",
+                        [event])
+    return [f"{actor}@{source}" for actor, source in rows]
 
 
 # --- probes, schema, metrics ---
@@ -203,7 +206,7 @@ def test_a_browser_session_acts_only_with_the_pages_csrf_token(client: TestClien
     assert "X-PGQueue-CSRF" in forged.json()["error"]
     assert allowed.status_code == 200
     assert state_of(db, job_id) == "available"
-    assert actors(db, "retried") == ["web:admin-token"]
+    assert actors(db, "retried") == ["admin-token@web"]
 
 
 # --- jobs ---
@@ -294,7 +297,7 @@ def test_retry_cancel_and_delete_act_audit_with_the_web_actor_and_refuse_wrong_s
     assert (wrong_state.status_code, not_deletable.status_code, unknown.status_code) == (409, 409, 404)
     assert "only failed or cancelled jobs can be retried" in wrong_state.json()["error"]
     assert [state_of(db, j) for j in (failed, live, running, done)] == ["available", "cancelled", "running", None]
-    assert actors(db, "retried") == actors(db, "cancelled") == actors(db, "deleted") == ["web:admin-token"]
+    assert actors(db, "retried") == actors(db, "cancelled") == actors(db, "deleted") == ["admin-token@web"]
 
 
 def test_cancelling_a_running_job_from_the_web_tells_its_worker_by_notify(client: TestClient, db: Conn,
@@ -358,7 +361,8 @@ def test_pause_resume_purge_and_limits_of_a_queue(client: TestClient, db: Conn) 
     assert purged == {"queue": "sms", "state": "failed", "purged": 1}
     assert state_of(db, failed) is None
     assert [(q["name"], q["available"], q["concurrency"]) for q in listed] == [("sms", 1, 5)]
-    assert actors(db, "queue_paused") == actors(db, "queue_limits_set")[:1] == ["web:admin-token"]
+    assert actors(db, "queue_paused") == actors(db, "queue_limits_set")[:1] == ["admin-token@web"]
+    assert actors(db, "queue_resumed") == actors(db, "purged") == ["admin-token@web"]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), [

@@ -52,7 +52,8 @@ WITH before AS (
     RETURNING b.task
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, actor, detail)
-    SELECT NULL, 'breaker_reset', before.state, 'closed', %(actor)s, jsonb_build_object('task', before.task)
+    SELECT NULL, 'breaker_reset', before.state, 'closed', %(actor)s,
+           jsonb_build_object('task', before.task) || jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text))
     FROM before JOIN reset ON reset.task = before.task
 )
 -- Held jobs are found by the workers' next claim (within the poll interval): no NOTIFY, which

@@ -484,8 +484,13 @@ WITH done AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'completed', 'running', 'completed', attempt, worker_id FROM updated
 ), woken AS (
-    -- One wake-up per statement for pgqueue.admin.wait_for_job; waiters re-read their job by id.
+    -- One wake-up per statement for pgqueue.admin.wait_for_job (waiters re-read their job by id),
+    -- and none while nobody waits: waiters hold %(waiters_lock)s in shared mode, so the try below
+    -- fails exactly when one does. When it succeeds, this transaction holds the lock until it
+    -- commits and a waiter arriving meanwhile blocks on it, then reads the committed outcome: no
+    -- wake-up is lost (see pgqueue/_db/notifications.py).
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated LIMIT 1) AS any_row
+    WHERE NOT pg_try_advisory_xact_lock(%(waiters_lock)s)
 ), breaker_closed AS (
     -- A half-open circuit breaker's trial succeeded: the breaker closes, its failures forgotten.
     UPDATE pgqueue.circuit_breakers AS b
@@ -564,7 +569,9 @@ WITH failed AS (
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
 ), woken AS (
+    -- As in complete_jobs: only when someone waits.
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated WHERE state = 'failed' LIMIT 1) AS any_row
+    WHERE NOT pg_try_advisory_xact_lock(%(waiters_lock)s)
 )
 SELECT id, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS notified FROM updated;
 
@@ -639,8 +646,8 @@ WITH before AS MATERIALIZED (
     WHERE j.id = before.id
     RETURNING j.id, j.queue, j.attempt, before.state AS from_state
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
-    SELECT id, 'retried', from_state, 'available', attempt, %(actor)s FROM retried
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
+    SELECT id, 'retried', from_state, 'available', attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM retried
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
@@ -660,8 +667,8 @@ WITH before AS (
     WHERE j.id = before.id AND before.state IN ('scheduled', 'available', 'running')
     RETURNING j.id, before.state AS from_state, j.attempt
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor)
-    SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
+    SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM cancelled
 ), woken AS (
     SELECT pg_notify(%(done_channel)s, '') FROM cancelled
 ), interrupted AS (
@@ -677,8 +684,8 @@ WITH deleted AS (
     DELETE FROM pgqueue.jobs WHERE id = %(id)s AND state <> 'running'
     RETURNING id, state, attempt
 ), audit AS (
-    INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor)
-    SELECT id, 'deleted', state, attempt, %(actor)s FROM deleted
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor, detail)
+    SELECT id, 'deleted', state, attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM deleted
 )
 SELECT id FROM deleted;
 
@@ -691,7 +698,9 @@ WITH purged AS (
     RETURNING id, state, attempt
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, attempt, actor, detail)
-    SELECT id, 'purged', state, attempt, %(actor)s, jsonb_build_object('queue', %(queue)s::text) FROM purged
+    SELECT id, 'purged', state, attempt, %(actor)s,
+           jsonb_build_object('queue', %(queue)s::text) || jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text))
+    FROM purged
 )
 SELECT count(*) AS purged FROM purged;
 

@@ -1,5 +1,6 @@
 -- Queries on pgqueue.queues and the queue_stats view. Administrative actions write an audit
--- row (job_id NULL) in the same statement.
+-- row (job_id NULL) in the same statement; %(source)s (cli, web, api: where the action came from)
+-- goes into its detail when given.
 
 -- name: set_queue_paused
 WITH upserted AS (
@@ -9,7 +10,7 @@ WITH upserted AS (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
     SELECT NULL, CASE WHEN paused THEN 'queue_paused' ELSE 'queue_resumed' END, %(actor)s,
-           jsonb_build_object('queue', name)
+           jsonb_build_object('queue', name) || jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text))
     FROM upserted
 ), notified AS (
     -- Resuming wakes idle workers so the backlog starts at once.
@@ -61,6 +62,7 @@ WITH upserted AS (
     SELECT NULL, 'queue_limits_set', %(actor)s,
            jsonb_build_object('queue', name, 'concurrency', concurrency, 'rate_limit', rate_limit,
                               'rate_period_seconds', rate_period_seconds)
+           || jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text))
     FROM upserted
 )
 SELECT name, paused, concurrency, rate_limit, rate_period_seconds FROM upserted;

@@ -54,3 +54,10 @@ SELECT version_num FROM pgqueue_alembic_version;
 -- Custom settings for this transaction only (the reports' window and bucket: current_setting in
 -- sql/reports/*.sql).
 SELECT set_config(name, value, true) FROM unnest(%(names)s::text[], %(values)s::text[]) AS s(name, value);
+
+-- name: join_job_waiters
+-- pgqueue.admin.wait_for_job: a waiting session holds this shared advisory lock (a fixed key) so
+-- that the statements finishing jobs notify only while someone waits (see
+-- pgqueue/_db/notifications.py). lock_timeout bounds the wait for it by the caller's timeout
+-- (milliseconds; a statement that finished jobs holds it exclusively until its commit).
+SELECT set_config('lock_timeout', %(lock_timeout_ms)s::text, false), pg_advisory_lock_shared(%(key)s);

@@ -1,0 +1,150 @@
+"""``pgqueue worker --metrics-port``: real worker processes serve Prometheus metrics; the outcome
+counters and the run-time histogram move as their acker writes outcomes, and depth, lag and live
+workers are read from the database at each scrape."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg.rows import TupleRow
+
+import pgqueue
+from tests.helpers import wait_until
+from tests.plugins.processes import SpawnWorker
+
+Db = psycopg.Connection[TupleRow]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports nothing listens on now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count - 1 > 65535:
+            continue
+        taken = False
+        for port in range(first + 1, first + count):
+            with socket.socket() as other:
+                try:
+                    other.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+        if not taken:
+            return first
+    raise AssertionError("no free consecutive ports")
+
+
+def scrape(port: int) -> Samples | None:
+    """Every sample at http://127.0.0.1:port/metrics, or None while nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def scrape_until(port: int, check: Callable[[Samples], bool], message: str) -> Samples:
+    """Scrape until ``check`` holds (30 s at most) and return those samples."""
+    def ready() -> Samples | None:
+        samples = scrape(port)
+        return samples if samples is not None and check(samples) else None
+
+    found = wait_until(ready, timeout=30, message=message)
+    assert found is not None
+    return found
+
+
+def test_a_worker_serves_counters_that_move_as_jobs_finish_and_database_gauges(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    port = free_ports(1)
+    app = pgqueue.App(worker_dsn)
+    app.enqueue_many(None, [pgqueue.JobSpec("noop", {}, queue="mq") for _ in range(5)])
+    worker = spawn_worker(worker_dsn, concurrency=4, args=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
+
+    first = scrape_until(port, lambda s: value(s, "pgqueue_jobs_total", queue="mq", task="noop",
+                                                outcome="completed") == 5, "five completions counted")
+    app.enqueue_many(None, [pgqueue.JobSpec("noop", {}, queue="mq") for _ in range(3)]
+                     + [pgqueue.JobSpec("no-such-task", {}, queue="mq", max_attempts=1)])
+    later = scrape_until(port, lambda s: value(s, "pgqueue_jobs_total", queue="mq", task="noop",
+                                                outcome="completed") == 8
+                         and value(s, "pgqueue_jobs_total", queue="mq", task="no-such-task", outcome="failed") == 1,
+                         "three more completions and the failure counted")
+    db.execute("INSERT INTO pgqueue.queues (name, paused) VALUES ('held', true)")
+    app.enqueue_many(None, [pgqueue.JobSpec("noop", {}, queue="held") for _ in range(2)])
+    gauges = scrape_until(port, lambda s: value(s, "pgqueue_queue_depth", queue="held", state="available") == 2,
+                          "the paused queue's depth")
+
+    assert value(first, "pgqueue_job_duration_seconds_count", queue="mq", task="noop") == 5
+    assert value(later, "pgqueue_job_duration_seconds_count", queue="mq", task="noop") == 8
+    assert value(later, "pgqueue_job_duration_seconds_bucket", queue="mq", task="noop", le="+Inf") == 8
+    assert value(later, "pgqueue_job_duration_seconds_sum", queue="mq", task="noop") > 0
+    assert value(later, "pgqueue_jobs_total", queue="mq", task="noop", outcome="failed") == 0
+    assert value(gauges, "pgqueue_workers") == 1
+    assert value(gauges, "pgqueue_queue_depth", queue="mq", state="failed") == 1
+    assert value(gauges, "pgqueue_queue_lag_seconds", queue="held") > 0
+    assert worker.stop() == 0
+
+
+def test_under_processes_each_child_serves_its_own_port_and_counts_only_its_own_outcomes(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    port = free_ports(2)
+    supervisor = spawn_worker(worker_dsn, processes=2, concurrency=2,
+                              args=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
+    wait_until(lambda: scrape(port) is not None and scrape(port + 1) is not None, timeout=30,
+               message="both children serve metrics")
+    pgqueue.App(worker_dsn).enqueue_many(None, [pgqueue.JobSpec("noop", {}) for _ in range(40)])
+
+    def total() -> list[float] | None:
+        counts = []
+        for child_port in (port, port + 1):
+            samples = scrape(child_port)
+            if samples is None:
+                return None
+            counts.append(value(samples, "pgqueue_jobs_total", queue="default", task="noop", outcome="completed"))
+        return counts if sum(counts) == 40 else None
+
+    counts = wait_until(total, timeout=30, message="the children's counters add up to the 40 jobs")
+
+    assert counts is not None
+    assert sum(counts) == 40  # each outcome counted once, by the child that wrote it
+    assert scrape(port + 2) is None
+    assert supervisor.stop() == 0
+
+
+def test_a_busy_metrics_port_is_a_one_line_error(worker_dsn: str, spawn_worker: SpawnWorker) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = int(holder.getsockname()[1])
+        worker = spawn_worker(worker_dsn, args=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
+        code = worker.wait(timeout=30)
+
+    assert code == 1
+    errors = [line for line in worker.stderr().splitlines() if not line.startswith("{")]  # JSON logs aside
+    assert errors == [f"pgqueue: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"], errors
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--metrics-port", "0"], 2, "--metrics-port"),  # typer's usage error (a box, wrapped to the terminal)
+    (["--metrics-port", "65535", "--processes", "2"], 1, "needs ports up to 65536"),
+])
+def test_bad_metrics_ports_are_refused_before_anything_starts(worker_dsn: str, db: Db, spawn_worker: SpawnWorker,
+                                                             args: list[str], code: int, message: str) -> None:
+    worker = spawn_worker(worker_dsn, args=args)
+    assert worker.wait(timeout=30) == code
+    assert message in worker.stderr()
+    assert db.execute("SELECT count(*) FROM pgqueue.workers").fetchone() == (0,)
