@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
     from pgqueue.tasks import Task
     from pgqueue.worker import Worker
+    from pgqueue.workflows import Signature, Workflow, chain, group, sig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Backoff", "Discard", "Job", "JobSpec", "JobState", "Retry", "Task", "Worker", "__version__", "errors",
+    "App", "Backoff", "Discard", "Job", "JobSpec", "JobState", "Retry", "Signature", "Task", "Worker", "Workflow",
+    "__version__", "chain", "errors", "group", "sig",
 ]
 
 # Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
@@ -37,6 +39,11 @@ _PUBLIC: dict[str, str] = {
     "JobState": "pgqueue.jobs",
     "Retry": "pgqueue.jobs",
     "Task": "pgqueue.tasks",
+    "Signature": "pgqueue.workflows",
+    "Workflow": "pgqueue.workflows",
+    "chain": "pgqueue.workflows",
+    "group": "pgqueue.workflows",
+    "sig": "pgqueue.workflows",
     # The worker (asyncio, the pools) too: an application that only enqueues never pays for it.
     "Worker": "pgqueue.worker",
 }

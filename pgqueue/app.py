@@ -7,6 +7,7 @@ import getpass
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
@@ -18,16 +19,19 @@ from pgqueue._payload import check_queue_name, encode_args
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
 from pgqueue.errors import (
     ConfigurationError,
+    DependencyCycle,
     EncryptionKeyMissing,
+    InvalidDependency,
     InvalidEnqueueOption,
     UnknownTask,
 )
-from pgqueue.jobs import JobSpec
+from pgqueue.jobs import Job, JobSpec
 from pgqueue.settings import Settings, resolve_dsn
 from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Task, resolve_priority
 
 if TYPE_CHECKING:
     from pgqueue.schedules import ScheduleSpec
+    from pgqueue.workflows import Flow, Workflow
     from pgqueue.typing import AsyncConnection, Connection, PsycopgConnection
 
 _MAX_TAGS = 32
@@ -67,6 +71,46 @@ def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
             raise InvalidEnqueueOption(
                 f"tag {tag!r} must be a non-empty string of at most {_MAX_TAG_LENGTH} characters")
     return result
+
+
+def _check_policy(policy: str | None) -> str:
+    if policy is None:
+        return "cancel"
+    if policy not in ("cancel", "run"):
+        raise InvalidEnqueueOption(f"on_dependency_failure {policy!r} must be 'cancel' or 'run'")
+    return policy
+
+
+def _check_dependency_ids(depends_on: Iterable[Any]) -> tuple[int, ...]:
+    ids: list[int] = []
+    for dependency in depends_on:
+        if isinstance(dependency, bool) or not isinstance(dependency, int) or dependency < 1:
+            raise InvalidDependency(f"depends_on item {dependency!r} must be a job id (a positive integer)")
+        if dependency not in ids:
+            ids.append(dependency)
+    return tuple(ids)
+
+
+def _check_acyclic(jobs: Sequence[NewJob]) -> None:
+    """Kahn's algorithm over the batch's own edges: what is left unsorted sits on a cycle."""
+    waiting_on = [len(set(job.depends_on_batch)) for job in jobs]
+    dependents: dict[int, list[int]] = {}
+    for index, job in enumerate(jobs):
+        for dependency in set(job.depends_on_batch):
+            dependents.setdefault(dependency, []).append(index)
+    ready = [index for index, count in enumerate(waiting_on) if count == 0]
+    sorted_count = 0
+    while ready:
+        index = ready.pop()
+        sorted_count += 1
+        for dependent in dependents.get(index, ()):
+            waiting_on[dependent] -= 1
+            if waiting_on[dependent] == 0:
+                ready.append(dependent)
+    if sorted_count < len(jobs):
+        cycle = sorted(index for index, count in enumerate(waiting_on) if count > 0)
+        raise DependencyCycle(f"the specs at positions {cycle} of the batch depend on each other in a cycle; "
+                              "nothing was enqueued")
 
 
 class App:
@@ -250,7 +294,8 @@ class App:
     def enqueue(self, conn: Connection | None, task: str, args: dict[str, Any] | None = None, *,
                 queue: str | None = None, priority: int | str | None = None, delay: float | timedelta | None = None,
                 run_at: datetime | None = None, max_attempts: int | None = None, unique_key: str | None = None,
-                encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
+                encrypt: bool | None = None, tags: Iterable[str] | None = None,
+                depends_on: Iterable[int] | None = None, on_dependency_failure: str | None = None) -> int:
         """Enqueue one job on ``conn``, inside the caller's transaction, and return its id.
 
         pgqueue never commits or rolls back ``conn``: roll back and the job never existed;
@@ -271,6 +316,11 @@ class App:
                 None or False follow the task (``encrypt=True``) and compliance mode
                 (``PGQUEUE_ENCRYPT_ALL``), which always encrypt: False cannot opt out of them.
             tags: short plaintext labels (never PHI).
+            depends_on: ids of jobs that must complete first; until then the job is ``waiting``,
+                and it becomes available (or scheduled) in the transaction that completes the
+                last of them. A job added to a workflow's job joins that workflow.
+            on_dependency_failure: ``"cancel"`` (default: when a dependency fails for good, this
+                job and its own dependents end ``cancelled``) or ``"run"`` (it runs anyway).
 
         Returns:
             The job id (the existing job's id when ``unique_key`` matched a live job).
@@ -278,6 +328,8 @@ class App:
         Raises:
             pgqueue.errors.EnqueueError: bad queue name, priority, args or options (nothing written).
             pgqueue.errors.EncryptionKeyMissing: encryption applies but no key is configured (nothing written).
+            pgqueue.errors.InvalidDependency: a dependency does not exist, or failed while the policy
+                is "cancel" (nothing written).
             pgqueue.errors.DatabaseUnavailable: the database could not be reached.
 
         Example:
@@ -286,6 +338,14 @@ class App:
         """
         new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                 max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
+        if depends_on is not None or on_dependency_failure is not None:
+            new_job = self._with_dependencies(new_job, _check_dependency_ids(depends_on or ()), (),
+                                              on_dependency_failure)
+        if new_job.has_dependencies:
+            if conn is None:
+                with self.connect() as own:
+                    return JobStore(own).insert_dependent_jobs_atomically([new_job], actor=_actor())[0]
+            return JobStore(sync_connection(conn)).insert_dependent_jobs_atomically([new_job], actor=_actor())[0]
         if conn is None:
             with self.connect() as own:
                 return JobStore(own).insert_job(new_job, actor=_actor())
@@ -305,7 +365,66 @@ class App:
                 return self._enqueue_many(JobStore(own), specs)
         return self._enqueue_many(JobStore(sync_connection(conn)), specs)
 
+    def _with_dependencies(self, job: NewJob, external: tuple[int, ...], batch: tuple[int, ...],
+                           policy: str | None, workflow_id: str | None = None) -> NewJob:
+        if job.unique_key is not None and (external or batch):
+            raise InvalidEnqueueOption("unique_key cannot be combined with depends_on")
+        return replace(job, depends_on=external, depends_on_batch=batch,
+                       on_dependency_failure=_check_policy(policy), workflow_id=workflow_id)
+
+    def _dependent_jobs(self, specs: Sequence[JobSpec], workflow_id: str | None = None) -> list[NewJob]:
+        """Validated jobs of a batch in which some depend on others (by spec object) or on existing
+        jobs (by id); refuses references outside the batch and cycles."""
+        position: dict[int, int] = {}
+        for index, spec in enumerate(specs):
+            if id(spec) in position:
+                raise InvalidDependency(f"the spec at position {index} appears twice in the batch "
+                                        "(a batch that uses depends_on needs distinct JobSpec objects)")
+            position[id(spec)] = index
+        jobs: list[NewJob] = []
+        for index, spec in enumerate(specs):
+            external: list[int] = []
+            batch: list[int] = []
+            for dependency in spec.depends_on:
+                if isinstance(dependency, JobSpec):
+                    if id(dependency) not in position:
+                        raise InvalidDependency(f"the spec at position {index} depends on a JobSpec that is not "
+                                                "in the same batch")
+                    if position[id(dependency)] not in batch:
+                        batch.append(position[id(dependency)])
+                else:
+                    external.extend(_check_dependency_ids([dependency]))
+            jobs.append(self._with_dependencies(self._spec_job(spec), tuple(dict.fromkeys(external)), tuple(batch),
+                                                spec.on_dependency_failure, workflow_id))
+        _check_acyclic(jobs)
+        return jobs
+
+    def enqueue_workflow(self, conn: Connection | None, flow: Flow) -> Workflow:
+        """Enqueue a chain or group (see :mod:`pgqueue.workflows`) atomically, in one statement on
+        the caller's transaction; every job of it gets the same new ``workflow_id``.
+
+        Returns:
+            The :class:`pgqueue.workflows.Workflow`: its id and its jobs' ids, in the order the flow
+            lists its signatures.
+
+        Example:
+            >>> wf = app.enqueue_workflow(conn, pgqueue.group([export.s(facility=f) for f in ids],
+            ...                                               then=zip_exports.s()))
+        """
+        from pgqueue.workflows import Workflow, compile_flow, new_workflow_id
+
+        workflow_id = new_workflow_id()
+        jobs = self._dependent_jobs(compile_flow(flow), workflow_id)
+        if conn is None:
+            with self.connect() as own:
+                ids = JobStore(own).insert_dependent_jobs_atomically(jobs, actor=_actor())
+        else:
+            ids = JobStore(sync_connection(conn)).insert_dependent_jobs_atomically(jobs, actor=_actor())
+        return Workflow(id=workflow_id, job_ids=ids)
+
     def _enqueue_many(self, store: JobStore, specs: list[JobSpec]) -> list[int]:
+        if any(spec.depends_on or spec.on_dependency_failure is not None for spec in specs):
+            return store.insert_dependent_jobs_atomically(self._dependent_jobs(specs), actor=_actor())
         if len(specs) >= COPY_MIN_JOBS and all(
                 spec.unique_key is None and spec.run_at is None and spec.delay is None for spec in specs):
             # All available at once: one COPY, each spec validated as it is written, so Python
@@ -334,7 +453,8 @@ class App:
                             queue: str | None = None, priority: int | str | None = None,
                             delay: float | timedelta | None = None, run_at: datetime | None = None,
                             max_attempts: int | None = None, unique_key: str | None = None,
-                            encrypt: bool | None = None, tags: Iterable[str] | None = None) -> int:
+                            encrypt: bool | None = None, tags: Iterable[str] | None = None,
+                            depends_on: Iterable[int] | None = None, on_dependency_failure: str | None = None) -> int:
         """Async twin of :meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy
         ``AsyncSession``/``AsyncConnection``.
 
@@ -344,12 +464,37 @@ class App:
         """
         new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                 max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
+        if depends_on is not None or on_dependency_failure is not None:
+            new_job = self._with_dependencies(new_job, _check_dependency_ids(depends_on or ()), (),
+                                              on_dependency_failure)
+        if new_job.has_dependencies:
+            store = AsyncJobStore(await async_connection(conn))
+            return (await store.insert_dependent_jobs_atomically([new_job], actor=_actor()))[0]
         return await AsyncJobStore(await async_connection(conn)).insert_job(new_job, actor=_actor())
 
     async def enqueue_many_async(self, conn: AsyncConnection, jobs: Iterable[JobSpec]) -> list[int]:
         """Async twin of :meth:`enqueue_many`."""
-        new_jobs = [self._spec_job(spec) for spec in jobs]
+        specs = list(jobs)
+        if any(spec.depends_on or spec.on_dependency_failure is not None for spec in specs):
+            store = AsyncJobStore(await async_connection(conn))
+            return await store.insert_dependent_jobs_atomically(self._dependent_jobs(specs), actor=_actor())
+        new_jobs = [self._spec_job(spec) for spec in specs]
         return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
+
+
+def read_dependency_results(app: App, dsn: str, job: Job) -> dict[int, Any]:
+    """``job.dependency_results()`` in a worker: one short connection of its own (the handler may
+    be sync or async, and the worker's sessions are not the handler's), results decrypted."""
+    import json
+
+    with open_connection(dsn, autocommit=True) as conn:
+        rows = JobStore(conn).dependency_results(job.id)
+    results: dict[int, Any] = {}
+    for job_id, task, state, result, sealed in rows:
+        if sealed is not None:
+            result = json.loads(app.keyring.decrypt(sealed, "result", task))
+        results[job_id] = result if state == "completed" else None
+    return results
 
 
 @functools.cache

@@ -10,10 +10,12 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── DatabaseUnavailable
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
-    │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption
+    │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption,
+    │                            InvalidDependency, DependencyCycle
     ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
     │                            ScheduleNotFound
     ├── JobNotFound
+    ├── WorkflowNotFound
     ├── QueueNotFound
     ├── InvalidJobState
     ├── InvalidQueueLimits
@@ -79,6 +81,19 @@ class UnknownTask(EnqueueError):
 
 class InvalidEnqueueOption(EnqueueError):
     """An enqueue option (delay, run_at, max_attempts, tags, ...) is out of range."""
+
+
+class InvalidDependency(EnqueueError):
+    """A ``depends_on`` names a job that does not exist (never enqueued, deleted or pruned), one
+    the failure policy cannot wait on, or a spec outside the batch; nothing was enqueued."""
+
+
+class DependencyCycle(EnqueueError):
+    """The jobs of one ``enqueue_many`` batch depend on each other in a cycle; nothing was enqueued."""
+
+
+class WorkflowNotFound(PgqueueError):
+    """No job carries this workflow id."""
 
 
 class ScheduleError(PgqueueError):

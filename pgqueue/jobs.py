@@ -13,6 +13,7 @@ from typing import Any
 class JobState(enum.StrEnum):
     """The states a job moves through; the strings are what SQL, the CLI and the API show."""
 
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     AVAILABLE = "available"
     RUNNING = "running"
@@ -44,6 +45,10 @@ class JobSpec:
     unique_key: str | None = None
     tags: Sequence[str] | None = None
     encrypt: bool | None = None
+    #: Jobs that must complete first: ids of existing jobs, or other specs of the same batch.
+    depends_on: Sequence[int | JobSpec] = ()
+    #: "cancel" (default) or "run": what this job does when a dependency fails for good.
+    on_dependency_failure: str | None = None
 
 
 class Retry(Exception):
@@ -103,6 +108,22 @@ class Job:
     _progress_sink: Callable[[Job, float, str | None], None] | None = field(default=None, repr=False)
     # The args' ciphertext as stored; the worker decrypts it into ``args`` before the handler runs.
     _sealed_args: bytes | None = field(default=None, repr=False)
+    _dependency_reader: Callable[[Job], dict[int, Any]] | None = field(default=None, repr=False)
+
+    def dependency_results(self) -> dict[int, Any]:
+        """The results of the jobs this one depends on, by job id in id order (the order a chain or
+        group listed them); None for a dependency that did not complete (policy ``run``).
+
+        Encrypted results are decrypted with the worker's keys. Reads the database on each call.
+
+        Example:
+            >>> @app.task
+            ... def zip_exports(job: pgqueue.Job) -> None:
+            ...     paths = [r["path"] for r in job.dependency_results().values()]
+        """
+        if self._dependency_reader is None:
+            return {}
+        return self._dependency_reader(self)
 
     @property
     def encrypted(self) -> bool:

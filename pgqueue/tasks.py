@@ -13,6 +13,7 @@ from pgqueue.errors import InvalidPriority
 if TYPE_CHECKING:
     from pgqueue.app import App
     from pgqueue.typing import AsyncConnection, Connection
+    from pgqueue.workflows import Signature
 
 PRIORITIES: dict[str, int] = {"critical": 0, "high": 25, "normal": 100, "low": 200}
 DEFAULT_PRIORITY = 100
@@ -100,6 +101,16 @@ class Task:
             ...     job_id = send_email.enqueue(conn, to="a@example.com", subject="hi")
         """
         return self.app.enqueue(conn, self.name, args)
+
+    def s(self, **args: Any) -> Signature:
+        """A signature of this task with ``args``, for :func:`pgqueue.chain` and :func:`pgqueue.group`.
+
+        Example:
+            >>> app.enqueue_workflow(conn, pgqueue.chain(render.s(report_id=1), email.s(to="a@example.com")))
+        """
+        from pgqueue.workflows import Signature
+
+        return Signature(self.name, args)
 
     async def enqueue_async(self, conn: AsyncConnection, /, **args: Any) -> int:
         """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects."""

@@ -54,6 +54,9 @@ class JobQueries(NamedTuple):
     find_pending_job: LiteralString
     list_jobs_page: LiteralString
     get_job_state: LiteralString
+    lock_dependencies: LiteralString
+    insert_dependent_jobs: LiteralString
+    dependency_results: LiteralString
 
 
 JOBS = load_queries(JobQueries, "jobs.sql")
@@ -73,6 +76,16 @@ class NewJob:
     unique_key: str | None
     tags: tuple[str, ...]
     args_encrypted: bytes | None = None
+    # Workflows: existing jobs it depends on, jobs of the same batch it depends on (their
+    # positions in the batch), its failure policy, and its workflow.
+    depends_on: tuple[int, ...] = ()
+    depends_on_batch: tuple[int, ...] = ()
+    on_dependency_failure: str = "cancel"
+    workflow_id: str | None = None
+
+    @property
+    def has_dependencies(self) -> bool:
+        return bool(self.depends_on or self.depends_on_batch)
 
 
 @dataclass(frozen=True)
@@ -207,6 +220,65 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
+def _dependency_plan(jobs: Sequence[NewJob], ids: Sequence[int],
+                     locked: dict[int, tuple[str, Any]]) -> dict[str, Any]:
+    """The per-job and per-edge arrays of JOBS.insert_dependent_jobs, from the states of the
+    existing dependencies read under their lock.
+
+    Raises:
+        InvalidDependency: an existing dependency is unknown (never enqueued, deleted or pruned), or
+            failed/cancelled while the dependent's policy is 'cancel'.
+    """
+    from pgqueue.errors import InvalidDependency
+
+    referenced = {index for job in jobs for index in job.depends_on_batch}
+    pending: list[int] = []
+    workflow_ids: list[str | None] = []
+    edge_jobs: list[int] = []
+    edge_dependencies: list[int] = []
+    edge_resolved: list[bool] = []
+    for job_id, job in zip(ids, jobs, strict=True):
+        unresolved = 0
+        workflow_id = job.workflow_id
+        for dependency in job.depends_on:
+            if dependency not in locked:
+                raise InvalidDependency(
+                    f"job {dependency} does not exist (never enqueued, or deleted or pruned): nothing was enqueued")
+            state, dependency_workflow = locked[dependency]
+            failed = state in ("failed", "cancelled")
+            if failed and job.on_dependency_failure == "cancel":
+                raise InvalidDependency(
+                    f"job {dependency} is {state}: a job with on_dependency_failure='cancel' cannot depend on it "
+                    "(retry it first, or pass on_dependency_failure='run'); nothing was enqueued")
+            resolved = state == "completed" or failed
+            unresolved += not resolved
+            edge_jobs.append(job_id)
+            edge_dependencies.append(dependency)
+            edge_resolved.append(resolved)
+            if workflow_id is None and dependency_workflow is not None:
+                workflow_id = str(dependency_workflow)  # a job added to a workflow joins it
+        for index in job.depends_on_batch:
+            unresolved += 1
+            edge_jobs.append(job_id)
+            edge_dependencies.append(ids[index])
+            edge_resolved.append(False)
+        pending.append(unresolved)
+        workflow_ids.append(workflow_id)
+    return {
+        "ids": list(ids), "pending": pending,
+        "has_dependents": [index in referenced for index in range(len(jobs))],
+        "policies": [j.on_dependency_failure if j.has_dependencies else None for j in jobs],
+        "workflow_ids": workflow_ids,
+        "edge_jobs": edge_jobs, "edge_dependencies": edge_dependencies, "edge_resolved": edge_resolved,
+    }
+
+
+def _dependent_params(jobs: Sequence[NewJob], plan: dict[str, Any], actor: str | None) -> dict[str, Any]:
+    params = _bulk_params(jobs, actor)
+    del params["unique_keys"]
+    return {**params, **plan}
+
+
 class JobStore:
     """Job statements on a psycopg connection owned by someone else (never committed here).
 
@@ -268,6 +340,32 @@ class JobStore:
             cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
             cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
+
+    def insert_dependent_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        """Jobs with dependencies (on existing jobs, or on jobs of the same batch), all or nothing;
+        ids in input order. Three statements: run them in a savepoint or transaction."""
+        external = sorted({d for job in jobs for d in job.depends_on})
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            locked: dict[int, tuple[str, Any]] = {}
+            if external:
+                cur.execute(JOBS.lock_dependencies, {"ids": external})
+                locked = {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+            cur.execute(JOBS.reserve_job_ids, {"count": len(jobs)})
+            ids = [row[0] for row in cur.fetchall()]
+            plan = _dependency_plan(jobs, ids, locked)
+            cur.execute(JOBS.insert_dependent_jobs, _dependent_params(jobs, plan, actor))
+            cur.fetchall()
+        return ids
+
+    def insert_dependent_jobs_atomically(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        """:meth:`insert_dependent_jobs`, all or nothing."""
+        return self._atomically(lambda: self.insert_dependent_jobs(jobs, actor))
+
+    def dependency_results(self, job_id: int) -> list[tuple[int, str, str, Any, bytes | None]]:
+        """(id, task, state, result, result ciphertext) of the jobs ``job_id`` depends on, in id order."""
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(JOBS.dependency_results, {"id": job_id})
+            return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
 
     def _insert_batch(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
         return self.copy_jobs(jobs, len(jobs), actor) if _copyable(jobs) else self.insert_jobs(jobs, actor)
@@ -428,6 +526,25 @@ class AsyncJobStore:
                 await cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
                 await cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
+
+    async def insert_dependent_jobs_atomically(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+        """The async twin of :meth:`JobStore.insert_dependent_jobs_atomically`."""
+        external = sorted({d for job in jobs for d in job.depends_on})
+
+        async def write() -> list[int]:
+            async with self.conn.cursor(row_factory=tuple_row) as cur:
+                locked: dict[int, tuple[str, Any]] = {}
+                if external:
+                    await cur.execute(JOBS.lock_dependencies, {"ids": external})
+                    locked = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+                await cur.execute(JOBS.reserve_job_ids, {"count": len(jobs)})
+                ids = [row[0] for row in await cur.fetchall()]
+                plan = _dependency_plan(jobs, ids, locked)
+                await cur.execute(JOBS.insert_dependent_jobs, _dependent_params(jobs, plan, actor))
+                await cur.fetchall()
+            return ids
+
+        return await self._atomically(write)
 
     async def _insert_batch(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
         if _copyable(jobs):
