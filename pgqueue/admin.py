@@ -60,7 +60,7 @@ from pgqueue.errors import (
     QueueNotFound,
     SchemaNotReady,
 )
-from pgqueue.jobs import FINISHED_STATES, LIVE_STATES, JobState
+from pgqueue.jobs import CANCELLABLE_STATES, FINISHED_STATES, JobState
 from pgqueue.settings import parse_duration, redact_dsn
 
 __all__ = [
@@ -596,7 +596,8 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
     if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor)):
-        return JobChange(job_id, previous, JobState.AVAILABLE.value)
+        # 'waiting' for a job whose dependencies have not all completed (see pgqueue.workflows).
+        return JobChange(job_id, previous, JobStore(own).job_state(job_id) or JobState.AVAILABLE.value)
     state = JobStore(own).job_state(job_id)
     if state is None:
         raise JobNotFound(f"job {job_id} not found")
@@ -616,7 +617,8 @@ def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = Non
 
 
 def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange:
-    """Cancel a scheduled, available or running job.
+    """Cancel a waiting, scheduled, available or running job (its dependents follow their
+    ``on_dependency_failure`` policy).
 
     A running attempt is not interrupted (until flow control's cancellation ships): its worker
     finishes it, but its outcome is refused and the job stays cancelled.
@@ -633,7 +635,7 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
     if not cancelled:
-        live = ", ".join(str(s) for s in LIVE_STATES[:-1]) + f" or {LIVE_STATES[-1]}"
+        live = ", ".join(str(s) for s in CANCELLABLE_STATES[:-1]) + f" or {CANCELLABLE_STATES[-1]}"
         raise InvalidJobState(f"job {job_id} is {previous}; only {live} jobs can be cancelled")
     return JobChange(job_id, previous, JobState.CANCELLED.value)
 

@@ -23,6 +23,8 @@ class JobState(enum.StrEnum):
 
 
 LIVE_STATES = (JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING)
+#: States an operator can cancel: the live ones and 'waiting' (on dependencies).
+CANCELLABLE_STATES = (JobState.WAITING, *LIVE_STATES)
 FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 

@@ -337,7 +337,7 @@ USER_ERRORS = [
     (["jobs", "list", "--state", "done"],
      "state 'done' is not valid here; valid states: scheduled, available, running, completed, failed, cancelled"),
     (["jobs", "cancel", "<completed>"],
-     "job <completed> is completed; only scheduled, available or running jobs can be cancelled"),
+     "job <completed> is completed; only waiting, scheduled, available or running jobs can be cancelled"),
     (["jobs", "delete", "<running>"], "job <running> is running; a running job cannot be deleted: cancel it first"),
     (["queues", "pause", "Bad Queue"], "queue name 'Bad Queue' must match"),
 ]
