@@ -32,6 +32,7 @@ import getpass
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -47,6 +48,7 @@ from pgqueue._db.reports import REPORTS, run_report
 from pgqueue._db.server import ServerStore
 from pgqueue._db.sessions import connect
 from pgqueue._db.workers import WorkerStore
+from pgqueue._db.workflows import WorkflowStore
 from pgqueue._humanize import format_seconds
 from pgqueue._payload import check_queue_name
 from pgqueue.errors import (
@@ -59,6 +61,7 @@ from pgqueue.errors import (
     PgqueueError,
     QueueNotFound,
     SchemaNotReady,
+    WorkflowNotFound,
 )
 from pgqueue.jobs import CANCELLABLE_STATES, FINISHED_STATES, JobState
 from pgqueue.settings import parse_duration, redact_dsn
@@ -74,10 +77,14 @@ __all__ = [
     "QueueInfo",
     "ScheduleInfo",
     "WorkerInfo",
+    "WorkflowInfo",
+    "WorkflowJob",
     "cancel_job",
+    "cancel_workflow",
     "delete_job",
     "format_rate",
     "get_job",
+    "get_workflow",
     "health",
     "list_job_events",
     "list_jobs",
@@ -92,6 +99,7 @@ __all__ = [
     "resume_queue",
     "retry_failed",
     "retry_job",
+    "retry_workflow",
     "set_queue_limits",
     "wait_for_job",
 ]
@@ -953,3 +961,112 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         checks.append(_notification_check(store.notification_queue_usage()))
         checks.append(_long_transaction_check(store, max_xact_age))
     return HealthReport(tuple(checks))
+
+
+# --- workflows (chains, groups, depends_on; see pgqueue.workflows) ---
+
+
+@dataclass(frozen=True)
+class WorkflowJob:
+    """One job of a workflow, with the ids of the jobs it depends on."""
+
+    id: int
+    task: str
+    queue: str
+    state: str
+    attempt: int
+    max_attempts: int
+    pending_dependencies: int
+    on_dependency_failure: str | None
+    depends_on: list[int]
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error_type: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow: its jobs in enqueue order, and counts per state.
+
+    ``state`` sums it up: ``completed`` when every job completed, ``failed`` when nothing is left
+    to run and some job failed or was cancelled, else ``running``.
+    """
+
+    id: str
+    jobs: list[WorkflowJob]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+
+    @property
+    def state(self) -> str:
+        states = {job.state for job in self.jobs}
+        if states == {"completed"}:
+            return "completed"
+        if states <= set(FINISHED_STATES):
+            return "failed"
+        return "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "counts": self.counts,
+                "jobs": [job.as_dict() for job in self.jobs]}
+
+
+def _check_workflow_id(workflow_id: Any) -> str:
+    try:
+        return str(uuid.UUID(str(workflow_id)))
+    except ValueError:
+        raise WorkflowNotFound(f"workflow id {workflow_id!r} is not a UUID (pgqueue workflows show <uuid>)") from None
+
+
+def get_workflow(conn: Any, workflow_id: str) -> WorkflowInfo:
+    """A workflow's jobs and their states; a job id is accepted too (its workflow is shown).
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id (or that job belongs to no workflow).
+
+    Example:
+        >>> admin.get_workflow(conn, wf.id).state
+        'running'
+    """
+    store = WorkflowStore(sync_connection(conn))
+    if isinstance(workflow_id, int) or str(workflow_id).isdigit():
+        found = store.workflow_of(int(workflow_id))
+        if found is None:
+            raise WorkflowNotFound(f"job {workflow_id} belongs to no workflow (or does not exist)")
+        workflow_id = found
+    wanted = _check_workflow_id(workflow_id)
+    rows = store.jobs(wanted)
+    if not rows:
+        raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
+    return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
+
+
+def cancel_workflow(conn: Any, workflow_id: str, *, actor: str | None = None) -> list[int]:
+    """Cancel every unfinished job of a workflow (waiting, scheduled, available, running); returns
+    their ids. Completed jobs stay completed.
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id.
+    """
+    info = get_workflow(conn, workflow_id)
+    return WorkflowStore(sync_connection(conn)).cancel(info.id, _actor(actor))
+
+
+def retry_workflow(conn: Any, workflow_id: str, *, actor: str | None = None) -> list[int]:
+    """Retry every failed or cancelled job of a workflow in one statement; returns their ids. Jobs
+    whose dependencies have not all completed wait again; the others become available.
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id.
+    """
+    info = get_workflow(conn, workflow_id)
+    return WorkflowStore(sync_connection(conn)).retry(info.id, _actor(actor))
