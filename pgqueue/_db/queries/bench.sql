@@ -72,3 +72,8 @@ SELECT name, current_setting(name) FROM unnest(ARRAY[
     'server_version', 'shared_buffers', 'synchronous_commit', 'fsync', 'max_connections',
     'work_mem', 'autovacuum'
 ]) AS name;
+
+-- name: finished_epochs
+-- When each of the given jobs finished (database clock, seconds since the epoch): the workflow
+-- scenario's "commit of step n" (the ack statement's now(), a moment before its commit).
+SELECT id, extract(epoch FROM finished_at)::float8 FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]);
