@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
-from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, JobStore, NewJob
+from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, DependencyLayout, JobStore, NewJob
 from pgqueue._db.sessions import open_connection
 from pgqueue._payload import check_queue_name, encode_args
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
@@ -82,21 +82,20 @@ def _check_policy(policy: str | None) -> str:
 
 
 def _check_dependency_ids(depends_on: Iterable[Any]) -> tuple[int, ...]:
-    ids: list[int] = []
+    ids: dict[int, None] = {}
     for dependency in depends_on:
         if isinstance(dependency, bool) or not isinstance(dependency, int) or dependency < 1:
             raise InvalidDependency(f"depends_on item {dependency!r} must be a job id (a positive integer)")
-        if dependency not in ids:
-            ids.append(dependency)
+        ids[dependency] = None
     return tuple(ids)
 
 
-def _check_acyclic(jobs: Sequence[NewJob]) -> None:
+def _check_acyclic(batch_dependencies: Sequence[tuple[int, ...]]) -> None:
     """Kahn's algorithm over the batch's own edges: what is left unsorted sits on a cycle."""
-    waiting_on = [len(set(job.depends_on_batch)) for job in jobs]
+    waiting_on = [len(set(deps)) for deps in batch_dependencies]
     dependents: dict[int, list[int]] = {}
-    for index, job in enumerate(jobs):
-        for dependency in set(job.depends_on_batch):
+    for index, deps in enumerate(batch_dependencies):
+        for dependency in set(deps):
             dependents.setdefault(dependency, []).append(index)
     ready = [index for index, count in enumerate(waiting_on) if count == 0]
     sorted_count = 0
@@ -107,7 +106,7 @@ def _check_acyclic(jobs: Sequence[NewJob]) -> None:
             waiting_on[dependent] -= 1
             if waiting_on[dependent] == 0:
                 ready.append(dependent)
-    if sorted_count < len(jobs):
+    if sorted_count < len(batch_dependencies):
         cycle = sorted(index for index, count in enumerate(waiting_on) if count > 0)
         raise DependencyCycle(f"the specs at positions {cycle} of the batch depend on each other in a cycle; "
                               "nothing was enqueued")
@@ -250,7 +249,8 @@ class App:
     def _new_job(self, task: str, args: Any, *, queue: str | None = None, priority: int | str | None = None,
                  delay: float | timedelta | None = None, run_at: datetime | None = None,
                  max_attempts: int | None = None, unique_key: str | None = None,
-                 encrypt: bool | None = None, tags: Iterable[str] | None = None) -> NewJob:
+                 encrypt: bool | None = None, tags: Iterable[str] | None = None,
+                 dependencies: dict[str, Any] | None = None) -> NewJob:
         if not isinstance(task, str) or not task or "\x00" in task:  # PostgreSQL text cannot hold NUL
             raise UnknownTask(f"task name {task!r} must be a non-empty string without NUL characters")
         known = self.tasks.get(task)
@@ -283,12 +283,14 @@ class App:
             delay=_delay_seconds(delay),
             unique_key=unique_key,
             tags=_check_tags(tags) if tags is not None else default_tags,
+            **(dependencies or {}),
         )
 
-    def _spec_job(self, spec: JobSpec) -> NewJob:
+    def _spec_job(self, spec: JobSpec, dependencies: dict[str, Any] | None = None) -> NewJob:
         return self._new_job(
             spec.task, spec.args, queue=spec.queue, priority=spec.priority, delay=spec.delay, run_at=spec.run_at,
             max_attempts=spec.max_attempts, unique_key=spec.unique_key, encrypt=spec.encrypt, tags=spec.tags,
+            dependencies=dependencies,
         )
 
     def enqueue(self, conn: Connection | None, task: str, args: dict[str, Any] | None = None, *,
@@ -338,14 +340,12 @@ class App:
         """
         new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                 max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
-        if depends_on is not None or on_dependency_failure is not None:
-            new_job = self._with_dependencies(new_job, _check_dependency_ids(depends_on or ()), (),
-                                              on_dependency_failure)
-        if new_job.has_dependencies:
+        dependent = self._single_dependent(new_job, depends_on, on_dependency_failure)
+        if dependent is not None:
             if conn is None:
                 with self.connect() as own:
-                    return JobStore(own).insert_dependent_jobs_atomically([new_job], actor=_actor())[0]
-            return JobStore(sync_connection(conn)).insert_dependent_jobs_atomically([new_job], actor=_actor())[0]
+                    return JobStore(own).insert_dependent_jobs_atomically(*dependent, actor=_actor())[0]
+            return JobStore(sync_connection(conn)).insert_dependent_jobs_atomically(*dependent, actor=_actor())[0]
         if conn is None:
             with self.connect() as own:
                 return JobStore(own).insert_job(new_job, actor=_actor())
@@ -365,39 +365,62 @@ class App:
                 return self._enqueue_many(JobStore(own), specs)
         return self._enqueue_many(JobStore(sync_connection(conn)), specs)
 
-    def _with_dependencies(self, job: NewJob, external: tuple[int, ...], batch: tuple[int, ...],
-                           policy: str | None, workflow_id: str | None = None) -> NewJob:
-        if job.unique_key is not None and (external or batch):
+    def _single_dependent(self, job: NewJob, depends_on: Iterable[int] | None,
+                          policy: str | None) -> tuple[DependencyLayout, Callable[[int], NewJob]] | None:
+        external = _check_dependency_ids(depends_on or ())
+        checked = _check_policy(policy)
+        if not external:
+            return None
+        if job.unique_key is not None:
             raise InvalidEnqueueOption("unique_key cannot be combined with depends_on")
-        return replace(job, depends_on=external, depends_on_batch=batch,
-                       on_dependency_failure=_check_policy(policy), workflow_id=workflow_id)
+        job = replace(job, depends_on=external, on_dependency_failure=checked)
+        layout = DependencyLayout(count=1, external=sorted(external), has_dependents=[False], copied=[])
+        return layout, lambda _: job
 
-    def _dependent_jobs(self, specs: Sequence[JobSpec], workflow_id: str | None = None) -> list[NewJob]:
-        """Validated jobs of a batch in which some depend on others (by spec object) or on existing
-        jobs (by id); refuses references outside the batch and cycles."""
+    def _dependent_batch(self, specs: Sequence[JobSpec],
+                         workflow_id: str | None = None) -> tuple[DependencyLayout, Callable[[int], NewJob]]:
+        """The layout of a batch in which some jobs depend on others (by spec object) or on existing
+        jobs (by id), checked before any job is validated (references outside the batch, cycles),
+        and the function that validates the i-th job (called while the batch is written)."""
         position: dict[int, int] = {}
         for index, spec in enumerate(specs):
+            if spec.unique_key is not None:
+                raise InvalidEnqueueOption(f"the spec at position {index} has a unique_key: unique_key cannot be "
+                                           "used in a batch with depends_on")
             if id(spec) in position:
                 raise InvalidDependency(f"the spec at position {index} appears twice in the batch "
                                         "(a batch that uses depends_on needs distinct JobSpec objects)")
             position[id(spec)] = index
-        jobs: list[NewJob] = []
+        fields: list[dict[str, Any]] = []
+        has_dependents = [False] * len(specs)
+        external_all: dict[int, None] = {}
+        policies: dict[str | None, str] = {}
         for index, spec in enumerate(specs):
+            if spec.on_dependency_failure not in policies:
+                policies[spec.on_dependency_failure] = _check_policy(spec.on_dependency_failure)
             external: list[int] = []
-            batch: list[int] = []
+            batch: dict[int, None] = {}  # an ordered set: a group's callback lists thousands
             for dependency in spec.depends_on:
                 if isinstance(dependency, JobSpec):
                     if id(dependency) not in position:
                         raise InvalidDependency(f"the spec at position {index} depends on a JobSpec that is not "
                                                 "in the same batch")
-                    if position[id(dependency)] not in batch:
-                        batch.append(position[id(dependency)])
+                    batch[position[id(dependency)]] = None
                 else:
-                    external.extend(_check_dependency_ids([dependency]))
-            jobs.append(self._with_dependencies(self._spec_job(spec), tuple(dict.fromkeys(external)), tuple(batch),
-                                                spec.on_dependency_failure, workflow_id))
-        _check_acyclic(jobs)
-        return jobs
+                    external.append(dependency)
+            checked = _check_dependency_ids(external)
+            external_all.update(dict.fromkeys(checked))
+            for dependency_index in batch:
+                has_dependents[dependency_index] = True
+            fields.append({"depends_on": checked, "depends_on_batch": tuple(batch),
+                           "on_dependency_failure": policies[spec.on_dependency_failure], "workflow_id": workflow_id})
+        _check_acyclic([f["depends_on_batch"] for f in fields])
+        copyable = [i for i, (spec, f) in enumerate(zip(specs, fields, strict=True))
+                    if not f["depends_on"] and not f["depends_on_batch"] and spec.run_at is None and spec.delay is None]
+        layout = DependencyLayout(count=len(specs), external=sorted(external_all), has_dependents=has_dependents,
+                                  copied=copyable if len(copyable) >= COPY_MIN_JOBS else [])
+        # Each NewJob is built once with its dependencies (dataclasses.replace cost 24 us a job).
+        return layout, lambda i: self._spec_job(specs[i], fields[i])
 
     def enqueue_workflow(self, conn: Connection | None, flow: Flow) -> Workflow:
         """Enqueue a chain or group (see :mod:`pgqueue.workflows`) atomically, in one statement on
@@ -414,17 +437,17 @@ class App:
         from pgqueue.workflows import Workflow, compile_flow, new_workflow_id
 
         workflow_id = new_workflow_id()
-        jobs = self._dependent_jobs(compile_flow(flow), workflow_id)
+        layout, make_job = self._dependent_batch(compile_flow(flow), workflow_id)
         if conn is None:
             with self.connect() as own:
-                ids = JobStore(own).insert_dependent_jobs_atomically(jobs, actor=_actor())
+                ids = JobStore(own).insert_dependent_jobs_atomically(layout, make_job, actor=_actor())
         else:
-            ids = JobStore(sync_connection(conn)).insert_dependent_jobs_atomically(jobs, actor=_actor())
+            ids = JobStore(sync_connection(conn)).insert_dependent_jobs_atomically(layout, make_job, actor=_actor())
         return Workflow(id=workflow_id, job_ids=ids)
 
     def _enqueue_many(self, store: JobStore, specs: list[JobSpec]) -> list[int]:
         if any(spec.depends_on or spec.on_dependency_failure is not None for spec in specs):
-            return store.insert_dependent_jobs_atomically(self._dependent_jobs(specs), actor=_actor())
+            return store.insert_dependent_jobs_atomically(*self._dependent_batch(specs), actor=_actor())
         if len(specs) >= COPY_MIN_JOBS and all(
                 spec.unique_key is None and spec.run_at is None and spec.delay is None for spec in specs):
             # All available at once: one COPY, each spec validated as it is written, so Python
@@ -464,12 +487,10 @@ class App:
         """
         new_job = self._new_job(task, args, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                 max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags)
-        if depends_on is not None or on_dependency_failure is not None:
-            new_job = self._with_dependencies(new_job, _check_dependency_ids(depends_on or ()), (),
-                                              on_dependency_failure)
-        if new_job.has_dependencies:
+        dependent = self._single_dependent(new_job, depends_on, on_dependency_failure)
+        if dependent is not None:
             store = AsyncJobStore(await async_connection(conn))
-            return (await store.insert_dependent_jobs_atomically([new_job], actor=_actor()))[0]
+            return (await store.insert_dependent_jobs_atomically(*dependent, actor=_actor()))[0]
         return await AsyncJobStore(await async_connection(conn)).insert_job(new_job, actor=_actor())
 
     async def enqueue_many_async(self, conn: AsyncConnection, jobs: Iterable[JobSpec]) -> list[int]:
@@ -477,7 +498,7 @@ class App:
         specs = list(jobs)
         if any(spec.depends_on or spec.on_dependency_failure is not None for spec in specs):
             store = AsyncJobStore(await async_connection(conn))
-            return await store.insert_dependent_jobs_atomically(self._dependent_jobs(specs), actor=_actor())
+            return await store.insert_dependent_jobs_atomically(*self._dependent_batch(specs), actor=_actor())
         new_jobs = [self._spec_job(spec) for spec in specs]
         return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
 

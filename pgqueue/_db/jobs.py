@@ -56,6 +56,7 @@ class JobQueries(NamedTuple):
     get_job_state: LiteralString
     lock_dependencies: LiteralString
     insert_dependent_jobs: LiteralString
+    copy_workflow_jobs: LiteralString
     dependency_results: LiteralString
 
 
@@ -220,10 +221,28 @@ def _fail_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
-def _dependency_plan(jobs: Sequence[NewJob], ids: Sequence[int],
-                     locked: dict[int, tuple[str, Any]]) -> dict[str, Any]:
-    """The per-job and per-edge arrays of JOBS.insert_dependent_jobs, from the states of the
-    existing dependencies read under their lock.
+@dataclass(frozen=True)
+class DependencyLayout:
+    """The shape of a batch with dependencies, known before its jobs are validated: how many jobs,
+    the existing jobs they depend on, which ones others in the batch depend on, and which ones go
+    through COPY (no dependencies, available at once) while the rest are still being validated."""
+
+    count: int
+    external: list[int]
+    has_dependents: list[bool]
+    copied: list[int]
+
+    @property
+    def inserted(self) -> list[int]:
+        chosen = set(self.copied)
+        return [i for i in range(self.count) if i not in chosen]
+
+
+def _dependency_plan(jobs: Sequence[NewJob], positions: Sequence[int], ids: Sequence[int],
+                     layout: DependencyLayout, locked: dict[int, tuple[str, Any]]) -> dict[str, Any]:
+    """The per-job and per-edge arrays of JOBS.insert_dependent_jobs for ``jobs`` (at ``positions``
+    of the batch whose ids are ``ids``), from the states of the existing dependencies read under
+    their lock.
 
     Raises:
         InvalidDependency: an existing dependency is unknown (never enqueued, deleted or pruned), or
@@ -231,13 +250,13 @@ def _dependency_plan(jobs: Sequence[NewJob], ids: Sequence[int],
     """
     from pgqueue.errors import InvalidDependency
 
-    referenced = {index for job in jobs for index in job.depends_on_batch}
     pending: list[int] = []
     workflow_ids: list[str | None] = []
     edge_jobs: list[int] = []
     edge_dependencies: list[int] = []
     edge_resolved: list[bool] = []
-    for job_id, job in zip(ids, jobs, strict=True):
+    for position, job in zip(positions, jobs, strict=True):
+        job_id = ids[position]
         unresolved = 0
         workflow_id = job.workflow_id
         for dependency in job.depends_on:
@@ -265,8 +284,8 @@ def _dependency_plan(jobs: Sequence[NewJob], ids: Sequence[int],
         pending.append(unresolved)
         workflow_ids.append(workflow_id)
     return {
-        "ids": list(ids), "pending": pending,
-        "has_dependents": [index in referenced for index in range(len(jobs))],
+        "ids": [ids[p] for p in positions], "pending": pending,
+        "has_dependents": [layout.has_dependents[p] for p in positions],
         "policies": [j.on_dependency_failure if j.has_dependencies else None for j in jobs],
         "workflow_ids": workflow_ids,
         "edge_jobs": edge_jobs, "edge_dependencies": edge_dependencies, "edge_resolved": edge_resolved,
@@ -277,6 +296,10 @@ def _dependent_params(jobs: Sequence[NewJob], plan: dict[str, Any], actor: str |
     params = _bulk_params(jobs, actor)
     del params["unique_keys"]
     return {**params, **plan}
+
+
+def _workflow_copy_row(job_id: int, job: NewJob, has_dependents: bool) -> tuple[Any, ...]:
+    return (*_copy_row(job_id, job), has_dependents, job.workflow_id)
 
 
 class JobStore:
@@ -341,25 +364,39 @@ class JobStore:
             cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
 
-    def insert_dependent_jobs(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
-        """Jobs with dependencies (on existing jobs, or on jobs of the same batch), all or nothing;
-        ids in input order. Three statements: run them in a savepoint or transaction."""
-        external = sorted({d for job in jobs for d in job.depends_on})
+    def insert_dependent_jobs(self, layout: DependencyLayout, make_job: Callable[[int], NewJob],
+                              actor: str | None = None) -> list[int]:
+        """A batch with dependencies (on existing jobs, or on jobs of the same batch); ids in input
+        order. ``make_job(i)`` validates the i-th job: the COPY part validates while the server
+        writes, as enqueue_many does. Several statements: run them in a savepoint or transaction."""
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             locked: dict[int, tuple[str, Any]] = {}
-            if external:
-                cur.execute(JOBS.lock_dependencies, {"ids": external})
+            if layout.external:
+                cur.execute(JOBS.lock_dependencies, {"ids": layout.external})
                 locked = {row[0]: (row[1], row[2]) for row in cur.fetchall()}
-            cur.execute(JOBS.reserve_job_ids, {"count": len(jobs)})
+            cur.execute(JOBS.reserve_job_ids, {"count": layout.count})
             ids = [row[0] for row in cur.fetchall()]
-            plan = _dependency_plan(jobs, ids, locked)
-            cur.execute(JOBS.insert_dependent_jobs, _dependent_params(jobs, plan, actor))
-            cur.fetchall()
+            if layout.copied:
+                queues: set[str] = set()
+                with cur.copy(JOBS.copy_workflow_jobs) as copy:
+                    for i in layout.copied:
+                        job = make_job(i)
+                        queues.add(job.queue)
+                        copy.write_row(_workflow_copy_row(ids[i], job, layout.has_dependents[i]))
+                cur.execute(JOBS.insert_copied_job_events, {"ids": [ids[i] for i in layout.copied], "actor": actor})
+                cur.execute(JOBS.notify_queues, _notify_params(queues))
+            positions = layout.inserted
+            if positions:
+                rest = [make_job(i) for i in positions]
+                plan = _dependency_plan(rest, positions, ids, layout, locked)
+                cur.execute(JOBS.insert_dependent_jobs, _dependent_params(rest, plan, actor))
+                cur.fetchall()
         return ids
 
-    def insert_dependent_jobs_atomically(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+    def insert_dependent_jobs_atomically(self, layout: DependencyLayout, make_job: Callable[[int], NewJob],
+                                         actor: str | None = None) -> list[int]:
         """:meth:`insert_dependent_jobs`, all or nothing."""
-        return self._atomically(lambda: self.insert_dependent_jobs(jobs, actor))
+        return self._atomically(lambda: self.insert_dependent_jobs(layout, make_job, actor))
 
     def dependency_results(self, job_id: int) -> list[tuple[int, str, str, Any, bytes | None]]:
         """(id, task, state, result, result ciphertext) of the jobs ``job_id`` depends on, in id order."""
@@ -527,21 +564,34 @@ class AsyncJobStore:
                 await cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
 
-    async def insert_dependent_jobs_atomically(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[int]:
+    async def insert_dependent_jobs_atomically(self, layout: DependencyLayout, make_job: Callable[[int], NewJob],
+                                               actor: str | None = None) -> list[int]:
         """The async twin of :meth:`JobStore.insert_dependent_jobs_atomically`."""
-        external = sorted({d for job in jobs for d in job.depends_on})
 
         async def write() -> list[int]:
             async with self.conn.cursor(row_factory=tuple_row) as cur:
                 locked: dict[int, tuple[str, Any]] = {}
-                if external:
-                    await cur.execute(JOBS.lock_dependencies, {"ids": external})
+                if layout.external:
+                    await cur.execute(JOBS.lock_dependencies, {"ids": layout.external})
                     locked = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
-                await cur.execute(JOBS.reserve_job_ids, {"count": len(jobs)})
+                await cur.execute(JOBS.reserve_job_ids, {"count": layout.count})
                 ids = [row[0] for row in await cur.fetchall()]
-                plan = _dependency_plan(jobs, ids, locked)
-                await cur.execute(JOBS.insert_dependent_jobs, _dependent_params(jobs, plan, actor))
-                await cur.fetchall()
+                if layout.copied:
+                    queues: set[str] = set()
+                    async with cur.copy(JOBS.copy_workflow_jobs) as copy:
+                        for i in layout.copied:
+                            job = make_job(i)
+                            queues.add(job.queue)
+                            await copy.write_row(_workflow_copy_row(ids[i], job, layout.has_dependents[i]))
+                    await cur.execute(JOBS.insert_copied_job_events,
+                                      {"ids": [ids[i] for i in layout.copied], "actor": actor})
+                    await cur.execute(JOBS.notify_queues, _notify_params(queues))
+                positions = layout.inserted
+                if positions:
+                    rest = [make_job(i) for i in positions]
+                    plan = _dependency_plan(rest, positions, ids, layout, locked)
+                    await cur.execute(JOBS.insert_dependent_jobs, _dependent_params(rest, plan, actor))
+                    await cur.fetchall()
             return ids
 
         return await self._atomically(write)

@@ -456,6 +456,13 @@ WITH input AS (
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
 
+-- name: copy_workflow_jobs
+-- The COPY path of a large workflow: its jobs without dependencies that are available at once
+-- (a group's members). Audit rows and NOTIFY as for copy_jobs; the dependents follow in
+-- insert_dependent_jobs, in the same savepoint or transaction.
+COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags, has_dependents, workflow_id)
+FROM STDIN;
+
 -- name: dependency_results
 -- What a handler's job.dependency_results() reads: its dependencies in id order, with results.
 SELECT j.id, j.task, j.state, j.result, j.result_encrypted
