@@ -1027,7 +1027,7 @@ def _check_workflow_id(workflow_id: Any) -> str:
         raise WorkflowNotFound(f"workflow id {workflow_id!r} is not a UUID (pgqueue workflows show <uuid>)") from None
 
 
-def get_workflow(conn: Any, workflow_id: str) -> WorkflowInfo:
+def get_workflow(conn: Any, workflow_id: str | int) -> WorkflowInfo:
     """A workflow's jobs and their states; a job id is accepted too (its workflow is shown).
 
     Raises:
@@ -1050,7 +1050,7 @@ def get_workflow(conn: Any, workflow_id: str) -> WorkflowInfo:
     return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
 
 
-def cancel_workflow(conn: Any, workflow_id: str, *, actor: str | None = None) -> list[int]:
+def cancel_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None) -> list[int]:
     """Cancel every unfinished job of a workflow (waiting, scheduled, available, running); returns
     their ids. Completed jobs stay completed.
 
@@ -1061,7 +1061,7 @@ def cancel_workflow(conn: Any, workflow_id: str, *, actor: str | None = None) ->
     return WorkflowStore(sync_connection(conn)).cancel(info.id, _actor(actor))
 
 
-def retry_workflow(conn: Any, workflow_id: str, *, actor: str | None = None) -> list[int]:
+def retry_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None) -> list[int]:
     """Retry every failed or cancelled job of a workflow in one statement; returns their ids. Jobs
     whose dependencies have not all completed wait again; the others become available.
 

@@ -31,8 +31,8 @@ from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE,
 
 if TYPE_CHECKING:
     from pgqueue.schedules import ScheduleSpec
-    from pgqueue.workflows import Flow, Workflow
     from pgqueue.typing import AsyncConnection, Connection, PsycopgConnection
+    from pgqueue.workflows import Flow, Workflow
 
 _MAX_TAGS = 32
 # enqueue_many writes this many jobs per statement (one round trip each).

@@ -402,7 +402,7 @@ class JobStore:
         """(id, task, state, result, result ciphertext) of the jobs ``job_id`` depends on, in id order."""
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(JOBS.dependency_results, {"id": job_id})
-            return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
+            return [(row[0], row[1], row[2], row[3], row[4]) for row in cur.fetchall()]
 
     def _insert_batch(self, jobs: Sequence[NewJob], actor: str | None) -> list[int]:
         return self.copy_jobs(jobs, len(jobs), actor) if _copyable(jobs) else self.insert_jobs(jobs, actor)

@@ -29,8 +29,8 @@ def process_app() -> ProcessApp:
                       lease_seconds=LEASE_SECONDS, poll_seconds=POLL_SECONDS)
 
 
-def count(db: Db, query: str, params: object = None) -> int:
-    row = db.execute(query, params).fetchone()  # type: ignore[arg-type]
+def count(db: Db, query: str, params: list[object] | None = None) -> int:
+    row = db.execute(query, params).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 import pgqueue
 
@@ -37,7 +38,7 @@ def _record(job: pgqueue.Job, unfinished: int | None = None, results: Any = None
         conn.execute("INSERT INTO wf_executions (job_id, attempt, pid, unfinished, results) "
                      "VALUES (%s, %s, %s, %s, %s)",
                      [job.id, job.attempt, os.getpid(), unfinished,
-                      None if results is None else psycopg.types.json.Jsonb(results)])
+                      None if results is None else Jsonb(results)])
 
 
 @app.task(name="member", max_attempts=5)

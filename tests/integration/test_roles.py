@@ -455,7 +455,8 @@ def test_workflows_run_with_the_shipped_roles_enqueuer_and_worker(as_role: Any, 
         wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) "
                                         "AND state IN ('completed', 'failed', 'cancelled')", [ids]) == len(ids),
                    timeout=30, message="the workflow jobs to finish")
-        state = dict(owner.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
+        state: dict[int, str] = dict(
+            owner.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
         assert [state[i] for i in [*wf.job_ids, after]] == ["completed"] * 4
         assert [state[i] for i in doomed.job_ids] == ["failed", "cancelled"]
         assert owner.execute("SELECT result FROM pgqueue.jobs WHERE id = %s",

@@ -60,7 +60,7 @@ def run_all(app: App) -> None:
 
 
 def states(db: Db, ids: list[int]) -> list[str]:
-    rows = dict(db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
+    rows: dict[int, str] = dict(db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
     return [rows.get(i, "gone") for i in ids]
 
 
@@ -155,16 +155,17 @@ def test_two_dependencies_completing_at_once_on_two_connections_release_the_depe
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def finish(job_id: int) -> None:
+        def finish(job_id: int, token: str, barrier: threading.Barrier = barrier,
+                   errors: list[BaseException] = errors) -> None:
             try:
                 with psycopg.connect(dsn) as own:
                     barrier.wait(5)
-                    assert complete(own, job_id, tokens[job_id]) == {job_id}
+                    assert complete(own, job_id, token) == {job_id}
                     own.commit()
             except BaseException as exc:  # noqa: BLE001 -- reported by the test thread below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=finish, args=(job_id,)) for job_id in (a, b)]
+        threads = [threading.Thread(target=finish, args=(job_id, tokens[job_id])) for job_id in (a, b)]
         for t in threads:
             t.start()
         for t in threads:
