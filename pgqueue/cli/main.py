@@ -77,7 +77,7 @@ COMMANDS: dict[str, CommandEntry] = {
         _OPERATE),
     "workflows": CommandEntry(
         "pgqueue.cli.workflows:app",
-        "Workflows (chains and groups): show a tree of their jobs, cancel, retry.",
+        "Workflows (chains and groups): show, cancel, retry.",
         _OPERATE),
     "queues": CommandEntry(
         "pgqueue.cli.queues:app",
