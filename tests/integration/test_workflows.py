@@ -373,3 +373,27 @@ def test_retention_keeps_a_completed_job_that_a_waiting_job_depends_on(app: App,
         report = _retention.prune(own, _retention.RetentionPolicy(60.0, 60.0, None), "test")
     assert states(conn, [first]) == ["gone"]
 
+
+
+def test_dependency_results_are_decrypted_for_the_next_step(dsn: str, conn: Db) -> None:
+    from pgqueue._crypto import generate_key
+
+    app = App(dsn, settings=Settings(dsn=dsn, lease_seconds=5, poll_seconds=0.5, shutdown_grace_seconds=5,
+                                     encryption_keys=(generate_key(),)))
+    seen: list[dict[int, Any]] = []
+
+    @app.task(name="secret", encrypt=True)
+    def secret(job: Job) -> dict[str, str]:
+        return {"mrn": "12345"}
+
+    @app.task(name="reader")
+    def reader(job: Job) -> None:
+        seen.append(job.dependency_results())
+
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("secret"), pgqueue.sig("reader")))
+    conn.commit()
+    run_all(app)
+    assert seen == [{wf.job_ids[0]: {"mrn": "12345"}}]
+    stored = conn.execute("SELECT result, result_encrypted IS NOT NULL FROM pgqueue.jobs WHERE id = %s",
+                          [wf.job_ids[0]]).fetchone()
+    assert stored == (None, True)
