@@ -7,7 +7,7 @@ from typing import Any
 
 from pgqueue import __version__
 
-_STATES = ["scheduled", "available", "running", "completed", "failed", "cancelled"]
+_STATES = ["waiting", "scheduled", "available", "running", "completed", "failed", "cancelled"]
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
