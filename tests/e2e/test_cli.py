@@ -335,7 +335,8 @@ USER_ERRORS = [
     (["jobs", "retry", "424242"], "job 424242 not found"),
     (["jobs", "show", "abc"], "job id 'abc' must be a positive integer"),
     (["jobs", "list", "--state", "done"],
-     "state 'done' is not valid here; valid states: waiting, scheduled, available, running, completed, failed, cancelled"),
+     "state 'done' is not valid here; valid states: waiting, scheduled, available, running, completed, failed, "
+     "cancelled"),
     (["jobs", "cancel", "<completed>"],
      "job <completed> is completed; only waiting, scheduled, available or running jobs can be cancelled"),
     (["jobs", "delete", "<running>"], "job <running> is running; a running job cannot be deleted: cancel it first"),
