@@ -5,6 +5,7 @@ start strictly one after another.
 
 from __future__ import annotations
 
+import json
 import signal
 
 import psycopg
@@ -15,7 +16,7 @@ import pgqueue
 from tests.e2e.conftest import E2E_DIR, LEASE_SECONDS, POLL_SECONDS
 from tests.e2e.workflow_app import EXECUTIONS_DDL
 from tests.helpers import wait_until
-from tests.plugins.processes import ProcessApp, SpawnWorker, wait_for_registration
+from tests.plugins.processes import ProcessApp, RunCli, SpawnWorker, wait_for_registration
 
 Db = psycopg.Connection[TupleRow]
 
@@ -109,3 +110,43 @@ def test_a_chain_runs_its_steps_strictly_in_order(worker_dsn: str, db: Db, spawn
         JOIN pgqueue.jobs AS previous ON previous.id = e.depends_on
         WHERE x.job_id = ANY(%s) AND x.started_at < previous.finished_at""", [wf.job_ids])
     assert overlap == 0
+
+
+def test_the_workflows_commands_show_cancel_and_retry_a_workflow(worker_dsn: str, db: Db, run_cli: RunCli) -> None:
+    app = pgqueue.App(worker_dsn)
+    with psycopg.connect(worker_dsn) as conn:
+        wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("member"), pgqueue.group(
+            [pgqueue.sig("member"), pgqueue.sig("member")], then=pgqueue.sig("callback"))))
+        conn.commit()
+    first, a, b, callback = wf.job_ids
+
+    shown = run_cli(["workflows", "show", wf.id], dsn=worker_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == f"workflow {wf.id}: running (1 available, 3 waiting)"
+    assert f"{callback} callback [waiting] after {a}, {b}" in shown.stdout
+    as_json = json.loads(run_cli(["workflows", "show", str(callback), "--json"], dsn=worker_dsn).stdout)
+    assert [job["id"] for job in as_json["jobs"]] == wf.job_ids
+    assert as_json["jobs"][-1]["depends_on"] == [a, b]
+
+    cancelled = run_cli(["workflows", "cancel", wf.id, "--json"], dsn=worker_dsn)
+    assert json.loads(cancelled.stdout)["cancelled"] == wf.job_ids
+    retried = run_cli(["workflows", "retry", wf.id, "--json"], dsn=worker_dsn)
+    assert json.loads(retried.stdout)["retried"] == wf.job_ids
+    states = dict(db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [wf.job_ids]).fetchall())
+    assert [states[i] for i in wf.job_ids] == ["available", "waiting", "waiting", "waiting"]
+    events = [r[0] for r in db.execute("SELECT actor FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
+                                       [first])]
+    assert len(events) == 1 and events[0].startswith("cli:")
+
+    added = run_cli(["enqueue", "member", "--depends-on", str(callback), "--json"], dsn=worker_dsn)
+    assert added.returncode == 0, added.stderr
+    assert db.execute("SELECT state, workflow_id::text FROM pgqueue.jobs WHERE id = %s",
+                      [json.loads(added.stdout)["id"]]).fetchone() == ("waiting", wf.id)
+
+    for args, message in ((["workflows", "show", "nope"], "is not a UUID"),
+                          (["workflows", "show", "00000000-0000-0000-0000-000000000000"], "not found"),
+                          (["enqueue", "member", "--depends-on", "999999"], "job 999999 does not exist")):
+        failed = run_cli(args, dsn=worker_dsn)
+        assert failed.returncode == 1
+        assert message in failed.stderr
+        assert "Traceback" not in failed.stderr
