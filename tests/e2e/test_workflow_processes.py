@@ -132,7 +132,8 @@ def test_the_workflows_commands_show_cancel_and_retry_a_workflow(worker_dsn: str
     assert json.loads(cancelled.stdout)["cancelled"] == wf.job_ids
     retried = run_cli(["workflows", "retry", wf.id, "--json"], dsn=worker_dsn)
     assert json.loads(retried.stdout)["retried"] == wf.job_ids
-    states: dict[int, str] = dict(db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [wf.job_ids]).fetchall())
+    states: dict[int, str] = dict(
+        db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [wf.job_ids]).fetchall())
     assert [states[i] for i in wf.job_ids] == ["available", "waiting", "waiting", "waiting"]
     events = [r[0] for r in db.execute("SELECT actor FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
                                        [first])]
