@@ -1,104 +1,131 @@
-"""Put ``pgqueue bench --json`` beside the peer harness's results as one markdown table.
+"""Check a peer-harness run against pgqueue's performance targets, and show ``pgqueue bench`` beside it.
 
+    ../shared/peer-bench/run_all.sh                      # one interleaved run: ./peer-bench-results/<run-id>/
+    python bench/compare.py                              # the latest run (or: a run directory)
     pgqueue bench --json > /tmp/pgqueue.json
-    BENCH_REPS=3 /work/shared/peer-bench/run_all.sh          # writes ./peer-bench-results/*.json
-    python bench/compare.py /tmp/pgqueue.json peer-bench-results
+    python bench/compare.py peer-bench-results/<run-id> --bench /tmp/pgqueue.json
 
-Cells are median (min-max) over the repetitions. "ceiling" is the ``physical_*`` figure pgqueue
-bench set the row against (same run as the pgqueue column; the best of 1 and 4 connections for
-batched throughput); "postgres (peer-bench)" is the peer
-harness's ``physical.py`` (its run, with the peers).
+The harness writes ``<run-id>/runs.jsonl`` (one record per system, scenario and repetition) and
+``meta.json``; a cell here is the median over the repetitions (min-max), as in its own table. The
+targets are the performance issue's: each row compares pgqueue with graphile-worker (or with
+pgbench's single-INSERT rate) *within the same run*, the only comparison the harness supports.
+``--bench`` adds pgqueue's own scenarios with the fraction of their physical ceiling.
 """
 
 # ruff: noqa: T201 - a command-line script: printing is its output
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# label, pgqueue key, key in the peers' JSON files ("key@postgres": the harness's raw-SQL column).
-# The ceiling of a pgqueue figure is the one its own report names (``results.<key>.ceiling``).
-ROWS: list[tuple[str, str | None, str | None]] = [
-    ("enqueue, 1 job per transaction", "enqueue_single", "enqueue_single"),
-    ("enqueue, bulk (pgqueue: 10k per call; peers: 50k in one call)", "enqueue_bulk", "enqueue_bulk"),
-    ("process no-op, 1 process x concurrency 1", "process_c1", "process_c1"),
-    ("process no-op, concurrency 10", "process_c10", "process_c10"),
-    ("process no-op, concurrency 50", "process_c50", None),
-    ("process no-op, 2 processes x 50", "process_p2_c50", None),
-    ("process no-op, concurrency 50, sync handler", "process_c50_sync", None),
-    ("process no-op, pgqueuer unlimited, batch 10", None, "process_unlim_b10"),
-    ("process no-op, pgqueuer unlimited, batch 100", None, "process_unlim_b100"),
-    ("latency enqueue commit -> handler start, p50 (ms)", "latency_p50", "latency_p50"),
-    ("latency p95 (ms)", "latency_p95", "latency_p95"),
-    ("latency p99 (ms)", "latency_p99", "latency_p99"),
-    ("backlog 10k waiting, 1 x 50", "backlog_10k", None),
-    ("backlog 1M waiting, 1 x 50", "backlog_1m", None),
-    ("backlog 100k waiting, 1 x 50", "backlog_100k", None),
-    ("churn: throughput with retention on", "churn_rate", None),
-    ("churn: jobs table + indexes (MB)", "churn_table_mb", None),
-    ("churn: same live rows, freshly loaded (MB)", "churn_fresh_mb", None),
-    ("churn: bloat ratio (x)", "churn_bloat_ratio", None),
-    ("churn: dead tuples", "churn_dead_tuples", None),
-    ("churn: live rows", "churn_live_rows", None),
-    ("raw: INSERT 1/tx", "physical_enqueue_single", "enqueue_single@postgres"),
-    ("raw: COPY", "physical_enqueue_bulk", "enqueue_bulk@postgres"),
-    ("raw: claim+complete 1/tx, 1 conn", "physical_claim1_conn1", "claim1_conn1@postgres"),
-    ("raw: claim+complete 1/tx, 4 conns", "physical_claim1_conn4", "claim1_conn4@postgres"),
-    ("raw: claim 100 + complete, 1 conn", "physical_claim100_conn1", "claim100_conn1@postgres"),
-    ("raw: claim 100 + complete, 4 conns", "physical_claim100_conn4", "claim100_conn4@postgres"),
+RIVAL = "graphile-worker"
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    scenario: str
+    factor: float  # pgqueue must reach factor x the reference (or at most, when lower_is_better)
+    reference_system: str = RIVAL
+    reference_scenario: str | None = None  # default: the same scenario
+    lower_is_better: bool = False
+
+
+TARGETS = [
+    Target("process, concurrency 1", "process_c1", 1.0),
+    Target("process, concurrency 10", "process_c10", 2.0),
+    Target("process, high-throughput setting", "process_chigh", 1.5),
+    Target("wake-up latency p50", "latency_p50", 1.0, lower_is_better=True),
+    Target("wake-up latency p99", "latency_p99", 1.0, lower_is_better=True),
+    Target("enqueue, 1 job per transaction (vs pgbench INSERT, 1 client)", "enqueue", 0.85,
+           reference_system="postgres", reference_scenario="pgbench_insert_c1"),
+    Target("bulk enqueue", "bulk", 1.5),
 ]
-PEERS = ("procrastinate", "pgqueuer")
+
+
+def run_directory(path: Path) -> Path:
+    """A run directory, given itself or the results directory (whose ``latest`` file names one)."""
+    if (path / "runs.jsonl").exists():
+        return path
+    latest = path / "latest"
+    if latest.exists():
+        return path / latest.read_text().strip()
+    raise SystemExit(f"{path}: neither a harness run (no runs.jsonl) nor a results directory (no latest)")
+
+
+def load_run(run: Path) -> tuple[dict[str, Any], dict[tuple[str, str], list[float]]]:
+    meta = json.loads((run / "meta.json").read_text())
+    values: dict[tuple[str, str], list[float]] = {}
+    for line in (run / "runs.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("value") is not None:
+            values.setdefault((record["system"], record["scenario"]), []).append(float(record["value"]))
+    return meta, values
 
 
 def fmt(value: float) -> str:
-    return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
-def cell(result: dict[str, Any] | None, mark: str = "") -> str:
-    if not result:
+def cell(values: list[float] | None) -> str:
+    if not values:
         return "—"
-    values = result["values"]
     median = statistics.median(values)
-    if len(values) == 1:
-        return f"{fmt(median)}{mark}"
-    return f"{fmt(median)}{mark} ({fmt(min(values))}-{fmt(max(values))})"
+    return fmt(median) if len(values) == 1 else f"{fmt(median)} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def target_table(values: dict[tuple[str, str], list[float]]) -> list[str]:
+    lines = ["| row | pgqueue | reference | pgqueue / reference | target | met |", "|---|---|---|---|---|---|"]
+    for target in TARGETS:
+        ours = values.get(("pgqueue", target.scenario))
+        theirs = values.get((target.reference_system, target.reference_scenario or target.scenario))
+        if not ours or not theirs:
+            lines.append(f"| {target.label} | {cell(ours)} | {cell(theirs)} | — | — | not measured |")
+            continue
+        ratio = statistics.median(ours) / statistics.median(theirs)
+        met = ratio <= target.factor if target.lower_is_better else ratio >= target.factor
+        bound = f"≤ {target.factor:g}x" if target.lower_is_better else f"≥ {target.factor:g}x"
+        lines.append(f"| {target.label} | {cell(ours)} | {target.reference_system} {cell(theirs)} | "
+                     f"{ratio:.2f} | {bound} | {'yes' if met else 'NO'} |")
+    return lines
+
+
+def bench_table(report: dict[str, Any]) -> list[str]:
+    results = report["results"]
+    lines = [f"| pgqueue bench scenario ({report.get('version', '?')}) | value | ceiling | of ceiling |",
+             "|---|---|---|---|"]
+    for key, result in results.items():
+        if key.startswith("physical_"):
+            continue
+        ceiling = results.get(result["ceiling"]) if result.get("ceiling") else None
+        fraction = f"{result['fraction_of_ceiling']:.0%}" if result.get("fraction_of_ceiling") else ""
+        lines.append(f"| {key} | {cell(result['values'])} | {cell(ceiling['values'] if ceiling else None)} "
+                     f"| {fraction} |")
+    return lines
 
 
 def main() -> None:
-    pgqueue = json.loads(Path(sys.argv[1]).read_text())
-    peer_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("peer-bench-results")
-    peers = {p.stem: json.loads(p.read_text()) for p in peer_dir.glob("*.json") if p.stem != "pgqueue"}
-    ours = pgqueue["results"]
-    print(f"| scenario | pgqueue {pgqueue['version']} | of ceiling | ceiling (pgqueue bench physical) "
-          f"| postgres (peer-bench) | " + " | ".join(
-              f"{p} {peers[p]['version']}" for p in PEERS if p in peers) + " |")
-    print("|---|---|---|---|---|" + "---|" * sum(p in peers for p in PEERS))
-    for label, key, peer_key in ROWS:
-        mine = ours.get(key) if key else None
-        if key and not mine:
-            continue
-        capped = "†" if key and "capped" in pgqueue.get("notes", {}).get(key, "") else ""
-        ceiling = ours.get(mine["ceiling"]) if mine and mine.get("ceiling") else None
-        fraction = f"{mine['fraction_of_ceiling']:.0%}" if mine and mine.get("fraction_of_ceiling") else ""
-        if peer_key and peer_key.endswith("@postgres"):
-            raw = peers.get("postgres", {}).get("results", {}).get(peer_key.split("@")[0])
-            peer_cells = ["—" for p in PEERS if p in peers]
-        else:
-            raw = None
-            peer_cells = []
-            for p in PEERS:
-                if p not in peers:
-                    continue
-                result = peers[p]["results"].get(peer_key) if peer_key else None
-                mark = "†" if peer_key and "capped" in peers[p].get("notes", {}).get(peer_key, "") else ""
-                peer_cells.append(cell(result, mark))
-            raw = peers.get("postgres", {}).get("results", {}).get(peer_key) if peer_key else None
-        print(f"| {label} | {cell(mine, capped)} | {fraction} | {cell(ceiling)} | {cell(raw)} | "
-              + " | ".join(peer_cells) + " |")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", type=Path, default=Path("peer-bench-results"),
+                        help="a harness run directory, or the results directory (its latest run)")
+    parser.add_argument("--bench", type=Path, help="`pgqueue bench --json` output to show beside it")
+    options = parser.parse_args()
+    run = run_directory(options.run)
+    meta, values = load_run(run)
+    versions = ", ".join(f"{name} {info.get('version', '?')}" for name, info in meta.get("systems", {}).items())
+    print(f"Peer harness run {meta.get('run_id', run.name)} ({versions}; "
+          f"{meta.get('config', {}).get('reps', '?')} repetitions, medians)\n")
+    print("\n".join(target_table(values)))
+    if options.bench:
+        print()
+        print("\n".join(bench_table(json.loads(options.bench.read_text()))))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from pgqueue import errors
     from pgqueue.app import App
     from pgqueue.backoff import Backoff
-    from pgqueue.jobs import Discard, Job, JobSpec, JobState, Retry
+    from pgqueue.breakers import CircuitBreaker
+    from pgqueue.jobs import Cancelled, Discard, Job, JobSpec, JobState, Retry, Snooze
     from pgqueue.tasks import Task
     from pgqueue.worker import Worker
     from pgqueue.workflows import Signature, Workflow, chain, group, sig
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Backoff", "Discard", "Job", "JobSpec", "JobState", "Retry", "Signature", "Task", "Worker", "Workflow",
-    "__version__", "chain", "errors", "group", "sig",
+    "App", "Backoff", "Cancelled", "CircuitBreaker", "Discard", "Job", "JobSpec", "JobState", "Retry", "Signature",
+    "Snooze", "Task", "Worker", "Workflow", "__version__", "chain", "errors", "group", "sig",
 ]
 
 # Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
@@ -33,11 +34,14 @@ __all__ = [
 _PUBLIC: dict[str, str] = {
     "App": "pgqueue.app",
     "Backoff": "pgqueue.backoff",
+    "Cancelled": "pgqueue.jobs",
+    "CircuitBreaker": "pgqueue.breakers",
     "Discard": "pgqueue.jobs",
     "Job": "pgqueue.jobs",
     "JobSpec": "pgqueue.jobs",
     "JobState": "pgqueue.jobs",
     "Retry": "pgqueue.jobs",
+    "Snooze": "pgqueue.jobs",
     "Task": "pgqueue.tasks",
     "Signature": "pgqueue.workflows",
     "Workflow": "pgqueue.workflows",

@@ -1,5 +1,5 @@
 """Operate pgqueue from Python: inspect, wait for, retry, cancel and delete jobs; pause, purge and
-limit queues; list workers and schedules; check health.
+limit queues; list workers, schedules and circuit breakers, reset a breaker; check health.
 
 Every function takes the caller's connection first, like :meth:`pgqueue.App.enqueue`: a psycopg
 ``Connection`` or a SQLAlchemy ``Session``/``Connection`` (psycopg driver). It runs in the
@@ -40,6 +40,7 @@ from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
 from pgqueue._db.audit import AuditStore
+from pgqueue._db.breakers import BreakerStore
 from pgqueue._db.connections import sync_connection
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.notifications import done_listener, listener_dsn
@@ -52,6 +53,7 @@ from pgqueue._db.workflows import WorkflowStore
 from pgqueue._humanize import format_seconds
 from pgqueue._payload import check_queue_name
 from pgqueue.errors import (
+    BreakerNotFound,
     ConfigurationError,
     InvalidFilter,
     InvalidJobState,
@@ -68,6 +70,7 @@ from pgqueue.settings import parse_duration, redact_dsn
 
 __all__ = [
     "UNCHANGED",
+    "BreakerInfo",
     "HealthCheck",
     "HealthReport",
     "JobChange",
@@ -86,6 +89,7 @@ __all__ = [
     "get_job",
     "get_workflow",
     "health",
+    "list_breakers",
     "list_job_events",
     "list_jobs",
     "list_queues",
@@ -96,6 +100,7 @@ __all__ = [
     "pause_queue",
     "purge_queue",
     "report",
+    "reset_breaker",
     "resume_queue",
     "retry_failed",
     "retry_job",
@@ -307,6 +312,33 @@ class ScheduleInfo:
     state: str
     next_run_at: datetime | None
     last_run_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BreakerInfo:
+    """A task's circuit breaker (see :mod:`pgqueue.breakers`).
+
+    Attributes:
+        state: ``closed``, ``open`` or ``half_open``.
+        failures: failed attempts within the last ``window_seconds``.
+        opened_at: when it last opened (None while closed).
+        trial_at: while open, when a half-open trial becomes due.
+        trial_job_id: while half-open, the trial job.
+    """
+
+    task: str
+    state: str
+    failures: int
+    failure_threshold: int
+    window_seconds: float
+    cooldown_seconds: float
+    opened_at: datetime | None
+    trial_at: datetime | None
+    trial_job_id: int | None
+    updated_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -628,8 +660,11 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None) -> JobChange
     """Cancel a waiting, scheduled, available or running job (its dependents follow their
     ``on_dependency_failure`` policy).
 
-    A running attempt is not interrupted (until flow control's cancellation ships): its worker
-    finishes it, but its outcome is refused and the job stays cancelled.
+    A running job's worker is told at once (NOTIFY, and its heartbeat checks every half second when
+    LISTEN is unavailable): ``job.cancelled`` becomes True, ``job.raise_if_cancelled()`` raises
+    :class:`pgqueue.Cancelled`, and an async handler's coroutine is cancelled. Whatever the attempt
+    then produces is refused (the job stays ``cancelled``) and a transactional task's writes roll
+    back. A sync handler that never checks runs to its end, but its outcome is refused all the same.
 
     Raises:
         JobNotFound: no job has that id.
@@ -843,6 +878,51 @@ def list_schedules(conn: Any) -> list[ScheduleInfo]:
     return result
 
 
+def list_breakers(conn: Any) -> list[BreakerInfo]:
+    """Every task's circuit breaker, by task name.
+
+    Example:
+        >>> [(b.task, b.state) for b in admin.list_breakers(conn)]
+        [('send-sms', 'open')]
+    """
+    rows = BreakerStore(sync_connection(conn)).list_breakers()
+    return [BreakerInfo(**{name: row[name] for name in BreakerInfo.__dataclass_fields__}) for row in rows]
+
+
+def reset_breaker(conn: Any, task: str, *, actor: str | None = None) -> BreakerChange:
+    """Close ``task``'s circuit breaker now, forgetting its counted failures (audited with ``actor``).
+
+    Its held jobs are claimed again at the workers' next poll. Resetting a closed breaker is
+    allowed (it clears the failures counted so far).
+
+    Raises:
+        BreakerNotFound: no breaker is declared for ``task`` (no worker with it ever started).
+
+    Example:
+        >>> admin.reset_breaker(conn, "send-sms", actor="alice").previous_state
+        'open'
+    """
+    checked = _check_text(task, "task", _MAX_TASK_LENGTH)
+    if not checked:
+        raise BreakerNotFound("a task name is required")
+    previous = BreakerStore(sync_connection(conn)).reset_breaker(checked, _actor(actor))
+    if previous is None:
+        raise BreakerNotFound(f"no circuit breaker for task {task!r} (`pgqueue breakers list` shows them)")
+    return BreakerChange(checked, previous, "closed")
+
+
+@dataclass(frozen=True)
+class BreakerChange:
+    """What :func:`reset_breaker` did."""
+
+    task: str
+    previous_state: str
+    state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def notification_queue_usage(conn: Any) -> float:
     """``pg_notification_queue_usage()``: how full the server's NOTIFY queue is (0 to 1).
 
@@ -910,6 +990,20 @@ def _long_transaction_check(store: ServerStore, max_xact_age: float) -> HealthCh
                        "the queue slows as it bloats (end them with pg_terminate_backend(pid))")
 
 
+def _breaker_check(conn: Any) -> HealthCheck:
+    # A warning, not a failure: an open breaker is pgqueue doing its job around a failing
+    # downstream, and restarting workers (what a failed probe leads to) would not help.
+    held = [b for b in list_breakers(conn) if b.state != "closed"]
+    if not held:
+        return HealthCheck("circuit_breakers", "ok", "no circuit breaker open")
+    listed = ", ".join(
+        f"{b.task!r} ({b.state.replace('_', '-')}, {b.failures} failures in {format_seconds(b.window_seconds)})"
+        for b in held)
+    return HealthCheck("circuit_breakers", "warn",
+                       f"{len(held)} circuit breaker{'' if len(held) == 1 else 's'} holding jobs back: {listed} "
+                       "(`pgqueue breakers reset TASK` closes one)")
+
+
 def _schema_check(dsn: str) -> HealthCheck:
     from pgqueue import _migrate  # alembic and SQLAlchemy: only loaded for this check
 
@@ -931,7 +1025,7 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
     every queue with a job available for over ``max_age`` seconds has a live worker serving it
     (paused queues excepted); the server's NOTIFY queue is under half full. Warns (``warn``, still
     healthy) about transactions open for over ``max_xact_age`` seconds: they keep vacuum from
-    cleaning finished jobs.
+    cleaning finished jobs, and about circuit breakers that are open or half-open.
 
     Example:
         >>> report = admin.health(dsn)
@@ -942,7 +1036,7 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
         conn = connect(dsn)
     except PgqueueError as exc:
         skipped = [HealthCheck(name, "skipped", "database unreachable")
-                   for name in ("schema", "workers", "notification_queue", "long_transactions")]
+                   for name in ("schema", "workers", "notification_queue", "long_transactions", "circuit_breakers")]
         return HealthReport((HealthCheck("database", "fail", str(exc)), *skipped))
     with conn:
         store = ServerStore(conn)
@@ -960,6 +1054,12 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
             checks.append(HealthCheck("workers", "skipped", "the pgqueue schema is missing"))
         checks.append(_notification_check(store.notification_queue_usage()))
         checks.append(_long_transaction_check(store, max_xact_age))
+        try:
+            checks.append(_breaker_check(conn))
+        except SchemaNotReady:
+            conn.rollback()
+            checks.append(HealthCheck("circuit_breakers", "skipped",
+                                      "no pgqueue.circuit_breakers table (run `pgqueue migrate`)"))
     return HealthReport(tuple(checks))
 
 

@@ -9,14 +9,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, DependencyLayout, JobStore, NewJob
 from pgqueue._db.sessions import open_connection
 from pgqueue._payload import check_queue_name, encode_args
+from pgqueue._tracing import Tracing, with_carrier
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
+from pgqueue.breakers import CircuitBreaker
 from pgqueue.errors import (
     ConfigurationError,
     DependencyCycle,
@@ -30,9 +32,13 @@ from pgqueue.settings import Settings, resolve_dsn
 from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Task, resolve_priority
 
 if TYPE_CHECKING:
+    from pgqueue.jobs import Job
     from pgqueue.schedules import ScheduleSpec
     from pgqueue.typing import AsyncConnection, Connection, PsycopgConnection
     from pgqueue.workflows import Flow, Workflow
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _MAX_TAGS = 32
 # enqueue_many writes this many jobs per statement (one round trip each).
@@ -112,6 +118,23 @@ def _check_acyclic(batch_dependencies: Sequence[tuple[int, ...]]) -> None:
                               "nothing was enqueued")
 
 
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: registers the decorated handler and returns its Task.
+
+    A handler whose parameters after the ``job`` are named gives a ``Task[P, R]`` whose enqueue
+    is checked against them. One that also takes ``**kwargs`` with a ``job`` that is not
+    positional-only gives a ``Task[..., R]`` (any arguments; still checked at enqueue time).
+    """
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[..., R], /) -> Task[..., R]: ...
+
+    def __call__(self, fn: Callable[..., R], /) -> Task[..., R]: ...
+
+
 class App:
     """A pgqueue application: the registry of tasks and the settings workers and enqueuers share.
 
@@ -132,9 +155,11 @@ class App:
                  require_registered_tasks: bool = False) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self._dsn = dsn
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, Task[..., Any]] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.require_registered_tasks = require_registered_tasks
+        #: Set by a tracing integration (``pgqueue.contrib.otel.instrument``); None: no tracing.
+        self.tracing: Tracing | None = None
 
     # --- configuration ---
 
@@ -160,7 +185,10 @@ class App:
         return open_connection(self.dsn, autocommit=autocommit)
 
     @overload
-    def task(self, fn: Callable[..., Any], /) -> Task: ...
+    def task(self, fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[..., R], /) -> Task[..., R]: ...
 
     @overload
     def task(
@@ -169,17 +197,18 @@ class App:
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
-        encrypt: bool = False, tags: Sequence[str] = (),
-    ) -> Callable[[Callable[..., Any]], Task]: ...
+        encrypt: bool = False, tags: Sequence[str] = (), circuit_breaker: CircuitBreaker | None = None,
+    ) -> TaskDecorator: ...
 
     def task(
-        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+        self, fn: Callable[Concatenate[Job, P], R] | None = None, /, *, name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
         priority: int | str = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
-        encrypt: bool = False, tags: Sequence[str] = (),
-    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        encrypt: bool = False, tags: Sequence[str] = (), circuit_breaker: CircuitBreaker | None = None,
+    ) -> Task[P, R] | Task[..., R] | TaskDecorator:
         """Register a handler as a task. Sync and ``async def`` handlers are both supported.
 
         Args:
@@ -196,13 +225,16 @@ class App:
             encrypt: store this task's args, results and error text only as ciphertext (needs
                 ``PGQUEUE_ENCRYPTION_KEYS``); a job's ``encrypt=False`` cannot turn it off.
             tags: default plaintext labels for its jobs (never PHI).
+            circuit_breaker: a :class:`pgqueue.CircuitBreaker` shared by every worker: after too
+                many failed attempts the task's jobs wait (unclaimed, no attempt used) until a
+                trial succeeds. The worker writes it to ``pgqueue.circuit_breakers`` at start.
 
         Example:
             >>> @app.task(name="send-email", queue="emails", max_attempts=5, timeout=30)
             ... def send_email(job: pgqueue.Job, to: str, subject: str) -> dict: ...
         """
 
-        def register(func: Callable[..., Any]) -> Task:
+        def register(func: Callable[Concatenate[Job, P], R]) -> Task[P, R]:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if not task_name or len(task_name) > 255:
                 raise ConfigurationError(f"task name {task_name!r} must be 1-255 characters")
@@ -210,6 +242,8 @@ class App:
                 raise ConfigurationError(f"task {task_name!r}: max_attempts {max_attempts} must be >= 1")
             if timeout is not None and timeout <= 0:
                 raise ConfigurationError(f"task {task_name!r}: timeout {timeout} must be > 0")
+            if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+                raise ConfigurationError(f"task {task_name!r}: circuit_breaker must be a pgqueue.CircuitBreaker")
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigurationError(f"task {task_name!r} is registered twice")
             registered = Task(
@@ -217,11 +251,12 @@ class App:
                 priority=resolve_priority(priority), max_attempts=max_attempts, timeout=timeout,
                 backoff=backoff, retry_on=tuple(retry_on), discard_on=tuple(discard_on),
                 transactional=transactional, encrypt=encrypt, tags=_check_tags(tags),
+                circuit_breaker=circuit_breaker,
             )
             self.tasks[task_name] = registered
             return registered
 
-        return register(fn) if fn is not None else register
+        return register(fn) if fn is not None else register  # type: ignore[return-value]
 
     def schedule(self, name: str, *, cron: str, task: str, args: dict[str, Any] | None = None,
                  timezone: str = "UTC", queue: str | None = None, priority: int | str | None = None,
@@ -270,8 +305,9 @@ class App:
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key or "\x00" in unique_key):
             raise InvalidEnqueueOption(f"unique_key {unique_key!r} must be a non-empty string")
         default_tags = known.tags if known else ()
+        args = with_carrier(self.tracing, args if args is not None else {})
         # Validated (JSON, size limit) on the plaintext, before anything is encrypted.
-        args_text = encode_args(args if args is not None else {}, self.settings.max_payload_bytes)
+        args_text = encode_args(args, self.settings.max_payload_bytes)
         return NewJob(
             task=task,
             queue=check_queue_name(queue if queue is not None else (known.queue if known else DEFAULT_QUEUE)),
@@ -305,7 +341,8 @@ class App:
         its own connection to the app's database and commit at once.
 
         Args:
-            conn: a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection`` (psycopg driver):
+            conn: a psycopg ``Connection``, a SQLAlchemy ``Session``/``Connection`` (psycopg driver)
+                or Django's ``connection`` (postgresql backend on psycopg 3):
                 :data:`pgqueue.typing.Connection`; None to use a connection of pgqueue's own.
             task: the task name.
             args: keyword arguments for the handler (a JSON object).
@@ -501,6 +538,56 @@ class App:
             return await store.insert_dependent_jobs_atomically(*self._dependent_batch(specs), actor=_actor())
         new_jobs = [self._spec_job(spec) for spec in specs]
         return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
+
+    # --- results ---
+
+    def result(self, conn: Connection | None, job_id: int, *, timeout: float = 30.0,
+               poll_interval: float = 5.0) -> Any:
+        """Wait until job ``job_id`` is finished and return its result, or raise why it has none.
+
+        The job must be committed (a job enqueued in a transaction that has not committed yet can
+        never run). The wait LISTENs for finished jobs on a session of its own, so it returns within
+        the notification latency; it also re-reads the job every ``poll_interval`` seconds.
+
+        Args:
+            conn: a connection to look the job up on (psycopg or SQLAlchemy); None to use one of
+                pgqueue's own.
+            job_id: what enqueue returned.
+            timeout: seconds to wait at most.
+
+        Returns:
+            The handler's return value as stored (JSON: dicts, lists, str, numbers, None),
+            decrypted with this app's keys for an encrypted job.
+
+        Raises:
+            pgqueue.errors.JobFailed: the job failed (``error_type``, ``last_error`` say why).
+            pgqueue.errors.JobCancelled: the job was cancelled.
+            pgqueue.errors.JobWaitTimeout: still not finished after ``timeout`` (a TimeoutError).
+            pgqueue.errors.JobNotFound: no such job (or it was deleted while waiting).
+            pgqueue.errors.InvalidJobState: the job is not committed yet.
+
+        Example:
+            >>> job_id = render.enqueue(conn, report_id=7); conn.commit()
+            >>> app.result(conn, job_id, timeout=60)
+            {'pages': 12}
+        """
+        from pgqueue._results import wait_result
+
+        return wait_result(self, conn, job_id, timeout, poll_interval)
+
+    # timeout= as in the sync twin; the caller may wrap it in asyncio.timeout() as well.
+    async def result_async(self, conn: AsyncConnection, job_id: int, *, timeout: float = 30.0,  # noqa: ASYNC109
+                           poll_interval: float = 5.0) -> Any:
+        """Async twin of :meth:`result` for psycopg ``AsyncConnection`` and SQLAlchemy async objects.
+
+        Example:
+            >>> job_id = await render.enqueue_async(aconn, report_id=7); await aconn.commit()
+            >>> await app.result_async(aconn, job_id, timeout=60)
+            {'pages': 12}
+        """
+        from pgqueue._results import wait_result_async
+
+        return await wait_result_async(self, conn, job_id, timeout, poll_interval)
 
 
 def read_dependency_results(app: App, dsn: str, job: Job) -> dict[int, Any]:

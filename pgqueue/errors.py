@@ -11,20 +11,24 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
     │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption,
-    │                            InvalidDependency, DependencyCycle
+    │                            InvalidArgs (also a TypeError), InvalidDependency, DependencyCycle
     ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
     │                            ScheduleNotFound
     ├── JobNotFound
     ├── WorkflowNotFound
     ├── QueueNotFound
+    ├── BreakerNotFound
     ├── InvalidJobState
     ├── InvalidQueueLimits
     ├── InvalidFilter
     ├── JobWaitTimeout           (also a TimeoutError)
+    ├── JobUnsuccessful          JobFailed, JobCancelled (App.result: the job gave no result)
     └── DecryptionError          UnknownEncryptionKey
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class PgqueueError(Exception):
@@ -83,6 +87,10 @@ class InvalidEnqueueOption(EnqueueError):
     """An enqueue option (delay, run_at, max_attempts, tags, ...) is out of range."""
 
 
+class InvalidArgs(EnqueueError, TypeError):
+    """The args do not fit the task handler's signature (unexpected or missing names)."""
+
+
 class InvalidDependency(EnqueueError):
     """A ``depends_on`` names a job that does not exist (never enqueued, deleted or pruned), one
     the failure policy cannot wait on, or a spec outside the batch; nothing was enqueued."""
@@ -128,6 +136,10 @@ class QueueNotFound(PgqueueError):
     """No queue has that name: no row in pgqueue.queues and no job in it."""
 
 
+class BreakerNotFound(PgqueueError):
+    """No circuit breaker is declared for that task (``pgqueue breakers reset``)."""
+
+
 class InvalidJobState(PgqueueError):
     """The job is not in a state that allows this action."""
 
@@ -142,6 +154,31 @@ class InvalidFilter(PgqueueError):
 
 class JobWaitTimeout(PgqueueError, TimeoutError):
     """The job did not finish within the time the caller was willing to wait."""
+
+
+class JobUnsuccessful(PgqueueError):
+    """The job finished without a result (:meth:`pgqueue.App.result`): it failed or was cancelled."""
+
+    def __init__(self, message: str, *, job_id: int, task: str, last_error: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.task = task
+        #: The job's ``last_error`` (``type``, ``message``, ``traceback``), decrypted when the app
+        #: holds the key; None when there is none.
+        self.last_error = last_error
+
+    @property
+    def error_type(self) -> str | None:
+        """The name of the exception type the handler raised last (e.g. ``"ValueError"``)."""
+        return None if self.last_error is None else self.last_error.get("type")
+
+
+class JobFailed(JobUnsuccessful):
+    """The job failed: no attempts left, or discarded. ``error_type`` and ``last_error`` say why."""
+
+
+class JobCancelled(JobUnsuccessful):
+    """The job was cancelled before it completed."""
 
 
 class DecryptionError(PgqueueError):

@@ -1,9 +1,10 @@
-"""What a handler sees (:class:`Job`), what it can raise (:class:`Retry`, :class:`Discard`), and
-the job states of the contract (:class:`JobState`)."""
+"""What a handler sees (:class:`Job`), what it can raise (:class:`Retry`, :class:`Discard`,
+:class:`Snooze`, :class:`Cancelled`), and the job states of the contract (:class:`JobState`)."""
 
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -81,6 +82,32 @@ class Discard(Exception):
         super().__init__(reason)
 
 
+class Snooze(Exception):
+    """Raise from a handler to run the job again after ``delay`` seconds without using an attempt.
+
+    The job goes back to ``scheduled`` (``available`` for a zero delay) with its attempt count as it
+    was before this attempt; the audit trail records a ``snoozed`` event.
+
+    Example:
+        >>> raise pgqueue.Snooze(delay=60)   # the record is locked elsewhere: look again in a minute
+    """
+
+    def __init__(self, delay: float | timedelta = 0.0) -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if not seconds >= 0:  # written so that NaN is refused too
+            raise ValueError(f"Snooze delay {seconds} must be >= 0")
+        self.delay = seconds
+        super().__init__(f"snoozed for {seconds:g}s")
+
+
+class Cancelled(Exception):
+    """Raised by :meth:`Job.raise_if_cancelled` once an operator cancelled the running job.
+
+    Let it propagate: the job is already ``cancelled`` in the database, the worker records nothing
+    more, and a transactional task's writes roll back.
+    """
+
+
 @dataclass
 class Job:
     """The job a handler is running. Passed as the handler's first argument.
@@ -110,6 +137,29 @@ class Job:
     _progress_sink: Callable[[Job, float, str | None], None] | None = field(default=None, repr=False)
     # The args' ciphertext as stored; the worker decrypts it into ``args`` before the handler runs.
     _sealed_args: bytes | None = field(default=None, repr=False)
+    # Set by the worker (from any thread) when an operator cancels the job while it runs.
+    _cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled while running (`pgqueue jobs cancel`, ``admin.cancel_job``).
+
+        The worker learns it within a second. A sync handler should check it between steps of long
+        work (an async handler's coroutine is cancelled for it).
+        """
+        return self._cancel_requested.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`Cancelled` if the job was cancelled while running.
+
+        Example:
+            >>> for row in rows:
+            ...     job.raise_if_cancelled()
+            ...     process(row)
+        """
+        if self._cancel_requested.is_set():
+            raise Cancelled(f"job {self.id} was cancelled")
+
     _dependency_reader: Callable[[Job], dict[int, Any]] | None = field(default=None, repr=False)
 
     def dependency_results(self) -> dict[int, Any]:

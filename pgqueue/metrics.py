@@ -8,6 +8,8 @@ Series:
 - ``pgqueue_queue_depth{queue,state}`` (gauge): jobs scheduled, available, running, failed, cancelled.
 - ``pgqueue_queue_lag_seconds{queue}`` (gauge): how long the oldest available job has waited.
 - ``pgqueue_workers`` (gauge): live worker processes (heartbeat within their lease).
+- ``pgqueue_circuit_breaker_state{task,state}`` (gauge): 1 for each task's breaker's current state
+  (closed, open, half_open), 0 for the others.
 
 Two sources feed the counter and the histogram:
 
@@ -43,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from pgqueue._db.audit import AuditStore
+from pgqueue._db.breakers import BreakerStore
 from pgqueue._db.reports import REPORTS, run_report
 from pgqueue._db.sessions import connect
 from pgqueue._db.workers import WorkerStore
@@ -123,11 +126,18 @@ class DatabaseCollector(Collector):
                     depth.add_metric([row["queue"], state], float(row[state]))
                 lag.add_metric([row["queue"]], float(row["lag_seconds"] or 0.0))
             alive, _ = WorkerStore(conn).count_live_workers()
+            breakers = BreakerStore(conn).list_breakers()
             if self._outcomes is not None:
                 self._read_outcomes(conn, self._outcomes)
         yield depth
         yield lag
         yield GaugeMetricFamily("pgqueue_workers", "Live worker processes.", value=float(alive))
+        states = GaugeMetricFamily("pgqueue_circuit_breaker_state", "1 for the current state of each task's circuit "
+                                   "breaker (closed, open, half_open), 0 for the others.", labels=["task", "state"])
+        for breaker in breakers:
+            for state in ("closed", "open", "half_open"):
+                states.add_metric([breaker["task"], state], 1.0 if breaker["state"] == state else 0.0)
+        yield states
 
     def _read_outcomes(self, conn: Any, outcomes: JobOutcomes) -> None:
         if self._horizon is None:  # counts start when this process starts

@@ -6,6 +6,6 @@ Example:
     ...     return app.enqueue(conn, "send-welcome", {"to": email})
 """
 
-from pgqueue._db.types import AsyncConnection, AsyncPsycopgConnection, Connection, PsycopgConnection
+from pgqueue._db.types import AsyncConnection, AsyncPsycopgConnection, Connection, DjangoConnection, PsycopgConnection
 
-__all__ = ["AsyncConnection", "AsyncPsycopgConnection", "Connection", "PsycopgConnection"]
+__all__ = ["AsyncConnection", "AsyncPsycopgConnection", "Connection", "DjangoConnection", "PsycopgConnection"]

@@ -83,7 +83,7 @@ class Workflow:
     job_ids: list[int]
 
 
-def sig(task: str | Task, args: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+def sig(task: str | Task[..., Any], args: Mapping[str, Any] | None = None, **options: Any) -> Signature:
     """A signature: ``task`` (a name or a registered :class:`pgqueue.tasks.Task`) with ``args``.
 
     Options are those of :class:`Signature` (queue, priority, delay, run_at, max_attempts, tags,

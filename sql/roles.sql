@@ -82,6 +82,14 @@ GRANT EXECUTE ON FUNCTION pgqueue.lock_dependencies(bigint[]) TO pgqueue_enqueue
 -- back-date a row into a sealed range. Which rows each role may write: the policies below.
 GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
     ON pgqueue.job_events TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+-- Enqueue from SQL (triggers, psql): SECURITY INVOKER, so it needs the grants above and writes
+-- the same 'enqueued' audit row, with the calling role as actor, which only the enqueuer's and the
+-- admin's policies below accept (a worker login that enqueues follow-up jobs is also given
+-- pgqueue_enqueuer). Not granted to PUBLIC (the migration revokes that).
+REVOKE ALL ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+    FROM pgqueue_reader, pgqueue_worker;
+GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+    TO pgqueue_enqueuer, pgqueue_admin;
 
 -- pgqueue_enqueuer: insert jobs and their 'enqueued' audit rows. It reads back only job
 -- metadata (RETURNING id, the live job holding a unique_key), never other jobs' args or results.
@@ -108,6 +116,10 @@ GRANT SELECT, INSERT, DELETE, UPDATE (inserted_at) ON pgqueue.schedule_runs TO p
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.workers TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.leaders TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_worker;
+-- Circuit breakers: a worker writes its tasks' breaker settings at start (and deletes the breaker
+-- of a task its code now declares without one), counts failures and moves breakers between states
+-- as it acks and claims.
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.circuit_breakers TO pgqueue_worker;
 
 -- pgqueue_admin: the management commands (jobs retry/cancel/delete, queues pause/resume/purge,
 -- schedules add/remove/pause/resume, prune, keys rotate, audit verify) and what they audit. It does
@@ -122,6 +134,9 @@ GRANT SELECT, DELETE ON pgqueue.job_events TO pgqueue_admin;
 -- `pgqueue audit verify` seals what is pending before it checks; `pgqueue prune` marks pruned seals.
 GRANT SELECT, INSERT, UPDATE (pruned_at) ON pgqueue.audit_seals TO pgqueue_admin;
 GRANT SELECT ON pgqueue.queue_stats TO pgqueue_admin;
+-- `pgqueue breakers reset`: closes a breaker; its settings are the code's (written by workers).
+GRANT SELECT, UPDATE (state, failures, recent_failures, opened_at, trial_job_id, updated_at)
+    ON pgqueue.circuit_breakers TO pgqueue_admin;
 
 -- Row-level security on the audit trail: which rows each role may insert, read and delete. The
 -- table's owner (and superusers) bypass it; any other role with a grant on pgqueue.job_events
@@ -160,7 +175,10 @@ CREATE POLICY job_events_work ON pgqueue.job_events FOR INSERT
         -- claims and outcomes (the worker), staging and rescue (maintenance)
         (job_id IS NOT NULL AND actor IS NULL
          AND event IN ('claimed', 'completed', 'retry_scheduled', 'failed', 'discarded', 'released',
-                       'rescued', 'available'))
+                       'rescued', 'available', 'snoozed'))
+        -- circuit breaker transitions driven by acks and trial claims (the task in detail)
+        OR (job_id IS NULL AND actor IS NULL AND detail ? 'task'
+            AND event IN ('breaker_opened', 'breaker_half_opened', 'breaker_closed', 'breaker_removed'))
         -- a cron job the scheduler inserted, with its schedule and fire time
         OR (event = 'enqueued' AND actor = 'scheduler' AND job_id IS NOT NULL AND from_state IS NULL
             AND to_state IN ('scheduled', 'available') AND attempt = 0 AND worker_id IS NULL
@@ -187,7 +205,8 @@ CREATE POLICY job_events_administer ON pgqueue.job_events FOR INSERT
             OR (job_id IS NOT NULL AND event IN ('retried', 'cancelled', 'deleted', 'purged'))
             OR (job_id IS NULL
                 AND event IN ('queue_paused', 'queue_resumed', 'queue_limits_set', 'schedule_added', 'schedule_updated',
-                              'schedule_removed', 'schedule_paused', 'schedule_resumed', 'keys_rotated', 'pruned'))
+                              'schedule_removed', 'schedule_paused', 'schedule_resumed', 'keys_rotated', 'pruned',
+                              'breaker_reset'))
         )
     );
 

@@ -471,6 +471,26 @@ CREATE TABLE pgqueue.queues (
     CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL))
 );
 
+-- Circuit breakers (migration 0008): one row per task declared with a circuit_breaker; the worker
+-- writes the configuration at start. recent_failures keeps at most failure_threshold timestamps of
+-- failed attempts (a sliding window on the database clock); trial_job_id is the half-open trial.
+CREATE TABLE pgqueue.circuit_breakers (
+    task              text PRIMARY KEY,
+    state             text             NOT NULL DEFAULT 'closed',
+    failures          integer          NOT NULL DEFAULT 0,
+    opened_at         timestamptz,
+    failure_threshold integer          NOT NULL,
+    window_seconds    double precision NOT NULL,
+    cooldown_seconds  double precision NOT NULL,
+    recent_failures   timestamptz[]    NOT NULL DEFAULT '{}',
+    trial_job_id      bigint,
+    updated_at        timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT circuit_breakers_state_check CHECK (state IN ('closed', 'open', 'half_open')),
+    CONSTRAINT circuit_breakers_config_check
+        CHECK (failure_threshold >= 1 AND window_seconds > 0 AND cooldown_seconds >= 0)
+);
+
+
 -- Cron schedules, defined in code (source = 'code', synced by the scheduler) or at run time.
 CREATE TABLE pgqueue.schedules (
     name         text PRIMARY KEY,
@@ -556,3 +576,113 @@ LEFT JOIN (
     FROM pgqueue.jobs
     GROUP BY queue
 ) AS c ON c.queue = names.queue;
+
+-- Enqueue from SQL (migration 0009): triggers, psql and other languages enqueue in their own
+-- transaction with the same validation, audit row and NOTIFY as App.enqueue (plaintext jobs only:
+-- encryption needs the application's keys). SECURITY INVOKER: the caller's privileges and the
+-- row-level security of sql/roles.sql apply; EXECUTE is granted there, not to PUBLIC.
+CREATE FUNCTION pgqueue.enqueue(
+    task text,
+    args jsonb,
+    queue text DEFAULT 'default',
+    priority integer DEFAULT 100,
+    run_at timestamptz DEFAULT now(),
+    unique_key text DEFAULT NULL,
+    tags text[] DEFAULT '{}',
+    max_attempts integer DEFAULT 20
+) RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    -- NULL takes the default, as None does in App.enqueue.
+    job_args     jsonb := COALESCE(enqueue.args, '{}');
+    job_queue    text := COALESCE(enqueue.queue, 'default');
+    job_priority integer := COALESCE(enqueue.priority, 100);
+    job_run_at   timestamptz := COALESCE(enqueue.run_at, now());
+    job_tags     text[] := COALESCE(enqueue.tags, '{}');
+    job_attempts integer := COALESCE(enqueue.max_attempts, 20);
+    job_state    text;
+    new_id       bigint;
+    args_size    integer;
+    tag          text;
+BEGIN
+    IF enqueue.task IS NULL OR enqueue.task = '' OR length(enqueue.task) > 255 THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: task name % must be 1-255 characters', quote_nullable(enqueue.task)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(job_args) <> 'object' THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: args must be a JSON object, not a JSON %', jsonb_typeof(job_args)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    args_size := octet_length(job_args::text);
+    IF args_size > 1048576 THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: args are % bytes, over the 1048576-byte limit', args_size
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    IF job_queue !~ '^[a-z0-9_-]{1,63}$' THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: queue name % must match [a-z0-9_-]{1,63}', quote_literal(job_queue)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF job_priority NOT BETWEEN -32768 AND 32767 THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: priority % must be between -32768 and 32767', job_priority
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF job_attempts NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: max_attempts % must be an integer from 1 to 10000', job_attempts
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF enqueue.unique_key = '' THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: unique_key '''' must be a non-empty string'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(job_tags) > 32 THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: a job takes at most 32 tags, got %', cardinality(job_tags)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH tag IN ARRAY job_tags LOOP
+        IF tag IS NULL OR tag = '' OR length(tag) > 128 THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: tag % must be a non-empty string of at most 128 characters',
+                quote_nullable(tag)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+
+    job_state := CASE WHEN job_run_at > now() THEN 'scheduled' ELSE 'available' END;
+    IF enqueue.unique_key IS NULL THEN
+        INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags)
+        VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at, job_tags)
+        RETURNING id INTO new_id;
+    ELSE
+        -- As App.enqueue: a live job holding the key wins and its id is returned. It may finish
+        -- between the conflict and the look-up; the next INSERT then succeeds.
+        FOR try_no IN 1..5 LOOP
+            INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, unique_key, tags)
+            VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at,
+                    enqueue.unique_key, job_tags)
+            ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running')
+            DO NOTHING
+            RETURNING id INTO new_id;
+            EXIT WHEN new_id IS NOT NULL;
+            SELECT id INTO new_id FROM pgqueue.jobs
+            WHERE unique_key = enqueue.unique_key AND state IN ('scheduled', 'available', 'running');
+            IF new_id IS NOT NULL THEN
+                RETURN new_id;
+            END IF;
+        END LOOP;
+        IF new_id IS NULL THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: could not enqueue unique job %: it kept changing state',
+                quote_literal(enqueue.unique_key)
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+    END IF;
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    VALUES (new_id, 'enqueued', job_state, 0, current_user);
+    IF job_state = 'available' THEN
+        -- pgqueue._db.notifications.NOTIFY_CHANNEL; sent only if the caller's transaction commits.
+        PERFORM pg_notify('pgqueue_jobs', job_queue);
+    END IF;
+    RETURN new_id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer) FROM PUBLIC;
+COMMENT ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer) IS 'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)';

@@ -44,7 +44,7 @@ from pgqueue import _migrate
 from pgqueue.settings import normalize_dsn
 from tests.helpers import REPO_ROOT, admin_connection, dsn_for_database, scratch_database
 
-pytest_plugins = ["tests.plugins.processes", "tests.plugins.timing", "tests.plugins.system_binaries"]
+pytest_plugins = ["tests.plugins.processes", "tests.plugins.timing", "tests.plugins.system_binaries", "pytester"]
 
 TEST_HOME = Path("/tmp/pgqueue-test-home")
 # Serialises template builds across xdist workers and concurrent runs (the bytes of "pgqtest!").

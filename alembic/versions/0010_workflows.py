@@ -1,7 +1,7 @@
 """Workflows: job dependencies, the ``waiting`` state, and the triggers that settle dependents.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0009
 Create Date: 2026-12-04
 
 - ``pgqueue.jobs`` gains ``workflow_id`` (the chain or group a job belongs to),
@@ -30,7 +30,7 @@ from textwrap import dedent
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

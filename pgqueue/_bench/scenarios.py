@@ -15,7 +15,7 @@ from pgqueue._bench.workers import ASYNC, QUEUE, SYNC, TASK, WorkerProcesses
 from pgqueue._db.bench import BenchProbe, bench_probe
 from pgqueue._db.sessions import open_connection
 from pgqueue.app import App
-from pgqueue.jobs import JobSpec
+from pgqueue.jobs import Job, JobSpec
 from pgqueue.settings import Settings
 
 ACTOR = "pgqueue-bench"
@@ -94,6 +94,36 @@ def _enqueue_single(ctx: Context) -> list[Sample]:
             for i in range(n):
                 app.enqueue(conn, TASK, {"i": i}, queue=QUEUE)
     return [Sample("enqueue_single", "jobs/s", rate(n, watch.seconds))]
+
+
+def _enqueue_paths(ctx: Context) -> list[Sample]:
+    """The other ways to enqueue one job, each on its own fresh database: a typed task, a typed
+    task with per-call options, and the SQL function."""
+    n = ctx.sizes.enqueue_single
+    samples = []
+    with ctx.databases.fresh() as dsn, open_connection(dsn, autocommit=True) as conn:
+        app = _app(dsn)
+
+        @app.task(name=TASK, queue=QUEUE)
+        def handler(job: Job, i: int) -> None: ...
+
+        with timed() as watch:
+            for i in range(n):
+                handler.enqueue(conn, i=i)
+        samples.append(Sample("enqueue_single_typed", "jobs/s", rate(n, watch.seconds)))
+    with ctx.databases.fresh() as dsn, open_connection(dsn, autocommit=True) as conn:
+        app = _app(dsn)
+        bound = app.task(name=TASK, queue=QUEUE)(handler.fn).options(priority="high", tags=["bench"])
+        with timed() as watch:
+            for i in range(n):
+                bound.enqueue(conn, i=i)
+        samples.append(Sample("enqueue_single_options", "jobs/s", rate(n, watch.seconds)))
+    with ctx.databases.fresh() as dsn, bench_probe(dsn) as probe:
+        with timed() as watch:
+            for i in range(n):
+                probe.enqueue_via_sql(TASK, f'{{"i": {i}}}', QUEUE)
+        samples.append(Sample("enqueue_single_sql", "jobs/s", rate(n, watch.seconds)))
+    return samples
 
 
 def _enqueue_bulk(ctx: Context) -> list[Sample]:
@@ -326,6 +356,8 @@ SCENARIOS: dict[str, Scenario] = {
                  lambda sizes: [Unit("enqueue single", _enqueue_single)]),
         Scenario("enqueue-bulk", f"App.enqueue_many in batches of {FULL.bulk_batch:,}",
                  lambda sizes: [Unit("enqueue bulk", _enqueue_bulk)]),
+        Scenario("enqueue-paths", "typed Task.enqueue, Task.options().enqueue and SELECT pgqueue.enqueue(), "
+                 "one job per transaction", lambda sizes: [Unit("enqueue paths", _enqueue_paths)]),
         Scenario("process", "drain a backlog of no-op jobs with P processes x C concurrency",
                  lambda sizes: [_process_unit(*variant) for variant in PROCESS_VARIANTS]),
         Scenario("latency", "idle worker; enqueue commit -> handler start",

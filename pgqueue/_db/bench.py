@@ -37,6 +37,7 @@ class BenchQueries(NamedTuple):
     load_fresh: LiteralString
     drop_fresh: LiteralString
     server_settings: LiteralString
+    enqueue_via_sql: LiteralString
     finished_epochs: LiteralString
 
 
@@ -103,6 +104,9 @@ class BenchProbe:
 
     def vacuum_count(self) -> int:
         return int(self._scalar(BENCH.vacuum_count))
+
+    def enqueue_via_sql(self, task: str, args_json: str, queue: str) -> int:
+        return int(self._scalar(BENCH.enqueue_via_sql, {"task": task, "args": args_json, "queue": queue}))
 
     def set_queue_paused(self, queue: str, paused: bool, actor: str) -> None:
         QueueStore(self.conn).set_queue_paused(queue, paused, actor=actor)

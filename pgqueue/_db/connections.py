@@ -2,7 +2,8 @@
 
 pgqueue runs its SQL on the caller's own connection, inside the caller's transaction, and never
 commits or rolls it back. Accepted: psycopg ``Connection``/``AsyncConnection``, SQLAlchemy
-``Session``/``Connection`` and their async twins (engines built on the ``psycopg`` driver).
+``Session``/``Connection`` and their async twins (engines built on the ``psycopg`` driver), and
+Django's ``connection`` / ``connections[alias]`` (the postgresql backend on psycopg 3).
 """
 
 from __future__ import annotations
@@ -27,12 +28,33 @@ def _check_sqlalchemy_driver(sa_conn: Any) -> None:
         )
 
 
+def _django_connection(conn: Any) -> psycopg.Connection[Any] | None:
+    """The psycopg connection of a Django database wrapper (``django.db.connection`` is a proxy
+    to one), or None if ``conn`` is not one. Django is never imported: a wrapper is recognised by
+    what it has. Inside ``transaction.atomic()`` the connection is in Django's transaction (and
+    savepoints), so the job commits or rolls back with it; outside, Django runs in autocommit."""
+    if not (hasattr(conn, "ensure_connection") and hasattr(conn, "vendor") and hasattr(conn, "alias")):
+        return None
+    if conn.vendor != "postgresql":
+        raise ConfigurationError(f"Django database {conn.alias!r} uses the {conn.vendor!r} backend: pgqueue "
+                                 "needs django.db.backends.postgresql")
+    conn.ensure_connection()
+    raw = conn.connection
+    if not isinstance(raw, psycopg.Connection):
+        raise ConfigurationError(f"Django database {conn.alias!r} runs on {type(raw).__module__}: pgqueue needs "
+                                 "psycopg 3 (pip install 'psycopg[binary]' and uninstall psycopg2)")
+    return raw
+
+
 def sync_connection(conn: Any) -> psycopg.Connection[Any]:
     """The psycopg connection behind ``conn``, with the caller's transaction begun if needed."""
     if isinstance(conn, psycopg.Connection):
         return conn
     if isinstance(conn, psycopg.AsyncConnection):
         raise ConfigurationError("an AsyncConnection needs the async API: use enqueue_async")
+    django = _django_connection(conn)
+    if django is not None:
+        return django
     from sqlalchemy.engine import Connection as SAConnection
     from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,7 +74,8 @@ def sync_connection(conn: Any) -> psycopg.Connection[Any]:
         if isinstance(driver, psycopg.Connection):
             return driver
     raise ConfigurationError(
-        f"cannot enqueue on a {type(conn).__name__}: pass a psycopg Connection or a SQLAlchemy Session/Connection"
+        f"cannot enqueue on a {type(conn).__name__}: pass a psycopg Connection, a SQLAlchemy Session/Connection "
+        "or a Django connection"
     )
 
 
@@ -79,3 +102,19 @@ async def async_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
         f"cannot enqueue on a {type(conn).__name__}: pass a psycopg AsyncConnection or a SQLAlchemy "
         "AsyncSession/AsyncConnection"
     )
+
+
+# libpq connection parameters a framework's settings may carry (psycopg.connect also takes Python
+# objects such as cursor_factory or context, which a conninfo string cannot).
+_LIBPQ_PARAMS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "connect_timeout",
+    "client_encoding", "options", "application_name", "sslmode", "sslcert", "sslkey", "sslrootcert",
+    "sslcrl", "sslpassword", "target_session_attrs", "service", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "gssencmode", "channel_binding",
+})
+
+
+def conninfo_from_params(params: dict[str, Any]) -> str:
+    """A libpq conninfo string from psycopg.connect keyword arguments (the libpq ones only)."""
+    return psycopg.conninfo.make_conninfo(
+        **{key: str(value) for key, value in params.items() if key in _LIBPQ_PARAMS and value not in (None, "")})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -62,3 +62,31 @@ def create_database(dsn: str, database: str, *, template: str | None = None, ref
 def drop_database(dsn: str, database: str) -> None:
     """Drop ``database`` if it exists, ending its sessions."""
     _run(dsn, [_drop(database)], f"cannot drop database {database!r}")
+
+
+def ensure_template(dsn: str, name: str, build: Callable[[str], None], *, lock_key: int) -> None:
+    """Make sure the template database ``name`` exists on ``dsn``'s server, calling ``build`` with
+    the DSN of a new database to fill it if not.
+
+    One process builds while the others wait on a session advisory lock (``lock_key``), then reuse
+    it. It is built under a temporary name and renamed when complete, so an interrupted build never
+    leaves a half-built template; a template accepts no connections, so ``CREATE DATABASE ...
+    TEMPLATE`` never finds one in use.
+    """
+    building = f"{name}_building"
+    with translate_errors(), psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_advisory_lock(%s)", [lock_key])
+        try:
+            if admin.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", [name]).fetchone():
+                return
+            if admin.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", [building]).fetchone():
+                admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(building)))
+                admin.execute(_drop(building))
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(building)))
+            build(with_database(dsn, building))
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                sql.Identifier(building)))
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(building), sql.Identifier(name)))
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(%s)", [lock_key])

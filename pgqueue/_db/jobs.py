@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.errors import translate_errors
-from pgqueue._db.notifications import DONE_CHANNEL, NOTIFY_CHANNEL
+from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL, NOTIFY_CHANNEL
 from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
 from pgqueue.errors import DatabaseUnavailable, SchemaNotReady
@@ -54,6 +54,7 @@ class JobQueries(NamedTuple):
     find_pending_job: LiteralString
     list_jobs_page: LiteralString
     get_job_state: LiteralString
+    find_cancelled_jobs: LiteralString
     lock_dependencies: LiteralString
     insert_dependent_jobs: LiteralString
     copy_workflow_jobs: LiteralString
@@ -477,6 +478,12 @@ class JobStore:
                 for row in rows if row["id"] is not None]
         return jobs, int(scanned), lowest, newest
 
+    def find_cancelled_jobs(self, ids: Sequence[int]) -> list[int]:
+        """Which of ``ids`` are cancelled (the heartbeat's check on the jobs its worker runs)."""
+        with translate_errors():
+            rows = self.conn.execute(JOBS.find_cancelled_jobs, {"ids": list(ids)}).fetchall()
+        return [int(r[0]) for r in rows]
+
     def job_state(self, job_id: int) -> str | None:
         with translate_errors():
             row = self.conn.execute(JOBS.get_job_state, {"id": job_id}).fetchone()
@@ -493,8 +500,8 @@ class JobStore:
 
     def cancel_job(self, job_id: int, actor: str | None) -> tuple[str | None, bool]:
         with translate_errors():
-            row = self.conn.execute(JOBS.cancel_job,
-                                    {"id": job_id, "actor": actor, "done_channel": DONE_CHANNEL}).fetchone()
+            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor, "done_channel": DONE_CHANNEL,
+                                                      "cancel_channel": CANCEL_CHANNEL}).fetchone()
         if row is None:
             return None, False
         return row[0], bool(row[1])

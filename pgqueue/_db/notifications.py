@@ -23,10 +23,14 @@ NOTIFY_CHANNEL = "pgqueue_jobs"
 #: The channel the statements that finish jobs notify (empty payload, once per statement): what
 #: ``pgqueue.admin.wait_for_job`` listens on, re-reading its job by primary key when woken.
 DONE_CHANNEL = "pgqueue_done"
+#: The channel ``cancel_job`` notifies when it cancels a running job (payload ``<id>:<lease token>``):
+#: workers LISTEN on it beside :data:`NOTIFY_CHANNEL` to interrupt the handler at once.
+CANCEL_CHANNEL = "pgqueue_cancel"
 
 
 class ListenSession:
-    """A session of its own that LISTENs on :data:`NOTIFY_CHANNEL` (``pgqueue-listen``).
+    """A session of its own that LISTENs on :data:`NOTIFY_CHANNEL` and :data:`CANCEL_CHANNEL`
+    (``pgqueue-listen``).
 
     Every wait for an answer is bounded by ``answer_timeout`` seconds, so a probe of a dead path
     fails within that time instead of hanging the listener.
@@ -43,14 +47,21 @@ class ListenSession:
 
     async def listen(self) -> None:
         await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
 
     async def idle_session_timeout(self) -> float:
         return await AsyncServerStore(self.conn).idle_session_timeout()
 
     async def queues_notified(self, seconds: float) -> AsyncIterator[str]:
-        """The queue names notified within the next ``seconds``."""
+        """The queue names notified within the next ``seconds`` (cancellations left out)."""
+        async for channel, payload in self.notified(seconds):
+            if channel == NOTIFY_CHANNEL:
+                yield payload
+
+    async def notified(self, seconds: float) -> AsyncIterator[tuple[str, str]]:
+        """(channel, payload) of each notification within the next ``seconds``."""
         async for notify in self.conn.notifies(timeout=seconds):
-            yield notify.payload
+            yield notify.channel, notify.payload
 
     async def probe(self) -> None:
         """Bounded by the session's ``answer_timeout``, not asyncio cancellation, whose cancel

@@ -6,7 +6,7 @@ loads neither psycopg nor SQLAlchemy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     import psycopg
@@ -15,8 +15,18 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
+
+class DjangoConnection(Protocol):
+    """Django's ``django.db.connection`` or ``connections[alias]`` (postgresql backend, psycopg 3)."""
+
+    alias: str
+    vendor: str
+
+    def ensure_connection(self) -> None: ...
+
+
 #: A connection of the application's that pgqueue enqueues on, inside its transaction.
-Connection: TypeAlias = "psycopg.Connection[Any] | Session | SAConnection"
+Connection: TypeAlias = "psycopg.Connection[Any] | Session | SAConnection | DjangoConnection"
 
 #: The async twin of :data:`Connection`.
 AsyncConnection: TypeAlias = "psycopg.AsyncConnection[Any] | AsyncSession | SAAsyncConnection"

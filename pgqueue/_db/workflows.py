@@ -9,7 +9,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.jobs import JobStore
-from pgqueue._db.notifications import DONE_CHANNEL
+from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL
 from pgqueue._db.queries import load_queries
 
 
@@ -42,7 +42,8 @@ class WorkflowStore:
     def cancel(self, workflow_id: str, actor: str | None) -> list[int]:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(WORKFLOWS.cancel_workflow, {"workflow_id": workflow_id, "actor": actor,
-                                                    "done_channel": DONE_CHANNEL})
+                                                    "done_channel": DONE_CHANNEL,
+                                                    "cancel_channel": CANCEL_CHANNEL})
             return sorted(row[0] for row in cur.fetchall())
 
     def retry(self, workflow_id: str, actor: str | None) -> list[int]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgqueue._db.breakers import AsyncBreakerStore, BreakerConfig
 from pgqueue._db.errors import DATABASE_ERRORS, first_line
 from pgqueue._db.jobs import AsyncJobStore
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
 
 MAX_CLAIM_BATCH = 200
+#: How often a worker with circuit-breaker tasks looks for a breaker due a half-open trial, and
+#: the longest it sleeps while idle (a trial is due at a time, not announced by a NOTIFY).
+TRIAL_CHECK_SECONDS = 1.0
+#: After a breaker was due a trial but no job of its task could be claimed (none available in the
+#: worker's queues, or another worker took the trial), look again only after this long: finding
+#: a job of one task may read far down a large backlog.
+TRIAL_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -50,12 +58,17 @@ class Claimer:
         dispatch: starts running a claimed job (adds it to ``running``).
         on_empty: when set, called once nothing is left for this worker (see
             ``AsyncJobStore.has_pending_jobs``) and nothing of its own is running or unwritten.
+        breakers: the circuit breakers of the app's tasks, written to the database before the
+            first claim; the claimer also claims their half-open trials.
+        unguarded: the app's tasks without a breaker, whose breaker rows (left from older code)
+            are removed before the first claim.
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
                  queues: Sequence[str] | None, concurrency: int, lease_seconds: float, poll_seconds: float,
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
-                 on_empty: Callable[[], None] | None = None) -> None:
+                 on_empty: Callable[[], None] | None = None, breakers: Sequence[BreakerConfig] = (),
+                 unguarded: Sequence[str] = ()) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
@@ -68,6 +81,11 @@ class Claimer:
         self.heartbeat = heartbeat
         self.dispatch = dispatch
         self.on_empty = on_empty
+        self.breakers = tuple(breakers)
+        self.unguarded = tuple(unguarded)
+        self._breakers_written = not self.breakers and not self.unguarded
+        self._trial_checked_at = 0.0
+        self._trial_retry_at = 0.0
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -107,7 +125,15 @@ class Claimer:
             flow.wakeup.clear()
             limit = min(free, MAX_CLAIM_BATCH)
             try:
-                jobs = await self.session.run(functools.partial(self._claim, limit=limit))
+                if not self._breakers_written:
+                    await self.session.run(self._write_breakers)
+                    self._breakers_written = True
+                trials = await self._claim_trial() if self.breakers else []
+                for job in trials:  # dispatched at once: the claim below may fail
+                    self.dispatch(job)
+                jobs = []
+                if len(trials) < limit:
+                    jobs = await self.session.run(functools.partial(self._claim, limit=limit - len(trials)))
                 if failures:
                     log.info("database.reconnected", role="claim")
                 failures = 0
@@ -123,12 +149,45 @@ class Claimer:
                 continue
             for job in jobs:
                 self.dispatch(job)
-            if len(jobs) < limit:
+            if len(jobs) + len(trials) < limit:
                 if self.on_empty is not None and await self._nothing_left():
                     self.on_empty()
                     continue
                 # The queue is (momentarily) empty: sleep until notified, or poll as a fallback.
-                await self._sleep_unless_woken(self.poll_seconds)
+                # A breaker's cooldown ends unannounced: workers with breakers look every second.
+                await self._sleep_unless_woken(
+                    min(self.poll_seconds, TRIAL_CHECK_SECONDS) if self.breakers else self.poll_seconds)
+
+    async def _claim_trial(self) -> list[Job]:
+        """At most every TRIAL_CHECK_SECONDS, claim a half-open trial job if a breaker is due one."""
+        now = time.monotonic()
+        if now - self._trial_checked_at < TRIAL_CHECK_SECONDS or now < self._trial_retry_at:
+            return []
+        self._trial_checked_at = now
+        if not await self.session.run(self._find_due_breakers):
+            return []
+        job = await self.session.run(self._claim_breaker_trial)
+        if job is None:
+            self._trial_retry_at = time.monotonic() + TRIAL_RETRY_SECONDS
+            return []
+        get_logger("pgqueue.worker", worker_id=self.worker_id).info(
+            "breaker.trial_claimed", task=job.task, job_id=job.id)
+        return [job]
+
+    async def _write_breakers(self, conn: AsyncPsycopgConnection) -> None:
+        store = AsyncBreakerStore(conn)
+        if self.breakers:
+            await store.upsert_breakers(self.breakers)
+        removed = await store.remove_breakers(self.unguarded, self.worker_id) if self.unguarded else []
+        if removed:
+            get_logger("pgqueue.worker", worker_id=self.worker_id).info("breaker.removed", tasks=removed)
+
+    async def _find_due_breakers(self, conn: AsyncPsycopgConnection) -> list[str]:
+        return await AsyncBreakerStore(conn).find_due_breakers([config[0] for config in self.breakers])
+
+    async def _claim_breaker_trial(self, conn: AsyncPsycopgConnection) -> Job | None:
+        return await AsyncBreakerStore(conn).claim_breaker_trial(
+            [config[0] for config in self.breakers], self.queues, self.worker_id)
 
     async def _nothing_left(self) -> bool:
         if self.running or self.acker.tracked():

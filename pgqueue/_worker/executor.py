@@ -7,6 +7,7 @@ transactional tasks, whose completion must commit in the handler's own transacti
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -19,9 +20,10 @@ import structlog
 from pgqueue._db.jobs import Outcome
 from pgqueue._log import get_logger
 from pgqueue._payload import ResultNotSerializable, encode_json, encode_result
+from pgqueue._tracing import take_carrier
 from pgqueue._worker.payloads import PayloadSealer
 from pgqueue.errors import DecryptionError, EncryptionKeyMissing
-from pgqueue.jobs import Discard, Job, Retry
+from pgqueue.jobs import Discard, Job, Retry, Snooze
 from pgqueue.tasks import Task
 
 _TRACEBACK_LIMIT = 8000
@@ -74,13 +76,18 @@ def error_json(exc: BaseException) -> str:
     })
 
 
-def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
+def failure_outcome(job: Job, task: Task[..., Any] | None, exc: BaseException) -> Outcome:
     """Decide retry or dead-letter for an attempt that raised ``exc``."""
     def dead(event: str) -> Outcome:
         return Outcome(job_id=job.id, token=job.lease_token, state="failed", event=event, error=error_json(exc))
 
     if isinstance(exc, Discard):
         return dead("discarded")
+    if isinstance(exc, Snooze):
+        # Not a failure: no attempt is used (fail_jobs hands it back) and no error is recorded.
+        delay = min(exc.delay, _MAX_RETRY_DELAY)
+        return Outcome(job_id=job.id, token=job.lease_token, state="scheduled" if delay > 0 else "available",
+                       delay=delay, event="snoozed")
     # A transactional handler's bad result surfaces here (its completion raised it): not worth a retry.
     if task is None or isinstance(exc, TaskNotRegistered | ResultNotSerializable):
         return dead("failed")
@@ -99,6 +106,14 @@ def failure_outcome(job: Job, task: Task | None, exc: BaseException) -> Outcome:
                    delay=delay, event="retry_scheduled", error=error_json(exc))
 
 
+def _traced_outcome(outcome: Outcome | None) -> tuple[str, str | None]:
+    """(outcome, error type) for a job's span: completed, retry, failed or discarded."""
+    if outcome is None or outcome.state == "completed":
+        return "completed", None  # None: a transactional handler wrote its completion itself
+    error_type = json.loads(outcome.error).get("type") if outcome.error else None
+    return ("retry" if outcome.state in ("scheduled", "available") else outcome.event), error_type
+
+
 class JobRunner:
     """Runs handlers: async ones on the event loop, sync ones in a thread pool.
 
@@ -108,7 +123,7 @@ class JobRunner:
     """
 
     def __init__(self, threads_factory: Callable[[], Executor], headroom: int,
-                 transactional: Callable[[Task, Job], Any], sealer: PayloadSealer) -> None:
+                 transactional: Callable[[Task[..., Any], Job], Any], sealer: PayloadSealer) -> None:
         self._sealer = sealer
         self._threads_factory = threads_factory
         self._threads = threads_factory()
@@ -129,7 +144,7 @@ class JobRunner:
             old.shutdown(wait=False)
             self._abandoned = 0
 
-    async def _contained(self, task: Task, job: Job) -> Any:
+    async def _contained(self, task: Task[..., Any], job: Job) -> Any:
         try:
             return await self._call(task, job)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -139,7 +154,7 @@ class JobRunner:
                 raise  # the worker cancelled it (timeout, hard stop): not the handler's doing
             raise _HandlerCrashed(exc) from exc
 
-    async def _call(self, task: Task, job: Job) -> Any:
+    async def _call(self, task: Task[..., Any], job: Job) -> Any:
         if task.transactional:
             return await self._run_transactional(task, job)
         if task.is_async:
@@ -148,7 +163,7 @@ class JobRunner:
         context = copy_context()
         return await loop.run_in_executor(self._threads, lambda: context.run(task.fn, job, **job.args))
 
-    async def run(self, task: Task | None, job: Job) -> Outcome | None:
+    async def run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
         """Run ``job``; return its outcome, or None when a transactional handler already wrote it.
 
         An encrypted job's args are decrypted first; one this worker cannot decrypt fails at once
@@ -164,10 +179,23 @@ class JobRunner:
             message = str(exc) if isinstance(exc, EncryptionKeyMissing) else f"{exc} (`pgqueue jobs retry {job.id}`)"
             return Outcome(job_id=job.id, token=job.lease_token, state="failed", event="failed",
                            error=encode_json({"type": type(exc).__name__, "message": message}))
-        outcome = await self._run(task, job)
+        carrier = take_carrier(job)  # always: a traced producer's jobs must fit untraced handlers too
+        tracing = task.app.tracing if task is not None else None
+        if tracing is None:
+            outcome = await self._run(task, job)
+        else:
+            with tracing.job_span(job, carrier) as span:
+                outcome = await self._run(task, job)
+                span.set_outcome(*_traced_outcome(outcome))
+        if job.cancelled:
+            # The job is already cancelled in the database (with its audit row): whatever the
+            # attempt produced would be refused, and a transactional handler's writes rolled back.
+            get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue,
+                       attempt=job.attempt).info("job.cancelled")
+            return None
         return None if outcome is None else self._sealer.seal(job, task, outcome)
 
-    async def _run(self, task: Task | None, job: Job) -> Outcome | None:
+    async def _run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
         log = get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         # Each job runs in its own asyncio task (its own context), and sync handlers get a copy of
         # it in their thread: the handler's own structlog calls carry the job's context too.
@@ -204,6 +232,10 @@ class JobRunner:
             log.warning("job.lease_lost", duration_ms=round((time.monotonic() - started) * 1000, 1))
             return None
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.cancelled and current is not None and current.cancelling():
+                current.uncancel()  # an operator cancelled the job: the attempt ends here, quietly
+                return None
             if _current_task_cancelling():
                 raise  # the worker itself is shutting down hard
             outcome = failure_outcome(job, task, asyncio.CancelledError("handler raised CancelledError"))
@@ -229,13 +261,17 @@ class JobRunner:
         log.info("job.completed", duration_ms=round((time.monotonic() - started) * 1000, 1))
         return Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text)
 
-    def _log_outcome(self, log: Any, job: Job, task: Task, outcome: Outcome, started: float,
+    def _log_outcome(self, log: Any, job: Job, task: Task[..., Any], outcome: Outcome, started: float,
                      error_type: str) -> None:
+        if job.cancelled:
+            return  # the attempt ended because it was cancelled: run() logs job.cancelled instead
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         fields: dict[str, Any] = {"error_type": error_type, "duration_ms": duration_ms}
         if self._sealer.must_seal(job, task):
             fields["error"] = "(redacted: encrypted job)"
-        if outcome.state == "failed":
+        if outcome.event == "snoozed":
+            log.info("job.snoozed", snooze_s=round(outcome.delay, 3), duration_ms=duration_ms)
+        elif outcome.state == "failed":
             log.warning("job.failed" if outcome.event == "failed" else "job.discarded", **fields)
         else:
             log.info("job.retry_scheduled", retry_in_s=round(outcome.delay, 3), **fields)

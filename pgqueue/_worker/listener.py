@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from pgqueue._db.errors import DATABASE_ERRORS
-from pgqueue._db.notifications import ListenSession
+from pgqueue._db.notifications import CANCEL_CHANNEL, ListenSession
 from pgqueue._db.sessions import capped_backoff
 from pgqueue._log import get_logger
 
@@ -25,16 +25,19 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutErro
 
 class Listener:
     """LISTENs on ``dsn`` until ``stopping()``; calls ``wake()`` for each notification of one of
-    ``queues`` (all when None), and once after every (re)connection."""
+    ``queues`` (all when None), and once after every (re)connection; calls ``cancel(job id, lease
+    token)`` for each running job an operator cancelled (any worker's: the callee checks)."""
 
     def __init__(self, dsn: str, queues: Sequence[str] | None, *, poll_seconds: float, wake: Callable[[], None],
-                 stopping: Callable[[], bool], worker_id: str) -> None:
+                 stopping: Callable[[], bool], worker_id: str,
+                 cancel: Callable[[int, str], None] | None = None) -> None:
         self.dsn = dsn
         self.queues = queues
         self.wake = wake
         self.stopping = stopping
         self.probe_every = max(1.0, min(poll_seconds, 5.0))
         self.worker_id = worker_id
+        self.cancel = cancel
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -55,8 +58,10 @@ class Listener:
                 # Anything enqueued while we were not listening was not announced to us.
                 self.wake()
                 while not self.stopping():
-                    async for queue in session.queues_notified(probe):
-                        if self.queues is None or queue in self.queues:
+                    async for channel, payload in session.notified(probe):
+                        if channel == CANCEL_CHANNEL:
+                            self._cancelled(payload)
+                        elif self.queues is None or payload in self.queues:
                             self.wake()
                     # A quiet connection may be a dead one: probe it, bounded in time.
                     await session.probe()
@@ -70,3 +75,8 @@ class Listener:
             finally:
                 if session is not None:
                     await session.close()
+
+    def _cancelled(self, payload: str) -> None:
+        job_id, _, token = payload.partition(":")
+        if self.cancel is not None and job_id.isdigit() and token:
+            self.cancel(int(job_id), token)

@@ -127,6 +127,41 @@ class WorkerLoop:
         if self.until_empty:
             self.flow.wakeup.set()
 
+    # --- cancelling running jobs ---
+
+    def _running_ids(self) -> list[int]:
+        # Read from the heartbeat thread: a copy of the keys, retried if the loop changed the dict meanwhile.
+        for _ in range(3):
+            try:
+                return list(self.running)
+            except RuntimeError:
+                continue
+        return []
+
+    def _cancelled_from_thread(self, job_ids: list[int]) -> None:
+        if self._loop is None:
+            return
+        for job_id in job_ids:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs any more
+                self._loop.call_soon_threadsafe(self._cancel_running, job_id, None)
+
+    def _cancel_running(self, job_id: int, token: str | None) -> None:
+        """An operator cancelled ``job_id`` (under lease ``token``; None: the heartbeat saw it
+        cancelled in the database): tell its handler, and cancel an async handler's coroutine."""
+        entry = self.running.get(job_id)
+        if entry is None:
+            return  # another worker's job, or one that just ended
+        job, handle = entry
+        if (token is not None and token != job.lease_token) or job.cancelled:
+            return
+        job._cancel_requested.set()
+        task = self.app.tasks.get(job.task)
+        get_logger("pgqueue.worker", worker_id=self.worker_id).info(
+            "job.cancel_requested", job_id=job.id, task=job.task, queue=job.queue)
+        if task is not None and task.is_async:
+            # A sync handler's thread cannot be interrupted: it sees job.cancelled instead.
+            handle.cancel("pgqueue: job cancelled")
+
     # --- running ---
 
     async def run(self, install_signal_handlers: bool = False) -> int:
@@ -145,7 +180,8 @@ class WorkerLoop:
             "queues": self.queues or [], "concurrency": self.concurrency,
             "lease_seconds": self.settings.lease_seconds,
         }
-        heartbeat = Heartbeat(dsn, worker_row, self.settings.lease_seconds, self.progress.take_all)
+        heartbeat = Heartbeat(dsn, worker_row, self.settings.lease_seconds, self.progress.take_all,
+                              running_ids=self._running_ids, on_cancelled=self._cancelled_from_thread)
         pruner = Pruner(RetentionPolicy.from_settings(self.settings), self.settings.prune_interval_seconds)
         maintenance = Maintenance(dsn, self.worker_id, self.settings.lease_seconds,
                                   duties=leader_duties(self.settings.lease_seconds, pruner))
@@ -161,7 +197,10 @@ class WorkerLoop:
             claim_session, self.flow, worker_id=self.worker_id, queues=self.queues, concurrency=self.concurrency,
             lease_seconds=self.settings.lease_seconds, poll_seconds=self.settings.poll_seconds, running=self.running,
             acker=acker, heartbeat=heartbeat, dispatch=lambda job: self._dispatch(job, runner),
-            on_empty=self._on_empty if self.until_empty else None)
+            on_empty=self._on_empty if self.until_empty else None,
+            breakers=[(task.name, cb.failures, cb.window, cb.cooldown) for task in self.app.tasks.values()
+                      if (cb := task.circuit_breaker) is not None],
+            unguarded=[task.name for task in self.app.tasks.values() if task.circuit_breaker is None])
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
@@ -171,7 +210,8 @@ class WorkerLoop:
         # Poll-only: the claimer's poll_seconds timeout is then the only way jobs are found.
         listener = None if self.settings.poll_only else asyncio.create_task(Listener(
             self.settings.listen_dsn or dsn, self.queues, poll_seconds=self.settings.poll_seconds,
-            wake=self.flow.wakeup.set, stopping=lambda: self.flow.stopping, worker_id=self.worker_id).run())
+            wake=self.flow.wakeup.set, stopping=lambda: self.flow.stopping, worker_id=self.worker_id,
+            cancel=self._cancel_running).run())
         acking = asyncio.create_task(acker.run())
         try:
             await claimer.run()
@@ -210,7 +250,7 @@ class WorkerLoop:
         handle = asyncio.create_task(self._execute(job, task, runner), name=f"pgqueue-job-{job.id}")
         self.running[job.id] = (job, handle)
 
-    async def _execute(self, job: Job, task: Task | None, runner: JobRunner) -> None:
+    async def _execute(self, job: Job, task: Task[..., Any] | None, runner: JobRunner) -> None:
         try:
             outcome = await runner.run(task, job)
         finally:
@@ -218,7 +258,7 @@ class WorkerLoop:
             self.flow.slot_freed.set()
         if outcome is None:
             self.progress.take(job.id)
-            if task is not None and task.transactional:
+            if task is not None and task.transactional and not job.cancelled:
                 self.tally.completed += 1
             self._wake_when_empty()
             return

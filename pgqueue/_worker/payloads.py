@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgqueue._crypto import Keyring, key_id_in
 from pgqueue._db.jobs import Outcome
@@ -38,10 +38,10 @@ class PayloadSealer:
         self.keyring = Keyring(keys) if keys else None
         self.encrypt_all = encrypt_all
 
-    def must_seal(self, job: Job, task: Task | None) -> bool:
+    def must_seal(self, job: Job, task: Task[..., Any] | None) -> bool:
         return job.encrypted or self.encrypt_all or (task is not None and task.encrypt)
 
-    def open_args(self, job: Job, task: Task | None) -> None:
+    def open_args(self, job: Job, task: Task[..., Any] | None) -> None:
         """Replace ``job.args`` with the decrypted args (no-op for plaintext jobs).
 
         Raises:
@@ -60,7 +60,7 @@ class PayloadSealer:
         if sealed is not None:
             job.args = json.loads(self.keyring.decrypt(sealed, "args", job.task))
 
-    def seal(self, job: Job, task: Task | None, outcome: Outcome) -> Outcome:
+    def seal(self, job: Job, task: Task[..., Any] | None, outcome: Outcome) -> Outcome:
         """The outcome to store: for a sealed job, the result and the error text only as ciphertext."""
         if self.keyring is None or not self.must_seal(job, task):
             return outcome

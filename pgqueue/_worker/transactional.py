@@ -43,7 +43,7 @@ class TransactionalRunner:
         self._pool: TransactionPool | None = None
         self._async_pool: AsyncTransactionPool | None = None
 
-    async def run(self, task: Task, job: Job) -> None:
+    async def run(self, task: Task[..., Any], job: Job) -> None:
         if task.is_async:
             pool = await self._get_async_pool()
             async with pool.transaction() as conn:

@@ -7,9 +7,19 @@ import sys
 
 import structlog
 
+# What the CLI configured, so `worker --processes N` starts its children logging the same way.
+_configured = {"PGQUEUE_LOG_FORMAT": "console", "PGQUEUE_LOG_LEVEL": "info"}
+
+
+def child_environment() -> dict[str, str]:
+    """Environment variables that make a child ``pgqueue`` process log like this one."""
+    return dict(_configured)
+
 
 def configure_logging(log_format: str = "console", level: int = logging.INFO) -> None:
     """Route structlog (and stdlib logging) to stderr, as console lines or JSON."""
+    _configured.update(PGQUEUE_LOG_FORMAT=log_format,
+                       PGQUEUE_LOG_LEVEL=logging.getLevelName(level).lower())
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -204,14 +204,15 @@ def retry_command(
 def cancel_command(job_id: JobIdArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
     """Cancel a scheduled, available or running job.
 
-    A running attempt is not interrupted: its worker finishes it, but its outcome is discarded and
-    the job stays cancelled.
+    A running job's handler learns it within a second (job.cancelled; an async handler's coroutine
+    is cancelled); whatever the attempt still produces is discarded, a transactional task's writes
+    roll back, and the job stays cancelled.
     """
     wanted = parse_job_id(job_id)
     with open_session(dsn) as conn:
         change = admin.cancel_job(conn, wanted, actor=actor())
     previous = change.previous_state
-    note = "; its running attempt finishes but its outcome is discarded" if previous == "running" else ""
+    note = "; its worker was told to stop the running attempt" if previous == "running" else ""
     emit_message(f"cancelled job {wanted} (was {previous}){note}",
                  {"id": wanted, "previous_state": previous, "state": "cancelled"}, json_output=json_output)
 

@@ -83,6 +83,10 @@ COMMANDS: dict[str, CommandEntry] = {
         "pgqueue.cli.queues:app",
         "Per-queue counts and controls: list, pause, resume, purge, set limits.",
         _OPERATE),
+    "breakers": CommandEntry(
+        "pgqueue.cli.breakers:app",
+        "Circuit breakers of tasks: list their state, reset one by hand.",
+        _OPERATE),
     "schedules": CommandEntry(
         "pgqueue.cli.schedules:app",
         "Cron schedules: list, add, remove, pause, resume (code schedules are synced by `pgqueue scheduler`).",
@@ -234,20 +238,31 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+_LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
 @app.callback()
 def _root(
     log_format: Annotated[
         str, typer.Option("--log-format", envvar="PGQUEUE_LOG_FORMAT", help="console or json")
     ] = "console",
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="PGQUEUE_LOG_LEVEL",
+                          help="debug, info, warning or error (a worker logs every job at info)")
+    ] = "info",
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version, help="Print pgqueue's version and exit.")] = False,
 ) -> None:
     if log_format not in {"console", "json"}:
         print(f"pgqueue: error: --log-format {log_format!r} must be 'console' or 'json'", file=sys.stderr)
         raise typer.Exit(2)
+    level = _LOG_LEVELS.get(log_level.lower())
+    if level is None:
+        print(f"pgqueue: error: --log-level {log_level!r} must be one of {', '.join(_LOG_LEVELS)}", file=sys.stderr)
+        raise typer.Exit(2)
     from pgqueue.cli._logging import configure_logging  # structlog: only once a command runs
 
-    configure_logging(log_format)
+    configure_logging(log_format, level)
 
 
 def _run() -> None:

@@ -68,7 +68,10 @@ def worker(
             argv += ["--queue", name]
         if with_scheduler:
             argv.append("--with-scheduler")
+        from pgqueue.cli._logging import child_environment
+
         os.environ["PGQUEUE_DSN"] = app.dsn  # children read it from the environment, never from argv
+        os.environ.update(child_environment())
         os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
         os.environ["PGQUEUE_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)

@@ -315,6 +315,13 @@ def list_workers(request: Request) -> Response:
         return JSON({"items": [worker.as_dict() for worker in admin.list_workers(conn)]})
 
 
+def list_breakers(request: Request) -> Response:
+    dashboard = dashboard_of(request)
+    dashboard.principal(request)
+    with dashboard.connection() as conn:
+        return JSON({"items": [breaker.as_dict() for breaker in admin.list_breakers(conn)]})
+
+
 def health(request: Request) -> Response:
     dashboard = dashboard_of(request)
     dashboard.principal(request)
@@ -344,5 +351,6 @@ def routes() -> list[Route]:
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/api/schedules", list_schedules),
         Route("/api/workers", list_workers),
+        Route("/api/breakers", list_breakers),
         Route("/api/health", health),
     ]

@@ -97,6 +97,12 @@ def openapi_document() -> dict[str, Any]:
             "started_at": {"type": "string", "format": "date-time"},
             "heartbeat_at": {"type": "string", "format": "date-time"},
             "lease_expires_at": {"type": "string", "format": "date-time"}, "alive": {"type": "boolean"}}},
+        "Breaker": {"type": "object", "properties": {
+            "task": {"type": "string"}, "state": {"enum": ["closed", "open", "half_open"]},
+            "failures": {"type": "integer"}, "failure_threshold": {"type": "integer"},
+            "window_seconds": {"type": "number"}, "cooldown_seconds": {"type": "number"},
+            "opened_at": _NULLABLE_TIME, "trial_at": _NULLABLE_TIME,
+            "trial_job_id": {"type": ["integer", "null"]}, "updated_at": {"type": "string", "format": "date-time"}}},
         "Health": {"type": "object", "properties": {
             "healthy": {"type": "boolean"}, "checks": {"type": "array", "items": {"type": "object", "properties": {
                 "name": {"type": "string"}, "status": {"enum": ["ok", "warn", "fail", "skipped"]},
@@ -154,6 +160,8 @@ def openapi_document() -> dict[str, Any]:
             "200": _ok(_items("Schedule")), **_errors()}}},
         "/api/workers": {"get": {"summary": "Worker processes and their heartbeats", "responses": {
             "200": _ok(_items("Worker")), **_errors()}}},
+        "/api/breakers": {"get": {"summary": "Circuit breakers of tasks and their state", "responses": {
+            "200": _ok(_items("Breaker")), **_errors()}}},
         "/api/health": {"get": {"summary": "pgqueue health checks (503 when unhealthy)", "responses": {
             "200": _ok(_ref("Health")), **_errors()}}},
     }

@@ -95,12 +95,13 @@ def overview(request: Request) -> Response:
         queues = admin.list_queues(conn)
         throughput = admin.report(conn, "throughput", window="1 hour", bucket="5 minutes")
         workers = admin.list_workers(conn)
+        breakers = admin.list_breakers(conn)
     charts = _charts(throughput, datetime.now(UTC))
     empty = [(datetime.now(UTC), 0, 0)] * CHART_BUCKETS
     peak = max([c + f for series in charts.values() for _, c, f in series] or [0]) or 1
     return _render(request, "overview.html", "_overview.html", title="Overview", queues=queues,
                    charts={q.name: charts.get(q.name, empty) for q in queues}, peak=peak,
-                   live_workers=sum(1 for w in workers if w.alive))
+                   live_workers=sum(1 for w in workers if w.alive), breakers=breakers)
 
 
 # --- jobs -----------------------------------------------------------------------------------------

@@ -80,5 +80,5 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     result = run_bench(dsn, "--scenario", "nope", timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, process, latency, "
-        "backlog, churn, physical"]
+        "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
+        "latency, backlog, churn, physical"]

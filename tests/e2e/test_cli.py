@@ -296,7 +296,7 @@ def test_health_fails_with_exit_2_while_an_old_backlog_has_no_live_worker_and_pa
     assert report["healthy"] is True
     assert [(c["name"], c["status"]) for c in report["checks"]] == [
         ("database", "ok"), ("schema", "ok"), ("workers", "ok"), ("notification_queue", "ok"),
-        ("long_transactions", "ok")]
+        ("long_transactions", "ok"), ("circuit_breakers", "ok")]
 
 
 def test_health_fails_when_the_schema_is_not_migrated(empty_dsn: str) -> None:

@@ -17,7 +17,7 @@ from psycopg.rows import TupleRow
 
 import pgqueue
 from tests.helpers import wait_until
-from tests.plugins.processes import SpawnWorker, is_running, wait_for_registration, worker_rows
+from tests.plugins.processes import SpawnPgqueue, SpawnWorker, is_running, wait_for_registration, worker_rows
 
 Db = psycopg.Connection[TupleRow]
 
@@ -357,3 +357,28 @@ def test_a_second_ctrl_c_makes_the_supervisor_kill_its_children_at_once(
     assert supervisor.wait(timeout=10) != 0, supervisor.describe()
     wait_until(lambda: not any(is_running(pid) for pid in children), timeout=5, message="children killed")
     assert running_count(db) == 2  # nothing released: the leases return these jobs
+
+
+def test_log_options_reach_the_supervised_children(worker_dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
+    # The children of --processes are started with their own argv: the root options must reach them.
+    supervisor = spawn_pgqueue("--log-format", "json", "--log-level", "warning", "worker", "--app",
+                               "worker_app:app", "--processes", "2", "--concurrency", "2",
+                               dsn=worker_dsn, env={"PGQUEUE_LOG_FORMAT": "console"})
+    app = pgqueue.App(worker_dsn)
+    done = app.enqueue_many(None, [pgqueue.JobSpec("noop", {}) for _ in range(20)])
+    # `sleep` without its required argument fails its attempt: a warning every child may log.
+    failing = app.enqueue_many(None, [pgqueue.JobSpec("sleep", {}, max_attempts=1) for _ in range(6)])
+    wait_until(lambda: all_completed(db, done), timeout=30, message="the noop jobs completed")
+    wait_until(lambda: state_counts(db).get("failed", 0) == len(failing), timeout=30, message="the failures")
+    assert supervisor.stop() == 0, supervisor.describe()
+    assert supervisor.broken_json_lines() == [], supervisor.describe()
+    levels = {e["level"] for e in supervisor.log_events()}
+    assert levels <= {"warning", "error"}, supervisor.describe()
+    assert all(line.startswith("{") for line in supervisor.stderr().splitlines() if line), supervisor.describe()
+    assert {e["event"] for e in supervisor.log_events()} >= {"job.failed"}, supervisor.describe()
+
+
+def test_a_bad_log_level_is_one_line_and_exit_2(worker_dsn: str, spawn_pgqueue: SpawnPgqueue) -> None:
+    proc = spawn_pgqueue("--log-level", "loud", "worker", "--app", "worker_app:app", dsn=worker_dsn)
+    assert proc.wait(timeout=30) == 2
+    assert proc.stderr().strip() == "pgqueue: error: --log-level 'loud' must be one of debug, info, warning, error"

@@ -37,6 +37,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 import pgqueue
+from pgqueue import admin
 from tests.faults.conftest import PLAIN_APP_PATH, executions
 from tests.helpers import wait_until
 from tests.plugins.processes import SpawnWorker, WorkerProcess, job_states, wait_for_registration
@@ -278,4 +279,34 @@ def test_a_direct_worker_is_not_mistaken_for_one_behind_a_pooler(
     wait_for_registration(db, worker)
     job_id = pgqueue.App(fault_dsn).enqueue(None, "record")
     wait_until(lambda: executions(db).get(job_id), timeout=10, message=worker.describe())
+    assert worker.stop() == 0, worker.describe()
+
+
+@pytest.mark.system_binary("pgbouncer")
+@pytest.mark.timing
+def test_cancelling_a_running_job_reaches_a_poll_only_worker_behind_pgbouncer_within_a_second(
+        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow], spawn_worker: SpawnWorker) -> None:
+    # No LISTEN through transaction pooling: the worker's heartbeat finds the cancellation.
+    from tests.e2e.control_app import CONTROL_DDL
+
+    db.execute(CONTROL_DDL.encode())
+    pooled = bouncer.dsn_for(fault_dsn)
+    worker = spawn_worker(pooled, app_path="tests.e2e.control_app:app", poll_seconds=0.3,
+                          env={"PGQUEUE_POLL_ONLY": "1"})
+    wait_for_registration(db, worker)
+    job_id = pgqueue.App(fault_dsn).enqueue(None, "wait-sync", {})
+    wait_until(lambda: _count(db, "SELECT count(*) FROM test_executions WHERE job_id = %s", [job_id]) == 1,
+               timeout=30, message=f"the job to start\n{worker.describe()}")
+
+    with psycopg.connect(pooled, prepare_threshold=None) as conn:
+        admin.cancel_job(conn, job_id, actor="ops")
+
+    wait_until(lambda: _count(db, "SELECT count(*) FROM test_cancels WHERE job_id = %s", [job_id]) == 1,
+               timeout=10, message=f"the handler to learn of the cancellation\n{worker.describe()}")
+    lag = db.execute("SELECT EXTRACT(EPOCH FROM c.seen_at - e.at)::float8 FROM test_cancels AS c "
+                     "JOIN pgqueue.job_events AS e ON e.job_id = c.job_id AND e.event = 'cancelled'").fetchone()
+    assert lag is not None
+    assert lag[0] < 1.0, lag
+    assert _in_state(db, job_id, "cancelled")
+    _assert_no_session_errors(worker)
     assert worker.stop() == 0, worker.describe()

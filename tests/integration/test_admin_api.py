@@ -452,4 +452,4 @@ def test_health_reports_each_check_and_is_healthy_on_a_migrated_idle_database(ds
 
     assert report.healthy
     assert [c.name for c in report.checks] == ["database", "schema", "workers", "notification_queue",
-                                               "long_transactions"]
+                                               "long_transactions", "circuit_breakers"]

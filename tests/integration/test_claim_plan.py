@@ -287,3 +287,23 @@ def test_the_claim_stays_an_index_scan_over_a_large_analyzed_backlog(
     # Sorting one rare queue's few rows is fine; sorting the backlog is what made claims crawl.
     big_sorts = [n for n in nodes if n["Node Type"] == "Sort" and n["Plan Rows"] > 5000]
     assert not big_sorts, f"the claim sorts the backlog instead of walking its index: {big_sorts}"
+
+
+@pytest.mark.parametrize("held_task", ["todo", "other"])
+def test_the_claim_stays_an_index_scan_while_a_circuit_breaker_holds_a_task(backlog_dsn: str, held_task: str) -> None:
+    # The breaker filter is a hashed subplan (held tasks read once per claim): an anti-join on task
+    # was estimated from the task column's statistics and sorted the whole backlog.
+    params: dict[str, Any] = {"limit": 50, "worker_id": "w-plan", "lease_token": str(uuid.uuid4()),
+                              "queues": ["default"]}
+    with psycopg.connect(backlog_dsn) as conn:
+        conn.execute("INSERT INTO pgqueue.circuit_breakers (task, state, opened_at, failure_threshold, window_seconds,"
+                     " cooldown_seconds) VALUES (%s, 'open', now(), 5, 60, 30)", [held_task])
+        conn.execute("ANALYZE pgqueue.circuit_breakers")
+        for name in ("claim_jobs", "claim_jobs_any_queue"):
+            row = conn.execute("EXPLAIN (FORMAT JSON) " + getattr(JOBS, name), params).fetchone()
+            assert row is not None
+            nodes = list(plan_nodes(row[0][0]["Plan"]))
+            assert not [n for n in nodes if n.get("Relation Name") == "jobs" and n["Node Type"] == "Seq Scan"]
+            assert not [n for n in nodes if n["Node Type"] == "Sort" and n["Plan Rows"] > 5000]
+            assert {n["Index Name"] for n in nodes if "Index Name" in n} & CLAIM_INDEXES
+        conn.rollback()

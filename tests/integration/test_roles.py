@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from pgqueue import App, Backoff, Discard, Job, JobSpec, Worker, _audit, _retention
+from pgqueue import App, Backoff, CircuitBreaker, Discard, Job, JobSpec, Snooze, Worker, _audit, _retention
 from pgqueue._scheduler import Scheduler
 from pgqueue.settings import Settings
 from tests.e2e.test_cli import ACTOR, run
@@ -290,6 +290,82 @@ def test_a_worker_login_can_write_only_the_events_workers_schedulers_and_mainten
 ])
 def test_a_worker_login_cannot_rewrite_jobs_the_trail_or_queue_settings(shared_role: Any, statement: str) -> None:
     assert refusal(shared_role("worker"), statement) is not None
+
+
+# --- job control: circuit breakers, snooze, cancelling a running job ------------------------------
+
+
+def test_a_worker_login_drives_breakers_and_snoozes_and_an_admin_login_cancels_and_resets(
+        as_role: Any, owner: Conn, dsn: str) -> None:
+    worker_dsn = as_role("worker")
+    admin = as_role("admin")
+    app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
+                                            shutdown_grace_seconds=5))
+    running = threading.Event()
+
+    @app.task(name="guarded", max_attempts=10, backoff=Backoff.fixed(0),
+              circuit_breaker=CircuitBreaker(failures=2, window=60, cooldown=0.2))
+    def guarded(job: Job) -> None:
+        if job.attempt <= 2:
+            raise ValueError("downstream down")
+
+    @app.task(name="snoozer")
+    def snoozer(job: Job) -> None:
+        if count(owner, "SELECT count(*) FROM pgqueue.job_events WHERE job_id = %s AND event = 'snoozed'",
+                 [job.id]) == 0:
+            raise Snooze(0)
+
+    @app.task(name="long")
+    async def long(job: Job) -> None:
+        running.set()
+        await asyncio.sleep(60)
+
+    guarded_id, snoozer_id, long_id = (App(dsn).enqueue(owner, task, {}) for task in ("guarded", "snoozer", "long"))
+    with worker_running(app):
+        wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) AND state = 'completed'",
+                                 [[guarded_id, snoozer_id]]) == 2, timeout=30,
+                   message="the worker login to finish the breaker's and the snoozer's jobs")
+        assert running.wait(30)
+        cancelled = run(admin, "jobs", "cancel", str(long_id))
+        assert cancelled.returncode == 0, cancelled.stderr
+        wait_until(lambda: not running.is_set() or count(
+            owner, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'cancelled' AND job_id = %s", [long_id]),
+            timeout=10)
+    breaker_trail = owner.execute("SELECT event, worker_id IS NOT NULL FROM pgqueue.job_events "
+                                  "WHERE job_id IS NULL AND event LIKE 'breaker%%' ORDER BY id").fetchall()
+    assert breaker_trail == [("breaker_opened", True), ("breaker_half_opened", True), ("breaker_closed", True)]
+    assert owner.execute("SELECT event FROM pgqueue.job_events WHERE job_id = %s ORDER BY id",
+                         [snoozer_id]).fetchall()[2] == ("snoozed",)
+    assert owner.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [long_id]).fetchone() == ("cancelled",)
+
+    owner.execute("UPDATE pgqueue.circuit_breakers SET state = 'open', opened_at = now()")
+    reset = run(admin, "breakers", "reset", "guarded")
+    assert reset.returncode == 0, reset.stderr
+    assert owner.execute("SELECT state FROM pgqueue.circuit_breakers").fetchall() == [("closed",)]
+    assert owner.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'breaker_reset'").fetchall() == [
+        (ACTOR, {"task": "guarded"})]
+    listed = run(as_role("reader"), "breakers", "list", "--json")
+    assert listed.returncode == 0
+    assert '"task": "guarded"' in listed.stdout
+
+
+@pytest.mark.parametrize(("role", "statement"), [
+    ("worker", """INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
+                  VALUES (NULL, 'breaker_reset', 'cli:ops', '{"task": "t"}')"""),
+    ("worker", "TRUNCATE pgqueue.circuit_breakers"),
+    ("admin", """INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, detail)
+                 VALUES (NULL, 'breaker_opened', 'closed', 'open', '{"task": "t"}')"""),
+    ("admin", "UPDATE pgqueue.circuit_breakers SET failure_threshold = 1000"),
+    ("admin", "INSERT INTO pgqueue.circuit_breakers (task, failure_threshold, window_seconds, cooldown_seconds) "
+              "VALUES ('t', 1, 1, 1)"),
+    ("enqueuer", "SELECT * FROM pgqueue.circuit_breakers"),
+    ("enqueuer", "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) "
+                 "VALUES (1, 'snoozed', 'available', 0)"),
+    ("reader", "UPDATE pgqueue.circuit_breakers SET state = 'closed'"),
+])
+def test_breaker_state_and_events_are_written_only_by_the_role_whose_part_it_is(
+        shared_role: Any, role: str, statement: str) -> None:
+    assert refusal(shared_role(role), statement) is not None
 
 
 # --- the admin and the reader ---------------------------------------------------------------------

@@ -52,7 +52,8 @@ def open_client(module_dsn: str) -> Iterator[TestClient]:
 
 @pytest.fixture
 def db(module_dsn: str) -> Iterator[Conn]:
-    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues", "pgqueue.workers")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues", "pgqueue.workers",
+                 "pgqueue.circuit_breakers")
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         yield conn
 
@@ -102,7 +103,8 @@ def test_the_openapi_schema_lists_every_api_route(client: TestClient, db: Conn) 
     assert schema["openapi"].startswith("3.")
     assert {"/api/queues", "/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/retry", "/api/jobs/{job_id}/cancel",
             "/api/queues/{name}/pause", "/api/queues/{name}/resume", "/api/queues/{name}/purge",
-            "/api/queues/{name}/limits", "/api/schedules", "/api/workers", "/api/health"} <= set(schema["paths"])
+            "/api/queues/{name}/limits", "/api/schedules", "/api/workers", "/api/breakers",
+            "/api/health"} <= set(schema["paths"])
     assert set(schema["paths"]["/api/jobs/{job_id}"]) >= {"get", "delete"}
 
 
@@ -295,6 +297,23 @@ def test_retry_cancel_and_delete_act_audit_with_the_web_actor_and_refuse_wrong_s
     assert actors(db, "retried") == actors(db, "cancelled") == actors(db, "deleted") == ["web:admin-token"]
 
 
+def test_cancelling_a_running_job_from_the_web_tells_its_worker_by_notify(client: TestClient, db: Conn,
+                                                                          module_dsn: str) -> None:
+    running, live = enqueue(db, state="running"), enqueue(db)
+    token = db.execute("SELECT lease_token FROM pgqueue.jobs WHERE id = %s", [running]).fetchone()
+    assert token is not None
+    with psycopg.connect(module_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgqueue_cancel")
+        assert client.post(f"/api/jobs/{live}/cancel", headers=ADMIN).status_code == 200
+        response = client.post(f"/api/jobs/{running}/cancel", headers=ADMIN)
+        heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+
+    assert response.json() == {"id": running, "previous_state": "running", "state": "cancelled"}
+    # Only the running job's worker is told, under the lease it held (a later attempt is not hit).
+    assert heard == [f"{running}:{token[0]}"]
+    assert db.execute("SELECT lease_token FROM pgqueue.jobs WHERE id = %s", [running]).fetchone() == (None,)
+
+
 def test_bulk_actions_report_each_job_and_retry_failed_retries_the_dead_letters(client: TestClient,
                                                                                db: Conn) -> None:
     a, b = enqueue(db, state="failed"), enqueue(db, state="failed")
@@ -388,6 +407,23 @@ def test_schedules_workers_and_health(client: TestClient, db: Conn) -> None:
     assert health.json()["healthy"] is True
     assert "127.0.0.1" not in health.text
     assert "postgresql://" not in health.text
+
+
+def test_breakers_are_listed_by_the_api_and_on_the_overview(client: TestClient, db: Conn) -> None:
+    db.execute("INSERT INTO pgqueue.circuit_breakers (task, state, opened_at, failure_threshold, window_seconds,"
+               " cooldown_seconds) VALUES ('send-sms', 'open', now(), 5, 60, 30)")
+
+    items = client.get("/api/breakers", headers=READ).json()["items"]
+    page = client.get("/", headers=READ)
+
+    assert [(b["task"], b["state"], b["failure_threshold"]) for b in items] == [("send-sms", "open", 5)]
+    assert items[0]["trial_at"] is not None
+    assert page.status_code == 200
+    metrics = client.get("/metrics", headers=READ).text
+    assert 'pgqueue_circuit_breaker_state{state="open",task="send-sms"} 1.0' in metrics
+    assert 'pgqueue_circuit_breaker_state{state="closed",task="send-sms"} 0.0' in metrics
+    assert "Circuit breakers" in page.text
+    assert "send-sms" in page.text
 
 
 def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:

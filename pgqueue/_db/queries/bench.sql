@@ -73,6 +73,10 @@ SELECT name, current_setting(name) FROM unnest(ARRAY[
     'work_mem', 'autovacuum'
 ]) AS name;
 
+-- name: enqueue_via_sql
+-- The SQL enqueue function (migration 0009), as a trigger or psql would call it.
+SELECT pgqueue.enqueue(%(task)s, %(args)s::jsonb, queue => %(queue)s);
+
 -- name: finished_epochs
 -- When each of the given jobs finished (database clock, seconds since the epoch): the workflow
 -- scenario's "commit of step n" (the ack statement's now(), a moment before its commit).

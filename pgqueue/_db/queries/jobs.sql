@@ -141,11 +141,16 @@ WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'runni
 -- estimates the latter at one row when one queue holds most jobs, and then sorts the whole
 -- backlog on every claim (375 ms per claim at 1M waiting, against 2 ms). FOR NO KEY UPDATE (not FOR UPDATE) lets audit rows and other readers proceed.
 -- SKIP LOCKED lets concurrent workers pass each other instead of queueing on the same rows.
+-- A task whose circuit breaker is open or half-open is skipped (its half-open trial is claimed by
+-- breakers.sql claim_breaker_trial). NOT IN, not NOT EXISTS: it stays a hashed subplan (the few held
+-- tasks read once per claim, a hash probe per row), while an anti-join on task is estimated from
+-- the task column's statistics and, when one task holds the backlog, made the planner sort it all.
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND queue = ANY(%(queues)b::text[])
       AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.paused)
+      AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -170,6 +175,7 @@ WITH picked AS MATERIALIZED (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'available'
       AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = jobs.queue AND q.paused)
+      AND jobs.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -207,12 +213,25 @@ WITH done AS (
 ), woken AS (
     -- One wake-up per statement for pgqueue.admin.wait_for_job; waiters re-read their job by id.
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM updated LIMIT 1) AS any_row
+), breaker_closed AS (
+    -- A half-open circuit breaker's trial succeeded: the breaker closes, its failures forgotten.
+    UPDATE pgqueue.circuit_breakers AS b
+    SET state = 'closed', failures = 0, recent_failures = '{}', opened_at = NULL, trial_job_id = NULL,
+        updated_at = now()
+    FROM updated AS u
+    WHERE b.state = 'half_open' AND b.trial_job_id = u.id
+    RETURNING b.task, u.id AS job_id, u.worker_id
+), breaker_audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, worker_id, detail)
+    SELECT NULL, 'breaker_closed', 'half_open', 'closed', worker_id, jsonb_build_object('task', task, 'job_id', job_id)
+    FROM breaker_closed
 )
 SELECT id, (SELECT count(*) FROM woken) AS notified FROM updated;
 
 -- name: fail_jobs
 -- A failed attempt: the worker decided the next state (scheduled/available for a retry, failed
--- when no attempts are left or the handler discarded it) and the event name.
+-- when no attempts are left or the handler discarded it) and the event name. A 'snoozed' attempt
+-- (pgqueue.Snooze) is not a failure: its attempt is handed back and the last error kept.
 WITH failed AS (
     SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(states)b::text[], %(delays)b::float8[],
                          %(errors)b::text[], %(errors_encrypted)b::bytea[], %(events)b::text[])
@@ -220,17 +239,55 @@ WITH failed AS (
 ), updated AS (
     UPDATE pgqueue.jobs AS j
     SET state = f.state,
+        attempt = CASE WHEN f.event = 'snoozed' THEN GREATEST(j.attempt - 1, 0) ELSE j.attempt END,
         run_at = CASE WHEN f.state = 'failed' THEN j.run_at ELSE now() + make_interval(secs => f.delay) END,
         finished_at = CASE WHEN f.state = 'failed' THEN now() END,
-        last_error = f.error::jsonb,
-        error_encrypted = f.error_encrypted
+        last_error = CASE WHEN f.event = 'snoozed' THEN j.last_error ELSE f.error::jsonb END,
+        error_encrypted = CASE WHEN f.event = 'snoozed' THEN j.error_encrypted ELSE f.error_encrypted END
     FROM failed AS f
     WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'running'
-    RETURNING j.id, j.queue, j.state, j.attempt, j.worker_id, f.event, j.last_error ->> 'type' AS error_type
+    RETURNING j.id, j.task, j.queue, j.state, j.attempt, j.worker_id, f.event, f.delay,
+              j.last_error ->> 'type' AS error_type
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
-    SELECT id, event, 'running', state, attempt, worker_id, jsonb_build_object('error_type', error_type)
+    SELECT id, event, 'running', state, attempt, worker_id,
+           CASE WHEN event = 'snoozed' THEN jsonb_build_object('delay_s', delay)
+                ELSE jsonb_build_object('error_type', error_type) END
     FROM updated
+), breakers AS MATERIALIZED (
+    -- Circuit breakers count every failed attempt (not snoozes) in this transaction, on the
+    -- database clock. The rows are locked first: FOR UPDATE reads the newest committed version,
+    -- so concurrent acks of the same task add up instead of overwriting each other.
+    SELECT b.task, b.state AS from_state, u.job_id, u.worker_id,
+           ARRAY(SELECT t FROM (SELECT unnest(b.recent_failures) AS t
+                                UNION ALL SELECT now() FROM generate_series(1, u.n)) AS x
+                 WHERE t > now() - make_interval(secs => b.window_seconds)
+                 ORDER BY t DESC LIMIT b.failure_threshold) AS recent,
+           b.failure_threshold
+    FROM pgqueue.circuit_breakers AS b
+    JOIN (SELECT task, count(*) AS n, max(id) AS job_id, max(worker_id) AS worker_id FROM updated
+          WHERE event <> 'snoozed' GROUP BY task) AS u ON u.task = b.task
+    ORDER BY b.task
+    FOR NO KEY UPDATE OF b
+), counted AS (
+    -- Closed: open once `failures` attempts fell within the window. Half-open: any failure re-opens.
+    SELECT task, from_state, job_id, worker_id, recent,
+           CASE WHEN from_state = 'half_open' OR (from_state = 'closed' AND cardinality(recent) >= failure_threshold)
+                THEN 'open' ELSE from_state END AS to_state
+    FROM breakers
+), tripped AS (
+    UPDATE pgqueue.circuit_breakers AS b
+    SET recent_failures = c.recent, failures = cardinality(c.recent), state = c.to_state,
+        opened_at = CASE WHEN c.to_state = 'open' AND c.from_state <> 'open' THEN now() ELSE b.opened_at END,
+        trial_job_id = CASE WHEN c.to_state = 'open' THEN NULL ELSE b.trial_job_id END,
+        updated_at = now()
+    FROM counted AS c
+    WHERE b.task = c.task
+), breaker_audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, worker_id, detail)
+    SELECT NULL, 'breaker_opened', from_state, to_state, worker_id,
+           jsonb_build_object('task', task, 'failures', cardinality(recent), 'job_id', job_id)
+    FROM counted WHERE to_state <> from_state
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM updated WHERE state = 'available') AS q
 ), woken AS (
@@ -319,10 +376,12 @@ WITH before AS MATERIALIZED (
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
 -- name: cancel_job
--- A running job may be cancelled too: its worker's ack is then refused (state is no longer
--- running) and the outcome stays cancelled.
+-- A running job may be cancelled too: its worker is told on %(cancel_channel)s (payload
+-- '<id>:<lease token>', so a late notification never hits a later attempt), and its heartbeat
+-- finds it by polling if the NOTIFY is lost; its ack is refused (the lease token is cleared) and
+-- the outcome stays cancelled.
 WITH before AS (
-    SELECT id, state FROM pgqueue.jobs WHERE id = %(id)s FOR NO KEY UPDATE
+    SELECT id, state, lease_token FROM pgqueue.jobs WHERE id = %(id)s FOR NO KEY UPDATE
 ), cancelled AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'cancelled', finished_at = now(), lease_token = NULL
@@ -334,9 +393,13 @@ WITH before AS (
     SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s FROM cancelled
 ), woken AS (
     SELECT pg_notify(%(done_channel)s, '') FROM cancelled
+), interrupted AS (
+    SELECT pg_notify(%(cancel_channel)s, before.id || ':' || before.lease_token)
+    FROM before JOIN cancelled ON cancelled.id = before.id
+    WHERE before.state = 'running' AND before.lease_token IS NOT NULL
 )
 SELECT before.state AS previous_state, (SELECT count(*) FROM cancelled) AS cancelled,
-       (SELECT count(*) FROM woken) AS notified FROM before;
+       (SELECT count(*) FROM woken) + (SELECT count(*) FROM interrupted) AS notified FROM before;
 
 -- name: delete_job
 WITH deleted AS (
@@ -363,13 +426,14 @@ SELECT count(*) AS purged FROM purged;
 
 -- name: find_pending_job
 -- Work left for a worker serving the given queues (NULL: every queue): a job running anywhere, or one
--- claimable now or once staged (scheduled and due). Jobs scheduled in the future and jobs of
--- paused queues that no one runs do not count: Worker.run_until_empty stops without them.
+-- claimable now or once staged (scheduled and due). Jobs scheduled in the future, jobs of
+-- paused queues and jobs held by an open circuit breaker do not count: Worker.run_until_empty stops without them.
 SELECT id FROM pgqueue.jobs AS j
 WHERE (%(queues)b::text[] IS NULL OR j.queue = ANY(%(queues)b::text[]))
   AND (j.state = 'running'
        OR ((j.state = 'available' OR (j.state = 'scheduled' AND j.run_at <= now()))
-           AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = j.queue AND q.paused)))
+           AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS q WHERE q.name = j.queue AND q.paused)
+           AND j.task NOT IN (SELECT b.task FROM pgqueue.circuit_breakers AS b WHERE b.state <> 'closed')))
 LIMIT 1;
 
 -- name: list_jobs_page
@@ -408,6 +472,11 @@ ORDER BY j.id DESC NULLS LAST;
 
 -- name: get_job_state
 SELECT state FROM pgqueue.jobs WHERE id = %(id)s;
+
+-- name: find_cancelled_jobs
+-- The heartbeat's fallback for a lost cancel NOTIFY (no LISTEN behind a transaction pooler): which
+-- of the jobs this worker runs were cancelled. Primary-key lookups of a handful of ids.
+SELECT id FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled';
 
 -- name: lock_dependencies
 -- The jobs a new job will depend on, locked in id order until the caller's transaction ends and

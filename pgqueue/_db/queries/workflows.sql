@@ -19,7 +19,7 @@ SELECT workflow_id::text FROM pgqueue.jobs WHERE id = %(id)s;
 -- Every unfinished job of the workflow, locked in id order (as the settle trigger locks
 -- dependents), in one statement with its audit rows.
 WITH before AS MATERIALIZED (
-    SELECT id, state FROM pgqueue.jobs
+    SELECT id, state, lease_token FROM pgqueue.jobs
     WHERE workflow_id = %(workflow_id)s::uuid AND state IN ('waiting', 'scheduled', 'available', 'running')
     ORDER BY id
     FOR NO KEY UPDATE
@@ -36,8 +36,13 @@ WITH before AS MATERIALIZED (
     FROM cancelled
 ), woken AS (
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM cancelled LIMIT 1) AS any_row
+), interrupted AS (
+    -- Running jobs: their workers interrupt the handler (as for cancel_job in jobs.sql).
+    SELECT pg_notify(%(cancel_channel)s, before.id || ':' || before.lease_token)
+    FROM before JOIN cancelled ON cancelled.id = before.id
+    WHERE before.state = 'running' AND before.lease_token IS NOT NULL
 )
-SELECT id, (SELECT count(*) FROM woken) AS notified FROM cancelled;
+SELECT id, (SELECT count(*) FROM woken) + (SELECT count(*) FROM interrupted) AS notified FROM cancelled;
 
 -- name: find_workflow_dead_jobs
 -- What retry_workflow hands to retry_jobs: the failed and cancelled jobs of the workflow.

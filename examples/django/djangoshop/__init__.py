@@ -1,0 +1,1 @@
+"""A minimal Django shop that sends a receipt through pgqueue when an order is placed."""

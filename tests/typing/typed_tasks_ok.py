@@ -1,0 +1,53 @@
+"""Type-checked by mypy in CI (never run): typed tasks accept what their handlers accept.
+
+Each ``assert_type`` fails the mypy run if the inferred type drifts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, assert_type
+
+import psycopg
+
+import pgqueue
+from pgqueue.tasks import BoundTask, Task
+
+app = pgqueue.App()
+
+
+@app.task(name="send-email", queue="emails")
+def send_email(job: pgqueue.Job, to: str, subject: str, cc: list[str] | None = None) -> dict[str, str]:
+    return {"to": to}
+
+
+@app.task
+def bare(job: pgqueue.Job, report_id: int) -> None: ...
+
+
+@app.task(name="render")
+async def render(job: pgqueue.Job, report_id: int) -> int:
+    return report_id
+
+
+@app.task(name="loose")
+def loose(job: pgqueue.Job, **payload: Any) -> None: ...
+
+
+def enqueue_typed(conn: psycopg.Connection[Any]) -> None:
+    typed: Task[..., dict[str, str]] = send_email
+    assert_type(typed.name, str)
+    assert_type(send_email.enqueue(conn, to="a@example.com", subject="hi"), int)
+    assert_type(send_email.enqueue(conn, "a@example.com", "hi", ["b@example.com"]), int)
+    assert_type(send_email.enqueue(None, to="a@example.com", subject="hi"), int)
+    urgent = send_email.options(priority="high", delay=60, unique_key="k", tags=["billing"], queue="emails")
+    bound: BoundTask[..., dict[str, str]] = urgent
+    assert_type(bound.task.name, str)
+    assert_type(urgent.options(max_attempts=3).enqueue(conn, to="a@example.com", subject="hi"), int)
+    assert_type(bare.enqueue(conn, report_id=1), int)
+    assert_type(loose.enqueue(conn, anything=1, goes="here"), int)
+    assert_type(send_email(pgqueue.Job.__new__(pgqueue.Job), "a@example.com", "hi"), dict[str, str])
+
+
+async def enqueue_async_typed(aconn: psycopg.AsyncConnection[Any]) -> None:
+    assert_type(await render.enqueue_async(aconn, report_id=7), int)
+    assert_type(await render.options(run_at=None).enqueue_async(aconn, 7), int)

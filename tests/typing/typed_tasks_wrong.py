@@ -1,0 +1,35 @@
+# Deliberately wrong calls: tests/typing/test_typing.py runs mypy on this file and expects exactly
+# the errors marked "# E: <code>" on each line (and none elsewhere). Not collected by pytest.
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+import pgqueue
+
+app = pgqueue.App()
+
+
+@app.task(name="send-email")
+def send_email(job: pgqueue.Job, to: str, subject: str) -> None: ...
+
+
+@app.task(name="render")
+async def render(job: pgqueue.Job, report_id: int) -> None: ...
+
+
+def wrong(conn: psycopg.Connection[Any]) -> None:
+    send_email.enqueue(conn, a="wrong", zzz=3)  # E: call-arg
+    send_email.enqueue(conn, to="a@example.com")  # E: call-arg
+    send_email.enqueue(conn, to=1, subject="hi")  # E: arg-type
+    send_email.enqueue(conn, to="a@example.com", subject="hi", delay=60)  # E: call-arg
+    send_email.options(priority=1.5).enqueue(conn, to="a@example.com", subject="hi")  # E: arg-type
+    send_email.options(retries=3)  # E: call-arg
+    send_email.options(delay=60).enqueue(conn, to="a@example.com")  # E: call-arg
+    send_email.enqueue("not a connection", to="a@example.com", subject="hi")  # E: arg-type
+
+
+async def wrong_async(aconn: psycopg.AsyncConnection[Any]) -> None:
+    await render.enqueue_async(aconn, report_id="7")  # E: arg-type
+    await render.enqueue_async(aconn)  # E: call-arg
