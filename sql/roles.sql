@@ -86,9 +86,9 @@ GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, de
 -- the same 'enqueued' audit row, with the calling role as actor, which only the enqueuer's and the
 -- admin's policies below accept (a worker login that enqueues follow-up jobs is also given
 -- pgqueue_enqueuer). Not granted to PUBLIC (the migration revokes that).
-REVOKE ALL ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+REVOKE ALL ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer, bigint[], text)
     FROM pgqueue_reader, pgqueue_worker;
-GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer, bigint[], text)
     TO pgqueue_enqueuer, pgqueue_admin;
 
 -- pgqueue_enqueuer: insert jobs and their 'enqueued' audit rows. It reads back only job

@@ -577,7 +577,7 @@ LEFT JOIN (
     GROUP BY queue
 ) AS c ON c.queue = names.queue;
 
--- Enqueue from SQL (migration 0009): triggers, psql and other languages enqueue in their own
+-- Enqueue from SQL (migration 0009; depends_on and on_dependency_failure since 0010): triggers, psql and other languages enqueue in their own
 -- transaction with the same validation, audit row and NOTIFY as App.enqueue (plaintext jobs only:
 -- encryption needs the application's keys). SECURITY INVOKER: the caller's privileges and the
 -- row-level security of sql/roles.sql apply; EXECUTE is granted there, not to PUBLIC.
@@ -589,7 +589,9 @@ CREATE FUNCTION pgqueue.enqueue(
     run_at timestamptz DEFAULT now(),
     unique_key text DEFAULT NULL,
     tags text[] DEFAULT '{}',
-    max_attempts integer DEFAULT 20
+    max_attempts integer DEFAULT 20,
+    depends_on bigint[] DEFAULT NULL,
+    on_dependency_failure text DEFAULT 'cancel'
 ) RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
@@ -605,6 +607,12 @@ DECLARE
     new_id       bigint;
     args_size    integer;
     tag          text;
+    job_policy   text := COALESCE(enqueue.on_dependency_failure, 'cancel');
+    job_workflow uuid;
+    dep_ids      bigint[];
+    dep_states   text[];
+    pending      integer;
+    missing      bigint;
 BEGIN
     IF enqueue.task IS NULL OR enqueue.task = '' OR length(enqueue.task) > 255 THEN
         RAISE EXCEPTION 'pgqueue.enqueue: task name % must be 1-255 characters', quote_nullable(enqueue.task)
@@ -648,7 +656,43 @@ BEGIN
     END LOOP;
 
     job_state := CASE WHEN job_run_at > now() THEN 'scheduled' ELSE 'available' END;
-    IF enqueue.unique_key IS NULL THEN
+    IF enqueue.depends_on IS NOT NULL AND cardinality(enqueue.depends_on) > 0 THEN
+        IF enqueue.unique_key IS NOT NULL THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: unique_key cannot be combined with depends_on'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF job_policy NOT IN ('cancel', 'run') THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT array_agg(l.id ORDER BY l.id), array_agg(l.state ORDER BY l.id),
+               (array_agg(l.workflow_id ORDER BY l.id) FILTER (WHERE l.workflow_id IS NOT NULL))[1]
+        INTO dep_ids, dep_states, job_workflow
+        FROM pgqueue.lock_dependencies(ARRAY(SELECT DISTINCT unnest(enqueue.depends_on))) AS l;
+        SELECT d.id INTO missing FROM unnest(enqueue.depends_on) AS d(id)
+        WHERE d.id IS NULL OR NOT (d.id = ANY(COALESCE(dep_ids, '{}'))) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: job % does not exist (never enqueued, or deleted or pruned)',
+                quote_nullable(missing)
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        IF job_policy = 'cancel' AND ('failed' = ANY(dep_states) OR 'cancelled' = ANY(dep_states)) THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: a dependency failed or was cancelled: a job with on_dependency_failure '
+                            'cancel cannot depend on it'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT count(*) FILTER (WHERE s NOT IN ('completed', 'failed', 'cancelled')) INTO pending
+        FROM unnest(dep_states) AS s;
+        job_state := CASE WHEN pending > 0 THEN 'waiting' ELSE job_state END;
+        INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags,
+                                  pending_dependencies, on_dependency_failure, workflow_id)
+        VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at, job_tags,
+                pending, job_policy, job_workflow)
+        RETURNING id INTO new_id;
+        INSERT INTO pgqueue.job_dependencies (job_id, depends_on, resolved)
+        SELECT new_id, d.id, d.state IN ('completed', 'failed', 'cancelled')
+        FROM unnest(dep_ids, dep_states) AS d(id, state);
+    ELSIF enqueue.unique_key IS NULL THEN
         INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags)
         VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at, job_tags)
         RETURNING id INTO new_id;
@@ -684,5 +728,5 @@ BEGIN
     RETURN new_id;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer) FROM PUBLIC;
-COMMENT ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer) IS 'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)';
+REVOKE EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer, bigint[], text) FROM PUBLIC;
+COMMENT ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer, bigint[], text) IS 'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)';

@@ -24,7 +24,9 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 from textwrap import dedent
 
 from alembic import op
@@ -270,6 +272,83 @@ $$
 """
 
 
+def _enqueue_0009() -> str:
+    """The 0009 pgqueue.enqueue() text, which this migration extends (and downgrade restores)."""
+    spec = importlib.util.spec_from_file_location("pgqueue_migration_0009",
+                                                  Path(__file__).with_name("0009_sql_enqueue.py"))
+    assert spec is not None and spec.loader is not None  # noqa: S101 -- the file ships beside this one
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.ENQUEUE)
+
+
+OLD_SIGNATURE = "text, jsonb, text, integer, timestamp with time zone, text, text[], integer"
+SIGNATURE = OLD_SIGNATURE + ", bigint[], text"
+
+# pgqueue.enqueue() gains depends_on and on_dependency_failure, with App.enqueue's rules: the
+# dependencies are locked (lock_dependencies), unknown ids and, under 'cancel', failed ones are
+# refused, and a job with unresolved dependencies starts 'waiting'.
+ENQUEUE_DEPENDENCIES = """
+    IF enqueue.depends_on IS NOT NULL AND cardinality(enqueue.depends_on) > 0 THEN
+        IF enqueue.unique_key IS NOT NULL THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: unique_key cannot be combined with depends_on'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF job_policy NOT IN ('cancel', 'run') THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT array_agg(l.id ORDER BY l.id), array_agg(l.state ORDER BY l.id),
+               (array_agg(l.workflow_id ORDER BY l.id) FILTER (WHERE l.workflow_id IS NOT NULL))[1]
+        INTO dep_ids, dep_states, job_workflow
+        FROM pgqueue.lock_dependencies(ARRAY(SELECT DISTINCT unnest(enqueue.depends_on))) AS l;
+        SELECT d.id INTO missing FROM unnest(enqueue.depends_on) AS d(id)
+        WHERE d.id IS NULL OR NOT (d.id = ANY(COALESCE(dep_ids, '{}'))) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: job % does not exist (never enqueued, or deleted or pruned)',
+                quote_nullable(missing)
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        IF job_policy = 'cancel' AND ('failed' = ANY(dep_states) OR 'cancelled' = ANY(dep_states)) THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: a dependency failed or was cancelled: a job with on_dependency_failure '
+                            'cancel cannot depend on it'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT count(*) FILTER (WHERE s NOT IN ('completed', 'failed', 'cancelled')) INTO pending
+        FROM unnest(dep_states) AS s;
+        job_state := CASE WHEN pending > 0 THEN 'waiting' ELSE job_state END;
+        INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags,
+                                  pending_dependencies, on_dependency_failure, workflow_id)
+        VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at, job_tags,
+                pending, job_policy, job_workflow)
+        RETURNING id INTO new_id;
+        INSERT INTO pgqueue.job_dependencies (job_id, depends_on, resolved)
+        SELECT new_id, d.id, d.state IN ('completed', 'failed', 'cancelled')
+        FROM unnest(dep_ids, dep_states) AS d(id, state);
+    ELSIF enqueue.unique_key IS NULL THEN"""
+
+
+def _enqueue_0010(old: str) -> str:
+    new = old.replace("""    max_attempts integer DEFAULT 20
+) RETURNS bigint""", """    max_attempts integer DEFAULT 20,
+    depends_on bigint[] DEFAULT NULL,
+    on_dependency_failure text DEFAULT 'cancel'
+) RETURNS bigint""")
+    new = new.replace("""    tag          text;
+BEGIN""", """    tag          text;
+    job_policy   text := COALESCE(enqueue.on_dependency_failure, 'cancel');
+    job_workflow uuid;
+    dep_ids      bigint[];
+    dep_states   text[];
+    pending      integer;
+    missing      bigint;
+BEGIN""")
+    new = new.replace("""
+    IF enqueue.unique_key IS NULL THEN""", ENQUEUE_DEPENDENCIES.rstrip(), 1)
+    assert new.count("depends_on") > 5, "the 0009 function text changed: update this migration"  # noqa: S101
+    return new
+
+
 def upgrade() -> None:
     op.execute(dedent(JOBS_COLUMNS).strip())
     op.execute("ALTER TABLE pgqueue.jobs DROP CONSTRAINT jobs_state_check")
@@ -288,9 +367,19 @@ def upgrade() -> None:
     op.execute(dedent(LOCK_DEPENDENCIES).strip())
     op.execute("DROP TRIGGER jobs_insert_fresh ON pgqueue.jobs")
     op.execute(dedent(FRESH_AFTER).strip())
+    op.execute(f"DROP FUNCTION pgqueue.enqueue({OLD_SIGNATURE})")
+    op.execute(dedent(_enqueue_0010(_enqueue_0009())).strip())
+    op.execute(f"REVOKE EXECUTE ON FUNCTION pgqueue.enqueue({SIGNATURE}) FROM PUBLIC")
+    op.execute(f"COMMENT ON FUNCTION pgqueue.enqueue({SIGNATURE}) IS "
+               "'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)'")
 
 
 def downgrade() -> None:
+    op.execute(f"DROP FUNCTION pgqueue.enqueue({SIGNATURE})")
+    op.execute(dedent(_enqueue_0009()).strip())
+    op.execute(f"REVOKE EXECUTE ON FUNCTION pgqueue.enqueue({OLD_SIGNATURE}) FROM PUBLIC")
+    op.execute(f"COMMENT ON FUNCTION pgqueue.enqueue({OLD_SIGNATURE}) IS "
+               "'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)'")
     op.execute("DROP TRIGGER jobs_insert_fresh ON pgqueue.jobs")
     op.execute(dedent(FRESH_BEFORE).strip())
     op.execute("DROP FUNCTION pgqueue.lock_dependencies(bigint[])")

@@ -397,3 +397,17 @@ def test_dependency_results_are_decrypted_for_the_next_step(dsn: str, conn: Db) 
     stored = conn.execute("SELECT result, result_encrypted IS NOT NULL FROM pgqueue.jobs WHERE id = %s",
                           [wf.job_ids[0]]).fetchone()
     assert stored == (None, True)
+
+
+def test_sql_enqueue_and_task_options_take_depends_on(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step")
+    (from_sql,) = conn.execute("SELECT pgqueue.enqueue('step', '{}', depends_on => ARRAY[%s]::bigint[], "
+                               "on_dependency_failure => 'run')", [first]).fetchone() or (None,)
+    from_options = app.tasks["step"].options(depends_on=[first]).enqueue(conn)
+    conn.commit()
+    assert states(conn, [first, from_sql, from_options]) == ["available", "waiting", "waiting"]
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="job '424242' does not exist"):
+        conn.execute("SELECT pgqueue.enqueue('step', '{}', depends_on => ARRAY[424242]::bigint[])")
+    conn.rollback()
+    run_all(app)
+    assert states(conn, [first, from_sql, from_options]) == ["completed"] * 3
