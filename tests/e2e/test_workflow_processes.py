@@ -68,7 +68,7 @@ def test_every_group_callback_runs_once_after_its_members_even_when_a_worker_is_
                timeout=180 + GROUPS * 0.5, message="every job of every group to complete")
 
     # Exactly one completion per callback, and every execution of it (a second one only if the
-    # killed worker held it) started after all its members had completed.
+    # killed worker ran it first) started after all its members had completed.
     assert count(db, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'completed' AND job_id = ANY(%s)",
                  [callbacks]) == GROUPS
     assert count(db, "SELECT count(*) FROM pgqueue.job_events WHERE event = 'dependencies_met' "
@@ -81,8 +81,11 @@ def test_every_group_callback_runs_once_after_its_members_even_when_a_worker_is_
     assert set(by_job) == set(callbacks)
     for wf in workflows:
         runs = by_job[wf.job_ids[-1]]
+        # At-least-once only bites the killed worker: it may have run the callback (and even
+        # completed it) before the SIGKILL; every other worker ran it at most once in total.
         survivors = [run for run in runs if run[0] != victim.pid]
-        assert len(survivors) == 1, runs
+        assert len(survivors) <= 1, runs
+        assert len(runs) - len(survivors) <= 1, runs
         for _pid, unfinished, results in runs:
             assert unfinished == 0
             assert results == wf.job_ids[:-1]
