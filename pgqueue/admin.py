@@ -123,7 +123,7 @@ _MAX_RATE = 1_000_000_000
 _MAX_RATE_PERIOD = 7 * 86400
 # States whose partial index lists_jobs walks instead of the primary key (completed has none: it
 # is most of the table, so the primary key finds its rows as fast).
-_INDEXED_STATES = frozenset({"scheduled", "available", "running", "failed", "cancelled"})
+_INDEXED_STATES = frozenset({"waiting", "scheduled", "available", "running", "failed", "cancelled"})
 
 
 class _Unchanged(Enum):
@@ -269,6 +269,8 @@ class QueueInfo:
     lag_seconds: float | None
     completed_last_hour: int = 0
     failed_last_hour: int = 0
+    #: jobs waiting for their dependencies (pgqueue.workflows)
+    waiting: int = 0
 
     @property
     def rate(self) -> str | None:
@@ -378,7 +380,7 @@ def _queue(row: dict[str, Any], recent: dict[str, tuple[int, int]]) -> QueueInfo
         rate_period_seconds=row["rate_period_seconds"], scheduled=int(row["scheduled"]),
         available=int(row["available"]), running=int(row["running"]), failed=int(row["failed"]),
         cancelled=int(row["cancelled"]), lag_seconds=row["lag_seconds"], completed_last_hour=completed,
-        failed_last_hour=failed)
+        failed_last_hour=failed, waiting=int(row.get("waiting") or 0))
 
 
 # --- checks -----------------------------------------------------------------------------------

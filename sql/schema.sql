@@ -73,6 +73,8 @@ CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running');
 -- A workflow's jobs (`pgqueue workflows show`, the admin API); only workflow jobs pay for it.
 CREATE INDEX jobs_workflow_idx ON pgqueue.jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+-- Waiting jobs newest first, and counted per queue (queue_lag report), from an index of what waits.
+CREATE INDEX jobs_waiting_idx ON pgqueue.jobs (id) INCLUDE (queue) WHERE state = 'waiting';
 
 -- A role that does not own the table can insert only fresh jobs (migration 0006; 'waiting' since 0010): enqueue never
 -- writes history. AFTER with a WHEN clause: the function runs only for a row that is not fresh, so

@@ -355,6 +355,9 @@ def upgrade() -> None:
     op.execute(f"ALTER TABLE pgqueue.jobs ADD CONSTRAINT jobs_state_check CHECK (state IN {STATES_AFTER})")
     # `pgqueue workflows show` and the admin API read a workflow's jobs; only workflow jobs pay.
     op.execute("CREATE INDEX jobs_workflow_idx ON pgqueue.jobs (workflow_id) WHERE workflow_id IS NOT NULL")
+    # Waiting jobs newest first (`jobs list --state waiting`) and counted per queue (the queue_lag
+    # report behind `queues list`, `stats`, /metrics) from an index the size of what waits.
+    op.execute("CREATE INDEX jobs_waiting_idx ON pgqueue.jobs (id) INCLUDE (queue) WHERE state = 'waiting'")
     op.execute(dedent(JOB_DEPENDENCIES).strip())
     # Completing a job finds its dependents by this index.
     op.execute("CREATE INDEX job_dependencies_depends_on_idx ON pgqueue.job_dependencies (depends_on)")
@@ -390,6 +393,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION pgqueue.jobs_settle_dependents()")
     op.execute("DROP FUNCTION pgqueue.jobs_note_settled()")
     op.execute("DROP TABLE pgqueue.job_dependencies")
+    op.execute("DROP INDEX pgqueue.jobs_waiting_idx")
     op.execute("DROP INDEX pgqueue.jobs_workflow_idx")
     # Jobs in the new state cannot stay: they become cancelled, as if their dependency failed.
     op.execute("UPDATE pgqueue.jobs SET state = 'cancelled', finished_at = now() WHERE state = 'waiting'")

@@ -205,8 +205,8 @@ def test_queues_list_pause_resume_and_purge_with_audit_rows(dsn: str, conn: Conn
     assert paused == [{"name": "emails", "paused": True, "scheduled": 0, "available": 0, "running": 1,
                        "failed": 1, "cancelled": 0, "completed_last_hour": 1, "failed_last_hour": 1,
                        "lag_seconds": None, "concurrency": None, "rate": None, "rate_limit": None,
-                       "rate_period_seconds": None}]
-    assert table.splitlines()[0].split()[:3] == ["QUEUE", "PAUSED", "SCHEDULED"]
+                       "rate_period_seconds": None, "waiting": 0}]
+    assert table.splitlines()[0].split()[:3] == ["QUEUE", "PAUSED", "WAITING"]
     assert "emails" in table
     assert_one_line_error(unconfirmed, "stdin is not a terminal; pass --yes")
     assert purged_failed == {"queue": "emails", "state": "failed", "purged": 1}
@@ -264,7 +264,7 @@ def test_stats_shows_counts_per_queue_and_state_totals_workers_and_notification_
     assert "NOTIFY is transactional" in text
     assert [(q["name"], q["available"], q["failed"], q["completed_last_hour"]) for q in data["queues"]] == [
         ("emails", 1, 1, 0), ("reports", 0, 0, 1)]
-    assert data["totals"] == {"scheduled": 0, "available": 1, "running": 0, "failed": 1, "cancelled": 0,
+    assert data["totals"] == {"waiting": 0, "scheduled": 0, "available": 1, "running": 0, "failed": 1, "cancelled": 0,
                               "completed_last_hour": 1, "failed_last_hour": 1,
                               "lag_seconds": data["queues"][0]["lag_seconds"]}
     assert [(w["id"], w["alive"], w["queues"]) for w in data["workers"]] == [("w-test", True, ["emails"])]

@@ -411,3 +411,13 @@ def test_sql_enqueue_and_task_options_take_depends_on(app: App, conn: Db) -> Non
     conn.rollback()
     run_all(app)
     assert states(conn, [first, from_sql, from_options]) == ["completed"] * 3
+
+
+def test_queue_listings_count_waiting_jobs(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step", queue="reports")
+    app.enqueue(conn, "step", queue="reports", depends_on=[first])
+    conn.commit()
+    (reports,) = [q for q in admin.list_queues(conn) if q.name == "reports"]
+    assert (reports.waiting, reports.available) == (1, 1)
+    page = admin.list_jobs(conn, state="waiting")
+    assert [job.task for job in page.items] == ["step"]

@@ -439,7 +439,7 @@ LIMIT 1;
 -- name: list_jobs_page
 -- One page of jobs, newest first, below the cursor %(before)s. `candidates` walks at most
 -- %(budget)s rows down an index: the primary key, or the state's own partial index when
--- %(indexed_state)s names a state that has one (scheduled, available, running, failed, cancelled).
+-- %(indexed_state)s names a state that has one (waiting, scheduled, available, running, failed, cancelled).
 -- The other filters apply to those candidates only, so a filter that matches few rows costs one
 -- budget per page instead of a scan of the table; the caller continues below `lowest_id`.
 -- Run unprepared (custom plans): the NULL tests fold away and each filter keeps its index.
