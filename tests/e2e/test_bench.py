@@ -14,6 +14,9 @@ import pytest
 # --quick sizes: the backlog pair is 10k vs 100k (1m in a full run).
 QUICK_FIGURES = {
     "enqueue_single", "enqueue_bulk",
+    "enqueue_single_typed", "enqueue_single_options", "enqueue_single_sql",
+    "chain_step_p50", "chain_step_p95", "chain_step_p99", "chain_plain_p50", "chain_plain_p95", "chain_step_ratio_p50",
+    "enqueue_many_10k", "group_enqueue_10k", "group_enqueue_10k_cost",
     "process_c1", "process_c10", "process_c50", "process_p2_c50", "process_c50_sync",
     "latency_p50", "latency_p95", "latency_p99",
     "backlog_10k", "backlog_100k", "backlog_ratio",
@@ -81,4 +84,4 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
-        "latency, backlog, churn, physical"]
+        "latency, chain, group-enqueue, backlog, churn, physical"]
