@@ -20,12 +20,13 @@ if TYPE_CHECKING:
     from pgqueue.jobs import Cancelled, Discard, Job, JobSpec, JobState, Retry, Snooze
     from pgqueue.tasks import Task
     from pgqueue.worker import Worker
+    from pgqueue.workflows import Signature, Workflow, chain, group, sig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Backoff", "Cancelled", "CircuitBreaker", "Discard", "Job", "JobSpec", "JobState", "Retry", "Snooze", "Task",
-    "Worker", "__version__", "errors",
+    "App", "Backoff", "Cancelled", "CircuitBreaker", "Discard", "Job", "JobSpec", "JobState", "Retry", "Signature",
+    "Snooze", "Task", "Worker", "Workflow", "__version__", "chain", "errors", "group", "sig",
 ]
 
 # Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
@@ -42,6 +43,11 @@ _PUBLIC: dict[str, str] = {
     "Retry": "pgqueue.jobs",
     "Snooze": "pgqueue.jobs",
     "Task": "pgqueue.tasks",
+    "Signature": "pgqueue.workflows",
+    "Workflow": "pgqueue.workflows",
+    "chain": "pgqueue.workflows",
+    "group": "pgqueue.workflows",
+    "sig": "pgqueue.workflows",
     # The worker (asyncio, the pools) too: an application that only enqueues never pays for it.
     "Worker": "pgqueue.worker",
 }

@@ -33,6 +33,7 @@ import getpass
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -51,6 +52,7 @@ from pgqueue._db.reports import REPORTS, run_report
 from pgqueue._db.server import ServerStore
 from pgqueue._db.sessions import connect
 from pgqueue._db.workers import WorkerStore
+from pgqueue._db.workflows import WorkflowStore
 from pgqueue._humanize import format_seconds
 from pgqueue._payload import check_queue_name
 from pgqueue.errors import (
@@ -64,8 +66,9 @@ from pgqueue.errors import (
     PgqueueError,
     QueueNotFound,
     SchemaNotReady,
+    WorkflowNotFound,
 )
-from pgqueue.jobs import FINISHED_STATES, LIVE_STATES, JobState
+from pgqueue.jobs import CANCELLABLE_STATES, FINISHED_STATES, JobState
 from pgqueue.settings import Settings, parse_duration, redact_dsn
 
 __all__ = [
@@ -82,10 +85,14 @@ __all__ = [
     "ScheduleInfo",
     "TaskLimitsInfo",
     "WorkerInfo",
+    "WorkflowInfo",
+    "WorkflowJob",
     "cancel_job",
+    "cancel_workflow",
     "delete_job",
     "format_rate",
     "get_job",
+    "get_workflow",
     "health",
     "list_breakers",
     "list_job_events",
@@ -104,6 +111,7 @@ __all__ = [
     "resume_queue",
     "retry_failed",
     "retry_job",
+    "retry_workflow",
     "set_queue_limits",
     "wait_for_job",
     "wait_for_job_async",
@@ -123,7 +131,7 @@ _MAX_RATE = 1_000_000_000
 _MAX_RATE_PERIOD = 7 * 86400
 # States whose partial index lists_jobs walks instead of the primary key (completed has none: it
 # is most of the table, so the primary key finds its rows as fast).
-_INDEXED_STATES = frozenset({"scheduled", "available", "running", "failed", "cancelled"})
+_INDEXED_STATES = frozenset({"waiting", "scheduled", "available", "running", "failed", "cancelled"})
 
 
 class _Unchanged(Enum):
@@ -284,6 +292,8 @@ class QueueInfo:
     failed_last_hour: int = 0
     #: Starts in the rate window now (rate-limited queues only, else None).
     starts_in_window: int | None = None
+    #: jobs waiting for their dependencies (pgqueue.workflows)
+    waiting: int = 0
 
     @property
     def rate(self) -> str | None:
@@ -423,7 +433,7 @@ def _queue(row: dict[str, Any], recent: dict[str, tuple[int, int]]) -> QueueInfo
         rate_period_seconds=row["rate_period_seconds"], scheduled=int(row["scheduled"]),
         available=int(row["available"]), running=int(row["running"]), failed=int(row["failed"]),
         cancelled=int(row["cancelled"]), lag_seconds=row["lag_seconds"], completed_last_hour=completed,
-        failed_last_hour=failed)
+        failed_last_hour=failed, waiting=int(row.get("waiting") or 0))
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -732,7 +742,8 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
     if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor), source=where):
-        return JobChange(job_id, previous, JobState.AVAILABLE.value)
+        # 'waiting' for a job whose dependencies have not all completed (see pgqueue.workflows).
+        return JobChange(job_id, previous, JobStore(own).job_state(job_id) or JobState.AVAILABLE.value)
     state = JobStore(own).job_state(job_id)
     if state is None:
         raise JobNotFound(f"job {job_id} not found")
@@ -755,7 +766,8 @@ def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = Non
 
 
 def cancel_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:
-    """Cancel a scheduled, available or running job.
+    """Cancel a waiting, scheduled, available or running job (its dependents follow their
+    ``on_dependency_failure`` policy).
 
     A running job's worker is told at once (NOTIFY, and its heartbeat checks every half second when
     LISTEN is unavailable): ``job.cancelled`` becomes True, ``job.raise_if_cancelled()`` raises
@@ -776,7 +788,7 @@ def cancel_job(conn: Any, job_id: int, *, actor: str | None = None, source: str 
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
     if not cancelled:
-        live = ", ".join(str(s) for s in LIVE_STATES[:-1]) + f" or {LIVE_STATES[-1]}"
+        live = ", ".join(str(s) for s in CANCELLABLE_STATES[:-1]) + f" or {CANCELLABLE_STATES[-1]}"
         raise InvalidJobState(f"job {job_id} is {previous}; only {live} jobs can be cancelled")
     return JobChange(job_id, previous, JobState.CANCELLED.value)
 
@@ -1245,3 +1257,112 @@ def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
         if dry_run:
             return _retention.count_prunable(conn, policy)
         return _retention.prune(conn, policy, _actor(actor), progress, source=where)
+
+
+# --- workflows (chains, groups, depends_on; see pgqueue.workflows) ---
+
+
+@dataclass(frozen=True)
+class WorkflowJob:
+    """One job of a workflow, with the ids of the jobs it depends on."""
+
+    id: int
+    task: str
+    queue: str
+    state: str
+    attempt: int
+    max_attempts: int
+    pending_dependencies: int
+    on_dependency_failure: str | None
+    depends_on: list[int]
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error_type: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow: its jobs in enqueue order, and counts per state.
+
+    ``state`` sums it up: ``completed`` when every job completed, ``failed`` when nothing is left
+    to run and some job failed or was cancelled, else ``running``.
+    """
+
+    id: str
+    jobs: list[WorkflowJob]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+
+    @property
+    def state(self) -> str:
+        states = {job.state for job in self.jobs}
+        if states == {"completed"}:
+            return "completed"
+        if states <= set(FINISHED_STATES):
+            return "failed"
+        return "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "counts": self.counts,
+                "jobs": [job.as_dict() for job in self.jobs]}
+
+
+def _check_workflow_id(workflow_id: Any) -> str:
+    try:
+        return str(uuid.UUID(str(workflow_id)))
+    except ValueError:
+        raise WorkflowNotFound(f"workflow id {workflow_id!r} is not a UUID (pgqueue workflows show <uuid>)") from None
+
+
+def get_workflow(conn: Any, workflow_id: str | int) -> WorkflowInfo:
+    """A workflow's jobs and their states; a job id is accepted too (its workflow is shown).
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id (or that job belongs to no workflow).
+
+    Example:
+        >>> admin.get_workflow(conn, wf.id).state
+        'running'
+    """
+    store = WorkflowStore(sync_connection(conn))
+    if isinstance(workflow_id, int) or str(workflow_id).isdigit():
+        found = store.workflow_of(int(workflow_id))
+        if found is None:
+            raise WorkflowNotFound(f"job {workflow_id} belongs to no workflow (or does not exist)")
+        workflow_id = found
+    wanted = _check_workflow_id(workflow_id)
+    rows = store.jobs(wanted)
+    if not rows:
+        raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
+    return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
+
+
+def cancel_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None) -> list[int]:
+    """Cancel every unfinished job of a workflow (waiting, scheduled, available, running); returns
+    their ids. Completed jobs stay completed.
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id.
+    """
+    info = get_workflow(conn, workflow_id)
+    return WorkflowStore(sync_connection(conn)).cancel(info.id, _actor(actor))
+
+
+def retry_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None) -> list[int]:
+    """Retry every failed or cancelled job of a workflow in one statement; returns their ids. Jobs
+    whose dependencies have not all completed wait again; the others become available.
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id.
+    """
+    info = get_workflow(conn, workflow_id)
+    return WorkflowStore(sync_connection(conn)).retry(info.id, _actor(actor))

@@ -11,10 +11,11 @@ value and the rule it broke. The CLI catches ``PgqueueError`` once and prints on
     ├── SchemaNotReady
     ├── EnqueueError             InvalidQueueName, InvalidPriority, ArgsNotSerializable,
     │                            PayloadTooLarge, UnknownTask, InvalidEnqueueOption,
-    │                            InvalidArgs (also a TypeError)
+    │                            InvalidArgs (also a TypeError), InvalidDependency, DependencyCycle
     ├── ScheduleError            InvalidCron, InvalidTimezone, InvalidSchedule, ScheduleExists,
     │                            ScheduleNotFound
     ├── JobNotFound
+    ├── WorkflowNotFound
     ├── QueueNotFound
     ├── BreakerNotFound
     ├── InvalidJobState
@@ -88,6 +89,19 @@ class InvalidEnqueueOption(EnqueueError):
 
 class InvalidArgs(EnqueueError, TypeError):
     """The args do not fit the task handler's signature (unexpected or missing names)."""
+
+
+class InvalidDependency(EnqueueError):
+    """A ``depends_on`` names a job that does not exist (never enqueued, deleted or pruned), one
+    the failure policy cannot wait on, or a spec outside the batch; nothing was enqueued."""
+
+
+class DependencyCycle(EnqueueError):
+    """The jobs of one ``enqueue_many`` batch depend on each other in a cycle; nothing was enqueued."""
+
+
+class WorkflowNotFound(PgqueueError):
+    """No job carries this workflow id."""
 
 
 class ScheduleError(PgqueueError):

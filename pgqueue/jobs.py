@@ -14,6 +14,7 @@ from typing import Any
 class JobState(enum.StrEnum):
     """The states a job moves through; the strings are what SQL, the CLI and the API show."""
 
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     AVAILABLE = "available"
     RUNNING = "running"
@@ -23,6 +24,8 @@ class JobState(enum.StrEnum):
 
 
 LIVE_STATES = (JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING)
+#: States an operator can cancel: the live ones and 'waiting' (on dependencies).
+CANCELLABLE_STATES = (JobState.WAITING, *LIVE_STATES)
 FINISHED_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
@@ -46,6 +49,10 @@ class JobSpec:
     tags: Sequence[str] | None = None
     encrypt: bool | None = None
     group: str | None = None
+    #: Jobs that must complete first: ids of existing jobs, or other specs of the same batch.
+    depends_on: Sequence[int | JobSpec] = ()
+    #: "cancel" (default) or "run": what this job does when a dependency fails for good.
+    on_dependency_failure: str | None = None
 
 
 class Retry(Exception):
@@ -164,6 +171,23 @@ class Job:
         """
         if self._cancel_requested.is_set():
             raise Cancelled(f"job {self.id} was cancelled")
+
+    _dependency_reader: Callable[[Job], dict[int, Any]] | None = field(default=None, repr=False)
+
+    def dependency_results(self) -> dict[int, Any]:
+        """The results of the jobs this one depends on, by job id in id order (the order a chain or
+        group listed them); None for a dependency that did not complete (policy ``run``).
+
+        Encrypted results are decrypted with the worker's keys. Reads the database on each call.
+
+        Example:
+            >>> @app.task
+            ... def zip_exports(job: pgqueue.Job) -> None:
+            ...     paths = [r["path"] for r in job.dependency_results().values()]
+        """
+        if self._dependency_reader is None:
+            return {}
+        return self._dependency_reader(self)
 
     @property
     def encrypted(self) -> bool:

@@ -54,7 +54,7 @@ __all__ = ["DURATION_BUCKETS", "DatabaseCollector", "JobOutcomes", "Metrics", "s
 
 #: Upper bounds (seconds) of the run-time histogram.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-DEPTH_STATES = ("scheduled", "available", "running", "failed", "cancelled")
+DEPTH_STATES = ("waiting", "scheduled", "available", "running", "failed", "cancelled")
 # job_events' outcome rows -> the outcome label.
 OUTCOMES = {"completed": "completed", "retry_scheduled": "retried", "failed": "failed", "discarded": "discarded",
             "rescued": "rescued", "cancelled": "cancelled"}

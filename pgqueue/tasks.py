@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pgqueue.app import App
     from pgqueue.jobs import Job
     from pgqueue.typing import AsyncConnection, Connection
+    from pgqueue.workflows import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -275,6 +276,16 @@ class Task(Generic[P, R]):
             ...     job_id = send_email.enqueue(conn, to="a@example.com", subject="hi")
         """
         return self.app.enqueue(conn, self.name, self.job_args(*args, **kwargs))
+
+    def s(self, **args: Any) -> Signature:
+        """A signature of this task with ``args``, for :func:`pgqueue.chain` and :func:`pgqueue.group`.
+
+        Example:
+            >>> app.enqueue_workflow(conn, pgqueue.chain(render.s(report_id=1), email.s(to="a@example.com")))
+        """
+        from pgqueue.workflows import Signature
+
+        return Signature(self.name, self.job_args(**args))
 
     async def enqueue_async(self, conn: AsyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects."""

@@ -65,9 +65,19 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pgqueue TO pgqueue_reader;
 -- (and the jobs_insert_fresh trigger refuses a job that is not fresh from anyone but the owner).
 -- Bulk enqueue and the scheduler draw ids up front with nextval('pgqueue.jobs_id_seq').
 GRANT INSERT (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, unique_key, tags,
-               group_key)
+               group_key, workflow_id, pending_dependencies, has_dependents, on_dependency_failure)
     ON pgqueue.jobs TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 GRANT USAGE ON SEQUENCE pgqueue.jobs_id_seq TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+-- Workflows (depends_on, chains, groups): the new jobs' dependency edges. Marking and locking the
+-- jobs they depend on goes through pgqueue.lock_dependencies() (a security-definer function: the
+-- enqueuer has no UPDATE on jobs), and the count-down, release and failure policy when a job
+-- finishes are the database's own triggers (security definer too, writing 'dependencies_met',
+-- 'dependency_retried' and policy 'cancelled' audit rows as the owner): no role needs a grant
+-- or policy for them, and none can write those events itself.
+GRANT INSERT ON pgqueue.job_dependencies TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
+GRANT SELECT ON pgqueue.job_dependencies TO pgqueue_worker, pgqueue_admin;
+REVOKE ALL ON FUNCTION pgqueue.lock_dependencies(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgqueue.lock_dependencies(bigint[]) TO pgqueue_enqueuer, pgqueue_worker, pgqueue_admin;
 -- Audit rows take `at` and `xid` from the database (now(), the writing transaction): no role can
 -- back-date a row into a sealed range. Which rows each role may write: the policies below.
 GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, detail)
@@ -76,9 +86,9 @@ GRANT INSERT (job_id, event, from_state, to_state, attempt, worker_id, actor, de
 -- the same 'enqueued' audit row, with the calling role as actor, which only the enqueuer's and the
 -- admin's policies below accept (a worker login that enqueues follow-up jobs is also given
 -- pgqueue_enqueuer). Not granted to PUBLIC (the migration revokes that).
-REVOKE ALL ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+REVOKE ALL ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer, bigint[], text)
     FROM pgqueue_reader, pgqueue_worker;
-GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer)
+GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamptz, text, text[], integer, bigint[], text)
     TO pgqueue_enqueuer, pgqueue_admin;
 
 -- pgqueue_enqueuer: insert jobs and their 'enqueued' audit rows. It reads back only job
@@ -158,7 +168,7 @@ CREATE POLICY job_events_enqueue ON pgqueue.job_events FOR INSERT
     TO pgqueue_enqueuer
     WITH CHECK (
         event = 'enqueued' AND job_id IS NOT NULL AND from_state IS NULL
-        AND to_state IN ('scheduled', 'available') AND attempt = 0 AND worker_id IS NULL AND detail IS NULL
+        AND to_state IN ('waiting', 'scheduled', 'available') AND attempt = 0 AND worker_id IS NULL AND detail IS NULL
         AND actor IS DISTINCT FROM 'scheduler' AND actor IS DISTINCT FROM 'maintenance'
     );
 
@@ -197,7 +207,7 @@ CREATE POLICY job_events_administer ON pgqueue.job_events FOR INSERT
         AND actor IS DISTINCT FROM 'scheduler' AND actor IS DISTINCT FROM 'maintenance'
         AND (
             (event = 'enqueued' AND job_id IS NOT NULL AND from_state IS NULL
-             AND to_state IN ('scheduled', 'available') AND attempt = 0 AND detail IS NULL)
+             AND to_state IN ('waiting', 'scheduled', 'available') AND attempt = 0 AND detail IS NULL)
             OR (job_id IS NOT NULL AND event IN ('retried', 'cancelled', 'deleted', 'purged'))
             OR (job_id IS NULL
                 AND event IN ('queue_paused', 'queue_resumed', 'queue_limits_set', 'schedule_added', 'schedule_updated',

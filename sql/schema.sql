@@ -34,7 +34,17 @@ CREATE TABLE pgqueue.jobs (
     -- The job's group (migration 0007): a task with group_concurrency = N runs at most N jobs of
     -- one group at once, in (priority, run_at, id) order. NULL: no group.
     group_key     text,
-    CONSTRAINT jobs_state_check CHECK (state IN ('scheduled', 'available', 'running', 'completed', 'failed', 'cancelled')),
+    -- Workflows (migration 0010): the chain or group the job belongs to; how many of its
+    -- dependencies have not completed yet (the job is 'waiting' while > 0); whether another job
+    -- depends on it; and what happens to it when a dependency fails: 'cancel' or 'run'.
+    workflow_id           uuid,
+    pending_dependencies  integer     NOT NULL DEFAULT 0,
+    has_dependents        boolean     NOT NULL DEFAULT false,
+    on_dependency_failure text,
+    CONSTRAINT jobs_state_check
+        CHECK (state IN ('waiting', 'scheduled', 'available', 'running', 'completed', 'failed', 'cancelled')),
+    CONSTRAINT jobs_dependencies_check CHECK (
+        pending_dependencies >= 0 AND (on_dependency_failure IS NULL OR on_dependency_failure IN ('cancel', 'run'))),
     CONSTRAINT jobs_attempt_check CHECK (attempt >= 0 AND max_attempts >= 1),
     CONSTRAINT jobs_queue_check CHECK (queue ~ '^[a-z0-9_-]{1,63}$'),
     CONSTRAINT jobs_progress_check CHECK (progress IS NULL OR (progress >= 0 AND progress <= 100))
@@ -64,8 +74,12 @@ CREATE INDEX jobs_dead_idx ON pgqueue.jobs (state, id) INCLUDE (queue) WHERE sta
 -- One live job per unique_key, enforced by the database so racing enqueuers cannot both win.
 CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running');
+-- A workflow's jobs (`pgqueue workflows show`, the admin API); only workflow jobs pay for it.
+CREATE INDEX jobs_workflow_idx ON pgqueue.jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+-- Waiting jobs newest first, and counted per queue (queue_lag report), from an index of what waits.
+CREATE INDEX jobs_waiting_idx ON pgqueue.jobs (id) INCLUDE (queue) WHERE state = 'waiting';
 
--- A role that does not own the table can insert only fresh jobs (migration 0006): enqueue never
+-- A role that does not own the table can insert only fresh jobs (migration 0006; 'waiting' since 0010): enqueue never
 -- writes history. AFTER with a WHEN clause: the function runs only for a row that is not fresh, so
 -- enqueueing pays nothing and COPY keeps its multi-row inserts (a BEFORE row trigger turns them off).
 CREATE FUNCTION pgqueue.jobs_insert_fresh() RETURNS trigger
@@ -83,12 +97,198 @@ END
 $$;
 CREATE TRIGGER jobs_insert_fresh AFTER INSERT ON pgqueue.jobs
     FOR EACH ROW
-    WHEN (NEW.state NOT IN ('scheduled', 'available') OR NEW.attempt <> 0 OR NEW.lease_token IS NOT NULL
+    WHEN (NEW.state NOT IN ('waiting', 'scheduled', 'available') OR NEW.attempt <> 0 OR NEW.lease_token IS NOT NULL
           OR NEW.worker_id IS NOT NULL OR NEW.started_at IS NOT NULL OR NEW.finished_at IS NOT NULL
           OR NEW.progress IS NOT NULL OR NEW.progress_note IS NOT NULL OR NEW.result IS NOT NULL
           OR NEW.result_encrypted IS NOT NULL OR NEW.last_error IS NOT NULL OR NEW.error_encrypted IS NOT NULL
           OR NEW.enqueued_at <> now())
     EXECUTE FUNCTION pgqueue.jobs_insert_fresh();
+
+-- Job dependencies (migration 0010): one edge per (dependent, dependency). Completing a job finds
+-- its dependents by the depends_on index; `resolved` makes an edge count its dependent down once.
+-- No foreign key on depends_on: a deleted dependency is settled by the triggers below first.
+CREATE TABLE pgqueue.job_dependencies (
+    job_id     bigint  NOT NULL REFERENCES pgqueue.jobs (id) ON DELETE CASCADE,
+    depends_on bigint  NOT NULL,
+    resolved   boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job_id, depends_on),
+    CONSTRAINT job_dependencies_not_self CHECK (job_id <> depends_on)
+);
+CREATE INDEX job_dependencies_depends_on_idx ON pgqueue.job_dependencies (depends_on);
+
+-- A job with dependents that finishes or is retried is noted by a BEFORE row trigger and settled
+-- once, at the end of the same statement, by a statement trigger: count-down, release, failure
+-- policy (see the migration's docstring). Jobs without dependents pay only the WHEN tests.
+CREATE FUNCTION pgqueue.jobs_note_settled() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Noted for pgqueue.jobs_settle_dependents, which runs once at the end of the statement.
+    PERFORM set_config('pgqueue.settle_jobs',
+                       concat_ws(',', NULLIF(current_setting('pgqueue.settle_jobs', true), ''),
+                                 CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END),
+                       true);
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE FUNCTION pgqueue.jobs_settle_dependents() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    noted     bigint[];
+    doomed    bigint[];
+    revived   bigint[];
+    touched   bigint;
+BEGIN
+    -- Security definer: the database keeps the dependency books for every role that finishes a
+    -- job (worker, admin, owner), with no grant on the bookkeeping columns or audit events.
+    noted := string_to_array(NULLIF(current_setting('pgqueue.settle_jobs', true), ''), ',')::bigint[];
+    IF noted IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('pgqueue.settle_jobs', '', true);
+
+    -- Lock the direct dependents in id order before touching any: two workers completing
+    -- members of the same groups in different orders then queue instead of deadlocking.
+    PERFORM 1 FROM pgqueue.jobs
+    WHERE id IN (SELECT job_id FROM pgqueue.job_dependencies WHERE depends_on = ANY(noted))
+    ORDER BY id FOR NO KEY UPDATE;
+
+    -- Completed dependencies, and failed ones of dependents that run anyway: count down, and
+    -- release the dependents that reach zero.
+    WITH settled AS (
+        SELECT e.job_id, e.depends_on, COALESCE(x.state, 'deleted') AS outcome
+        FROM pgqueue.job_dependencies AS e
+        LEFT JOIN pgqueue.jobs AS x ON x.id = e.depends_on
+        WHERE e.depends_on = ANY(noted) AND NOT e.resolved
+    ), resolved AS (
+        UPDATE pgqueue.job_dependencies AS e SET resolved = true
+        FROM settled AS s JOIN pgqueue.jobs AS d ON d.id = s.job_id
+        WHERE e.job_id = s.job_id AND e.depends_on = s.depends_on
+          AND (s.outcome = 'completed'
+               OR (s.outcome IN ('failed', 'cancelled', 'deleted') AND d.on_dependency_failure = 'run'))
+        RETURNING e.job_id
+    ), counts AS (
+        SELECT job_id, count(*)::int AS n FROM resolved GROUP BY job_id
+    ), released AS (
+        UPDATE pgqueue.jobs AS d
+        SET pending_dependencies = d.pending_dependencies - c.n,
+            state = CASE WHEN d.state = 'waiting' AND d.pending_dependencies = c.n
+                         THEN CASE WHEN d.run_at > now() THEN 'scheduled' ELSE 'available' END
+                         ELSE d.state END
+        FROM counts AS c
+        WHERE d.id = c.job_id
+        RETURNING d.id, d.queue, d.state, d.attempt, d.pending_dependencies
+    ), audit AS (
+        INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt)
+        SELECT id, 'dependencies_met', 'waiting', state, attempt FROM released
+        WHERE pending_dependencies = 0 AND state IN ('available', 'scheduled')
+    ), notified AS (
+        SELECT pg_notify('pgqueue_jobs', q.queue)
+        FROM (SELECT DISTINCT queue FROM released WHERE pending_dependencies = 0 AND state = 'available') AS q
+    )
+    SELECT count(*) INTO touched FROM notified;
+
+    -- Failed, cancelled or deleted dependencies: their waiting dependents with the 'cancel'
+    -- policy, and theirs in turn (the whole closure at once, not one trigger level per step of a
+    -- chain), end cancelled.
+    WITH RECURSIVE failed_deps AS (
+        SELECT n.id FROM unnest(noted) AS n(id)
+        WHERE NOT EXISTS (SELECT FROM pgqueue.jobs AS x
+                          WHERE x.id = n.id AND x.state NOT IN ('failed', 'cancelled'))
+    ), closure(id) AS (
+        SELECT e.job_id FROM pgqueue.job_dependencies AS e JOIN pgqueue.jobs AS d ON d.id = e.job_id
+        WHERE e.depends_on IN (SELECT id FROM failed_deps) AND NOT e.resolved
+          AND d.state = 'waiting' AND d.on_dependency_failure = 'cancel'
+        UNION
+        SELECT e.job_id FROM closure AS c
+        JOIN pgqueue.job_dependencies AS e ON e.depends_on = c.id
+        JOIN pgqueue.jobs AS d ON d.id = e.job_id
+        WHERE NOT e.resolved AND d.state = 'waiting' AND d.on_dependency_failure = 'cancel'
+    )
+    SELECT array_agg(id ORDER BY id) INTO doomed FROM closure;
+    IF doomed IS NOT NULL THEN
+        PERFORM 1 FROM pgqueue.jobs WHERE id = ANY(doomed) ORDER BY id FOR NO KEY UPDATE;
+        WITH cancelled AS (
+            UPDATE pgqueue.jobs AS d
+            SET state = 'cancelled', finished_at = now(),
+                last_error = jsonb_build_object('type', 'DependencyFailed',
+                                                'message', 'a job it depends on failed, was cancelled or deleted')
+            WHERE d.id = ANY(doomed) AND d.state = 'waiting'
+            RETURNING d.id, d.attempt
+        ), audit AS (
+            INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, detail)
+            SELECT id, 'cancelled', 'waiting', 'cancelled', attempt,
+                   jsonb_build_object('reason', 'dependency failed', 'dependencies', to_jsonb(noted))
+            FROM cancelled
+        ), woken AS (
+            SELECT pg_notify('pgqueue_done', '') FROM (SELECT 1 FROM cancelled LIMIT 1) AS any_row
+        )
+        SELECT count(*) INTO touched FROM woken;
+    END IF;
+
+    -- Retried dependencies: dependents the policy cancelled wait again (with their own
+    -- dependents cancelled the same way), and run once the retried job completes.
+    WITH RECURSIVE retried AS (
+        SELECT x.id FROM pgqueue.jobs AS x
+        WHERE x.id = ANY(noted) AND x.state IN ('waiting', 'scheduled', 'available', 'running')
+    ), closure(id) AS (
+        SELECT e.job_id FROM pgqueue.job_dependencies AS e JOIN pgqueue.jobs AS d ON d.id = e.job_id
+        WHERE e.depends_on IN (SELECT id FROM retried) AND NOT e.resolved
+          AND d.state = 'cancelled' AND d.last_error ->> 'type' = 'DependencyFailed'
+        UNION
+        SELECT e.job_id FROM closure AS c
+        JOIN pgqueue.job_dependencies AS e ON e.depends_on = c.id
+        JOIN pgqueue.jobs AS d ON d.id = e.job_id
+        WHERE NOT e.resolved AND d.state = 'cancelled' AND d.last_error ->> 'type' = 'DependencyFailed'
+    )
+    SELECT array_agg(id ORDER BY id) INTO revived FROM closure;
+    IF revived IS NOT NULL THEN
+        PERFORM 1 FROM pgqueue.jobs WHERE id = ANY(revived) ORDER BY id FOR NO KEY UPDATE;
+        WITH waiting AS (
+            UPDATE pgqueue.jobs AS d
+            SET state = 'waiting', finished_at = NULL, last_error = NULL
+            WHERE d.id = ANY(revived) AND d.state = 'cancelled' AND d.last_error ->> 'type' = 'DependencyFailed'
+            RETURNING d.id, d.attempt
+        )
+        INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, detail)
+        SELECT id, 'dependency_retried', 'cancelled', 'waiting', attempt,
+               jsonb_build_object('dependencies', to_jsonb(noted))
+        FROM waiting;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_note_settled BEFORE UPDATE OF state ON pgqueue.jobs
+    FOR EACH ROW
+    WHEN (NEW.has_dependents AND OLD.state IS DISTINCT FROM NEW.state
+          AND (NEW.state IN ('completed', 'failed', 'cancelled') OR OLD.state IN ('failed', 'cancelled')))
+    EXECUTE FUNCTION pgqueue.jobs_note_settled();
+CREATE TRIGGER jobs_note_deleted BEFORE DELETE ON pgqueue.jobs
+    FOR EACH ROW
+    WHEN (OLD.has_dependents AND OLD.state NOT IN ('completed', 'failed', 'cancelled'))
+    EXECUTE FUNCTION pgqueue.jobs_note_settled();
+CREATE TRIGGER jobs_settle_dependents AFTER UPDATE OF state ON pgqueue.jobs
+    FOR EACH STATEMENT
+    WHEN (COALESCE(current_setting('pgqueue.settle_jobs', true), '') <> '')
+    EXECUTE FUNCTION pgqueue.jobs_settle_dependents();
+CREATE TRIGGER jobs_settle_deleted AFTER DELETE ON pgqueue.jobs
+    FOR EACH STATEMENT
+    WHEN (COALESCE(current_setting('pgqueue.settle_jobs', true), '') <> '')
+    EXECUTE FUNCTION pgqueue.jobs_settle_dependents();
+
+-- Enqueueing with depends_on: lock the dependencies (id order), mark them, read their states.
+CREATE FUNCTION pgqueue.lock_dependencies(ids bigint[])
+RETURNS TABLE (id bigint, state text, workflow_id uuid)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH locked AS MATERIALIZED (
+        SELECT j.id FROM pgqueue.jobs AS j WHERE j.id = ANY(ids) ORDER BY j.id FOR NO KEY UPDATE
+    )
+    UPDATE pgqueue.jobs AS j SET has_dependents = true
+    FROM locked WHERE j.id = locked.id
+    RETURNING j.id, j.state, j.workflow_id
+$$;
 
 -- The audit trail: append-only, one row per state change and per administrative action.
 -- No foreign key to jobs: the trail outlives pruned jobs, and an FK would lock job rows.
@@ -409,7 +609,7 @@ LEFT JOIN (
     GROUP BY queue
 ) AS c ON c.queue = names.queue;
 
--- Enqueue from SQL (migration 0009): triggers, psql and other languages enqueue in their own
+-- Enqueue from SQL (migration 0009; depends_on and on_dependency_failure since 0010): triggers, psql and other languages enqueue in their own
 -- transaction with the same validation, audit row and NOTIFY as App.enqueue (plaintext jobs only:
 -- encryption needs the application's keys). SECURITY INVOKER: the caller's privileges and the
 -- row-level security of sql/roles.sql apply; EXECUTE is granted there, not to PUBLIC.
@@ -421,7 +621,9 @@ CREATE FUNCTION pgqueue.enqueue(
     run_at timestamptz DEFAULT now(),
     unique_key text DEFAULT NULL,
     tags text[] DEFAULT '{}',
-    max_attempts integer DEFAULT 20
+    max_attempts integer DEFAULT 20,
+    depends_on bigint[] DEFAULT NULL,
+    on_dependency_failure text DEFAULT 'cancel'
 ) RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
@@ -437,6 +639,12 @@ DECLARE
     new_id       bigint;
     args_size    integer;
     tag          text;
+    job_policy   text := COALESCE(enqueue.on_dependency_failure, 'cancel');
+    job_workflow uuid;
+    dep_ids      bigint[];
+    dep_states   text[];
+    pending      integer;
+    missing      bigint;
 BEGIN
     IF enqueue.task IS NULL OR enqueue.task = '' OR length(enqueue.task) > 255 THEN
         RAISE EXCEPTION 'pgqueue.enqueue: task name % must be 1-255 characters', quote_nullable(enqueue.task)
@@ -480,7 +688,43 @@ BEGIN
     END LOOP;
 
     job_state := CASE WHEN job_run_at > now() THEN 'scheduled' ELSE 'available' END;
-    IF enqueue.unique_key IS NULL THEN
+    IF enqueue.depends_on IS NOT NULL AND cardinality(enqueue.depends_on) > 0 THEN
+        IF enqueue.unique_key IS NOT NULL THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: unique_key cannot be combined with depends_on'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF job_policy NOT IN ('cancel', 'run') THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT array_agg(l.id ORDER BY l.id), array_agg(l.state ORDER BY l.id),
+               (array_agg(l.workflow_id ORDER BY l.id) FILTER (WHERE l.workflow_id IS NOT NULL))[1]
+        INTO dep_ids, dep_states, job_workflow
+        FROM pgqueue.lock_dependencies(ARRAY(SELECT DISTINCT unnest(enqueue.depends_on))) AS l;
+        SELECT d.id INTO missing FROM unnest(enqueue.depends_on) AS d(id)
+        WHERE d.id IS NULL OR NOT (d.id = ANY(COALESCE(dep_ids, '{}'))) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: job % does not exist (never enqueued, or deleted or pruned)',
+                quote_nullable(missing)
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        IF job_policy = 'cancel' AND ('failed' = ANY(dep_states) OR 'cancelled' = ANY(dep_states)) THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: a dependency failed or was cancelled: a job with on_dependency_failure '
+                            'cancel cannot depend on it'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT count(*) FILTER (WHERE s NOT IN ('completed', 'failed', 'cancelled')) INTO pending
+        FROM unnest(dep_states) AS s;
+        job_state := CASE WHEN pending > 0 THEN 'waiting' ELSE job_state END;
+        INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags,
+                                  pending_dependencies, on_dependency_failure, workflow_id)
+        VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at, job_tags,
+                pending, job_policy, job_workflow)
+        RETURNING id INTO new_id;
+        INSERT INTO pgqueue.job_dependencies (job_id, depends_on, resolved)
+        SELECT new_id, d.id, d.state IN ('completed', 'failed', 'cancelled')
+        FROM unnest(dep_ids, dep_states) AS d(id, state);
+    ELSIF enqueue.unique_key IS NULL THEN
         INSERT INTO pgqueue.jobs (task, queue, state, priority, args, max_attempts, run_at, tags)
         VALUES (enqueue.task, job_queue, job_state, job_priority, job_args, job_attempts, job_run_at, job_tags)
         RETURNING id INTO new_id;
@@ -516,5 +760,5 @@ BEGIN
     RETURN new_id;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer) FROM PUBLIC;
-COMMENT ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer) IS 'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)';
+REVOKE EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer, bigint[], text) FROM PUBLIC;
+COMMENT ON FUNCTION pgqueue.enqueue(text, jsonb, text, integer, timestamp with time zone, text, text[], integer, bigint[], text) IS 'Enqueue a plaintext job in the caller''s transaction; returns its id (see sql/README.md)';

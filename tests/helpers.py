@@ -143,6 +143,8 @@ def empty_tables(dsn: str, *tables: str) -> None:
     since they describe the rows removed.
     """
     targets = [*tables, "pgqueue.audit_seals"] if "pgqueue.job_events" in tables else list(tables)
+    if "pgqueue.jobs" in tables:  # the dependency edges reference jobs (migration 0010)
+        targets.append("pgqueue.job_dependencies")
     statement = sql.SQL("TRUNCATE {} RESTART IDENTITY").format(
         sql.SQL(", ").join(sql.Identifier(*name.split(".")) for name in targets))
     with psycopg.connect(dsn, autocommit=True) as setup:

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import load_queries
 from pgqueue._db.queues import QueueStore
 from pgqueue._db.sessions import open_connection
@@ -37,6 +38,7 @@ class BenchQueries(NamedTuple):
     drop_fresh: LiteralString
     server_settings: LiteralString
     enqueue_via_sql: LiteralString
+    finished_epochs: LiteralString
 
 
 class CeilingQueries(NamedTuple):
@@ -91,6 +93,11 @@ class BenchProbe:
     def nth_finished_at(self, n: int) -> datetime:
         value: datetime = self._scalar(BENCH.nth_finished_at, {"n": n})
         return value
+
+    def finished_epochs(self, ids: list[int]) -> dict[int, float]:
+        with translate_errors():
+            rows = self.conn.execute(BENCH.finished_epochs, {"ids": ids}).fetchall()
+        return {int(r[0]): float(r[1]) for r in rows if r[1] is not None}
 
     def autovacuum(self) -> bool:
         return bool(self._scalar(BENCH.autovacuum) == "on")

@@ -283,8 +283,14 @@ class WorkerLoop:
     def _session(self, dsn: str, name: str, *, prepare: bool) -> AsyncReconnectingSession:
         return AsyncReconnectingSession(dsn, name, prepare=prepare, log=get_logger("pgqueue.worker", role=name))
 
+    def _read_dependencies(self, job: Job) -> dict[int, Any]:
+        from pgqueue.app import read_dependency_results
+
+        return read_dependency_results(self.app, self.app.dsn, job)
+
     def _dispatch(self, job: Job, runner: JobRunner) -> None:
         job._progress_sink = self.progress.record
+        job._dependency_reader = self._read_dependencies
         task = self.app.tasks.get(job.task)
         handle = asyncio.create_task(self._execute(job, task, runner), name=f"pgqueue-job-{job.id}")
         self.running[job.id] = (job, handle)

@@ -68,12 +68,24 @@ def enqueue(
         str | None, typer.Option("--group", help=(
             "Group key, e.g. patient:42: a task with group_concurrency=N runs N of a group at once (no PHI)."))
     ] = None,
+    depends_on: Annotated[
+        list[int] | None,
+        typer.Option("--depends-on", metavar="ID", help="A job that must complete first (repeatable); "
+                                                        "until then the job is 'waiting'."),
+    ] = None,
+    on_dependency_failure: Annotated[
+        str | None,
+        typer.Option("--on-dependency-failure", metavar="cancel|run",
+                     help="When a dependency fails for good: cancel this job (default) or run it anyway."),
+    ] = None,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
     """Enqueue one job and print its id (with --unique-key, the live job's id if one exists).
 
     Example: pgqueue enqueue send-email --args '{"to": "a@example.com"}' --queue emails --priority high
+
+    Example: pgqueue enqueue zip-exports --depends-on 41 --depends-on 42
     """
     payload = _parse_args(args) if args is not None else {}
     when = _parse_run_at(run_at) if run_at is not None else None
@@ -92,6 +104,7 @@ def enqueue(
             conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
             max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt else None, tags=tag,
             group=group,
+            depends_on=depends_on, on_dependency_failure=on_dependency_failure,
         )
     if json_output:
         print_json({"id": job_id})

@@ -184,13 +184,17 @@ def retry_command(
     if queue is not None:
         check_queue_name(queue)
     wanted = parse_job_id(job_id) if job_id is not None else None
+    now = "available"
     with open_session(dsn) as conn:
         if wanted is None:
             ids = admin.retry_failed(conn, queue=queue, actor=actor(), source=SOURCE)
         else:
-            ids = [admin.retry_job(conn, wanted, actor=actor(), source=SOURCE).id]
+            change = admin.retry_job(conn, wanted, actor=actor(), source=SOURCE)
+            ids, now = [change.id], change.state or now
     if wanted is not None:
-        message = f"retried job {wanted}: it is available again"
+        # 'waiting' when some of its dependencies have not completed (pgqueue.workflows).
+        message = (f"retried job {wanted}: it is waiting for its dependencies" if now == "waiting"
+                   else f"retried job {wanted}: it is available again")
     else:
         where = f" in queue {queue!r}" if queue else ""
         message = f"retried {len(ids)} failed job{'' if len(ids) == 1 else 's'}{where}"

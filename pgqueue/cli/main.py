@@ -75,6 +75,10 @@ COMMANDS: dict[str, CommandEntry] = {
         "pgqueue.cli.jobs:app",
         "Inspect and manage jobs: list, show, retry, cancel, delete.",
         _OPERATE),
+    "workflows": CommandEntry(
+        "pgqueue.cli.workflows:app",
+        "Workflows (chains and groups): show, cancel, retry.",
+        _OPERATE),
     "queues": CommandEntry(
         "pgqueue.cli.queues:app",
         "Per-queue counts and controls: list, pause, resume, purge, set limits.",

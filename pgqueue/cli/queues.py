@@ -28,7 +28,7 @@ CreateOption = Annotated[bool, typer.Option(
     "--create", help="Also for a queue with no job and no settings yet (else that is taken for a typo).")]
 
 COUNT_COLUMNS = [Column(state, state.upper(), justify="right")
-                 for state in ("scheduled", "available", "running", "failed", "cancelled")]
+                 for state in ("waiting", "scheduled", "available", "running", "failed", "cancelled")]
 
 QUEUE_COLUMNS = [
     Column("name", "QUEUE"),

@@ -28,7 +28,8 @@ NOTIFICATION_NOTE = (
 )
 UNHEALTHY_EXIT_CODE = 2
 DEFAULT_MAX_XACT_AGE = 300.0
-_COUNTED = ("scheduled", "available", "running", "failed", "cancelled", "completed_last_hour", "failed_last_hour")
+_COUNTED = ("waiting", "scheduled", "available", "running", "failed", "cancelled", "completed_last_hour",
+            "failed_last_hour")
 
 WORKER_COLUMNS = [
     Column("id", "ID"),

@@ -7,7 +7,7 @@ from typing import Any
 
 from pgqueue import __version__
 
-_STATES = ["scheduled", "available", "running", "completed", "failed", "cancelled"]
+_STATES = ["waiting", "scheduled", "available", "running", "completed", "failed", "cancelled"]
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
@@ -63,7 +63,8 @@ def openapi_document() -> dict[str, Any]:
         "result_encrypted": {"type": "boolean"}, "error_encrypted": {"type": "boolean"},
     }
     counts = {name: {"type": "integer"} for name in
-              ("scheduled", "available", "running", "failed", "cancelled", "completed_last_hour", "failed_last_hour")}
+              ("waiting", "scheduled", "available", "running", "failed", "cancelled", "completed_last_hour",
+               "failed_last_hour")}
     schemas: dict[str, Any] = {
         "Job": {"type": "object", "properties": job_properties, "required": list(job_properties)},
         "JobEvent": {"type": "object", "properties": {

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from pgqueue import admin
 from pgqueue._humanize import format_seconds
+from pgqueue.errors import WorkflowNotFound
 from pgqueue.jobs import JobState
 from pgqueue.web.api import job_filters
 from pgqueue.web.app import Dashboard, dashboard_of
@@ -133,8 +134,12 @@ def job(request: Request) -> Response:
     with dashboard.connection() as conn:
         record = admin.get_job(conn, int(raw))
         events = admin.list_job_events(conn, int(raw))
+        try:  # a chain or group the job belongs to (pgqueue.workflows), shown below the job
+            workflow: admin.WorkflowInfo | None = admin.get_workflow(conn, record.id)
+        except WorkflowNotFound:
+            workflow = None
     return _render(request, "job.html", "_job.html", title=f"Job {record.id}", job=record, events=events,
-                   fast_poll=1 if not record.finished else None)
+                   workflow=workflow, fast_poll=1 if not record.finished else None)
 
 
 # --- queues, schedules, workers -----------------------------------------------------------------------

@@ -16,6 +16,8 @@ QUICK_FIGURES = {
     "enqueue_single", "enqueue_bulk",
     "enqueue_single_typed", "enqueue_single_options", "enqueue_single_sql",
     "limits_unlimited_100k", "limits_c10000_100k", "limits_c50_100k", "limits_claim_overhead", "limits_rate_500_s",
+    "chain_step_p50", "chain_step_p95", "chain_step_p99", "chain_plain_p50", "chain_plain_p95", "chain_step_ratio_p50",
+    "enqueue_many_10k", "group_enqueue_10k", "group_enqueue_10k_cost",
     "process_c1", "process_c10", "process_c50", "process_p2_c50", "process_c50_sync",
     "latency_p50", "latency_p95", "latency_p99",
     "backlog_10k", "backlog_100k", "backlog_ratio",
@@ -83,4 +85,4 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
-        "latency, backlog, limits, churn, physical"]
+        "latency, chain, group-enqueue, backlog, churn, physical"]

@@ -264,7 +264,7 @@ def test_stats_shows_counts_per_queue_and_state_totals_workers_and_notification_
     assert "NOTIFY is transactional" in text
     assert [(q["name"], q["available"], q["failed"], q["completed_last_hour"]) for q in data["queues"]] == [
         ("emails", 1, 1, 0), ("reports", 0, 0, 1)]
-    assert data["totals"] == {"scheduled": 0, "available": 1, "running": 0, "failed": 1, "cancelled": 0,
+    assert data["totals"] == {"waiting": 0, "scheduled": 0, "available": 1, "running": 0, "failed": 1, "cancelled": 0,
                               "completed_last_hour": 1, "failed_last_hour": 1,
                               "lag_seconds": data["queues"][0]["lag_seconds"]}
     assert [(w["id"], w["alive"], w["queues"]) for w in data["workers"]] == [("w-test", True, ["emails"])]
@@ -335,9 +335,10 @@ USER_ERRORS = [
     (["jobs", "retry", "424242"], "job 424242 not found"),
     (["jobs", "show", "abc"], "job id 'abc' must be a positive integer"),
     (["jobs", "list", "--state", "done"],
-     "state 'done' is not valid here; valid states: scheduled, available, running, completed, failed, cancelled"),
+     "state 'done' is not valid here; valid states: waiting, scheduled, available, running, completed, failed, "
+     "cancelled"),
     (["jobs", "cancel", "<completed>"],
-     "job <completed> is completed; only scheduled, available or running jobs can be cancelled"),
+     "job <completed> is completed; only waiting, scheduled, available or running jobs can be cancelled"),
     (["jobs", "delete", "<running>"], "job <running> is running; a running job cannot be deleted: cancel it first"),
     (["queues", "pause", "Bad Queue"], "queue name 'Bad Queue' must match"),
 ]

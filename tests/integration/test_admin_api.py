@@ -220,7 +220,7 @@ def test_cancel_and_delete_raise_typed_errors_and_change_nothing_when_refused(tx
     force_state(tx, finished, "completed")
     force_state(tx, running, "running")
 
-    with pytest.raises(InvalidJobState, match="is completed; only scheduled, available or running"):
+    with pytest.raises(InvalidJobState, match="is completed; only waiting, scheduled, available or running"):
         admin.cancel_job(tx, finished)
     with pytest.raises(InvalidJobState, match="a running job cannot be deleted: cancel it first"):
         admin.delete_job(tx, running)

@@ -550,3 +550,59 @@ def test_a_prune_run_that_fails_midway_records_the_batches_it_committed(as_role:
     assert actor == "maintenance"
     assert (detail["completed"], detail["finished"]) == (3, False)
 
+
+
+def test_workflows_run_with_the_shipped_roles_enqueuer_and_worker(as_role: Any, owner: Conn) -> None:
+    """An enqueuer login enqueues a group with a callback and a job depending on it; a worker login
+    runs them: the database's triggers release and cancel dependents whatever role finished the job,
+    and an admin login retries the failed dependency, bringing its cancelled dependent back."""
+    import pgqueue
+    from pgqueue import admin
+
+    enqueuer = as_role("enqueuer")
+    producer = App(enqueuer)
+    with psycopg.connect(enqueuer) as conn:
+        wf = producer.enqueue_workflow(conn, pgqueue.group([pgqueue.sig("ok"), pgqueue.sig("ok")],
+                                                           then=pgqueue.sig("collect")))
+        after = producer.enqueue(conn, "ok", depends_on=[wf.job_ids[-1]])
+        doomed = producer.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("broken"), pgqueue.sig("ok")))
+        conn.commit()
+    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE state = 'waiting'") == 3
+
+    worker_dsn = as_role("worker")
+    app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
+                                            shutdown_grace_seconds=5))
+    broken_runs: list[int] = []
+
+    @app.task(name="ok")
+    def ok(job: Job) -> int:
+        return job.id
+
+    @app.task(name="collect")
+    def collect(job: Job) -> list[int]:
+        return list(job.dependency_results().values())
+
+    @app.task(name="broken", max_attempts=1)
+    def broken(job: Job) -> None:
+        broken_runs.append(job.id)
+        if len(broken_runs) == 1:
+            raise Discard("first time")
+
+    ids = [*wf.job_ids, after, *doomed.job_ids]
+    with worker_running(app):
+        wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) "
+                                        "AND state IN ('completed', 'failed', 'cancelled')", [ids]) == len(ids),
+                   timeout=30, message="the workflow jobs to finish")
+        state: dict[int, str] = dict(
+            owner.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
+        assert [state[i] for i in [*wf.job_ids, after]] == ["completed"] * 4
+        assert [state[i] for i in doomed.job_ids] == ["failed", "cancelled"]
+        assert owner.execute("SELECT result FROM pgqueue.jobs WHERE id = %s",
+                             [wf.job_ids[-1]]).fetchone() == (wf.job_ids[:2],)
+
+        with psycopg.connect(as_role("admin")) as conn:
+            admin.retry_job(conn, doomed.job_ids[0], actor="ops")
+            conn.commit()
+        wait_until(lambda: count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s) "
+                                        "AND state = 'completed'", [doomed.job_ids]) == 2,
+                   timeout=30, message="the retried chain to complete")

@@ -470,3 +470,18 @@ def test_pages_render_for_a_reader_and_a_401_shows_the_login_form(client: TestCl
     assert str(job_id) in fragment.text
     assert anonymous.status_code == 401
     assert 'name="token"' in anonymous.text
+
+
+def test_a_job_page_shows_the_workflow_the_job_belongs_to(client: TestClient, db: Conn) -> None:
+    import pgqueue
+
+    wf = App().enqueue_workflow(db, pgqueue.group([pgqueue.sig("export"), pgqueue.sig("export")],
+                                                  then=pgqueue.sig("zip-exports")))
+    plain = enqueue(db)
+    page = client.get(f"/jobs/{wf.job_ids[-1]}", headers=ADMIN)
+    assert page.status_code == 200
+    assert f"Workflow <code>{wf.id}</code>: running" in page.text
+    for job_id in wf.job_ids[:2]:
+        assert f'/jobs/{job_id}">{job_id}</a>' in page.text
+    assert "zip-exports" in page.text
+    assert "Workflow" not in client.get(f"/jobs/{plain}", headers=ADMIN).text

@@ -76,3 +76,8 @@ SELECT name, current_setting(name) FROM unnest(ARRAY[
 -- name: enqueue_via_sql
 -- The SQL enqueue function (migration 0009), as a trigger or psql would call it.
 SELECT pgqueue.enqueue(%(task)s, %(args)s::jsonb, queue => %(queue)s);
+
+-- name: finished_epochs
+-- When each of the given jobs finished (database clock, seconds since the epoch): the workflow
+-- scenario's "commit of step n" (the ack statement's now(), a moment before its commit).
+SELECT id, extract(epoch FROM finished_at)::float8 FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]);

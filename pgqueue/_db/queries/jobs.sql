@@ -640,16 +640,18 @@ WITH before AS MATERIALIZED (
     FOR NO KEY UPDATE
 ), retried AS (
     UPDATE pgqueue.jobs AS j
-    SET state = 'available', run_at = now(), finished_at = NULL, lease_token = NULL,
+    -- A job still counting dependencies down (cancelled by its dependency policy) waits again.
+    SET state = CASE WHEN j.pending_dependencies > 0 THEN 'waiting' ELSE 'available' END,
+        run_at = now(), finished_at = NULL, lease_token = NULL,
         max_attempts = GREATEST(j.max_attempts, j.attempt + 1)
     FROM before
     WHERE j.id = before.id
-    RETURNING j.id, j.queue, j.attempt, before.state AS from_state
+    RETURNING j.id, j.queue, j.state, j.attempt, before.state AS from_state
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
-    SELECT id, 'retried', from_state, 'available', attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM retried
+    SELECT id, 'retried', from_state, state, attempt, %(actor)s, NULLIF(jsonb_strip_nulls(jsonb_build_object('source', %(source)s::text)), '{}') FROM retried
 ), notified AS (
-    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried WHERE state = 'available') AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
@@ -664,7 +666,7 @@ WITH before AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'cancelled', finished_at = now(), lease_token = NULL
     FROM before
-    WHERE j.id = before.id AND before.state IN ('scheduled', 'available', 'running')
+    WHERE j.id = before.id AND before.state IN ('waiting', 'scheduled', 'available', 'running')
     RETURNING j.id, before.state AS from_state, j.attempt
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
@@ -719,7 +721,7 @@ LIMIT 1;
 -- name: list_jobs_page
 -- One page of jobs, newest first, below the cursor %(before)s. `candidates` walks at most
 -- %(budget)s rows down an index: the primary key, or the state's own partial index when
--- %(indexed_state)s names a state that has one (scheduled, available, running, failed, cancelled).
+-- %(indexed_state)s names a state that has one (waiting, scheduled, available, running, failed, cancelled).
 -- The other filters apply to those candidates only, so a filter that matches few rows costs one
 -- budget per page instead of a scan of the table; the caller continues below `lowest_id`.
 -- Run unprepared (custom plans): the NULL tests fold away and each filter keeps its index.
@@ -767,3 +769,65 @@ SELECT j.id
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[]) AS o(id, token, state)
 JOIN pgqueue.jobs AS j ON j.id = o.id
 WHERE j.lease_token = o.token AND j.state = o.state;
+
+-- name: lock_dependencies
+-- The jobs a new job will depend on, locked in id order until the caller's transaction ends and
+-- marked has_dependents (pgqueue.lock_dependencies, a security-definer function: an enqueuer
+-- cannot UPDATE jobs). Under the lock a dependency cannot finish before the new edges commit;
+-- once they have, its completion's trigger sees them.
+SELECT id, state, workflow_id FROM pgqueue.lock_dependencies(%(ids)b::bigint[]);
+
+-- name: insert_dependent_jobs
+-- Jobs with dependencies (depends_on, chains, groups), their edges and audit rows in one
+-- statement; ids were drawn up front (reserve_job_ids) so edges can name jobs of the same batch.
+-- A job with unresolved dependencies starts 'waiting'; the triggers of migration 0010 release it.
+WITH input AS (
+    SELECT
+        i.id, i.ord, i.task, i.queue, i.priority, i.args::jsonb AS args, i.args_encrypted, i.max_attempts,
+        COALESCE(i.run_at, now() + make_interval(secs => i.delay)) AS run_at,
+        CASE WHEN i.tags IS NULL THEN '{}'::text[]
+             ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags,
+        i.pending, i.has_dependents, i.policy, i.workflow_id
+    FROM unnest(
+        %(ids)b::bigint[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[], %(args)b::text[],
+        %(args_encrypted)b::bytea[], %(max_attempts)b::int[], %(run_ats)b::timestamptz[], %(delays)b::float8[],
+        %(tags)b::text[], %(pending)b::int[], %(has_dependents)b::boolean[], %(policies)b::text[],
+        %(workflow_ids)b::uuid[]
+    ) WITH ORDINALITY AS i(id, task, queue, priority, args, args_encrypted, max_attempts, run_at, delay, tags, pending,
+                           has_dependents, policy, workflow_id, ord)
+), inserted AS (
+    INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, tags,
+                              pending_dependencies, has_dependents, on_dependency_failure, workflow_id)
+    SELECT id, task, queue,
+           CASE WHEN pending > 0 THEN 'waiting' WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           priority, args, args_encrypted, max_attempts, run_at, tags, pending, has_dependents, policy, workflow_id
+    FROM input
+    ORDER BY ord
+    RETURNING id, queue, state, attempt
+), edges AS (
+    INSERT INTO pgqueue.job_dependencies (job_id, depends_on, resolved)
+    SELECT e.job_id, e.depends_on, e.resolved
+    FROM unnest(%(edge_jobs)b::bigint[], %(edge_dependencies)b::bigint[], %(edge_resolved)b::boolean[])
+        AS e(job_id, depends_on, resolved)
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt, actor)
+    SELECT id, 'enqueued', state, attempt, %(actor)s FROM inserted
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
+
+-- name: copy_workflow_jobs
+-- The COPY path of a large workflow: its jobs without dependencies that are available at once
+-- (a group's members). Audit rows and NOTIFY as for copy_jobs; the dependents follow in
+-- insert_dependent_jobs, in the same savepoint or transaction.
+COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags, has_dependents, workflow_id)
+FROM STDIN;
+
+-- name: dependency_results
+-- What a handler's job.dependency_results() reads: its dependencies in id order, with results.
+SELECT j.id, j.task, j.state, j.result, j.result_encrypted
+FROM pgqueue.job_dependencies AS e
+JOIN pgqueue.jobs AS j ON j.id = e.depends_on
+WHERE e.job_id = %(id)s
+ORDER BY j.id;

@@ -31,7 +31,7 @@ SELECT queue,
        count(*) AS jobs,
        count(*) FILTER (WHERE state = 'completed') AS completed,
        count(*) FILTER (WHERE state = 'failed') AS failed,
-       count(*) FILTER (WHERE state IN ('scheduled', 'available', 'running')) AS pending,
+       count(*) FILTER (WHERE state IN ('waiting', 'scheduled', 'available', 'running')) AS pending,
        COALESCE(sum(GREATEST(attempt - 1, 0)), 0) AS retries,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at))
            FILTER (WHERE state = 'completed') * 1000 AS run_ms_p50

@@ -16,6 +16,11 @@ SELECT now() - make_interval(secs => %(completed)s::float8) AS completed_before,
 WITH doomed AS (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'completed' AND finished_at < %(before)s
+      -- A job that a job still to run depends on stays: its dependent reads its result, and
+      -- depending on a pruned job is an error (migration 0010).
+      AND NOT (has_dependents AND EXISTS (
+          SELECT FROM pgqueue.job_dependencies AS e JOIN pgqueue.jobs AS d ON d.id = e.job_id
+          WHERE e.depends_on = jobs.id AND d.state IN ('waiting', 'scheduled', 'available', 'running')))
     ORDER BY finished_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -32,6 +37,11 @@ SELECT state, count(*) FROM deleted GROUP BY state;
 WITH doomed AS (
     SELECT id FROM pgqueue.jobs
     WHERE state IN ('failed', 'cancelled') AND finished_at < %(before)s
+      -- A job that a job still to run depends on stays: its dependent reads its result, and
+      -- depending on a pruned job is an error (migration 0010).
+      AND NOT (has_dependents AND EXISTS (
+          SELECT FROM pgqueue.job_dependencies AS e JOIN pgqueue.jobs AS d ON d.id = e.job_id
+          WHERE e.depends_on = jobs.id AND d.state IN ('waiting', 'scheduled', 'available', 'running')))
     ORDER BY finished_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -1,5 +1,5 @@
 -- name: report_queue_lag
--- Queue lag now: per queue, its settings, the jobs waiting (scheduled, available), running, and in
+-- Queue lag now: per queue, its settings, the jobs waiting (on dependencies, scheduled, available), running, and in
 -- the dead-letter set (failed, cancelled), and lag: how long its oldest available job has been
 -- ready to run (NULL when nothing is waiting). A growing lag means the workers do not keep up.
 --
@@ -14,6 +14,8 @@ WITH counted AS (
     SELECT queue, 'scheduled', count(*), NULL FROM pgqueue.jobs WHERE state = 'scheduled' GROUP BY queue
     UNION ALL
     SELECT queue, 'running', count(*), NULL FROM pgqueue.jobs WHERE state = 'running' GROUP BY queue
+    UNION ALL
+    SELECT queue, 'waiting', count(*), NULL FROM pgqueue.jobs WHERE state = 'waiting' GROUP BY queue
     UNION ALL
     SELECT queue, state, count(*), NULL FROM pgqueue.jobs WHERE state IN ('failed', 'cancelled')
     GROUP BY queue, state
@@ -30,7 +32,8 @@ SELECT n.queue,
        COALESCE(sum(c.jobs) FILTER (WHERE c.state = 'running'), 0)::bigint AS running,
        COALESCE(sum(c.jobs) FILTER (WHERE c.state = 'failed'), 0)::bigint AS failed,
        COALESCE(sum(c.jobs) FILTER (WHERE c.state = 'cancelled'), 0)::bigint AS cancelled,
-       EXTRACT(EPOCH FROM now() - min(c.oldest_run_at))::float8 AS lag_seconds
+       EXTRACT(EPOCH FROM now() - min(c.oldest_run_at))::float8 AS lag_seconds,
+       COALESCE(sum(c.jobs) FILTER (WHERE c.state = 'waiting'), 0)::bigint AS waiting
 FROM names AS n
 LEFT JOIN pgqueue.queues AS q ON q.name = n.queue
 LEFT JOIN counted AS c ON c.queue = n.queue

@@ -1,0 +1,51 @@
+-- Workflows: the jobs of one workflow_id (chains and groups, and jobs added to them with
+-- depends_on), read and steered as a whole. The dependency books are kept by the triggers of
+-- migration 0010; these statements only read them or change job states.
+
+-- name: get_workflow_jobs
+-- Through jobs_workflow_idx; each job with the ids it depends on, in id order (enqueue order).
+SELECT j.id, j.task, j.queue, j.state, j.attempt, j.max_attempts, j.pending_dependencies,
+       j.on_dependency_failure, j.enqueued_at, j.started_at, j.finished_at, j.last_error ->> 'type' AS error_type,
+       ARRAY(SELECT e.depends_on FROM pgqueue.job_dependencies AS e WHERE e.job_id = j.id ORDER BY e.depends_on)
+           AS depends_on
+FROM pgqueue.jobs AS j
+WHERE j.workflow_id = %(workflow_id)s::uuid
+ORDER BY j.id;
+
+-- name: get_job_workflow
+SELECT workflow_id::text FROM pgqueue.jobs WHERE id = %(id)s;
+
+-- name: cancel_workflow
+-- Every unfinished job of the workflow, locked in id order (as the settle trigger locks
+-- dependents), in one statement with its audit rows.
+WITH before AS MATERIALIZED (
+    SELECT id, state, lease_token FROM pgqueue.jobs
+    WHERE workflow_id = %(workflow_id)s::uuid AND state IN ('waiting', 'scheduled', 'available', 'running')
+    ORDER BY id
+    FOR NO KEY UPDATE
+), cancelled AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'cancelled', finished_at = now(), lease_token = NULL
+    FROM before
+    WHERE j.id = before.id AND j.state IN ('waiting', 'scheduled', 'available', 'running')
+    RETURNING j.id, before.state AS from_state, j.attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
+    SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s,
+           jsonb_build_object('workflow_id', %(workflow_id)s::text)
+    FROM cancelled
+), woken AS (
+    SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM cancelled LIMIT 1) AS any_row
+), interrupted AS (
+    -- Running jobs: their workers interrupt the handler (as for cancel_job in jobs.sql).
+    SELECT pg_notify(%(cancel_channel)s, before.id || ':' || before.lease_token)
+    FROM before JOIN cancelled ON cancelled.id = before.id
+    WHERE before.state = 'running' AND before.lease_token IS NOT NULL
+)
+SELECT id, (SELECT count(*) FROM woken) + (SELECT count(*) FROM interrupted) AS notified FROM cancelled;
+
+-- name: find_workflow_dead_jobs
+-- What retry_workflow hands to retry_jobs: the failed and cancelled jobs of the workflow.
+SELECT id FROM pgqueue.jobs
+WHERE workflow_id = %(workflow_id)s::uuid AND state IN ('failed', 'cancelled')
+ORDER BY id;

@@ -1,0 +1,55 @@
+"""Workflows (``workflows.sql``): read a workflow's jobs, cancel or retry them as a whole."""
+
+from __future__ import annotations
+
+from typing import Any, LiteralString, NamedTuple
+
+import psycopg
+from psycopg.rows import dict_row, tuple_row
+
+from pgqueue._db.errors import translate_errors
+from pgqueue._db.jobs import JobStore
+from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL
+from pgqueue._db.queries import load_queries
+
+
+class WorkflowQueries(NamedTuple):
+    get_workflow_jobs: LiteralString
+    get_job_workflow: LiteralString
+    cancel_workflow: LiteralString
+    find_workflow_dead_jobs: LiteralString
+
+
+WORKFLOWS = load_queries(WorkflowQueries, "workflows.sql")
+
+
+class WorkflowStore:
+    """Workflow statements on a psycopg connection owned by the caller (never committed here)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def jobs(self, workflow_id: str) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(WORKFLOWS.get_workflow_jobs, {"workflow_id": workflow_id})
+            return cur.fetchall()
+
+    def workflow_of(self, job_id: int) -> str | None:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(WORKFLOWS.get_job_workflow, {"id": job_id}).fetchone()
+        return row[0] if row else None
+
+    def cancel(self, workflow_id: str, actor: str | None) -> list[int]:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(WORKFLOWS.cancel_workflow, {"workflow_id": workflow_id, "actor": actor,
+                                                    "done_channel": DONE_CHANNEL,
+                                                    "cancel_channel": CANCEL_CHANNEL})
+            return sorted(row[0] for row in cur.fetchall())
+
+    def retry(self, workflow_id: str, actor: str | None) -> list[int]:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            ids = [row[0] for row in cur.execute(WORKFLOWS.find_workflow_dead_jobs,
+                                                 {"workflow_id": workflow_id}).fetchall()]
+        if not ids:
+            return []
+        return sorted(JobStore(self.conn).retry_jobs(ids, None, only_failed=False, actor=actor))

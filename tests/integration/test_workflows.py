@@ -1,0 +1,423 @@
+"""Job dependencies, chains and groups on a real database: the ``waiting`` state, release in the
+transaction that completes the last dependency (also when two dependencies complete at once on two
+connections, and when a dependent is enqueued while its dependency completes), failure policies,
+retries, and the errors that leave nothing inserted.
+
+Jobs are run by an in-process ``pgqueue.Worker`` (``run_until_empty``) or completed through the
+ack statement itself (``JobStore.complete_jobs``) on connections the test controls.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+import pgqueue
+from pgqueue import App, Discard, Job, JobSpec, Worker, admin
+from pgqueue._db.jobs import JobStore, Outcome
+from pgqueue.errors import DependencyCycle, InvalidDependency, InvalidEnqueueOption
+from pgqueue.settings import Settings
+
+Db = psycopg.Connection[TupleRow]
+BOUND = 60.0
+
+
+@pytest.fixture
+def app(dsn: str) -> App:
+    app = App(dsn, settings=Settings(dsn=dsn, lease_seconds=5, poll_seconds=0.5, shutdown_grace_seconds=5))
+    order: list[int] = []
+
+    @app.task(name="step")
+    def step(job: Job, **_: Any) -> dict[str, Any]:
+        order.append(job.id)
+        return {"id": job.id, "deps": list(job.dependency_results())}
+
+    @app.task(name="collect")
+    def collect(job: Job, **_: Any) -> dict[str, Any]:
+        order.append(job.id)
+        return {"results": {str(k): v for k, v in job.dependency_results().items()}}
+
+    @app.task(name="boom", max_attempts=1)
+    def boom(job: Job, **_: Any) -> None:
+        raise Discard("no")
+
+    app.order = order  # type: ignore[attr-defined]
+    return app
+
+
+def run_all(app: App) -> None:
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(Worker(app, concurrency=4).run_until_empty()), daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    assert not thread.is_alive(), "run_until_empty did not return"
+    assert codes == [0]
+
+
+def states(db: Db, ids: list[int]) -> list[str]:
+    rows: dict[int, str] = dict(db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall())
+    return [rows.get(i, "gone") for i in ids]
+
+
+def events(db: Db, job_id: int) -> list[tuple[str, str | None, str | None]]:
+    return [(r[0], r[1], r[2]) for r in db.execute(
+        "SELECT event, from_state, to_state FROM pgqueue.job_events WHERE job_id = %s ORDER BY id", [job_id])]
+
+
+def claim(db: Db, ids: list[int]) -> dict[int, str]:
+    """Make ``ids`` running under fresh lease tokens, as a claim would (test set-up only)."""
+    tokens = {i: str(uuid.uuid4()) for i in ids}
+    for job_id, token in tokens.items():
+        db.execute("UPDATE pgqueue.jobs SET state = 'running', attempt = attempt + 1, lease_token = %s "
+                   "WHERE id = %s AND state = 'available'", [token, job_id])
+    return tokens
+
+
+def complete(conn: Db, job_id: int, token: str, result: str = '{"ok": true}') -> set[int]:
+    return JobStore(conn).complete_jobs([Outcome(job_id=job_id, token=token, state="completed", result=result)])
+
+
+def test_a_job_waits_until_its_dependency_completes_then_runs(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step")
+    second = app.enqueue(conn, "step", depends_on=[first])
+    conn.commit()
+    assert states(conn, [first, second]) == ["available", "waiting"]
+    run_all(app)
+    assert states(conn, [first, second]) == ["completed", "completed"]
+    assert app.order == [first, second]  # type: ignore[attr-defined]
+    assert ("dependencies_met", "waiting", "available") in events(conn, second)
+    assert events(conn, second)[0] == ("enqueued", None, "waiting")
+
+
+def test_the_release_commits_with_the_ack_and_wakes_workers(conn: Db, dsn: str, app: App) -> None:
+    first = app.enqueue(conn, "step")
+    second = app.enqueue(conn, "step", depends_on=[first])
+    conn.commit()
+    tokens = claim(conn, [first])
+    conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgqueue_jobs")
+        with psycopg.connect(dsn) as acker:
+            assert complete(acker, first, tokens[first]) == {first}
+            # Not committed: the dependent is still waiting for everyone else.
+            assert states(conn, [second]) == ["waiting"]
+            conn.commit()
+            acker.commit()
+        assert states(conn, [second]) == ["available"]
+        notifies = list(listener.notifies(timeout=2, stop_after=1))
+        assert [n.payload for n in notifies] == ["default"]
+
+
+def test_a_chain_runs_in_order_and_each_step_sees_the_previous_result(app: App, conn: Db) -> None:
+    flow = pgqueue.chain(*[pgqueue.sig("step", {"n": n}) for n in range(12)])
+    wf = app.enqueue_workflow(conn, flow)
+    conn.commit()
+    assert len(wf.job_ids) == 12
+    run_all(app)
+    assert app.order == wf.job_ids  # type: ignore[attr-defined]
+    results = [r[0] for r in conn.execute("SELECT result FROM pgqueue.jobs WHERE id = ANY(%s) ORDER BY id",
+                                          [wf.job_ids])]
+    assert results[0]["deps"] == []
+    for previous, result in zip(wf.job_ids, results[1:], strict=False):
+        assert result["deps"] == [previous]
+    assert {str(r[0]) for r in conn.execute("SELECT workflow_id FROM pgqueue.jobs WHERE id = ANY(%s)",
+                                            [wf.job_ids])} == {wf.id}
+
+
+def test_a_group_callback_runs_once_after_all_members_with_their_results(app: App, conn: Db) -> None:
+    flow = pgqueue.group([pgqueue.sig("step", {"n": n}) for n in range(8)], then=pgqueue.sig("collect"))
+    wf = app.enqueue_workflow(conn, flow)
+    conn.commit()
+    *members, callback = wf.job_ids
+    assert states(conn, [callback]) == ["waiting"]
+    run_all(app)
+    assert app.order[-1] == callback  # type: ignore[attr-defined]
+    assert app.order.count(callback) == 1  # type: ignore[attr-defined]
+    (result,) = conn.execute("SELECT result FROM pgqueue.jobs WHERE id = %s", [callback]).fetchone() or (None,)
+    assert sorted(int(k) for k in result["results"]) == members
+    assert all(v["id"] == int(k) for k, v in result["results"].items())
+
+
+def test_two_dependencies_completing_at_once_on_two_connections_release_the_dependent_once(
+        app: App, conn: Db, dsn: str) -> None:
+    for _ in range(10):
+        a = app.enqueue(conn, "step")
+        b = app.enqueue(conn, "step")
+        dependent = app.enqueue(conn, "step", depends_on=[a, b])
+        conn.commit()
+        tokens = claim(conn, [a, b])
+        conn.commit()
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def finish(job_id: int, token: str, barrier: threading.Barrier = barrier,
+                   errors: list[BaseException] = errors) -> None:
+            try:
+                with psycopg.connect(dsn) as own:
+                    barrier.wait(5)
+                    assert complete(own, job_id, token) == {job_id}
+                    own.commit()
+            except BaseException as exc:  # noqa: BLE001 -- reported by the test thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=finish, args=(job_id, tokens[job_id])) for job_id in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        assert states(conn, [a, b, dependent]) == ["completed", "completed", "available"]
+        assert [e for e in events(conn, dependent) if e[0] == "dependencies_met"] == [
+            ("dependencies_met", "waiting", "available")]
+        assert conn.execute("SELECT pending_dependencies FROM pgqueue.jobs WHERE id = %s",
+                            [dependent]).fetchone() == (0,)
+        conn.commit()
+
+
+def test_a_dependent_enqueued_while_its_dependency_completes_is_not_left_waiting(
+        app: App, conn: Db, dsn: str) -> None:
+    dependency = app.enqueue(conn, "step")
+    conn.commit()
+    tokens = claim(conn, [dependency])
+    conn.commit()
+    with psycopg.connect(dsn) as enqueuer:
+        dependent = app.enqueue(enqueuer, "step", depends_on=[dependency])  # holds the dependency's lock
+        done = threading.Event()
+
+        def ack() -> None:
+            with psycopg.connect(dsn) as acker:
+                complete(acker, dependency, tokens[dependency])
+                acker.commit()
+            done.set()
+
+        thread = threading.Thread(target=ack)
+        thread.start()
+        assert not done.wait(0.5), "the ack must wait for the enqueuer's lock on the dependency"
+        enqueuer.commit()
+        thread.join(30)
+    assert done.is_set()
+    assert states(conn, [dependency, dependent]) == ["completed", "available"]
+
+
+def test_a_dependency_that_already_completed_releases_at_once(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step")
+    conn.commit()
+    run_all(app)
+    second = app.enqueue(conn, "step", depends_on=[first])
+    assert states(conn, [second]) == ["available"]
+
+
+def test_a_failed_dependency_cancels_dependents_and_theirs_with_a_reason(app: App, conn: Db) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("boom"), pgqueue.sig("step"), pgqueue.sig("step")))
+    conn.commit()
+    run_all(app)
+    assert states(conn, wf.job_ids) == ["failed", "cancelled", "cancelled"]
+    for job_id in wf.job_ids[1:]:
+        assert ("cancelled", "waiting", "cancelled") in events(conn, job_id)
+        (error,) = conn.execute("SELECT last_error FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone() or (None,)
+        assert error["type"] == "DependencyFailed"
+
+
+def test_a_dependent_with_policy_run_runs_after_a_failed_dependency(app: App, conn: Db) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.group(
+        [pgqueue.sig("boom"), pgqueue.sig("step")], then=pgqueue.sig("collect", on_dependency_failure="run")))
+    conn.commit()
+    run_all(app)
+    failed, ok, callback = wf.job_ids
+    assert states(conn, wf.job_ids) == ["failed", "completed", "completed"]
+    (result,) = conn.execute("SELECT result FROM pgqueue.jobs WHERE id = %s", [callback]).fetchone() or (None,)
+    assert result["results"][str(failed)] is None
+    assert result["results"][str(ok)]["id"] == ok
+
+
+def test_a_retry_that_fails_again_does_not_trigger_the_policy_until_the_last_attempt(
+        app: App, conn: Db) -> None:
+    @app.task(name="flaky", max_attempts=3, backoff=pgqueue.Backoff.fixed(0))
+    def flaky(job: Job) -> str:
+        if job.attempt < 3:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("flaky"), pgqueue.sig("step")))
+    conn.commit()
+    run_all(app)
+    assert states(conn, wf.job_ids) == ["completed", "completed"]
+
+
+def test_retrying_the_failed_dependency_brings_back_cancelled_dependents_and_runs_them(
+        app: App, conn: Db) -> None:
+    attempts: list[int] = []
+
+    @app.task(name="once-broken", max_attempts=1)
+    def once_broken(job: Job) -> None:
+        attempts.append(job.id)
+        if len(attempts) == 1:
+            raise RuntimeError("first time")
+
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("once-broken"), pgqueue.sig("step"),
+                                                  pgqueue.sig("step")))
+    conn.commit()
+    run_all(app)
+    assert states(conn, wf.job_ids) == ["failed", "cancelled", "cancelled"]
+    admin.retry_job(conn, wf.job_ids[0], actor="test")
+    conn.commit()
+    assert states(conn, wf.job_ids) == ["available", "waiting", "waiting"]
+    run_all(app)
+    assert states(conn, wf.job_ids) == ["completed", "completed", "completed"]
+    assert ("dependency_retried", "cancelled", "waiting") in events(conn, wf.job_ids[2])
+
+
+def test_cancelling_a_waiting_job_cancels_its_dependents(app: App, conn: Db) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("step", delay=3600), pgqueue.sig("step"),
+                                                  pgqueue.sig("step")))
+    conn.commit()
+    admin.cancel_job(conn, wf.job_ids[1], actor="test")
+    conn.commit()
+    assert states(conn, wf.job_ids) == ["scheduled", "cancelled", "cancelled"]
+
+
+def test_deleting_an_unfinished_dependency_applies_the_policy(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step", delay=3600)
+    cancel = app.enqueue(conn, "step", depends_on=[first])
+    run = app.enqueue(conn, "step", depends_on=[first], on_dependency_failure="run")
+    conn.commit()
+    admin.delete_job(conn, first, actor="test")
+    conn.commit()
+    assert states(conn, [first, cancel, run]) == ["gone", "cancelled", "available"]
+
+
+def test_unknown_and_pruned_dependencies_are_refused_and_nothing_is_inserted(app: App, conn: Db) -> None:
+    before = conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone()
+    with pytest.raises(InvalidDependency, match="job 424242 does not exist"):
+        app.enqueue(conn, "step", depends_on=[424242])
+    with pytest.raises(InvalidDependency, match="does not exist"):
+        app.enqueue_many(conn, [JobSpec("step"), JobSpec("step", depends_on=[424242])])
+    with pytest.raises(InvalidDependency, match="positive integer"):
+        app.enqueue(conn, "step", depends_on=["7"])  # type: ignore[list-item]
+    assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == before
+    assert conn.execute("SELECT count(*) FROM pgqueue.job_dependencies").fetchone() == (0,)
+
+
+def test_a_cycle_in_a_batch_is_refused_and_nothing_is_inserted(app: App, conn: Db) -> None:
+    a = JobSpec("step")
+    b = JobSpec("step", depends_on=[a])
+    object.__setattr__(a, "depends_on", [b])  # a frozen spec cannot be built in a cycle otherwise
+    with pytest.raises(DependencyCycle, match=r"positions \[0, 1\]"):
+        app.enqueue_many(conn, [a, b, JobSpec("step")])
+    with pytest.raises(InvalidDependency, match="not in the same batch"):
+        app.enqueue_many(conn, [JobSpec("step", depends_on=[JobSpec("step")])])
+    assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+
+
+def test_depending_on_a_failed_job_with_policy_cancel_is_refused(app: App, conn: Db) -> None:
+    failed = app.enqueue(conn, "boom")
+    conn.commit()
+    run_all(app)
+    with pytest.raises(InvalidDependency, match="is failed"):
+        app.enqueue(conn, "step", depends_on=[failed])
+    job_id = app.enqueue(conn, "step", depends_on=[failed], on_dependency_failure="run")
+    assert states(conn, [job_id]) == ["available"]
+
+
+def test_options_are_checked(app: App, conn: Db) -> None:
+    with pytest.raises(InvalidEnqueueOption, match="on_dependency_failure"):
+        app.enqueue(conn, "step", depends_on=[1], on_dependency_failure="ignore")
+    first = app.enqueue(conn, "step")
+    with pytest.raises(InvalidEnqueueOption, match="unique_key"):
+        app.enqueue(conn, "step", depends_on=[first], unique_key="k")
+
+
+def test_enqueue_many_with_dependencies_within_the_batch(app: App, conn: Db) -> None:
+    parent = JobSpec("step")
+    ids = app.enqueue_many(conn, [parent, JobSpec("step", depends_on=[parent]), JobSpec("step")])
+    assert states(conn, ids) == ["available", "waiting", "available"]
+
+
+def test_enqueue_async_takes_depends_on(app: App, dsn: str) -> None:
+    import asyncio
+
+    async def go() -> tuple[int, int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            first = await app.enqueue_async(aconn, "step")
+            second = await app.enqueue_async(aconn, "step", depends_on=[first])
+            await aconn.commit()
+            return first, second
+
+    first, second = asyncio.run(go())
+    with psycopg.connect(dsn) as db:
+        assert states(db, [first, second]) == ["available", "waiting"]
+
+
+def test_retention_keeps_a_completed_job_that_a_waiting_job_depends_on(app: App, conn: Db, dsn: str) -> None:
+    first = app.enqueue(conn, "step")
+    blocker = app.enqueue(conn, "step", delay=3600)
+    waiting = app.enqueue(conn, "step", depends_on=[first, blocker])
+    conn.commit()
+    run_all(app)
+    conn.execute("UPDATE pgqueue.jobs SET finished_at = now() - interval '30 days' WHERE id = %s", [first])
+    conn.commit()
+    from pgqueue import _retention
+
+    with psycopg.connect(dsn, autocommit=True) as own:
+        report = _retention.prune(own, _retention.RetentionPolicy(60.0, 60.0, None), "test")
+    assert report.completed == 0
+    assert states(conn, [first, waiting]) == ["completed", "waiting"]
+    conn.execute("UPDATE pgqueue.jobs SET state = 'cancelled', finished_at = now() WHERE id = %s", [waiting])
+    conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as own:
+        report = _retention.prune(own, _retention.RetentionPolicy(60.0, 60.0, None), "test")
+    assert states(conn, [first]) == ["gone"]
+
+
+
+def test_dependency_results_are_decrypted_for_the_next_step(dsn: str, conn: Db) -> None:
+    from pgqueue._crypto import generate_key
+
+    app = App(dsn, settings=Settings(dsn=dsn, lease_seconds=5, poll_seconds=0.5, shutdown_grace_seconds=5,
+                                     encryption_keys=(generate_key(),)))
+    seen: list[dict[int, Any]] = []
+
+    @app.task(name="secret", encrypt=True)
+    def secret(job: Job) -> dict[str, str]:
+        return {"mrn": "12345"}
+
+    @app.task(name="reader")
+    def reader(job: Job) -> None:
+        seen.append(job.dependency_results())
+
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("secret"), pgqueue.sig("reader")))
+    conn.commit()
+    run_all(app)
+    assert seen == [{wf.job_ids[0]: {"mrn": "12345"}}]
+    stored = conn.execute("SELECT result, result_encrypted IS NOT NULL FROM pgqueue.jobs WHERE id = %s",
+                          [wf.job_ids[0]]).fetchone()
+    assert stored == (None, True)
+
+
+def test_sql_enqueue_and_task_options_take_depends_on(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step")
+    (from_sql,) = conn.execute("SELECT pgqueue.enqueue('step', '{}', depends_on => ARRAY[%s]::bigint[], "
+                               "on_dependency_failure => 'run')", [first]).fetchone() or (None,)
+    from_options = app.tasks["step"].options(depends_on=[first]).enqueue(conn)
+    conn.commit()
+    assert states(conn, [first, from_sql, from_options]) == ["available", "waiting", "waiting"]
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="job '424242' does not exist"):
+        conn.execute("SELECT pgqueue.enqueue('step', '{}', depends_on => ARRAY[424242]::bigint[])")
+    conn.rollback()
+    run_all(app)
+    assert states(conn, [first, from_sql, from_options]) == ["completed"] * 3
+
+
+def test_queue_listings_count_waiting_jobs(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step", queue="reports")
+    app.enqueue(conn, "step", queue="reports", depends_on=[first])
+    conn.commit()
+    (reports,) = [q for q in admin.list_queues(conn) if q.name == "reports"]
+    assert (reports.waiting, reports.available) == (1, 1)
+    page = admin.list_jobs(conn, state="waiting")
+    assert [job.task for job in page.items] == ["step"]
