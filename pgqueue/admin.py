@@ -1346,7 +1346,8 @@ def get_workflow(conn: Any, workflow_id: str | int) -> WorkflowInfo:
     return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
 
 
-def cancel_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None) -> list[int]:
+def cancel_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None,
+                    source: str = DEFAULT_SOURCE) -> list[int]:
     """Cancel every unfinished job of a workflow (waiting, scheduled, available, running); returns
     their ids. Completed jobs stay completed.
 
@@ -1354,10 +1355,11 @@ def cancel_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = No
         WorkflowNotFound: no job carries that workflow id.
     """
     info = get_workflow(conn, workflow_id)
-    return WorkflowStore(sync_connection(conn)).cancel(info.id, _actor(actor))
+    return WorkflowStore(sync_connection(conn)).cancel(info.id, _actor(actor), _source(source))
 
 
-def retry_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None) -> list[int]:
+def retry_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None,
+                   source: str = DEFAULT_SOURCE) -> list[int]:
     """Retry every failed or cancelled job of a workflow in one statement; returns their ids. Jobs
     whose dependencies have not all completed wait again; the others become available.
 
@@ -1365,4 +1367,4 @@ def retry_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = Non
         WorkflowNotFound: no job carries that workflow id.
     """
     info = get_workflow(conn, workflow_id)
-    return WorkflowStore(sync_connection(conn)).retry(info.id, _actor(actor))
+    return WorkflowStore(sync_connection(conn)).retry(info.id, _actor(actor), _source(source))

@@ -39,17 +39,17 @@ class WorkflowStore:
             row = cur.execute(WORKFLOWS.get_job_workflow, {"id": job_id}).fetchone()
         return row[0] if row else None
 
-    def cancel(self, workflow_id: str, actor: str | None) -> list[int]:
+    def cancel(self, workflow_id: str, actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(WORKFLOWS.cancel_workflow, {"workflow_id": workflow_id, "actor": actor,
+            cur.execute(WORKFLOWS.cancel_workflow, {"workflow_id": workflow_id, "actor": actor, "source": source,
                                                     "done_channel": DONE_CHANNEL,
                                                     "cancel_channel": CANCEL_CHANNEL})
             return sorted(row[0] for row in cur.fetchall())
 
-    def retry(self, workflow_id: str, actor: str | None) -> list[int]:
+    def retry(self, workflow_id: str, actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             ids = [row[0] for row in cur.execute(WORKFLOWS.find_workflow_dead_jobs,
                                                  {"workflow_id": workflow_id}).fetchall()]
         if not ids:
             return []
-        return sorted(JobStore(self.conn).retry_jobs(ids, None, only_failed=False, actor=actor))
+        return sorted(JobStore(self.conn).retry_jobs(ids, None, only_failed=False, actor=actor, source=source))

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from pgqueue import admin
-from pgqueue.cli._admin import actor, open_session
+from pgqueue.cli._admin import SOURCE, actor, open_session
 from pgqueue.cli._context import DsnOption, JsonOption
 from pgqueue.cli._output import emit_message, print_json
 
@@ -70,7 +70,7 @@ def cancel_command(workflow_id: WorkflowArgument, json_output: JsonOption = Fals
     """Cancel every unfinished job of a workflow; completed jobs stay completed."""
     with open_session(dsn) as conn:
         info = admin.get_workflow(conn, workflow_id)
-        ids = admin.cancel_workflow(conn, info.id, actor=actor())
+        ids = admin.cancel_workflow(conn, info.id, actor=actor(), source=SOURCE)
     emit_message(f"cancelled {len(ids)} job{'' if len(ids) == 1 else 's'} of workflow {info.id}",
                  {"workflow_id": info.id, "cancelled": ids, "count": len(ids)}, json_output=json_output)
 
@@ -80,6 +80,6 @@ def retry_command(workflow_id: WorkflowArgument, json_output: JsonOption = False
     """Retry every failed or cancelled job of a workflow; jobs still depending on others wait again."""
     with open_session(dsn) as conn:
         info = admin.get_workflow(conn, workflow_id)
-        ids = admin.retry_workflow(conn, info.id, actor=actor())
+        ids = admin.retry_workflow(conn, info.id, actor=actor(), source=SOURCE)
     emit_message(f"retried {len(ids)} job{'' if len(ids) == 1 else 's'} of workflow {info.id}",
                  {"workflow_id": info.id, "retried": ids, "count": len(ids)}, json_output=json_output)

@@ -85,4 +85,4 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
-        "latency, chain, group-enqueue, backlog, churn, physical"]
+        "latency, chain, group-enqueue, backlog, limits, churn, physical"]

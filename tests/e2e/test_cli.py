@@ -205,8 +205,8 @@ def test_queues_list_pause_resume_and_purge_with_audit_rows(dsn: str, conn: Conn
     assert paused == [{"name": "emails", "paused": True, "scheduled": 0, "available": 0, "running": 1,
                        "failed": 1, "cancelled": 0, "completed_last_hour": 1, "failed_last_hour": 1,
                        "lag_seconds": None, "concurrency": None, "rate": None, "rate_limit": None,
-                       "rate_period_seconds": None, "starts_in_window": None}]
-    assert table.splitlines()[0].split()[:3] == ["QUEUE", "PAUSED", "SCHEDULED"]
+                       "rate_period_seconds": None, "starts_in_window": None, "waiting": 0}]
+    assert table.splitlines()[0].split()[:3] == ["QUEUE", "PAUSED", "WAITING"]
     assert "emails" in table
     assert_one_line_error(unconfirmed, "stdin is not a terminal; pass --yes")
     assert purged_failed == {"queue": "emails", "state": "failed", "purged": 1}

@@ -141,10 +141,11 @@ def test_the_workflows_commands_show_cancel_and_retry_a_workflow(worker_dsn: str
     states: dict[int, str] = dict(
         db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [wf.job_ids]).fetchall())
     assert [states[i] for i in wf.job_ids] == ["available", "waiting", "waiting", "waiting"]
-    events = [r[0] for r in db.execute("SELECT actor FROM pgqueue.job_events WHERE job_id = %s AND event = 'retried'",
-                                       [first])]
+    events = db.execute("SELECT actor, detail->>'source' FROM pgqueue.job_events WHERE job_id = %s"
+                        " AND event = 'retried'", [first]).fetchall()
     assert len(events) == 1
-    assert events[0].startswith("cli:")
+    assert events[0][0]  # the operator (the OS user), and where the action came from:
+    assert events[0][1] == "cli"
 
     added = run_cli(["enqueue", "member", "--depends-on", str(callback), "--json"], dsn=worker_dsn)
     assert added.returncode == 0, added.stderr

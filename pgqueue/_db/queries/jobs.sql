@@ -821,7 +821,8 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
 -- The COPY path of a large workflow: its jobs without dependencies that are available at once
 -- (a group's members). Audit rows and NOTIFY as for copy_jobs; the dependents follow in
 -- insert_dependent_jobs, in the same savepoint or transaction.
-COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags, has_dependents, workflow_id)
+COPY pgqueue.jobs (id, task, queue, priority, args, args_encrypted, max_attempts, tags, group_key, has_dependents,
+                  workflow_id)
 FROM STDIN;
 
 -- name: dependency_results

@@ -32,7 +32,7 @@ WITH before AS MATERIALIZED (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
     SELECT id, 'cancelled', from_state, 'cancelled', attempt, %(actor)s,
-           jsonb_build_object('workflow_id', %(workflow_id)s::text)
+           jsonb_strip_nulls(jsonb_build_object('workflow_id', %(workflow_id)s::text, 'source', %(source)s::text))
     FROM cancelled
 ), woken AS (
     SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM cancelled LIMIT 1) AS any_row
