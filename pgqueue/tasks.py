@@ -78,10 +78,6 @@ class EnqueueOptions:
     def as_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :meth:`pgqueue.App.enqueue` these options set."""
         kwargs: dict[str, Any] = {name: value for name, value in vars(self).items() if value is not None}
-        # TODO(lead): group= (limits branch) and depends_on= (workflows branch) are being added to
-        # App.enqueue in parallel. They are forwarded as they are; until App.enqueue accepts them,
-        # setting one raises InvalidEnqueueOption at enqueue time (see _checked) instead of being
-        # dropped. Once merged, drop _NEWER_OPTIONS.
         return kwargs
 
 
@@ -317,25 +313,10 @@ class BoundTask(Generic[P, R]):
     def enqueue(self, conn: Connection | None, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue the task with the bound options (see :meth:`Task.enqueue`)."""
         job_args = self.task.job_args(*args, **kwargs)
-        return self.task.app.enqueue(conn, self.task.name, job_args, **_checked(self.task.app.enqueue, self.bound))
+        return self.task.app.enqueue(conn, self.task.name, job_args, **self.bound.as_kwargs())
 
     async def enqueue_async(self, conn: AsyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Async twin of :meth:`enqueue`."""
         job_args = self.task.job_args(*args, **kwargs)
-        options = _checked(self.task.app.enqueue_async, self.bound)
+        options = self.bound.as_kwargs()
         return await self.task.app.enqueue_async(conn, self.task.name, job_args, **options)
-
-
-# Options that App.enqueue gains on other branches: checked against its signature before use.
-_NEWER_OPTIONS = ("group", "depends_on")
-
-
-def _checked(enqueue: Callable[..., Any], options: EnqueueOptions) -> dict[str, Any]:
-    """The options as keyword arguments of ``enqueue``, refusing an option it does not take."""
-    kwargs = options.as_kwargs()
-    if any(name in kwargs for name in _NEWER_OPTIONS):
-        accepted = inspect.signature(enqueue).parameters
-        for name in _NEWER_OPTIONS:
-            if name in kwargs and name not in accepted:
-                raise InvalidEnqueueOption(f"enqueue option {name}= is not supported by this App.enqueue")
-    return kwargs

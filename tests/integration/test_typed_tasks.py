@@ -190,3 +190,16 @@ def test_a_typed_job_runs_with_its_positional_arguments_as_keywords(dsn: str) ->
         assert conn.execute("SELECT state, result FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone() == (
             "completed", "abab")
     assert seen == [("ab", 2)]
+
+
+def test_group_and_depends_on_options_reach_the_job(dsn: str, conn: Conn) -> None:
+    app = _app(dsn)
+
+    @app.task(name="sync-record", group_concurrency=1)
+    def sync_record(job: Job, record: int) -> None: ...
+
+    first = sync_record.options(group="patient:42").enqueue(conn, record=1)
+    then = sync_record.options(depends_on=[first]).enqueue(conn, record=2)
+    query = "SELECT id, (state, group_key) FROM pgqueue.jobs"
+    rows: dict[int, tuple[str, str | None]] = dict(conn.execute(query).fetchall())
+    assert rows == {first: ("available", "patient:42"), then: ("waiting", None)}
