@@ -43,7 +43,10 @@ def _run_migrations(connection: sa.Connection | None) -> None:
     }
     if connection is None:
         # Offline (--sql): the script targets PostgreSQL whatever DSN is configured; it never connects.
-        context.configure(dialect_name="postgresql", literal_binds=True, **common)  # type: ignore[arg-type]
+        # Named paramstyle: with the driver's pyformat, every `%` in the DDL (RAISE format strings in
+        # function bodies) came out doubled, and psql then refused the functions.
+        context.configure(dialect_name="postgresql", literal_binds=True,  # type: ignore[arg-type]
+                          dialect_opts={"paramstyle": "named"}, **common)
     else:
         context.configure(connection=connection, **common)  # type: ignore[arg-type]
     with context.begin_transaction():

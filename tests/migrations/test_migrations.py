@@ -201,6 +201,19 @@ def test_offline_sql_is_the_upgrade_ddl_in_one_locked_transaction() -> None:
     assert script.rstrip().endswith("COMMIT;")
 
 
+def test_offline_sql_run_by_psql_builds_the_same_schema_as_upgrade(empty_dsn: str, dsn: str) -> None:
+    # What a DBA does with `pgqueue migrate --sql`: pipe it into psql. Function bodies with RAISE
+    # format strings ('%') must come out as written, not doubled.
+    script = _migrate.sql(None)
+    assert "%%" not in script
+    result = subprocess.run(["psql", empty_dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=script,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    assert catalog(empty_dsn) == catalog(dsn)
+    assert version_rows(empty_dsn) == [HEAD]
+
+
 def test_upgrade_reports_an_unreachable_database_without_the_password() -> None:
     with pytest.raises(DatabaseUnavailable) as caught:
         _migrate.upgrade(UNREACHABLE)
