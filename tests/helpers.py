@@ -150,3 +150,29 @@ def empty_tables(dsn: str, *tables: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as setup:
         setup.execute("SET session_replication_role = replica")
         setup.execute(statement)
+
+
+def postgres_programs() -> tuple[Path, str | None]:
+    """Where PostgreSQL's programs (psql, initdb, pg_ctl, pg_basebackup) are, and as root the user
+    that must run the server ones: the system PostgreSQL's when it is installed, else the embedded
+    package's, which every machine that can run the tests has (as root, the copy its service user
+    can reach, under the tests' PGQUEUE_HOME).
+    """
+    import glob
+
+    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if all(os.access(f"{bindir}/{p}", os.X_OK) for p in ("psql", "initdb", "pg_basebackup", "pg_ctl")):
+            return Path(bindir), "postgres" if os.geteuid() == 0 else None
+    from pgqueue import _embedded
+
+    account = _embedded._service_account(create=True)
+    layout = _embedded._layout(Path(os.environ["PGQUEUE_HOME"]))
+    install = _embedded._reachable_install(layout, _embedded._package_install(), account)
+    return install / "bin", account.name if account is not None else None
+
+
+def psql() -> str:
+    """The psql program: the one on PATH, else :func:`postgres_programs`'."""
+    import shutil
+
+    return shutil.which("psql") or str(postgres_programs()[0] / "psql")

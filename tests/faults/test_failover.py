@@ -6,14 +6,15 @@ Replication is synchronous (``synchronous_commit = on``, ``synchronous_standby_n
 docs/operations/failure-behaviour.md ("A primary failover") recommends: every enqueue whose COMMIT
 returned is on the standby, so every one must complete on the new primary, once.
 
-Needs the system PostgreSQL binaries (initdb, pg_basebackup, pg_ctl); skipped when they are absent.
+Runs the system PostgreSQL's programs (initdb, pg_basebackup, pg_ctl) when installed, else the
+embedded package's (``tests.helpers.postgres_programs``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -31,15 +32,8 @@ from pgqueue import App, _migrate
 from pgqueue.errors import PgqueueError
 from tests.faults.conftest import PLAIN_APP_PATH
 from tests.faults.fault_app import EXECUTIONS_DDL
-from tests.helpers import wait_until
+from tests.helpers import postgres_programs, wait_until
 from tests.plugins.processes import SpawnWorker
-
-_BINDIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-BINDIR = next((d for d in _BINDIRS if all(os.access(f"{d}/{p}", os.X_OK)
-                                          for p in ("initdb", "pg_basebackup", "pg_ctl"))), None)
-
-pytestmark = pytest.mark.skipif(BINDIR is None, reason="needs the system PostgreSQL binaries "
-                                "(/usr/lib/postgresql/*/bin: initdb, pg_basebackup, pg_ctl)")
 
 #: How soon after the promotion the workers must complete jobs on the new primary (documented).
 RESUME_BOUND_SECONDS = 30.0
@@ -51,10 +45,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _as_postgres(argv: list[str], cwd: str) -> None:
-    # initdb refuses to run as root: run the server's programs as the postgres user then.
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
+def _as_server_user(user: str | None, argv: list[str], cwd: str) -> None:
+    # initdb refuses to run as root: run the server's programs as their own user then.
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
     subprocess.run(argv, check=True, cwd=cwd, capture_output=True, timeout=120)
 
 
@@ -63,10 +57,14 @@ class Pair:
     root: Path
     primary_port: int
     standby_port: int
+    bindir: Path
+    user: str | None
+
+    def run(self, program: str, *args: str) -> None:
+        _as_server_user(self.user, [str(self.bindir / program), *args], str(self.root))
 
     def ctl(self, node: str, *args: str) -> None:
-        assert BINDIR is not None
-        _as_postgres([f"{BINDIR}/pg_ctl", "-D", str(self.root / node), "-w", "-t", "60", *args], str(self.root))
+        self.run("pg_ctl", "-D", str(self.root / node), "-w", "-t", "60", *args)
 
     def dsn(self, port: int) -> str:
         return f"postgresql://root@127.0.0.1:{port}/postgres?connect_timeout=3"
@@ -79,16 +77,16 @@ class Pair:
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    assert BINDIR is not None
+    bindir, user = postgres_programs()
     root = Path(tempfile.mkdtemp(dir="/tmp", prefix="pgq-failover-"))
     root.chmod(0o755)
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    pair = Pair(root, _free_port(), _free_port())
+    if user is not None:
+        account = pwd.getpwnam(user)
+        os.chown(root, account.pw_uid, account.pw_gid)
+    pair = Pair(root, _free_port(), _free_port(), bindir, user)
     started: list[str] = []
     try:
-        _as_postgres([f"{BINDIR}/initdb", "-D", str(root / "primary"), "-U", "root", "--auth=trust", "-E", "UTF8"],
-                     str(root))
+        pair.run("initdb", "-D", str(root / "primary"), "-U", "root", "--auth=trust", "-E", "UTF8")
         with (root / "primary" / "postgresql.conf").open("a") as conf:
             conf.write(f"port = {pair.primary_port}\nlisten_addresses = '127.0.0.1'\n"
                        f"unix_socket_directories = '{root}'\nwal_level = replica\nmax_wal_senders = 5\n"
@@ -103,8 +101,8 @@ def pair() -> Iterator[Pair]:
         _migrate.upgrade(pair.dsn(pair.primary_port))
         with psycopg.connect(pair.dsn(pair.primary_port), autocommit=True) as conn:
             conn.execute(EXECUTIONS_DDL.encode())
-        _as_postgres([f"{BINDIR}/pg_basebackup", "-h", "127.0.0.1", "-p", str(pair.primary_port), "-U", "root",
-                      "-D", str(root / "standby"), "-R", "-X", "stream"], str(root))
+        pair.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(pair.primary_port), "-U", "root",
+                 "-D", str(root / "standby"), "-R", "-X", "stream")
         # The standby becomes the primary with nobody to replicate to: no synchronous standby there.
         with (root / "standby" / "postgresql.auto.conf").open("a") as conf:
             conf.write(f"port = {pair.standby_port}\nsynchronous_standby_names = ''\n")

@@ -24,7 +24,7 @@ from pgqueue import App, Backoff, CircuitBreaker, Discard, Job, JobSpec, Snooze,
 from pgqueue._scheduler import Scheduler
 from pgqueue.settings import Settings
 from tests.e2e.test_cli import ACTOR, run
-from tests.helpers import scratch_database, wait_until
+from tests.helpers import psql, scratch_database, wait_until
 from tests.shipped_roles import ROLES_SQL, Logins, apply_roles_sql, shipped_role_logins
 
 Conn = psycopg.Connection[TupleRow]
@@ -524,9 +524,9 @@ def test_roles_sql_is_idempotent_with_psql_and_takes_back_what_an_older_version_
     assert refusal(as_role("worker"), "UPDATE pgqueue.jobs SET args = '{}'") is not None
     assert refusal(as_role("enqueuer"), "INSERT INTO pgqueue.jobs (task, worker_id) VALUES ('t', 'w')") is not None
     # psql, as the file's header tells operators to run it.
-    psql = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(ROLES_SQL)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert psql.returncode == 0, psql.stderr
+    applied = subprocess.run([psql(), dsn, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(ROLES_SQL)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert applied.returncode == 0, applied.stderr
     assert refusal(as_role("enqueuer"), "INSERT INTO pgqueue.job_events (job_id, event, to_state, attempt) "
                                         "VALUES (1, 'enqueued', 'available', 0)") is None
 

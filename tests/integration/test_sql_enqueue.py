@@ -15,6 +15,7 @@ from psycopg.rows import TupleRow
 from pgqueue import App, Job, Worker
 from pgqueue._db.notifications import NOTIFY_CHANNEL
 from pgqueue.settings import Settings
+from tests.helpers import psql
 from tests.shipped_roles import Logins, apply_roles_sql, shipped_role_logins
 
 Conn = psycopg.Connection[TupleRow]
@@ -27,7 +28,7 @@ def _one(conn: Conn, query: str, params: Any = None) -> tuple[Any, ...]:
 
 
 def _psql(dsn: str, *commands: str) -> subprocess.CompletedProcess[str]:
-    args = ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"]
+    args = [psql(), dsn, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"]
     for command in commands:
         args += ["-c", command]
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pgqueue import _migrate
 from pgqueue.errors import DatabaseUnavailable
-from tests.helpers import REPO_ROOT, scratch_database, wait_until
+from tests.helpers import REPO_ROOT, psql, scratch_database, wait_until
 
 HEAD = "0010"
 UNREACHABLE = "postgresql://nobody:s3cret-pw@127.0.0.1:1/x"
@@ -206,7 +206,7 @@ def test_offline_sql_run_by_psql_builds_the_same_schema_as_upgrade(empty_dsn: st
     # format strings ('%') must come out as written, not doubled.
     script = _migrate.sql(None)
     assert "%%" not in script
-    result = subprocess.run(["psql", empty_dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=script,
+    result = subprocess.run([psql(), empty_dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=script,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
 
