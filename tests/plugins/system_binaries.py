@@ -22,6 +22,7 @@ ENV = "PGQUEUE_TEST_SYSTEM_BINARIES"
 INSTALL = {
     "pgbouncer": "apt-get install -y pgbouncer",
     "chromium": "apt-get install -y chromium",
+    "node": "apt-get install -y nodejs",
 }
 # Debian installs pgbouncer in /usr/sbin, which is often not on a non-root user's PATH.
 _EXTRA_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin")

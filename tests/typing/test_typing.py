@@ -14,8 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from mypy import api as mypy_api
 
-mypy_api = pytest.importorskip("mypy.api")
+from tests.plugins.system_binaries import system_binary
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -60,19 +61,14 @@ def test_wrong_calls_of_typed_tasks_are_each_rejected_by_mypy() -> None:
 
 
 def _pyright() -> str:
-    """The pyright command, or skip: it is a node program its pip wrapper fetches on first use."""
+    """The pyright command (the dev extra's pip wrapper, which bundles pyright and runs it on node)."""
+    system_binary("node")
     pyright = shutil.which("pyright")
-    if pyright is None:
-        pytest.skip("pyright is not installed")
-    try:
-        probe = subprocess.run([pyright, "--version"], capture_output=True, text=True, timeout=300, check=False)
-    except subprocess.TimeoutExpired:
-        pytest.skip("pyright could not start within 300 s")
-    if probe.returncode != 0:
-        pytest.skip(f"pyright cannot run here: {probe.stderr.strip()[:200]}")
+    assert pyright is not None, "pyright is missing: pip install -e '.[dev]'"
     return pyright
 
 
+@pytest.mark.system_binary("node")
 def test_pyright_accepts_the_correct_calls_and_rejects_each_wrong_one() -> None:
     pyright = _pyright()
     wrong = HERE / "typed_tasks_wrong.py"
