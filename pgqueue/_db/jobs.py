@@ -276,12 +276,7 @@ def _dependency_plan(jobs: Sequence[NewJob], positions: Sequence[int], ids: Sequ
         InvalidDependency: an existing dependency is unknown (never enqueued, deleted or pruned), or
             failed/cancelled while the dependent's policy is 'cancel'.
     """
-    from pgqueue.errors import InvalidDependency, InvalidEnqueueOption
-
-    if any(job.group_key is not None for job in jobs):
-        # The workflow inserts (insert_dependent_jobs, copy_workflow_jobs) do not carry group_key
-        # yet: refuse rather than drop the group silently.
-        raise InvalidEnqueueOption("group cannot be combined with depends_on (chains, groups) yet")
+    from pgqueue.errors import InvalidDependency
     pending: list[int] = []
     workflow_ids: list[str | None] = []
     edge_jobs: list[int] = []

@@ -330,16 +330,18 @@ def test_options_are_checked(app: App, conn: Db) -> None:
     first = app.enqueue(conn, "step")
     with pytest.raises(InvalidEnqueueOption, match="unique_key"):
         app.enqueue(conn, "step", depends_on=[first], unique_key="k")
-    conn.commit()
-    # The workflow inserts do not carry a group yet: refused, nothing inserted.
-    with pytest.raises(InvalidEnqueueOption, match="group"):
-        app.enqueue(conn, "step", depends_on=[first], group="patient:1")
-    conn.rollback()
-    parent = JobSpec("step", group="patient:1")
-    with pytest.raises(InvalidEnqueueOption, match="group"):
-        app.enqueue_many(conn, [parent, JobSpec("step", depends_on=[parent])])
-    conn.rollback()
-    assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (1,)
+
+
+
+def test_a_dependent_job_keeps_its_group(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step")
+    single = app.enqueue(conn, "step", depends_on=[first], group="patient:1")
+    parent = JobSpec("step", group="patient:2")
+    batch = app.enqueue_many(conn, [parent, JobSpec("step", depends_on=[parent], group="patient:2")])
+    rows: dict[int, tuple[str, str | None]] = dict(conn.execute(
+        "SELECT id, (state, group_key) FROM pgqueue.jobs WHERE id = ANY(%s)", [[single, *batch]]).fetchall())
+    assert rows == {single: ("waiting", "patient:1"), batch[0]: ("available", "patient:2"),
+                    batch[1]: ("waiting", "patient:2")}
 
 
 def test_enqueue_many_with_dependencies_within_the_batch(app: App, conn: Db) -> None:

@@ -787,20 +787,21 @@ WITH input AS (
         COALESCE(i.run_at, now() + make_interval(secs => i.delay)) AS run_at,
         CASE WHEN i.tags IS NULL THEN '{}'::text[]
              ELSE ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)) END AS tags,
-        i.pending, i.has_dependents, i.policy, i.workflow_id
+        i.pending, i.has_dependents, i.policy, i.workflow_id, i.group_key
     FROM unnest(
         %(ids)b::bigint[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[], %(args)b::text[],
         %(args_encrypted)b::bytea[], %(max_attempts)b::int[], %(run_ats)b::timestamptz[], %(delays)b::float8[],
         %(tags)b::text[], %(pending)b::int[], %(has_dependents)b::boolean[], %(policies)b::text[],
-        %(workflow_ids)b::uuid[]
+        %(workflow_ids)b::uuid[], %(group_keys)b::text[]
     ) WITH ORDINALITY AS i(id, task, queue, priority, args, args_encrypted, max_attempts, run_at, delay, tags, pending,
-                           has_dependents, policy, workflow_id, ord)
+                           has_dependents, policy, workflow_id, group_key, ord)
 ), inserted AS (
     INSERT INTO pgqueue.jobs (id, task, queue, state, priority, args, args_encrypted, max_attempts, run_at, tags,
-                              pending_dependencies, has_dependents, on_dependency_failure, workflow_id)
+                              pending_dependencies, has_dependents, on_dependency_failure, workflow_id, group_key)
     SELECT id, task, queue,
            CASE WHEN pending > 0 THEN 'waiting' WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, args, args_encrypted, max_attempts, run_at, tags, pending, has_dependents, policy, workflow_id
+           priority, args, args_encrypted, max_attempts, run_at, tags, pending, has_dependents, policy, workflow_id,
+           group_key
     FROM input
     ORDER BY ord
     RETURNING id, queue, state, attempt
