@@ -35,6 +35,24 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def parse_prefetch(raw: str, name: str = "--prefetch") -> int | None:
+    """``auto`` (or empty) -> None, ``N`` -> N (0: off).
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    value = raw.strip().lower()
+    if value in {"", "auto"}:
+        return None
+    if not value.isdigit():
+        raise ConfigurationError(f"{name} {raw!r} must be 'auto' or a whole number >= 0 (0: off)")
+    return int(value)
+
+
+def _env_prefetch(env: Mapping[str, str]) -> int | None:
+    return parse_prefetch(env.get("PGQUEUE_PREFETCH") or "", "PGQUEUE_PREFETCH")
+
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -112,6 +130,10 @@ class Settings:
             Cancelled jobs follow this one: like failed jobs, they are kept for inspection.
         retain_audit: seconds ``pgqueue.job_events`` rows are kept (None: forever).
         prune_interval_seconds: how often the workers' maintenance leader prunes.
+        prefetch: the most jobs a worker's pool claims ahead of its free slots
+            (``PGQUEUE_PREFETCH``, ``pgqueue worker --prefetch``): None ("auto") = the pool's
+            slots but at least 32, 0 = off. Whatever the cap, the buffer only holds what the slots
+            finish within 20 ms at the recent pace, so slow jobs are never claimed ahead.
     """
 
     dsn: str | None = None
@@ -129,6 +151,7 @@ class Settings:
     retain_failed: float | None = DEFAULT_RETAIN_FAILED
     retain_audit: float | None = DEFAULT_RETAIN_AUDIT
     prune_interval_seconds: float = 60.0
+    prefetch: int | None = None
 
     def __repr__(self) -> str:
         # The generated repr would print the DSN whole, password included, wherever settings are
@@ -161,6 +184,7 @@ class Settings:
             retain_audit=_env_duration(env, "PGQUEUE_RETAIN_AUDIT", DEFAULT_RETAIN_AUDIT),
             prune_interval_seconds=_env_float(env, "PGQUEUE_PRUNE_INTERVAL_SECONDS", 60.0),
             max_result_bytes=int(_env_float(env, "PGQUEUE_MAX_RESULT_BYTES", 1024 * 1024)),
+            prefetch=_env_prefetch(env),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings

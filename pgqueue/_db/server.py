@@ -27,6 +27,7 @@ class ServerQueries(NamedTuple):
     ping_server: LiteralString
     read_clock: LiteralString
     schema_revision: LiteralString
+    skip_commit_flush_wait: LiteralString
     set_transaction_settings: LiteralString
     join_job_waiters: LiteralString
 
@@ -124,6 +125,12 @@ class AsyncServerStore:
             cur = await self.conn.execute(SERVER.idle_session_timeout)
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
+
+    async def skip_commit_flush_wait(self) -> None:
+        """This session's commits return before their WAL is flushed (``synchronous_commit=off``):
+        only for statements whose loss in a server crash is harmless (the worker's claims)."""
+        with translate_errors():
+            await self.conn.execute(SERVER.skip_commit_flush_wait)
 
     async def ping(self) -> None:
         """One round trip (untranslated errors: the caller takes any for a lost session)."""

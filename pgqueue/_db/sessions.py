@@ -355,18 +355,28 @@ class AsyncReconnectingSession:
     or ack whose answer never comes ends the session after ``PGQUEUE_NETWORK_TIMEOUT_SECONDS``, and
     the caller's loop reconnects, instead of waiting forever."""
 
-    def __init__(self, dsn: str, name: str, *, log: Any, prepare: bool = False) -> None:
+    def __init__(self, dsn: str, name: str, *, log: Any, prepare: bool = False,
+                 on_connect: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None) -> None:
         self.dsn = dsn
         self.name = name
         self.options = session_options(name, prepare=prepare)
         self._log = log
+        #: Runs on every new connection before its first use (session settings).
+        self.on_connect = on_connect
         self.conn: psycopg.AsyncConnection[Any] | None = None
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
         conn = self.conn
         if conn is None or not _usable(conn):
             await self.close()
-            conn = self.conn = await BoundedAsyncConnection.connect(self.dsn, autocommit=True, **self.options)
+            conn = await BoundedAsyncConnection.connect(self.dsn, autocommit=True, **self.options)
+            if self.on_connect is not None:
+                try:
+                    await self.on_connect(conn)
+                except BaseException:
+                    await conn.close()
+                    raise
+            self.conn = conn
         return conn
 
     async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:

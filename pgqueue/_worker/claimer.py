@@ -9,6 +9,7 @@ reconciles what the database thinks this worker runs with what it really runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -23,6 +24,7 @@ from pgqueue._log import get_logger
 from pgqueue._worker.acker import Acker
 from pgqueue._worker.heartbeat import Heartbeat
 from pgqueue._worker.pools import Pool
+from pgqueue._worker.prefetch import PrefetchSizer
 from pgqueue.jobs import Job
 
 if TYPE_CHECKING:
@@ -45,19 +47,38 @@ TRIAL_CHECK_SECONDS = 1.0
 TRIAL_RETRY_SECONDS = 5.0
 
 
+class _Signal(asyncio.Event):
+    """An event that also sets a shared one, so the claimer can sleep on either with one waiter
+    (``asyncio.wait`` over two event waits costs a task per event and more loop turns per wake-up)."""
+
+    def __init__(self, either: asyncio.Event) -> None:
+        super().__init__()
+        self._either = either
+
+    def set(self) -> None:
+        super().set()
+        self._either.set()
+
+
 @dataclass
 class Flow:
     """What the worker's parts signal each other."""
 
+    #: Set by either of the two below.
+    stirred: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by a notification for a served queue, a stop request, and (run until empty) whenever
     #: an attempt ends or outcomes are written; the claimer waits on it once the queues are empty.
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    wakeup: asyncio.Event = field(init=False)
     #: Set when a running job ends, so a full worker claims again.
-    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    slot_freed: asyncio.Event = field(init=False)
     stopping: bool = False
     #: The last claim round was held back by a limit: the worker's own outcomes, once written,
     #: lower the running count that the limit is checked against, so the acker wakes the claimer.
     held_back: bool = False
+
+    def __post_init__(self) -> None:
+        self.wakeup = _Signal(self.stirred)
+        self.slot_freed = _Signal(self.stirred)
 
 
 class Claimer:
@@ -72,6 +93,9 @@ class Claimer:
             first claim; the claimer also claims their half-open trials.
         unguarded: the app's tasks without a breaker, whose breaker rows (left from older code)
             are removed before the first claim.
+        prefetch: sizes each pool's buffer of jobs claimed ahead of a free slot (unlimited claims
+            only: a buffered job of a limited queue or task would count against its limit
+            while it waits). None: no prefetching.
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
@@ -79,7 +103,7 @@ class Claimer:
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
                  on_empty: Callable[[], None] | None = None, limited_tasks: Collection[str] = (),
                  task_limits: Sequence[TaskLimits] = (), breakers: Sequence[BreakerConfig] = (),
-                 unguarded: Sequence[str] = ()) -> None:
+                 unguarded: Sequence[str] = (), prefetch: PrefetchSizer | None = None) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
@@ -95,7 +119,7 @@ class Claimer:
         self._task_limits: list[TaskLimits] | None = list(task_limits)
         self.limited_tasks: list[str] = sorted(limited_tasks)
         self.limited_queues: list[str] = []
-        self._limits_read_at = -LIMITS_REFRESH_SECONDS
+        self._limits_read_at = -1.0  # never read
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.running = running
@@ -108,6 +132,70 @@ class Claimer:
         self._breakers_written = not self.breakers and not self.unguarded
         self._trial_checked_at = 0.0
         self._trial_retry_at = 0.0
+        self.prefetch = prefetch or PrefetchSizer(cap=0)
+
+    # --- the local buffer of prefetched jobs ---
+
+    def buffered(self) -> list[tuple[int, str]]:
+        """(id, lease token) of every prefetched job not started yet (safe from another thread:
+        a copy, retried if the loop changed a buffer meanwhile)."""
+        for _ in range(3):
+            try:
+                return [(job.id, job.lease_token) for pool in self.pools for job in list(pool.buffer)]
+            except RuntimeError:
+                continue
+        return []
+
+    def take_buffered(self) -> list[tuple[int, str]]:
+        """Empty every buffer: (id, lease token) of the jobs that will not be started here."""
+        taken = self.buffered()
+        for pool in self.pools:
+            pool.buffer.clear()
+        return taken
+
+    def drop_buffered(self, job_id: int, token: str | None = None) -> Job | None:
+        """Remove a prefetched job (cancelled meanwhile) so it never starts; None: not buffered
+        (under ``token``, when given)."""
+        for pool in self.pools:
+            for job in pool.buffer:
+                if job.id == job_id and (token is None or token == job.lease_token):
+                    pool.buffer.remove(job)
+                    return job
+        return None
+
+    def job_ended(self, job_id: int) -> None:
+        """A running job ended: start the next buffered job in its slot at once (no round trip),
+        and wake the claim loop when the buffer runs low or a slot stays free."""
+        for pool in self.pools:
+            if job_id in pool.claimed:
+                pool.claimed.discard(job_id)
+                if pool.buffer and not self.flow.stopping:
+                    self._start(pool, pool.buffer.popleft())
+                if self._wants_claim(pool):
+                    self.flow.slot_freed.set()
+                return
+        self.flow.slot_freed.set()
+
+    def _start(self, pool: Pool, job: Job) -> None:
+        pool.claimed.add(job.id)
+        self.dispatch(job)
+
+    def _start_buffered(self, pool: Pool) -> int:
+        """Start buffered jobs in the pool's free slots; return the slots still free."""
+        free = pool.free(self.running)
+        while free > 0 and pool.buffer:
+            self._start(pool, pool.buffer.popleft())
+            free -= 1
+        return free
+
+    def _ahead(self, pool: Pool) -> int:
+        """How many jobs to claim for the pool's buffer now: none while it is above half its target."""
+        target = self.prefetch.target(pool.capacity)
+        have = len(pool.buffer)
+        return target - have if have <= target // 2 else 0
+
+    def _wants_claim(self, pool: Pool) -> bool:
+        return pool.free(self.running) > 0 or self._ahead(pool) > 0
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -126,9 +214,9 @@ class Claimer:
                     claim_uncertain = False
                 except DATABASE_ERRORS:
                     pass  # the claim below meets the same outage and backs off
-            if len(self.running) >= self.concurrency:
+            if not any(self._wants_claim(pool) for pool in self.pools):
                 flow.slot_freed.clear()
-                if len(self.running) >= self.concurrency:
+                if not any(self._wants_claim(pool) for pool in self.pools):
                     await flow.slot_freed.wait()
                 continue
             if not self.heartbeat.lease_current():
@@ -178,7 +266,9 @@ class Claimer:
         if self._task_limits is not None:
             await self.session.run(self._sync_task_limits)
             self._task_limits = None
-        if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
+        if self._limits_read_at < 0 or time.monotonic() - self._limits_read_at >= 2 * LIMITS_REFRESH_SECONDS:
+            # Never read, or idle for a while: this claim must know them. A busy claimer
+            # refreshes them after its claims instead (below), off the path of a new job.
             await self.session.run(self._read_limits)
         if not self._breakers_written:
             await self.session.run(self._write_breakers)
@@ -189,17 +279,22 @@ class Claimer:
         hungry = held_back = False
         limited = set(self.limited_queues)
         for pool in self.pools:
-            free = pool.free(self.running)
+            free = self._start_buffered(pool)
+            ahead = self._ahead(pool)
+            if free <= 0 and ahead <= 0:
+                continue
+            plain = None if pool.queues is None else [q for q in pool.queues if q not in limited]
+            if plain is None or plain:
+                # The only claim that fills the buffer too (see Claimer's prefetch argument).
+                wanted = min(free + ahead, MAX_CLAIM_BATCH)
+                jobs = await self.session.run(functools.partial(self._claim, queues=plain, limit=wanted))
+                self._dispatch_all(pool, jobs)
+                hungry = hungry or len(jobs) == wanted
+                free = pool.free(self.running)
             if free <= 0:
                 continue
             wanted = min(free, MAX_CLAIM_BATCH)
             claimed = 0
-            plain = None if pool.queues is None else [q for q in pool.queues if q not in limited]
-            if plain is None or plain:
-                jobs = await self.session.run(functools.partial(self._claim, queues=plain, limit=wanted))
-                self._dispatch_all(pool, jobs)
-                claimed += len(jobs)
-                hungry = hungry or len(jobs) == wanted
             queues = sorted(limited) if pool.queues is None else [q for q in pool.queues if q in limited]
             for queue in queues:
                 if claimed >= wanted:
@@ -221,7 +316,10 @@ class Claimer:
                 # Jobs left waiting: a limit, or a group whose head runs elsewhere, holds them back.
                 held_back = held_back or (waiting > len(jobs) and len(jobs) < ask)
             # A full batch (capped at MAX_CLAIM_BATCH) from any claim: there may be more.
-            hungry = hungry or claimed == wanted
+            hungry = hungry or (claimed == wanted and claimed > 0)
+        if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
+            # After the claims, not before: a job announced now does not wait for this round trip.
+            await self.session.run(self._read_limits)
         return hungry, held_back
 
     def _pool_of(self, job: Job) -> Pool:
@@ -263,9 +361,14 @@ class Claimer:
             [config[0] for config in self.breakers], self.queues, self.worker_id)
 
     def _dispatch_all(self, pool: Pool, jobs: list[Job]) -> None:
+        """Start what the pool's free slots take; buffer the rest (claimed ahead)."""
+        free = pool.free(self.running)
         for job in jobs:
-            pool.claimed.add(job.id)
-            self.dispatch(job)
+            if free > 0:
+                self._start(pool, job)
+                free -= 1
+            else:
+                pool.buffer.append(job)
 
     async def _sync_task_limits(self, conn: AsyncPsycopgConnection) -> None:
         await AsyncJobStore(conn).sync_task_limits(self._task_limits or [])
@@ -277,7 +380,7 @@ class Claimer:
         self._limits_read_at = time.monotonic()
 
     async def _nothing_left(self) -> bool:
-        if self.running or self.acker.tracked():
+        if self.running or self.acker.tracked() or any(pool.buffer for pool in self.pools):
             return False  # our own jobs are not finished, or not written yet
         try:
             pending = await self.session.run(self._has_pending_jobs)
@@ -290,7 +393,7 @@ class Claimer:
 
     async def _release_lost_claims(self, conn: AsyncPsycopgConnection) -> None:
         # Everything this process knows it holds: running handlers and outcomes not yet written.
-        tracked = set(self.running) | self.acker.tracked()
+        tracked = set(self.running) | self.acker.tracked() | {job_id for job_id, _ in self.buffered()}
         released = await AsyncJobStore(conn).release_lost_claims(self.worker_id, sorted(tracked))
         if released:
             get_logger("pgqueue.worker", worker_id=self.worker_id).warning(
@@ -311,9 +414,10 @@ class Claimer:
     async def _sleep_unless_woken(self, seconds: float) -> None:
         # The wake-up is also set by a stop request, so shutdown never waits out a backoff. A freed
         # slot wakes too: a full pool can claim again while the others found nothing.
-        waits = [asyncio.ensure_future(self.flow.wakeup.wait()), asyncio.ensure_future(self.flow.slot_freed.wait())]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+        flow = self.flow
+        if flow.wakeup.is_set() or flow.slot_freed.is_set():
+            return
+        flow.stirred.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await flow.stirred.wait()

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pgqueue._db.jobs import TaskLimits
+from pgqueue._db.server import AsyncServerStore
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
@@ -46,6 +47,7 @@ from pgqueue._worker.listener import Listener
 from pgqueue._worker.maintenance import Maintenance
 from pgqueue._worker.payloads import PayloadSealer
 from pgqueue._worker.pools import build_pools
+from pgqueue._worker.prefetch import PrefetchSizer
 from pgqueue._worker.preflight import check_connection
 from pgqueue._worker.progress import ProgressBook
 from pgqueue._worker.supervisor import PARENT_ENV
@@ -54,8 +56,13 @@ from pgqueue.jobs import Job
 from pgqueue.settings import Settings
 
 if TYPE_CHECKING:
+    from pgqueue._db.types import AsyncPsycopgConnection
     from pgqueue.app import App
     from pgqueue.tasks import Task
+
+
+async def _skip_commit_flush_wait(conn: AsyncPsycopgConnection) -> None:
+    await AsyncServerStore(conn).skip_commit_flush_wait()
 
 
 class WorkerLoop:
@@ -87,6 +94,8 @@ class WorkerLoop:
         self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self.transactional = TransactionalRunner(app, self.sealer, self.progress, concurrency=concurrency)
         self._acker: Acker | None = None
+        self._claimer: Claimer | None = None
+        self.prefetch = PrefetchSizer(settings.prefetch)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Told about every outcome this worker writes (``pgqueue worker --metrics-port``).
         self.observer = observer
@@ -152,13 +161,15 @@ class WorkerLoop:
     # --- cancelling running jobs ---
 
     def _running_ids(self) -> list[int]:
-        # Read from the heartbeat thread: a copy of the keys, retried if the loop changed the dict meanwhile.
+        # Read from the heartbeat thread: a copy of the keys, retried if the loop changed the dict
+        # meanwhile. Prefetched jobs too: one cancelled while it waits must never start.
+        buffered = [job_id for job_id, _ in self._claimer.buffered()] if self._claimer is not None else []
         for _ in range(3):
             try:
-                return list(self.running)
+                return list(self.running) + buffered
             except RuntimeError:
                 continue
-        return []
+        return buffered
 
     def _cancelled_from_thread(self, job_ids: list[int]) -> None:
         if self._loop is None:
@@ -172,6 +183,7 @@ class WorkerLoop:
         cancelled in the database): tell its handler, and cancel an async handler's coroutine."""
         entry = self.running.get(job_id)
         if entry is None:
+            self._drop_cancelled_buffered(job_id, token)
             return  # another worker's job, or one that just ended
         job, handle = entry
         if (token is not None and token != job.lease_token) or job.cancelled:
@@ -183,6 +195,18 @@ class WorkerLoop:
         if task is not None and task.is_async:
             # A sync handler's thread cannot be interrupted: it sees job.cancelled instead.
             handle.cancel("pgqueue: job cancelled")
+
+    def _drop_cancelled_buffered(self, job_id: int, token: str | None) -> None:
+        # A prefetched job cancelled before it started: it is already cancelled in the database
+        # (with its audit row), so it is only forgotten here.
+        if self._claimer is None:
+            return
+        job = self._claimer.drop_buffered(job_id, token)
+        if job is None:
+            return
+        get_logger("pgqueue.worker", worker_id=self.worker_id).info(
+            "job.cancelled", job_id=job.id, task=job.task, queue=job.queue, started=False)
+        self._wake_when_empty()
 
     # --- running ---
 
@@ -216,7 +240,10 @@ class WorkerLoop:
             max_result_bytes=self.settings.max_result_bytes,
         )
         # Prepared statements (planned once) only with no pooler in between: see session_options.
-        claim_session = self._session(dsn, "claim", prepare=not facts.pooled)
+        # Claims commit without waiting for the WAL flush (see AsyncServerStore.skip_commit_flush_wait),
+        # except behind a pooler, where a session setting would leak to other clients.
+        claim_session = self._session(dsn, "claim", prepare=not facts.pooled,
+                                      on_connect=None if facts.pooled else _skip_commit_flush_wait)
         acker = self._acker = Acker(self._session(dsn, "ack", prepare=not facts.pooled), self.tally,
                                     worker_id=self.worker_id, on_written=self._on_written,
                                     observer=self.observer)
@@ -230,7 +257,9 @@ class WorkerLoop:
                                     task.group_concurrency) for task in self.app.tasks.values()],
             breakers=[(task.name, cb.failures, cb.window, cb.cooldown) for task in self.app.tasks.values()
                       if (cb := task.circuit_breaker) is not None],
-            unguarded=[task.name for task in self.app.tasks.values() if task.circuit_breaker is None])
+            unguarded=[task.name for task in self.app.tasks.values() if task.circuit_breaker is None],
+            prefetch=self.prefetch)
+        self._claimer = claimer
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
@@ -245,12 +274,15 @@ class WorkerLoop:
         acking = asyncio.create_task(self._supervised("acker", acker.run))
         try:
             await claimer.run()
+            # Prefetched jobs that never started go back at once, not after the grace period.
+            await self._release_buffered(claimer, acker)
             await self._drain()
         finally:
             if listener is not None:
                 listener.cancel()
             self.flow.stopping = True
             await acker.close(acking)
+            await self._release_buffered(claimer, acker)
             await self._release_unfinished(acker)
             heartbeat.stop()
             maintenance.stop()
@@ -280,8 +312,11 @@ class WorkerLoop:
                     restart_in_s=wait)
                 await asyncio.sleep(wait)
 
-    def _session(self, dsn: str, name: str, *, prepare: bool) -> AsyncReconnectingSession:
-        return AsyncReconnectingSession(dsn, name, prepare=prepare, log=get_logger("pgqueue.worker", role=name))
+    def _session(self, dsn: str, name: str, *, prepare: bool,
+                 on_connect: Callable[[AsyncPsycopgConnection], Awaitable[None]] | None = None,
+                 ) -> AsyncReconnectingSession:
+        return AsyncReconnectingSession(dsn, name, prepare=prepare, log=get_logger("pgqueue.worker", role=name),
+                                        on_connect=on_connect)
 
     def _read_dependencies(self, job: Job) -> dict[int, Any]:
         from pgqueue.app import read_dependency_results
@@ -292,11 +327,11 @@ class WorkerLoop:
         job._progress_sink = self.progress.record
         job._dependency_reader = self._read_dependencies
         task = self.app.tasks.get(job.task)
-        handle = asyncio.create_task(self._execute(job, task, runner), name=f"pgqueue-job-{job.id}")
+        handle = asyncio.create_task(self._execute(job, task, runner))
         self.running[job.id] = (job, handle)
 
     async def _execute(self, job: Job, task: Task[..., Any] | None, runner: JobRunner) -> None:
-        started = time.monotonic() if self.observer is not None else 0.0
+        started = time.monotonic()
         try:
             outcome = await runner.run(task, job)
         except asyncio.CancelledError:
@@ -309,9 +344,13 @@ class WorkerLoop:
                 "worker.part_crashed", part="executor", error_type=type(exc).__name__, at=crash_site(exc))
             outcome = failure_outcome(job, task, exc)
         finally:
+            seconds = time.monotonic() - started
+            self.prefetch.observe(seconds)
             self.running.pop(job.id, None)
-            self.flow.slot_freed.set()
-        seconds = time.monotonic() - started if self.observer is not None else None
+            if self._claimer is not None:
+                self._claimer.job_ended(job.id)  # its slot takes the next prefetched job at once
+            else:
+                self.flow.slot_freed.set()
         if outcome is None:
             self.progress.take(job.id)
             if task is not None and task.transactional and not job.cancelled:
@@ -337,6 +376,11 @@ class WorkerLoop:
         if pending:
             get_logger("pgqueue.worker", worker_id=self.worker_id).warning("worker.grace_expired",
                                                                            unfinished=len(pending))
+
+    async def _release_buffered(self, claimer: Claimer, acker: Acker) -> None:
+        buffered = claimer.take_buffered()
+        if buffered:
+            await acker.release(buffered)
 
     async def _release_unfinished(self, acker: Acker) -> None:
         if not self.running:

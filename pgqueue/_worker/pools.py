@@ -5,10 +5,12 @@ No database here: the CLI checks ``--queue`` entries with :func:`build_pools` be
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pgqueue._payload import check_queue_name
+from pgqueue.jobs import Job
 
 
 @dataclass
@@ -18,13 +20,15 @@ class Pool:
 
     queues: list[str] | None
     capacity: int
-    #: Ids this pool claimed; those no longer running are dropped before counting.
+    #: Ids this pool started; those no longer running are dropped before counting.
     claimed: set[int] = field(default_factory=set)
+    #: Jobs claimed ahead of a free slot (see :mod:`pgqueue._worker.prefetch`), oldest first:
+    #: claimed in the database (``running`` under this worker's lease) but not started yet.
+    buffer: deque[Job] = field(default_factory=deque)
 
     def free(self, running: Collection[int]) -> int:
         self.claimed.intersection_update(running)
         return self.capacity - len(self.claimed)
-
 
 
 def build_pools(queues: Sequence[str] | Mapping[str, int | None] | None, concurrency: int) -> list[Pool]:

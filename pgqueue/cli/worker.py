@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,7 +14,7 @@ from pgqueue._loader import load_app
 from pgqueue._worker.pools import build_pools
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
-from pgqueue.settings import Settings, normalize_dsn
+from pgqueue.settings import Settings, normalize_dsn, parse_prefetch
 
 if TYPE_CHECKING:
     from pgqueue.metrics import Metrics
@@ -47,6 +48,10 @@ def worker(
     max_result_bytes: Annotated[int | None, typer.Option(
         envvar="PGQUEUE_MAX_RESULT_BYTES", show_envvar=False, min=1,
         help="Largest handler result stored, in bytes of JSON (default 1 MiB); a larger one fails the job.")] = None,
+    prefetch: Annotated[str | None, typer.Option(
+        "--prefetch", metavar="auto|N", show_envvar=False, envvar="PGQUEUE_PREFETCH",
+        help="Jobs claimed ahead of free slots, at most (default auto: the slots, at least 32; 0: off). "
+             "Only what the slots finish within 20 ms is ever held.")] = None,
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", min=1, max=65535, metavar="PORT",
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs pgqueue[web]); with --processes N, "
@@ -67,10 +72,13 @@ def worker(
                             ("--shutdown-grace-seconds", shutdown_grace_seconds)):
             if value is not None and value <= 0:
                 fail(f"{name} {value} must be greater than zero")
+        prefetch_cap = parse_prefetch(prefetch) if prefetch is not None else None
         settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                      shutdown_grace_seconds=shutdown_grace_seconds,
                                      listen_dsn=normalize_dsn(listen_dsn) if listen_dsn else None,
                                      poll_only=True if poll_only else None, max_result_bytes=max_result_bytes)
+        if prefetch is not None:
+            settings = replace(settings, prefetch=prefetch_cap)
         app = load_app(app_path)
         app.settings = settings
         if dsn:
@@ -101,6 +109,7 @@ def worker(
         os.environ["PGQUEUE_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)
         os.environ["PGQUEUE_POLL_ONLY"] = "1" if settings.poll_only else "0"
         os.environ["PGQUEUE_MAX_RESULT_BYTES"] = str(settings.max_result_bytes)
+        os.environ["PGQUEUE_PREFETCH"] = "auto" if settings.prefetch is None else str(settings.prefetch)
         if settings.listen_dsn:
             os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
         raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())

@@ -50,6 +50,14 @@ SELECT now();
 -- name: schema_revision
 SELECT version_num FROM pgqueue_alembic_version;
 
+-- name: skip_commit_flush_wait
+-- For the worker's claim session only: its commits return without waiting for the WAL flush.
+-- Safe for claims: a claim lost in a server crash leaves the job as it was before (available,
+-- attempt not counted), which is what at-least-once delivery already allows after a crash, and
+-- the worker's next outcome (a synchronous commit) flushes the WAL past every earlier claim, so a
+-- job whose outcome was written never loses its claim. See docs/design.md.
+SET synchronous_commit TO off;
+
 -- name: set_transaction_settings
 -- Custom settings for this transaction only (the reports' window and bucket: current_setting in
 -- sql/reports/*.sql).

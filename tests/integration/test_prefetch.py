@@ -1,0 +1,200 @@
+"""The worker's prefetch buffer: jobs claimed ahead of a free slot, on a real database.
+
+A prefetched job is claimed (``running`` under the worker's lease) before it starts. These tests
+check what that must never change: a worker runs at most ``concurrency`` handlers at once, each
+job runs once, a graceful stop hands the buffered jobs back uncounted, the lost-claim reconcile
+leaves them alone, and a job cancelled while it waits in the buffer never starts. What happened is
+read from ``pgqueue.jobs`` and the audit trail on another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from pgqueue import App, Job, JobSpec, Worker, admin
+from pgqueue.settings import Settings
+from tests.helpers import wait_until
+
+Conn = psycopg.Connection[TupleRow]
+BOUND = 60.0
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+def make_app(dsn: str, *, lease_seconds: float = 2, prefetch: int | None = None) -> App:
+    return App(dsn, settings=Settings(dsn=dsn, lease_seconds=lease_seconds, poll_seconds=0.5,
+                                      shutdown_grace_seconds=5, prefetch=prefetch))
+
+
+def run_in_thread(worker: Worker, *, until_empty: bool = False) -> threading.Thread:
+    target = worker.run_until_empty if until_empty else worker.run
+    thread = threading.Thread(target=target, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    return thread
+
+
+def enqueue(app: App, task: str, count: int, *, start: int = 0, priority: int = 0) -> None:
+    with psycopg.connect(app.dsn) as conn:
+        app.enqueue_many(conn, [JobSpec(task, {"i": i}, priority=priority) for i in range(start, start + count)])
+
+
+def claims(db: Conn) -> int:
+    """Claim statements that ran: each claims its batch under one lease token."""
+    row = db.execute("SELECT count(DISTINCT lease_token) FROM pgqueue.jobs WHERE lease_token IS NOT NULL").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def states(db: Conn) -> dict[str, int]:
+    return dict(db.execute("SELECT state, count(*) FROM pgqueue.jobs GROUP BY state").fetchall())
+
+
+@pytest.mark.parametrize("prefetch", [None, 0])
+def test_a_concurrency_1_worker_claims_ahead_but_runs_one_job_at_a_time(dsn: str, db: Conn,
+                                                                        prefetch: int | None) -> None:
+    app = make_app(dsn, prefetch=prefetch)
+    active = 0
+    most = 0
+    ran: list[int] = []
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        await asyncio.sleep(0)  # let anything else that was wrongly started run alongside
+        ran.append(i)
+        active -= 1
+
+    jobs = 300
+    enqueue(app, "fast", jobs)
+    thread = run_in_thread(Worker(app, concurrency=1), until_empty=True)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+
+    assert sorted(ran) == list(range(jobs))
+    assert most == 1
+    assert states(db) == {"completed": jobs}
+    if prefetch == 0:
+        assert claims(db) == jobs  # one round trip per job: what prefetching saves
+    else:
+        assert claims(db) <= jobs // 4
+
+
+def test_a_graceful_stop_hands_buffered_jobs_back_uncounted(dsn: str, db: Conn) -> None:
+    app = make_app(dsn)
+    ran: list[int] = []
+    worker = Worker(app, concurrency=1)
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        ran.append(i)
+        if len(ran) == 150:
+            worker.stop()
+
+    enqueue(app, "fast", 400)
+    thread = run_in_thread(worker)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+
+    counts = states(db)
+    assert "running" not in counts
+    assert counts["completed"] == len(ran) >= 150
+    assert counts["available"] == 400 - len(ran)
+    left = db.execute("SELECT DISTINCT attempt FROM pgqueue.jobs WHERE state = 'available'").fetchall()
+    assert left == [(0,)]
+    # Some were prefetched when the stop came, and they went back with an audit row each.
+    released = db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'released'").fetchone()
+    assert released is not None
+    assert released[0] >= 1
+
+
+def test_the_lost_claim_reconcile_leaves_buffered_jobs_alone(dsn: str, db: Conn) -> None:
+    # lease_seconds=1: the claimer reconciles what it holds every second while it keeps claiming;
+    # 2-ms jobs keep a few claimed ahead all the time, for about three seconds.
+    app = make_app(dsn, lease_seconds=1)
+    ran: list[int] = []
+
+    @app.task(name="short")
+    async def short(job: Job, i: int) -> None:
+        await asyncio.sleep(0.002)
+        ran.append(i)
+
+    jobs = 1000
+    enqueue(app, "short", jobs)
+    thread = run_in_thread(Worker(app, concurrency=1), until_empty=True)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+
+    assert sorted(ran) == list(range(jobs))  # each once
+    assert states(db) == {"completed": jobs}
+    assert claims(db) <= jobs // 2  # they were claimed ahead
+    assert db.execute("SELECT DISTINCT attempt FROM pgqueue.jobs").fetchall() == [(1,)]
+    assert db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'released'").fetchone() == (0,)
+
+
+def test_a_job_cancelled_while_buffered_never_starts(dsn: str, db: Conn) -> None:
+    app = make_app(dsn)
+    ran: list[int] = []
+    buffered: list[int] = []
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        ran.append(i)
+
+    @app.task(name="blocker")
+    async def blocker(job: Job, i: int) -> None:
+        # The jobs behind this one were claimed ahead: cancel one of them, then give the worker
+        # time to hear of it (the notification, or the heartbeat's check every 0.5 s).
+        def waiting() -> list[tuple[int]]:
+            return db.execute("SELECT id FROM pgqueue.jobs WHERE state = 'running' AND id <> %s ORDER BY id DESC",
+                              [job.id]).fetchall()
+
+        rows = await asyncio.to_thread(waiting)
+        if rows:
+            buffered.append(rows[0][0])
+            with psycopg.connect(dsn) as conn:
+                admin.cancel_job(conn, rows[0][0], actor="test")
+            await asyncio.sleep(1.5)
+        ran.append(i)
+
+    enqueue(app, "fast", 50, priority=0)
+    enqueue(app, "blocker", 1, start=50, priority=1)
+    enqueue(app, "fast", 60, start=51, priority=2)
+    thread = run_in_thread(Worker(app, concurrency=1), until_empty=True)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+
+    assert buffered, "nothing was prefetched behind the blocker"
+    cancelled_i = db.execute("SELECT (args->>'i')::int FROM pgqueue.jobs WHERE id = %s", buffered).fetchone()
+    assert cancelled_i is not None
+    assert cancelled_i[0] not in ran
+    assert sorted(ran) == [i for i in range(111) if i != cancelled_i[0]]
+    assert states(db) == {"completed": 110, "cancelled": 1}
+
+
+def test_slow_jobs_are_not_claimed_ahead(dsn: str, db: Conn) -> None:
+    app = make_app(dsn)
+
+    @app.task(name="slow")
+    def slow(job: Job, i: int) -> None:
+        time.sleep(0.1)  # 100 ms: more than the 20 ms window, so nothing is claimed ahead
+
+    enqueue(app, "slow", 8)
+    thread = run_in_thread(Worker(app, concurrency=2), until_empty=True)
+    wait_until(lambda: not thread.is_alive(), timeout=BOUND, message="the worker to finish")
+    assert states(db) == {"completed": 8}
+    # Each claim took only what its free slots could start (a claim's jobs share its lease token).
+    row = db.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM pgqueue.jobs GROUP BY lease_token) AS c").fetchone()
+    assert row == (2,)
