@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString, NamedTuple
@@ -19,6 +19,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+from pgqueue._db.copy_rows import JobRowWriter, workflow_extra
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL, NOTIFY_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue._db.queries import load_queries
@@ -141,10 +142,11 @@ def _copyable(jobs: Sequence[NewJob]) -> bool:
         job.unique_key is None and job.run_at is None and not job.delay for job in jobs)
 
 
-def _copy_row(job_id: int, job: NewJob) -> tuple[Any, ...]:
-    """A row of JOBS.copy_jobs, in its column order."""
-    return (job_id, job.task, job.queue, job.priority, job.args, job.args_encrypted, job.max_attempts,
-            list(job.tags), job.group_key)
+def _copy_lines(rows: JobRowWriter, ids: Sequence[int], jobs: Iterable[NewJob], queues: set[str]) -> Iterator[str]:
+    """Rows of JOBS.copy_jobs, one per job (validated as the COPY consumes them); notes each queue."""
+    for job_id, job in zip(ids, jobs, strict=True):
+        queues.add(job.queue)
+        yield rows.line(job_id, job)
 
 
 def _inserted_id(row: tuple[Any, ...] | None) -> int:
@@ -325,8 +327,13 @@ def _dependent_params(jobs: Sequence[NewJob], plan: dict[str, Any], actor: str |
     return {**params, **plan}
 
 
-def _workflow_copy_row(job_id: int, job: NewJob, has_dependents: bool) -> tuple[Any, ...]:
-    return (*_copy_row(job_id, job), has_dependents, job.workflow_id)
+def _workflow_copy_lines(rows: JobRowWriter, ids: Sequence[int], layout: DependencyLayout,
+                         make_job: Callable[[int], NewJob], queues: set[str]) -> Iterator[str]:
+    """Rows of JOBS.copy_workflow_jobs, for the batch positions ``layout.copied``."""
+    for i in layout.copied:
+        job = make_job(i)
+        queues.add(job.queue)
+        yield rows.line(ids[i], job, workflow_extra(layout.has_dependents[i], job.workflow_id))
 
 
 class JobStore:
@@ -383,10 +390,10 @@ class JobStore:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(JOBS.reserve_job_ids, {"count": count})
             ids: list[int] = [row[0] for row in cur.fetchall()]
+            rows = JobRowWriter()
             with cur.copy(JOBS.copy_jobs) as copy:
-                for job_id, job in zip(ids, jobs, strict=True):
-                    queues.add(job.queue)
-                    copy.write_row(_copy_row(job_id, job))
+                for chunk in rows.chunks(_copy_lines(rows, ids, jobs, queues)):
+                    copy.write(chunk)
             cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
             cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
@@ -405,11 +412,10 @@ class JobStore:
             ids = [row[0] for row in cur.fetchall()]
             if layout.copied:
                 queues: set[str] = set()
+                rows = JobRowWriter()
                 with cur.copy(JOBS.copy_workflow_jobs) as copy:
-                    for i in layout.copied:
-                        job = make_job(i)
-                        queues.add(job.queue)
-                        copy.write_row(_workflow_copy_row(ids[i], job, layout.has_dependents[i]))
+                    for chunk in rows.chunks(_workflow_copy_lines(rows, ids, layout, make_job, queues)):
+                        copy.write(chunk)
                 cur.execute(JOBS.insert_copied_job_events, {"ids": [ids[i] for i in layout.copied], "actor": actor})
                 cur.execute(JOBS.notify_queues, _notify_params(queues))
             positions = layout.inserted
@@ -595,10 +601,10 @@ class AsyncJobStore:
             async with self.conn.cursor(row_factory=tuple_row) as cur:
                 await cur.execute(JOBS.reserve_job_ids, {"count": count})
                 ids: list[int] = [row[0] for row in await cur.fetchall()]
+                rows = JobRowWriter()
                 async with cur.copy(JOBS.copy_jobs) as copy:
-                    for job_id, job in zip(ids, jobs, strict=True):
-                        queues.add(job.queue)
-                        await copy.write_row(_copy_row(job_id, job))
+                    for chunk in rows.chunks(_copy_lines(rows, ids, jobs, queues)):
+                        await copy.write(chunk)
                 await cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
                 await cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
@@ -617,11 +623,10 @@ class AsyncJobStore:
                 ids = [row[0] for row in await cur.fetchall()]
                 if layout.copied:
                     queues: set[str] = set()
+                    rows = JobRowWriter()
                     async with cur.copy(JOBS.copy_workflow_jobs) as copy:
-                        for i in layout.copied:
-                            job = make_job(i)
-                            queues.add(job.queue)
-                            await copy.write_row(_workflow_copy_row(ids[i], job, layout.has_dependents[i]))
+                        for chunk in rows.chunks(_workflow_copy_lines(rows, ids, layout, make_job, queues)):
+                            await copy.write(chunk)
                     await cur.execute(JOBS.insert_copied_job_events,
                                       {"ids": [ids[i] for i in layout.copied], "actor": actor})
                     await cur.execute(JOBS.notify_queues, _notify_params(queues))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 
 import psycopg
 import pytest
@@ -120,3 +121,59 @@ def test_enqueue_many_async_copies_a_large_list_and_a_rollback_undoes_it(dsn: st
         events = conn.execute("SELECT job_id FROM pgqueue.job_events WHERE event = 'enqueued'").fetchall()
     assert [stored[job_id] for job_id in ids] == list(range(COPIED))
     assert sorted(job_id for (job_id,) in events) == sorted(ids)
+
+
+HOSTILE = ["", "plain", "tab\there", "line\nbreak", "cr\rhere", "back\\slash", "\\N", "\\", 'quote"d', "com,ma",
+           "{brace}", "sp ace", "NULL", "ünï©ødé ✓", "\\x00ff"]
+
+
+def test_copied_rows_keep_every_hostile_value_exactly_as_the_insert_path_stores_it(dsn: str) -> None:
+    # The COPY path writes its rows in COPY's text format by hand: whatever a task name, args,
+    # tags or group key hold must come back exactly as the INSERT path (parameters) stores it.
+    from pgqueue._crypto import generate_key
+    from pgqueue.settings import Settings
+
+    app = App(dsn, settings=Settings(dsn=dsn, encryption_keys=(generate_key(),)))
+
+    def pick(i: int) -> str:
+        return HOSTILE[i % len(HOSTILE)]
+
+    def specs(offset: int) -> list[JobSpec]:
+        return [JobSpec(f"task{HOSTILE[i % len(HOSTILE)]}", {"i": offset + i, "s": HOSTILE[i % len(HOSTILE)],
+                                                            "nested": {"v": [HOSTILE[(i + 1) % len(HOSTILE)]]}},
+                        tags=[pick(i) or "-", pick(i + 3) or "-"] if i % 2 else None,
+                        group=HOSTILE[i % len(HOSTILE)] or None if i % 3 else None,
+                        encrypt=i % 5 == 0, priority=i % 7)
+                for i in range(COPIED)]
+
+    def stored(conn: psycopg.Connection, ids: list[int]) -> list[tuple[object, ...]]:
+        rows = {row[0]: row[1:] for row in conn.execute(
+            "SELECT id, task, queue, priority, args - 'i', args_encrypted IS NOT NULL, tags, group_key, state "
+            "FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]).fetchall()}
+        return [rows[job_id] for job_id in ids]
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        copied = app.enqueue_many(conn, specs(0))              # >= 500 available jobs: COPY
+        inserted = [app.enqueue_many(conn, [spec])[0] for spec in specs(COPIED)]  # one INSERT each
+        assert stored(conn, copied) == stored(conn, inserted)
+        assert conn.execute("SELECT count(*) FROM pgqueue.job_events WHERE job_id = ANY(%s)",
+                            [copied]).fetchone() == (COPIED,)
+        # Encrypted args (bytea, written as hex) decrypt to what was enqueued.
+        task, ciphertext = conn.execute("SELECT task, args_encrypted FROM pgqueue.jobs WHERE id = %s",
+                                        [copied[5]]).fetchone() or (None, None)
+        assert json.loads(app.keyring.decrypt(ciphertext, "args", task)) == specs(0)[5].args
+
+
+def test_a_large_group_is_copied_with_its_workflow_columns_and_hostile_values_intact(dsn: str) -> None:
+    import pgqueue
+
+    app = App(dsn)
+    members = [pgqueue.sig(f"m{HOSTILE[i % len(HOSTILE)]}", {"s": HOSTILE[i % len(HOSTILE)], "i": i})
+               for i in range(COPIED)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        wf = app.enqueue_workflow(conn, pgqueue.group(members, then=pgqueue.sig("collect")))
+        rows = conn.execute(
+            "SELECT task, args, has_dependents, workflow_id::text, state FROM pgqueue.jobs WHERE id = ANY(%s) "
+            "ORDER BY (args->>'i')::int", [wf.job_ids[:COPIED]]).fetchall()
+    assert [row[:2] for row in rows] == [(sig.task, sig.args) for sig in members]
+    assert {row[2:] for row in rows} == {(True, str(wf.id), "available")}
