@@ -124,6 +124,8 @@ def encode_result(value: Any, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> str:
         ResultNotSerializable: jsonb would refuse it.
         ResultTooLarge: it is over ``max_bytes`` once encoded.
     """
+    if value is None:
+        return "null"  # what most handlers return: no encoder call
     try:
         text = _dumps(value)
     except _UnsupportedValue as exc:

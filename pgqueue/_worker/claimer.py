@@ -171,7 +171,9 @@ class Claimer:
                 pool.claimed.discard(job_id)
                 if pool.buffer and not self.flow.stopping:
                     self._start(pool, pool.buffer.popleft())
-                if self._wants_claim(pool):
+                # pool.claimed is exact here (every started job ends through this method): no need
+                # for free()'s intersection with the running jobs on every job.
+                if self._wants_claim(pool, pool.capacity - len(pool.claimed)):
                     self.flow.slot_freed.set()
                 return
         self.flow.slot_freed.set()
@@ -194,8 +196,8 @@ class Claimer:
         have = len(pool.buffer)
         return target - have if have <= target // 2 else 0
 
-    def _wants_claim(self, pool: Pool) -> bool:
-        return pool.free(self.running) > 0 or self._ahead(pool) > 0
+    def _wants_claim(self, pool: Pool, free: int | None = None) -> bool:
+        return (pool.free(self.running) if free is None else free) > 0 or self._ahead(pool) > 0
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)

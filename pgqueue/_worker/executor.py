@@ -149,6 +149,10 @@ class JobRunner:
         self._abandoned = 0
         self._run_transactional = transactional
         self.abandoned_total = 0
+        # Bound once per worker, then bound again per job: binding a fresh logger from structlog's
+        # configuration for every job cost more than a no-op job's handler (an app that
+        # reconfigures structlog after its worker started keeps the old configuration here).
+        self._log: Any = None
 
     def shutdown(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -248,7 +252,9 @@ class JobRunner:
         return None if outcome is None else self._sealer.seal(job, task, outcome)
 
     async def _run(self, task: Task[..., Any] | None, job: Job) -> Outcome | None:
-        log = get_logger("pgqueue.worker", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
+        if self._log is None:
+            self._log = get_logger("pgqueue.worker")
+        log = self._log.bind(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         # Each job runs in its own asyncio task (its own context), and sync handlers get a copy of
         # it in their thread: the handler's own structlog calls carry the job's context too.
         structlog.contextvars.bind_contextvars(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)

@@ -188,7 +188,7 @@ class WorkerLoop:
         job, handle = entry
         if (token is not None and token != job.lease_token) or job.cancelled:
             return
-        job._cancel_requested.set()
+        job._cancel_requested = True
         task = self.app.tasks.get(job.task)
         get_logger("pgqueue.worker", worker_id=self.worker_id).info(
             "job.cancel_requested", job_id=job.id, task=job.task, queue=job.queue)

@@ -158,8 +158,9 @@ def test_a_job_cancelled_while_buffered_never_starts(dsn: str, db: Conn) -> None
         # The jobs behind this one were claimed ahead: cancel one of them, then give the worker
         # time to hear of it (the notification, or the heartbeat's check every 0.5 s).
         def waiting() -> list[tuple[int]]:
-            return db.execute("SELECT id FROM pgqueue.jobs WHERE state = 'running' AND id <> %s ORDER BY id DESC",
-                              [job.id]).fetchall()
+            # Jobs queued behind the blocker (i > 50), not earlier ones whose outcome is unwritten.
+            return db.execute("SELECT id FROM pgqueue.jobs WHERE state = 'running' AND (args->>'i')::int > 50 "
+                              "ORDER BY id DESC").fetchall()
 
         rows = await asyncio.to_thread(waiting)
         if rows:
