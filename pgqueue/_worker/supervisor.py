@@ -16,6 +16,7 @@ the kernel (PR_SET_PDEATHSIG), so no orphan goes on claiming work.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -147,6 +148,7 @@ class Supervisor:
         # A signal that arrives in the child before it has its own handlers must wait for them:
         # the supervisor's would write it into the supervisor's wakeup pipe, which the child shares.
         signals = {signal.SIGTERM, signal.SIGINT}
+        supervisor = os.getpid()  # read before the fork: the child's getppid() may already be a reaper's
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
             pid = os.fork()
@@ -158,7 +160,7 @@ class Supervisor:
             return ForkedChild(pid)
         code = 1
         try:
-            self._become_child(slot)
+            self._become_child(slot, supervisor)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
             code = target()
         except SystemExit as exc:
@@ -169,12 +171,16 @@ class Supervisor:
             with contextlib.suppress(BaseException):
                 get_logger("pgqueue.supervisor").error("supervisor.child_crashed", error_type=type(exc).__name__)
         finally:
+            # What the interpreter does at exit, as an exec'd child did (an exporter flushing its
+            # spans, say); then leave without unwinding into the supervisor's frames.
+            with contextlib.suppress(BaseException):
+                atexit._run_exitfuncs()
             with contextlib.suppress(BaseException):
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
 
-    def _become_child(self, slot: int) -> None:
+    def _become_child(self, slot: int, supervisor: int) -> None:
         """In a forked child: drop the supervisor's signal handling and say whose child this is."""
         signal.set_wakeup_fd(-1)
         for fd in (self._wakeup_r, self._wakeup_w):
@@ -182,7 +188,7 @@ class Supervisor:
                 os.close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.environ[PARENT_ENV] = str(os.getppid())
+        os.environ[PARENT_ENV] = str(supervisor)
         os.environ[SLOT_ENV] = str(slot)
 
     def _wait(self, seconds: float) -> None:
