@@ -5,8 +5,9 @@ database where jobs already wait. Times are ``time.monotonic_ns()``, which on Li
 for every process (CLOCK_MONOTONIC), so the parent's "before Popen" and a handler's "started"
 are comparable:
 
-- spawn -> worker start: the parent reads the ``worker.started`` JSON log line from the child's
-  stderr (a pipe, so it includes the read's small delay);
+- spawn -> worker start: the ``timestamp`` of the ``worker.started`` JSON log line on the
+  child's stderr, against the wall clock read with the monotonic one at spawn (the moment the
+  parent happens to read the line would add its own scheduling delay on a busy machine);
 - spawn -> first job: the handler writes ``<pid> <monotonic_ns>`` to a file on its first job.
 
 With ``--processes 2`` every handler waits (up to 10 s) until both children have recorded their
@@ -25,6 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from pgqueue._bench.context import Context, Unit
@@ -102,10 +104,11 @@ def spawn_worker(dsn: str, *, processes: int, concurrency: int = CONCURRENCY, ti
         argv = [sys.executable, "-m", "pgqueue", "worker", "--app", f"{_MODULE}:app",
                 "--concurrency", str(concurrency), "--processes", str(processes)]
         spawn = Spawn()
+        begun_wall = time.time()
         begun = time.monotonic_ns()
         child = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: S603
                                  text=True, cwd=tmp)
-        reader = threading.Thread(target=_read_log, args=(child, begun, spawn), daemon=True)
+        reader = threading.Thread(target=_read_log, args=(child, begun_wall, spawn), daemon=True)
         reader.start()
         try:
             deadline = time.monotonic() + timeout
@@ -124,16 +127,16 @@ def spawn_worker(dsn: str, *, processes: int, concurrency: int = CONCURRENCY, ti
     return spawn
 
 
-def _read_log(child: subprocess.Popen[str], begun: int, spawn: Spawn) -> None:
+def _read_log(child: subprocess.Popen[str], begun_wall: float, spawn: Spawn) -> None:
     assert child.stderr is not None  # noqa: S101 - set by Popen
     for line in child.stderr:
-        at = time.monotonic_ns()
         try:
             event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == "worker.started":
-            spawn.worker_started[int(event.get("pid", 0))] = (at - begun) / 1e6
+            if event.get("event") == "worker.started":
+                at = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+                spawn.worker_started[int(event["pid"])] = (at - begun_wall) * 1000
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a log line of ours
 
 
 def _stop(child: subprocess.Popen[str]) -> None:
