@@ -20,11 +20,11 @@ from tests.plugins.processes import ProcessApp, SpawnPgqueue, WorkerProcess
 Db = psycopg.Connection[TupleRow]
 
 # What a worker never needs: the migration tooling, the command line's other commands, the bench,
-# the web extra, and encryption when no key is configured.
+# the web extra, encryption when no key is configured, and the pools of transactional tasks when there are none.
 NOT_ON_THE_WORKER_PATH = (
-    "sqlalchemy", "alembic", "cryptography", "starlette", "jinja2", "prometheus_client", "pgqueue._bench",
-    "pgqueue._migrate", "pgqueue._soak", "pgqueue.admin", "pgqueue.web", "pgqueue.cli.bench", "pgqueue.cli.jobs",
-    "pgqueue.cli.migrate", "pgqueue.cli.dashboard", "pgqueue.cli.demo",
+    "sqlalchemy", "alembic", "cryptography", "psycopg_pool", "starlette", "jinja2", "prometheus_client",
+    "pgqueue._bench", "pgqueue._migrate", "pgqueue._soak", "pgqueue.admin", "pgqueue.web",
+    "pgqueue.cli.bench", "pgqueue.cli.jobs", "pgqueue.cli.migrate", "pgqueue.cli.dashboard", "pgqueue.cli.demo",
 )
 
 
