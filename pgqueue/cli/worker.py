@@ -8,9 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pgqueue._db.sessions import check_dsn
-from pgqueue._loader import load_app
-from pgqueue._worker.pools import build_pools
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings, normalize_dsn
@@ -58,6 +55,11 @@ def worker(
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
     period, release the rest."""
+    # Here, not at the top: `pgqueue worker --help` then never loads the driver or the app's code.
+    from pgqueue._db.sessions import check_dsn
+    from pgqueue._loader import load_app
+    from pgqueue._worker.pools import build_pools
+
     try:
         queues = list(queue) if queue else None
         try:

@@ -6,6 +6,8 @@ The time it takes is measured by ``pgqueue bench --scenario startup``, not asser
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
@@ -106,3 +108,14 @@ def test_processes_children_start_afresh_when_the_app_started_a_thread_at_import
     [unsafe] = worker.log_events("supervisor.fork_unsafe")
     assert "app-import-thread" in unsafe["threads"]
     assert worker.stop() == 0, worker.describe()
+
+
+def test_worker_help_loads_neither_the_driver_nor_the_app() -> None:
+    code = ("import sys\nfrom pgqueue.cli import main\nsys.argv = ['pgqueue', 'worker', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+
+    assert "--processes" in done.stdout
+    loaded = set(done.stderr.split())
+    assert "pgqueue.cli.worker" in loaded
+    assert not loaded & {"psycopg", "pgqueue.app", "pgqueue._loader", "pgqueue.worker"}, done.stderr[-2000:]
