@@ -101,9 +101,17 @@ class ForkedChild:
         self.send_signal(signal.SIGKILL)
 
 
+def thread_count() -> int:
+    """This process's threads, those started outside Python (by a C library) included where the OS says."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 def can_fork() -> bool:
     """Whether forking now is safe: POSIX, and no thread but this one (see the module docstring)."""
-    return hasattr(os, "fork") and threading.active_count() == 1
+    return hasattr(os, "fork") and thread_count() == 1
 
 
 class Supervisor:
@@ -134,6 +142,7 @@ class Supervisor:
         else:
             if self.target is not None:
                 log.info("supervisor.fork_unsafe", threads=[t.name for t in threading.enumerate()],
+                         thread_count=thread_count(),
                          reason="the app started a thread: children start as new processes")
                 self.target = None  # the thread stays: start the rest the same way
             env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), SLOT_ENV: str(slot)})
