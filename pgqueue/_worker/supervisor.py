@@ -5,9 +5,9 @@ worker at once, with every module already imported, instead of starting a fresh 
 and importing everything again (about 0.3-0.6 s each, and N of them at once on a small machine
 took longer still). Forking is safe only while the supervisor has no other thread (a lock held
 by another thread at the fork stays locked forever in the child), no event loop and no
-connection: the supervisor never creates any, and it checks the threads before each fork. If
-the app's module started a thread at import, children are ordinary ``pgqueue worker``
-processes started with ``argv`` instead, as they were before.
+connection (every child would share its socket): the supervisor never creates any, and it
+checks the threads and open sockets before each fork. If importing the app left either behind,
+children are ordinary ``pgqueue worker`` processes started with ``argv`` instead, as before.
 
 SIGTERM/SIGINT are forwarded, so each child does its own graceful shutdown; a second signal
 kills them. A child whose parent disappears (the supervisor was SIGKILLed) gets SIGTERM from
@@ -109,9 +109,32 @@ def thread_count() -> int:
         return threading.active_count()
 
 
-def can_fork() -> bool:
-    """Whether forking now is safe: POSIX, and no thread but this one (see the module docstring)."""
-    return hasattr(os, "fork") and thread_count() == 1
+def open_sockets() -> int:
+    """Sockets this process holds beyond stdin/stdout/stderr (which systemd may make sockets), 0 if unknown."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    count = 0
+    for fd in fds:
+        with contextlib.suppress(OSError, ValueError):
+            if int(fd) > 2 and os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+    return count
+
+
+def fork_hazards() -> list[str]:
+    """Why forking now would be unsafe (see the module docstring); empty when it is safe."""
+    if not hasattr(os, "fork"):
+        return ["no fork on this platform"]
+    hazards = []
+    if (threads := thread_count()) > 1:
+        names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        hazards.append(f"{threads - 1} other thread(s) {names}")
+    if sockets := open_sockets():
+        # A connection opened at import would be shared by every child: their messages would mix.
+        hazards.append(f"{sockets} open socket(s)")
+    return hazards
 
 
 class Supervisor:
@@ -136,15 +159,15 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         log = get_logger("pgqueue.supervisor")
         child: Child
-        if self.target is not None and can_fork():
+        hazards = fork_hazards() if self.target is not None else []
+        if self.target is not None and not hazards:
             child = self._fork(slot, self.target)
             log.info("supervisor.child_started", slot=slot, pid=child.pid, start="fork")
         else:
             if self.target is not None:
-                log.info("supervisor.fork_unsafe", threads=[t.name for t in threading.enumerate()],
-                         thread_count=thread_count(),
-                         reason="the app started a thread: children start as new processes")
-                self.target = None  # the thread stays: start the rest the same way
+                log.info("supervisor.fork_unsafe", hazards=hazards,
+                         reason="importing the app left these behind: children start as new processes")
+                self.target = None  # what the app started stays: start the rest the same way
             env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), SLOT_ENV: str(slot)})
             child = subprocess.Popen(self.argv, env=env)  # noqa: S603 - our own interpreter and arguments
             log.info("supervisor.child_started", slot=slot, pid=child.pid, start="exec")

@@ -96,17 +96,21 @@ def test_processes_children_are_forks_of_the_supervisor_that_imported_everything
     assert len(worker.log_events("worker.stopped")) == 2, worker.describe()
 
 
-def test_processes_children_start_afresh_when_the_app_started_a_thread_at_import(
-        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
-    # Forking a process with another thread can copy a lock that thread holds, locked forever.
-    worker = start_two(spawn_pgqueue, dsn, env={"STARTUP_APP_THREAD": "1"})
+@pytest.mark.parametrize(("env", "hazard"), [("STARTUP_APP_THREAD", "app-import-thread"),
+                                             ("STARTUP_APP_SOCKET", "1 open socket(s)")], ids=["thread", "socket"])
+def test_processes_children_start_afresh_when_importing_the_app_left_a_thread_or_a_socket(
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue, env: str, hazard: str) -> None:
+    # Forking a process with another thread can copy a lock that thread holds, locked forever; a
+    # socket opened at import (a connection) would be shared by every child.
+    worker = start_two(spawn_pgqueue, dsn, env={env: "1"})
     job_ids = enqueue_whoami(dsn, 2, hold_seconds=3)
 
     two_children_each_ran_a_job(db, worker, job_ids)
 
     assert [e["start"] for e in worker.log_events("supervisor.child_started")] == ["exec", "exec"], worker.describe()
     [unsafe] = worker.log_events("supervisor.fork_unsafe")
-    assert "app-import-thread" in unsafe["threads"]
+    assert len(unsafe["hazards"]) == 1
+    assert hazard in unsafe["hazards"][0]
     assert worker.stop() == 0, worker.describe()
 
 
