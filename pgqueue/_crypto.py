@@ -19,10 +19,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Literal
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Literal
 
 from pgqueue.errors import ConfigurationError, DecryptionError, EncryptionKeyMissing, UnknownEncryptionKey
 
@@ -34,6 +31,10 @@ HEADER_BYTES = 1 + KEY_ID_BYTES + NONCE_BYTES
 _TAG_BYTES = 16
 # b64decode silently drops characters outside the alphabet; a key with a stray one is refused.
 _KEY_TEXT = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+if TYPE_CHECKING:
+    # cryptography is imported by the first key parsed: a worker or an app without keys never loads it.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 Field = Literal["args", "result", "error"]
 FIELDS: tuple[Field, ...] = ("args", "result", "error")
@@ -75,6 +76,8 @@ def parse_key(text: str, position: int) -> Key:
     if len(secret) != KEY_BYTES or not _KEY_TEXT.fullmatch(raw):
         raise ConfigurationError(
             f"{where} is not url-safe base64 of {KEY_BYTES} bytes; generate one with `pgqueue keys generate`")
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     return Key(id=key_id_of(secret), aead=AESGCM(secret))
 
 
@@ -135,6 +138,8 @@ class Keyring:
                 f"the {field_name} payload was encrypted with key id {key_id.hex()}, which is not in "
                 "PGQUEUE_ENCRYPTION_KEYS: add that key to the list (after the newest) on this process, "
                 "then `pgqueue jobs retry ID`")
+        from cryptography.exceptions import InvalidTag  # loaded already: the key was parsed
+
         header = blob[:HEADER_BYTES]
         try:
             return key.aead.decrypt(header[-NONCE_BYTES:], blob[HEADER_BYTES:],

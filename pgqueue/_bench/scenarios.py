@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from pgqueue._bench import startup
 from pgqueue._bench.context import FULL, Context, Scenario, Unit
 from pgqueue._bench.physical import PHYSICAL
 from pgqueue._bench.stats import Sample, percentile, rate, timed
@@ -415,6 +416,8 @@ SCENARIOS: dict[str, Scenario] = {
                  lambda sizes: [Unit("limits", _limits)]),
         Scenario("churn", "many jobs through the table with retention on: size and dead tuples",
                  lambda sizes: [Unit("churn", _churn)]),
+        Scenario("startup", "pgqueue worker (1 process, and --processes 2): spawn -> worker start -> first job",
+                 lambda sizes: startup.UNITS),
         Scenario("physical", "PostgreSQL's ceiling: the minimal SQL a queue needs per job",
                  lambda sizes: PHYSICAL),
     )

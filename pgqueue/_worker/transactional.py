@@ -11,7 +11,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pgqueue._db.jobs import AsyncJobStore, JobStore, Outcome
-from pgqueue._db.pools import AsyncTransactionPool, TransactionPool
 from pgqueue._payload import encode_result
 from pgqueue._worker.executor import LeaseLost
 from pgqueue._worker.payloads import PayloadSealer
@@ -20,6 +19,8 @@ from pgqueue._worker.progress import ProgressBook
 from pgqueue.jobs import Job
 
 if TYPE_CHECKING:
+    # psycopg_pool is imported by the first transactional job: most workers never run one.
+    from pgqueue._db.pools import AsyncTransactionPool, TransactionPool
     from pgqueue.app import App
     from pgqueue.tasks import Task
 
@@ -80,11 +81,15 @@ class TransactionalRunner:
 
     def _get_pool(self) -> TransactionPool:
         if self._pool is None:
+            from pgqueue._db.pools import TransactionPool
+
             self._pool = TransactionPool(self.app.dsn, max_size=self._pool_size(), prepare=not self.pooled)
         return self._pool
 
     async def _get_async_pool(self) -> AsyncTransactionPool:
         if self._async_pool is None:
+            from pgqueue._db.pools import AsyncTransactionPool
+
             self._async_pool = await AsyncTransactionPool.open(self.app.dsn, max_size=self._pool_size(),
                                                                prepare=not self.pooled)
         return self._async_pool

@@ -17,7 +17,7 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -296,6 +296,35 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback (it may quote secrets or job data)
         print(f"pgqueue: error: {one_line_for_terminal(_crash_line(exc))}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_guarded(command: Callable[[], int]) -> int:
+    """Run ``command`` behind :func:`main`'s error boundary and return the exit code instead of exiting.
+
+    For a command's code that runs outside typer: the child a ``worker --processes N`` supervisor forks.
+    """
+    try:
+        try:
+            return command()
+        except typer.Exit as exc:
+            return int(exc.exit_code)
+        except Exception:
+            if "psycopg" not in sys.modules:
+                raise
+            from pgqueue._db.errors import translate_errors
+
+            with translate_errors():
+                raise
+    except PgqueueError as exc:
+        from pgqueue.cli._context import one_line_for_terminal
+
+        print(f"pgqueue: error: {one_line_for_terminal(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - as in main(): never a traceback
+        from pgqueue.cli._context import one_line_for_terminal
+
+        print(f"pgqueue: error: {one_line_for_terminal(_crash_line(exc))}", file=sys.stderr)
+        return 1
 
 
 def _crash_line(exc: BaseException) -> str:

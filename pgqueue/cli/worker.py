@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pgqueue._db.sessions import check_dsn
-from pgqueue._loader import load_app
-from pgqueue._worker.pools import build_pools
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings, normalize_dsn, parse_prefetch
 
 if TYPE_CHECKING:
+    from pgqueue.app import App
     from pgqueue.metrics import Metrics
 
 AppOption = Annotated[str, typer.Option("--app", help="Your App, as 'package.module:app'.")]
@@ -62,6 +60,11 @@ def worker(
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
     period, release the rest."""
+    # Here, not at the top: `pgqueue worker --help` then never loads the driver or the app's code.
+    from pgqueue._db.sessions import check_dsn
+    from pgqueue._loader import load_app
+    from pgqueue._worker.pools import build_pools
+
     try:
         queues = list(queue) if queue else None
         try:
@@ -112,8 +115,34 @@ def worker(
         os.environ["PGQUEUE_PREFETCH"] = "auto" if settings.prefetch is None else str(settings.prefetch)
         if settings.listen_dsn:
             os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
-        raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds).run())
+        # Children are forks of this process (see pgqueue._worker.supervisor): import now what they
+        # run, once, so that no child imports anything before its worker starts.
+        _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
 
+        def child() -> int:
+            from pgqueue.cli.main import run_guarded
+
+            return run_guarded(lambda: _run_worker(app, settings, queues, concurrency, with_scheduler=with_scheduler,
+                                                   metrics_port=metrics_port, metrics_host=metrics_host))
+
+        raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds, target=child).run())
+    raise typer.Exit(_run_worker(app, settings, queues, concurrency, with_scheduler=with_scheduler,
+                                 metrics_port=metrics_port, metrics_host=metrics_host))
+
+
+def _import_worker_modules(*, with_scheduler: bool, metrics: bool) -> None:
+    import pgqueue._worker.children
+    import pgqueue.worker
+
+    if with_scheduler:
+        import pgqueue._scheduler
+    if metrics:
+        import pgqueue.metrics  # noqa: F401
+
+
+def _run_worker(app: App, settings: Settings, queues: list[str] | None, concurrency: int, *, with_scheduler: bool,
+                metrics_port: int | None, metrics_host: str) -> int:
+    """This process's worker, alone or as a supervisor's child, until it stops; its exit code."""
     from pgqueue._worker.children import contain_children, end_children
     from pgqueue._worker.supervisor import watch_parent
     from pgqueue.worker import Worker
@@ -142,7 +171,7 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    raise typer.Exit(code)
+    return code
 
 
 def _check_metrics(port: int, processes: int) -> None:

@@ -23,6 +23,7 @@ QUICK_FIGURES = {
     "backlog_10k", "backlog_100k", "backlog_ratio",
     "churn_rate", "churn_table_mb", "churn_fresh_mb", "churn_bloat_ratio", "churn_growth",
     "churn_heap_mb", "churn_indexes_mb", "churn_vacuums", "churn_live_rows", "churn_dead_tuples", "churn_events_mb",
+    "startup_worker_ms", "startup_first_job_ms", "startup_p2_worker_ms", "startup_p2_first_job_ms", "startup_p2_gap_ms",
     "physical_enqueue_single", "physical_enqueue_bulk", "physical_claim1_conn1", "physical_claim1_conn4",
     "physical_claim100_conn1", "physical_claim100_conn4",
 }
@@ -80,9 +81,23 @@ def test_a_chosen_scenario_runs_alone_and_prints_a_table(dsn: str) -> None:
     assert "PostgreSQL" in result.stdout
 
 
+def test_startup_times_real_worker_spawns_up_to_every_process_running_a_job(dsn: str) -> None:
+    result = run_bench(dsn, "--quick", "--json", "--scenario", "startup")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)["results"]
+
+    assert set(figures) == {key for key in QUICK_FIGURES if key.startswith("startup_")}
+    assert all(math.isfinite(f["median"]) and f["unit"] == "ms" for f in figures.values()), figures
+    # The order of events, not their speed: a worker starts before it runs a job, and the gap
+    # between two children's first jobs is part of the time until both run one.
+    assert 0 < figures["startup_worker_ms"]["median"] < figures["startup_first_job_ms"]["median"]
+    assert 0 < figures["startup_p2_worker_ms"]["median"] < figures["startup_p2_first_job_ms"]["median"]
+    assert 0 <= figures["startup_p2_gap_ms"]["median"] < figures["startup_p2_first_job_ms"]["median"]
+
+
 def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     result = run_bench(dsn, "--scenario", "nope", timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
-        "latency, chain, group-enqueue, backlog, limits, churn, physical"]
+        "latency, chain, group-enqueue, backlog, limits, churn, startup, physical"]

@@ -1,0 +1,31 @@
+"""The App of ``tests/e2e/test_worker_startup.py`` (``--app startup_app:app``, ``cwd=tests/e2e``).
+
+Its one task reports, as its result, what the worker process running it had imported and who its
+parent is. With ``STARTUP_APP_THREAD=1`` the module starts a thread at import, as a client
+library's background flusher would, and with ``STARTUP_APP_SOCKET=1`` it opens a socket, as a
+connection made at import would: a ``--processes`` supervisor must then not fork.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+
+import pgqueue
+
+app = pgqueue.App()
+
+if os.environ.get("STARTUP_APP_THREAD") == "1":
+    threading.Thread(target=threading.Event().wait, name="app-import-thread", daemon=True).start()
+if os.environ.get("STARTUP_APP_SOCKET") == "1":
+    _held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+@app.task(name="whoami")
+def whoami(job: pgqueue.Job, hold_seconds: float = 0.0) -> dict[str, object]:
+    # Holding the slot makes a second job go to another process of a --processes worker.
+    time.sleep(hold_seconds)
+    return {"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules)}

@@ -1,0 +1,125 @@
+"""Start-up of ``pgqueue worker``: what the worker path imports, and how ``--processes`` starts its
+children (forked from the supervisor, or started afresh when forking is unsafe).
+
+The time it takes is measured by ``pgqueue bench --scenario startup``, not asserted here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+import pgqueue
+from tests.e2e.conftest import E2E_DIR
+from tests.helpers import wait_until
+from tests.plugins.processes import ProcessApp, SpawnPgqueue, WorkerProcess
+
+Db = psycopg.Connection[TupleRow]
+
+# What a worker never needs: the migration tooling, the command line's other commands, the bench,
+# the web extra, encryption when no key is configured, and the pools of transactional tasks when there are none.
+NOT_ON_THE_WORKER_PATH = (
+    "sqlalchemy", "alembic", "cryptography", "psycopg_pool", "starlette", "jinja2", "prometheus_client",
+    "pgqueue._bench", "pgqueue._migrate", "pgqueue._soak", "pgqueue.admin", "pgqueue.web",
+    "pgqueue.cli.bench", "pgqueue.cli.jobs", "pgqueue.cli.migrate", "pgqueue.cli.dashboard", "pgqueue.cli.demo",
+)
+
+
+@pytest.fixture
+def process_app() -> ProcessApp:
+    return ProcessApp("startup_app:app", cwd=E2E_DIR, concurrency=1, lease_seconds=5.0, poll_seconds=0.5)
+
+
+def results(db: Db, job_ids: list[int]) -> list[dict[str, Any]]:
+    rows = db.execute("SELECT result FROM pgqueue.jobs WHERE id = ANY(%s) AND state = 'completed'",
+                      [job_ids]).fetchall()
+    return [row[0] for row in rows]
+
+
+def enqueue_whoami(dsn: str, count: int, hold_seconds: float = 0.0) -> list[int]:
+    return pgqueue.App(dsn).enqueue_many(
+        None, [pgqueue.JobSpec("whoami", {"hold_seconds": hold_seconds}) for _ in range(count)])
+
+
+def heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if any(m == h or m.startswith(f"{h}.") for h in NOT_ON_THE_WORKER_PATH)]
+
+
+def start_two(spawn_pgqueue: SpawnPgqueue, dsn: str, env: dict[str, str] | None = None) -> WorkerProcess:
+    return spawn_pgqueue("worker", "--app", "startup_app:app", "--processes", "2", "--concurrency", "1",
+                         dsn=dsn, env=env)
+
+
+def two_children_each_ran_a_job(db: Db, worker: WorkerProcess, job_ids: list[int]) -> list[dict[str, Any]]:
+    """Each of two 3 s jobs held one child's only slot, so each child ran one."""
+    def both() -> list[dict[str, Any]]:
+        found = results(db, job_ids)
+        return found if len(found) == 2 else []
+
+    done = wait_until(both, timeout=30, message="both jobs completed")
+    assert {r["ppid"] for r in done} == {worker.pid}, worker.describe()
+    assert len({r["pid"] for r in done}) == 2, worker.describe()
+    return done
+
+
+def test_a_worker_imports_no_migration_tooling_no_other_command_and_no_crypto_without_keys(
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
+    worker = spawn_pgqueue("worker", "--app", "startup_app:app", dsn=dsn)
+    job_ids = enqueue_whoami(dsn, 1)
+
+    [result] = wait_until(lambda: results(db, job_ids), timeout=30, message="the job completed")
+
+    assert "pgqueue.worker" in result["modules"]  # the list is the worker's own, taken in the handler
+    assert heavy(result["modules"]) == [], worker.describe()
+    assert worker.stop() == 0, worker.describe()
+
+
+def test_processes_children_are_forks_of_the_supervisor_that_imported_everything_already(
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
+    worker = start_two(spawn_pgqueue, dsn)
+    job_ids = enqueue_whoami(dsn, 2, hold_seconds=3)
+
+    done = two_children_each_ran_a_job(db, worker, job_ids)
+
+    started = worker.log_events("supervisor.child_started")
+    assert sorted((e["slot"], e["start"]) for e in started) == [(0, "fork"), (1, "fork")], worker.describe()
+    assert {e["pid"] for e in started} == {r["pid"] for r in done}
+    assert all(heavy(r["modules"]) == [] for r in done), worker.describe()
+    assert worker.stop() == 0, worker.describe()
+    assert worker.log_events("supervisor.fork_unsafe") == []
+    # Both children shut down on their own (SIGTERM forwarded), and said so.
+    assert len(worker.log_events("worker.stopped")) == 2, worker.describe()
+
+
+@pytest.mark.parametrize(("env", "hazard"), [("STARTUP_APP_THREAD", "app-import-thread"),
+                                             ("STARTUP_APP_SOCKET", "1 open socket(s)")], ids=["thread", "socket"])
+def test_processes_children_start_afresh_when_importing_the_app_left_a_thread_or_a_socket(
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue, env: str, hazard: str) -> None:
+    # Forking a process with another thread can copy a lock that thread holds, locked forever; a
+    # socket opened at import (a connection) would be shared by every child.
+    worker = start_two(spawn_pgqueue, dsn, env={env: "1"})
+    job_ids = enqueue_whoami(dsn, 2, hold_seconds=3)
+
+    two_children_each_ran_a_job(db, worker, job_ids)
+
+    assert [e["start"] for e in worker.log_events("supervisor.child_started")] == ["exec", "exec"], worker.describe()
+    [unsafe] = worker.log_events("supervisor.fork_unsafe")
+    assert len(unsafe["hazards"]) == 1
+    assert hazard in unsafe["hazards"][0]
+    assert worker.stop() == 0, worker.describe()
+
+
+def test_worker_help_loads_neither_the_driver_nor_the_app() -> None:
+    code = ("import sys\nfrom pgqueue.cli import main\nsys.argv = ['pgqueue', 'worker', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+
+    assert "--processes" in done.stdout
+    loaded = set(done.stderr.split())
+    assert "pgqueue.cli.worker" in loaded
+    assert not loaded & {"psycopg", "pgqueue.app", "pgqueue._loader", "pgqueue.worker"}, done.stderr[-2000:]
