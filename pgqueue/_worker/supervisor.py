@@ -1,13 +1,15 @@
 """``--processes N``: a supervisor that runs N worker processes and replaces any that die.
 
-Children are forked from the supervisor once it has loaded the app: a child then starts its
-worker at once, with every module already imported, instead of starting a fresh interpreter
-and importing everything again (about 0.3-0.6 s each, and N of them at once on a small machine
-took longer still). Forking is safe only while the supervisor has no other thread (a lock held
-by another thread at the fork stays locked forever in the child), no event loop and no
-connection (every child would share its socket): the supervisor never creates any, and it
-checks the threads and open sockets before each fork. If importing the app left either behind,
-children are ordinary ``pgqueue worker`` processes started with ``argv`` instead, as before.
+Children are forked from the supervisor once it has imported pgqueue's worker modules: a child
+then imports only the app (each child its own, after the fork) and starts its worker, instead of
+starting a fresh interpreter and importing everything again (about 0.3-0.6 s each, and N of them
+at once on a small machine took longer still). The supervisor never imports the app (the CLI
+checks it loads in a throwaway fork first): whatever the app starts at import, a thread or a
+connection, is each child's own. Forking is safe only while the supervisor has no other thread
+(a lock held by another thread at the fork stays locked forever in the child), no event loop and
+no connection (every child would share its socket): the supervisor never creates any, and it
+checks the threads and open sockets before each fork; if it finds one, children are ordinary
+``pgqueue worker`` processes started with ``argv`` instead.
 
 SIGTERM/SIGINT are forwarded, so each child does its own graceful shutdown; a second signal
 kills them. A child whose parent disappears (the supervisor was SIGKILLed) gets SIGTERM from

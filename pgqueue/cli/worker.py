@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -61,8 +62,6 @@ def worker(
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace
     period, release the rest."""
     # Here, not at the top: `pgqueue worker --help` then never loads the driver or the app's code.
-    from pgqueue._db.sessions import check_dsn
-    from pgqueue._loader import load_app
     from pgqueue._worker.pools import build_pools
 
     try:
@@ -82,19 +81,14 @@ def worker(
                                      poll_only=True if poll_only else None, max_result_bytes=max_result_bytes)
         if prefetch is not None:
             settings = replace(settings, prefetch=prefetch_cap)
-        app = load_app(app_path)
-        app.settings = settings
-        if dsn:
-            app._dsn = normalize_dsn(dsn)
-        elif app._dsn is None:
-            app._dsn = resolve(None)
-        check_dsn(app.dsn)
+        # A supervisor never imports the app itself (see _probe_app): its children each do.
+        app = _load_app(app_path, settings, dsn) if processes == 1 else None
     except PgqueueError as exc:
         fail(str(exc))
     if metrics_port is not None:
         _check_metrics(metrics_port, processes)
-    if processes > 1:
-        from pgqueue._worker.supervisor import Supervisor
+    if app is None:
+        from pgqueue._worker.supervisor import Supervisor, fork_hazards
 
         argv = [sys.executable, "-m", "pgqueue", "worker", "--app", app_path, "--concurrency", str(concurrency)]
         for name in queues or []:
@@ -105,7 +99,12 @@ def worker(
             argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
         from pgqueue.cli._logging import child_environment
 
-        os.environ["PGQUEUE_DSN"] = app.dsn  # children read it from the environment, never from argv
+        # Children are forks of this process (see pgqueue._worker.supervisor): import now what they
+        # run, once, so that no child imports anything of pgqueue's before its worker starts.
+        _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
+        forking = not fork_hazards()
+        resolved = _probe_app(app_path, settings, dsn) if forking else _load_app(app_path, settings, dsn).dsn
+        os.environ["PGQUEUE_DSN"] = resolved  # children read it from the environment, never from argv
         os.environ.update(child_environment())
         os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
@@ -115,19 +114,76 @@ def worker(
         os.environ["PGQUEUE_PREFETCH"] = "auto" if settings.prefetch is None else str(settings.prefetch)
         if settings.listen_dsn:
             os.environ["PGQUEUE_LISTEN_DSN"] = settings.listen_dsn
-        # Children are forks of this process (see pgqueue._worker.supervisor): import now what they
-        # run, once, so that no child imports anything before its worker starts.
-        _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
 
         def child() -> int:
             from pgqueue.cli.main import run_guarded
 
-            return run_guarded(lambda: _run_worker(app, settings, queues, concurrency, with_scheduler=with_scheduler,
-                                                   metrics_port=metrics_port, metrics_host=metrics_host))
+            return run_guarded(lambda: _run_worker(
+                _load_app(app_path, settings, resolved), settings, queues, concurrency,
+                with_scheduler=with_scheduler, metrics_port=metrics_port, metrics_host=metrics_host))
 
-        raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds, target=child).run())
+        raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds,
+                                    target=child if forking else None).run())
     raise typer.Exit(_run_worker(app, settings, queues, concurrency, with_scheduler=with_scheduler,
                                  metrics_port=metrics_port, metrics_host=metrics_host))
+
+
+def _load_app(app_path: str, settings: Settings, dsn: str | None) -> App:
+    """The worker's app, with the CLI's settings and its database: ``dsn``, else the app's own,
+    else the environment's or the embedded server."""
+    from pgqueue._db.sessions import check_dsn
+    from pgqueue._loader import load_app
+
+    app = load_app(app_path)
+    app.settings = settings
+    if dsn:
+        app._dsn = normalize_dsn(dsn)
+    elif app._dsn is None:
+        app._dsn = resolve(None)
+    check_dsn(app.dsn)
+    return app
+
+
+def _probe_app(app_path: str, settings: Settings, dsn: str | None) -> str:
+    """Load the app once in a throwaway fork and return the DSN it resolves to.
+
+    A supervisor that imported the app would hand whatever the import started (a client library's
+    thread, a connection opened at import) to every forked child, and each child would report the
+    app's start as the supervisor's (a benchmark's or a profiler's "worker start" included). So the
+    children import the app themselves, after the fork, all at once; this probe makes a broken
+    ``--app`` (or database setting) fail once, before any child starts, as it does without
+    ``--processes``, and resolves the DSN once (the embedded server's notice is printed once).
+    """
+    from pgqueue.cli.main import run_guarded
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the probe
+        os.close(read_end)
+        code = 1
+        try:
+            code = run_guarded(lambda: _report_dsn(_load_app(app_path, settings, dsn), write_end))
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        resolved = answer.read().decode()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not resolved:
+        raise typer.Exit(code or 1)
+    return resolved
+
+
+def _report_dsn(app: App, fd: int) -> int:
+    with os.fdopen(fd, "wb") as out:
+        out.write(app.dsn.encode())
+    return 0
 
 
 def _import_worker_modules(*, with_scheduler: bool, metrics: bool) -> None:

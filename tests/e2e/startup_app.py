@@ -3,7 +3,8 @@
 Its one task reports, as its result, what the worker process running it had imported and who its
 parent is. With ``STARTUP_APP_THREAD=1`` the module starts a thread at import, as a client
 library's background flusher would, and with ``STARTUP_APP_SOCKET=1`` it opens a socket, as a
-connection made at import would: a ``--processes`` supervisor must then not fork.
+connection made at import would: a ``--processes`` supervisor never imports the app (each forked
+child does), so every child has its own.
 """
 
 from __future__ import annotations
@@ -28,4 +29,5 @@ if os.environ.get("STARTUP_APP_SOCKET") == "1":
 def whoami(job: pgqueue.Job, hold_seconds: float = 0.0) -> dict[str, object]:
     # Holding the slot makes a second job go to another process of a --processes worker.
     time.sleep(hold_seconds)
-    return {"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules)}
+    return {"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules),
+            "threads": sorted(t.name for t in threading.enumerate())}

@@ -96,22 +96,61 @@ def test_processes_children_are_forks_of_the_supervisor_that_imported_everything
     assert len(worker.log_events("worker.stopped")) == 2, worker.describe()
 
 
-@pytest.mark.parametrize(("env", "hazard"), [("STARTUP_APP_THREAD", "app-import-thread"),
-                                             ("STARTUP_APP_SOCKET", "1 open socket(s)")], ids=["thread", "socket"])
-def test_processes_children_start_afresh_when_importing_the_app_left_a_thread_or_a_socket(
-        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue, env: str, hazard: str) -> None:
+@pytest.mark.parametrize("env", ["STARTUP_APP_THREAD", "STARTUP_APP_SOCKET"], ids=["thread", "socket"])
+def test_an_app_that_starts_a_thread_or_opens_a_socket_at_import_still_gets_forked_children_each_with_its_own(
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue, env: str) -> None:
     # Forking a process with another thread can copy a lock that thread holds, locked forever; a
-    # socket opened at import (a connection) would be shared by every child.
+    # socket opened at import (a connection) would be shared by every child. The supervisor never
+    # imports the app (a throwaway fork checks it loads): each child imports it after its fork.
     worker = start_two(spawn_pgqueue, dsn, env={env: "1"})
     job_ids = enqueue_whoami(dsn, 2, hold_seconds=3)
 
-    two_children_each_ran_a_job(db, worker, job_ids)
+    done = two_children_each_ran_a_job(db, worker, job_ids)
 
-    assert [e["start"] for e in worker.log_events("supervisor.child_started")] == ["exec", "exec"], worker.describe()
-    [unsafe] = worker.log_events("supervisor.fork_unsafe")
-    assert len(unsafe["hazards"]) == 1
-    assert hazard in unsafe["hazards"][0]
+    assert [e["start"] for e in worker.log_events("supervisor.child_started")] == ["fork", "fork"], worker.describe()
+    assert worker.log_events("supervisor.fork_unsafe") == []
+    if env == "STARTUP_APP_THREAD":
+        assert all("app-import-thread" in r["threads"] for r in done)
     assert worker.stop() == 0, worker.describe()
+
+
+def test_a_broken_app_fails_the_supervisor_once_before_any_child_starts(
+        dsn: str, spawn_pgqueue: SpawnPgqueue) -> None:
+    worker = spawn_pgqueue("worker", "--app", "startup_app:no_such_app", "--processes", "2", dsn=dsn)
+
+    assert worker.wait(30) != 0, worker.describe()
+    assert worker.log_events("supervisor.child_started") == [], worker.describe()
+    assert worker.stderr().count("pgqueue: error:") == 1, worker.describe()
+
+
+SUPERVISED = r"""
+import os, sys, threading, time
+from pgqueue._worker.supervisor import Supervisor
+marks = sys.argv[1]
+if sys.argv[2] == "thread":
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+def forked() -> int:
+    with open(marks, "a") as out:
+        out.write("fork\n")
+    time.sleep(60)
+    return 0
+child = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write('exec\\n'); time.sleep(60)", marks]
+sys.exit(Supervisor(child, 1, 5.0, target=forked).run())
+"""
+
+
+@pytest.mark.parametrize("hazard", ["none", "thread"])
+def test_the_supervisor_forks_only_when_safe_and_starts_a_fresh_process_otherwise(tmp_path: Any, hazard: str) -> None:
+    marks = tmp_path / "marks"
+    marks.touch()
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(marks), hazard],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        started = wait_until(lambda: marks.read_text().split(), timeout=30, message="the child to start")
+    finally:
+        supervisor.terminate()
+        supervisor.wait(30)
+    assert started == (["fork"] if hazard == "none" else ["exec"])
 
 
 def test_worker_help_loads_neither_the_driver_nor_the_app() -> None:
