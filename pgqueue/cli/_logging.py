@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from pgqueue.settings import scrub_secrets
+from pgqueue.settings import configured_secrets, may_hold_secret, scrub_secrets
 
 # What the CLI configured, so `worker --processes N` starts its children logging the same way.
 _configured = {"PGQUEUE_LOG_FORMAT": "console", "PGQUEUE_LOG_LEVEL": "info"}
@@ -50,9 +50,11 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
 
 def _scrub_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Hide passwords in every string of every log line (a DSN in an error message, in any form:
-    see :func:`pgqueue.settings.scrub_secrets`), whichever code logged it."""
+    see :func:`pgqueue.settings.scrub_secrets`), whichever code logged it. A worker logs every
+    job: values that cannot hold a secret are left alone without running the patterns."""
+    secrets = configured_secrets()
     for key, value in event.items():
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and may_hold_secret(value, secrets):
             event[key] = scrub_secrets(value)
     return event
 

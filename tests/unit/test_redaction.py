@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgqueue._humanize import printable
-from pgqueue.settings import Settings, dsn_secrets, redact_dsn, scrub_secrets
+from pgqueue.settings import Settings, configured_secrets, dsn_secrets, may_hold_secret, redact_dsn, scrub_secrets
 
 SECRET = "pw-Secret-42"
 
@@ -45,3 +45,24 @@ def test_printable_never_lets_a_control_character_through(text: str) -> None:
 
 def test_printable_keeps_newlines_in_multiline_text_and_escapes_ansi() -> None:
     assert printable("a\n\x1b[31mb\u202e") == "a\n\\x1b[31mb\\u202e"
+
+
+@given(st.text(max_size=80) | st.sampled_from(["password=x1y2", "u:s3cret@host", "key = 'abc def'", "s3cretpw here"]))
+def test_the_log_fast_path_skips_only_values_the_scrub_would_leave_unchanged(text: str) -> None:
+    # The CLI's log processor scrubs a value only when may_hold_secret says it could need it.
+    import os
+
+    previous = os.environ.get("PGQUEUE_DSN")
+    os.environ["PGQUEUE_DSN"] = "postgresql://app:s3cretpw@db.internal/app"
+    try:
+        secrets = configured_secrets()
+        assert "s3cretpw" in secrets
+        if not may_hold_secret(text, secrets):
+            assert scrub_secrets(text) == text
+        else:
+            assert "s3cretpw" not in scrub_secrets(text)
+    finally:
+        if previous is None:
+            os.environ.pop("PGQUEUE_DSN", None)
+        else:
+            os.environ["PGQUEUE_DSN"] = previous
