@@ -80,6 +80,10 @@ class Acker:
         if written and meta is not None:
             self.observer(meta[0], meta[1], outcome.event, meta[2])
 
+    def unwritten(self) -> int:
+        """How many outcomes wait to be written (queued or being written)."""
+        return len(self.pending) + len(self.inflight)
+
     def tracked(self) -> set[int]:
         """Ids of the jobs whose outcome is not written yet."""
         return self.inflight | {outcome.job_id for outcome in self.pending}

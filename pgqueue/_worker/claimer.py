@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
 
 MAX_CLAIM_BATCH = 200
+#: Claims pause while the outcomes waiting to be written reach this many per slot (at least
+#: MIN_ACK_BACKLOG): a healthy worker writes each batch within a round trip, far below it.
+ACK_BACKLOG_PER_SLOT = 4
+MIN_ACK_BACKLOG = 200
 #: How often the limited queues and tasks are re-read from the database: a limit set with
 #: `pgqueue queues set` applies to the locked claims within this long (the unlimited claim stops
 #: taking a newly limited queue's jobs at once: it reads the settings itself).
@@ -133,6 +137,8 @@ class Claimer:
         self._trial_checked_at = 0.0
         self._trial_retry_at = 0.0
         self.prefetch = prefetch or PrefetchSizer(cap=0)
+        #: Claims pause while this many outcomes wait to be written (see run()).
+        self.ack_backlog_limit = max(ACK_BACKLOG_PER_SLOT * self.concurrency, MIN_ACK_BACKLOG)
 
     # --- the local buffer of prefetched jobs ---
 
@@ -226,6 +232,14 @@ class Claimer:
                 # job claimed under a lapsed lease looks orphaned to the rescuer (ours or another
                 # worker's), is rescued at once and runs twice. Claim again once the lease is renewed.
                 await asyncio.sleep(0.1)
+                continue
+            if self.acker.unwritten() >= self.ack_backlog_limit:
+                # Backpressure: handlers finish faster than their outcomes are written (a slow disk,
+                # a lock on the rows, a bad plan). A slot frees when its handler ends, so without
+                # this the worker would keep claiming, and claimed-but-unwritten jobs (and memory)
+                # would grow without bound. The acker wakes us after each batch it writes.
+                flow.held_back = True
+                await self._sleep_unless_woken(HELD_BACK_POLL_SECONDS)
                 continue
             if self.acker.failing:
                 # Finished jobs whose outcomes cannot be written stay 'running' under our live lease,

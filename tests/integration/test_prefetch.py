@@ -199,3 +199,36 @@ def test_slow_jobs_are_not_claimed_ahead(dsn: str, db: Conn) -> None:
     # Each claim took only what its free slots could start (a claim's jobs share its lease token).
     row = db.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM pgqueue.jobs GROUP BY lease_token) AS c").fetchone()
     assert row == (2,)
+
+
+def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: str, db: Conn) -> None:
+    # Another session locks the rows of the jobs running now, so the acker's next batch waits on
+    # them while the no-op handlers go on finishing: without backpressure the worker would claim
+    # the whole backlog while none of it can be acknowledged.
+    app = make_app(dsn)
+    ran: list[int] = []
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        ran.append(i)
+
+    jobs = 3000
+    enqueue(app, "fast", jobs)
+    worker = Worker(app, concurrency=2)
+    thread = run_in_thread(worker, until_empty=True)
+    with psycopg.connect(dsn) as blocker:
+        def locked_some() -> int:
+            rows = blocker.execute("SELECT id FROM pgqueue.jobs WHERE state = 'running' FOR UPDATE").fetchall()
+            return len(rows)
+
+        wait_until(locked_some, timeout=BOUND, message="running jobs to lock")
+        time.sleep(2)  # the worker runs on meanwhile: its acks wait on our locks
+        claimed = states(db).get("running", 0)
+        blocker.rollback()
+    # The unwritten outcomes (at most the limit, 200 here), a prefetch buffer and the slots.
+    assert claimed <= 200 + 32 + 2 + 50, claimed
+    assert len(ran) < jobs
+    thread.join(BOUND)
+    assert not thread.is_alive()
+    assert sorted(ran) == list(range(jobs))
+    assert states(db) == {"completed": jobs}
