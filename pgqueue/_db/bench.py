@@ -21,6 +21,7 @@ from pgqueue._db.sessions import open_connection
 class BenchQueries(NamedTuple):
     count_completed: LiteralString
     count_available: LiteralString
+    count_running: LiteralString
     count_unfinished: LiteralString
     count_jobs: LiteralString
     nth_finished_at: LiteralString
@@ -80,6 +81,9 @@ class BenchProbe:
 
     def count_available(self) -> int:
         return int(self._scalar(BENCH.count_available))
+
+    def count_running(self) -> int:
+        return int(self._scalar(BENCH.count_running))
 
     def count_unfinished(self) -> int:
         return int(self._scalar(BENCH.count_unfinished))

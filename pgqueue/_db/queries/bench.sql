@@ -7,6 +7,9 @@ SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed';
 -- name: count_available
 SELECT count(*) FROM pgqueue.jobs WHERE state = 'available';
 
+-- name: count_running
+SELECT count(*) FROM pgqueue.jobs WHERE state = 'running';
+
 -- name: count_unfinished
 -- Jobs not finished yet: the churn scenario counts what left the queue, pruned or not.
 SELECT count(*) FROM pgqueue.jobs WHERE state IN ('scheduled', 'available', 'running');
