@@ -37,7 +37,7 @@ def _latency_load_unit(concurrency: int) -> Unit:
         sizes = ctx.sizes
         n, gap = sizes.load_probes, sizes.load_gap_s
         with ctx.databases.fresh() as dsn:
-            fill_paused(ctx, dsn, sizes.load_backlog)
+            fill_paused(ctx, dsn, sizes.load_backlog, analyze=True)
             app = App(dsn, settings=Settings(dsn=dsn))
             with bench_probe(dsn) as probe, WorkerProcesses(
                     dsn, processes=1, concurrency=concurrency, record_probes=True) as workers, \

@@ -99,7 +99,7 @@ def _backlog(ctx: Context) -> list[Sample]:
     n, cap = ctx.sizes.memory_backlog, ctx.sizes.memory_cap_s
     prefix = f"memory_backlog_{count_label(n)}"
     with ctx.databases.fresh() as dsn:
-        fill_paused(ctx, dsn, n)
+        fill_paused(ctx, dsn, n, analyze=True)
         with bench_probe(dsn) as probe, WorkerProcesses(dsn, processes=1, concurrency=_RUNNING) as workers:
             ctx.status("starting a worker x 50")
             workers.wait_ready()
