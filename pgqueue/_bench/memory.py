@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from pgqueue._bench.context import Context, Unit
 from pgqueue._bench.stats import Sample, rate
 from pgqueue._bench.steps import bench_app, count_label, fill_paused, set_paused
 from pgqueue._bench.workers import QUEUE, SLEEP_TASK, WorkerProcesses
-from pgqueue._db.bench import bench_probe
+from pgqueue._db.bench import BenchProbe, bench_probe
 from pgqueue.errors import PgqueueError
 from pgqueue.jobs import JobSpec
 
@@ -93,6 +95,18 @@ def _rss_samples(prefix: str, idle: int, window: list[tuple[float, int]], note: 
     ]
 
 
+@contextmanager
+def _watched_worker(ctx: Context, dsn: str) -> Iterator[tuple[BenchProbe, RssSampler, int]]:
+    """A ready worker x 50 whose RSS is sampled from now on, with the benchmark's probe and the
+    idle worker's RSS."""
+    with bench_probe(dsn) as probe, WorkerProcesses(dsn, processes=1, concurrency=_RUNNING) as workers:
+        ctx.status(f"starting a worker x {_RUNNING}")
+        workers.wait_ready()
+        with RssSampler(workers.pids[0]) as sampler:
+            sampler.sample()
+            yield probe, sampler, sampler.samples[-1][1]
+
+
 def _backlog(ctx: Context) -> list[Sample]:
     """A backlog of ``memory_backlog`` no-ops (``enqueue_many``'s COPY path, on a paused queue),
     worked through by 1 worker x 50 until it is empty or ``memory_cap_s`` has passed."""
@@ -100,24 +114,19 @@ def _backlog(ctx: Context) -> list[Sample]:
     prefix = f"memory_backlog_{count_label(n)}"
     with ctx.databases.fresh() as dsn:
         fill_paused(ctx, dsn, n, analyze=True)
-        with bench_probe(dsn) as probe, WorkerProcesses(dsn, processes=1, concurrency=_RUNNING) as workers:
-            ctx.status("starting a worker x 50")
-            workers.wait_ready()
-            with RssSampler(workers.pids[0]) as sampler:
-                sampler.sample()
-                idle = sampler.samples[-1][1]
-                set_paused(probe, False)
-                started = time.monotonic()
-                deadline = started + cap
-                done = 0
-                while done < n and time.monotonic() < deadline:
-                    # Counting a million rows is work for the server too: look once a second.
-                    time.sleep(1.0)
-                    done = probe.count_completed()
-                    ctx.status(f"memory: {done:,} of {n:,} jobs done")
-                elapsed = time.monotonic() - started
-                sampler.sample()
-                window = sampler.since(started)
+        with _watched_worker(ctx, dsn) as (probe, sampler, idle):
+            set_paused(probe, False)
+            started = time.monotonic()
+            deadline = started + cap
+            done = 0
+            while done < n and time.monotonic() < deadline:
+                # Counting a million rows is work for the server too: look once a second.
+                time.sleep(1.0)
+                done = probe.count_completed()
+                ctx.status(f"memory: {done:,} of {n:,} jobs done")
+            elapsed = time.monotonic() - started
+            sampler.sample()
+            window = sampler.since(started)
     note = f"1 worker x {_RUNNING} working through {n:,} waiting jobs; RSS every {_INTERVAL_S:g} s"
     if done < n:
         note += f"; capped at {cap:g} s after {done:,} jobs"
@@ -130,23 +139,18 @@ def _running(ctx: Context) -> list[Sample]:
     prefix = f"memory_running{_RUNNING}"
     with ctx.databases.fresh() as dsn:
         app = bench_app(dsn)
-        with bench_probe(dsn) as probe, WorkerProcesses(dsn, processes=1, concurrency=_RUNNING) as workers:
-            ctx.status("starting a worker x 50")
-            workers.wait_ready()
-            with RssSampler(workers.pids[0]) as sampler:
-                sampler.sample()
-                idle = sampler.samples[-1][1]
-                app.enqueue_many(probe.conn, [JobSpec(SLEEP_TASK, {"seconds": hold}, queue=QUEUE)
-                                              for _ in range(_RUNNING)])
-                started = time.monotonic()
-                deadline = started + hold + 30
-                peak = completed = 0
-                ctx.status(f"memory: {_RUNNING} jobs sleeping {hold:g} s")
-                while completed < _RUNNING and time.monotonic() < deadline:
-                    time.sleep(_INTERVAL_S)
-                    peak = max(peak, probe.count_running())
-                    completed = probe.count_completed()
-                window = sampler.since(started)
+        with _watched_worker(ctx, dsn) as (probe, sampler, idle):
+            app.enqueue_many(probe.conn, [JobSpec(SLEEP_TASK, {"seconds": hold}, queue=QUEUE)
+                                          for _ in range(_RUNNING)])
+            started = time.monotonic()
+            deadline = started + hold + 30
+            peak = completed = 0
+            ctx.status(f"memory: {_RUNNING} jobs sleeping {hold:g} s")
+            while completed < _RUNNING and time.monotonic() < deadline:
+                time.sleep(_INTERVAL_S)
+                peak = max(peak, probe.count_running())
+                completed = probe.count_completed()
+            window = sampler.since(started)
     note = f"1 worker x {_RUNNING}, {_RUNNING} async handlers sleeping {hold:g} s each; RSS every {_INTERVAL_S:g} s"
     if completed < _RUNNING:
         note += f"; only {completed} of {_RUNNING} finished within {hold + 30:g} s"
