@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import threading
 import time
 from dataclasses import replace
 
-from pgqueue._bench.workers import ASYNC, DSN_ENV, KEY_ENV, PROBE_TASK, QUEUE, SLEEP_TASK, SYNC, TASK
+from pgqueue._bench.workers import ASYNC, DSN_ENV, KEY_ENV, LOG_ENV, PROBE_TASK, QUEUE, SLEEP_TASK, SYNC, TASK
 from pgqueue.app import App
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
@@ -31,6 +32,10 @@ def _main() -> int:
     # queue's backlog in its plain claim, as it does a paused one's).
     parser.add_argument("--queue", action="append", default=None)
     options = parser.parse_args()
+    # A diagnostic aid: the worker's own log events (the stdlib fallback of pgqueue._log) on the
+    # bench's stderr, at this level (e.g. WARNING). Silent by default, as the measured worker runs.
+    if level := os.environ.get(LOG_ENV):
+        logging.basicConfig(level=level.upper(), stream=sys.stderr)
     record = options.record_starts
     record_probes = options.record_probes
     out = sys.stdout

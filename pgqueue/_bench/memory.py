@@ -118,10 +118,13 @@ def _backlog(ctx: Context) -> list[Sample]:
             set_paused(probe, False)
             started = time.monotonic()
             deadline = started + cap
-            done = 0
+            done = peak = 0
             while done < n and time.monotonic() < deadline:
                 # Counting a million rows is work for the server too: look once a second.
                 time.sleep(1.0)
+                # Claimed and not acknowledged yet: above the worker's 50 slots, finished jobs'
+                # outcomes are waiting in the worker for their ack (held in its memory).
+                peak = max(peak, probe.count_running())
                 done = probe.count_completed()
                 ctx.status(f"memory: {done:,} of {n:,} jobs done")
             elapsed = time.monotonic() - started
@@ -130,7 +133,8 @@ def _backlog(ctx: Context) -> list[Sample]:
     note = f"1 worker x {_RUNNING} working through {n:,} waiting jobs; RSS every {_INTERVAL_S:g} s"
     if done < n:
         note += f"; capped at {cap:g} s after {done:,} jobs"
-    return [*_rss_samples(prefix, idle, window, note), Sample(f"{prefix}_rate", "jobs/s", rate(done, elapsed))]
+    return [*_rss_samples(prefix, idle, window, note), Sample(f"{prefix}_rate", "jobs/s", rate(done, elapsed)),
+            Sample(f"{prefix}_peak_running", "jobs", peak)]
 
 
 def _running(ctx: Context) -> list[Sample]:

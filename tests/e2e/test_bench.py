@@ -31,7 +31,7 @@ QUICK_FIGURES = {
         "rate_limited", "rate_limited_ratio")),
     *(f"{p}_{k}" for p in ("memory_backlog_100k", "memory_running50")
       for k in ("rss_start_mb", "rss_max_mb", "rss_end_mb", "growth_mb")),
-    "memory_backlog_100k_rate", "memory_running50_peak_running",
+    "memory_backlog_100k_rate", "memory_backlog_100k_peak_running", "memory_running50_peak_running",
 }
 
 

@@ -80,4 +80,5 @@ def test_memory_samples_the_worker_rss_through_a_backlog_and_with_50_running(dat
         assert math.isfinite(samples[f"{prefix}_growth_mb"].value)
         assert "capped" not in (samples[f"{prefix}_rss_start_mb"].note or "")
     assert samples["memory_backlog_20k_rate"].value > 0
+    assert samples["memory_backlog_20k_peak_running"].value > 0
     assert samples["memory_running50_peak_running"].value == 50
