@@ -28,6 +28,9 @@ from pgqueue.jobs import JobSpec
 _INTERVAL_S = 0.5
 _RUNNING = 50
 _MB = 1024 * 1024
+# Claimed-but-unacknowledged jobs beyond this many times the slots: the acks are not keeping up
+# (a claim batch or two ahead, and one ack batch in flight, stay far below it).
+_ACK_LAG_FACTOR = 20
 
 
 def read_rss(pid: int) -> int | None:
@@ -133,6 +136,9 @@ def _backlog(ctx: Context) -> list[Sample]:
     note = f"1 worker x {_RUNNING} working through {n:,} waiting jobs; RSS every {_INTERVAL_S:g} s"
     if done < n:
         note += f"; capped at {cap:g} s after {done:,} jobs"
+    if peak > _ACK_LAG_FACTOR * _RUNNING:
+        note += (f"; acks fell behind: {peak:,} jobs claimed and not acknowledged at the peak, against "
+                 f"{_RUNNING} slots (their outcomes wait in the worker's memory)")
     return [*_rss_samples(prefix, idle, window, note), Sample(f"{prefix}_rate", "jobs/s", rate(done, elapsed)),
             Sample(f"{prefix}_peak_running", "jobs", peak)]
 
