@@ -6,91 +6,26 @@ the same thing is measured, so the figures line up column by column.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 from pgqueue._bench import startup
 from pgqueue._bench.context import FULL, Context, Scenario, Unit
+from pgqueue._bench.guarantees import GUARANTEES
+from pgqueue._bench.latency_load import LATENCY_LOAD
+from pgqueue._bench.memory import MEMORY
 from pgqueue._bench.physical import PHYSICAL
 from pgqueue._bench.stats import Sample, percentile, rate, timed
+from pgqueue._bench.steps import bench_app, count_label, drain, drain_limited, fill_paused, job_specs, set_paused
 from pgqueue._bench.workers import ASYNC, QUEUE, SYNC, TASK, WorkerProcesses
-from pgqueue._db.bench import BenchProbe, bench_probe
+from pgqueue._db.bench import bench_probe
 from pgqueue._db.sessions import open_connection
-from pgqueue.app import App
-from pgqueue.jobs import Job, JobSpec
-from pgqueue.settings import Settings
-
-ACTOR = "pgqueue-bench"
-
-
-def count_label(n: int) -> str:
-    """10_000 -> "10k", 1_000_000 -> "1m": the size suffix of a key."""
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}m"
-    if n >= 1_000 and n % 1_000 == 0:
-        return f"{n // 1_000}k"
-    return str(n)
-
-
-# --- shared steps ---
-
-def _app(dsn: str) -> App:
-    return App(dsn, settings=Settings(dsn=dsn))
-
-
-def _specs(start: int, count: int) -> list[JobSpec]:
-    return [JobSpec(TASK, {"i": i}, queue=QUEUE) for i in range(start, start + count)]
-
-
-def _set_paused(probe: BenchProbe, paused: bool) -> None:
-    probe.set_queue_paused(QUEUE, paused, actor=ACTOR)
-
-
-def _fill_paused(ctx: Context, dsn: str, count: int) -> None:
-    """``count`` jobs through ``enqueue_many`` on a paused queue, so no worker starts early."""
-    ctx.status(f"enqueueing {count:,} jobs")
-    app = _app(dsn)
-    with bench_probe(dsn) as probe:
-        _set_paused(probe, True)
-        for start in range(0, count, ctx.sizes.bulk_batch):
-            app.enqueue_many(probe.conn, _specs(start, min(ctx.sizes.bulk_batch, count - start)))
-
-
-def _seconds(start: datetime, end: datetime) -> float:
-    return (end - start).total_seconds()
-
-
-def _drain(ctx: Context, dsn: str, *, processes: int, concurrency: int, target: int,
-           handler: str = ASYNC, already: int = 0, queues: tuple[str, ...] = ()) -> tuple[float, str | None]:
-    """Start workers on the paused queue, resume it, and time ``target`` completions.
-
-    Start and end come from the database clock: the moment before the queue resumes, and the
-    ``finished_at`` of the target-th completed job. Polling only decides when to look.
-    """
-    cap = ctx.sizes.process_cap_s
-    with bench_probe(dsn) as probe, WorkerProcesses(
-            dsn, processes=processes, concurrency=concurrency, handler=handler, queues=queues) as workers:
-        ctx.status(f"starting {processes} worker process(es)")
-        workers.wait_ready()
-        ctx.status(f"draining {target:,} jobs with {processes} x {concurrency}")
-        started: datetime = probe.clock()
-        _set_paused(probe, False)
-        deadline = time.monotonic() + cap
-        done = probe.count_completed() - already
-        while done < target and time.monotonic() < deadline:
-            time.sleep(0.05)
-            done = probe.count_completed() - already
-        if done >= target:
-            return rate(target, _seconds(started, probe.nth_finished_at(already + target))), None
-        elapsed = _seconds(started, probe.clock())
-        return rate(done, elapsed), f"capped at {cap:g} s: {done} of {target} jobs; rate = jobs handled / elapsed"
-
+from pgqueue.jobs import Job
 
 # --- enqueue ---
 
 def _enqueue_single(ctx: Context) -> list[Sample]:
     n = ctx.sizes.enqueue_single
     with ctx.databases.fresh() as dsn, open_connection(dsn, autocommit=True) as conn:
-        app = _app(dsn)
+        app = bench_app(dsn)
         with timed() as watch:
             for i in range(n):
                 app.enqueue(conn, TASK, {"i": i}, queue=QUEUE)
@@ -103,7 +38,7 @@ def _enqueue_paths(ctx: Context) -> list[Sample]:
     n = ctx.sizes.enqueue_single
     samples = []
     with ctx.databases.fresh() as dsn, open_connection(dsn, autocommit=True) as conn:
-        app = _app(dsn)
+        app = bench_app(dsn)
 
         @app.task(name=TASK, queue=QUEUE)
         def handler(job: Job, i: int) -> None: ...
@@ -113,7 +48,7 @@ def _enqueue_paths(ctx: Context) -> list[Sample]:
                 handler.enqueue(conn, i=i)
         samples.append(Sample("enqueue_single_typed", "jobs/s", rate(n, watch.seconds)))
     with ctx.databases.fresh() as dsn, open_connection(dsn, autocommit=True) as conn:
-        app = _app(dsn)
+        app = bench_app(dsn)
         bound = app.task(name=TASK, queue=QUEUE)(handler.fn).options(priority="high", tags=["bench"])
         with timed() as watch:
             for i in range(n):
@@ -129,9 +64,9 @@ def _enqueue_paths(ctx: Context) -> list[Sample]:
 
 def _enqueue_bulk(ctx: Context) -> list[Sample]:
     n, batch = ctx.sizes.enqueue_bulk, ctx.sizes.bulk_batch
-    specs = _specs(0, n)
+    specs = job_specs(0, n)
     with ctx.databases.fresh() as dsn, open_connection(dsn) as conn:
-        app = _app(dsn)
+        app = bench_app(dsn)
         with timed() as watch:
             for start in range(0, n, batch):
                 app.enqueue_many(conn, specs[start:start + batch])
@@ -157,8 +92,8 @@ def _process_unit(processes: int, concurrency: int, handler: str) -> Unit:
     def run(ctx: Context) -> list[Sample]:
         n = ctx.sizes.process
         with ctx.databases.fresh() as dsn:
-            _fill_paused(ctx, dsn, n)
-            value, note = _drain(ctx, dsn, processes=processes, concurrency=concurrency, target=n, handler=handler)
+            fill_paused(ctx, dsn, n)
+            value, note = drain(ctx, dsn, processes=processes, concurrency=concurrency, target=n, handler=handler)
         return [Sample(key, "jobs/s", value, note)]
 
     return Unit(f"process P={processes} C={concurrency}{' sync' if handler == SYNC else ''}", run)
@@ -175,7 +110,7 @@ def _latency(ctx: Context) -> list[Sample]:
         workers.wait_ready()
         time.sleep(0.5)  # idle: parked on LISTEN, nothing in flight
         ctx.status(f"enqueueing {n} jobs {gap * 1000:g} ms apart")
-        app = _app(dsn)
+        app = bench_app(dsn)
         commits: list[float] = []
         next_at = time.monotonic()
         for i in range(n):
@@ -209,7 +144,7 @@ def _chain_latency(ctx: Context) -> list[Sample]:
         ctx.status("starting an idle worker")
         workers.wait_ready()
         time.sleep(0.5)
-        app = _app(dsn)
+        app = bench_app(dsn)
         ctx.status(f"a chain of {n} steps")
         flow = wf.chain(*[wf.sig(TASK, {"i": i}, queue=QUEUE) for i in range(n)])
         ids = app.enqueue_workflow(conn, flow).job_ids
@@ -253,12 +188,12 @@ def _group_enqueue(ctx: Context) -> list[Sample]:
 
     n = ctx.sizes.bulk_batch
     with ctx.databases.fresh() as dsn, open_connection(dsn) as conn:
-        app = _app(dsn)
+        app = bench_app(dsn)
         with timed() as plain:
-            app.enqueue_many(conn, _specs(0, n))
+            app.enqueue_many(conn, job_specs(0, n))
             conn.commit()
     with ctx.databases.fresh() as dsn, open_connection(dsn) as conn:
-        app = _app(dsn)
+        app = bench_app(dsn)
         flow = wf.group([wf.sig(TASK, {"i": i}, queue=QUEUE) for i in range(n)], then=wf.sig(TASK, queue=QUEUE))
         with timed() as grouped:
             app.enqueue_workflow(conn, flow)
@@ -280,10 +215,10 @@ def _backlog(ctx: Context) -> list[Sample]:
     for size in ctx.sizes.backlogs:
         with ctx.databases.fresh() as dsn:
             with bench_probe(dsn) as probe:
-                _set_paused(probe, True)
+                set_paused(probe, True)
                 ctx.status(f"generating a backlog of {size:,} jobs")
                 probe.fill_backlog(TASK, QUEUE, size)
-            value, note = _drain(ctx, dsn, processes=1, concurrency=50, target=measure)
+            value, note = drain(ctx, dsn, processes=1, concurrency=50, target=measure)
         rates.append(value)
         samples.append(Sample(f"backlog_{count_label(size)}", "jobs/s", value, note))
     samples.append(Sample("backlog_ratio", "x", rates[1] / rates[0] if rates[0] else float("nan")))
@@ -305,7 +240,7 @@ def _limits(ctx: Context) -> list[Sample]:
     samples: list[Sample] = []
     with ctx.databases.fresh() as dsn:
         with bench_probe(dsn) as probe:
-            _set_paused(probe, True)
+            set_paused(probe, True)
             ctx.status(f"generating a backlog of {size:,} jobs")
             probe.fill_backlog(TASK, QUEUE, size)
         figures: dict[str, float] = {}
@@ -314,12 +249,8 @@ def _limits(ctx: Context) -> list[Sample]:
                 (f"limits_c10000_{label}", 10_000, None, measure),
                 (f"limits_c50_{label}", 50, None, measure),
                 (f"limits_rate_{rate_limit}_s", None, (rate_limit, 1), rate_limit * 6)):
-            with bench_probe(dsn) as probe:
-                _set_paused(probe, True)
-                probe.set_queue_limits(QUEUE, concurrency=concurrency, rate=limit_rate, actor=ACTOR)
-                done = probe.count_completed()
-            value, note = _drain(ctx, dsn, processes=1, concurrency=50, target=target, already=done,
-                                 queues=(QUEUE,))
+            value, note = drain_limited(ctx, dsn, concurrency_limit=concurrency, rate_limit=limit_rate,
+                                        target=target)
             figures[key] = value
             if limit_rate is not None and note is None:
                 # A sliding window lets the first N start at once: K jobs take at least K/N - 1 s.
@@ -342,7 +273,7 @@ def _churn(ctx: Context) -> list[Sample]:
     n, wave = sizes.churn, sizes.churn_wave
     mb = 1024 * 1024
     with ctx.databases.fresh() as dsn:
-        app = _app(dsn)
+        app = bench_app(dsn)
         half_bytes = 0
         with bench_probe(dsn) as probe, WorkerProcesses(
                 dsn, processes=1, concurrency=50, retain_completed=sizes.churn_keep_s,
@@ -360,7 +291,7 @@ def _churn(ctx: Context) -> list[Sample]:
                     if not half_bytes and done >= n // 2:
                         half_bytes = probe.table_size("pgqueue.jobs")[0]
                     if enqueued < n and probe.count_available() < wave:
-                        app.enqueue_many(probe.conn, _specs(enqueued, min(wave, n - enqueued)))
+                        app.enqueue_many(probe.conn, job_specs(enqueued, min(wave, n - enqueued)))
                         enqueued += min(wave, n - enqueued)
                     else:
                         time.sleep(0.1)
@@ -420,5 +351,11 @@ SCENARIOS: dict[str, Scenario] = {
                  lambda sizes: startup.UNITS),
         Scenario("physical", "PostgreSQL's ceiling: the minimal SQL a queue needs per job",
                  lambda sizes: PHYSICAL),
+        Scenario("latency-load", "wake-up latency of a lone high-priority job while the worker drains a backlog",
+                 lambda sizes: LATENCY_LOAD),
+        Scenario("guarantees", "throughput with encryption, a concurrency limit, a rate limit, against plain",
+                 lambda sizes: GUARANTEES),
+        Scenario("memory", "worker RSS through a large backlog and with 50 jobs running",
+                 lambda sizes: MEMORY),
     )
 }

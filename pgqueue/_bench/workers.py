@@ -3,9 +3,11 @@
 Workers always run in child processes, even for one process: the parent's enqueuers, pruner and
 probes then never share a GIL with the worker being measured. A child is
 ``python -m pgqueue._bench.child`` (not multiprocessing, which would re-import the caller's
-main module): the DSN comes in the environment (never argv), it stops when its stdin closes (so
-it also stops when the parent dies), and in the latency scenario the handler writes
-``<i> <time.time()>`` lines to stdout.
+main module): the DSN (and an encryption key) come in the environment (never argv), it stops when
+its stdin closes (so it also stops when the parent dies), and in the latency scenario the handler
+writes ``<i> <time.time()>`` lines to stdout. Besides the no-op task, every child serves a probe
+task (its handler writes ``<i> <time.monotonic()>``: CLOCK_MONOTONIC, the same clock in every
+process of the machine) and a task that sleeps.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from pgqueue._db.bench import bench_probe
 from pgqueue.errors import PgqueueError
 
 TASK = "pgqueue_bench.noop"
+PROBE_TASK = "pgqueue_bench.probe"
+SLEEP_TASK = "pgqueue_bench.sleep"
 QUEUE = "bench"
 ASYNC = "async"
 SYNC = "sync"
 DSN_ENV = "PGQUEUE_BENCH_DSN"
+KEY_ENV = "PGQUEUE_BENCH_ENCRYPTION_KEY"
+LOG_ENV = "PGQUEUE_BENCH_WORKER_LOG"
 
 
 class WorkerProcesses:
@@ -38,24 +44,31 @@ class WorkerProcesses:
 
     def __init__(self, dsn: str, *, processes: int, concurrency: int, handler: str = ASYNC,
                  record_starts: bool = False, retain_completed: float | None = None,
-                 prune_interval: float | None = None, queues: Sequence[str] = ()) -> None:
+                 prune_interval: float | None = None, queues: Sequence[str] = (), record_probes: bool = False,
+                 encryption_key: str | None = None) -> None:
         self.dsn = dsn
         self.processes = processes
         self.argv = [sys.executable, "-m", "pgqueue._bench.child", "--concurrency", str(concurrency),
                      "--handler", handler] + (["--record-starts"] if record_starts else [])
+        if record_probes:
+            self.argv.append("--record-probes")
+        # With a key the child runs in compliance mode (PGQUEUE_ENCRYPT_ALL): results encrypted too.
+        self.encryption_key = encryption_key
         if retain_completed is not None:
             self.argv += ["--retain-completed", str(retain_completed)]
         if prune_interval is not None:
             self.argv += ["--prune-interval", str(prune_interval)]
         for queue in queues:
             self.argv += ["--queue", queue]
-        self.record_starts = record_starts
+        self.record_starts = record_starts or record_probes
         self.starts: dict[int, float] = {}
         self._children: list[subprocess.Popen[str]] = []
         self._readers: list[threading.Thread] = []
 
     def __enter__(self) -> WorkerProcesses:
         env = dict(os.environ, **{DSN_ENV: self.dsn})
+        if self.encryption_key is not None:
+            env[KEY_ENV] = self.encryption_key
         for _ in range(self.processes):
             child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 self.argv, env=env, stdin=subprocess.PIPE, text=True,
@@ -70,6 +83,11 @@ class WorkerProcesses:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        """The children's process ids: each is the worker process itself (no supervisor between)."""
+        return [child.pid for child in self._children]
 
     def _read_starts(self, child: subprocess.Popen[str]) -> None:
         assert child.stdout is not None  # noqa: S101 - set by __enter__

@@ -21,6 +21,8 @@ from pgqueue._db.sessions import open_connection
 class BenchQueries(NamedTuple):
     count_completed: LiteralString
     count_available: LiteralString
+    count_running: LiteralString
+    count_encrypted_completed: LiteralString
     count_unfinished: LiteralString
     count_jobs: LiteralString
     nth_finished_at: LiteralString
@@ -81,6 +83,12 @@ class BenchProbe:
     def count_available(self) -> int:
         return int(self._scalar(BENCH.count_available))
 
+    def count_running(self) -> int:
+        return int(self._scalar(BENCH.count_running))
+
+    def count_encrypted_completed(self) -> int:
+        return int(self._scalar(BENCH.count_encrypted_completed))
+
     def count_unfinished(self) -> int:
         return int(self._scalar(BENCH.count_unfinished))
 
@@ -119,6 +127,9 @@ class BenchProbe:
     def fill_backlog(self, task: str, queue: str, count: int) -> None:
         """``count`` available jobs generated server-side, then the table vacuumed and analysed."""
         self.conn.execute(BENCH.fill_backlog, {"task": task, "queue": queue, "count": count})
+        self.conn.execute(BENCH.analyze_jobs)
+
+    def vacuum_analyze_jobs(self) -> None:
         self.conn.execute(BENCH.analyze_jobs)
 
     def table_size(self, table: str) -> tuple[int, int, int]:

@@ -26,10 +26,17 @@ QUICK_FIGURES = {
     "startup_worker_ms", "startup_first_job_ms", "startup_p2_worker_ms", "startup_p2_first_job_ms", "startup_p2_gap_ms",
     "physical_enqueue_single", "physical_enqueue_bulk", "physical_claim1_conn1", "physical_claim1_conn4",
     "physical_claim100_conn1", "physical_claim100_conn4",
+    *(f"latency_load_c{c}_{k}" for c in (10, 50) for k in ("p50", "p95", "p99", "backlog_rate")),
+    *(f"guarantees_{s}_{v}" for s in ("c10", "p2_c50") for v in (
+        "baseline", "encrypted", "encrypted_ratio", "concurrency_limited", "concurrency_limited_ratio",
+        "rate_limited", "rate_limited_ratio")),
+    *(f"{p}_{k}" for p in ("memory_backlog_100k", "memory_running50")
+      for k in ("rss_start_mb", "rss_max_mb", "rss_end_mb", "growth_mb")),
+    "memory_backlog_100k_rate", "memory_backlog_100k_peak_running", "memory_running50_peak_running",
 }
 
 
-def run_bench(dsn: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_bench(dsn: str, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("COLUMNS", None)  # the table is laid out for a pipe, whatever terminal runs pytest
     return subprocess.run([sys.executable, "-m", "pgqueue", "bench", "--dsn", dsn, *args],
@@ -100,4 +107,4 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
-        "latency, chain, group-enqueue, backlog, limits, churn, startup, physical"]
+        "latency, chain, group-enqueue, backlog, limits, churn, startup, physical, latency-load, guarantees, memory"]

@@ -7,6 +7,13 @@ SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed';
 -- name: count_available
 SELECT count(*) FROM pgqueue.jobs WHERE state = 'available';
 
+-- name: count_running
+SELECT count(*) FROM pgqueue.jobs WHERE state = 'running';
+
+-- name: count_encrypted_completed
+-- The guarantees scenario's check that its encrypted jobs were stored and run as ciphertext.
+SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed' AND args IS NULL AND args_encrypted IS NOT NULL;
+
 -- name: count_unfinished
 -- Jobs not finished yet: the churn scenario counts what left the queue, pruned or not.
 SELECT count(*) FROM pgqueue.jobs WHERE state IN ('scheduled', 'available', 'running');
