@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 MAX_CLAIM_BATCH = 200
 #: Claims pause while the outcomes waiting to be written reach this many per slot (at least
 #: MIN_ACK_BACKLOG): a healthy worker writes each batch within a round trip, far below it.
-ACK_BACKLOG_PER_SLOT = 4
-MIN_ACK_BACKLOG = 200
+ACK_BACKLOG_PER_SLOT = 10
+MIN_ACK_BACKLOG = 500
 #: How often the limited queues and tasks are re-read from the database: a limit set with
 #: `pgqueue queues set` applies to the locked claims within this long (the unlimited claim stops
 #: taking a newly limited queue's jobs at once: it reads the settings itself).
@@ -237,8 +237,12 @@ class Claimer:
                 # Backpressure: handlers finish faster than their outcomes are written (a slow disk,
                 # a lock on the rows, a bad plan). A slot frees when its handler ends, so without
                 # this the worker would keep claiming, and claimed-but-unwritten jobs (and memory)
-                # would grow without bound. The acker wakes us after each batch it writes.
+                # would grow without bound. The acker wakes us after each batch it writes. Both
+                # signals are cleared first (else the sleep returns at once and this loop spins,
+                # starving the acker it waits for); the claim after the pause finds what they announced.
                 flow.held_back = True
+                flow.wakeup.clear()
+                flow.slot_freed.clear()
                 await self._sleep_unless_woken(HELD_BACK_POLL_SECONDS)
                 continue
             if self.acker.failing:

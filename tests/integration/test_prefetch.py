@@ -19,6 +19,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App, Job, JobSpec, Worker, admin
+from pgqueue._worker.claimer import MIN_ACK_BACKLOG
 from pgqueue.settings import Settings
 from tests.helpers import wait_until
 
@@ -201,11 +202,14 @@ def test_slow_jobs_are_not_claimed_ahead(dsn: str, db: Conn) -> None:
     assert row == (2,)
 
 
-def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: str, db: Conn) -> None:
+@pytest.mark.parametrize("concurrency", [2, 50])
+def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: str, db: Conn,
+                                                                          concurrency: int) -> None:
     # Another session locks the rows of the jobs running now, so the acker's next batch waits on
     # them while the no-op handlers go on finishing: without backpressure the worker would claim
-    # the whole backlog while none of it can be acknowledged.
-    app = make_app(dsn)
+    # the whole backlog while none of it can be acknowledged. A long lease: the periodic lost-claim
+    # reconcile (every lease) must not be what gets a paused claimer going again.
+    app = make_app(dsn, lease_seconds=120)
     ran: list[int] = []
 
     @app.task(name="fast")
@@ -214,7 +218,7 @@ def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: 
 
     jobs = 3000
     enqueue(app, "fast", jobs)
-    worker = Worker(app, concurrency=2)
+    worker = Worker(app, concurrency=concurrency)
     thread = run_in_thread(worker, until_empty=True)
     with psycopg.connect(dsn) as blocker:
         def locked_some() -> int:
@@ -225,9 +229,30 @@ def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: 
         time.sleep(2)  # the worker runs on meanwhile: its acks wait on our locks
         claimed = states(db).get("running", 0)
         blocker.rollback()
-    # The unwritten outcomes (at most the limit, 200 here), a prefetch buffer and the slots.
-    assert claimed <= 200 + 32 + 2 + 50, claimed
+    # The unwritten outcomes (at most the limit), a prefetch buffer and the slots, give or take a batch.
+    assert claimed <= MIN_ACK_BACKLOG + 3 * max(concurrency, 32), claimed
     assert len(ran) < jobs
+    # Once the locks go, everything completes: a paused claimer must not starve the acker.
+    thread.join(BOUND)
+    assert not thread.is_alive()
+    assert sorted(ran) == list(range(jobs))
+    assert states(db) == {"completed": jobs}
+
+
+def test_a_wide_worker_drains_a_backlog_of_no_op_jobs_while_its_acks_trail_its_claims(dsn: str, db: Conn) -> None:
+    # 1 x 50 and no-op handlers: handlers finish far faster than outcomes are written, so the
+    # claimer keeps reaching the unwritten-outcome limit; it must pause without starving the acker.
+    # A long lease: the periodic lost-claim reconcile (every lease) must not be what unsticks it.
+    app = make_app(dsn, lease_seconds=120)
+    ran: list[int] = []
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        ran.append(i)
+
+    jobs = 3000
+    enqueue(app, "fast", jobs)
+    thread = run_in_thread(Worker(app, concurrency=50), until_empty=True)
     thread.join(BOUND)
     assert not thread.is_alive()
     assert sorted(ran) == list(range(jobs))
