@@ -86,9 +86,10 @@ def recreate(admin: psycopg.Connection, name: str, template: str | None = None) 
     admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
 
 
-def pgbench_tps(dsn: str, script: str, seconds: int) -> float:
-    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-j", "1", "-c", "1", "-T", str(seconds), "-f", script,
-                          dsn], capture_output=True, text=True, check=True).stdout
+def pgbench_tps(dsn: str, script: str, length: list[str]) -> float:
+    """pgbench's tps (connection time excluded) for one client; ``length`` is ``["-T", s]`` or ``["-t", n]``."""
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-j", "1", "-c", "1", *length, "-f", script, dsn],
+                         capture_output=True, text=True, check=True).stdout
     match = re.search(r"tps = ([0-9.]+)", out)
     if match is None:
         raise SystemExit(f"no tps in pgbench output:\n{out}")
@@ -156,10 +157,11 @@ def main() -> None:
             pgq_script.flush()
             for r in range(options.rounds):
                 recreate(admin, pgb, pgb_tpl)
-                tps = pgbench_tps(with_db(options.dsn, pgb), script.name, options.seconds)
+                tps = pgbench_tps(with_db(options.dsn, pgb), script.name, ["-T", str(options.seconds)])
                 rates = {"psycopg INSERT": psycopg_rate(with_db(options.dsn, pgb), options.jobs)}
                 recreate(admin, pgq, tpls[0])
-                rates["pgbench insert_job"] = pgbench_tps(with_db(options.dsn, pgq), pgq_script.name, options.seconds)
+                rates["pgbench insert_job"] = pgbench_tps(with_db(options.dsn, pgq), pgq_script.name,
+                                                            ["-T", str(options.seconds)])
                 for k, (tree, tpl) in enumerate(zip(trees, tpls, strict=True)):
                     recreate(admin, pgq, tpl)
                     rates[f"tree{k}"] = enqueue_rate(tree, with_db(options.dsn, pgq), options.jobs)
