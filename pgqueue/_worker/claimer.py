@@ -383,12 +383,9 @@ class Claimer:
     def _dispatch_all(self, pool: Pool, jobs: list[Job]) -> None:
         """Start what the pool's free slots take; buffer the rest (claimed ahead)."""
         free = pool.free(self.running)
-        for job in jobs:
-            if free > 0:
-                self._start(pool, job)
-                free -= 1
-            else:
-                pool.buffer.append(job)
+        for job in jobs[:max(free, 0)]:
+            self._start(pool, job)
+        pool.buffer_jobs(jobs[max(free, 0):])
 
     async def _sync_task_limits(self, conn: AsyncPsycopgConnection) -> None:
         await AsyncJobStore(conn).sync_task_limits(self._task_limits or [])

@@ -30,6 +30,23 @@ class Pool:
         self.claimed.intersection_update(running)
         return self.capacity - len(self.claimed)
 
+    def buffer_jobs(self, jobs: Sequence[Job]) -> None:
+        """Add claimed jobs to the buffer, in priority order: a job claimed now that outranks
+        buffered ones (a lone urgent job during a backlog) starts before them, not behind them.
+        Within a priority, claim order is kept (the sort is stable, older claims first)."""
+        if not jobs:
+            return
+        if self.buffer and min(job.priority for job in jobs) < self.buffer[-1].priority:
+            merged = sorted([*self.buffer, *jobs], key=_priority)
+            self.buffer.clear()
+            self.buffer.extend(merged)
+        else:
+            self.buffer.extend(jobs)
+
+
+def _priority(job: Job) -> int:
+    return job.priority
+
 
 def build_pools(queues: Sequence[str] | Mapping[str, int | None] | None, concurrency: int) -> list[Pool]:
     """The worker's slots: ``name=N`` (or a mapping's number) gives a queue N slots of its own; bare

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from pgqueue._worker.pools import Pool
 from pgqueue._worker.prefetch import MIN_AUTO_CAP, WINDOW_SECONDS, PrefetchSizer
 from pgqueue.errors import ConfigurationError
+from pgqueue.jobs import Job
 from pgqueue.settings import Settings, parse_prefetch
 
 
@@ -64,3 +68,19 @@ def test_the_setting_reads_auto_or_a_whole_number() -> None:
             parse_prefetch(bad)
     with pytest.raises(ConfigurationError, match="PGQUEUE_PREFETCH"):
         Settings.from_env({"PGQUEUE_PREFETCH": "lots"})
+
+
+def _job(job_id: int, priority: int) -> Job:
+    return Job(id=job_id, task="t", queue="q", args={}, attempt=1, max_attempts=3,
+               enqueued_at=datetime.now(UTC), priority=priority)
+
+
+def test_a_claimed_job_that_outranks_the_buffer_goes_before_it_and_ties_keep_claim_order() -> None:
+    pool = Pool(None, 1)
+    pool.buffer_jobs([_job(1, 100), _job(2, 100), _job(3, 100)])
+    pool.buffer_jobs([_job(4, 100), _job(5, 0), _job(6, 100)])  # 5 is urgent: a smaller number runs first
+    assert [job.id for job in pool.buffer] == [5, 1, 2, 3, 4, 6]
+    pool.buffer_jobs([_job(7, 100)])
+    assert [job.id for job in pool.buffer] == [5, 1, 2, 3, 4, 6, 7]
+    pool.buffer_jobs([])
+    assert len(pool.buffer) == 7
