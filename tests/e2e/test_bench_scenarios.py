@@ -15,8 +15,8 @@ from pgqueue._bench.database import ScratchDatabases
 from pgqueue._bench.scenarios import SCENARIOS
 from pgqueue._bench.stats import Sample
 
-SMALL = dataclasses.replace(QUICK, load_backlog=20_000, load_probes=15, guarantees_jobs=1_000,
-                            memory_backlog=20_000, memory_cap_s=60, memory_hold_s=3)
+SMALL = dataclasses.replace(QUICK, load_backlog=20_000, load_probes=8, guarantees_jobs=1_000,
+                            memory_backlog=10_000, memory_cap_s=60, memory_hold_s=2)
 
 
 @pytest.fixture
@@ -72,13 +72,13 @@ def test_guarantees_reports_each_variant_and_its_ratio_to_the_baseline(databases
 def test_memory_samples_the_worker_rss_through_a_backlog_and_with_50_running(databases: ScratchDatabases) -> None:
     samples = run_scenario(databases, "memory")
 
-    for prefix in ("memory_backlog_20k", "memory_running50"):
+    for prefix in ("memory_backlog_10k", "memory_running50"):
         start, peak, end = (samples[f"{prefix}_rss_{k}_mb"].value for k in ("start", "max", "end"))
         # A Python worker with psycopg loaded is tens of MB, far below the machine's memory.
         assert 10 < start <= peak < 4096, (prefix, start, peak)
         assert 10 < end <= peak, (prefix, end, peak)
         assert math.isfinite(samples[f"{prefix}_growth_mb"].value)
         assert "capped" not in (samples[f"{prefix}_rss_start_mb"].note or "")
-    assert samples["memory_backlog_20k_rate"].value > 0
-    assert samples["memory_backlog_20k_peak_running"].value > 0
+    assert samples["memory_backlog_10k_rate"].value > 0
+    assert samples["memory_backlog_10k_peak_running"].value > 0
     assert samples["memory_running50_peak_running"].value == 50

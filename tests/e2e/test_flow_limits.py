@@ -74,7 +74,10 @@ def test_four_workers_never_run_more_of_a_queue_than_its_concurrency(
     assert done.returncode == 0, done.stderr
 
     with sampled(spans_dsn, "SELECT count(*) FROM pgqueue.jobs WHERE queue = 'limited' AND state = 'running'") as runs:
-        workers = [spawn_worker(spans_dsn, app_path=APP, concurrency=10) for _ in range(4)]
+        # One slot each: four workers could run four at once, and reaching the limit of 3 takes
+        # three of them (a wide worker that re-claims the moment its own outcomes are written can
+        # otherwise hold all three slots itself, which proves nothing about the other processes).
+        workers = [spawn_worker(spans_dsn, app_path=APP, concurrency=1) for _ in range(4)]
         wait_until(lambda: finished(db, ids), timeout=60, message="the limited queue's jobs did not all finish")
 
     counts = [int(str(r[0])) for r in runs]
@@ -87,7 +90,7 @@ def test_four_workers_never_run_more_of_a_queue_than_its_concurrency(
     assert overlap is not None
     assert overlap[0] <= 3
     pids = {row[0] for row in db.execute("SELECT DISTINCT pid FROM test_spans")}
-    assert len(pids) > 1, "one worker ran everything: the limit was not shared across processes"
+    assert len(pids) >= 3, "the limit was not shared across processes"
     assert all(w.alive() for w in workers)
 
 
