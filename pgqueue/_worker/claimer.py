@@ -99,7 +99,7 @@ class Claimer:
             are removed before the first claim.
         prefetch: sizes each pool's buffer of jobs claimed ahead of a free slot (unlimited claims
             only: a buffered job of a limited queue or task would count against its limit
-            while it waits). None: no prefetching.
+            while it waits). None, or any task with a circuit breaker: no prefetching.
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
@@ -136,7 +136,10 @@ class Claimer:
         self._breakers_written = not self.breakers and not self.unguarded
         self._trial_checked_at = 0.0
         self._trial_retry_at = 0.0
-        self.prefetch = prefetch or PrefetchSizer(cap=0)
+        # No prefetching for an app with circuit breakers: a job buffered before its task's breaker
+        # opened would still start after it, past the breaker, and a stalled downstream would then
+        # fill the slots a half-open trial needs.
+        self.prefetch = prefetch if prefetch is not None and not self.breakers else PrefetchSizer(cap=0)
         #: Claims pause while this many outcomes wait to be written (see run()).
         self.ack_backlog_limit = max(ACK_BACKLOG_PER_SLOT * self.concurrency, MIN_ACK_BACKLOG)
 
