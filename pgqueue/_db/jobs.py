@@ -791,10 +791,11 @@ class AsyncJobStore:
             rows = await cur.fetchall()
         return [r[0] for r in rows]
 
-    async def release_jobs(self, jobs: Sequence[tuple[int, str]]) -> set[int]:
+    async def release_jobs(self, jobs: Sequence[tuple[int, str]], reason: str = "worker shutdown") -> set[int]:
         with translate_errors():
             cur = await self.conn.execute(JOBS.release_jobs, {
                 "ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs], "channel": NOTIFY_CHANNEL,
+                "reason": reason,
             })
             rows = await cur.fetchall()
         return {r[0] for r in rows}

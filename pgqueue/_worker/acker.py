@@ -204,13 +204,13 @@ class Acker:
                     # owns the outcome now, and ours must not overwrite it.
                     log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
 
-    async def release(self, unfinished: Sequence[tuple[int, str]]) -> None:
+    async def release(self, unfinished: Sequence[tuple[int, str]], reason: str = "worker shutdown") -> None:
         """Hand jobs this worker will not finish back at once (their attempt not counted); after
         three failed tries their leases expire and the rescuer hands them back instead."""
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
         for attempt in range(3):
             try:
-                released = await AsyncJobStore(await self.session.get()).release_jobs(unfinished)
+                released = await AsyncJobStore(await self.session.get()).release_jobs(unfinished, reason)
                 log.info("worker.released", released=sorted(released))
                 break
             except DATABASE_ERRORS as exc:

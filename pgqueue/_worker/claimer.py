@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
 
 MAX_CLAIM_BATCH = 200
+#: A pool whose slots are all busy and that started no job for this long is stalled: it claims
+#: nothing ahead (its recent pace, on which the prefetch target rests, no longer holds).
+STALL_SECONDS = 0.25
+#: A stalled pool hands its buffered jobs back after this long without a start.
+BUFFER_TTL_SECONDS = 1.0
 #: Claims pause while the outcomes waiting to be written reach this many per slot (at least
 #: MIN_ACK_BACKLOG): a healthy worker writes each batch within a round trip, far below it.
 ACK_BACKLOG_PER_SLOT = 10
@@ -189,7 +194,27 @@ class Claimer:
 
     def _start(self, pool: Pool, job: Job) -> None:
         pool.claimed.add(job.id)
+        pool.last_start = time.monotonic()
         self.dispatch(job)
+
+    def _stalled(self, pool: Pool, free: int | None = None) -> bool:
+        """Every slot busy and no job started for STALL_SECONDS: the recent pace no longer holds
+        (a job that usually takes milliseconds hangs), so nothing more is claimed ahead."""
+        free = pool.free(self.running) if free is None else free
+        return free <= 0 and pool.last_start > 0 and time.monotonic() - pool.last_start > STALL_SECONDS
+
+    async def _release_stale_buffers(self) -> None:
+        """Hand back (uncounted) the buffered jobs of a pool that started nothing for BUFFER_TTL_SECONDS:
+        the 20 ms promise of prefetching must hold when the pace changes, and another worker may
+        be idle."""
+        now = time.monotonic()
+        for pool in self.pools:
+            if pool.buffer and now - pool.last_start > BUFFER_TTL_SECONDS:
+                stale = [(job.id, job.lease_token) for job in pool.buffer]
+                pool.buffer.clear()
+                get_logger("pgqueue.worker", worker_id=self.worker_id).info(
+                    "worker.prefetch_released", jobs=len(stale), idle_s=round(now - pool.last_start, 1))
+                await self.acker.release(stale, reason="prefetched job waited behind a stalled slot")
 
     def _start_buffered(self, pool: Pool) -> int:
         """Start buffered jobs in the pool's free slots; return the slots still free."""
@@ -199,14 +224,18 @@ class Claimer:
             free -= 1
         return free
 
-    def _ahead(self, pool: Pool) -> int:
-        """How many jobs to claim for the pool's buffer now: none while it is above half its target."""
+    def _ahead(self, pool: Pool, free: int | None = None) -> int:
+        """How many jobs to claim for the pool's buffer now: none while it is above half its
+        target, or while the pool is stalled."""
+        if self._stalled(pool, free):
+            return 0
         target = self.prefetch.target(pool.capacity)
         have = len(pool.buffer)
         return target - have if have <= target // 2 else 0
 
     def _wants_claim(self, pool: Pool, free: int | None = None) -> bool:
-        return (pool.free(self.running) if free is None else free) > 0 or self._ahead(pool) > 0
+        free = pool.free(self.running) if free is None else free
+        return free > 0 or self._ahead(pool, free) > 0
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -225,10 +254,15 @@ class Claimer:
                     claim_uncertain = False
                 except DATABASE_ERRORS:
                     pass  # the claim below meets the same outage and backs off
+            if any(pool.buffer for pool in self.pools):
+                await self._release_stale_buffers()
             if not any(self._wants_claim(pool) for pool in self.pools):
                 flow.slot_freed.clear()
                 if not any(self._wants_claim(pool) for pool in self.pools):
-                    await flow.slot_freed.wait()
+                    # With jobs buffered, look again after a while: a stalled pool's buffer goes back.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(BUFFER_TTL_SECONDS if any(p.buffer for p in self.pools) else None):
+                            await flow.slot_freed.wait()
                 continue
             if not self.heartbeat.lease_current():
                 # After an outage the claim connection may come back before the heartbeat does: a

@@ -25,6 +25,8 @@ class Pool:
     #: Jobs claimed ahead of a free slot (see :mod:`pgqueue._worker.prefetch`), oldest first:
     #: claimed in the database (``running`` under this worker's lease) but not started yet.
     buffer: deque[Job] = field(default_factory=deque)
+    #: time.monotonic() of this pool's last job start (0: none yet).
+    last_start: float = 0.0
 
     def free(self, running: Collection[int]) -> int:
         self.claimed.intersection_update(running)

@@ -587,7 +587,7 @@ WITH released AS (
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
     SELECT id, 'released', 'running', 'available', attempt, worker_id,
-           jsonb_build_object('reason', 'worker shutdown', 'counted_attempt', false)
+           jsonb_build_object('reason', %(reason)s::text, 'counted_attempt', false)
     FROM released
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM released) AS q
