@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from pgqueue._db.errors import DriverError, first_line
 from pgqueue._db.sessions import ReconnectingSession, capped_backoff
@@ -17,6 +18,21 @@ from pgqueue.errors import PgqueueError
 
 if TYPE_CHECKING:
     from pgqueue._db.types import PsycopgConnection
+
+
+T = TypeVar("T")
+
+
+def read_loop_state(read: Callable[[], list[T]]) -> list[T]:
+    """``read()`` from a background thread: a copy of a collection the event loop owns, tried
+    again if the loop changed it meanwhile ("changed size during iteration"); empty after three
+    tries, which only delays what the reader checks to its next round."""
+    for _ in range(3):
+        try:
+            return read()
+        except RuntimeError:
+            continue
+    return []
 
 
 def crash_site(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from pgqueue._db.jobs import AsyncJobStore, TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._worker.acker import Acker
+from pgqueue._worker.background import read_loop_state
 from pgqueue._worker.heartbeat import Heartbeat
 from pgqueue._worker.pools import Pool
 from pgqueue._worker.prefetch import PrefetchSizer
@@ -151,14 +152,8 @@ class Claimer:
     # --- the local buffer of prefetched jobs ---
 
     def buffered(self) -> list[tuple[int, str]]:
-        """(id, lease token) of every prefetched job not started yet (safe from another thread:
-        a copy, retried if the loop changed a buffer meanwhile)."""
-        for _ in range(3):
-            try:
-                return [(job.id, job.lease_token) for pool in self.pools for job in list(pool.buffer)]
-            except RuntimeError:
-                continue
-        return []
+        """(id, lease token) of every prefetched job not started yet (safe from another thread)."""
+        return read_loop_state(lambda: [(job.id, job.lease_token) for pool in self.pools for job in list(pool.buffer)])
 
     def take_buffered(self) -> list[tuple[int, str]]:
         """Empty every buffer: (id, lease token) of the jobs that will not be started here."""
@@ -337,7 +332,7 @@ class Claimer:
         limited = set(self.limited_queues)
         for pool in self.pools:
             free = self._start_buffered(pool)
-            ahead = self._ahead(pool)
+            ahead = self._ahead(pool, free)
             if free <= 0 and ahead <= 0:
                 continue
             plain = None if pool.queues is None else [q for q in pool.queues if q not in limited]

@@ -37,7 +37,7 @@ from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._retention import RetentionPolicy
 from pgqueue._worker.acker import Acker, OutcomeObserver, Tally
-from pgqueue._worker.background import crash_site
+from pgqueue._worker.background import crash_site, read_loop_state
 from pgqueue._worker.claimer import Claimer, Flow
 from pgqueue._worker.duties import leader_duties
 from pgqueue._worker.duties.pruner import Pruner
@@ -161,15 +161,9 @@ class WorkerLoop:
     # --- cancelling running jobs ---
 
     def _running_ids(self) -> list[int]:
-        # Read from the heartbeat thread: a copy of the keys, retried if the loop changed the dict
-        # meanwhile. Prefetched jobs too: one cancelled while it waits must never start.
+        # Read from the heartbeat thread. Prefetched jobs too: one cancelled while it waits must never start.
         buffered = [job_id for job_id, _ in self._claimer.buffered()] if self._claimer is not None else []
-        for _ in range(3):
-            try:
-                return list(self.running) + buffered
-            except RuntimeError:
-                continue
-        return buffered
+        return read_loop_state(lambda: list(self.running)) + buffered
 
     def _cancelled_from_thread(self, job_ids: list[int]) -> None:
         if self._loop is None:

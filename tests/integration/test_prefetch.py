@@ -50,6 +50,18 @@ def enqueue(app: App, task: str, count: int, *, start: int = 0, priority: int = 
         app.enqueue_many(conn, [JobSpec(task, {"i": i}, priority=priority) for i in range(start, start + count)])
 
 
+def drain_around(app: App, middle: str) -> None:
+    """50 "fast" jobs, one ``middle`` job behind them (i = 50), 60 more "fast" behind it; a
+    concurrency-1 worker runs them all: the fast jobs before it fill the buffer, so jobs are
+    buffered behind ``middle`` while it runs."""
+    enqueue(app, "fast", 50, priority=0)
+    enqueue(app, middle, 1, start=50, priority=1)
+    enqueue(app, "fast", 60, start=51, priority=2)
+    thread = run_in_thread(Worker(app, concurrency=1), until_empty=True)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+
+
 def claims(db: Conn) -> int:
     """Claim statements that ran: each claims its batch under one lease token."""
     row = db.execute("SELECT count(DISTINCT lease_token) FROM pgqueue.jobs WHERE lease_token IS NOT NULL").fetchone()
@@ -176,12 +188,7 @@ def test_a_job_cancelled_while_buffered_never_starts(dsn: str, db: Conn) -> None
             await asyncio.sleep(1.5)
         ran.append(i)
 
-    enqueue(app, "fast", 50, priority=0)
-    enqueue(app, "blocker", 1, start=50, priority=1)
-    enqueue(app, "fast", 60, start=51, priority=2)
-    thread = run_in_thread(Worker(app, concurrency=1), until_empty=True)
-    thread.join(BOUND)
-    assert not thread.is_alive()
+    drain_around(app, "blocker")
 
     assert buffered, "nothing was prefetched behind the blocker"
     cancelled_i = db.execute("SELECT (args->>'i')::int FROM pgqueue.jobs WHERE id = %s", buffered).fetchone()
@@ -286,12 +293,7 @@ def test_buffered_jobs_behind_a_stalled_slot_go_back_and_the_worker_claims_nothi
         await asyncio.sleep(1.0)
         ran.append(i)
 
-    enqueue(app, "fast", 50, priority=0)
-    enqueue(app, "slow", 1, start=50, priority=1)
-    enqueue(app, "fast", 60, start=51, priority=2)
-    thread = run_in_thread(Worker(app, concurrency=1), until_empty=True)
-    thread.join(BOUND)
-    assert not thread.is_alive()
+    drain_around(app, "slow")
 
     assert sorted(ran) == list(range(111))
     assert states(db) == {"completed": 111}
