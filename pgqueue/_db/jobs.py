@@ -133,6 +133,9 @@ def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
 # enqueue_many copies a batch with COPY from this many jobs on (10k jobs: 72k -> 88k jobs/s for
 # the store part). Below it the extra round trips and the savepoint eat the gain (even at 200-400).
 COPY_MIN_JOBS = 500
+#: The largest batch one claim takes: the any-queue claims bound their locking scan by this
+#: constant (jobs.sql, `LIMIT 200`) so that PostgreSQL can plan them once.
+CLAIM_BATCH_MAX = 200
 
 
 def _copyable(jobs: Sequence[NewJob]) -> bool:
@@ -688,6 +691,8 @@ class AsyncJobStore:
                          except_tasks: Sequence[str] = ()) -> list[Job]:
         """Claim jobs that no limit holds back: of ``queues`` (None: every queue), not of a paused or
         limited queue, and not of the limited tasks ``except_tasks``."""
+        if not 1 <= limit <= CLAIM_BATCH_MAX:
+            raise ValueError(f"a claim takes 1 to {CLAIM_BATCH_MAX} jobs, not {limit}")
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"limit": limit, "worker_id": worker_id, "lease_token": token}
         except_limited_tasks = bool(except_tasks)

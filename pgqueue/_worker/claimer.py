@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pgqueue._db.breakers import AsyncBreakerStore, BreakerConfig
 from pgqueue._db.errors import DATABASE_ERRORS, first_line
-from pgqueue._db.jobs import AsyncJobStore, TaskLimits
+from pgqueue._db.jobs import CLAIM_BATCH_MAX, AsyncJobStore, TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._worker.acker import Acker
@@ -31,7 +31,6 @@ from pgqueue.jobs import Job
 if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
 
-MAX_CLAIM_BATCH = 200
 #: A pool whose slots are all busy and that started no job for this long is stalled: it claims
 #: nothing ahead (its recent pace, on which the prefetch target rests, no longer holds).
 STALL_SECONDS = 0.25
@@ -338,14 +337,14 @@ class Claimer:
             plain = None if pool.queues is None else [q for q in pool.queues if q not in limited]
             if plain is None or plain:
                 # The only claim that fills the buffer too (see Claimer's prefetch argument).
-                wanted = min(free + ahead, MAX_CLAIM_BATCH)
+                wanted = min(free + ahead, CLAIM_BATCH_MAX)
                 jobs = await self.session.run(functools.partial(self._claim, queues=plain, limit=wanted))
                 self._dispatch_all(pool, jobs)
                 hungry = hungry or len(jobs) == wanted
                 free = pool.free(self.running)
             if free <= 0:
                 continue
-            wanted = min(free, MAX_CLAIM_BATCH)
+            wanted = min(free, CLAIM_BATCH_MAX)
             claimed = 0
             queues = sorted(limited) if pool.queues is None else [q for q in pool.queues if q in limited]
             for queue in queues:
@@ -367,7 +366,7 @@ class Claimer:
                 claimed += len(jobs)
                 # Jobs left waiting: a limit, or a group whose head runs elsewhere, holds them back.
                 held_back = held_back or (waiting > len(jobs) and len(jobs) < ask)
-            # A full batch (capped at MAX_CLAIM_BATCH) from any claim: there may be more.
+            # A full batch (capped at CLAIM_BATCH_MAX) from any claim: there may be more.
             hungry = hungry or (claimed == wanted and claimed > 0)
         if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
             # After the claims, not before: a job announced now does not wait for this round trip.
