@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -150,6 +151,43 @@ def empty_tables(dsn: str, *tables: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as setup:
         setup.execute("SET session_replication_role = replica")
         setup.execute(statement)
+
+
+def _pg_literal(value: object) -> str:
+    """``value`` as PostgreSQL text input (arrays as '{...}'), for an untyped literal."""
+    if isinstance(value, (list, tuple)):
+        items = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value)
+        return "{" + ",".join(items) + "}"
+    return str(value)
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def cached_plan(conn: psycopg.Connection[TupleRow], query: str, params: dict[str, Any], *,
+                generic: bool) -> list[dict[str, Any]]:
+    """The nodes of the plan PostgreSQL runs for ``query`` as a prepared statement (what the worker's
+    sessions execute): its generic plan (no parameter values) or a custom one for ``params``.
+
+    Prepares with psycopg (named placeholders become $n in order of first appearance), then
+    EXPLAINs an EXECUTE of that statement with the values as untyped literals.
+    """
+    conn.execute(f"SET plan_cache_mode TO {'force_generic_plan' if generic else 'force_custom_plan'}")
+    conn.execute(query, params, prepare=True)
+    placeholder = re.compile(r"%\((\w+)\)[sbt]")
+    order = list(dict.fromkeys(placeholder.findall(query)))
+    text = placeholder.sub(lambda m: f"${order.index(m.group(1)) + 1}", query).replace("%%", "%")
+    row = conn.execute("SELECT name FROM pg_prepared_statements WHERE statement = %s", [text]).fetchone()
+    assert row is not None, "the prepared statement was not found"
+    values = sql.SQL(", ").join(sql.Literal(_pg_literal(params[name])) for name in order)
+    statement = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}({})").format(sql.Identifier(row[0]), values)
+    explained = conn.execute(statement).fetchone()
+    assert explained is not None
+    return list(plan_nodes(explained[0][0]["Plan"]))
 
 
 def postgres_programs() -> tuple[Path, str | None]:

@@ -22,7 +22,7 @@ from pgqueue import App, JobSpec
 from pgqueue._db.jobs import CLAIM_BATCH_MAX, JOBS, AsyncJobStore
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
-from tests.helpers import empty_tables, scratch_database
+from tests.helpers import cached_plan, empty_tables, plan_nodes, scratch_database
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -216,12 +216,6 @@ def history_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
         yield database_dsn
 
 
-def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
-
-
 def explain(dsn: str, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("EXPLAIN (FORMAT JSON) " + query, params).fetchone()
@@ -350,20 +344,6 @@ def test_a_limited_queues_claim_stays_an_index_scan_over_a_large_analyzed_backlo
 # --- the any-queue claims are planned once ----------------------------------------------------
 
 
-def _generic_plan(conn: Conn, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """EXPLAIN the plan PostgreSQL caches for ``query`` as a prepared statement (no parameter values)."""
-    conn.execute("SET plan_cache_mode TO force_generic_plan")
-    conn.execute(query, params, prepare=True)
-    row = conn.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE '%%claimed AS%%'").fetchone()
-    assert row is not None
-    name = row[0]
-    explained = conn.execute(psycopg.sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}({})").format(
-        psycopg.sql.Identifier(name), psycopg.sql.SQL(", ").join(psycopg.sql.Literal(v) for v in params.values())),
-    ).fetchone()
-    assert explained is not None
-    return list(plan_nodes(explained[0][0]["Plan"]))
-
-
 def test_the_any_queue_claim_is_planned_once_not_for_every_claim(backlog_dsn: str) -> None:
     # A re-plan costs 0.2-0.3 ms of server CPU on every claim; PostgreSQL keeps the generic plan only
     # when its estimated cost is no worse than the re-planned ones' (a LIMIT parameter on the locking
@@ -391,7 +371,7 @@ def test_the_generic_plan_of_the_any_queue_claim_walks_its_index(
             conn.execute("INSERT INTO pgqueue.queues (name, paused) VALUES ('default', true), ('q1', true)")
             conn.execute("INSERT INTO pgqueue.circuit_breakers (task, state, opened_at, failure_threshold,"
                          " window_seconds, cooldown_seconds) VALUES ('todo', 'open', now(), 5, 60, 30)")
-        nodes = _generic_plan(conn, JOBS.claim_jobs_any_queue, params)
+        nodes = cached_plan(conn, JOBS.claim_jobs_any_queue, params, generic=True)
         conn.rollback()
     assert not [n for n in nodes if n.get("Relation Name") == "jobs" and n["Node Type"] == "Seq Scan"]
     assert not [n for n in nodes if n["Node Type"] == "Sort"], "the generic plan sorts instead of walking the index"

@@ -483,16 +483,23 @@ WHERE (t.concurrency, t.rate_limit, t.rate_period_seconds, t.group_concurrency)
 -- name: complete_jobs
 -- Group commit: many finished jobs in one statement. The lease token fences out a worker whose
 -- claim was rescued and re-run elsewhere; ids missing from the result lost their lease.
-WITH done AS (
-    SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(results)b::text[], %(results_encrypted)b::bytea[],
-                         %(progress)b::real[], %(progress_notes)b::text[])
+-- The batch statements below (complete, fail, release, progress) find each job by primary key.
+-- The state they require ('running') comes from the MATERIALIZED batch, not a literal: with a
+-- literal `j.state = 'running'` the planner may walk jobs_running_idx, which statistics taken
+-- between bursts say is nearly empty, and join the batch against every running job of the fleet
+-- (O(running x batch) per statement: 50 completions took 5.9 ms instead of 1.2 ms with 500 jobs
+-- running on other workers). A value read from the batch cannot prove that index's predicate.
+WITH done AS MATERIALIZED (
+    SELECT d.*, 'running'::text AS running
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(results)b::text[], %(results_encrypted)b::bytea[],
+                %(progress)b::real[], %(progress_notes)b::text[])
         AS d(id, token, result, result_encrypted, progress, progress_note)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'completed', finished_at = now(), result = d.result::jsonb, result_encrypted = d.result_encrypted,
         progress = COALESCE(d.progress, j.progress), progress_note = COALESCE(d.progress_note, j.progress_note)
     FROM done AS d
-    WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running'
+    WHERE j.id = d.id AND j.lease_token = d.token AND j.state = d.running
     RETURNING j.id, j.attempt, j.worker_id
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
@@ -524,9 +531,11 @@ SELECT id, (SELECT count(*) FROM woken) AS notified FROM updated;
 -- A failed attempt: the worker decided the next state (scheduled/available for a retry, failed
 -- when no attempts are left or the handler discarded it) and the event name. A 'snoozed' attempt
 -- (pgqueue.Snooze) is not a failure: its attempt is handed back and the last error kept.
-WITH failed AS (
-    SELECT * FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(states)b::text[], %(delays)b::float8[],
-                         %(errors)b::text[], %(errors_encrypted)b::bytea[], %(events)b::text[])
+WITH failed AS MATERIALIZED (
+    -- By primary key: see complete_jobs.
+    SELECT f.*, 'running'::text AS running
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(states)b::text[], %(delays)b::float8[],
+                %(errors)b::text[], %(errors_encrypted)b::bytea[], %(events)b::text[])
         AS f(id, token, state, delay, error, error_encrypted, event)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
@@ -537,7 +546,7 @@ WITH failed AS (
         last_error = CASE WHEN f.event = 'snoozed' THEN j.last_error ELSE f.error::jsonb END,
         error_encrypted = CASE WHEN f.event = 'snoozed' THEN j.error_encrypted ELSE f.error_encrypted END
     FROM failed AS f
-    WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'running'
+    WHERE j.id = f.id AND j.lease_token = f.token AND j.state = f.running
     RETURNING j.id, j.task, j.queue, j.state, j.attempt, j.worker_id, f.event, f.delay,
               j.last_error ->> 'type' AS error_type
 ), audit AS (
@@ -592,11 +601,14 @@ SELECT id, (SELECT count(*) FROM notified) + (SELECT count(*) FROM woken) AS not
 -- name: release_jobs
 -- Graceful shutdown hands unfinished jobs back at once. The interrupted attempt is not counted
 -- (attempt is decremented) so a deploy never pushes a job towards the dead-letter state.
-WITH released AS (
+WITH batch AS MATERIALIZED (
+    -- By primary key: see complete_jobs.
+    SELECT r.*, 'running'::text AS running FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[]) AS r(id, token)
+), released AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'available', attempt = GREATEST(j.attempt - 1, 0), run_at = now(), lease_token = NULL
-    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[]) AS r(id, token)
-    WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
+    FROM batch AS r
+    WHERE j.id = r.id AND j.lease_token = r.token AND j.state = r.running
     RETURNING j.id, j.queue, j.attempt, j.worker_id
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id, detail)
@@ -628,10 +640,16 @@ WITH lost AS (
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM lost;
 
 -- name: update_progress
+-- By primary key: see complete_jobs.
+WITH batch AS MATERIALIZED (
+    SELECT p.*, 'running'::text AS running
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(progress)b::real[], %(notes)b::text[])
+        AS p(id, token, progress, note)
+)
 UPDATE pgqueue.jobs AS j
 SET progress = p.progress, progress_note = p.note
-FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(progress)b::real[], %(notes)b::text[]) AS p(id, token, progress, note)
-WHERE j.id = p.id AND j.lease_token = p.token AND j.state = 'running';
+FROM batch AS p
+WHERE j.id = p.id AND j.lease_token = p.token AND j.state = p.running;
 
 -- name: get_job
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
