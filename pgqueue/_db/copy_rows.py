@@ -1,4 +1,4 @@
-"""Job rows for ``COPY pgqueue.jobs ... FROM STDIN`` in COPY's text format, built by hand.
+"""Job rows and their 'enqueued' audit rows for ``COPY ... FROM STDIN``, in COPY's text format by hand.
 
 ``Copy.write_row`` adapts every value of every row on its own (about 7 µs a row for the nine
 columns, a third of ``enqueue_many``'s client time at 50k jobs); the text format of a row is one
@@ -8,7 +8,7 @@ carriage return in text values, ``\\N`` for NULL, bytea as ``\\x`` hex and tags 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ class JobRowWriter:
                 chunk = []
         if chunk:
             yield "".join(chunk)
+
+
+def enqueued_event_chunks(ids: Sequence[int], actor: str | None) -> Iterator[str]:
+    """Rows of ``copy_job_events`` (job_id, event, to_state, attempt, actor), CHUNK_ROWS at a time."""
+    tail = f"\tenqueued\tavailable\t0\t{NULL if actor is None else copy_text(actor)}\n"
+    for start in range(0, len(ids), CHUNK_ROWS):
+        yield "".join(f"{job_id}{tail}" for job_id in ids[start:start + CHUNK_ROWS])
 
 
 def workflow_extra(has_dependents: bool, workflow_id: str | None) -> str:

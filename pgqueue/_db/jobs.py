@@ -19,7 +19,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
-from pgqueue._db.copy_rows import JobRowWriter, workflow_extra
+from pgqueue._db.copy_rows import JobRowWriter, enqueued_event_chunks, workflow_extra
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL, NOTIFY_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue._db.queries import load_queries
@@ -35,6 +35,8 @@ class JobQueries(NamedTuple):
     reserve_job_ids: LiteralString
     notify_queues: LiteralString
     copy_jobs: LiteralString
+    job_events_copyable: LiteralString
+    copy_job_events: LiteralString
     insert_copied_job_events: LiteralString
     savepoint_enqueue_many: LiteralString
     rollback_to_enqueue_many: LiteralString
@@ -339,6 +341,29 @@ def _workflow_copy_lines(rows: JobRowWriter, ids: Sequence[int], layout: Depende
         yield rows.line(ids[i], job, workflow_extra(layout.has_dependents[i], job.workflow_id))
 
 
+def _write_enqueued_events(cur: psycopg.Cursor[tuple[Any, ...]], ids: Sequence[int], actor: str | None) -> None:
+    """The 'enqueued' audit rows of jobs just copied: by COPY where row-level security allows it."""
+    row = cur.execute(JOBS.job_events_copyable).fetchone()
+    if row is not None and row[0]:
+        with cur.copy(JOBS.copy_job_events) as copy:
+            for chunk in enqueued_event_chunks(ids, actor):
+                copy.write(chunk)
+    else:
+        cur.execute(JOBS.insert_copied_job_events, {"ids": list(ids), "actor": actor})
+
+
+async def _write_enqueued_events_async(cur: psycopg.AsyncCursor[tuple[Any, ...]], ids: Sequence[int],
+                                       actor: str | None) -> None:
+    """Async twin of :func:`_write_enqueued_events`."""
+    row = await (await cur.execute(JOBS.job_events_copyable)).fetchone()
+    if row is not None and row[0]:
+        async with cur.copy(JOBS.copy_job_events) as copy:
+            for chunk in enqueued_event_chunks(ids, actor):
+                await copy.write(chunk)
+    else:
+        await cur.execute(JOBS.insert_copied_job_events, {"ids": list(ids), "actor": actor})
+
+
 class JobStore:
     """Job statements on a psycopg connection owned by someone else (never committed here).
 
@@ -397,7 +422,7 @@ class JobStore:
             with cur.copy(JOBS.copy_jobs) as copy:
                 for chunk in rows.chunks(_copy_lines(rows, ids, jobs, queues)):
                     copy.write(chunk)
-            cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
+            _write_enqueued_events(cur, ids, actor)
             cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
 
@@ -419,7 +444,7 @@ class JobStore:
                 with cur.copy(JOBS.copy_workflow_jobs) as copy:
                     for chunk in rows.chunks(_workflow_copy_lines(rows, ids, layout, make_job, queues)):
                         copy.write(chunk)
-                cur.execute(JOBS.insert_copied_job_events, {"ids": [ids[i] for i in layout.copied], "actor": actor})
+                _write_enqueued_events(cur, [ids[i] for i in layout.copied], actor)
                 cur.execute(JOBS.notify_queues, _notify_params(queues))
             positions = layout.inserted
             if positions:
@@ -608,7 +633,7 @@ class AsyncJobStore:
                 async with cur.copy(JOBS.copy_jobs) as copy:
                     for chunk in rows.chunks(_copy_lines(rows, ids, jobs, queues)):
                         await copy.write(chunk)
-                await cur.execute(JOBS.insert_copied_job_events, {"ids": ids, "actor": actor})
+                await _write_enqueued_events_async(cur, ids, actor)
                 await cur.execute(JOBS.notify_queues, _notify_params(queues))
         return ids
 
@@ -630,8 +655,7 @@ class AsyncJobStore:
                     async with cur.copy(JOBS.copy_workflow_jobs) as copy:
                         for chunk in rows.chunks(_workflow_copy_lines(rows, ids, layout, make_job, queues)):
                             await copy.write(chunk)
-                    await cur.execute(JOBS.insert_copied_job_events,
-                                      {"ids": [ids[i] for i in layout.copied], "actor": actor})
+                    await _write_enqueued_events_async(cur, [ids[i] for i in layout.copied], actor)
                     await cur.execute(JOBS.notify_queues, _notify_params(queues))
                 positions = layout.inserted
                 if positions:

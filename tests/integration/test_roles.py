@@ -114,6 +114,19 @@ def test_an_enqueuer_login_enqueues_single_unique_and_bulk_jobs_with_their_audit
     assert owner.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [delayed]).fetchone() == ("scheduled",)
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_an_enqueuer_under_row_security_gets_the_copied_jobs_audit_rows_by_insert(as_role: Any, owner: Conn,
+                                                                                 use_async: bool) -> None:
+    # PostgreSQL refuses COPY FROM into job_events for a role its row-level security applies to:
+    # the enqueuer's copied jobs get the same audit rows through the INSERT.
+    from tests.integration.test_enqueue_batches import HOSTILE_ACTOR, _audit_rows, _copy_with_actor
+
+    copyable, ids = _copy_with_actor(as_role("enqueuer"), HOSTILE_ACTOR, use_async=use_async)
+
+    assert not copyable
+    assert _audit_rows(owner, ids) == {("enqueued", None, "available", 0, HOSTILE_ACTOR, None, None)}
+
+
 @pytest.mark.parametrize(("columns", "values"), [
     ("task, state", "'t', 'completed'"),
     ("task, state, attempt, worker_id, lease_token", "'t', 'running', 1, 'w', gen_random_uuid()"),
