@@ -64,6 +64,9 @@ class Listener:
                             self._cancelled(payload)
                         elif self.queues is None or payload in self.queues:
                             self.wake()
+                            # Let the claimer claim before this session waits again: re-arming the
+                            # wait (reader, timeout) would otherwise sit on the wake-up's path.
+                            await asyncio.sleep(0)
                     # A quiet connection may be a dead one: probe it, bounded in time.
                     await session.probe()
             except asyncio.CancelledError:
