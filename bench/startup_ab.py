@@ -6,6 +6,8 @@ Each round spawns, for 1 process and for ``--processes 2``, tree A's worker then
 this checkout unless given), with ``pgqueue._bench.startup.spawn_worker`` (the tree goes first on
 the worker's PYTHONPATH), and times ``pgqueue worker --help`` from both. A tree is a directory
 containing the ``pgqueue`` package, e.g. ``git archive <commit> pgqueue | tar -x -C /tmp/pgqueue-before``.
+Every spawn runs with bytecode, as ``pgqueue bench --scenario startup`` does: each tree gets its own
+temporary ``PYTHONPYCACHEPREFIX``, filled by untimed warm-up spawns before the first round.
 Compare the ratios, not the absolute figures, on a shared machine.
 """
 
@@ -18,14 +20,16 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from pgqueue._bench.database import ScratchDatabases
 from pgqueue._bench.startup import spawn_worker
 
 
-def help_ms(tree: str) -> float:
-    env = dict(os.environ, PYTHONPATH=tree)
+def help_ms(tree: str, pycache: str) -> float:
+    env = dict(os.environ, PYTHONPATH=tree, PYTHONPYCACHEPREFIX=pycache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pgqueue", "worker", "--help"], env=env, capture_output=True,
                    check=True, cwd="/")
@@ -47,13 +51,19 @@ def main() -> None:
     databases = ScratchDatabases(options.dsn)
     try:
         databases.create_template()
-        with databases.fresh() as dsn:
+        with databases.fresh() as dsn, tempfile.TemporaryDirectory(prefix="pgqueue-startup-ab-") as scratch:
+            pycaches = {name: os.path.join(scratch, name) for name in trees}
+            for name, tree in trees.items():  # untimed: compiles each tree's bytecode
+                help_ms(tree, pycaches[name])
+                for processes in (1, 2):
+                    spawn_worker(dsn, processes=processes, python_path=tree, pycache=pycaches[name])
             for round_ in range(options.rounds):
                 for name, tree in trees.items():
-                    helps[name].append(help_ms(tree))
+                    helps[name].append(help_ms(tree, pycaches[name]))
                 for processes in (1, 2):
                     for name, tree in trees.items():
-                        times = sorted(spawn_worker(dsn, processes=processes, python_path=tree).first_job.values())
+                        times = sorted(spawn_worker(dsn, processes=processes, python_path=tree,
+                                                    pycache=pycaches[name]).first_job.values())
                         first_job[(name, processes)].append(times[-1])
                         if processes > 1:
                             gaps[name].append(times[-1] - times[0])
