@@ -81,12 +81,17 @@ def worker(
                                      poll_only=True if poll_only else None, max_result_bytes=max_result_bytes)
         if prefetch is not None:
             settings = replace(settings, prefetch=prefetch_cap)
-        # A supervisor never imports the app itself (see _probe_app): its children each do.
-        app = _load_app(app_path, settings, dsn) if processes == 1 else None
+        if metrics_port is not None:
+            _check_metrics(metrics_port, processes)
+        # A supervisor never imports the app itself (see _probe_app): its children each do. A lone
+        # worker imports its own code first, then the app: from the app's import on, only the
+        # database set-up and the first claim stand between it and its first job.
+        app = None
+        if processes == 1:
+            _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
+            app = _load_app(app_path, settings, dsn)
     except PgqueueError as exc:
         fail(str(exc))
-    if metrics_port is not None:
-        _check_metrics(metrics_port, processes)
     if app is None:
         from pgqueue._worker.supervisor import Supervisor, fork_hazards
 
@@ -187,7 +192,9 @@ def _report_dsn(app: App, fd: int) -> int:
 
 
 def _import_worker_modules(*, with_scheduler: bool, metrics: bool) -> None:
+    """Import what :func:`_run_worker` runs, so that it imports nothing of pgqueue's later."""
     import pgqueue._worker.children
+    import pgqueue._worker.supervisor
     import pgqueue.worker
 
     if with_scheduler:

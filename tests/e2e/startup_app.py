@@ -4,18 +4,22 @@ Its one task reports, as its result, what the worker process running it had impo
 parent is. With ``STARTUP_APP_THREAD=1`` the module starts a thread at import, as a client
 library's background flusher would, and with ``STARTUP_APP_SOCKET=1`` it opens a socket, as a
 connection made at import would: a ``--processes`` supervisor never imports the app (each forked
-child does), so every child has its own.
+child does), so every child has its own. The result also lists what was imported before this
+module began: the worker's own code comes first.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
-import threading
-import time
 
-import pgqueue
+_IMPORTED_BEFORE_APP = sorted(sys.modules)
+
+import os  # noqa: E402 - the line above must see sys.modules before this module imports anything
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pgqueue  # noqa: E402
 
 app = pgqueue.App()
 
@@ -30,4 +34,5 @@ def whoami(job: pgqueue.Job, hold_seconds: float = 0.0) -> dict[str, object]:
     # Holding the slot makes a second job go to another process of a --processes worker.
     time.sleep(hold_seconds)
     return {"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules),
+            "modules_before_app": _IMPORTED_BEFORE_APP,
             "threads": sorted(t.name for t in threading.enumerate())}

@@ -79,6 +79,20 @@ def test_a_worker_imports_no_migration_tooling_no_other_command_and_no_crypto_wi
     assert worker.stop() == 0, worker.describe()
 
 
+def test_a_worker_imports_its_own_code_before_the_app_so_that_only_database_set_up_follows_the_app_load(
+        dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
+    worker = spawn_pgqueue("worker", "--app", "startup_app:app", dsn=dsn)
+    job_ids = enqueue_whoami(dsn, 1)
+
+    [result] = wait_until(lambda: results(db, job_ids), timeout=30, message="the job completed")
+
+    before = set(result["modules_before_app"])
+    assert {"psycopg", "pgqueue.worker", "pgqueue._worker.loop", "pgqueue._worker.executor"} <= before
+    imported_later = [m for m in result["modules"] if m.startswith("pgqueue") and m not in before]
+    assert imported_later == [], worker.describe()
+    assert worker.stop() == 0, worker.describe()
+
+
 def test_processes_children_are_forks_of_the_supervisor_that_imported_everything_already(
         dsn: str, db: Db, spawn_pgqueue: SpawnPgqueue) -> None:
     worker = start_two(spawn_pgqueue, dsn)
