@@ -26,6 +26,7 @@ import typer.main
 from typer.core import TyperCommand, TyperGroup
 
 from pgqueue import __version__
+from pgqueue.cli._startup import pause_gc, resume_gc
 from pgqueue.errors import PgqueueError
 
 # Typer vendors click under a private module since 0.2x, so click's Command, Context and
@@ -247,6 +248,7 @@ _LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     log_format: Annotated[
         str, typer.Option("--log-format", envvar="PGQUEUE_LOG_FORMAT", help="console or json")
     ] = "console",
@@ -267,6 +269,8 @@ def _root(
     from pgqueue.cli._logging import configure_logging  # structlog: only once a command runs
 
     configure_logging(log_format, level)
+    if ctx.invoked_subcommand != "worker":  # a worker resumes it once its own code is imported
+        resume_gc()
 
 
 def _run() -> None:
@@ -288,6 +292,7 @@ def main() -> None:
     from pgqueue.cli._context import one_line_for_terminal
 
     _install_crash_hooks()
+    pause_gc()  # until the command line is parsed: see pgqueue.cli._startup
     try:
         _run()
     except PgqueueError as exc:
@@ -296,6 +301,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback (it may quote secrets or job data)
         print(f"pgqueue: error: {one_line_for_terminal(_crash_line(exc))}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        resume_gc()  # a usage error or --help ended the command before it resumed
 
 
 def run_guarded(command: Callable[[], int]) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pgqueue.cli._context import DsnOption, fail, resolve
+from pgqueue.cli._startup import resume_gc
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings, normalize_dsn, parse_prefetch
 
@@ -83,13 +84,13 @@ def worker(
             settings = replace(settings, prefetch=prefetch_cap)
         if metrics_port is not None:
             _check_metrics(metrics_port, processes)
-        # A supervisor never imports the app itself (see _probe_app): its children each do. A lone
-        # worker imports its own code first, then the app: from the app's import on, only the
-        # database set-up and the first claim stand between it and its first job.
-        app = None
-        if processes == 1:
-            _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
-            app = _load_app(app_path, settings, dsn)
+        # The worker's own code first, then the app: from the app's import on, only the database
+        # set-up and the first claim stand between it and the first job. A supervisor's children
+        # are forks of it (see pgqueue._worker.supervisor): they then import nothing of pgqueue's.
+        _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
+        resume_gc()  # before the app's code runs, and before any fork (see pgqueue.cli._startup)
+        # A supervisor never imports the app itself (see _probe_app): its children each do.
+        app = _load_app(app_path, settings, dsn) if processes == 1 else None
     except PgqueueError as exc:
         fail(str(exc))
     if app is None:
@@ -104,9 +105,6 @@ def worker(
             argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
         from pgqueue.cli._logging import child_environment
 
-        # Children are forks of this process (see pgqueue._worker.supervisor): import now what they
-        # run, once, so that no child imports anything of pgqueue's before its worker starts.
-        _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
         forking = not fork_hazards()
         resolved = _probe_app(app_path, settings, dsn) if forking else _load_app(app_path, settings, dsn).dsn
         os.environ["PGQUEUE_DSN"] = resolved  # children read it from the environment, never from argv

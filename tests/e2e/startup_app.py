@@ -5,14 +5,17 @@ parent is. With ``STARTUP_APP_THREAD=1`` the module starts a thread at import, a
 library's background flusher would, and with ``STARTUP_APP_SOCKET=1`` it opens a socket, as a
 connection made at import would: a ``--processes`` supervisor never imports the app (each forked
 child does), so every child has its own. The result also lists what was imported before this
-module began: the worker's own code comes first.
+module began (the worker's own code comes first), and whether the cyclic garbage collector was on
+when this module was imported and when the job ran (the CLI pauses it only during its own start-up).
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 
 _IMPORTED_BEFORE_APP = sorted(sys.modules)
+_GC_AT_IMPORT = gc.isenabled()
 
 import os  # noqa: E402 - the line above must see sys.modules before this module imports anything
 import socket  # noqa: E402
@@ -34,5 +37,5 @@ def whoami(job: pgqueue.Job, hold_seconds: float = 0.0) -> dict[str, object]:
     # Holding the slot makes a second job go to another process of a --processes worker.
     time.sleep(hold_seconds)
     return {"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules),
-            "modules_before_app": _IMPORTED_BEFORE_APP,
+            "modules_before_app": _IMPORTED_BEFORE_APP, "gc_at_import": _GC_AT_IMPORT, "gc": gc.isenabled(),
             "threads": sorted(t.name for t in threading.enumerate())}

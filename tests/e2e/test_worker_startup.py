@@ -90,6 +90,9 @@ def test_a_worker_imports_its_own_code_before_the_app_so_that_only_database_set_
     assert {"psycopg", "pgqueue.worker", "pgqueue._worker.loop", "pgqueue._worker.executor"} <= before
     imported_later = [m for m in result["modules"] if m.startswith("pgqueue") and m not in before]
     assert imported_later == [], worker.describe()
+    # The CLI pauses the garbage collector during its own start-up only: never for the app's code.
+    assert result["gc_at_import"] is True
+    assert result["gc"] is True
     assert worker.stop() == 0, worker.describe()
 
 
@@ -104,6 +107,7 @@ def test_processes_children_are_forks_of_the_supervisor_that_imported_everything
     assert sorted((e["slot"], e["start"]) for e in started) == [(0, "fork"), (1, "fork")], worker.describe()
     assert {e["pid"] for e in started} == {r["pid"] for r in done}
     assert all(heavy(r["modules"]) == [] for r in done), worker.describe()
+    assert all(r["gc_at_import"] and r["gc"] for r in done)
     assert worker.stop() == 0, worker.describe()
     assert worker.log_events("supervisor.fork_unsafe") == []
     # Both children shut down on their own (SIGTERM forwarded), and said so.
