@@ -190,7 +190,9 @@ def _report_dsn(app: App, fd: int) -> int:
 
 
 def _import_worker_modules(*, with_scheduler: bool, metrics: bool) -> None:
-    """Import what :func:`_run_worker` runs, so that it imports nothing of pgqueue's later."""
+    """Import what :func:`_load_app` and :func:`_run_worker` run, so that they import nothing of
+    pgqueue's later (a supervisor's probe and children would each import it again after their fork)."""
+    import pgqueue._loader
     import pgqueue._worker.children
     import pgqueue._worker.supervisor
     import pgqueue.worker
