@@ -3,13 +3,17 @@
 Children are forked from the supervisor once it has imported pgqueue's worker modules: a child
 then imports only the app (each child its own, after the fork) and starts its worker, instead of
 starting a fresh interpreter and importing everything again (about 0.3-0.6 s each, and N of them
-at once on a small machine took longer still). The supervisor never imports the app (the CLI
-checks it loads in a throwaway fork first): whatever the app starts at import, a thread or a
-connection, is each child's own. Forking is safe only while the supervisor has no other thread
-(a lock held by another thread at the fork stays locked forever in the child), no event loop and
-no connection (every child would share its socket): the supervisor never creates any, and it
-checks the threads and open sockets before each fork; if it finds one, children are ordinary
-``pgqueue worker`` processes started with ``argv`` instead.
+at once on a small machine took longer still). The supervisor never imports the app: whatever
+the app starts at import, a thread or a connection, is each child's own. With a
+:class:`Handshake`, the first child loads the app before the others are forked and says so (with
+what the others need to know, the DSN it resolved); if it cannot, it reports its error and the
+supervisor stops without starting another, so a broken app fails once.
+
+Forking is safe only while the supervisor has no other thread (a lock held by another thread at
+the fork stays locked forever in the child), no event loop and no connection (every child would
+share its socket): the supervisor never creates any, and it checks the threads and open sockets
+before each fork; if it finds one, children are ordinary ``pgqueue worker`` processes started
+with ``argv`` instead.
 
 SIGTERM/SIGINT are forwarded, so each child does its own graceful shutdown; a second signal
 kills them. A child whose parent disappears (the supervisor was SIGKILLed) gets SIGTERM from
@@ -139,32 +143,75 @@ def fork_hazards() -> list[str]:
     return hazards
 
 
+class Handshake:
+    """The first forked child's word that it has started, before the supervisor forks the others.
+
+    The first child calls :meth:`tell` once its app has loaded; the message (the DSN the app
+    resolved) is then :attr:`message` in the supervisor, and so in every child forked after it.
+    A child that exits before telling failed to start (it printed why): the supervisor then
+    starts no other, since each would fail the same way.
+    """
+
+    def __init__(self, on_message: Callable[[str], None] | None = None) -> None:
+        self._read_fd: int | None
+        self._write_fd: int | None
+        self._read_fd, self._write_fd = os.pipe()
+        self._on_message = on_message
+        self.message: str | None = None
+
+    def tell(self, message: str) -> None:
+        """In the first child: say it started (a no-op in any other process)."""
+        fd, self._write_fd = self._write_fd, None
+        if fd is not None:
+            with os.fdopen(fd, "wb") as out:
+                out.write(message.encode())
+
+    def _forked_first(self, in_child: bool) -> None:
+        # Each end stays in one process only: the first child writes, the supervisor reads.
+        fd = self._read_fd if in_child else self._write_fd
+        if fd is not None:
+            os.close(fd)
+        if in_child:
+            self._read_fd = None
+        else:
+            self._write_fd = None
+
+    def _close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            if fd is not None:
+                os.close(fd)
+        self._read_fd = self._write_fd = None
+
+
 class Supervisor:
     """Keeps ``processes`` children running until told to stop.
 
     A child runs ``target()`` in a fork of this process (its return value is the exit code) when
-    ``target`` is given and forking is safe, and is ``argv`` started afresh otherwise.
+    ``target`` is given and forking is safe, and is ``argv`` started afresh otherwise. With a
+    ``handshake``, the others are started once the first (forked) child has told it started.
     """
 
     def __init__(self, argv: list[str], processes: int, grace_seconds: float,
-                 target: Callable[[], int] | None = None) -> None:
+                 target: Callable[[], int] | None = None, handshake: Handshake | None = None) -> None:
         self.argv = argv
         self.processes = processes
         self.grace_seconds = grace_seconds
         self.target = target
+        self.handshake = handshake
         self.children: dict[int, Child] = {}
         self.stopping = False
         self.restarts = 0
         self._wakeup_r: int | None = None
         self._wakeup_w: int | None = None
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, *, announce: bool = True) -> None:
         log = get_logger("pgqueue.supervisor")
         child: Child
         hazards = fork_hazards() if self.target is not None else []
         if self.target is not None and not hazards:
             child = self._fork(slot, self.target)
-            log.info("supervisor.child_started", slot=slot, pid=child.pid, start="fork")
+            if announce:
+                log.info("supervisor.child_started", slot=slot, pid=child.pid, start="fork")
         else:
             if self.target is not None:
                 log.info("supervisor.fork_unsafe", hazards=hazards,
@@ -191,9 +238,13 @@ class Supervisor:
             raise
         if pid:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+            if self.handshake is not None:
+                self.handshake._forked_first(in_child=False)
             return ForkedChild(pid)
         code = 1
         try:
+            if self.handshake is not None:
+                self.handshake._forked_first(in_child=True)
             self._become_child(slot, supervisor)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
             code = target()
@@ -236,12 +287,49 @@ class Supervisor:
             time.sleep(seconds)
             return
         ready, _, _ = select.select([self._wakeup_r], [], [], max(seconds, 0.0))
-        if not ready:
-            return
+        if ready:
+            self._read_signals()
+
+    def _read_signals(self) -> None:
+        assert self._wakeup_r is not None  # noqa: S101 - only called once run() made the pipe
         with contextlib.suppress(BlockingIOError):
             for signum in os.read(self._wakeup_r, 64):
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     self._signal(signum)
+
+    def _await_handshake(self, handshake: Handshake) -> int | None:
+        """Wait for the first child's word (None: start the others) or its exit without one: then
+        its exit code, and no other child is started. Signals are acted on meanwhile."""
+        log = get_logger("pgqueue.supervisor")
+        first = self.children[0]
+        received = b""
+        try:
+            if isinstance(first, ForkedChild) and handshake._read_fd is not None:
+                assert self._wakeup_r is not None  # noqa: S101 - run() made the pipe
+                while True:
+                    ready, _, _ = select.select([handshake._read_fd, self._wakeup_r], [], [])
+                    if self._wakeup_r in ready:
+                        self._read_signals()
+                    if handshake._read_fd in ready:
+                        chunk = os.read(handshake._read_fd, 4096)
+                        if not chunk:
+                            break
+                        received += chunk
+        finally:
+            handshake._close()
+        if not isinstance(first, ForkedChild):  # started afresh (forking was unsafe): it said so itself
+            return None
+        if received:
+            handshake.message = received.decode()
+            if handshake._on_message is not None:
+                handshake._on_message(handshake.message)
+            log.info("supervisor.child_started", slot=0, pid=first.pid, start="fork")
+            return None
+        if self.stopping:
+            return None  # a signal stopped it: run() waits for it as for any child
+        _, status = os.waitpid(first.pid, 0)
+        first.returncode = os.waitstatus_to_exitcode(status)
+        return first.returncode or 1
 
     def _signal(self, signum: int) -> None:
         log = get_logger("pgqueue.supervisor")
@@ -271,7 +359,16 @@ class Supervisor:
             # The handler does nothing: it only replaces the default action (exit, or
             # KeyboardInterrupt); _wait() reads each delivery from the wakeup pipe.
             signal.signal(signum, lambda *_: None)
-        for slot in range(self.processes):
+        handshake = self.handshake
+        self._spawn(0, announce=handshake is None)
+        self.handshake = None  # only the first child's fork takes part in it
+        if handshake is not None:
+            failed = self._await_handshake(handshake)
+            if failed is not None:
+                return failed
+        for slot in range(1, self.processes):
+            if self.stopping:  # told to stop while the first child was starting
+                break
             self._spawn(slot)
         started_at = {slot: time.monotonic() for slot in self.children}
         failures = dict.fromkeys(self.children, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -94,7 +93,7 @@ def worker(
     except PgqueueError as exc:
         fail(str(exc))
     if app is None:
-        from pgqueue._worker.supervisor import Supervisor, fork_hazards
+        from pgqueue._worker.supervisor import Handshake, Supervisor, fork_hazards
 
         argv = [sys.executable, "-m", "pgqueue", "worker", "--app", app_path, "--concurrency", str(concurrency)]
         for name in queues or []:
@@ -105,9 +104,15 @@ def worker(
             argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
         from pgqueue.cli._logging import child_environment
 
-        forking = not fork_hazards()
-        resolved = _probe_app(app_path, settings, dsn) if forking else _load_app(app_path, settings, dsn).dsn
-        os.environ["PGQUEUE_DSN"] = resolved  # children read it from the environment, never from argv
+        handshake: Handshake | None = None
+        if not fork_hazards():
+            # The supervisor never imports the app (see pgqueue._worker.supervisor). The first
+            # child loads it before the others are forked, and tells the DSN it resolved: a broken
+            # --app (or database setting) fails once, in that child, and the DSN is resolved once
+            # (the embedded server's notice is printed once).
+            handshake = Handshake(on_message=_export_dsn)
+        else:
+            _export_dsn(_load_app(app_path, settings, dsn).dsn)
         os.environ.update(child_environment())
         os.environ["PGQUEUE_LEASE_SECONDS"] = str(settings.lease_seconds)
         os.environ["PGQUEUE_POLL_SECONDS"] = str(settings.poll_seconds)
@@ -121,12 +126,19 @@ def worker(
         def child() -> int:
             from pgqueue.cli.main import run_guarded
 
-            return run_guarded(lambda: _run_worker(
-                _load_app(app_path, settings, resolved), settings, queues, concurrency,
-                with_scheduler=with_scheduler, metrics_port=metrics_port, metrics_host=metrics_host))
+            def start() -> int:
+                told = handshake.message if handshake is not None else None
+                app = _load_app(app_path, settings, told or dsn)
+                _export_dsn(app.dsn)
+                if handshake is not None:
+                    handshake.tell(app.dsn)  # a no-op in any child but the first
+                return _run_worker(app, settings, queues, concurrency, with_scheduler=with_scheduler,
+                                   metrics_port=metrics_port, metrics_host=metrics_host)
+
+            return run_guarded(start)
 
         raise typer.Exit(Supervisor(argv, processes, settings.shutdown_grace_seconds,
-                                    target=child if forking else None).run())
+                                    target=child if handshake is not None else None, handshake=handshake).run())
     raise typer.Exit(_run_worker(app, settings, queues, concurrency, with_scheduler=with_scheduler,
                                  metrics_port=metrics_port, metrics_host=metrics_host))
 
@@ -147,46 +159,9 @@ def _load_app(app_path: str, settings: Settings, dsn: str | None) -> App:
     return app
 
 
-def _probe_app(app_path: str, settings: Settings, dsn: str | None) -> str:
-    """Load the app once in a throwaway fork and return the DSN it resolves to.
-
-    A supervisor that imported the app would hand whatever the import started (a client library's
-    thread, a connection opened at import) to every forked child, and each child would report the
-    app's start as the supervisor's (a benchmark's or a profiler's "worker start" included). So the
-    children import the app themselves, after the fork, all at once; this probe makes a broken
-    ``--app`` (or database setting) fail once, before any child starts, as it does without
-    ``--processes``, and resolves the DSN once (the embedded server's notice is printed once).
-    """
-    from pgqueue.cli.main import run_guarded
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the probe
-        os.close(read_end)
-        code = 1
-        try:
-            code = run_guarded(lambda: _report_dsn(_load_app(app_path, settings, dsn), write_end))
-        finally:
-            with contextlib.suppress(BaseException):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as answer:
-        resolved = answer.read().decode()
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not resolved:
-        raise typer.Exit(code or 1)
-    return resolved
-
-
-def _report_dsn(app: App, fd: int) -> int:
-    with os.fdopen(fd, "wb") as out:
-        out.write(app.dsn.encode())
-    return 0
+def _export_dsn(dsn: str) -> None:
+    # Children started afresh (when forking is unsafe) read it from the environment, never from argv.
+    os.environ["PGQUEUE_DSN"] = dsn
 
 
 def _import_worker_modules(*, with_scheduler: bool, metrics: bool) -> None:

@@ -7,6 +7,7 @@ connection made at import would: a ``--processes`` supervisor never imports the 
 child does), so every child has its own. The result also lists what was imported before this
 module began (the worker's own code comes first), and whether the cyclic garbage collector was on
 when this module was imported and when the job ran (the CLI pauses it only during its own start-up).
+With ``STARTUP_APP_SLOW=<file>`` its import appends its pid to the file, then takes 5 s.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import pgqueue  # noqa: E402
 
 app = pgqueue.App()
 
+if marker := os.environ.get("STARTUP_APP_SLOW"):
+    # An app that takes a while to import (a framework's set-up): says when it has begun.
+    with open(marker, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    time.sleep(5)
 if os.environ.get("STARTUP_APP_THREAD") == "1":
     threading.Thread(target=threading.Event().wait, name="app-import-thread", daemon=True).start()
 if os.environ.get("STARTUP_APP_SOCKET") == "1":

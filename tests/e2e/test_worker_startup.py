@@ -141,6 +141,63 @@ def test_a_broken_app_fails_the_supervisor_once_before_any_child_starts(
     assert worker.stderr().count("pgqueue: error:") == 1, worker.describe()
 
 
+def test_sigterm_while_the_first_child_loads_the_app_stops_the_supervisor_at_once_and_starts_no_other(
+        dsn: str, spawn_pgqueue: SpawnPgqueue, tmp_path: Any) -> None:
+    marker = tmp_path / "importing"
+    marker.touch()
+    worker = start_two(spawn_pgqueue, dsn, env={"STARTUP_APP_SLOW": str(marker)})
+    wait_until(lambda: marker.read_text().split(), timeout=30, message="the first child to import the app")
+
+    assert worker.stop(timeout=4) == 0, worker.describe()  # well within the app's 5 s import
+    assert len(marker.read_text().split()) == 1  # the second child was never forked
+    assert worker.log_events("supervisor.child_started") == [], worker.describe()
+
+
+HANDSHAKE = r"""
+import os, sys, time
+from pgqueue._worker.supervisor import Handshake, Supervisor
+marks, mode = sys.argv[1], sys.argv[2]
+handshake = Handshake()
+def started() -> int:
+    with open(marks, "a") as out:
+        out.write(f"{handshake.message}\n")
+    if handshake.message is None:  # the first child: the others wait for its word
+        if mode == "fail":
+            return 3
+        time.sleep(0.5)
+        handshake.tell("postgresql://told")
+    time.sleep(60)
+    return 0
+sys.exit(Supervisor([sys.executable, "-c", "pass"], 3, 5.0, target=started, handshake=handshake).run())
+"""
+
+
+def test_the_first_child_tells_the_supervisor_it_started_and_the_others_are_forked_after_with_its_message(
+        tmp_path: Any) -> None:
+    marks = tmp_path / "marks"
+    marks.touch()
+    supervisor = subprocess.Popen([sys.executable, "-c", HANDSHAKE, str(marks), "ok"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        started = wait_until(lambda: lines if len(lines := marks.read_text().split()) == 3 else None,
+                             timeout=30, message="three children to start")
+    finally:
+        supervisor.terminate()
+        supervisor.wait(30)
+    assert started == ["None", "postgresql://told", "postgresql://told"]
+
+
+def test_a_first_child_that_exits_without_telling_stops_the_supervisor_with_its_code_and_no_other_starts(
+        tmp_path: Any) -> None:
+    marks = tmp_path / "marks"
+    marks.touch()
+    done = subprocess.run([sys.executable, "-c", HANDSHAKE, str(marks), "fail"], capture_output=True, timeout=60,
+                          check=False)
+
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert marks.read_text().split() == ["None"]
+
+
 SUPERVISED = r"""
 import os, sys, threading, time
 from pgqueue._worker.supervisor import Supervisor
