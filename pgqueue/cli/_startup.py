@@ -3,9 +3,9 @@
 Start-up builds some 55,000 objects the collector tracks (modules' classes, functions and dicts,
 typer's and pydantic's tables, the driver) that live as long as the process: almost none of them
 is garbage. The cyclic collector still walks them again and again while they are created: some
-30-40 ms of a worker's start (one full collection alone takes 20-30 ms once they exist). So the CLI pauses it
-while it parses the command line and while a worker imports its own code, and then freezes what
-exists (:func:`gc.freeze`: later collections skip it) before turning it back on.
+30-40 ms of a worker's start (one full collection alone takes 20-30 ms once they exist). So the
+CLI pauses it while it parses the command line and while a worker imports its own code, and then
+freezes what exists (:func:`gc.freeze`: later collections skip it) before turning it back on.
 
 Only pgqueue's, typer's and their dependencies' objects are ever frozen: the collector is back
 on before the user's app is imported and before any command does its work, so an application's

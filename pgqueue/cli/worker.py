@@ -88,7 +88,7 @@ def worker(
         # are forks of it (see pgqueue._worker.supervisor): they then import nothing of pgqueue's.
         _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
         resume_gc()  # before the app's code runs, and before any fork (see pgqueue.cli._startup)
-        # A supervisor never imports the app itself (see _probe_app): its children each do.
+        # A supervisor never imports the app itself (see pgqueue._worker.supervisor): its children each do.
         app = _load_app(app_path, settings, dsn) if processes == 1 else None
     except PgqueueError as exc:
         fail(str(exc))
