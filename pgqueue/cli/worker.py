@@ -166,7 +166,7 @@ def _export_dsn(dsn: str) -> None:
 
 def _import_worker_modules(*, with_scheduler: bool, metrics: bool) -> None:
     """Import what :func:`_load_app` and :func:`_run_worker` run, so that they import nothing of
-    pgqueue's later (a supervisor's probe and children would each import it again after their fork)."""
+    pgqueue's later (a supervisor's children would each import it again after their fork)."""
     import pgqueue._loader
     import pgqueue._worker.children
     import pgqueue._worker.supervisor
