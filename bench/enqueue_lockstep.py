@@ -21,15 +21,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
 import psycopg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from enqueue_vs_pgbench import (  # the sibling script, found through the path above
-    PGBENCH_INSERT,
     PGBENCH_SCHEMA,
-    insert_job_script,
+    pgbench_scripts,
     pgbench_tps,
     recreate,
     with_db,
@@ -128,16 +126,11 @@ def main() -> None:
         for k, (tree, db) in enumerate(zip(trees, pgqs, strict=True)):
             arms[f"tree{k} Task.enqueue"] = Arm(with_db(options.dsn, db), "enqueue", tree)
         ratios: dict[str, list[float]] = {"pgbench insert_job": [], **{name: [] for name in arms}}
-        with tempfile.NamedTemporaryFile("w", suffix=".sql") as insert, \
-                tempfile.NamedTemporaryFile("w", suffix=".sql") as insert_job:
-            insert.write(PGBENCH_INSERT)
-            insert.flush()
-            insert_job.write(insert_job_script())
-            insert_job.flush()
+        with pgbench_scripts() as (insert, insert_job):
             for r in range(options.rounds):
                 t = ["-t", str(options.jobs)]
-                tps = pgbench_tps(with_db(options.dsn, pgb), insert.name, t)
-                job_tps = pgbench_tps(with_db(options.dsn, pgqs[0]), insert_job.name, t)
+                tps = pgbench_tps(with_db(options.dsn, pgb), insert, t)
+                job_tps = pgbench_tps(with_db(options.dsn, pgqs[0]), insert_job, t)
                 ratios["pgbench insert_job"].append(job_tps / tps)
                 names = list(arms) if r % 2 == 0 else list(reversed(arms))
                 for name in names:

@@ -25,6 +25,7 @@ Two more arms each round say where the gap is:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import psycopg
 
@@ -106,6 +108,18 @@ def insert_job_script() -> str:
     return " ".join(ln.strip() for ln in lines).rstrip(";") + ";\n"
 
 
+@contextlib.contextmanager
+def pgbench_scripts() -> Iterator[tuple[str, str]]:
+    """Paths of two pgbench script files: the bare INSERT and pgqueue's insert_job."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as insert, \
+            tempfile.NamedTemporaryFile("w", suffix=".sql") as insert_job:
+        insert.write(PGBENCH_INSERT)
+        insert.flush()
+        insert_job.write(insert_job_script())
+        insert_job.flush()
+        yield insert.name, insert_job.name
+
+
 def psycopg_rate(dsn: str, n: int) -> float:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(10):
@@ -149,18 +163,13 @@ def main() -> None:
                            env=dict(os.environ, PYTHONPATH=tree), check=True)
         arms = ["pgbench insert_job", "psycopg INSERT", *(f"tree{k}" for k in range(len(trees)))]
         ratios: dict[str, list[float]] = {arm: [] for arm in arms}
-        with tempfile.NamedTemporaryFile("w", suffix=".sql") as script, \
-                tempfile.NamedTemporaryFile("w", suffix=".sql") as pgq_script:
-            script.write(PGBENCH_INSERT)
-            script.flush()
-            pgq_script.write(insert_job_script())
-            pgq_script.flush()
+        with pgbench_scripts() as (script, pgq_script):
             for r in range(options.rounds):
                 recreate(admin, pgb, pgb_tpl)
-                tps = pgbench_tps(with_db(options.dsn, pgb), script.name, ["-T", str(options.seconds)])
+                tps = pgbench_tps(with_db(options.dsn, pgb), script, ["-T", str(options.seconds)])
                 rates = {"psycopg INSERT": psycopg_rate(with_db(options.dsn, pgb), options.jobs)}
                 recreate(admin, pgq, tpls[0])
-                rates["pgbench insert_job"] = pgbench_tps(with_db(options.dsn, pgq), pgq_script.name,
+                rates["pgbench insert_job"] = pgbench_tps(with_db(options.dsn, pgq), pgq_script,
                                                             ["-T", str(options.seconds)])
                 for k, (tree, tpl) in enumerate(zip(trees, tpls, strict=True)):
                     recreate(admin, pgq, tpl)
