@@ -136,6 +136,18 @@ class ProcessGroups:
             handle.close()
 
 
+@contextmanager
+def analyzed_backlog(server_dsn: str, template: str, jobs: int) -> Iterator[str]:
+    """A scratch database holding ``jobs`` claimable jobs in one queue, analyzed while none ran
+    (the statistics a busy queue's autovacuum often takes): the DSN, the database dropped after."""
+    with scratch_database(server_dsn, template) as database_dsn:
+        with psycopg.connect(database_dsn, autocommit=True) as setup:
+            setup.execute("INSERT INTO pgqueue.jobs (task, queue, state, args)"
+                          " SELECT 'todo', 'default', 'available', '{}' FROM generate_series(1, %s)", [jobs])
+            setup.execute("ANALYZE pgqueue.jobs")
+        yield database_dsn
+
+
 def empty_tables(dsn: str, *tables: str) -> None:
     """TRUNCATE ``tables`` (restarting their identities) between tests sharing one database.
 

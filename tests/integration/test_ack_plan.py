@@ -19,7 +19,7 @@ from psycopg.rows import TupleRow
 
 from pgqueue._db.jobs import JOBS, Outcome, _complete_params, _fail_params, _progress_params
 from pgqueue._db.notifications import NOTIFY_CHANNEL
-from tests.helpers import cached_plan, scratch_database
+from tests.helpers import analyzed_backlog, cached_plan
 
 Conn = psycopg.Connection[TupleRow]
 BATCH = 50
@@ -28,11 +28,8 @@ BATCH = 50
 @pytest.fixture(scope="module")
 def fleet_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
     """20k waiting jobs analyzed while none ran, then 500 running on ten other workers."""
-    with scratch_database(pg_server_dsn, template_db) as database_dsn:
+    with analyzed_backlog(pg_server_dsn, template_db, 20_000) as database_dsn:
         with psycopg.connect(database_dsn, autocommit=True) as setup:
-            setup.execute("INSERT INTO pgqueue.jobs (task, queue, state, args)"
-                          " SELECT 'todo', 'default', 'available', '{}' FROM generate_series(1, 20000)")
-            setup.execute("ANALYZE pgqueue.jobs")
             for n in range(10):
                 setup.execute(JOBS.claim_jobs_any_queue,
                               {"limit": 50, "worker_id": f"w-other-{n}", "lease_token": str(uuid.uuid4())})

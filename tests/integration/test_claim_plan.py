@@ -22,7 +22,7 @@ from pgqueue import App, JobSpec
 from pgqueue._db.jobs import CLAIM_BATCH_MAX, JOBS, AsyncJobStore
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
-from tests.helpers import cached_plan, empty_tables, plan_nodes, scratch_database
+from tests.helpers import analyzed_backlog, cached_plan, empty_tables, plan_nodes, scratch_database
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -257,11 +257,7 @@ def test_the_claim_uses_its_partial_index_and_never_scans_the_jobs_history(
 @pytest.fixture(scope="module")
 def backlog_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
     """A large analyzed backlog in the most common shape: 100k claimable jobs in one queue."""
-    with scratch_database(pg_server_dsn, template_db) as database_dsn:
-        with psycopg.connect(database_dsn, autocommit=True) as setup:
-            setup.execute("INSERT INTO pgqueue.jobs (task, queue, state, args)"
-                          " SELECT 'todo', 'default', 'available', '{}' FROM generate_series(1, 100000)")
-            setup.execute("ANALYZE pgqueue.jobs")
+    with analyzed_backlog(pg_server_dsn, template_db, 100_000) as database_dsn:
         yield database_dsn
 
 

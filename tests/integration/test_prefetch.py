@@ -50,6 +50,22 @@ def enqueue(app: App, task: str, count: int, *, start: int = 0, priority: int = 
         app.enqueue_many(conn, [JobSpec(task, {"i": i}, priority=priority) for i in range(start, start + count)])
 
 
+def no_op_backlog(dsn: str, jobs: int) -> tuple[App, list[int]]:
+    """An app whose "fast" no-op task records each ``i`` it ran, with ``jobs`` of them waiting.
+
+    A long lease: the periodic lost-claim reconcile (every lease) must not be what gets a paused
+    claimer going again."""
+    app = make_app(dsn, lease_seconds=120)
+    ran: list[int] = []
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        ran.append(i)
+
+    enqueue(app, "fast", jobs)
+    return app, ran
+
+
 def drain_around(app: App, middle: str) -> None:
     """50 "fast" jobs, one ``middle`` job behind them (i = 50), 60 more "fast" behind it; a
     concurrency-1 worker runs them all: the fast jobs before it fill the buffer, so jobs are
@@ -219,17 +235,9 @@ def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: 
                                                                           concurrency: int) -> None:
     # Another session locks the rows of the jobs running now, so the acker's next batch waits on
     # them while the no-op handlers go on finishing: without backpressure the worker would claim
-    # the whole backlog while none of it can be acknowledged. A long lease: the periodic lost-claim
-    # reconcile (every lease) must not be what gets a paused claimer going again.
-    app = make_app(dsn, lease_seconds=120)
-    ran: list[int] = []
-
-    @app.task(name="fast")
-    async def fast(job: Job, i: int) -> None:
-        ran.append(i)
-
+    # the whole backlog while none of it can be acknowledged.
     jobs = 3000
-    enqueue(app, "fast", jobs)
+    app, ran = no_op_backlog(dsn, jobs)
     worker = Worker(app, concurrency=concurrency)
     thread = run_in_thread(worker, until_empty=True)
     with psycopg.connect(dsn) as blocker:
@@ -254,16 +262,8 @@ def test_claims_pause_while_outcomes_cannot_be_written_and_nothing_is_lost(dsn: 
 def test_a_wide_worker_drains_a_backlog_of_no_op_jobs_while_its_acks_trail_its_claims(dsn: str, db: Conn) -> None:
     # 1 x 50 and no-op handlers: handlers finish far faster than outcomes are written, so the
     # claimer keeps reaching the unwritten-outcome limit; it must pause without starving the acker.
-    # A long lease: the periodic lost-claim reconcile (every lease) must not be what unsticks it.
-    app = make_app(dsn, lease_seconds=120)
-    ran: list[int] = []
-
-    @app.task(name="fast")
-    async def fast(job: Job, i: int) -> None:
-        ran.append(i)
-
     jobs = 3000
-    enqueue(app, "fast", jobs)
+    app, ran = no_op_backlog(dsn, jobs)
     thread = run_in_thread(Worker(app, concurrency=50), until_empty=True)
     thread.join(BOUND)
     assert not thread.is_alive()
