@@ -210,6 +210,14 @@ class Claimer:
                     "worker.prefetch_released", jobs=len(stale), idle_s=round(now - pool.last_start, 1))
                 await self.acker.release(stale, reason="prefetched job waited behind a stalled slot")
 
+    def _until_buffer_expires(self) -> float | None:
+        """Seconds until the first buffered pool's jobs are due to go back; None: nothing buffered."""
+        expiries = [pool.last_start + BUFFER_TTL_SECONDS for pool in self.pools if pool.buffer]
+        if not expiries:
+            return None
+        # Just past the expiry: _release_stale_buffers compares with a strict >.
+        return max(0.0, min(expiries) - time.monotonic()) + 0.01
+
     def _start_buffered(self, pool: Pool) -> int:
         """Start buffered jobs in the pool's free slots; return the slots still free."""
         free = pool.free(self.running)
@@ -253,9 +261,11 @@ class Claimer:
             if not any(self._wants_claim(pool) for pool in self.pools):
                 flow.slot_freed.clear()
                 if not any(self._wants_claim(pool) for pool in self.pools):
-                    # With jobs buffered, look again after a while: a stalled pool's buffer goes back.
+                    # With jobs buffered, look again when the first buffer expires: a stalled
+                    # pool's buffer goes back BUFFER_TTL_SECONDS after its last start, not up to
+                    # twice that (a fixed wait begun just before the start would miss it).
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(BUFFER_TTL_SECONDS if any(p.buffer for p in self.pools) else None):
+                        async with asyncio.timeout(self._until_buffer_expires()):
                             await flow.slot_freed.wait()
                 continue
             if not self.heartbeat.lease_current():

@@ -21,7 +21,7 @@ from psycopg.rows import TupleRow
 from pgqueue import App, Job, JobSpec, Worker, admin
 from pgqueue._worker.claimer import MIN_ACK_BACKLOG
 from pgqueue.settings import Settings
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_async
 
 Conn = psycopg.Connection[TupleRow]
 BOUND = 60.0
@@ -271,14 +271,20 @@ def test_a_wide_worker_drains_a_backlog_of_no_op_jobs_while_its_acks_trail_its_c
     assert states(db) == {"completed": jobs}
 
 
+@pytest.mark.timing
 def test_buffered_jobs_behind_a_stalled_slot_go_back_and_the_worker_claims_nothing_more_meanwhile(
         dsn: str, db: Conn) -> None:
     # Fast jobs fill the buffer; then a job that takes 3 s holds the only slot. The jobs buffered
-    # behind it must not wait those 3 s (another worker could run them): after a second without a
+    # behind it must not wait those 3 s (another worker could run them): a second after the last
     # start they go back, uncounted, and nothing more is claimed ahead while the slot is stuck.
+    # (A fixed one-second wait begun just before the slow start used to hand them back after 2 s.)
     app = make_app(dsn, lease_seconds=30)
     ran: list[int] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, float] = {}
+
+    def running() -> int:
+        row = db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'running'").fetchone()
+        return int(row[0]) if row else -1
 
     @app.task(name="fast")
     async def fast(job: Job, i: int) -> None:
@@ -286,18 +292,24 @@ def test_buffered_jobs_behind_a_stalled_slot_go_back_and_the_worker_claims_nothi
 
     @app.task(name="slow")
     async def slow(job: Job, i: int) -> None:
-        await asyncio.sleep(2.0)
-        row = await asyncio.to_thread(lambda: db.execute(
-            "SELECT count(*) FROM pgqueue.jobs WHERE state = 'running'").fetchone())
-        seen["running_while_stuck"] = int(row[0]) if row else -1
-        await asyncio.sleep(1.0)
+        started = time.monotonic()
+
+        async def only_this_job_runs() -> bool:
+            return await asyncio.to_thread(running) == 1
+
+        await wait_until_async(only_this_job_runs, timeout=2.7, interval=0.02, message="the buffer to go back")
+        seen["buffer_back_after_s"] = time.monotonic() - started
+        await asyncio.sleep(0.3)
+        seen["running_later"] = await asyncio.to_thread(running)
+        await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
         ran.append(i)
 
     drain_around(app, "slow")
 
     assert sorted(ran) == list(range(111))
     assert states(db) == {"completed": 111}
-    assert seen["running_while_stuck"] == 1  # only the stuck job: the buffer went back
+    assert 0.9 <= seen["buffer_back_after_s"] < 1.7, seen  # BUFFER_TTL_SECONDS after the start, not 2
+    assert seen["running_later"] == 1  # only the stuck job: nothing more was claimed ahead
     released = db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'released' "
                           "AND detail->>'reason' = 'prefetched job waited behind a stalled slot'").fetchone()
     assert released is not None
