@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 
 from pgqueue import App, JobSpec
 from pgqueue.errors import ArgsNotSerializable
+from tests.integration.copy_audit import HOSTILE_ACTOR, audit_rows, copy_with_actor
 
 SPECS = 6_000  # three statements of 2,500, 2,500 and 1,000
 
@@ -179,46 +180,10 @@ def test_a_large_group_is_copied_with_its_workflow_columns_and_hostile_values_in
     assert {row[2:] for row in rows} == {(True, str(wf.id), "available")}
 
 
-HOSTILE_ACTOR = "ops\tteam\\back\nslash"
-
-
-def _copy_with_actor(dsn: str, actor: str, *, use_async: bool) -> tuple[bool, list[int]]:
-    """JobStore.copy_jobs of 600 jobs under ``actor``: (whether the session may COPY audit rows, the ids)."""
-    from pgqueue._db.jobs import JOBS, AsyncJobStore, JobStore
-
-    app = App(dsn)
-    jobs = [app._spec_job(JobSpec("t", {"n": n})) for n in range(600)]
-
-    async def copy_async() -> list[int]:
-        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
-            ids = await AsyncJobStore(aconn).copy_jobs(jobs, len(jobs), actor=actor)
-            await aconn.commit()
-            return ids
-
-    with psycopg.connect(dsn) as conn:
-        copyable = bool((conn.execute(JOBS.job_events_copyable).fetchone() or [False])[0])
-        conn.rollback()
-        if use_async:
-            ids = asyncio.run(copy_async())
-        else:
-            ids = JobStore(conn).copy_jobs(jobs, len(jobs), actor=actor)
-            conn.commit()
-    assert len(ids) == 600
-    return copyable, ids
-
-
-def _audit_rows(conn: psycopg.Connection[tuple[object, ...]], ids: list[int]) -> set[tuple[object, ...]]:
-    """The distinct (event, from, to, attempt, actor, worker, detail) of the jobs' audit rows, one per job."""
-    rows = conn.execute("SELECT job_id, event, from_state, to_state, attempt, actor, worker_id, detail"
-                        " FROM pgqueue.job_events WHERE job_id = ANY(%s) ORDER BY job_id", [ids]).fetchall()
-    assert [row[0] for row in rows] == sorted(ids)
-    return {row[1:] for row in rows}
-
-
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
 def test_copied_jobs_get_their_audit_rows_by_copy_with_the_actor_kept_exactly(dsn: str, use_async: bool) -> None:
-    copyable, ids = _copy_with_actor(dsn, HOSTILE_ACTOR, use_async=use_async)
+    copyable, ids = copy_with_actor(dsn, HOSTILE_ACTOR, use_async=use_async)
 
     assert copyable, "a superuser session may COPY into job_events: the COPY path is the one tested"
     with psycopg.connect(dsn) as conn:
-        assert _audit_rows(conn, ids) == {("enqueued", None, "available", 0, HOSTILE_ACTOR, None, None)}
+        assert audit_rows(conn, ids) == {("enqueued", None, "available", 0, HOSTILE_ACTOR, None, None)}

@@ -25,6 +25,7 @@ from pgqueue._scheduler import Scheduler
 from pgqueue.settings import Settings
 from tests.e2e.test_cli import ACTOR, run
 from tests.helpers import psql, scratch_database, wait_until
+from tests.integration.copy_audit import HOSTILE_ACTOR, audit_rows, copy_with_actor
 from tests.shipped_roles import ROLES_SQL, Logins, apply_roles_sql, shipped_role_logins
 
 Conn = psycopg.Connection[TupleRow]
@@ -88,7 +89,7 @@ def enqueued_events(conn: Conn, ids: list[int]) -> int:
 # --- the enqueuer ---------------------------------------------------------------------------------
 
 
-def test_an_enqueuer_login_enqueues_single_unique_and_bulk_jobs_with_their_audit_rows(as_role: Any,
+def test_an_enqueuer_login_enqueues_single_unique_and_bulk_jobs_with_theiraudit_rows(as_role: Any,
                                                                                         owner: Conn) -> None:
     enqueuer = as_role("enqueuer")
     app = App(enqueuer)
@@ -119,12 +120,10 @@ def test_an_enqueuer_under_row_security_gets_the_copied_jobs_audit_rows_by_inser
                                                                                  use_async: bool) -> None:
     # PostgreSQL refuses COPY FROM into job_events for a role its row-level security applies to:
     # the enqueuer's copied jobs get the same audit rows through the INSERT.
-    from tests.integration.test_enqueue_batches import HOSTILE_ACTOR, _audit_rows, _copy_with_actor
-
-    copyable, ids = _copy_with_actor(as_role("enqueuer"), HOSTILE_ACTOR, use_async=use_async)
+    copyable, ids = copy_with_actor(as_role("enqueuer"), HOSTILE_ACTOR, use_async=use_async)
 
     assert not copyable
-    assert _audit_rows(owner, ids) == {("enqueued", None, "available", 0, HOSTILE_ACTOR, None, None)}
+    assert audit_rows(owner, ids) == {("enqueued", None, "available", 0, HOSTILE_ACTOR, None, None)}
 
 
 @pytest.mark.parametrize(("columns", "values"), [
