@@ -109,6 +109,11 @@ def test_sigkill_of_the_worker_running_the_trial_does_not_leave_the_breaker_stuc
     ids = {wait_for_registration(db, worker): worker for worker in workers}
     pgqueue.App(worker_dsn).enqueue_many(None, [pgqueue.JobSpec("downstream", {}) for _ in range(10)])
     wait_until(lambda: breaker_state(db) == "open", timeout=30, message="the breaker to open")
+    # Jobs claimed just before the breaker opened still run; one that read "hang" would hold the
+    # survivor's slot for a minute, and with all four taken it could run no trial. Only trials run
+    # from here on, so once those are gone the next downstream job to start is a trial.
+    wait_until(lambda: count(db, "SELECT count(*) FROM pgqueue.jobs WHERE task = 'downstream' AND state = 'running'")
+               == 0, timeout=30, message="the jobs claimed before the breaker opened to end")
     set_downstream(db, "hang")
 
     def trial_worker() -> str | None:
