@@ -62,6 +62,23 @@ def _delay_seconds(delay: float | timedelta | None) -> float:
     return float(seconds)
 
 
+#: Types whose equal values validate alike (bool is left out: True == 1, but is no max_attempts).
+_EXACT_TYPES = (str, int, type(None))
+
+
+def _shared_checks_key(spec: JobSpec) -> tuple[str, str | None, int | str | None, int | None] | None:
+    """What every column but args is validated from, for a spec whose other options are unset;
+    None: the spec has options of its own (or values of other types) and is validated in full."""
+    if (spec.unique_key is not None or spec.run_at is not None or spec.delay is not None or spec.tags is not None
+            or spec.group is not None or spec.depends_on or spec.on_dependency_failure is not None
+            or spec.encrypt is True):
+        return None
+    if (type(spec.task) is not str or type(spec.queue) not in _EXACT_TYPES
+            or type(spec.priority) not in _EXACT_TYPES or type(spec.max_attempts) not in _EXACT_TYPES):
+        return None
+    return spec.task, spec.queue, spec.priority, spec.max_attempts
+
+
 def _check_run_at(run_at: datetime | None) -> datetime | None:
     if run_at is None:
         return None
@@ -372,6 +389,28 @@ class App:
             **(dependencies or {}),
         )
 
+    def _spec_jobs(self, specs: Iterable[JobSpec]) -> Iterator[NewJob]:
+        """:meth:`_spec_job` of each spec, lazily. Specs that differ only in their (plaintext) args
+        share one check of everything else: the first is validated in full, the others only have
+        their args encoded. The checks cost a 50k bulk about 6 us a job and come out the same for
+        every spec of the usual batch (one task, its defaults)."""
+        checked: dict[tuple[str, str | None, int | str | None, int | None], NewJob] = {}
+        max_bytes = self.settings.max_payload_bytes
+        for spec in specs:
+            key = _shared_checks_key(spec)
+            first = checked.get(key) if key is not None else None
+            if first is None:
+                job = self._spec_job(spec)
+                # Encrypted args are sealed job by job; a template only serves plaintext ones.
+                if key is not None and job.args is not None:
+                    checked[key] = job
+                yield job
+                continue
+            args = with_carrier(self.tracing, spec.args if spec.args is not None else {})
+            yield NewJob(task=first.task, queue=first.queue, priority=first.priority,
+                         args=encode_args(args, max_bytes), max_attempts=first.max_attempts, run_at=None,
+                         delay=first.delay, unique_key=None, tags=first.tags, group_key=None)
+
     def _spec_job(self, spec: JobSpec, dependencies: dict[str, Any] | None = None) -> NewJob:
         return self._new_job(
             spec.task, spec.args, queue=spec.queue, priority=spec.priority, delay=spec.delay, run_at=spec.run_at,
@@ -544,7 +583,7 @@ class App:
                 spec.unique_key is None and spec.run_at is None and spec.delay is None for spec in specs):
             # All available at once: one COPY, each spec validated as it is written, so Python
             # validates while the server stores the rows before it (10k jobs: 110 -> 70 ms).
-            return store.copy_all_jobs((self._spec_job(spec) for spec in specs), len(specs), actor=_actor())
+            return store.copy_all_jobs(self._spec_jobs(specs), len(specs), actor=_actor())
         return store.insert_job_batches(self._validated_batches(specs), actor=_actor())
 
     def _validated_batches(self, specs: list[JobSpec]) -> Iterator[list[NewJob]]:
@@ -554,13 +593,13 @@ class App:
         a later batch still leaves nothing written."""
         batches = [specs[i:i + _BATCH] for i in range(0, len(specs), _BATCH)] or [[]]
         if len(batches) == 1:
-            yield [self._spec_job(spec) for spec in batches[0]]
+            yield list(self._spec_jobs(batches[0]))
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgqueue-validate") as pool:
-            pending = pool.submit(lambda batch: [self._spec_job(spec) for spec in batch], batches[0])
+            pending = pool.submit(lambda batch: list(self._spec_jobs(batch)), batches[0])
             for following in batches[1:]:
                 ready = pending.result()
-                pending = pool.submit(lambda batch: [self._spec_job(spec) for spec in batch], following)
+                pending = pool.submit(lambda batch: list(self._spec_jobs(batch)), following)
                 yield ready
             yield pending.result()
 
@@ -593,7 +632,7 @@ class App:
         if any(spec.depends_on or spec.on_dependency_failure is not None for spec in specs):
             store = AsyncJobStore(await async_connection(conn))
             return await store.insert_dependent_jobs_atomically(*self._dependent_batch(specs), actor=_actor())
-        new_jobs = [self._spec_job(spec) for spec in specs]
+        new_jobs = list(self._spec_jobs(specs))
         return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
 
     # --- results ---

@@ -76,7 +76,7 @@ class JobQueries(NamedTuple):
 JOBS = load_queries(JobQueries, "jobs.sql")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NewJob:
     """A validated row to insert: args as JSON text, or (encrypted jobs) NULL and the ciphertext."""
 
