@@ -168,7 +168,12 @@ def test_the_lost_claim_reconcile_leaves_buffered_jobs_alone(dsn: str, db: Conn)
 
     assert sorted(ran) == list(range(jobs))  # each once
     assert states(db) == {"completed": jobs}
-    assert claims(db) <= jobs // 2  # they were claimed ahead
+    # They were claimed ahead all along, so each reconcile met buffered jobs. (How far ahead follows
+    # the pace of the 2-ms jobs, which a loaded machine slows: count the claims that buffered any.)
+    row = db.execute("SELECT count(*) FROM (SELECT lease_token FROM pgqueue.jobs GROUP BY lease_token"
+                     " HAVING count(*) > 1) AS ahead").fetchone()
+    assert row is not None
+    assert row[0] >= 50, row
     assert db.execute("SELECT DISTINCT attempt FROM pgqueue.jobs").fetchall() == [(1,)]
     assert db.execute("SELECT count(*) FROM pgqueue.job_events WHERE event = 'released'").fetchone() == (0,)
 
