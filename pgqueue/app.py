@@ -371,9 +371,7 @@ class App:
             raise InvalidEnqueueOption(f"group {_shown(group)} must be a non-empty string of at most 255 characters, "
                                        "without NUL characters or lone surrogates")
         default_tags = known.tags if known else ()
-        args = with_carrier(self.tracing, args if args is not None else {})
-        # Validated (JSON, size limit) on the plaintext, before anything is encrypted.
-        args_text = encode_args(args, self.settings.max_payload_bytes)
+        args_text = self._args_text(args)
         return NewJob(
             task=task,
             queue=check_queue_name(queue if queue is not None else (known.queue if known else DEFAULT_QUEUE)),
@@ -389,13 +387,18 @@ class App:
             **(dependencies or {}),
         )
 
+    def _args_text(self, args: Any) -> str:
+        """The JSON text a job's args are stored as, with the current trace context; validated (JSON,
+        size limit) on the plaintext, before anything is encrypted."""
+        return encode_args(with_carrier(self.tracing, args if args is not None else {}),
+                           self.settings.max_payload_bytes)
+
     def _spec_jobs(self, specs: Iterable[JobSpec]) -> Iterator[NewJob]:
         """:meth:`_spec_job` of each spec, lazily. Specs that differ only in their (plaintext) args
         share one check of everything else: the first is validated in full, the others only have
         their args encoded. The checks cost a 50k bulk about 6 us a job and come out the same for
         every spec of the usual batch (one task, its defaults)."""
         checked: dict[tuple[str, str | None, int | str | None, int | None], NewJob] = {}
-        max_bytes = self.settings.max_payload_bytes
         for spec in specs:
             key = _shared_checks_key(spec)
             first = checked.get(key) if key is not None else None
@@ -406,9 +409,8 @@ class App:
                     checked[key] = job
                 yield job
                 continue
-            args = with_carrier(self.tracing, spec.args if spec.args is not None else {})
             yield NewJob(task=first.task, queue=first.queue, priority=first.priority,
-                         args=encode_args(args, max_bytes), max_attempts=first.max_attempts, run_at=None,
+                         args=self._args_text(spec.args), max_attempts=first.max_attempts, run_at=None,
                          delay=first.delay, unique_key=None, tags=first.tags, group_key=None)
 
     def _spec_job(self, spec: JobSpec, dependencies: dict[str, Any] | None = None) -> NewJob:
