@@ -37,12 +37,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.rows import TupleRow
 
 from pgqueue import _migrate
+from pgqueue._db.databases import ensure_template
 from pgqueue.settings import normalize_dsn
-from tests.helpers import REPO_ROOT, admin_connection, dsn_for_database, scratch_database
+from tests.helpers import REPO_ROOT, scratch_database
 
 pytest_plugins = ["tests.plugins.processes", "tests.plugins.timing", "tests.plugins.system_binaries", "pytester"]
 
@@ -78,27 +78,10 @@ def pg_server_dsn() -> str:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server_dsn: str) -> str:
+    # Built once under a lock (the other xdist workers wait and reuse it), under a temporary name
+    # renamed when complete, and closed to connections (see ensure_template).
     name = _template_name()
-    with admin_connection(pg_server_dsn) as admin:
-        # Session-level lock on the admin connection: only one worker builds, the others wait and reuse.
-        admin.execute("SELECT pg_advisory_lock(%s)", [_TEMPLATE_LOCK_KEY])
-        try:
-            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
-                # Built under a temporary name and renamed when complete, so a run killed halfway never
-                # leaves a half-migrated database under the final name.
-                building = sql.Identifier(f"{name}_building")
-                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [f"{name}_building"]).fetchone():
-                    admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(building))
-                    admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(building))
-                admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(building))
-                _migrate.upgrade(dsn_for_database(pg_server_dsn, f"{name}_building"))
-                # A stray connection to a template makes CREATE DATABASE ... TEMPLATE fail: forbid them.
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(building)
-                )
-                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(building, sql.Identifier(name)))
-        finally:
-            admin.execute("SELECT pg_advisory_unlock(%s)", [_TEMPLATE_LOCK_KEY])
+    ensure_template(pg_server_dsn, name, _migrate.upgrade, lock_key=_TEMPLATE_LOCK_KEY)
     return name
 
 
