@@ -23,6 +23,7 @@ class BreakerQueries(NamedTuple):
     find_due_breakers: LiteralString
     list_breakers: LiteralString
     reset_breaker: LiteralString
+    lock_breakers_for_trial: LiteralString
     claim_breaker_trial: LiteralString
 
 
@@ -78,9 +79,13 @@ class AsyncBreakerStore:
     async def claim_breaker_trial(self, tasks: Sequence[str], queues: Sequence[str] | None,
                                   worker_id: str) -> Job | None:
         token = str(uuid.uuid4())
+        # Two statements in one transaction: the breakers are locked first, so the claim's snapshot,
+        # taken after, holds every change to them (see lock_breakers_for_trial).
         with translate_errors():
-            cur = await self.conn.execute(BREAKERS.claim_breaker_trial, {
-                "tasks": list(tasks), "queues": list(queues) if queues else None, "worker_id": worker_id,
-                "lease_token": token})
-            row = await cur.fetchone()
+            async with self.conn.transaction():
+                await self.conn.execute(BREAKERS.lock_breakers_for_trial, {"tasks": list(tasks)})
+                cur = await self.conn.execute(BREAKERS.claim_breaker_trial, {
+                    "tasks": list(tasks), "queues": list(queues) if queues else None, "worker_id": worker_id,
+                    "lease_token": token})
+                row = await cur.fetchone()
         return None if row is None else _job_from_row(row, token)

@@ -70,6 +70,21 @@ WHERE b.task = ANY(%(tasks)s::text[])
        OR (b.state = 'half_open'
            AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS t WHERE t.id = b.trial_job_id AND t.state = 'running')));
 
+-- name: lock_breakers_for_trial
+-- The first statement of a trial claim, in the same transaction: lock the breakers that could be
+-- due one. claim_breaker_trial alone was racy. Its snapshot is taken when it starts; when another
+-- worker's trial claim commits between then and its lock of the breaker row, PostgreSQL rechecks
+-- the WHERE clause on the row's new version (now half-open, with the new trial) but evaluates the
+-- subquery on pgqueue.jobs with the old snapshot, where the new trial is not yet running: the row
+-- passed as "half-open, trial gone", and a second trial started beside the first (the e2e breaker
+-- test saw two breaker_half_opened events in a row). Locked here first, the breaker cannot change
+-- before claim_breaker_trial's snapshot, which then sees the trial of any claim that beat us.
+-- Locked in task order, as fail_jobs does; SKIP LOCKED, so a trial claim never waits.
+SELECT b.task FROM pgqueue.circuit_breakers AS b
+WHERE b.task = ANY(%(tasks)s::text[]) AND b.state <> 'closed'
+ORDER BY b.task
+FOR NO KEY UPDATE OF b SKIP LOCKED;
+
 -- name: claim_breaker_trial
 -- Half-open: one trial job of a task whose breaker is open past its cooldown, or half-open with a
 -- trial that is no longer running (its worker died and the job was rescued, or it was cancelled or
