@@ -40,7 +40,6 @@ class ScratchDatabases:
         self.swept = self._run.sweep()
         create_database(self.server_dsn, self.prefix, refused=_REFUSED)
         self._created.append(self.prefix)
-        self._run.mark()
         _migrate.upgrade(with_database(self.server_dsn, self.prefix))
 
     @contextmanager

@@ -97,9 +97,6 @@ def ensure_template(dsn: str, name: str, build: Callable[[str], None], *, lock_k
 # Scratch runs' locks live in the two-key advisory space under this first key ("pqsr"), apart from
 # the single-key locks of migrations and templates.
 _RUN_LOCK_SPACE = int.from_bytes(b"pqsr", "big")
-# The comment on a run's first database saying that the run held a lock: a run of an older version
-# held none, and its databases must not look abandoned while it is still going.
-_RUN_MARK = "pgqueue scratch run, alive while its advisory lock is held"
 
 
 class ScratchRun:
@@ -109,8 +106,7 @@ class ScratchRun:
 
     The lock dies with its session, so when a run is killed (SIGKILL, a lost machine) a later run
     of the same family sees databases whose lock is free and drops them (:meth:`sweep`), and never
-    touches those of a run still going. Only runs whose first database carries the mark
-    (:meth:`mark`) are swept: an unmarked one may be a live run of a version without locks.
+    touches those of a run still going.
     """
 
     def __init__(self, dsn: str, family: str, run_id: str) -> None:
@@ -133,11 +129,6 @@ class ScratchRun:
             self._session.execute("SELECT pg_advisory_lock(%s, %s)",
                                   [_RUN_LOCK_SPACE, self._lock_key(self.run_id)])
 
-    def mark(self) -> None:
-        """Mark this run's first database (``<family>_<id>``, just created) as one a lock guards."""
-        comment = sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(self.name), sql.Literal(_RUN_MARK))
-        _run(self.dsn, [comment], f"cannot mark database {self.name!r}")
-
     def release(self) -> None:
         if self._session is not None:
             self._session.close()  # a session lock ends with its session
@@ -150,15 +141,13 @@ class ScratchRun:
         """
         pattern = re.compile(rf"{re.escape(self.family)}_([0-9a-f]{{8}})(?:_[0-9]+)?")
         with translate_errors(), psycopg.connect(self.dsn, autocommit=True) as admin:
-            rows = admin.execute(
-                "SELECT datname, shobj_description(oid, 'pg_database') IS NOT DISTINCT FROM %s"
-                " FROM pg_catalog.pg_database WHERE starts_with(datname, %s) ORDER BY datname DESC",
-                [_RUN_MARK, f"{self.family}_"]).fetchall()
-            marked = {name for name, is_marked in rows if is_marked}
+            names = [row[0] for row in admin.execute(
+                "SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s) ORDER BY datname DESC",
+                [f"{self.family}_"])]
             runs: dict[str, list[str]] = {}
-            for name, _ in rows:
+            for name in names:
                 match = pattern.fullmatch(name)
-                if match and match.group(1) != self.run_id and f"{self.family}_{match.group(1)}" in marked:
+                if match and match.group(1) != self.run_id:
                     runs.setdefault(match.group(1), []).append(name)
             dropped: list[str] = []
             for run_id, databases in runs.items():
