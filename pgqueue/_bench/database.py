@@ -3,8 +3,7 @@
 One database, ``pgqueue_bench_<random>``, is created and migrated once; it then serves as the
 template every scenario's fresh database is cloned from (``CREATE DATABASE ... TEMPLATE`` is a
 file copy, far quicker than running the migrations again). All of them are dropped
-``WITH (FORCE)`` at the end, whatever happened; a run killed before its end leaves them behind,
-and the next run drops them (its lock, held for the whole run, tells a dead run from a live one).
+``WITH (FORCE)`` at the end, whatever happened.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from pgqueue import _migrate
-from pgqueue._db.databases import ScratchRun, create_database, drop_database, with_database
+from pgqueue._db.databases import create_database, drop_database, with_database
 
 _REFUSED = "pgqueue bench needs a role that may create databases"
 
@@ -28,16 +27,11 @@ class ScratchDatabases:
 
     def __init__(self, server_dsn: str) -> None:
         self.server_dsn = server_dsn
-        self._run = ScratchRun(server_dsn, "pgqueue_bench", uuid.uuid4().hex[:8])
-        self.prefix = self._run.name
+        self.prefix = f"pgqueue_bench_{uuid.uuid4().hex[:8]}"
         self._clones = 0
         self._created: list[str] = []
-        self.swept: list[str] = []
 
     def create_template(self) -> None:
-        """Take this run's lock, drop what killed runs left, then create and migrate the template."""
-        self._run.hold()
-        self.swept = self._run.sweep()
         create_database(self.server_dsn, self.prefix, refused=_REFUSED)
         self._created.append(self.prefix)
         _migrate.upgrade(with_database(self.server_dsn, self.prefix))
@@ -54,12 +48,9 @@ class ScratchDatabases:
             drop_database(self.server_dsn, name)
 
     def drop_all(self) -> None:
-        try:
-            for name in reversed(self._created):
-                drop_database(self.server_dsn, name)
-            self._created.clear()
-        finally:
-            self._run.release()
+        for name in reversed(self._created):
+            drop_database(self.server_dsn, name)
+        self._created.clear()
 
 
 def _memory_bytes() -> int | None:

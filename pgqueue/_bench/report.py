@@ -88,8 +88,6 @@ class Report:
             f"synchronous_commit={s.get('synchronous_commit')}, fsync={s.get('fsync')}, "
             f"max_connections={s.get('max_connections')}, work_mem={s.get('work_mem')}, "
             f"autovacuum={s.get('autovacuum')}",
-            *([f"\ndropped {len(swept)} database(s) left by killed bench runs: {', '.join(swept)}"]
-              if (swept := self.settings.get("swept_databases")) else []),
         )
 
     def table(self) -> Table:

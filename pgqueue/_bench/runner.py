@@ -75,7 +75,6 @@ def run_bench(server_dsn: str, *, quick: bool = False, reps: int = 3, scenarios:
         "enqueue": "App.enqueue on an autocommit psycopg connection; enqueue_many committed per batch",
         "database": f"{databases.prefix}: migrated once, cloned afresh for every scenario and repetition, "
                     "all dropped at the end",
-        "swept_databases": databases.swept,
     }
     order = {key: i for i, key in enumerate(figures)}
     ordered = dict(sorted(figures.items(), key=lambda kv: (names.index(scenario_of[kv[0]]), order[kv[0]])))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -92,75 +90,3 @@ def ensure_template(dsn: str, name: str, build: Callable[[str], None], *, lock_k
                 sql.Identifier(building), sql.Identifier(name)))
         finally:
             admin.execute("SELECT pg_advisory_unlock(%s)", [lock_key])
-
-
-# Scratch runs' locks live in the two-key advisory space under this first key ("pqsr"), apart from
-# the single-key locks of migrations and templates.
-_RUN_LOCK_SPACE = int.from_bytes(b"pqsr", "big")
-
-
-class ScratchRun:
-    """The databases of one scratch run, named ``<family>_<8 hex digits>`` and ``..._<n>``, marked
-    as alive by a session advisory lock held from before the first is created until after the last
-    is dropped.
-
-    The lock dies with its session, so when a run is killed (SIGKILL, a lost machine) a later run
-    of the same family sees databases whose lock is free and drops them (:meth:`sweep`), and never
-    touches those of a run still going.
-    """
-
-    def __init__(self, dsn: str, family: str, run_id: str) -> None:
-        if not re.fullmatch(r"[0-9a-f]{8}", run_id):
-            raise ValueError(f"a scratch run id is 8 hex digits, not {run_id!r}")
-        self.dsn = dsn
-        self.family = family
-        self.run_id = run_id
-        self.name = f"{family}_{run_id}"
-        self._session: psycopg.Connection[Any] | None = None
-
-    @staticmethod
-    def _lock_key(run_id: str) -> int:
-        return int(run_id, 16) - 2**31  # the second key is a signed int4
-
-    def hold(self) -> None:
-        """Take this run's lock (kept until :meth:`release`)."""
-        with translate_errors():
-            self._session = psycopg.connect(self.dsn, autocommit=True, application_name=f"{self.name} lock")
-            self._session.execute("SELECT pg_advisory_lock(%s, %s)",
-                                  [_RUN_LOCK_SPACE, self._lock_key(self.run_id)])
-
-    def release(self) -> None:
-        if self._session is not None:
-            self._session.close()  # a session lock ends with its session
-            self._session = None
-
-    def sweep(self) -> list[str]:
-        """Drop the databases of this family's runs that no live session holds; return their names.
-
-        A database this role may not drop (another role's run) is left alone.
-        """
-        pattern = re.compile(rf"{re.escape(self.family)}_([0-9a-f]{{8}})(?:_[0-9]+)?")
-        with translate_errors(), psycopg.connect(self.dsn, autocommit=True) as admin:
-            names = [row[0] for row in admin.execute(
-                "SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s) ORDER BY datname DESC",
-                [f"{self.family}_"])]
-            runs: dict[str, list[str]] = {}
-            for name in names:
-                match = pattern.fullmatch(name)
-                if match and match.group(1) != self.run_id:
-                    runs.setdefault(match.group(1), []).append(name)
-            dropped: list[str] = []
-            for run_id, databases in runs.items():
-                key = [_RUN_LOCK_SPACE, self._lock_key(run_id)]
-                if not admin.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0]:  # type: ignore[index]
-                    continue  # that run is alive
-                try:
-                    for database in databases:  # clones first (DESC), then the run's template
-                        try:
-                            admin.execute(_drop(database))
-                        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
-                            continue  # another role's run, or a prepared transaction: not ours to force
-                        dropped.append(database)
-                finally:
-                    admin.execute("SELECT pg_advisory_unlock(%s, %s)", key)
-        return dropped

@@ -5,16 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import signal
 import subprocess
 import sys
 
 import psycopg
 import pytest
-
-from pgqueue._db.databases import ScratchRun, create_database, drop_database
-from tests.helpers import wait_until
 
 # --quick sizes: the backlog pair is 10k vs 100k (1m in a full run).
 QUICK_FIGURES = {
@@ -123,43 +118,3 @@ def test_an_unknown_scenario_is_refused_in_one_line(dsn: str) -> None:
     assert result.stderr.strip().splitlines() == [
         "pgqueue: error: unknown scenario 'nope': choose from enqueue-single, enqueue-bulk, enqueue-paths, process, "
         "latency, chain, group-enqueue, backlog, limits, churn, startup, physical, latency-load, guarantees, memory"]
-
-
-def test_databases_a_killed_run_left_are_dropped_by_the_next_run_and_a_live_runs_are_kept(dsn: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    killed = subprocess.Popen([sys.executable, "-m", "pgqueue", "bench", "--dsn", dsn, "--quick", "-s", "process"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    try:
-        # Killed mid-scenario: its migrated template and a clone with workers connected to it exist.
-        clone = wait_until(lambda: [n for n in bench_databases(dsn, "pgqueue_bench_") if re.fullmatch(
-            r"pgqueue_bench_[0-9a-f]{8}_1", n)], timeout=120, message="the first run's first clone")[0]
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    killed_run = clone.removesuffix("_1")
-    left = bench_databases(dsn, killed_run)
-    assert {killed_run, clone} <= set(left)
-
-    # A run still going (its lock held), and databases a version without run locks left behind.
-    live = ScratchRun(dsn, "pgqueue_bench", "0badc0de")
-    live.hold()
-    try:
-        create_database(dsn, live.name)
-        for stale in ("pgqueue_bench_fedcba98", "pgqueue_bench_fedcba98_3"):
-            create_database(dsn, stale)
-        with psycopg.connect(dsn, autocommit=True) as conn:  # the killed run's lock session has ended
-            wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                            [f"{killed_run} lock"]).fetchone() == (0,), timeout=30)
-
-        result = run_bench(dsn, "--quick", "-s", "enqueue-single", "--json")
-        assert result.returncode == 0, result.stderr[-3000:]
-        remaining = set(bench_databases(dsn, "pgqueue_bench_"))
-        assert not remaining & {*left, "pgqueue_bench_fedcba98", "pgqueue_bench_fedcba98_3"}
-        assert live.name in remaining
-        # What the run reports it dropped (a bench test running beside this one may have swept some first).
-        swept = set(json.loads(result.stdout)["settings"]["swept_databases"])
-        assert live.name not in swept
-        assert not swept & remaining
-    finally:
-        live.release()
-        drop_database(dsn, live.name)
