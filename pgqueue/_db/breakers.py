@@ -81,11 +81,16 @@ class AsyncBreakerStore:
         token = str(uuid.uuid4())
         # Two statements in one transaction: the breakers are locked first, so the claim's snapshot,
         # taken after, holds every change to them (see lock_breakers_for_trial).
+        # Only the breakers locked here are tried: one another claimer held was skipped by the lock,
+        # and may turn half-open between the claim's snapshot and its own lock, the race again.
         with translate_errors():
             async with self.conn.transaction():
-                await self.conn.execute(BREAKERS.lock_breakers_for_trial, {"tasks": list(tasks)})
+                cur = await self.conn.execute(BREAKERS.lock_breakers_for_trial, {"tasks": list(tasks)})
+                locked = [str(r[0]) for r in await cur.fetchall()]
+                if not locked:
+                    return None
                 cur = await self.conn.execute(BREAKERS.claim_breaker_trial, {
-                    "tasks": list(tasks), "queues": list(queues) if queues else None, "worker_id": worker_id,
+                    "tasks": locked, "queues": list(queues) if queues else None, "worker_id": worker_id,
                     "lease_token": token})
                 row = await cur.fetchone()
         return None if row is None else _job_from_row(row, token)

@@ -19,6 +19,7 @@ import pytest
 from psycopg.rows import TupleRow, dict_row
 
 from pgqueue import Backoff, CircuitBreaker, Job, Snooze, Worker, admin
+from pgqueue._db.breakers import AsyncBreakerStore
 from pgqueue.app import App
 from pgqueue.errors import BreakerNotFound, InvalidJobState, JobNotFound
 from pgqueue.settings import Settings
@@ -377,6 +378,51 @@ def test_a_breaker_opens_holds_the_task_runs_one_trial_and_closes(
     # Held jobs used no attempts: every attempt recorded was a run.
     attempts = db.execute("SELECT sum(attempt) FROM pgqueue.jobs WHERE task = 'flaky'").fetchone()
     assert attempts == (len(runs),)
+
+
+TRIAL_RACE_ROUNDS = 150
+
+
+def test_claimers_racing_for_a_due_breaker_start_exactly_one_trial(db: Conn, dsn: str) -> None:
+    """Six sessions claim a due breaker's trial at once, 150 times over: one trial each round.
+
+    Before the claim took only the breakers its own transaction had locked, a claimer whose lock
+    skipped the row could still see it turn half-open between its claim's snapshot and lock (the
+    row rechecked, its trial job's state not) and start a second trial: 1 to 30 rounds in 150 did.
+    Odd rounds start from "open past the cooldown", even ones from "half-open, trial gone".
+    """
+    db.execute("INSERT INTO pgqueue.jobs (task, queue, args) SELECT 'sms', 'default', '{}'"
+               " FROM generate_series(1, 20)")
+    db.execute("INSERT INTO pgqueue.circuit_breakers (task, state, failure_threshold, window_seconds,"
+               " cooldown_seconds) VALUES ('sms', 'closed', 1, 60, 1)")
+    gone = db.execute("SELECT min(id) FROM pgqueue.jobs").fetchone()
+
+    async def claim(conn: psycopg.AsyncConnection[TupleRow], start: asyncio.Event) -> int:
+        store = AsyncBreakerStore(conn)
+        await start.wait()
+        return sum([await store.claim_breaker_trial(["sms"], None, "w") is not None for _ in range(3)])
+
+    async def race() -> list[int]:
+        conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(6)]
+        trials = []
+        try:
+            for round_ in range(TRIAL_RACE_ROUNDS):
+                db.execute("UPDATE pgqueue.jobs SET state = 'available', worker_id = NULL WHERE state <> 'available'")
+                db.execute("UPDATE pgqueue.circuit_breakers SET opened_at = now() - interval '1 hour',"
+                           " state = %s, trial_job_id = %s",
+                           ["open", None] if round_ % 2 else ["half_open", gone[0] if gone else None])
+                start = asyncio.Event()
+                claims = [asyncio.create_task(claim(conn, start)) for conn in conns]
+                await asyncio.sleep(0.005)  # every claimer waits on the event
+                start.set()
+                trials.append(sum(await asyncio.gather(*claims)))
+        finally:
+            for conn in conns:
+                await conn.close()
+        return trials
+
+    trials = asyncio.run(race())
+    assert [(i, n) for i, n in enumerate(trials) if n != 1] == []
 
 
 def test_failures_outside_the_window_do_not_open_the_breaker(

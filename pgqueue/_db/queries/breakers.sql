@@ -79,7 +79,9 @@ WHERE b.task = ANY(%(tasks)s::text[])
 -- passed as "half-open, trial gone", and a second trial started beside the first (the e2e breaker
 -- test saw two breaker_half_opened events in a row). Locked here first, the breaker cannot change
 -- before claim_breaker_trial's snapshot, which then sees the trial of any claim that beat us.
--- Locked in task order, as fail_jobs does; SKIP LOCKED, so a trial claim never waits.
+-- Locked in task order, as fail_jobs does; SKIP LOCKED, so a trial claim never waits. The claim is
+-- then given only the tasks locked here: a breaker skipped because another claimer held it could
+-- commit half-open between the claim's snapshot and its lock, the same race again (CI saw it).
 SELECT b.task FROM pgqueue.circuit_breakers AS b
 WHERE b.task = ANY(%(tasks)s::text[]) AND b.state <> 'closed'
 ORDER BY b.task
