@@ -12,7 +12,8 @@ Fixtures (all DSNs are libpq DSNs, in the same form as the server's: URL or ``ke
   schema version (its name hashes the migration scripts and ``sql/schema.sql``) and reused by
   later runs. Nobody can connect to it; it only serves as ``CREATE DATABASE ... TEMPLATE``.
 - ``dsn``: a fresh database cloned from the template (schema at head, no rows), dropped
-  ``WITH (FORCE)`` after the test, so leftover connections never block the drop.
+  ``WITH (FORCE)`` after the test, so leftover connections never block the drop; the drop runs
+  on a background thread, and the session waits for the last ones.
 - ``empty_dsn``: a fresh database with no pgqueue schema at all (for migration tests).
 - ``conn``: a psycopg connection (``autocommit=False``) to ``dsn``, closed after the test.
 
@@ -42,7 +43,7 @@ from psycopg.rows import TupleRow
 from pgqueue import _migrate
 from pgqueue._db.databases import ensure_template
 from pgqueue.settings import normalize_dsn
-from tests.helpers import REPO_ROOT, scratch_database
+from tests.helpers import DROPPER, REPO_ROOT, scratch_database
 
 pytest_plugins = ["tests.plugins.processes", "tests.plugins.timing", "tests.plugins.system_binaries", "pytester"]
 
@@ -74,6 +75,13 @@ def pg_server_dsn() -> str:
     from pgqueue import _embedded  # only needed when no server is given
 
     return _embedded.ensure_server(TEST_HOME)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_scratch_databases() -> Iterator[None]:
+    # Scratch databases are dropped in the background (see DatabaseDropper); the session waits.
+    yield
+    DROPPER.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -91,17 +93,74 @@ def admin_connection(server_dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
         yield admin
 
 
+def _drop_database(admin: psycopg.Connection[TupleRow], name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class DatabaseDropper:
+    """Drops scratch databases on a thread of its own, so a test's teardown need not wait.
+
+    Up to PostgreSQL 15, DROP DATABASE forces an immediate checkpoint: 0.3-0.8 s while the suite
+    runs, against 30-100 ms for the CREATE DATABASE ... TEMPLATE before it. Every test with a
+    database of its own paid that on the critical path. :meth:`close` (at the end of the pytest
+    session, see tests/conftest.py) waits for the drops still queued and raises the first error.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def drop(self, server_dsn: str, name: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="database-dropper", daemon=True)
+                self._thread.start()
+        self._queue.put((server_dsn, name))
+
+    def _run(self) -> None:
+        admins: dict[str, psycopg.Connection[TupleRow]] = {}
+        try:
+            while (item := self._queue.get()) is not None:
+                server_dsn, name = item
+                try:
+                    if server_dsn not in admins or admins[server_dsn].closed:
+                        admins[server_dsn] = psycopg.connect(server_dsn, autocommit=True)
+                    _drop_database(admins[server_dsn], name)
+                except psycopg.Error as exc:  # reported by close(); the next drop gets a new connection
+                    self._errors.append(exc)
+                    admins.pop(server_dsn, None)
+        finally:
+            for admin in admins.values():
+                admin.close()
+
+    def close(self) -> None:
+        """Wait for every queued drop; raise the first that failed."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+        if self._errors:
+            raise self._errors[0]
+
+
+#: The suite's dropper; tests/conftest.py closes it when the session ends.
+DROPPER = DatabaseDropper()
+
+
 @contextmanager
 def scratch_database(server_dsn: str, template: str) -> Iterator[str]:
-    """Create ``pgq_test_<random>`` from ``template``, yield its DSN, drop it afterwards."""
+    """Create ``pgq_test_<random>`` from ``template``, yield its DSN; it is dropped afterwards, by
+    :data:`DROPPER` in the background."""
     name = f"pgq_test_{uuid.uuid4().hex[:16]}"
     with admin_connection(server_dsn) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
     try:
         yield dsn_for_database(server_dsn, name)
     finally:
-        with admin_connection(server_dsn) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        DROPPER.drop(server_dsn, name)
 
 
 class ProcessGroups:
