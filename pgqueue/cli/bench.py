@@ -42,7 +42,8 @@ class _Bar:
 
 def bench(
     dsn: DsnOption = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Small sizes and 1 repetition: under a minute.")] = False,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Small sizes and 1 repetition: every scenario in 1-2 minutes.")] = False,
     json_output: JsonOption = False,
     reps: Annotated[int | None, typer.Option("--reps", min=1, max=50,
                                              help="Repetitions per figure (default 3; 1 with --quick).")] = None,
