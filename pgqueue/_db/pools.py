@@ -128,10 +128,11 @@ class DashboardPool:
                 self._pool.close()
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, timeout: float = 10.0) -> Iterator[psycopg.Connection[Any]]:
+        """A connection within ``timeout`` seconds, else :class:`DatabaseUnavailable`."""
         pool = self._pool if self._pool is not None and not self._pool.closed else self.open()
         try:
-            with translate_errors(), pool.connection() as conn:
+            with translate_errors(), pool.connection(timeout=timeout) as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise DatabaseUnavailable("database unavailable: no connection could be made within 10s") from exc
+            raise DatabaseUnavailable(f"database unavailable: no connection could be made within {timeout:g}s") from exc

@@ -32,11 +32,16 @@ def healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
 
 
+#: How long /readyz waits for a connection. A probe gives up after its own timeout (Kubernetes:
+#: 1 s by default); the API's 10 s wait would turn "database down" into "probe timed out".
+READY_WAIT_SECONDS = 1.0
+
+
 def readyz(request: Request) -> Response:
     """The database answers and its schema is at this pgqueue's newest migration (no auth)."""
     dashboard = dashboard_of(request)
     try:
-        with dashboard.connection() as conn:
+        with dashboard.connection(READY_WAIT_SECONDS) as conn:
             revision = ServerStore(conn).schema_revision()
     except PgqueueError:
         return JSON({"status": "unavailable", "reason": "database unavailable"}, status_code=503)

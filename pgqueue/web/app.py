@@ -88,8 +88,8 @@ class Dashboard:
         self.schema_ok: tuple[str | None, bool] = (None, False)  # (revision seen, at head?)
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
+    def connection(self, timeout: float = 10.0) -> Iterator[Any]:
+        with self.pool.connection(timeout) as conn:
             yield conn
 
     def principal(self, request: Request) -> Principal:
