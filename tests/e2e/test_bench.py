@@ -76,6 +76,7 @@ def test_quick_json_reports_every_figure_and_drops_its_databases(dsn: str) -> No
     assert report["results"]["process_c50"]["ceiling"] in {"physical_claim100_conn1", "physical_claim100_conn4"}
     assert report["results"]["process_c50"]["fraction_of_ceiling"] > 0
     assert report["results"]["latency_p50"]["ceiling"] is None
+    assert report["results"]["latency_p50"]["median"] > 0  # timed from before the COMMIT is sent
     assert "pgqueue's retention in the worker" in report["notes"]["churn_rate"]
     assert {"cores", "memory_gb", "date"} <= set(report["machine"])
     assert {"server_version", "shared_buffers", "synchronous_commit", "fsync", "max_connections"} <= set(
