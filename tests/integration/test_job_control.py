@@ -347,12 +347,20 @@ def test_a_breaker_opens_holds_the_task_runs_one_trial_and_closes(
     def healthy(job: Job) -> str:
         return "ok"
 
-    ids = [app.enqueue(None, "flaky", {}) for _ in range(5)]
+    # Three single-attempt jobs open it; the rest are enqueued once it is open. With jobs to claim
+    # (more jobs, or retries) the claim after the third failure could run before that failure's
+    # ack committed (a claim may take jobs until the opening commits): one more attempt ran past
+    # the breaker's opening and the count below was off by one (CI saw it once).
+    openers = [app.enqueue(None, "flaky", {}, max_attempts=1) for _ in range(3)]
     start_worker(concurrency=1)
 
     wait_until(lambda: (b := breaker(db, "flaky")) and b["state"] == "open", timeout=WAIT,
                message="the breaker to open")
     held_at = len(runs)
+    assert held_at == 3
+    for job_id in openers:
+        wait_for_state(db, job_id, "failed")
+    ids = [app.enqueue(None, "flaky", {}) for _ in range(5)]
     # While open, another task on the same queue runs at once.
     other = app.enqueue(None, "healthy", {})
     wait_for_state(db, other, "completed", timeout=5)
