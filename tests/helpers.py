@@ -22,6 +22,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from pgqueue._db.databases import drop_database
+from pgqueue.errors import PgqueueError
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,10 +96,6 @@ def admin_connection(server_dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
         yield admin
 
 
-def _drop_database(admin: psycopg.Connection[TupleRow], name: str) -> None:
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 class DatabaseDropper:
     """Drops scratch databases on a thread of its own, so a test's teardown need not wait.
 
@@ -120,20 +119,11 @@ class DatabaseDropper:
         self._queue.put((server_dsn, name))
 
     def _run(self) -> None:
-        admins: dict[str, psycopg.Connection[TupleRow]] = {}
-        try:
-            while (item := self._queue.get()) is not None:
-                server_dsn, name = item
-                try:
-                    if server_dsn not in admins or admins[server_dsn].closed:
-                        admins[server_dsn] = psycopg.connect(server_dsn, autocommit=True)
-                    _drop_database(admins[server_dsn], name)
-                except psycopg.Error as exc:  # reported by close(); the next drop gets a new connection
-                    self._errors.append(exc)
-                    admins.pop(server_dsn, None)
-        finally:
-            for admin in admins.values():
-                admin.close()
+        while (item := self._queue.get()) is not None:
+            try:
+                drop_database(*item)
+            except (PgqueueError, psycopg.Error) as exc:  # reported by close()
+                self._errors.append(exc)
 
     def close(self) -> None:
         """Wait for every queued drop; raise the first that failed."""

@@ -396,7 +396,8 @@ def test_claimers_racing_for_a_due_breaker_start_exactly_one_trial(db: Conn, dsn
 
     Before the claim took only the breakers its own transaction had locked, a claimer whose lock
     skipped the row could still see it turn half-open between its claim's snapshot and lock (the
-    row rechecked, its trial job's state not) and start a second trial: 1 to 30 rounds in 150 did.
+    row rechecked, its trial job's state not) and start a second trial: 1 to 6 or more rounds in
+    150 did, in each of 5 runs.
     Odd rounds start from "open past the cooldown", even ones from "half-open, trial gone".
     """
     db.execute("INSERT INTO pgqueue.jobs (task, queue, args) SELECT 'sms', 'default', '{}'"
