@@ -9,9 +9,10 @@ and the operator's actions only sync). Rows in, dataclasses out; errors through
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString, NamedTuple
@@ -50,6 +51,7 @@ class JobQueries(NamedTuple):
     lock_queue_limits: LiteralString
     lock_task_limits: LiteralString
     claim_limited_queue_jobs: LiteralString
+    claim_limited_queue_jobs_all_tasks: LiteralString
     claim_limited_task_jobs: LiteralString
     sync_task_limits: LiteralString
     complete_jobs: LiteralString
@@ -213,6 +215,23 @@ def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
         max_attempts=max_attempts, enqueued_at=enqueued_at, priority=priority, tags=tuple(tags or ()),
         lease_token=token, _sealed_args=args_encrypted,
     )
+
+
+@contextlib.asynccontextmanager
+async def _pipelined_transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """Run the statements of the block in one transaction sent as one pipeline: one round trip.
+
+    On an autocommit session with no transaction open (the worker's claim session), the pipeline's
+    sync ends the implicit transaction of everything sent before it, so no BEGIN or COMMIT is sent
+    (a limited claim was four round trips: BEGIN, lock, claim, COMMIT). Otherwise an explicit
+    transaction wraps the pipeline, as ``conn.transaction()`` would. Results are read after the block.
+    """
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        async with conn.pipeline():
+            yield
+        return
+    async with conn.transaction(), conn.pipeline():
+        yield
 
 
 def _limited_claim(rows: Sequence[tuple[Any, ...]], token: str) -> tuple[list[Job], int]:
@@ -750,13 +769,17 @@ class AsyncJobStore:
         ``limit`` and the queue had claimable jobs).
         """
         token = str(uuid.uuid4())
-        params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token,
-                  "limited_tasks": list(except_tasks)}
+        params: dict[str, Any] = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token}
+        if except_tasks:
+            params["limited_tasks"] = list(except_tasks)
+            query, plan_cache_mode = JOBS.claim_limited_queue_jobs, "auto"
+        else:
+            query, plan_cache_mode = JOBS.claim_limited_queue_jobs_all_tasks, "force_generic_plan"
         with translate_errors():
-            async with self.conn.transaction():
-                await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue})
-                cur = await self.conn.execute(JOBS.claim_limited_queue_jobs, params)
-                rows = await cur.fetchall()
+            async with _pipelined_transaction(self.conn):
+                await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue, "plan_cache_mode": plan_cache_mode})
+                cur = await self.conn.execute(query, params)
+            rows = await cur.fetchall()
         allowance, waiting = (int(rows[0][0]), bool(rows[0][1])) if rows else (0, False)
         jobs = [_job_from_row(row[2:], token) for row in rows if row[2] is not None]
         return jobs, allowance < limit and waiting
@@ -772,10 +795,10 @@ class AsyncJobStore:
         names = list(queues) if queues else None
         params = {"task": task, "queues": names, "limit": limit, "worker_id": worker_id, "lease_token": token}
         with translate_errors():
-            async with self.conn.transaction():
+            async with _pipelined_transaction(self.conn):
                 await self.conn.execute(JOBS.lock_task_limits, {"task": task, "queues": names})
                 cur = await self.conn.execute(JOBS.claim_limited_task_jobs, params)
-                rows = await cur.fetchall()
+            rows = await cur.fetchall()
         return _limited_claim(rows, token)
 
     async def sync_task_limits(self, limits: Sequence[TaskLimits]) -> None:

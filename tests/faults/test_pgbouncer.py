@@ -38,6 +38,7 @@ from psycopg.rows import TupleRow
 
 import pgqueue
 from pgqueue import admin
+from pgqueue._db.jobs import AsyncJobStore
 from tests.faults.conftest import PLAIN_APP_PATH, executions
 from tests.helpers import wait_until
 from tests.plugins.processes import SpawnWorker, WorkerProcess, job_states, wait_for_registration
@@ -310,3 +311,31 @@ def test_cancelling_a_running_job_reaches_a_poll_only_worker_behind_pgbouncer_wi
     assert _in_state(db, job_id, "cancelled")
     _assert_no_session_errors(worker)
     assert worker.stop() == 0, worker.describe()
+
+
+@pytest.mark.system_binary("pgbouncer")
+def test_limited_claims_hold_their_limits_through_pgbouncer(
+        bouncer: Bouncer, fault_dsn: str, db: psycopg.Connection[TupleRow]) -> None:
+    # A limited claim sends its lock and its claim as one pipeline whose sync ends the transaction:
+    # through a transaction-mode pooler both must still reach one server session, in one transaction.
+    app = pgqueue.App(fault_dsn)
+    app.enqueue_many(db, [pgqueue.JobSpec("record", queue="lim") for _ in range(6)]
+                     + [pgqueue.JobSpec("slow-task", queue="other") for _ in range(6)])
+    admin.set_queue_limits(db, "lim", concurrency=2)
+    db.execute("INSERT INTO pgqueue.task_limits (task, concurrency) VALUES ('slow-task', 3)")
+    pooled = bouncer.dsn_for(fault_dsn)
+
+    async def claim_twice() -> tuple[list[int], list[int]]:
+        # As the worker's claim session behind a pooler: autocommit, no server-side prepared statements.
+        async with await psycopg.AsyncConnection.connect(pooled, autocommit=True, prepare_threshold=None) as conn:
+            store = AsyncJobStore(conn)
+            by_queue = [len((await store.claim_limited_queue_jobs("lim", 5, "w-pooled"))[0]) for _ in range(2)]
+            by_task = [len((await store.claim_limited_task_jobs("slow-task", None, 5, "w-pooled"))[0])
+                       for _ in range(2)]
+            return by_queue, by_task
+
+    by_queue, by_task = asyncio.run(claim_twice())
+
+    assert by_queue == [2, 0]
+    assert by_task == [3, 0]
+    assert _count(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0

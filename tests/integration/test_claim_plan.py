@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from pgqueue import App, JobSpec
 from pgqueue._db.jobs import CLAIM_BATCH_MAX, JOBS, AsyncJobStore
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
-from tests.helpers import analyzed_backlog, cached_plan, empty_tables, plan_nodes, scratch_database
+from tests.helpers import analyzed_backlog, cached_plan, empty_tables, plan_nodes, scratch_database, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -315,14 +316,18 @@ def test_the_claim_that_leaves_limited_tasks_out_stays_an_index_scan(
     assert not big_sorts, f"the claim sorts the backlog instead of walking its index: {big_sorts}"
 
 
-def test_a_limited_queues_claim_stays_an_index_scan_over_a_large_analyzed_backlog(backlog_dsn: str) -> None:
+LIMITED_QUEUE_INDEXES = CLAIM_INDEXES | {"jobs_pkey", "jobs_running_idx", "queues_pkey", "rate_starts_scope_at_idx"}
+
+
+@pytest.mark.parametrize("name", ["claim_limited_queue_jobs", "claim_limited_queue_jobs_all_tasks"])
+def test_a_limited_queues_claim_stays_an_index_scan_over_a_large_analyzed_backlog(backlog_dsn: str, name: str) -> None:
     # The queue is limited inside the EXPLAIN's own transaction (rolled back): its 100k jobs wait.
     params = {"queue": "default", "limit": 50, "worker_id": "w-plan", "lease_token": str(uuid.uuid4()),
               "limited_tasks": ["send-sms"]}
     with psycopg.connect(backlog_dsn) as conn:
         conn.execute("INSERT INTO pgqueue.queues (name, concurrency, rate_limit, rate_period_seconds)"
                      " VALUES ('default', 50, 1000, 1)")
-        row = conn.execute("EXPLAIN (FORMAT JSON) " + JOBS.claim_limited_queue_jobs, params).fetchone()
+        row = conn.execute("EXPLAIN (FORMAT JSON) " + getattr(JOBS, name), params).fetchone()
         conn.rollback()
     assert row is not None
     nodes = list(plan_nodes((row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]))
@@ -334,7 +339,50 @@ def test_a_limited_queues_claim_stays_an_index_scan_over_a_large_analyzed_backlo
     used = {n["Index Name"] for n in nodes if "Index Name" in n}
     # Either partial claim index (as for claim_jobs); the running count walks jobs_running_idx.
     assert used & CLAIM_INDEXES, f"indexes used: {sorted(used)}"
-    assert used <= CLAIM_INDEXES | {"jobs_pkey", "jobs_running_idx", "queues_pkey", "rate_starts_scope_at_idx"}
+    assert used <= LIMITED_QUEUE_INDEXES
+
+
+@pytest.mark.parametrize("database", ["backlog", "history"])
+def test_the_generic_plan_of_a_limited_queues_claim_walks_its_index(
+        backlog_dsn: str, history_dsn: str, database: str) -> None:
+    # The claim of a limited queue when no task is limited runs under its generic plan (planned per
+    # claim it cost more server time than it ran): that plan must walk the queue's claim index
+    # whatever the queue's share of the table, never sort the queue's jobs.
+    dsn, queue = (backlog_dsn, "default") if database == "backlog" else (history_dsn, "q1")
+    params = {"queue": queue, "limit": 20, "worker_id": "w-plan", "lease_token": str(uuid.uuid4())}
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO pgqueue.queues (name, concurrency, rate_limit, rate_period_seconds)"
+                     " VALUES (%s, 50, 1000, 1)", [queue])
+        nodes = cached_plan(conn, JOBS.claim_limited_queue_jobs_all_tasks, params, generic=True)
+        conn.rollback()
+    assert not [n for n in nodes if n.get("Relation Name") == "jobs" and n["Node Type"] == "Seq Scan"]
+    assert not [n for n in nodes if n["Node Type"] == "Sort"], "the generic plan sorts instead of walking the index"
+    used = {n["Index Name"] for n in nodes if "Index Name" in n}
+    assert used & CLAIM_INDEXES, f"indexes used: {sorted(used)}"
+    assert used <= LIMITED_QUEUE_INDEXES
+
+
+def test_a_limited_queues_claim_is_planned_once_not_for_every_claim(backlog_dsn: str) -> None:
+    async def claim_repeatedly() -> tuple[list[int], tuple[int, int]]:
+        async with await psycopg.AsyncConnection.connect(backlog_dsn) as conn:
+            await conn.execute("INSERT INTO pgqueue.queues (name, concurrency) VALUES ('default', 10000)")
+            await conn.commit()
+            await conn.set_autocommit(True)  # as the worker's claim session
+            store = AsyncJobStore(conn)
+            taken = [len((await store.claim_limited_queue_jobs("default", 8, "w-plan"))[0]) for _ in range(8)]
+            cur = await conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                                     " WHERE statement LIKE '%%same claim when no task is limited%%'")
+            plans = await cur.fetchone()
+            assert plans is not None
+            await conn.execute("DELETE FROM pgqueue.queues")
+            await conn.execute("UPDATE pgqueue.jobs SET state = 'available', attempt = 0, worker_id = NULL,"
+                               " lease_token = NULL, started_at = NULL WHERE state = 'running'")
+            return taken, plans
+
+    taken, (generic, custom) = asyncio.run(claim_repeatedly())
+    assert taken == [8] * 8
+    assert custom == 0, f"{generic} generic, {custom} custom plans"
+    assert generic >= 2
 
 
 # --- the any-queue claims are planned once ----------------------------------------------------
@@ -393,6 +441,71 @@ def test_an_any_queue_claim_locks_only_the_jobs_it_takes(app: App, dsn: str, db:
         finally:
             runner.run(holder.rollback())
             runner.run(holder.close())
+
+
+@pytest.mark.parametrize("limited_tasks", [(), ("other-task",)])
+def test_a_limited_claim_waits_for_the_queues_lock_then_counts_what_its_holder_started(
+        app: App, dsn: str, db: Conn, limited_tasks: tuple[str, ...]) -> None:
+    # The lock and the claim go to the server in one pipeline: the claim must still take its
+    # snapshot after the lock is granted, so it sees the jobs the previous holder started (2 of a
+    # limit of 3) and takes 1. A snapshot from before the wait would see none running and take 3.
+    ids = app.enqueue_many(db, [JobSpec("t", {"n": n}, queue="lim") for n in range(6)])
+    db.execute("INSERT INTO pgqueue.queues (name, concurrency) VALUES ('lim', 3)")
+    outcome: dict[str, Any] = {}
+
+    async def limited_claim() -> list[Job]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True,
+                                                         application_name="limited-claim") as conn:
+            store = AsyncJobStore(conn)
+            jobs, _ = await store.claim_limited_queue_jobs("lim", 5, "w-claim", except_tasks=limited_tasks)
+            return jobs
+
+    def run_claim() -> None:
+        try:
+            outcome["jobs"] = asyncio.run(limited_claim())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
+            outcome["error"] = exc
+
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('pgqueue:queue:' || 'lim', 0))")
+        holder.execute("UPDATE pgqueue.jobs SET state = 'running', attempt = 1, worker_id = 'w-holder',"
+                       " lease_token = gen_random_uuid(), started_at = now() WHERE id = ANY(%s)", [ids[:2]])
+        claimer = threading.Thread(target=run_claim)
+        claimer.start()
+        wait_until(lambda: db.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = 'limited-claim'"
+                                      " AND wait_event_type = 'Lock'").fetchone(),
+                   message="the limited claim did not wait for the queue's lock")
+        holder.commit()
+    claimer.join(30)
+
+    assert "error" not in outcome, outcome.get("error")
+    assert [job.id for job in outcome["jobs"]] == ids[2:3]
+    running = db.execute("SELECT count(*) FROM pgqueue.jobs WHERE queue = 'lim' AND state = 'running'").fetchone()
+    assert running == (3,)
+
+
+@pytest.mark.parametrize("limited_tasks", [(), ("other-task",)])
+def test_a_limited_claim_locks_only_the_jobs_it_takes(app: App, dsn: str, db: Conn,
+                                                      limited_tasks: tuple[str, ...]) -> None:
+    # Its locking scan is bounded by CLAIM_BATCH_MAX and the allowance taken by the outer LIMIT, as
+    # in the any-queue claim: rows past the allowance must be neither claimed nor locked.
+    app.enqueue_many(db, [JobSpec("t", {"n": n}, queue="lim") for n in range(30)])
+    db.execute("INSERT INTO pgqueue.queues (name, concurrency) VALUES ('lim', 4)")
+
+    async def hold() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as holder:
+            await holder.execute("SELECT 1")  # a transaction is open: the claim's is a savepoint in it, held open
+            jobs, _ = await AsyncJobStore(holder).claim_limited_queue_jobs("lim", 10, "w-holder",
+                                                                           except_tasks=limited_tasks)
+            assert len(jobs) == 4
+            db.execute("SET lock_timeout = '200ms'")
+            locked_elsewhere = db.execute(
+                "SELECT count(*) FROM pgqueue.jobs WHERE state = 'available' AND id NOT IN"
+                " (SELECT id FROM pgqueue.jobs WHERE state = 'available' FOR UPDATE SKIP LOCKED)").fetchone()
+            assert locked_elsewhere == (4,)
+            await holder.rollback()
+
+    asyncio.run(hold())
 
 
 @pytest.mark.parametrize("limit", [0, CLAIM_BATCH_MAX + 1])
