@@ -498,11 +498,13 @@ CREATE TABLE pgqueue.task_limits (
 );
 
 -- The start ledger of rate-limited queues and tasks (scope 'queue:<name>' or 'task:<name>'): one
--- row per job start, written by the claim and pruned by the next claim of the scope once it has
--- left the window. Unlimited queues write nothing here.
+-- row per claim that started jobs (all stamped with the claim's start; migration 0012), written by
+-- the claim and pruned by the next claim of the scope once it has left the window. Unlimited queues
+-- write nothing here.
 CREATE TABLE pgqueue.rate_starts (
-    scope text        NOT NULL,
-    at    timestamptz NOT NULL
+    scope  text        NOT NULL,
+    at     timestamptz NOT NULL,
+    starts integer     NOT NULL DEFAULT 1 CONSTRAINT rate_starts_starts_check CHECK (starts >= 1)
 );
 CREATE INDEX rate_starts_scope_at_idx ON pgqueue.rate_starts (scope, at);
 

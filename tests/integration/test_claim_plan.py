@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from pgqueue import App, JobSpec
+from pgqueue import App, JobSpec, admin
 from pgqueue._db.jobs import CLAIM_BATCH_MAX, JOBS, AsyncJobStore
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
@@ -40,7 +40,7 @@ def module_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
 @pytest.fixture
 def dsn(module_dsn: str) -> str:
     """Overrides the per-test database: one per module, emptied before each test (claims commit)."""
-    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues")
+    empty_tables(module_dsn, "pgqueue.jobs", "pgqueue.job_events", "pgqueue.queues", "pgqueue.rate_starts")
     return module_dsn
 
 
@@ -482,6 +482,27 @@ def test_a_limited_claim_waits_for_the_queues_lock_then_counts_what_its_holder_s
     assert [job.id for job in outcome["jobs"]] == ids[2:3]
     running = db.execute("SELECT count(*) FROM pgqueue.jobs WHERE queue = 'lim' AND state = 'running'").fetchone()
     assert running == (3,)
+
+
+@pytest.mark.parametrize("limited_tasks", [(), ("other-task",)])
+def test_a_rate_limited_claim_writes_one_ledger_row_counting_its_starts(
+        app: App, dsn: str, db: Conn, limited_tasks: tuple[str, ...]) -> None:
+    # One row per claim (its starts share the claim's timestamp), not one per start: the next
+    # claim sums a row per claim in the window instead of counting every start.
+    app.enqueue_many(db, [JobSpec("t", {"n": n}, queue="sms") for n in range(12)])
+    db.execute("INSERT INTO pgqueue.queues (name, rate_limit, rate_period_seconds) VALUES ('sms', 8, 60)")
+
+    async def claim_twice() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            store = AsyncJobStore(conn)
+            return [len((await store.claim_limited_queue_jobs("sms", 5, "w-rate", except_tasks=limited_tasks))[0])
+                    for _ in range(3)]
+
+    assert asyncio.run(claim_twice()) == [5, 3, 0]  # the window's 8 starts are used up
+    ledger = db.execute("SELECT starts FROM pgqueue.rate_starts WHERE scope = 'queue:sms' ORDER BY at").fetchall()
+    assert ledger == [(5,), (3,)]
+    # What `pgqueue queues list` shows as the window's usage.
+    assert {q.name: q.starts_in_window for q in admin.list_queues(db)}["sms"] == 8
 
 
 @pytest.mark.parametrize("limited_tasks", [(), ("other-task",)])

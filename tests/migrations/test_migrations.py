@@ -18,7 +18,7 @@ from pgqueue import _migrate
 from pgqueue.errors import DatabaseUnavailable
 from tests.helpers import REPO_ROOT, psql, scratch_database, wait_until
 
-HEAD = "0011"
+HEAD = "0012"
 UNREACHABLE = "postgresql://nobody:s3cret-pw@127.0.0.1:1/x"
 
 # What "the same catalog" means: every object in schema pgqueue, rendered by PostgreSQL itself.
@@ -159,6 +159,22 @@ def test_downgrade_base_then_upgrade_round_trips(dsn: str) -> None:
     assert catalog(dsn) == before
 
 
+def test_the_rate_ledger_keeps_its_window_counts_through_0012_and_back(dsn: str) -> None:
+    # 0012 turned one row per start into one row per claim with a count: a window's starts are
+    # sum(starts) on both sides of the migration, and its downgrade expands the counts into rows.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO pgqueue.rate_starts (scope, at, starts) VALUES ('queue:sms', now(), 3),"
+                     " ('queue:sms', now() - interval '1 second', 2)")
+        _migrate.downgrade(dsn, "0011")
+        assert conn.execute("SELECT count(*) FROM pgqueue.rate_starts WHERE scope = 'queue:sms'").fetchone() == (5,)
+        conn.execute("INSERT INTO pgqueue.rate_starts (scope, at) VALUES ('task:send', now())")
+        _migrate.upgrade(dsn)
+        rows = conn.execute("SELECT scope, sum(starts), count(*) FROM pgqueue.rate_starts"
+                            " GROUP BY scope ORDER BY scope").fetchall()
+    assert rows == [("queue:sms", 5, 5), ("task:send", 1, 1)]
+    assert version_rows(dsn) == [HEAD]
+
+
 def test_upgrade_twice_is_a_no_op(dsn: str) -> None:
     before = catalog(dsn)
 
@@ -172,7 +188,7 @@ def test_upgrade_twice_is_a_no_op(dsn: str) -> None:
 def test_check_and_current_report_pending_revisions(empty_dsn: str) -> None:
     assert _migrate.current(empty_dsn) is None
     assert _migrate.check(empty_dsn) == [
-        "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", HEAD]
+        "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", HEAD]
 
     _migrate.upgrade(empty_dsn)
 

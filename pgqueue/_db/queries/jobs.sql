@@ -333,7 +333,7 @@ WITH settings AS (
         SELECT GREATEST(LEAST(
             %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = %(queue)s),
-            s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+            s.rate_limit - (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
                             WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > statement_timestamp() - s.period)), 0)
         FROM settings AS s), 0) AS n
 ), picked AS MATERIALIZED (
@@ -366,8 +366,11 @@ WITH settings AS (
     USING settings AS s
     WHERE r.scope = 'queue:' || %(queue)s::text AND s.rate_limit IS NOT NULL AND r.at <= statement_timestamp() - s.period
 ), ledger AS (
-    INSERT INTO pgqueue.rate_starts (scope, at)
-    SELECT 'queue:' || %(queue)s::text, statement_timestamp() FROM claimed WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    -- One row per claim, counting its starts: they share the claim's timestamp.
+    INSERT INTO pgqueue.rate_starts (scope, at, starts)
+    SELECT 'queue:' || %(queue)s::text, statement_timestamp(), count(*) FROM claimed
+    WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    HAVING count(*) > 0
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
@@ -402,7 +405,7 @@ WITH settings AS (
         SELECT GREATEST(LEAST(
             %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = %(queue)s),
-            s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+            s.rate_limit - (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
                             WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > statement_timestamp() - s.period)), 0)
         FROM settings AS s), 0) AS n
 ), picked AS MATERIALIZED (
@@ -434,8 +437,11 @@ WITH settings AS (
     USING settings AS s
     WHERE r.scope = 'queue:' || %(queue)s::text AND s.rate_limit IS NOT NULL AND r.at <= statement_timestamp() - s.period
 ), ledger AS (
-    INSERT INTO pgqueue.rate_starts (scope, at)
-    SELECT 'queue:' || %(queue)s::text, statement_timestamp() FROM claimed WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    -- One row per claim, counting its starts: they share the claim's timestamp.
+    INSERT INTO pgqueue.rate_starts (scope, at, starts)
+    SELECT 'queue:' || %(queue)s::text, statement_timestamp(), count(*) FROM claimed
+    WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    HAVING count(*) > 0
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed
@@ -468,14 +474,14 @@ WITH settings AS (
         SELECT GREATEST(LEAST(
             %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.task = %(task)s),
-            s.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+            s.rate_limit - (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
                             WHERE r.scope = 'task:' || %(task)s::text AND r.at > statement_timestamp() - s.period)), 0)
         FROM settings AS s), 0) AS n
 ), queue_room AS (
     SELECT q.name, q.rate_limit,
            GREATEST(LEAST(
                q.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = q.name),
-               q.rate_limit - (SELECT count(*) FROM pgqueue.rate_starts AS r
+               q.rate_limit - (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
                                WHERE r.scope = 'queue:' || q.name
                                  AND r.at > statement_timestamp() - make_interval(secs => q.rate_period_seconds))), 0) AS n
     FROM pgqueue.queues AS q
@@ -526,12 +532,15 @@ WITH settings AS (
            AND r.at <= statement_timestamp() - (SELECT make_interval(secs => q.rate_period_seconds) FROM pgqueue.queues AS q
                                 WHERE 'queue:' || q.name = r.scope))
 ), ledger AS (
-    INSERT INTO pgqueue.rate_starts (scope, at)
-    SELECT 'task:' || %(task)s::text, statement_timestamp() FROM claimed
+    -- One row per claim and scope, counting its starts: they share the claim's timestamp.
+    INSERT INTO pgqueue.rate_starts (scope, at, starts)
+    SELECT 'task:' || %(task)s::text, statement_timestamp(), count(*) FROM claimed
     WHERE EXISTS (SELECT 1 FROM settings WHERE rate_limit IS NOT NULL)
+    HAVING count(*) > 0
     UNION ALL
-    SELECT 'queue:' || c.queue, statement_timestamp() FROM claimed AS c JOIN queue_room AS qr ON qr.name = c.queue
+    SELECT 'queue:' || c.queue, statement_timestamp(), count(*) FROM claimed AS c JOIN queue_room AS qr ON qr.name = c.queue
     WHERE qr.rate_limit IS NOT NULL
+    GROUP BY c.queue
 ), audit AS (
     INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, worker_id)
     SELECT id, 'claimed', 'available', 'running', attempt, %(worker_id)s FROM claimed

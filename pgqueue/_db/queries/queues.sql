@@ -70,7 +70,7 @@ SELECT name, paused, concurrency, rate_limit, rate_period_seconds FROM upserted;
 -- name: rate_window_starts
 -- Rate-limited queues: starts in the sliding window now (the claim's own ledger, database clock).
 SELECT q.name AS queue,
-       (SELECT count(*) FROM pgqueue.rate_starts AS r
+       (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
         WHERE r.scope = 'queue:' || q.name AND r.at > now() - make_interval(secs => q.rate_period_seconds)) AS starts
 FROM pgqueue.queues AS q
 WHERE q.rate_limit IS NOT NULL;
@@ -81,7 +81,7 @@ WHERE q.rate_limit IS NOT NULL;
 SELECT t.task, t.concurrency, t.rate_limit, t.rate_period_seconds, t.group_concurrency, t.updated_at,
        (SELECT count(*) FROM pgqueue.jobs AS j WHERE j.state = 'running' AND j.task = t.task) AS running,
        CASE WHEN t.rate_limit IS NOT NULL THEN
-           (SELECT count(*) FROM pgqueue.rate_starts AS r
+           (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
             WHERE r.scope = 'task:' || t.task AND r.at > now() - make_interval(secs => t.rate_period_seconds))
        END AS starts_in_window
 FROM pgqueue.task_limits AS t
