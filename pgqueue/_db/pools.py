@@ -98,6 +98,12 @@ async def _live_async_connection(pool: AsyncConnectionPool[Any]) -> AsyncIterato
         await pool.putconn(conn)
 
 
+#: How long a dashboard request waits for a pooled connection before it checks, with one direct
+#: connection attempt, whether the database answers at all (see DashboardPool.connection).
+PROBE_AFTER_SECONDS = 1.0
+PROBE_CONNECT_TIMEOUT_SECONDS = 2
+
+
 class DashboardPool:
     """A small pool of the dashboard's connections, opened on first use.
 
@@ -129,10 +135,30 @@ class DashboardPool:
 
     @contextlib.contextmanager
     def connection(self, timeout: float = 10.0) -> Iterator[psycopg.Connection[Any]]:
-        """A connection within ``timeout`` seconds, else :class:`DatabaseUnavailable`."""
+        """A connection within ``timeout`` seconds, else :class:`DatabaseUnavailable`.
+
+        A pool that has no connection to give within :data:`PROBE_AFTER_SECONDS` is either busy or
+        cut off from its database, which its statistics do not tell apart: one direct connection
+        attempt does. A database that refuses it fails the request then, not after ``timeout``:
+        otherwise, while the database is down, every dashboard and API request held a server thread
+        for the whole wait (10 s) before its 503, and the polling dashboard's requests piled up.
+        """
         pool = self._pool if self._pool is not None and not self._pool.closed else self.open()
+        first_wait = min(timeout, PROBE_AFTER_SECONDS)
+        # translate_errors outermost: a failed commit when the block ends is an outage too.
+        with translate_errors(), contextlib.ExitStack() as held:
+            try:
+                conn = held.enter_context(pool.connection(timeout=first_wait))
+            except PoolTimeout as exc:
+                if first_wait >= timeout or not self._reachable():
+                    raise DatabaseUnavailable(
+                        f"database unavailable: no connection could be made within {first_wait:g}s") from exc
+                conn = held.enter_context(pool.connection(timeout=timeout - first_wait))
+            yield conn
+
+    def _reachable(self) -> bool:
         try:
-            with translate_errors(), pool.connection(timeout=timeout) as conn:
-                yield conn
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(f"database unavailable: no connection could be made within {timeout:g}s") from exc
+            psycopg.connect(self._conninfo, connect_timeout=PROBE_CONNECT_TIMEOUT_SECONDS).close()
+        except psycopg.Error:
+            return False
+        return True

@@ -7,6 +7,7 @@ each test.
 from __future__ import annotations
 
 import re
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -434,18 +435,54 @@ def test_breakers_are_listed_by_the_api_and_on_the_overview(client: TestClient, 
 def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
     app = create_app("postgresql://root:s3cret@127.0.0.1:1/nowhere", admin_token="t")
     with TestClient(app, raise_server_exceptions=False) as c:
+        asked = time.monotonic()
         response = c.get("/api/queues", headers={"Authorization": "Bearer t"})
+        api_seconds = time.monotonic() - asked
         asked = time.monotonic()
         ready = c.get("/readyz")
         ready_seconds = time.monotonic() - asked
 
     assert response.status_code == 503
-    # The probe's answer comes after its 1 s wait, not the API's 10 s (which it took before).
+    # Both answer once a direct connection attempt is refused, after 1 s, not after the API's
+    # 10 s wait for the pool (which every request took before, holding a server thread).
+    assert api_seconds < 5, api_seconds
     assert ready_seconds < 5, ready_seconds
     assert response.json() == {"error": "database unavailable", "status": 503}
     assert ready.status_code == 503
     assert "s3cret" not in response.text + ready.text
     assert "127.0.0.1" not in response.text + ready.text
+
+
+def test_a_busy_pool_keeps_a_request_waiting_while_the_database_answers(dsn: str) -> None:
+    # Past the first second without a free connection the pool is probed with a direct connection:
+    # a database that answers means the pool is only busy, and the request waits its full time.
+    from pgqueue._db.pools import PROBE_AFTER_SECONDS, DashboardPool
+
+    pool = DashboardPool(dsn, max_size=1)
+    released = threading.Event()
+    waited: dict[str, Any] = {}
+
+    def hold_the_only_connection() -> None:
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+            released.wait(10)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        wait_until(lambda: pool.open().get_stats().get("pool_available", 1) == 0 and holder.is_alive())
+        threading.Timer(PROBE_AFTER_SECONDS + 1.0, released.set).start()
+        started = time.monotonic()
+        with pool.connection(timeout=10) as conn:
+            waited["seconds"] = time.monotonic() - started
+            waited["answer"] = conn.execute("SELECT 42").fetchone()
+    finally:
+        released.set()
+        holder.join(10)
+        pool.close()
+
+    assert waited["answer"] == (42,)
+    assert waited["seconds"] > PROBE_AFTER_SECONDS
 
 
 def test_an_unexpected_error_is_a_500_without_a_traceback(client: TestClient, db: Conn,
