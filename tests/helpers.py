@@ -16,13 +16,12 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from pgqueue._db.databases import drop_database
+from pgqueue._db.databases import drop_database, with_database
 from pgqueue.errors import PgqueueError
 
 T = TypeVar("T")
@@ -77,17 +76,6 @@ async def wait_until_async(
             raise AssertionError(f"timed out after {timeout}s waiting for {_describe(predicate, message)}"
                                  f" (last value: {last!r})")
         await asyncio.sleep(interval)
-
-
-def dsn_for_database(server_dsn: str, dbname: str) -> str:
-    """``server_dsn`` pointed at another database on the same server, keeping its form."""
-    if "://" not in server_dsn:
-        params = psycopg.conninfo.conninfo_to_dict(server_dsn)
-        params["dbname"] = dbname
-        return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-    parts = urlsplit(server_dsn)
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "dbname"])
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, query, parts.fragment))
 
 
 @contextmanager
@@ -148,7 +136,7 @@ def scratch_database(server_dsn: str, template: str) -> Iterator[str]:
     with admin_connection(server_dsn) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
     try:
-        yield dsn_for_database(server_dsn, name)
+        yield with_database(server_dsn, name)
     finally:
         DROPPER.drop(server_dsn, name)
 

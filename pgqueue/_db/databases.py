@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgqueue._db.errors import translate_errors
 from pgqueue.errors import ConfigurationError
 
 
 def with_database(dsn: str, database: str) -> str:
-    """The same server and credentials as ``dsn``, pointing at ``database``."""
+    """The same server and credentials as ``dsn`` (in the same form), pointing at ``database``.
+
+    A ``dbname`` in a URL's query is dropped: libpq lets it override the path, so the scratch
+    databases of the bench, the demo and the soak would otherwise be the caller's own database.
+    """
     if "://" not in dsn:
-        return f"{dsn} dbname={database}"
+        params = conninfo_to_dict(dsn)
+        params["dbname"] = database
+        return make_conninfo("", **{key: value for key, value in params.items() if value is not None})
     parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+    query = urlencode([(key, value) for key, value in parse_qsl(parts.query) if key != "dbname"])
+    # By hand, not urlunsplit: with no host (a socket in the query) it drops the "//" libpq needs.
+    return f"{parts.scheme}://{parts.netloc}/{quote(database, safe='')}" + (f"?{query}" if query else "")
 
 
 def _run(dsn: str, statements: Sequence[sql.Composed], refused: str) -> None:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.helpers import admin_connection, dsn_for_database
+from pgqueue._db.databases import with_database
+from tests.helpers import admin_connection
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_demo_runs_the_whole_system_and_exits_zero(pg_server_dsn: str, demo_data
     if not os.environ.get("PGQUEUE_TEST_DSN"):
         assert "embedded PostgreSQL server" in result.stderr
 
-    with psycopg.connect(dsn_for_database(pg_server_dsn, demo_database)) as conn:
+    with psycopg.connect(with_database(pg_server_dsn, demo_database)) as conn:
         def scalar(query: str) -> int:
             row = conn.execute(query).fetchone()
             assert row is not None

@@ -14,9 +14,10 @@ from psycopg.rows import TupleRow
 from structlog.testing import capture_logs
 
 from pgqueue import App, Job, Worker
+from pgqueue._db.databases import with_database
 from pgqueue._retention import PruneReport, RetentionPolicy, Vacuumer, count_prunable, prune
 from pgqueue.settings import Settings
-from tests.helpers import admin_connection, dsn_for_database, wait_until
+from tests.helpers import admin_connection, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 HOUR = 3600.0
@@ -259,7 +260,7 @@ def test_a_role_that_may_not_vacuum_warns_once_and_goes_on(dsn: str, pg_server_d
     try:
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA pgqueue TO {0}; GRANT SELECT ON pgqueue.jobs TO {0}").format(
             sql.Identifier(role)))
-        with psycopg.connect(dsn_for_database(pg_server_dsn, dbname), user=role, autocommit=True) as limited, \
+        with psycopg.connect(with_database(pg_server_dsn, dbname), user=role, autocommit=True) as limited, \
                 capture_logs() as logs:
             vacuumer = Vacuumer()
             vacuumer.deleted_since_vacuum = 10**6
