@@ -29,13 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 
-from pgqueue import App, _migrate
-from pgqueue._db.databases import create_database, drop_database, with_database
+from pgqueue import App
+from pgqueue._bench.database import ScratchDatabases
+from pgqueue._db.databases import with_database
 from pgqueue.jobs import JobSpec
 
 APP = '''
@@ -80,15 +80,15 @@ def main() -> None:
     parser.add_argument("--py-spy", dest="py_spy", help="record the first worker process to this raw file")
     args = parser.parse_args()
 
-    name = f"cpu_per_job_{uuid.uuid4().hex[:8]}"
-    create_database(args.dsn, name)
-    dsn = with_database(args.dsn, name)
+    # The bench's scratch databases (pgqueue_bench_*): the migrated template is this run's database.
+    databases = ScratchDatabases(args.dsn)
     workdir = Path(tempfile.mkdtemp(prefix="cpu_per_job_"))
     (workdir / "cpu_per_job_app.py").write_text(APP)
     app = App()  # enqueues by task name: the worker's app (APP above) runs them
     worker: subprocess.Popen[bytes] | None = None
     try:
-        _migrate.upgrade(dsn)
+        databases.create_template()
+        dsn = with_database(args.dsn, databases.prefix)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for start in range(0, args.jobs, 50_000):
                 end = min(args.jobs, start + 50_000)
@@ -111,7 +111,7 @@ def main() -> None:
                 worker_cpu = sum(cpu_seconds(pid) for pid in [worker.pid, *children(worker.pid)])
                 rows = conn.execute("SELECT pid, left(regexp_replace(query, '\\s+', ' ', 'g'), 40)"
                                     " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                                    [name]).fetchall()
+                                    [databases.prefix]).fetchall()
                 backends = {pid: (query, cpu_seconds(pid)) for pid, query in rows}
                 done = conn.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed'").fetchone()
                 return time.monotonic(), worker_cpu, backends, done[0] if done else 0
@@ -144,7 +144,7 @@ def main() -> None:
         if worker is not None:
             worker.terminate()
             worker.wait(30)
-        drop_database(args.dsn, name)
+        databases.drop_all()
 
 
 if __name__ == "__main__":

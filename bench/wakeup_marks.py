@@ -24,13 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 
-from pgqueue import App, _migrate
-from pgqueue._db.databases import create_database, drop_database, with_database
+from pgqueue import App
+from pgqueue._bench.database import ScratchDatabases
+from pgqueue._db.databases import with_database
 
 APP = '''
 import os, time
@@ -99,16 +99,16 @@ def main() -> None:
     parser.add_argument("--tree", help="run the worker from this checkout")
     args = parser.parse_args()
 
-    name = f"wakeup_marks_{uuid.uuid4().hex[:8]}"
-    create_database(args.dsn, name)
-    dsn = with_database(args.dsn, name)
+    # The bench's scratch databases (pgqueue_bench_*): the migrated template is this run's database.
+    databases = ScratchDatabases(args.dsn)
     workdir = Path(tempfile.mkdtemp(prefix="wakeup_marks_"))
     (workdir / "wakeup_marks_app.py").write_text(APP)
     (workdir / "sitecustomize.py").write_text(PROBE)
     marks = workdir / "marks"
     worker: subprocess.Popen[bytes] | None = None
     try:
-        _migrate.upgrade(dsn)
+        databases.create_template()
+        dsn = with_database(args.dsn, databases.prefix)
         path = os.pathsep.join(filter(None, [args.tree, str(workdir)]))
         worker = subprocess.Popen([sys.executable, "-m", "pgqueue", "--log-level", "warning", "worker", "--app",
                                    "wakeup_marks_app:app"],
@@ -142,7 +142,7 @@ def main() -> None:
     finally:
         if worker is not None and worker.poll() is None:
             worker.kill()
-        drop_database(args.dsn, name)
+        databases.drop_all()
 
 
 if __name__ == "__main__":
