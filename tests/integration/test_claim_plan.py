@@ -342,6 +342,19 @@ def test_a_limited_queues_claim_stays_an_index_scan_over_a_large_analyzed_backlo
     assert used <= LIMITED_QUEUE_INDEXES
 
 
+def test_the_all_tasks_limited_claim_is_the_limited_claim_without_its_task_filter() -> None:
+    # Two statements only because of how each is planned (see jobs.sql): whatever changes in one
+    # must change in the other, so they may differ in the task filter's lines and comments only.
+    def statement(query: str) -> list[str]:
+        return [line for line in query.splitlines() if not line.strip().startswith("--")]
+
+    filtered = statement(JOBS.claim_limited_queue_jobs)
+    without_filter = [line for line in filtered if "%(limited_tasks)b" not in line]
+
+    assert len(without_filter) == len(filtered) - 2
+    assert statement(JOBS.claim_limited_queue_jobs_all_tasks) == without_filter
+
+
 @pytest.mark.parametrize("database", ["backlog", "history"])
 def test_the_generic_plan_of_a_limited_queues_claim_walks_its_index(
         backlog_dsn: str, history_dsn: str, database: str) -> None:

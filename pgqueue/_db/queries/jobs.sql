@@ -394,6 +394,7 @@ FROM allowance AS a LEFT JOIN claimed AS c ON true;
 -- not pick the generic plan itself: with the task filter, whose array it cannot see, a generic
 -- plan estimates a table of few tasks at one row left and sorts it whole (60 ms on 100k jobs);
 -- without it, the queue's index walk is the generic plan (tests/integration/test_claim_plan.py).
+-- Otherwise the same statement line for line: a test fails when the two drift apart.
 WITH settings AS (
     SELECT q.concurrency, q.rate_limit, make_interval(secs => q.rate_period_seconds) AS period
     FROM pgqueue.queues AS q
