@@ -98,6 +98,8 @@ async def _live_async_connection(pool: AsyncConnectionPool[Any]) -> AsyncIterato
         await pool.putconn(conn)
 
 
+#: How long a dashboard request waits for a pooled connection while the database answers.
+CONNECTION_WAIT_SECONDS = 10.0
 #: How long a dashboard request waits for a pooled connection before it checks, with one direct
 #: connection attempt, whether the database answers at all (see DashboardPool.connection).
 PROBE_AFTER_SECONDS = 1.0
@@ -134,14 +136,14 @@ class DashboardPool:
                 self._pool.close()
 
     @contextlib.contextmanager
-    def connection(self, timeout: float = 10.0) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, timeout: float = CONNECTION_WAIT_SECONDS) -> Iterator[psycopg.Connection[Any]]:
         """A connection within ``timeout`` seconds, else :class:`DatabaseUnavailable`.
 
         A pool that has no connection to give within :data:`PROBE_AFTER_SECONDS` is either busy or
         cut off from its database, which its statistics do not tell apart: one direct connection
         attempt does. A database that refuses it fails the request then, not after ``timeout``:
         otherwise, while the database is down, every dashboard and API request held a server thread
-        for the whole wait (10 s) before its 503, and the polling dashboard's requests piled up.
+        for the whole wait before its 503, and the polling dashboard's requests piled up.
         """
         pool = self._pool if self._pool is not None and not self._pool.closed else self.open()
         first_wait = min(timeout, PROBE_AFTER_SECONDS)

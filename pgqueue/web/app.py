@@ -16,7 +16,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from pgqueue._db.pools import DashboardPool
+from pgqueue._db.pools import CONNECTION_WAIT_SECONDS, DashboardPool
 from pgqueue._humanize import json_default
 from pgqueue._log import get_logger
 from pgqueue.errors import (
@@ -88,7 +88,7 @@ class Dashboard:
         self.schema_ok: tuple[str | None, bool] = (None, False)  # (revision seen, at head?)
 
     @contextmanager
-    def connection(self, timeout: float = 10.0) -> Iterator[Any]:
+    def connection(self, timeout: float = CONNECTION_WAIT_SECONDS) -> Iterator[Any]:
         with self.pool.connection(timeout) as conn:
             yield conn
 
