@@ -4,6 +4,7 @@ workers are read from the database at each scrape."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import urllib.error
 import urllib.request
@@ -43,11 +44,15 @@ def free_ports(count: int) -> int:
 
 
 def scrape(port: int) -> Samples | None:
-    """Every sample at http://127.0.0.1:port/metrics, or None while nothing answers there."""
+    """Every sample at http://127.0.0.1:port/metrics, or None while no HTTP server answers there.
+
+    A port can be taken meanwhile by another test's non-HTTP service (the suite runs in parallel):
+    its answer is no metrics endpoint either.
+    """
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
         return None
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
@@ -101,7 +106,7 @@ def test_a_worker_serves_counters_that_move_as_jobs_finish_and_database_gauges(
 
 def test_under_processes_each_child_serves_its_own_port_and_counts_only_its_own_outcomes(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
-    port = free_ports(2)
+    port = free_ports(3)  # the third must be free too: no third child may serve it
     supervisor = spawn_worker(worker_dsn, processes=2, concurrency=2,
                               args=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
     wait_until(lambda: scrape(port) is not None and scrape(port + 1) is not None, timeout=30,
