@@ -32,8 +32,10 @@ class ScratchDatabases:
         self._created: list[str] = []
 
     def create_template(self) -> None:
-        create_database(self.server_dsn, self.prefix, refused=_REFUSED)
+        # Listed before it exists: an interrupt (Ctrl-C) can land after the server created it but
+        # before the call returned, and drop_all's DROP ... IF EXISTS is harmless when it does not.
         self._created.append(self.prefix)
+        create_database(self.server_dsn, self.prefix, refused=_REFUSED)
         _migrate.upgrade(with_database(self.server_dsn, self.prefix))
 
     @contextmanager
@@ -41,9 +43,8 @@ class ScratchDatabases:
         """A clone of the migrated template: the pgqueue schema at head and no rows."""
         self._clones += 1
         name = f"{self.prefix}_{self._clones}"
-        dsn = create_database(self.server_dsn, name, template=self.prefix, refused=_REFUSED)
-        try:
-            yield dsn
+        try:  # created inside: an interrupted CREATE may still have made it (see create_template)
+            yield create_database(self.server_dsn, name, template=self.prefix, refused=_REFUSED)
         finally:
             drop_database(self.server_dsn, name)
 
