@@ -58,13 +58,17 @@ TRIAL_RETRY_SECONDS = 5.0
 
 class _Signal(asyncio.Event):
     """An event that also sets a shared one, so the claimer can sleep on either with one waiter
-    (``asyncio.wait`` over two event waits costs a task per event and more loop turns per wake-up)."""
+    (``asyncio.wait`` over two event waits costs a task per event and more loop turns per wake-up).
+    It counts how often it was set, so a claim can tell whether anything was signalled since it
+    began, even after the event was cleared."""
 
     def __init__(self, either: asyncio.Event) -> None:
         super().__init__()
         self._either = either
+        self.times = 0
 
     def set(self) -> None:
+        self.times += 1
         super().set()
         self._either.set()
 
@@ -77,13 +81,16 @@ class Flow:
     stirred: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by a notification for a served queue, a stop request, and (run until empty) whenever
     #: an attempt ends or outcomes are written; the claimer waits on it once the queues are empty.
-    wakeup: asyncio.Event = field(init=False)
+    wakeup: _Signal = field(init=False)
     #: Set when a running job ends, so a full worker claims again.
-    slot_freed: asyncio.Event = field(init=False)
+    slot_freed: _Signal = field(init=False)
     stopping: bool = False
     #: The last claim round was held back by a limit: the worker's own outcomes, once written,
     #: lower the running count that the limit is checked against, so the acker wakes the claimer.
     held_back: bool = False
+    #: The listener's LISTEN is in place: every job made available in a served queue from now on
+    #: sets ``wakeup`` (see Claimer's drained pools). False while it (re)connects, and in poll-only mode.
+    listening: bool = False
 
     def __post_init__(self) -> None:
         self.wakeup = _Signal(self.stirred)
@@ -248,6 +255,7 @@ class Claimer:
             pass
         reconciled_at = time.monotonic()
         claim_uncertain = False
+        poll_due = 0.0  # when the idle claimer claims again with nothing announced (the polling floor)
         while not flow.stopping:
             if claim_uncertain or time.monotonic() - reconciled_at > self.lease_seconds:
                 try:
@@ -267,6 +275,14 @@ class Claimer:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._until_buffer_expires()):
                             await flow.slot_freed.wait()
+                continue
+            if self._drained() and time.monotonic() < poll_due:
+                # Every pool with room found its queues empty at its last claim, and no job was
+                # announced since: a freed slot alone is no reason to ask again (an idle worker
+                # would send an empty claim after each job it ran). Wait for a notification, or
+                # the poll that was due anyway.
+                flow.slot_freed.clear()
+                await self._sleep_unless_woken(poll_due - time.monotonic())
                 continue
             if not self.heartbeat.lease_current():
                 # After an outage the claim connection may come back before the heartbeat does: a
@@ -295,7 +311,7 @@ class Claimer:
             flow.wakeup.clear()
             flow.slot_freed.clear()
             try:
-                hungry, held_back = await self._claim_round()
+                hungry, held_back = await self._claim_round(flow.wakeup.times)
                 if failures:
                     log.info("database.reconnected", role="claim")
                 failures = 0
@@ -319,11 +335,30 @@ class Claimer:
             # or poll as a fallback; soon when a limit held a claim back. A breaker's cooldown ends
             # unannounced: workers with breakers look every second.
             idle = min(self.poll_seconds, TRIAL_CHECK_SECONDS) if self.breakers else self.poll_seconds
-            await self._sleep_unless_woken(HELD_BACK_POLL_SECONDS if held_back else idle)
+            wait = HELD_BACK_POLL_SECONDS if held_back else idle
+            poll_due = time.monotonic() + wait
+            await self._sleep_unless_woken(wait)
 
-    async def _claim_round(self) -> tuple[bool, bool]:
+    def _drained(self) -> bool:
+        """Whether every pool that has room found nothing left at its last claim, and nothing was
+        announced since then.
+
+        Only while the listener listens: every path that makes a job available in a served queue
+        NOTIFYs (enqueue, retries, staged and rescued jobs, released claims, resumed queues, met
+        dependencies), so an announcement, not a freed slot, is what can bring a new job. Not with
+        circuit breakers: a breaker that closes is not announced (those workers poll every
+        TRIAL_CHECK_SECONDS instead)."""
+        if not self.flow.listening or self.breakers:
+            return False
+        wanting = [pool for pool in self.pools if self._wants_claim(pool)]
+        return bool(wanting) and all(pool.drained_at == self.flow.wakeup.times for pool in wanting)
+
+    async def _claim_round(self, wakeups: int) -> tuple[bool, bool]:
         """One claim for each pool with free slots: the unlimited claim, then each limited queue and
-        limited task under its lock. Returns (a pool took all it asked for, a limit held one back)."""
+        limited task under its lock. Returns (a pool took all it asked for, a limit held one back).
+
+        ``wakeups``: ``flow.wakeup.times`` as the round began; a pool whose every claim came back
+        short (and not held back by a limit) is marked drained as of then."""
         if self._task_limits is not None:
             await self.session.run(self._sync_task_limits)
             self._task_limits = None
@@ -344,6 +379,9 @@ class Claimer:
             ahead = self._ahead(pool, free)
             if free <= 0 and ahead <= 0:
                 continue
+            # Until a claim of this round takes all it asked for, or a limit holds one back.
+            pool.drained_at = None
+            drained = True
             plain = None if pool.queues is None else [q for q in pool.queues if q not in limited]
             if plain is None or plain:
                 # The only claim that fills the buffer too (see Claimer's prefetch argument).
@@ -355,12 +393,17 @@ class Claimer:
                     # next wait: what a lone job's wake-up latency is made of on an idle worker.
                     await asyncio.sleep(0)
                 hungry = hungry or len(jobs) == wanted
+                drained = len(jobs) < wanted
                 free = pool.free(self.running)
+            queues = sorted(limited) if pool.queues is None else [q for q in pool.queues if q in limited]
             if free <= 0:
+                # The limited claims below were not asked: their jobs may wait.
+                if drained and not queues and not self.limited_tasks:
+                    pool.drained_at = wakeups
                 continue
             wanted = min(free, CLAIM_BATCH_MAX)
             claimed = 0
-            queues = sorted(limited) if pool.queues is None else [q for q in pool.queues if q in limited]
+            held = False  # a limit held back jobs of this pool that wait
             for queue in queues:
                 if claimed >= wanted:
                     break
@@ -369,7 +412,7 @@ class Claimer:
                     functools.partial(self._claim_limited_queue, queue=queue, limit=ask))
                 self._dispatch_all(pool, jobs)
                 claimed += len(jobs)
-                held_back = held_back or cut
+                held = held or cut
             for task in self.limited_tasks:
                 if claimed >= wanted:
                     break
@@ -379,9 +422,12 @@ class Claimer:
                 self._dispatch_all(pool, jobs)
                 claimed += len(jobs)
                 # Jobs left waiting: a limit, or a group whose head runs elsewhere, holds them back.
-                held_back = held_back or (waiting > len(jobs) and len(jobs) < ask)
+                held = held or (waiting > len(jobs) and len(jobs) < ask)
+            held_back = held_back or held
             # A full batch (capped at CLAIM_BATCH_MAX) from any claim: there may be more.
             hungry = hungry or (claimed == wanted and claimed > 0)
+            if drained and claimed < wanted and not held:
+                pool.drained_at = wakeups
         if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
             # After the claims, not before: a job announced now does not wait for this round trip.
             await self.session.run(self._read_limits)

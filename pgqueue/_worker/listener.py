@@ -27,11 +27,13 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutErro
 class Listener:
     """LISTENs on ``dsn`` until ``stopping()``; calls ``wake()`` for each notification of one of
     ``queues`` (all when None), and once after every (re)connection; calls ``cancel(job id, lease
-    token)`` for each running job an operator cancelled (any worker's: the callee checks)."""
+    token)`` for each running job an operator cancelled (any worker's: the callee checks); calls
+    ``listening(True)`` once its LISTEN is in place and ``listening(False)`` when it is lost."""
 
     def __init__(self, dsn: str, queues: Sequence[str] | None, *, poll_seconds: float, wake: Callable[[], None],
                  stopping: Callable[[], bool], worker_id: str,
-                 cancel: Callable[[int, str], None] | None = None) -> None:
+                 cancel: Callable[[int, str], None] | None = None,
+                 listening: Callable[[bool], None] | None = None) -> None:
         self.dsn = dsn
         self.queues = queues
         self.wake = wake
@@ -39,6 +41,7 @@ class Listener:
         self.probe_every = max(1.0, min(poll_seconds, 5.0))
         self.worker_id = worker_id
         self.cancel = cancel
+        self.listening = listening or (lambda _on: None)
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -56,6 +59,7 @@ class Listener:
                 if failures:
                     log.info("listener.reconnected")
                 failures = 0
+                self.listening(True)
                 # Anything enqueued while we were not listening was not announced to us.
                 self.wake()
                 while not self.stopping():
@@ -72,17 +76,20 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except _LISTEN_ERRORS as exc:
+                self.listening(False)  # now, not after the backoff below
                 failures += 1
                 wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
                 log.warning("listener.disconnected", error_type=type(exc).__name__, retry_in_s=wait)
                 await asyncio.sleep(wait)
             except Exception as exc:  # noqa: BLE001 - supervision: the listener restarts, never dies silently
+                self.listening(False)
                 failures += 1
                 wait = capped_backoff(failures, base=0.25, cap=10.0, doublings=6)
                 log.error("worker.part_crashed", part="listener", error_type=type(exc).__name__,
                           at=crash_site(exc), restart_in_s=wait)
                 await asyncio.sleep(wait)
             finally:
+                self.listening(False)
                 if session is not None:
                     await session.close()
 

@@ -158,6 +158,9 @@ class WorkerLoop:
             self.flow.wakeup.set()
         self._wake_when_empty()
 
+    def _listening(self, on: bool) -> None:
+        self.flow.listening = on
+
     # --- cancelling running jobs ---
 
     def _running_ids(self) -> list[int]:
@@ -264,7 +267,7 @@ class WorkerLoop:
         listener = None if self.settings.poll_only else asyncio.create_task(Listener(
             self.settings.listen_dsn or dsn, self.queues, poll_seconds=self.settings.poll_seconds,
             wake=self.flow.wakeup.set, stopping=lambda: self.flow.stopping, worker_id=self.worker_id,
-            cancel=self._cancel_running).run())
+            cancel=self._cancel_running, listening=self._listening).run())
         acking = asyncio.create_task(self._supervised("acker", acker.run))
         try:
             await claimer.run()

@@ -27,6 +27,9 @@ class Pool:
     buffer: deque[Job] = field(default_factory=deque)
     #: time.monotonic() of this pool's last job start (0: none yet).
     last_start: float = 0.0
+    #: The claimer's count of wake-ups (``Flow.wakeup.times``) when this pool's claims last came
+    #: back short (the database had no more of its jobs); None: they did not, or it never claimed.
+    drained_at: int | None = None
 
     def free(self, running: Collection[int]) -> int:
         self.claimed.intersection_update(running)

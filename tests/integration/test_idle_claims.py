@@ -1,0 +1,142 @@
+"""An idle worker claims once per announced job, not once more each time a job of its ends.
+
+A worker whose claim came back short (its queues held nothing more) waits for a notification before
+it claims again: a freed slot alone brings no new job, since every path that makes a job available
+NOTIFYs. The claims are counted by wrapping the worker's claim call; a 60 s poll keeps polling out
+of the count (and proves the jobs were found through LISTEN/NOTIFY).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from pgqueue import App, Job, Worker
+from pgqueue._db.jobs import AsyncJobStore
+from pgqueue.settings import Settings
+from tests.helpers import wait_until
+
+Conn = psycopg.Connection[TupleRow]
+WAIT = 15.0
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app(dsn: str) -> App:
+    return App(dsn, settings=Settings(dsn=dsn, lease_seconds=5, poll_seconds=60, shutdown_grace_seconds=5))
+
+
+@pytest.fixture
+def claims(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(the claimer's wake-up count when it claimed, jobs the claim returned), one per claim call."""
+    calls: list[tuple[int, int]] = []
+    original = AsyncJobStore.claim_jobs
+
+    async def counted(store: AsyncJobStore, *args: Any, **kwargs: Any) -> list[Job]:
+        jobs = await original(store, *args, **kwargs)
+        calls.append((_running_worker.flow_wakeups(), len(jobs)))
+        return jobs
+
+    monkeypatch.setattr(AsyncJobStore, "claim_jobs", counted)
+    return calls
+
+
+class _RunningWorker:
+    """The worker under test, for the claim wrapper to read its wake-up count."""
+
+    worker: Worker | None = None
+
+    def flow_wakeups(self) -> int:
+        return self.worker._loop.flow.wakeup.times if self.worker is not None else -1
+
+
+_running_worker = _RunningWorker()
+
+
+@pytest.fixture
+def run_worker(app: App) -> Iterator[Worker]:
+    worker = Worker(app, concurrency=4)
+    _running_worker.worker = worker
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(30)
+        _running_worker.worker = None
+        assert not thread.is_alive(), "the worker did not stop within 30 s"
+
+
+def settled(worker: Worker, claims: list[tuple[int, int]]) -> int:
+    """Wait until the worker listens and has answered the wake-up its listener gives on connecting
+    (the claim that catches up on jobs enqueued before it listened); return the claims so far."""
+    flow = worker._loop.flow
+    wait_until(lambda: flow.listening and any(times == flow.wakeup.times for times, _ in claims),
+               timeout=WAIT, message="the worker to listen and claim once")
+    return len(claims)
+
+
+def state(db: Conn, job_id: int) -> str:
+    row = db.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def completed(db: Conn, job_id: int) -> bool:
+    return state(db, job_id) == "completed"
+
+
+def test_an_idle_worker_claims_once_per_lone_job(
+        app: App, db: Conn, claims: list[tuple[int, int]], run_worker: Worker) -> None:
+    @app.task(name="ping")
+    async def ping(job: Job) -> None:
+        pass
+
+    before = settled(run_worker, claims)
+    for _ in range(8):
+        job_id = app.enqueue(db, "ping", {})
+        wait_until(functools.partial(completed, db, job_id), timeout=WAIT, message=f"job {job_id} to complete")
+    # An empty claim after a job ends follows within milliseconds of its slot freeing.
+    time.sleep(0.5)
+
+    # One claim per job, each finding its job: none after a job ended with nothing announced.
+    assert [found for _, found in claims[before:]] == [1] * 8
+
+
+def test_a_drained_worker_with_a_busy_slot_still_runs_a_job_that_becomes_available_later(
+        app: App, db: Conn, claims: list[tuple[int, int]], run_worker: Worker) -> None:
+    release = threading.Event()
+
+    @app.task(name="hold")
+    def hold(job: Job) -> None:
+        release.wait(WAIT)
+
+    @app.task(name="later")
+    async def later(job: Job) -> None:
+        pass
+
+    try:
+        settled(run_worker, claims)
+        held = app.enqueue(db, "hold", {})
+        wait_until(lambda: state(db, held) == "running", timeout=WAIT, message="the holding job to start")
+        # Scheduled, then made available by the maintenance leader, which announces it: with a
+        # 60 s poll, only that notification can start it while the worker's queue was drained.
+        delayed = app.enqueue(db, "later", {}, delay=0.3)
+        wait_until(lambda: state(db, delayed) == "completed", timeout=WAIT,
+                   message="the delayed job to run while the other one holds its slot")
+    finally:
+        release.set()
+    wait_until(lambda: state(db, held) == "completed", timeout=WAIT, message="the holding job to complete")
