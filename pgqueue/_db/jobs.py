@@ -78,6 +78,16 @@ class JobQueries(NamedTuple):
 JOBS = load_queries(JobQueries, "jobs.sql")
 
 
+class LimitedClaim(NamedTuple):
+    """What a limited queue's claim (``claim_limited_queue_jobs``) took and saw."""
+
+    jobs: list[Job]
+    #: A limit held back jobs that wait (it allowed less than asked, and the queue had claimable jobs).
+    held_back: bool
+    #: How many more starts the queue's limits allowed in all before this claim, whatever it asked.
+    headroom: int
+
+
 @dataclass(slots=True)
 class NewJob:
     """A validated row to insert: args as JSON text, or (encrypted jobs) NULL and the ciphertext."""
@@ -761,13 +771,9 @@ class AsyncJobStore:
         return [r[1] for r in rows if r[0] == "queue"], [r[1] for r in rows if r[0] == "task"]
 
     async def claim_limited_queue_jobs(self, queue: str, limit: int, worker_id: str,
-                                       except_tasks: Sequence[str] = ()) -> tuple[list[Job], bool]:
+                                       except_tasks: Sequence[str] = ()) -> LimitedClaim:
         """Claim up to ``limit`` jobs of a limited queue, within its limits, under its lock; the
-        limited tasks ``except_tasks`` are left to their own claim.
-
-        Returns the jobs, and whether a limit held back jobs that wait (the allowance was below
-        ``limit`` and the queue had claimable jobs).
-        """
+        limited tasks ``except_tasks`` are left to their own claim."""
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease_token": token}
         if except_tasks:
@@ -780,9 +786,9 @@ class AsyncJobStore:
                 await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue, "plan_cache_mode": plan_cache_mode})
                 cur = await self.conn.execute(query, params)
             rows = await cur.fetchall()
-        allowance, waiting = (int(rows[0][0]), bool(rows[0][1])) if rows else (0, False)
-        jobs = [_job_from_row(row[2:], token) for row in rows if row[2] is not None]
-        return jobs, allowance < limit and waiting
+        allowance, headroom, waiting = (int(rows[0][0]), int(rows[0][1]), bool(rows[0][2])) if rows else (0, 0, False)
+        jobs = [_job_from_row(row[3:], token) for row in rows if row[3] is not None]
+        return LimitedClaim(jobs, allowance < limit and waiting, headroom)
 
     async def claim_limited_task_jobs(self, task: str, queues: Sequence[str] | None, limit: int,
                                       worker_id: str) -> tuple[list[Job], int]:

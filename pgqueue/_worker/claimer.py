@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pgqueue._db.breakers import AsyncBreakerStore, BreakerConfig
 from pgqueue._db.errors import DATABASE_ERRORS, first_line
-from pgqueue._db.jobs import CLAIM_BATCH_MAX, AsyncJobStore, TaskLimits
+from pgqueue._db.jobs import CLAIM_BATCH_MAX, AsyncJobStore, LimitedClaim, TaskLimits
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._worker.acker import Acker
@@ -44,6 +44,10 @@ MIN_ACK_BACKLOG = 500
 #: `pgqueue queues set` applies to the locked claims within this long (the unlimited claim stops
 #: taking a newly limited queue's jobs at once: it reads the settings itself).
 LIMITS_REFRESH_SECONDS = 1.0
+#: A limited queue's jobs are prefetched only while its limits, at its last claim, still allowed
+#: at least this many times the batch: then the buffered jobs (which count as running, and as
+#: starts) hold back nobody, and a limit that comes near binding turns prefetching off by itself.
+LIMITED_PREFETCH_ROOM = 4
 #: How soon a claim held back by a limit (queue full, rate spent) looks again: other workers'
 #: jobs end, and the rate window slides, without a notification.
 HELD_BACK_POLL_SECONDS = 0.1
@@ -109,9 +113,10 @@ class Claimer:
             first claim; the claimer also claims their half-open trials.
         unguarded: the app's tasks without a breaker, whose breaker rows (left from older code)
             are removed before the first claim.
-        prefetch: sizes each pool's buffer of jobs claimed ahead of a free slot (unlimited claims
-            only: a buffered job of a limited queue or task would count against its limit
-            while it waits). None, or any task with a circuit breaker: no prefetching.
+        prefetch: sizes each pool's buffer of jobs claimed ahead of a free slot: by the unlimited
+            claim, and by a limited queue's claim while its limits leave plenty of room (a
+            buffered job counts against them while it waits); never for a limited task. None,
+            or any task with a circuit breaker: no prefetching.
     """
 
     def __init__(self, session: AsyncReconnectingSession, flow: Flow, *, worker_id: str,
@@ -135,6 +140,8 @@ class Claimer:
         self._task_limits: list[TaskLimits] | None = list(task_limits)
         self.limited_tasks: list[str] = sorted(limited_tasks)
         self.limited_queues: list[str] = []
+        #: Per limited queue: how many more starts its limits allowed after this worker's last claim.
+        self._headroom: dict[str, int] = {}
         self._limits_read_at = -1.0  # never read
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
@@ -241,6 +248,10 @@ class Claimer:
         target = self.prefetch.target(pool.capacity)
         have = len(pool.buffer)
         return target - have if have <= target // 2 else 0
+
+    def _roomy(self, queue: str, batch: int) -> bool:
+        """Whether a limited queue's limits left room for LIMITED_PREFETCH_ROOM batches at its last claim."""
+        return self._headroom.get(queue, 0) >= LIMITED_PREFETCH_ROOM * batch
 
     def _wants_claim(self, pool: Pool, free: int | None = None) -> bool:
         free = pool.free(self.running) if free is None else free
@@ -396,23 +407,29 @@ class Claimer:
                 drained = len(jobs) < wanted
                 free = pool.free(self.running)
             queues = sorted(limited) if pool.queues is None else [q for q in pool.queues if q in limited]
-            if free <= 0:
+            # A limited queue's jobs are claimed ahead only while its limits leave far more room
+            # than the batch (see LIMITED_PREFETCH_ROOM): a buffered job counts against them.
+            ahead = self._ahead(pool, free) if queues else 0
+            roomy = {q for q in queues if self._roomy(q, free + ahead)} if ahead > 0 else set()
+            if free <= 0 and not roomy:
                 # The limited claims below were not asked: their jobs may wait.
                 if drained and not queues and not self.limited_tasks:
                     pool.drained_at = wakeups
                 continue
-            wanted = min(free, CLAIM_BATCH_MAX)
+            wanted = target = min(free, CLAIM_BATCH_MAX)
             claimed = 0
             held = False  # a limit held back jobs of this pool that wait
             for queue in queues:
-                if claimed >= wanted:
-                    break
-                ask = wanted - claimed
-                jobs, cut = await self.session.run(
+                ask = (min(free + ahead, CLAIM_BATCH_MAX) if queue in roomy else wanted) - claimed
+                if ask <= 0:
+                    continue
+                target = max(target, claimed + ask)
+                claim = await self.session.run(
                     functools.partial(self._claim_limited_queue, queue=queue, limit=ask))
-                self._dispatch_all(pool, jobs)
-                claimed += len(jobs)
-                held = held or cut
+                self._dispatch_all(pool, claim.jobs)
+                self._headroom[queue] = claim.headroom - len(claim.jobs)
+                claimed += len(claim.jobs)
+                held = held or claim.held_back
             for task in self.limited_tasks:
                 if claimed >= wanted:
                     break
@@ -425,8 +442,8 @@ class Claimer:
                 held = held or (waiting > len(jobs) and len(jobs) < ask)
             held_back = held_back or held
             # A full batch (capped at CLAIM_BATCH_MAX) from any claim: there may be more.
-            hungry = hungry or (claimed == wanted and claimed > 0)
-            if drained and claimed < wanted and not held:
+            hungry = hungry or (claimed >= target and claimed > 0)
+            if drained and claimed < target and not held:
                 pool.drained_at = wakeups
         if time.monotonic() - self._limits_read_at >= LIMITS_REFRESH_SECONDS:
             # After the claims, not before: a job announced now does not wait for this round trip.
@@ -484,6 +501,7 @@ class Claimer:
     async def _read_limits(self, conn: AsyncPsycopgConnection) -> None:
         queues, tasks = await AsyncJobStore(conn).list_limited_scopes()
         self.limited_queues = queues
+        self._headroom = {queue: room for queue, room in self._headroom.items() if queue in queues}
         self.limited_tasks = sorted(set(tasks) | set(self._own_limited_tasks))
         self._limits_read_at = time.monotonic()
 
@@ -510,8 +528,7 @@ class Claimer:
     async def _claim(self, conn: AsyncPsycopgConnection, queues: list[str] | None, limit: int) -> list[Job]:
         return await AsyncJobStore(conn).claim_jobs(queues, limit, self.worker_id, except_tasks=self.limited_tasks)
 
-    async def _claim_limited_queue(self, conn: AsyncPsycopgConnection, queue: str,
-                                   limit: int) -> tuple[list[Job], bool]:
+    async def _claim_limited_queue(self, conn: AsyncPsycopgConnection, queue: str, limit: int) -> LimitedClaim:
         return await AsyncJobStore(conn).claim_limited_queue_jobs(queue, limit, self.worker_id,
                                                                   except_tasks=self.limited_tasks)
 

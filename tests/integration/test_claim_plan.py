@@ -470,8 +470,8 @@ def test_a_limited_claim_waits_for_the_queues_lock_then_counts_what_its_holder_s
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True,
                                                          application_name="limited-claim") as conn:
             store = AsyncJobStore(conn)
-            jobs, _ = await store.claim_limited_queue_jobs("lim", 5, "w-claim", except_tasks=limited_tasks)
-            return jobs
+            claim = await store.claim_limited_queue_jobs("lim", 5, "w-claim", except_tasks=limited_tasks)
+            return claim.jobs
 
     def run_claim() -> None:
         try:
@@ -529,8 +529,8 @@ def test_a_limited_claim_locks_only_the_jobs_it_takes(app: App, dsn: str, db: Co
     async def hold() -> None:
         async with await psycopg.AsyncConnection.connect(dsn) as holder:
             await holder.execute("SELECT 1")  # a transaction is open: the claim's is a savepoint in it, held open
-            jobs, _ = await AsyncJobStore(holder).claim_limited_queue_jobs("lim", 10, "w-holder",
-                                                                           except_tasks=limited_tasks)
+            jobs = (await AsyncJobStore(holder).claim_limited_queue_jobs("lim", 10, "w-holder",
+                                                                         except_tasks=limited_tasks)).jobs
             assert len(jobs) == 4
             db.execute("SET lock_timeout = '200ms'")
             locked_elsewhere = db.execute(

@@ -121,6 +121,42 @@ def test_a_concurrency_1_worker_claims_ahead_but_runs_one_job_at_a_time(dsn: str
         assert claims(db) <= jobs // 4
 
 
+@pytest.mark.parametrize(("limit", "prefetched"), [(10_000, True), (3, False)])
+def test_a_limited_queue_is_claimed_ahead_only_while_its_limit_leaves_room_to_spare(
+        dsn: str, db: Conn, limit: int, prefetched: bool) -> None:
+    """A buffered job counts against its queue's limit while it waits: a worker claims ahead for
+    a limited queue only while the limit allows many times its batch, never near a tight limit."""
+    app = make_app(dsn)
+    active = 0
+    most = 0
+    ran: list[int] = []
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        await asyncio.sleep(0)  # let anything else that was wrongly started run alongside
+        ran.append(i)
+        active -= 1
+
+    admin.set_queue_limits(db, "lim", concurrency=limit, create=True)
+    jobs = 300
+    with psycopg.connect(app.dsn) as conn:
+        app.enqueue_many(conn, [JobSpec("fast", {"i": i}, queue="lim") for i in range(jobs)])
+    thread = run_in_thread(Worker(app, queues=["lim"], concurrency=1), until_empty=True)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+
+    assert sorted(ran) == list(range(jobs))
+    assert most == 1
+    assert states(db) == {"completed": jobs}
+    if prefetched:
+        assert claims(db) <= jobs // 4
+    else:
+        assert claims(db) == jobs  # one job per claim: nothing buffered against the tight limit
+
+
 def test_a_graceful_stop_hands_buffered_jobs_back_uncounted(dsn: str, db: Conn) -> None:
     app = make_app(dsn)
     ran: list[int] = []

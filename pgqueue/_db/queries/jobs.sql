@@ -320,22 +320,26 @@ FROM (
 -- A limited queue's claim, run after lock_queue_limits in the same transaction: at most what the
 -- queue's concurrency (running jobs across all workers) and rate (starts in the sliding window,
 -- pgqueue.rate_starts) still allow. Jobs of limited tasks are left to their task's claim. The
--- candidates are the same index range scan as claim_jobs, with a smaller LIMIT. The first column
--- is what the limits allowed (returned even when nothing was claimed).
+-- candidates are the same index range scan as claim_jobs, with a smaller LIMIT. The first columns
+-- are what the limits allowed this claim and what they allow in all (returned even when nothing
+-- was claimed).
 WITH settings AS (
     SELECT q.concurrency, q.rate_limit, make_interval(secs => q.rate_period_seconds) AS period
     FROM pgqueue.queues AS q
     WHERE q.name = %(queue)s AND NOT q.paused AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
-), allowance AS (
-    -- LEAST ignores NULLs: a limit that is not set does not bound. No settings row (resumed into
-    -- unlimited, or paused): 0 here, and the unlimited claim or nobody takes the jobs.
+), headroom AS (
+    -- What the limits still allow, whatever the claim asks: the worker prefetches for a queue only
+    -- while this stays far above its batch. LEAST ignores NULLs: a limit that is not set does not
+    -- bound. No settings row (resumed into unlimited, or paused): 0 here, and the unlimited claim
+    -- or nobody takes the jobs.
     SELECT COALESCE((
         SELECT GREATEST(LEAST(
-            %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = %(queue)s),
             s.rate_limit - (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
                             WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > statement_timestamp() - s.period)), 0)
-        FROM settings AS s), 0) AS n
+        FROM settings AS s), 0) AS room
+), allowance AS (
+    SELECT LEAST(%(limit)s::bigint, h.room) AS n, h.room FROM headroom AS h
 ), picked AS MATERIALIZED (
     -- As in claim_jobs_any_queue: the locking scan bounded by a constant (CLAIM_BATCH_MAX), the
     -- batch (the allowance, never more than the claim's limit) taken by the outer LIMIT; only the
@@ -377,7 +381,7 @@ WITH settings AS (
 )
 -- `waiting`: whether any job of the queue was claimable (this statement's snapshot, so the ones it
 -- claimed count): a worker held back by the limit polls again soon only when something waits.
-SELECT a.n AS allowance,
+SELECT a.n AS allowance, a.room AS headroom,
        -- A scalar subquery in claim order with LIMIT 1: the claim index's first entry. (EXISTS would
        -- drop the ORDER BY and let the planner scan the table.)
        (SELECT w.id FROM pgqueue.jobs AS w WHERE w.state = 'available' AND w.queue = %(queue)s
@@ -399,16 +403,19 @@ WITH settings AS (
     SELECT q.concurrency, q.rate_limit, make_interval(secs => q.rate_period_seconds) AS period
     FROM pgqueue.queues AS q
     WHERE q.name = %(queue)s AND NOT q.paused AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
-), allowance AS (
-    -- LEAST ignores NULLs: a limit that is not set does not bound. No settings row (resumed into
-    -- unlimited, or paused): 0 here, and the unlimited claim or nobody takes the jobs.
+), headroom AS (
+    -- What the limits still allow, whatever the claim asks: the worker prefetches for a queue only
+    -- while this stays far above its batch. LEAST ignores NULLs: a limit that is not set does not
+    -- bound. No settings row (resumed into unlimited, or paused): 0 here, and the unlimited claim
+    -- or nobody takes the jobs.
     SELECT COALESCE((
         SELECT GREATEST(LEAST(
-            %(limit)s::bigint,
             s.concurrency - (SELECT count(*) FROM pgqueue.jobs AS r WHERE r.state = 'running' AND r.queue = %(queue)s),
             s.rate_limit - (SELECT COALESCE(sum(r.starts), 0) FROM pgqueue.rate_starts AS r
                             WHERE r.scope = 'queue:' || %(queue)s::text AND r.at > statement_timestamp() - s.period)), 0)
-        FROM settings AS s), 0) AS n
+        FROM settings AS s), 0) AS room
+), allowance AS (
+    SELECT LEAST(%(limit)s::bigint, h.room) AS n, h.room FROM headroom AS h
 ), picked AS MATERIALIZED (
     -- As in claim_jobs_any_queue: the locking scan bounded by a constant (CLAIM_BATCH_MAX), the
     -- batch (the allowance, never more than the claim's limit) taken by the outer LIMIT; only the
@@ -449,7 +456,7 @@ WITH settings AS (
 )
 -- `waiting`: whether any job of the queue was claimable (this statement's snapshot, so the ones it
 -- claimed count): a worker held back by the limit polls again soon only when something waits.
-SELECT a.n AS allowance,
+SELECT a.n AS allowance, a.room AS headroom,
        -- A scalar subquery in claim order with LIMIT 1: the claim index's first entry. (EXISTS would
        -- drop the ORDER BY and let the planner scan the table.)
        (SELECT w.id FROM pgqueue.jobs AS w WHERE w.state = 'available' AND w.queue = %(queue)s
