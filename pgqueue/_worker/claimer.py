@@ -293,7 +293,9 @@ class Claimer:
                 # would send an empty claim after each job it ran). Wait for a notification, or
                 # the poll that was due anyway.
                 flow.slot_freed.clear()
-                await self._sleep_unless_woken(poll_due - time.monotonic())
+                wait = poll_due - time.monotonic()
+                expiry = self._until_buffer_expires()  # buffered jobs of a stalled pool go back on time
+                await self._sleep_unless_woken(wait if expiry is None else min(wait, expiry))
                 continue
             if not self.heartbeat.lease_current():
                 # After an outage the claim connection may come back before the heartbeat does: a
