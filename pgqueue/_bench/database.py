@@ -3,7 +3,8 @@
 One database, ``pgqueue_bench_<random>``, is created and migrated once; it then serves as the
 template every scenario's fresh database is cloned from (``CREATE DATABASE ... TEMPLATE`` is a
 file copy, far quicker than running the migrations again). All of them are dropped
-``WITH (FORCE)`` at the end, whatever happened.
+``WITH (FORCE)`` at the end, whatever happened. A run killed outright (SIGKILL, a lost machine)
+cannot drop them: the next run on the server does, since the run's marker session is gone.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from datetime import datetime
 from typing import Any
 
 from pgqueue import _migrate
-from pgqueue._db.databases import create_database, drop_database, with_database
+from pgqueue._db.databases import (
+    RunMarker,
+    create_database,
+    drop_abandoned_runs,
+    drop_database,
+    mark_run,
+    with_database,
+)
 
 _REFUSED = "pgqueue bench needs a role that may create databases"
+FAMILY = "pgqueue_bench_"
 
 
 class ScratchDatabases:
@@ -27,11 +36,17 @@ class ScratchDatabases:
 
     def __init__(self, server_dsn: str) -> None:
         self.server_dsn = server_dsn
-        self.prefix = f"pgqueue_bench_{uuid.uuid4().hex[:8]}"
+        self.prefix = f"{FAMILY}{uuid.uuid4().hex[:8]}"
         self._clones = 0
         self._created: list[str] = []
+        self._marker: RunMarker | None = None
+        #: Databases of earlier runs that were killed, dropped by create_template.
+        self.swept: list[str] = []
 
     def create_template(self) -> None:
+        # The marker first: a run sweeping meanwhile must see it before any database of ours.
+        self._marker = mark_run(self.server_dsn, self.prefix)
+        self.swept = drop_abandoned_runs(self.server_dsn, FAMILY)
         # Listed before it exists: an interrupt (Ctrl-C) can land after the server created it but
         # before the call returned, and drop_all's DROP ... IF EXISTS is harmless when it does not.
         self._created.append(self.prefix)
@@ -49,9 +64,15 @@ class ScratchDatabases:
             drop_database(self.server_dsn, name)
 
     def drop_all(self) -> None:
-        for name in reversed(self._created):
-            drop_database(self.server_dsn, name)
-        self._created.clear()
+        try:
+            for name in reversed(self._created):
+                drop_database(self.server_dsn, name)
+            self._created.clear()
+        finally:
+            # Last: until then, another run's sweep leaves our databases alone.
+            if self._marker is not None:
+                self._marker.close()
+                self._marker = None
 
 
 def _memory_bytes() -> int | None:

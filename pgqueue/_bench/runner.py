@@ -58,6 +58,8 @@ def run_bench(server_dsn: str, *, quick: bool = False, reps: int = 3, scenarios:
     try:
         sink.step("creating and migrating the scratch database")
         databases.create_template()
+        if databases.swept:
+            sink.status(f"dropped {len(databases.swept)} databases of earlier runs that were killed")
         for rep in range(reps):
             for name, unit in units:
                 sink.step(f"{unit.label} ({rep + 1}/{reps})")
@@ -75,6 +77,8 @@ def run_bench(server_dsn: str, *, quick: bool = False, reps: int = 3, scenarios:
         "enqueue": "App.enqueue on an autocommit psycopg connection; enqueue_many committed per batch",
         "database": f"{databases.prefix}: migrated once, cloned afresh for every scenario and repetition, "
                     "all dropped at the end",
+        # Left on the server by earlier runs that were killed (their marker session gone).
+        "abandoned_databases_dropped": databases.swept,
     }
     order = {key: i for i, key in enumerate(figures)}
     ordered = dict(sorted(figures.items(), key=lambda kv: (names.index(scenario_of[kv[0]]), order[kv[0]])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
@@ -27,6 +28,52 @@ def with_database(dsn: str, database: str) -> str:
     query = urlencode([(key, value) for key, value in parse_qsl(parts.query) if key != "dbname"])
     # By hand, not urlunsplit: with no host (a socket in the query) it drops the "//" libpq needs.
     return f"{parts.scheme}://{parts.netloc}/{quote(database, safe='')}" + (f"?{query}" if query else "")
+
+
+#: ``application_name`` prefix of the session a scratch run keeps open while its databases exist:
+#: how a later run on the same server tells a live run's databases (however idle) from those a
+#: killed run left behind. Visible to every role in pg_stat_activity, whoever owns the session.
+RUN_MARKER = "pgqueue-scratch:"
+
+
+class RunMarker:
+    """The session that marks a scratch run alive on its server (see :func:`mark_run`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def mark_run(dsn: str, run: str) -> RunMarker:
+    """Open the session that marks scratch run ``run`` alive on ``dsn``'s server until it is closed
+    (open it before the run's first database exists, close it after its last is dropped)."""
+    with translate_errors():
+        return RunMarker(psycopg.connect(dsn, autocommit=True, application_name=f"{RUN_MARKER}{run}"))
+
+
+def drop_abandoned_runs(dsn: str, family: str) -> list[str]:
+    """Drop the databases of scratch runs whose marker session (:func:`mark_run`) is gone; return
+    their names.
+
+    A run is named ``family`` + a token without ``_``; its databases are the run's name, or that
+    name + ``_`` + anything. A process killed with SIGKILL never drops its databases, but its
+    marker session ends with it: a run without one on the server is no longer running.
+    """
+    with translate_errors(), psycopg.connect(dsn, autocommit=True) as conn:
+        # Databases first, markers second: a live run opened its marker before creating any
+        # database, so each database listed here has its run's marker visible below.
+        names = [str(row[0]) for row in conn.execute(
+            "SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s) AND NOT datistemplate",
+            [family]).fetchall()]
+        live = {str(row[0])[len(RUN_MARKER):] for row in conn.execute(
+            "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE starts_with(application_name, %s)",
+            [RUN_MARKER]).fetchall()}
+        abandoned = [name for name in names if family + name[len(family):].split("_")[0] not in live]
+        for name in abandoned:
+            conn.execute(_drop(name))
+    return abandoned
 
 
 def _run(dsn: str, statements: Sequence[sql.Composed], refused: str) -> None:

@@ -54,7 +54,8 @@ def bench(
     and PostgreSQL's own ceiling on the same server.
 
     Everything runs in scratch databases (pgqueue_bench_*) that are created on the configured
-    server and dropped at the end; your jobs are never touched. The role needs CREATEDB.
+    server and dropped at the end (those of a run that was killed, by the next run); your jobs
+    are never touched. The role needs CREATEDB.
     """
     unknown = [name for name in scenario or [] if name not in SCENARIOS]
     if unknown:
