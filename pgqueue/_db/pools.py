@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -120,6 +121,10 @@ class DashboardPool:
         self._max_size = max_size
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
+        # One direct probe at a time, its verdict shared: requests that wait on a busy pool together
+        # must not each open a connection of their own to the database the pool is short of.
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, bool] | None = None  # (time.monotonic(), reachable)
 
     def open(self) -> ConnectionPool[Any]:
         with self._lock:
@@ -159,6 +164,16 @@ class DashboardPool:
             yield conn
 
     def _reachable(self) -> bool:
+        """Whether the database takes a direct connection; a verdict younger than
+        PROBE_AFTER_SECONDS is reused, and requests arriving during a probe wait for its verdict."""
+        with self._probe_lock:
+            if self._probed is not None and time.monotonic() - self._probed[0] < PROBE_AFTER_SECONDS:
+                return self._probed[1]
+            reachable = self._connect_directly()
+            self._probed = (time.monotonic(), reachable)
+            return reachable
+
+    def _connect_directly(self) -> bool:
         try:
             psycopg.connect(self._conninfo, connect_timeout=PROBE_CONNECT_TIMEOUT_SECONDS).close()
         except psycopg.Error:

@@ -485,6 +485,57 @@ def test_a_busy_pool_keeps_a_request_waiting_while_the_database_answers(dsn: str
     assert waited["seconds"] > PROBE_AFTER_SECONDS
 
 
+def test_requests_waiting_on_a_busy_pool_together_share_one_probe(dsn: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Eight requests wait past the first second on a pool whose one connection is held: one direct
+    # connection tells them all that the database answers (one each would open eight connections
+    # to the database the pool is short of, on a dashboard that polls).
+    from pgqueue._db.pools import PROBE_AFTER_SECONDS, DashboardPool
+
+    pool = DashboardPool(dsn, max_size=1)
+    probes: list[float] = []
+    connect = DashboardPool._connect_directly
+
+    def counted(self: DashboardPool) -> bool:
+        probes.append(time.monotonic())
+        return connect(self)
+
+    monkeypatch.setattr(DashboardPool, "_connect_directly", counted)
+    released = threading.Event()
+    answers: list[Any] = []
+
+    def hold_the_only_connection() -> None:
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+            released.wait(10)
+
+    def request() -> None:
+        with pool.connection(timeout=10) as conn:
+            answers.append(conn.execute("SELECT 42").fetchone())
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    requests = [threading.Thread(target=request) for _ in range(8)]
+    try:
+        wait_until(lambda: pool.open().get_stats().get("pool_available", 1) == 0 and holder.is_alive())
+        for thread in requests:
+            thread.start()
+        # All eight wait on the pool at once, so they reach their probe within PROBE_AFTER_SECONDS
+        # of each other; the pool frees only after the first probe's verdict.
+        wait_until(lambda: pool.open().get_stats().get("requests_waiting", 0) == 8, timeout=10)
+        wait_until(lambda: len(probes) >= 1, timeout=10)
+        time.sleep(PROBE_AFTER_SECONDS / 2)
+    finally:
+        released.set()
+        holder.join(10)
+        for thread in requests:
+            thread.join(15)
+        pool.close()
+
+    assert answers == [(42,)] * 8
+    assert len(probes) == 1
+
+
 def test_an_unexpected_error_is_a_500_without_a_traceback(client: TestClient, db: Conn,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from pgqueue import admin
