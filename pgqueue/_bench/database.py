@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import os
 import platform
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from pgqueue import _migrate
-from pgqueue._db.databases import (
-    RunMarker,
-    create_database,
-    drop_abandoned_runs,
-    drop_database,
-    mark_run,
-    with_database,
-)
+from pgqueue._db.databases import ScratchRun, create_database, drop_database, with_database
 
 _REFUSED = "pgqueue bench needs a role that may create databases"
 FAMILY = "pgqueue_bench_"
@@ -36,17 +28,19 @@ class ScratchDatabases:
 
     def __init__(self, server_dsn: str) -> None:
         self.server_dsn = server_dsn
-        self.prefix = f"{FAMILY}{uuid.uuid4().hex[:8]}"
+        self._run = ScratchRun(server_dsn, FAMILY)
+        self.prefix = self._run.name
         self._clones = 0
         self._created: list[str] = []
-        self._marker: RunMarker | None = None
-        #: Databases of earlier runs that were killed, dropped by create_template.
-        self.swept: list[str] = []
+
+    @property
+    def swept(self) -> list[str]:
+        """Databases of earlier runs that were killed, dropped by create_template."""
+        return self._run.swept
 
     def create_template(self) -> None:
-        # The marker first: a run sweeping meanwhile must see it before any database of ours.
-        self._marker = mark_run(self.server_dsn, self.prefix)
-        self.swept = drop_abandoned_runs(self.server_dsn, FAMILY)
+        # The run's marker first: a run sweeping meanwhile must see it before any database of ours.
+        self._run.start()
         # Listed before it exists: an interrupt (Ctrl-C) can land after the server created it but
         # before the call returned, and drop_all's DROP ... IF EXISTS is harmless when it does not.
         self._created.append(self.prefix)
@@ -70,9 +64,7 @@ class ScratchDatabases:
             self._created.clear()
         finally:
             # Last: until then, another run's sweep leaves our databases alone.
-            if self._marker is not None:
-                self._marker.close()
-                self._marker = None
+            self._run.close()
 
 
 def _memory_bytes() -> int | None:

@@ -1,7 +1,8 @@
-"""Whole databases on a server: the scratch databases of the demo, the benchmark and the soak."""
+"""Whole databases on a server: the scratch databases of the demo, the benchmark, the soak and pgqueue.testing."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -36,31 +37,40 @@ def with_database(dsn: str, database: str) -> str:
 RUN_MARKER = "pgqueue-scratch:"
 
 
-class RunMarker:
-    """The session that marks a scratch run alive on its server (see :func:`mark_run`)."""
+class ScratchRun:
+    """One run's scratch databases on a server, named :attr:`name` (``family`` + a random token)
+    or :attr:`name` + ``_`` + a suffix.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
+    :meth:`start` opens the run's marker session (:data:`RUN_MARKER` + its name), then drops the
+    family's databases whose run has no marker any more: a process killed outright (SIGKILL, a
+    lost machine) never drops its databases, but its marker session ends with it. Start the run
+    before creating its first database; close it after its last is dropped (or let the process end).
+    """
+
+    def __init__(self, dsn: str, family: str) -> None:
+        self.dsn = dsn
+        self.family = family
+        self.name = f"{family}{uuid.uuid4().hex[:8]}"
+        self._marker: psycopg.Connection[Any] | None = None
+        #: Databases of runs that were gone, dropped by :meth:`start`.
+        self.swept: list[str] = []
+
+    def start(self) -> None:
+        if self._marker is not None:
+            return
+        with translate_errors():
+            self._marker = psycopg.connect(self.dsn, autocommit=True, application_name=f"{RUN_MARKER}{self.name}")
+        self.swept = drop_abandoned_runs(self.dsn, self.family)
 
     def close(self) -> None:
-        self._conn.close()
-
-
-def mark_run(dsn: str, run: str) -> RunMarker:
-    """Open the session that marks scratch run ``run`` alive on ``dsn``'s server until it is closed
-    (open it before the run's first database exists, close it after its last is dropped)."""
-    with translate_errors():
-        return RunMarker(psycopg.connect(dsn, autocommit=True, application_name=f"{RUN_MARKER}{run}"))
+        if self._marker is not None:
+            self._marker.close()
+            self._marker = None
 
 
 def drop_abandoned_runs(dsn: str, family: str) -> list[str]:
-    """Drop the databases of scratch runs whose marker session (:func:`mark_run`) is gone; return
-    their names.
-
-    A run is named ``family`` + a token without ``_``; its databases are the run's name, or that
-    name + ``_`` + anything. A process killed with SIGKILL never drops its databases, but its
-    marker session ends with it: a run without one on the server is no longer running.
-    """
+    """Drop the databases of the ``family``'s scratch runs (:class:`ScratchRun`) whose marker
+    session is gone; return their names."""
     with translate_errors(), psycopg.connect(dsn, autocommit=True) as conn:
         # Databases first, markers second: a live run opened its marker before creating any
         # database, so each database listed here has its run's marker visible below.

@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import admin
-from pgqueue._db.databases import create_database, drop_database, ensure_template
+from pgqueue._db.databases import ScratchRun, create_database, drop_database, ensure_template
 from pgqueue._db.sessions import open_connection
 from pgqueue.settings import normalize_dsn
 
@@ -27,6 +28,9 @@ TEST_DSN_ENV = "PGQUEUE_TEST_DSN"
 _SHOWN = 20
 # Serialises template builds across processes (pytest-xdist workers): the bytes of "pgqtestk".
 _TEMPLATE_LOCK_KEY = int.from_bytes(b"pgqtestk", "big")
+# This process's scratch run per server (see _scratch_run).
+_RUNS: dict[str, ScratchRun] = {}
+_RUNS_LOCK = threading.Lock()
 
 
 def server_dsn() -> str:
@@ -164,6 +168,18 @@ class TestDatabase:
             app._dsn = previous
 
 
+def _scratch_run(server: str) -> ScratchRun:
+    """This process's run of test databases on ``server``, started on first use: its marker session
+    lives as long as the process, so a test run killed outright (SIGKILL, a CI timeout) leaves
+    databases that the next run on the server drops."""
+    with _RUNS_LOCK:
+        run = _RUNS.get(server)
+        if run is None:
+            run = _RUNS[server] = ScratchRun(server, "pgqueue_test_")
+            run.start()
+        return run
+
+
 @contextlib.contextmanager
 def fresh_database(server: str | None = None) -> Iterator[TestDatabase]:
     """A fresh database at pgqueue's head (a copy of the template), dropped afterwards.
@@ -173,7 +189,7 @@ def fresh_database(server: str | None = None) -> Iterator[TestDatabase]:
     """
     server = server or server_dsn()
     template = template_database(server)
-    name = f"pgqueue_test_{uuid.uuid4().hex[:16]}"
+    name = f"{_scratch_run(server).name}_{uuid.uuid4().hex[:8]}"
     database = TestDatabase(create_database(server, name, template=template))
     try:
         yield database
