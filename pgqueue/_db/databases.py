@@ -58,9 +58,28 @@ class ScratchRun:
     def start(self) -> None:
         if self._marker is not None:
             return
-        with translate_errors():
-            self._marker = psycopg.connect(self.dsn, autocommit=True, application_name=f"{RUN_MARKER}{self.name}")
+        self._marker = self._open_marker()
         self.swept = drop_abandoned_runs(self.dsn, self.family)
+
+    def keep_alive(self) -> None:
+        """Reopen the marker if it was lost (a server restart): call before creating a database
+        in a run that lasts (a test process)."""
+        if self._marker is None:
+            return
+        try:
+            self._marker.execute("SELECT 1")
+        except psycopg.Error:
+            self._marker.close()
+            self._marker = self._open_marker()
+
+    def _open_marker(self) -> psycopg.Connection[Any]:
+        with translate_errors():
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"{RUN_MARKER}{self.name}")
+            # The marker idles for the whole run: a server's idle_session_timeout (PostgreSQL 14+)
+            # must not end it, or the run's databases would look abandoned while in use.
+            conn.execute("SELECT set_config('idle_session_timeout', '0', false) "
+                         "WHERE current_setting('server_version_num')::int >= 140000")
+        return conn
 
     def close(self) -> None:
         if self._marker is not None:

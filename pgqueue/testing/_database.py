@@ -175,8 +175,11 @@ def _scratch_run(server: str) -> ScratchRun:
     with _RUNS_LOCK:
         run = _RUNS.get(server)
         if run is None:
-            run = _RUNS[server] = ScratchRun(server, "pgqueue_test_")
+            run = ScratchRun(server, "pgqueue_test_")
             run.start()
+            _RUNS[server] = run  # only once started: an unmarked run's databases could be swept
+        else:
+            run.keep_alive()
         return run
 
 

@@ -1,0 +1,53 @@
+"""A scratch run's marker session (pgqueue/_db/databases.py ScratchRun): it must stay up as long as
+its run, or the run's databases look abandoned to another run's sweep while they are in use."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from pgqueue._db.databases import RUN_MARKER, ScratchRun
+from tests.helpers import wait_until
+
+
+def marker_pids(dsn: str, run: ScratchRun) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                            [RUN_MARKER + run.name]).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def test_the_marker_outlives_a_servers_idle_session_timeout(pg_server_dsn: str) -> None:
+    with psycopg.connect(pg_server_dsn) as conn:
+        if conn.info.server_version < 140000:
+            pytest.skip("idle_session_timeout exists from PostgreSQL 14")
+    # Every session of this DSN would be ended after 0.5 s idle: the marker opts out.
+    options = quote("-c idle_session_timeout=500")
+    dsn = f"{pg_server_dsn}{'&' if '?' in pg_server_dsn else '?'}options={options}"
+    run = ScratchRun(dsn, "pgqueue_markertest_")
+    run.start()
+    try:
+        time.sleep(1.5)
+        assert len(marker_pids(pg_server_dsn, run)) == 1
+    finally:
+        run.close()
+    assert marker_pids(pg_server_dsn, run) == []
+
+
+def test_keep_alive_reopens_a_lost_marker(pg_server_dsn: str) -> None:
+    run = ScratchRun(pg_server_dsn, "pgqueue_markertest_")
+    run.start()
+    try:
+        [pid] = marker_pids(pg_server_dsn, run)
+        with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", [pid])
+        assert marker_pids(pg_server_dsn, run) == []
+
+        run.keep_alive()
+
+        wait_until(lambda: len(marker_pids(pg_server_dsn, run)) == 1, message="a new marker session")
+    finally:
+        run.close()
