@@ -1,4 +1,5 @@
-"""An idle worker claims once per announced job, not once more each time a job of its ends.
+"""An idle worker's wake-up path: it claims once per announced job, not once more each time a job
+of its ends, and nothing else runs between the notification, the claim and the handler's start.
 
 A worker whose claim came back short (its queues held nothing more) waits for a notification before
 it claims again: a freed slot alone brings no new job, since every path that makes a job available
@@ -20,6 +21,7 @@ from psycopg.rows import TupleRow
 
 from pgqueue import App, Job, Worker
 from pgqueue._db.jobs import AsyncJobStore
+from pgqueue._db.notifications import ListenSession
 from pgqueue.settings import Settings
 from tests.helpers import wait_until
 
@@ -140,3 +142,66 @@ def test_a_drained_worker_with_a_busy_slot_still_runs_a_job_that_becomes_availab
     finally:
         release.set()
     wait_until(lambda: state(db, held) == "completed", timeout=WAIT, message="the holding job to complete")
+
+
+def test_a_lone_jobs_claim_and_handler_come_before_the_rest_of_the_wake_up_path(
+        app: App, db: Conn, claims: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a lone job's wake-up latency is made of on an idle worker: the listener lets the claimer
+    # claim before it waits on its session again, and the claimer lets the handler start before
+    # the round's bookkeeping (here the limits refresh, made due after the claim but not before it).
+    import pgqueue._worker.claimer as claimer_module
+
+    monkeypatch.setattr(claimer_module, "LIMITS_REFRESH_SECONDS", 100.0)
+    order: list[str] = []
+    notified = ListenSession.notified
+
+    async def marked_notified(session: ListenSession, seconds: float) -> Any:
+        async for item in notified(session, seconds):
+            yield item
+            order.append("listener waits again")
+
+    list_scopes = AsyncJobStore.list_limited_scopes
+
+    async def marked_scopes(store: AsyncJobStore) -> tuple[list[str], list[str]]:
+        order.append("limits read")
+        return await list_scopes(store)
+
+    claim = AsyncJobStore.claim_jobs
+
+    async def marked_claim(store: AsyncJobStore, *args: Any, **kwargs: Any) -> list[Job]:
+        order.append("claim sent")
+        return await claim(store, *args, **kwargs)
+
+    monkeypatch.setattr(ListenSession, "notified", marked_notified)
+    monkeypatch.setattr(AsyncJobStore, "list_limited_scopes", marked_scopes)
+    monkeypatch.setattr(AsyncJobStore, "claim_jobs", marked_claim)
+
+    @app.task(name="mark")
+    async def mark(job: Job) -> None:
+        order.append("handler started")
+
+    worker = Worker(app, concurrency=4)
+    _running_worker.worker = worker
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    try:
+        loop = worker._loop
+        wait_until(lambda: loop.flow.listening and "claim sent" in order and loop._claimer is not None,
+                   timeout=WAIT, message="the worker to listen and claim once")
+        time.sleep(0.3)  # idle: parked on LISTEN
+        assert loop._claimer is not None
+        # Read 150 s ago: due after the next claim (100 s), not before it (200 s).
+        loop._claimer._limits_read_at = time.monotonic() - 150
+        del order[:]
+        job_id = app.enqueue(db, "mark", {})
+        wait_until(functools.partial(completed, db, job_id), timeout=WAIT, message="the job to complete")
+    finally:
+        worker.stop()
+        thread.join(30)
+        _running_worker.worker = None
+
+    # The claim leaves before the listener waits on its session again (which it may do while the
+    # claim's answer is on its way), and the handler starts before the limits are read.
+    assert order[0] == "claim sent", order
+    assert "listener waits again" in order, order
+    assert order.index("handler started") < order.index("limits read"), order
