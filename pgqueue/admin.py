@@ -950,7 +950,8 @@ def set_queue_limits(conn: Any, queue: str, *, concurrency: int | _Unchanged | N
     """Store a queue's global limits: at most ``concurrency`` running jobs, at most ``rate`` starts.
 
     The limits live in ``pgqueue.queues`` (``concurrency``, ``rate_limit``, ``rate_period_seconds``)
-    and hold across every worker within about a second: the claim counts the queue's running jobs
+    and hold across every worker from its next claim (the change is announced on ``pgqueue_limits``;
+    a worker without LISTEN sees it within about two seconds): the claim counts the queue's running jobs
     and its starts in the sliding window (database clock) under a lock. ``None`` removes a limit;
     a limit not passed keeps its value.
 

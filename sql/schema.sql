@@ -497,6 +497,25 @@ CREATE TABLE pgqueue.task_limits (
     CONSTRAINT task_limits_group_check CHECK (group_concurrency IS NULL OR group_concurrency >= 1)
 );
 
+-- Every change to the limits is announced (migration 0013): a worker keeps its cached list of
+-- limited queues and tasks while its LISTEN is in place, and reads it again when one is announced.
+CREATE FUNCTION pgqueue.announce_limits() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- pgqueue._db.notifications.LIMITS_CHANNEL; sent only if the transaction commits.
+    PERFORM pg_notify('pgqueue_limits', '');
+    RETURN NULL;
+END
+$$;
+-- Row triggers, not statement ones: a statement trigger fires when no row changed too, and every
+-- worker's start runs a task_limits upsert that usually changes nothing. pg_notify sends one
+-- notification per transaction however many rows fire it.
+CREATE TRIGGER queues_announce_limits
+    AFTER INSERT OR DELETE OR UPDATE OF concurrency, rate_limit, rate_period_seconds ON pgqueue.queues
+    FOR EACH ROW EXECUTE FUNCTION pgqueue.announce_limits();
+CREATE TRIGGER task_limits_announce AFTER INSERT OR UPDATE OR DELETE ON pgqueue.task_limits
+    FOR EACH ROW EXECUTE FUNCTION pgqueue.announce_limits();
+
 -- The start ledger of rate-limited queues and tasks (scope 'queue:<name>' or 'task:<name>'): one
 -- row per claim that started jobs (all stamped with the claim's start; migration 0012), written by
 -- the claim and pruned by the next claim of the scope once it has left the window. Unlimited queues

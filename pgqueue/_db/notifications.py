@@ -26,6 +26,9 @@ DONE_CHANNEL = "pgqueue_done"
 #: The channel ``cancel_job`` notifies when it cancels a running job (payload ``<id>:<lease token>``):
 #: workers LISTEN on it beside :data:`NOTIFY_CHANNEL` to interrupt the handler at once.
 CANCEL_CHANNEL = "pgqueue_cancel"
+#: Changes to queue and task limits (sql/schema.sql: pgqueue.announce_limits), payload empty: a
+#: listening worker reads its limited queues and tasks again before its next claim.
+LIMITS_CHANNEL = "pgqueue_limits"
 #: The advisory lock (one bigint key: the bytes of "pgqwait!") every waiter holds in shared mode.
 #:
 #: A NOTIFY is not free: at commit it takes a cluster-wide lock, writes the notification queue and
@@ -63,6 +66,7 @@ class ListenSession:
     async def listen(self) -> None:
         await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
         await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
+        await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(LIMITS_CHANNEL)))
 
     async def idle_session_timeout(self) -> float:
         return await AsyncServerStore(self.conn).idle_session_timeout()

@@ -40,9 +40,10 @@ BUFFER_TTL_SECONDS = 1.0
 #: MIN_ACK_BACKLOG): a healthy worker writes each batch within a round trip, far below it.
 ACK_BACKLOG_PER_SLOT = 10
 MIN_ACK_BACKLOG = 500
-#: How often the limited queues and tasks are re-read from the database: a limit set with
-#: `pgqueue queues set` applies to the locked claims within this long (the unlimited claim stops
-#: taking a newly limited queue's jobs at once: it reads the settings itself).
+#: How often a claiming worker re-reads the limited queues and tasks (a listening worker also
+#: re-reads them before its next claim when a change is announced, and without a listener, before
+#: any claim once they are twice this old). The unlimited claim stops taking a newly limited
+#: queue's jobs at once: it reads the settings itself.
 LIMITS_REFRESH_SECONDS = 1.0
 #: A limited queue's jobs are prefetched only while its limits, at its last claim, still allowed
 #: at least this many times the batch: then the buffered jobs (which count as running, and as
@@ -95,6 +96,9 @@ class Flow:
     #: The listener's LISTEN is in place: every job made available in a served queue from now on
     #: sets ``wakeup`` (see Claimer's drained pools). False while it (re)connects, and in poll-only mode.
     listening: bool = False
+    #: Counts announced changes to queue and task limits, and the listener's (re)connections (which
+    #: may have missed some): the claimer's cached limits hold while it has not moved.
+    limits_version: int = 0
 
     def __post_init__(self) -> None:
         self.wakeup = _Signal(self.stirred)
@@ -143,6 +147,7 @@ class Claimer:
         #: Per limited queue: how many more starts its limits allowed after this worker's last claim.
         self._headroom: dict[str, int] = {}
         self._limits_read_at = -1.0  # never read
+        self._limits_version = -1  # flow.limits_version when they were read
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.running = running
@@ -375,9 +380,9 @@ class Claimer:
         if self._task_limits is not None:
             await self.session.run(self._sync_task_limits)
             self._task_limits = None
-        if self._limits_read_at < 0 or time.monotonic() - self._limits_read_at >= 2 * LIMITS_REFRESH_SECONDS:
-            # Never read, or idle for a while: this claim must know them. A busy claimer
-            # refreshes them after its claims instead (below), off the path of a new job.
+        if self._limits_stale():
+            # This claim must know them. A busy claimer refreshes them after its claims instead
+            # (below), off the path of a new job.
             await self.session.run(self._read_limits)
         if not self._breakers_written:
             await self.session.run(self._write_breakers)
@@ -452,6 +457,15 @@ class Claimer:
             await self.session.run(self._read_limits)
         return hungry, held_back
 
+    def _limits_stale(self) -> bool:
+        """Whether the limited queues and tasks must be read before claiming: never read, a change
+        announced since (or the listener reconnected: it may have missed one), or, without a
+        listener, idle for a while. A listening worker keeps them until a change is announced, so
+        a lone job after a long idle is claimed without a round trip more."""
+        if self._limits_read_at < 0 or self._limits_version != self.flow.limits_version:
+            return True
+        return not self.flow.listening and time.monotonic() - self._limits_read_at >= 2 * LIMITS_REFRESH_SECONDS
+
     def _pool_of(self, job: Job) -> Pool:
         """The pool whose slots a job of ``job.queue`` uses (the first that serves that queue)."""
         for pool in self.pools:
@@ -501,7 +515,10 @@ class Claimer:
         await AsyncJobStore(conn).sync_task_limits(self._task_limits or [])
 
     async def _read_limits(self, conn: AsyncPsycopgConnection) -> None:
+        # Taken before the read: a change announced while it runs is read again next time.
+        version = self.flow.limits_version
         queues, tasks = await AsyncJobStore(conn).list_limited_scopes()
+        self._limits_version = version
         self.limited_queues = queues
         self._headroom = {queue: room for queue, room in self._headroom.items() if queue in queues}
         self.limited_tasks = sorted(set(tasks) | set(self._own_limited_tasks))

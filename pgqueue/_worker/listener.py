@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from pgqueue._db.errors import DATABASE_ERRORS
-from pgqueue._db.notifications import CANCEL_CHANNEL, ListenSession
+from pgqueue._db.notifications import CANCEL_CHANNEL, LIMITS_CHANNEL, ListenSession
 from pgqueue._db.sessions import capped_backoff
 from pgqueue._log import get_logger
 from pgqueue._worker.background import crash_site
@@ -28,12 +28,14 @@ class Listener:
     """LISTENs on ``dsn`` until ``stopping()``; calls ``wake()`` for each notification of one of
     ``queues`` (all when None), and once after every (re)connection; calls ``cancel(job id, lease
     token)`` for each running job an operator cancelled (any worker's: the callee checks); calls
-    ``listening(True)`` once its LISTEN is in place and ``listening(False)`` when it is lost."""
+    ``listening(True)`` once its LISTEN is in place and ``listening(False)`` when it is lost, and
+    ``limits_changed()`` for each announced change to queue or task limits."""
 
     def __init__(self, dsn: str, queues: Sequence[str] | None, *, poll_seconds: float, wake: Callable[[], None],
                  stopping: Callable[[], bool], worker_id: str,
                  cancel: Callable[[int, str], None] | None = None,
-                 listening: Callable[[bool], None] | None = None) -> None:
+                 listening: Callable[[bool], None] | None = None,
+                 limits_changed: Callable[[], None] | None = None) -> None:
         self.dsn = dsn
         self.queues = queues
         self.wake = wake
@@ -42,6 +44,7 @@ class Listener:
         self.worker_id = worker_id
         self.cancel = cancel
         self.listening = listening or (lambda _on: None)
+        self.limits_changed = limits_changed or (lambda: None)
 
     async def run(self) -> None:
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
@@ -66,6 +69,8 @@ class Listener:
                     async for channel, payload in session.notified(probe):
                         if channel == CANCEL_CHANNEL:
                             self._cancelled(payload)
+                        elif channel == LIMITS_CHANNEL:
+                            self.limits_changed()
                         elif self.queues is None or payload in self.queues:
                             self.wake()
                             # Let the claimer claim before this session waits again: re-arming the

@@ -160,6 +160,11 @@ class WorkerLoop:
 
     def _listening(self, on: bool) -> None:
         self.flow.listening = on
+        if on:  # changes announced while the listener was away were not heard
+            self.flow.limits_version += 1
+
+    def _limits_changed(self) -> None:
+        self.flow.limits_version += 1
 
     # --- cancelling running jobs ---
 
@@ -267,7 +272,7 @@ class WorkerLoop:
         listener = None if self.settings.poll_only else asyncio.create_task(Listener(
             self.settings.listen_dsn or dsn, self.queues, poll_seconds=self.settings.poll_seconds,
             wake=self.flow.wakeup.set, stopping=lambda: self.flow.stopping, worker_id=self.worker_id,
-            cancel=self._cancel_running, listening=self._listening).run())
+            cancel=self._cancel_running, listening=self._listening, limits_changed=self._limits_changed).run())
         acking = asyncio.create_task(self._supervised("acker", acker.run))
         try:
             await claimer.run()

@@ -9,6 +9,7 @@ of the count (and proves the jobs were found through LISTEN/NOTIFY).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
+import pgqueue._worker.claimer as claimer_module
 from pgqueue import App, Job, Worker
 from pgqueue._db.jobs import AsyncJobStore
 from pgqueue._db.notifications import ListenSession
@@ -144,64 +146,106 @@ def test_a_drained_worker_with_a_busy_slot_still_runs_a_job_that_becomes_availab
     wait_until(lambda: state(db, held) == "completed", timeout=WAIT, message="the holding job to complete")
 
 
-def test_a_lone_jobs_claim_and_handler_come_before_the_rest_of_the_wake_up_path(
-        app: App, db: Conn, claims: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch) -> None:
-    # What a lone job's wake-up latency is made of on an idle worker: the listener lets the claimer
-    # claim before it waits on its session again, and the claimer lets the handler start before
-    # the round's bookkeeping (here the limits refresh, made due after the claim but not before it).
-    import pgqueue._worker.claimer as claimer_module
-
-    monkeypatch.setattr(claimer_module, "LIMITS_REFRESH_SECONDS", 100.0)
-    order: list[str] = []
+@pytest.fixture
+def order(claims: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the worker does on its wake-up path, in order: the claim sent, the limits read, the
+    listener waiting on its session again (and the handler started, appended by the test's task)."""
+    steps: list[str] = []
     notified = ListenSession.notified
+    list_scopes = AsyncJobStore.list_limited_scopes
+    claim = AsyncJobStore.claim_jobs  # the counting one of the claims fixture
 
     async def marked_notified(session: ListenSession, seconds: float) -> Any:
         async for item in notified(session, seconds):
             yield item
-            order.append("listener waits again")
-
-    list_scopes = AsyncJobStore.list_limited_scopes
+            steps.append("listener waits again")
 
     async def marked_scopes(store: AsyncJobStore) -> tuple[list[str], list[str]]:
-        order.append("limits read")
+        steps.append("limits read")
         return await list_scopes(store)
 
-    claim = AsyncJobStore.claim_jobs
-
     async def marked_claim(store: AsyncJobStore, *args: Any, **kwargs: Any) -> list[Job]:
-        order.append("claim sent")
+        steps.append("claim sent")
         return await claim(store, *args, **kwargs)
 
     monkeypatch.setattr(ListenSession, "notified", marked_notified)
     monkeypatch.setattr(AsyncJobStore, "list_limited_scopes", marked_scopes)
     monkeypatch.setattr(AsyncJobStore, "claim_jobs", marked_claim)
+    return steps
 
+
+def lone_job_after_idling(app: App, db: Conn, worker: Worker, claims: list[tuple[int, int]], order: list[str],
+                          *, idle: float, limits_read_ago: float | None = None) -> None:
+    """Let the worker settle and idle, then enqueue one "mark" job and wait until it completed;
+    ``order`` then holds what the worker did from the enqueue on."""
+    settled(worker, claims)
+    time.sleep(idle)
+    claimer = worker._loop._claimer
+    assert claimer is not None
+    if limits_read_ago is not None:
+        claimer._limits_read_at = time.monotonic() - limits_read_ago
+    del order[:]
+    job_id = app.enqueue(db, "mark", {})
+    wait_until(functools.partial(completed, db, job_id), timeout=WAIT, message="the job to complete")
+
+
+@pytest.fixture
+def marked_app(app: App, order: list[str]) -> App:
     @app.task(name="mark")
     async def mark(job: Job) -> None:
         order.append("handler started")
 
-    worker = Worker(app, concurrency=4)
-    _running_worker.worker = worker
-    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
-    thread.start()
-    try:
-        loop = worker._loop
-        wait_until(lambda: loop.flow.listening and "claim sent" in order and loop._claimer is not None,
-                   timeout=WAIT, message="the worker to listen and claim once")
-        time.sleep(0.3)  # idle: parked on LISTEN
-        assert loop._claimer is not None
-        # Read 150 s ago: due after the next claim (100 s), not before it (200 s).
-        loop._claimer._limits_read_at = time.monotonic() - 150
-        del order[:]
-        job_id = app.enqueue(db, "mark", {})
-        wait_until(functools.partial(completed, db, job_id), timeout=WAIT, message="the job to complete")
-    finally:
-        worker.stop()
-        thread.join(30)
-        _running_worker.worker = None
+    return app
+
+
+def test_a_lone_jobs_claim_and_handler_come_before_the_rest_of_the_wake_up_path(
+        marked_app: App, db: Conn, claims: list[tuple[int, int]], order: list[str],
+        monkeypatch: pytest.MonkeyPatch, run_worker: Worker) -> None:
+    # What a lone job's wake-up latency is made of on an idle worker: the listener lets the claimer
+    # claim before it waits on its session again, and the claimer lets the handler start before
+    # the round's bookkeeping (here the limits refresh, made due after the claim but not before:
+    # read 150 s ago, with a refresh every 100 s).
+    monkeypatch.setattr(claimer_module, "LIMITS_REFRESH_SECONDS", 100.0)
+    lone_job_after_idling(marked_app, db, run_worker, claims, order, idle=0.3, limits_read_ago=150)
 
     # The claim leaves before the listener waits on its session again (which it may do while the
     # claim's answer is on its way), and the handler starts before the limits are read.
     assert order[0] == "claim sent", order
     assert "listener waits again" in order, order
     assert order.index("handler started") < order.index("limits read"), order
+
+
+def test_a_worker_idle_for_long_claims_a_lone_job_without_reading_its_limits_first(
+        marked_app: App, db: Conn, claims: list[tuple[int, int]], order: list[str],
+        monkeypatch: pytest.MonkeyPatch, run_worker: Worker) -> None:
+    # Its cached limits get far past the refresh interval, but no change is announced while it
+    # listens: the claim goes out at once (it used to follow a read of the limits).
+    monkeypatch.setattr(claimer_module, "LIMITS_REFRESH_SECONDS", 0.05)
+    lone_job_after_idling(marked_app, db, run_worker, claims, order, idle=0.5)
+
+    assert order[0] == "claim sent", order
+
+
+def test_a_task_limit_set_while_a_worker_idles_binds_its_next_claim(
+        app: App, db: Conn, claims: list[tuple[int, int]], run_worker: Worker) -> None:
+    # The worker's code declares no limit on "slow"; another deployment's does, and writes it while
+    # this worker idles (with fresh cached limits). The change is announced, so the worker reads the
+    # limits before its next claim and runs the jobs one at a time, not all three at once.
+    active = 0
+    most = 0
+
+    @app.task(name="slow")
+    async def slow(job: Job) -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        await asyncio.sleep(0.3)
+        active -= 1
+
+    settled(run_worker, claims)
+    db.execute("INSERT INTO pgqueue.task_limits (task, concurrency) VALUES ('slow', 1)")
+    ids = [app.enqueue(db, "slow", {}) for _ in range(3)]
+    for job_id in ids:
+        wait_until(functools.partial(completed, db, job_id), timeout=WAIT, message=f"job {job_id} to complete")
+
+    assert most == 1

@@ -31,12 +31,12 @@ def test_upgrade_on_the_apps_connection_joins_its_transaction_and_keeps_its_own_
     finally:
         engine.dispose()
     assert app_versions == ["app0001"]
-    assert ours == ["0012"]
+    assert ours == ["0013"]
     assert pgqueue.migrations.pending(empty_dsn) == []
 
 
 def test_upgrade_with_a_dsn_commits_by_itself(empty_dsn: str) -> None:
     assert sorted(pgqueue.migrations.pending(empty_dsn)) == [
-        "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012"]
+        "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013"]
     pgqueue.migrations.upgrade(empty_dsn)
     assert pgqueue.migrations.pending(empty_dsn) == []

@@ -277,9 +277,10 @@ WITH picked AS MATERIALIZED (
 SELECT id, task, queue, args, attempt, max_attempts, enqueued_at, priority, tags, args_encrypted FROM claimed;
 
 -- name: list_limited_scopes
--- What the claimer must claim under a lock: limited queues and limited tasks. Re-read about
--- every second, so a limit set with `pgqueue queues set` takes effect within a second (the
--- claims above stop taking a limited queue's jobs at once: their anti-join reads the settings).
+-- What the claimer must claim under a lock: limited queues and limited tasks. Re-read before the
+-- next claim when a change is announced (pgqueue.announce_limits, migration 0013), and about every
+-- second while claiming, so a limit set with `pgqueue queues set` takes effect at once (the claims
+-- above stop taking a limited queue's jobs at once anyway: their anti-join reads the settings).
 SELECT 'queue' AS kind, name FROM pgqueue.queues WHERE concurrency IS NOT NULL OR rate_limit IS NOT NULL
 UNION ALL
 SELECT 'task', task FROM pgqueue.task_limits
