@@ -49,12 +49,6 @@ def app(dsn: str) -> App:
     return App(dsn, settings=Settings(dsn=dsn))
 
 
-@pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
 async def claim(dsn: str, queues: list[str] | None, limit: int, worker_id: str = "w-test") -> list[Job]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         return await AsyncJobStore(conn).claim_jobs(queues, limit, worker_id)

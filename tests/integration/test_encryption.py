@@ -57,12 +57,6 @@ def make_app(dsn: str, *keys: str, encrypt_all: bool = False) -> App:
 
 
 @pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
-@pytest.fixture
 def app(dsn: str) -> App:
     return make_app(dsn, NEW, OLD)
 

@@ -55,12 +55,6 @@ def app(dsn: str) -> App:
                                       shutdown_grace_seconds=5))
 
 
-@pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
 StartWorker = Callable[..., Worker]
 
 

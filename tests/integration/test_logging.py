@@ -107,12 +107,6 @@ def dsn(module_dsn: str) -> str:
 
 
 @pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
-@pytest.fixture
 def captured() -> Iterator[list[EventDict]]:
     """Every structlog event while the test runs, with contextvars merged in as an app would."""
     was_configured = structlog.is_configured()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,12 +24,6 @@ from tests.helpers import wait_until, wait_until_async
 
 Conn = psycopg.Connection[TupleRow]
 BOUND = 60.0
-
-
-@pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
 
 
 def make_app(dsn: str, *, lease_seconds: float = 2, prefetch: int | None = None) -> App:

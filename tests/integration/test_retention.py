@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 from psycopg.rows import TupleRow
 from structlog.testing import capture_logs
@@ -22,12 +21,6 @@ from tests.helpers import admin_connection, wait_until
 Conn = psycopg.Connection[TupleRow]
 HOUR = 3600.0
 DAY = 86400.0
-
-
-@pytest.fixture
-def db(dsn: str) -> Any:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
 
 
 def add_jobs(db: Conn, state: str, count: int, finished_ago: str | None, queue: str = "default") -> list[int]:

@@ -40,12 +40,6 @@ TWO_DAYS = timedelta(days=2)
 
 
 @pytest.fixture
-def db(dsn: str) -> Iterator[Db]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
-@pytest.fixture
 def make_scheduler() -> Iterator[Callable[..., Scheduler]]:
     made: list[Scheduler] = []
 

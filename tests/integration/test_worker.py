@@ -79,12 +79,6 @@ def app(dsn: str, settings: Settings) -> App:
     return App(dsn, settings=settings)
 
 
-@pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
 StartWorker = Callable[..., Worker]
 
 
