@@ -24,17 +24,12 @@ import pgqueue._worker.claimer as claimer_module
 from pgqueue import App, Job, Worker
 from pgqueue._db.jobs import AsyncJobStore
 from pgqueue._db.notifications import ListenSession
+from pgqueue._worker.claimer import Claimer
 from pgqueue.settings import Settings
 from tests.helpers import wait_until
 
 Conn = psycopg.Connection[TupleRow]
 WAIT = 15.0
-
-
-@pytest.fixture
-def db(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
 
 
 @pytest.fixture
@@ -44,35 +39,32 @@ def app(dsn: str) -> App:
 
 @pytest.fixture
 def claims(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(the claimer's wake-up count when it claimed, jobs the claim returned), one per claim call."""
+    """(the wake-up count the claimer's round began with, jobs the claim returned), one per claim."""
     calls: list[tuple[int, int]] = []
+    round_began: list[int] = [-1]
+    claim_round = Claimer._claim_round
     original = AsyncJobStore.claim_jobs
 
+    async def marked_round(claimer: Claimer, wakeups: int) -> tuple[bool, bool]:
+        round_began[0] = wakeups
+        return await claim_round(claimer, wakeups)
+
     async def counted(store: AsyncJobStore, *args: Any, **kwargs: Any) -> list[Job]:
+        # The round's count, not the count now: a wake-up set since the round began (before this
+        # claim went out) is one the claimer answers with another round.
+        wakeups = round_began[0]
         jobs = await original(store, *args, **kwargs)
-        calls.append((_running_worker.flow_wakeups(), len(jobs)))
+        calls.append((wakeups, len(jobs)))
         return jobs
 
+    monkeypatch.setattr(Claimer, "_claim_round", marked_round)
     monkeypatch.setattr(AsyncJobStore, "claim_jobs", counted)
     return calls
-
-
-class _RunningWorker:
-    """The worker under test, for the claim wrapper to read its wake-up count."""
-
-    worker: Worker | None = None
-
-    def flow_wakeups(self) -> int:
-        return self.worker._loop.flow.wakeup.times if self.worker is not None else -1
-
-
-_running_worker = _RunningWorker()
 
 
 @pytest.fixture
 def run_worker(app: App) -> Iterator[Worker]:
     worker = Worker(app, concurrency=4)
-    _running_worker.worker = worker
     thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
     thread.start()
     try:
@@ -80,7 +72,6 @@ def run_worker(app: App) -> Iterator[Worker]:
     finally:
         worker.stop()
         thread.join(30)
-        _running_worker.worker = None
         assert not thread.is_alive(), "the worker did not stop within 30 s"
 
 
