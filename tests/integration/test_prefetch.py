@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass, field
 
 import psycopg
 import pytest
@@ -82,22 +83,35 @@ def states(db: Conn) -> dict[str, int]:
     return dict(db.execute("SELECT state, count(*) FROM pgqueue.jobs GROUP BY state").fetchall())
 
 
+@dataclass
+class Runs:
+    """What the "fast" task of :func:`count_runs` saw: each ``i`` it ran, and the most at once."""
+
+    ran: list[int] = field(default_factory=list)
+    active: int = 0
+    most: int = 0
+
+
+def count_runs(app: App) -> Runs:
+    """Register a no-op "fast" task on ``app`` that records each ``i`` it runs and how many ran at once."""
+    runs = Runs()
+
+    @app.task(name="fast")
+    async def fast(job: Job, i: int) -> None:
+        runs.active += 1
+        runs.most = max(runs.most, runs.active)
+        await asyncio.sleep(0)  # let anything else that was wrongly started run alongside
+        runs.ran.append(i)
+        runs.active -= 1
+
+    return runs
+
+
 @pytest.mark.parametrize("prefetch", [None, 0])
 def test_a_concurrency_1_worker_claims_ahead_but_runs_one_job_at_a_time(dsn: str, db: Conn,
                                                                         prefetch: int | None) -> None:
     app = make_app(dsn, prefetch=prefetch)
-    active = 0
-    most = 0
-    ran: list[int] = []
-
-    @app.task(name="fast")
-    async def fast(job: Job, i: int) -> None:
-        nonlocal active, most
-        active += 1
-        most = max(most, active)
-        await asyncio.sleep(0)  # let anything else that was wrongly started run alongside
-        ran.append(i)
-        active -= 1
+    runs = count_runs(app)
 
     jobs = 300
     enqueue(app, "fast", jobs)
@@ -105,8 +119,8 @@ def test_a_concurrency_1_worker_claims_ahead_but_runs_one_job_at_a_time(dsn: str
     thread.join(BOUND)
     assert not thread.is_alive()
 
-    assert sorted(ran) == list(range(jobs))
-    assert most == 1
+    assert sorted(runs.ran) == list(range(jobs))
+    assert runs.most == 1
     assert states(db) == {"completed": jobs}
     if prefetch == 0:
         assert claims(db) == jobs  # one round trip per job: what prefetching saves
@@ -120,18 +134,7 @@ def test_a_limited_queue_is_claimed_ahead_only_while_its_limit_leaves_room_to_sp
     """A buffered job counts against its queue's limit while it waits: a worker claims ahead for
     a limited queue only while the limit allows many times its batch, never near a tight limit."""
     app = make_app(dsn)
-    active = 0
-    most = 0
-    ran: list[int] = []
-
-    @app.task(name="fast")
-    async def fast(job: Job, i: int) -> None:
-        nonlocal active, most
-        active += 1
-        most = max(most, active)
-        await asyncio.sleep(0)  # let anything else that was wrongly started run alongside
-        ran.append(i)
-        active -= 1
+    runs = count_runs(app)
 
     admin.set_queue_limits(db, "lim", concurrency=limit, create=True)
     jobs = 300
@@ -141,8 +144,8 @@ def test_a_limited_queue_is_claimed_ahead_only_while_its_limit_leaves_room_to_sp
     thread.join(BOUND)
     assert not thread.is_alive()
 
-    assert sorted(ran) == list(range(jobs))
-    assert most == 1
+    assert sorted(runs.ran) == list(range(jobs))
+    assert runs.most == 1
     assert states(db) == {"completed": jobs}
     if prefetched:
         assert claims(db) <= jobs // 4
