@@ -29,7 +29,8 @@ class Listener:
     ``queues`` (all when None), and once after every (re)connection; calls ``cancel(job id, lease
     token)`` for each running job an operator cancelled (any worker's: the callee checks); calls
     ``listening(True)`` once its LISTEN is in place and ``listening(False)`` when it is lost, and
-    ``limits_changed()`` for each announced change to queue or task limits."""
+    ``limits_changed()`` for each announced change to queue or task limits and once after every
+    (re)connection."""
 
     def __init__(self, dsn: str, queues: Sequence[str] | None, *, poll_seconds: float, wake: Callable[[], None],
                  stopping: Callable[[], bool], worker_id: str,
@@ -63,7 +64,9 @@ class Listener:
                     log.info("listener.reconnected")
                 failures = 0
                 self.listening(True)
-                # Anything enqueued while we were not listening was not announced to us.
+                # Anything enqueued, or any limit changed, while we were not listening was not
+                # announced to us.
+                self.limits_changed()
                 self.wake()
                 while not self.stopping():
                     async for channel, payload in session.notified(probe):

@@ -160,8 +160,6 @@ class WorkerLoop:
 
     def _listening(self, on: bool) -> None:
         self.flow.listening = on
-        if on:  # changes announced while the listener was away were not heard
-            self.flow.limits_version += 1
 
     def _limits_changed(self) -> None:
         self.flow.limits_version += 1
