@@ -25,6 +25,22 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"cannot render {type(value).__name__} as JSON")
 
 
+#: More digits than any whole number pgqueue takes (a bigint has 19): longer text is refused
+#: before int() reads it (int() refuses over 4,300 digits, and is slow well below that).
+_MAX_DIGITS = 30
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as a non-negative whole number written in ASCII digits, or None.
+
+    Not ``str.isdigit()``: it also accepts ``²`` and other digits that ``int()`` then refuses with
+    a ValueError (a 500 where a request deserves a 400).
+    """
+    if not text or len(text) > _MAX_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def format_seconds(seconds: float | None) -> str:
     """A duration for people: ``42s``, ``3m 20s``, ``5h 2m``, ``2d 3h``."""
     if seconds is None:

@@ -53,7 +53,7 @@ from pgqueue._db.server import ServerStore
 from pgqueue._db.sessions import connect
 from pgqueue._db.workers import WorkerStore
 from pgqueue._db.workflows import WorkflowStore
-from pgqueue._humanize import format_seconds
+from pgqueue._humanize import format_seconds, whole_number
 from pgqueue._payload import check_queue_name
 from pgqueue.errors import (
     BreakerNotFound,
@@ -471,10 +471,10 @@ def _decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
-    number = text.removeprefix(_CURSOR_PREFIX)
-    if not text.startswith(_CURSOR_PREFIX) or not number.isdigit() or not 1 <= int(number) <= _MAX_BIGINT:
+    number = whole_number(text.removeprefix(_CURSOR_PREFIX))
+    if not text.startswith(_CURSOR_PREFIX) or number is None or not 1 <= number <= _MAX_BIGINT:
         raise InvalidFilter(f"cursor {cursor!r} is not one this API returned: pass next_cursor as it came")
-    return int(number)
+    return number
 
 
 def parse_rate(rate: str) -> tuple[int, int]:
@@ -491,19 +491,20 @@ def parse_rate(rate: str) -> tuple[int, int]:
         (100, 30)
     """
     rule = "rate {!r} must look like N/s, N/m, N/h or N/<duration> such as 100/30s (N a whole number >= 1)"
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", rate) if isinstance(rate, str) else None
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*(\S+)\s*", rate) if isinstance(rate, str) else None
     if match is None:
         raise InvalidQueueLimits(rule.format(rate))
-    count, period = int(match.group(1)), match.group(2).lower()
+    count, period = whole_number(match.group(1)), match.group(2).lower()
     if period in {"s", "m", "h", "d"}:
         period = f"1{period}"
     try:
         seconds = parse_duration(period, "rate period")
     except ConfigurationError:
         raise InvalidQueueLimits(rule.format(rate)) from None
-    if not 1 <= count <= _MAX_RATE:
+    if count is None or not 1 <= count <= _MAX_RATE:
         raise InvalidQueueLimits(f"rate {rate!r}: N must be between 1 and {_MAX_RATE:,}")
-    if seconds is None or seconds != int(seconds) or not 1 <= seconds <= _MAX_RATE_PERIOD:
+    # The range first: int() of an infinite period (a few hundred digits) raises OverflowError.
+    if seconds is None or not 1 <= seconds <= _MAX_RATE_PERIOD or seconds != int(seconds):
         raise InvalidQueueLimits(f"rate {rate!r}: the period must be a whole number of seconds from 1s to 7d")
     return count, int(seconds)
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from pgqueue import admin
 from pgqueue._db.server import ServerStore
+from pgqueue._humanize import whole_number
 from pgqueue.errors import InvalidFilter, InvalidQueueLimits, JobNotFound, PgqueueError
 from pgqueue.web.app import JSON, dashboard_of
 from pgqueue.web.openapi import openapi_document
@@ -76,9 +77,10 @@ def metrics(request: Request) -> Response:
 
 def _job_id(request: Request) -> int:
     raw = request.path_params["job_id"]
-    if not raw.isdigit() or not 1 <= int(raw) <= 2**63 - 1:
+    job_id = whole_number(raw)
+    if job_id is None or not 1 <= job_id <= 2**63 - 1:
         raise JobNotFound(f"job id {raw!r} must be a positive integer")
-    return int(raw)
+    return job_id
 
 
 def _since(raw: str | None) -> datetime | None:
@@ -96,9 +98,10 @@ def _since(raw: str | None) -> datetime | None:
 def _limit(raw: str | None, default: int = 50) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    limit = whole_number(raw)
+    if limit is None:
         raise InvalidFilter(f"limit {raw!r} must be between 1 and {admin.MAX_PAGE_SIZE}")
-    return int(raw)
+    return limit
 
 
 _JOB_FILTERS = frozenset({"queue", "task", "state", "tag", "since", "cursor", "limit"})
@@ -231,10 +234,10 @@ async def bulk(request: Request) -> Response:
         raise InvalidFilter(f"ids must be a list of 1 to {_MAX_BULK} job ids")
     ids = []
     for raw in raw_ids:
-        text = str(raw)
-        if isinstance(raw, bool) or not text.isdigit():
+        job_id = None if isinstance(raw, bool) else whole_number(str(raw))
+        if job_id is None:
             raise InvalidFilter(f"job id {raw!r} must be a positive integer")
-        ids.append(int(text))
+        ids.append(job_id)
     results: list[dict[str, Any]] = []
     with dashboard.connection() as conn:
         for job_id in ids:
@@ -287,9 +290,10 @@ def _limit_value(body: dict[str, Any], key: str) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
     if key == "concurrency" and isinstance(value, str):
-        if not value.strip().isdigit():
+        number = whole_number(value.strip())
+        if number is None:
             raise InvalidQueueLimits(f"concurrency {value!r} must be a whole number >= 1 or null")
-        return int(value.strip())
+        return number
     if key == "rate" and not isinstance(value, str):
         raise InvalidQueueLimits(f"rate {value!r} must be a string such as \"20/s\", or null")
     return value

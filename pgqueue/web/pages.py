@@ -17,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from pgqueue import admin
-from pgqueue._humanize import format_seconds
+from pgqueue._humanize import format_seconds, whole_number
 from pgqueue.errors import WorkflowNotFound
 from pgqueue.jobs import JobState
 from pgqueue.web.api import job_filters
@@ -113,9 +113,10 @@ def jobs(request: Request) -> Response:
     params = request.query_params
     wanted_id = (params.get("id") or "").strip().lstrip("#")
     if wanted_id:
-        if not wanted_id.isdigit():
+        number = whole_number(wanted_id)
+        if number is None:
             return error_page(dashboard, request, 400, f"job id {wanted_id!r} must be a positive integer")
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{int(wanted_id)}", status_code=303)
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{number}", status_code=303)
     filters = job_filters(params)
     with dashboard.connection() as conn:
         page = admin.list_jobs(conn, **filters)
@@ -129,11 +130,12 @@ def job(request: Request) -> Response:
     dashboard = dashboard_of(request)
     dashboard.principal(request)
     raw = request.path_params["job_id"]
-    if not raw.isdigit():
+    job_id = whole_number(raw)
+    if job_id is None:
         return error_page(dashboard, request, 404, f"job id {raw!r} must be a positive integer")
     with dashboard.connection() as conn:
-        record = admin.get_job(conn, int(raw))
-        events = admin.list_job_events(conn, int(raw))
+        record = admin.get_job(conn, job_id)
+        events = admin.list_job_events(conn, job_id)
         try:  # a chain or group the job belongs to (pgqueue.workflows), shown below the job
             workflow: admin.WorkflowInfo | None = admin.get_workflow(conn, record.id)
         except WorkflowNotFound:

@@ -6,6 +6,7 @@ each test.
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 import time
@@ -248,6 +249,39 @@ def test_a_bad_filter_is_a_400_with_a_message(client: TestClient, db: Conn, para
 
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+# '²'.isdigit() is True but int('²') raises, and int() refuses text of over 4,300 digits.
+_SQUARED = "\u00b2"
+_MANY_DIGITS = "1" * 5000
+_SQUARED_CURSOR = base64.urlsafe_b64encode(f"j1:{_SQUARED}".encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("GET", f"/api/jobs/{_SQUARED}", None, 404),
+    ("GET", f"/api/jobs/{_MANY_DIGITS}", None, 404),
+    ("POST", f"/api/jobs/{_SQUARED}/retry", None, 404),
+    ("GET", f"/api/jobs?limit={_SQUARED}", None, 400),
+    ("GET", f"/api/jobs?limit={_MANY_DIGITS}", None, 400),
+    ("GET", f"/api/jobs?cursor={_SQUARED_CURSOR}", None, 400),
+    ("POST", "/api/jobs/bulk", {"action": "retry", "ids": [_SQUARED]}, 400),
+    ("PUT", "/api/queues/sms/limits", {"concurrency": _SQUARED}, 400),
+    ("PUT", "/api/queues/sms/limits", {"concurrency": _MANY_DIGITS}, 400),
+    ("PUT", "/api/queues/sms/limits", {"rate": f"{_MANY_DIGITS}/s"}, 400),
+    ("PUT", "/api/queues/sms/limits", {"rate": f"1/{'9' * 400}s"}, 400),  # a period float() reads as inf
+    ("GET", f"/jobs/{_SQUARED}", None, 404),
+    ("GET", f"/jobs?id={_MANY_DIGITS}", None, 400),
+    ("GET", f"/jobs?limit={_SQUARED}", None, 400),
+])
+def test_numbers_python_cannot_read_as_an_int_are_a_4xx_not_a_500(client: TestClient, db: Conn, method: str,
+                                                                   path: str, body: Any, status: int) -> None:
+    kept = enqueue(db, "sms")
+
+    response = client.request(method, path, headers=ADMIN, json=body)
+
+    assert response.status_code == status, response.text
+    assert state_of(db, kept) == "available"
+    assert db.execute("SELECT count(*) FROM pgqueue.queues").fetchone() == (0,)
 
 
 def test_get_job_returns_the_job_and_its_audit_trail_and_404s_a_bad_or_unknown_id(client: TestClient,
