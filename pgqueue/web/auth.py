@@ -3,9 +3,11 @@
 - ``Authorization: Bearer <token>``: ``PGQUEUE_ADMIN_TOKEN`` may read and act,
   ``PGQUEUE_READ_TOKEN`` may only read. Compared in constant time (``hmac.compare_digest``).
 - Browsers log in once with a token (``/login``); the cookie holds it (HttpOnly, SameSite=Strict).
-- An action by cookie (or without tokens, see below) must carry the ``X-PGQueue-CSRF`` header the
-  pages embed: a cross-site form cannot set a header, and a cross-site script cannot read it.
-  Bearer requests need none: browsers never attach that header by themselves.
+- An action by cookie (or without tokens, see below) must be CSRF-safe: carry the ``X-PGQueue-CSRF``
+  header the pages embed (a cross-site form cannot set a header, and a cross-site script cannot
+  read it), or be a JSON request (``Content-Type: application/json``, as the contract allows: a
+  cross-site page can send that type only after a CORS preflight, which this app never approves).
+  Bearer requests need neither: browsers never attach that header by themselves.
 - With no token configured, only loopback is served: the client address and the ``Host`` header
   (DNS rebinding) must both be loopback. Anyone on the machine may then act, as ``web:<os user>``.
 """
@@ -72,6 +74,10 @@ def _host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
 class Authenticator:
     def __init__(self, admin_token: str | None, read_token: str | None) -> None:
         self.admin_token = admin_token or None
@@ -125,11 +131,11 @@ class Authenticator:
         """Raise :class:`AuthError` unless ``principal`` may act and the request is not cross-site."""
         if not principal.can_act:
             raise AuthError(403, "this token may only read: actions need the admin token")
-        if principal.via != "bearer":
+        if principal.via != "bearer" and not _is_json(request):
             supplied = request.headers.get(CSRF_HEADER, "")
             if not supplied or not hmac.compare_digest(supplied, principal.csrf):
                 raise AuthError(403, f"missing or wrong {CSRF_HEADER} header (actions from a page must come "
-                                     "from that page's own buttons)")
+                                     "from that page's own buttons; scripts send Content-Type: application/json)")
 
     def login_role(self, token: str) -> Literal["admin", "read"] | None:
         return self._role(token.strip()) if token.strip() else None

@@ -212,6 +212,24 @@ def test_a_browser_session_acts_only_with_the_pages_csrf_token(client: TestClien
     assert actors(db, "retried") == ["admin-token@web"]
 
 
+def test_without_tokens_a_loopback_script_acts_with_a_json_request_but_never_with_a_form(
+        open_client: TestClient, db: Conn) -> None:
+    from pgqueue.admin import default_actor
+
+    job_id = enqueue(db, state="failed")
+    form = open_client.post(f"/api/jobs/{job_id}/retry", content="state=failed",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    plain = open_client.post(f"/api/jobs/{job_id}/retry")
+    assert (form.status_code, plain.status_code) == (403, 403)
+    assert state_of(db, job_id) == "failed"
+
+    scripted = open_client.post(f"/api/jobs/{job_id}/retry", json={})
+
+    assert scripted.status_code == 200, scripted.text
+    assert state_of(db, job_id) == "available"
+    assert actors(db, "retried") == [f"{default_actor()}@web"]
+
+
 # --- jobs ---
 
 
