@@ -5,7 +5,8 @@ Series:
 - ``pgqueue_jobs_total{queue,task,outcome}`` (counter): attempts that ended, by outcome
   (``completed``, ``retried``, ``failed``, ``discarded``, ``rescued``, ``cancelled``).
 - ``pgqueue_job_duration_seconds{queue,task}`` (histogram): run time of those attempts.
-- ``pgqueue_queue_depth{queue,state}`` (gauge): jobs scheduled, available, running, failed, cancelled.
+- ``pgqueue_queue_depth{queue,state}`` (gauge): jobs scheduled, available, running, failed, cancelled
+  (a queue once reported stays, at 0 when drained, rather than vanishing from the scrape).
 - ``pgqueue_queue_lag_seconds{queue}`` (gauge): how long the oldest available job has waited.
 - ``pgqueue_workers`` (gauge): live worker processes (heartbeat within their lease).
 - ``pgqueue_circuit_breaker_state{task,state}`` (gauge): 1 for each task's breaker's current state
@@ -114,6 +115,10 @@ class DatabaseCollector(Collector):
         self._outcomes = outcomes
         self._horizon: int | None = None
         self._lock = threading.Lock()
+        # Every queue reported so far. The report names only queues with live or dead-letter jobs
+        # (or settings), so a queue whose jobs all completed would vanish from the scrape: its
+        # series would go stale (gaps, "no data", absent() alerts firing) instead of reading 0.
+        self._queues: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("pgqueue_queue_depth", "Jobs per queue and state (live and dead-letter).",
@@ -121,10 +126,13 @@ class DatabaseCollector(Collector):
         lag = GaugeMetricFamily("pgqueue_queue_lag_seconds", "Age of the oldest available job (0: none waiting).",
                                 labels=["queue"])
         with self._lock, self._connection() as conn:
-            for row in run_report(conn, REPORTS.report_queue_lag):
+            rows = {row["queue"]: row for row in run_report(conn, REPORTS.report_queue_lag)}
+            self._queues.update(rows)
+            for queue in sorted(self._queues):
+                row = rows.get(queue, {})
                 for state in DEPTH_STATES:
-                    depth.add_metric([row["queue"], state], float(row[state]))
-                lag.add_metric([row["queue"]], float(row["lag_seconds"] or 0.0))
+                    depth.add_metric([queue, state], float(row.get(state) or 0))
+                lag.add_metric([queue], float(row.get("lag_seconds") or 0.0))
             alive, _ = WorkerStore(conn).count_live_workers()
             breakers = BreakerStore(conn).list_breakers()
             if self._outcomes is not None:

@@ -145,6 +145,19 @@ def test_metrics_expose_depth_lag_workers_and_outcomes_counted_from_the_audit_tr
     assert client.get("/metrics").status_code == 401
 
 
+def test_a_drained_queue_stays_in_the_metrics_at_zero(client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db, "drained")
+    before = client.get("/metrics", headers=READ).text
+    db.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, started_at = now(), finished_at = now() "
+               "WHERE id = %s", [job_id])
+
+    after = client.get("/metrics", headers=READ).text
+
+    assert 'pgqueue_queue_depth{queue="drained",state="available"} 1.0' in before
+    assert 'pgqueue_queue_depth{queue="drained",state="available"} 0.0' in after
+    assert 'pgqueue_queue_lag_seconds{queue="drained"} 0.0' in after
+
+
 # --- auth ---
 
 
