@@ -30,12 +30,16 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # A traceback becomes text before the secrets are scrubbed from it, in both formats: the console
+    # renderer's own (rich) tracebacks were neither scrubbed nor free of each frame's local
+    # variables (a DSN, a handler's arguments).
+    processors += [structlog.processors.format_exc_info, _scrub_secrets]
     renderer: structlog.typing.Processor
     if log_format == "json":
-        processors += [structlog.processors.format_exc_info, _scrub_secrets]
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+                                                 exception_formatter=structlog.dev.plain_traceback)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -66,3 +66,31 @@ def test_the_log_fast_path_skips_only_values_the_scrub_would_leave_unchanged(tex
             os.environ.pop("PGQUEUE_DSN", None)
         else:
             os.environ["PGQUEUE_DSN"] = previous
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_a_logged_traceback_shows_neither_a_password_nor_the_frames_variables(
+        log_format: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    import structlog
+
+    from pgqueue.cli._logging import configure_logging
+
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)  # no handler left on pytest's stream
+    saved = structlog.get_config()
+    try:
+        configure_logging(log_format)
+        dsn = f"postgresql://u:{SECRET}@h/db"  # a local of the failing frame, and in its message
+        args = {"ssn": "078-05-1120"}  # noqa: F841 - a local a renderer with show_locals would print
+        try:
+            raise RuntimeError(f"cannot use {dsn}")
+        except RuntimeError as exc:
+            structlog.get_logger("t").error("web.internal_error", exc_info=exc)
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+
+    assert "RuntimeError: cannot use postgresql://u:***@h/db" in err.replace("\\n", "\n")
+    assert SECRET not in err
+    assert "078-05-1120" not in err
