@@ -50,6 +50,8 @@ from pgqueue._db.breakers import BreakerStore
 from pgqueue._db.reports import REPORTS, run_report
 from pgqueue._db.sessions import connect
 from pgqueue._db.workers import WorkerStore
+from pgqueue._log import get_logger
+from pgqueue.errors import PgqueueError
 
 __all__ = ["DURATION_BUCKETS", "DatabaseCollector", "JobOutcomes", "Metrics", "start_worker_metrics"]
 
@@ -125,18 +127,26 @@ class DatabaseCollector(Collector):
                                   labels=["queue", "state"])
         lag = GaugeMetricFamily("pgqueue_queue_lag_seconds", "Age of the oldest available job (0: none waiting).",
                                 labels=["queue"])
-        with self._lock, self._connection() as conn:
-            rows = {row["queue"]: row for row in run_report(conn, REPORTS.report_queue_lag)}
-            self._queues.update(rows)
-            for queue in sorted(self._queues):
-                row = rows.get(queue, {})
-                for state in DEPTH_STATES:
-                    depth.add_metric([queue, state], float(row.get(state) or 0))
-                lag.add_metric([queue], float(row.get("lag_seconds") or 0.0))
-            alive, _ = WorkerStore(conn).count_live_workers()
-            breakers = BreakerStore(conn).list_breakers()
+        try:
+            with self._lock, self._connection() as conn:
+                rows = {row["queue"]: row for row in run_report(conn, REPORTS.report_queue_lag)}
+                self._queues.update(rows)
+                for queue in sorted(self._queues):
+                    row = rows.get(queue, {})
+                    for state in DEPTH_STATES:
+                        depth.add_metric([queue, state], float(row.get(state) or 0))
+                    lag.add_metric([queue], float(row.get("lag_seconds") or 0.0))
+                alive, _ = WorkerStore(conn).count_live_workers()
+                breakers = BreakerStore(conn).list_breakers()
+                if self._outcomes is not None:
+                    self._read_outcomes(conn, self._outcomes)
+        except PgqueueError as exc:
             if self._outcomes is not None:
-                self._read_outcomes(conn, self._outcomes)
+                raise  # the dashboard: every series it serves comes from the database (a 503)
+            # A worker's endpoint: the outcomes it counted itself are still served (they are what
+            # an outage needs looked at); the database's gauges are left out until it answers.
+            get_logger("pgqueue.metrics").warning("metrics.database_unavailable", error_type=type(exc).__name__)
+            return
         yield depth
         yield lag
         yield GaugeMetricFamily("pgqueue_workers", "Live worker processes.", value=float(alive))

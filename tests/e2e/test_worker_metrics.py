@@ -153,3 +153,17 @@ def test_bad_metrics_ports_are_refused_before_anything_starts(worker_dsn: str, d
     assert worker.wait(timeout=30) == code
     assert message in worker.stderr()
     assert db.execute("SELECT count(*) FROM pgqueue.workers").fetchone() == (0,)
+
+
+def test_a_worker_still_serves_its_own_counters_while_the_database_is_unreachable() -> None:
+    from pgqueue._db.sessions import connect
+    from pgqueue.metrics import Metrics
+
+    metrics = Metrics(lambda: connect("postgresql://root:s3cret@127.0.0.1:1/nowhere", autocommit=True))
+    metrics.observe_job("mq", "noop", "completed", 0.01)
+
+    body, _ = metrics.exposition()  # what a worker's --metrics-port serves (a 500 when it raises)
+
+    names = {family.name for family in text_string_to_metric_families(body.decode())}
+    assert 'pgqueue_jobs_total{outcome="completed",queue="mq",task="noop"} 1.0' in body.decode()
+    assert "pgqueue_queue_depth" not in names  # the database's gauges wait for the database
