@@ -86,7 +86,9 @@ def openapi_document() -> dict[str, Any]:
             "name": {"type": "string"}, "paused": {"type": "boolean"},
             "concurrency": {"type": ["integer", "null"]}, "rate": {"type": ["string", "null"], "examples": ["20/s"]},
             "rate_limit": {"type": ["integer", "null"]}, "rate_period_seconds": {"type": ["integer", "null"]},
-            **counts, "lag_seconds": {"type": ["number", "null"]}}},
+            **counts, "lag_seconds": {"type": ["number", "null"]},
+            "starts_in_window": {"type": ["integer", "null"],
+                                 "description": "starts in the rate window now (null without a rate limit)"}}},
         "Schedule": {"type": "object", "properties": {
             "name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string"},
             "task": {"type": "string"}, "queue": {"type": "string"}, "paused": {"type": "boolean"},

@@ -114,6 +114,17 @@ def test_the_openapi_schema_lists_every_api_route(client: TestClient, db: Conn) 
     assert set(schema["paths"]["/api/jobs/{job_id}"]) >= {"get", "delete"}
 
 
+def test_the_openapi_schema_describes_every_field_the_api_returns(client: TestClient, db: Conn) -> None:
+    enqueue(db, "emails")
+    schemas = client.get("/api/openapi.json", headers=READ).json()["components"]["schemas"]
+
+    queue = client.get("/api/queues", headers=READ).json()["items"][0]
+    job = client.get("/api/jobs", headers=READ).json()["items"][0]
+
+    assert set(queue) <= set(schemas["Queue"]["properties"])
+    assert set(job) <= set(schemas["Job"]["properties"])
+
+
 def test_metrics_expose_depth_lag_workers_and_outcomes_counted_from_the_audit_trail(client: TestClient,
                                                                                    db: Conn) -> None:
     enqueue(db, "emails")
