@@ -149,7 +149,10 @@ def create_app(dsn: str | None = None, *, admin_token: str | None = None, read_t
             return pages.login_page(dashboard, request, status=401)
         if _wants_html(request):
             return pages.error_page(dashboard, request, exc.status, exc.message)
-        return _api_error(exc.status, exc.message)
+        response = _api_error(exc.status, exc.message)
+        if exc.status == 401:  # RFC 9110: a 401 names the scheme that would be accepted
+            response.headers["WWW-Authenticate"] = 'Bearer realm="pgqueue"'
+        return response
 
     async def pgqueue_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, PgqueueError):

@@ -182,6 +182,7 @@ def test_every_api_route_is_401_without_a_valid_token(client: TestClient, db: Co
     wrong = client.request(method, path, headers={"Authorization": "Bearer nope"})
 
     assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
     assert missing.json()["error"].startswith("authentication required")
 
 
