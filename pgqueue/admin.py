@@ -1176,7 +1176,11 @@ def health(dsn: str, *, max_age: float = 300.0, max_xact_age: float = 300.0,
     except PgqueueError as exc:
         skipped = [HealthCheck(name, "skipped", "database unreachable")
                    for name in ("schema", "workers", "notification_queue", "long_transactions", "circuit_breakers")]
-        return HealthReport((HealthCheck("database", "fail", str(exc)), *skipped))
+        # The error names the database as redact_dsn does, and the driver's reason names its host
+        # and port: both only when shown_dsn shows the address too (the dashboard shows neither).
+        shown = shown_dsn(dsn)
+        detail = str(exc) if shown == redact_dsn(dsn) else f"cannot connect to {shown}"
+        return HealthReport((HealthCheck("database", "fail", detail), *skipped))
     with conn:
         store = ServerStore(conn)
         read_only = store.read_only_reason()

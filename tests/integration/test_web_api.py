@@ -530,6 +530,18 @@ def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
     assert "127.0.0.1" not in response.text + ready.text
 
 
+def test_health_of_an_unreachable_database_names_neither_its_address_nor_its_user() -> None:
+    app = create_app("postgresql://app_user:s3cret@127.0.0.1:1/nowhere", admin_token="t")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        response = c.get("/api/health", headers={"Authorization": "Bearer t"})
+
+    assert response.status_code == 503
+    assert response.json()["checks"][0] == {"name": "database", "status": "fail",
+                                            "detail": "cannot connect to the configured database"}
+    for secret in ("s3cret", "app_user", "127.0.0.1", "nowhere"):
+        assert secret not in response.text
+
+
 def test_a_busy_pool_keeps_a_request_waiting_while_the_database_answers(dsn: str) -> None:
     # Past the first second without a free connection the pool is probed with a direct connection:
     # a database that answers means the pool is only busy, and the request waits its full time.
