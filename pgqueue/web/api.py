@@ -91,7 +91,10 @@ def _since(raw: str | None) -> datetime | None:
     except ValueError:
         value = None
     if value is None or value.utcoffset() is None:
-        raise InvalidFilter(f"since {raw!r} must be an ISO 8601 time with a UTC offset, e.g. 2030-01-02T09:00:00Z")
+        # An offset's + left unescaped in a URL arrives as a space: say so, or the rule looks met.
+        hint = " (in a URL, write the offset's + as %2B)" if " " in raw.strip() else ""
+        raise InvalidFilter(f"since {raw!r} must be an ISO 8601 time with a UTC offset, e.g. "
+                            f"2030-01-02T09:00:00Z{hint}")
     return value
 
 

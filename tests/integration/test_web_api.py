@@ -283,6 +283,7 @@ def test_list_jobs_filters_and_pages_with_a_cursor(client: TestClient, db: Conn)
     ({"limit": "0"}, "limit 0 must be between 1 and 1000"),
     ({"cursor": "zzz"}, "is not one this API returned"),
     ({"since": "yesterday"}, "since 'yesterday' must be an ISO 8601 time"),
+    ({"since": "2030-01-02T09:00:00 00:00"}, "write the offset's + as %2B"),  # an unescaped + in the URL
     ({"queue": "Bad Queue"}, "queue name 'Bad Queue' must match"),
     ({"colour": "red"}, "unknown filter 'colour'"),
 ])
