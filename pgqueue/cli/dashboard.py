@@ -26,10 +26,10 @@ def dashboard(
         import uvicorn
 
         from pgqueue.web import create_app
-        from pgqueue.web.auth import ADMIN_TOKEN_ENV, READ_TOKEN_ENV, is_loopback
+        from pgqueue.web.auth import ADMIN_TOKEN_ENV, READ_TOKEN_ENV, is_loopback, normalize_token
     except ImportError as exc:
         fail(f"the dashboard needs the web extra: pip install 'pgqueue[web]' ({exc.name} is missing)")
-    tokens = [os.environ.get(ADMIN_TOKEN_ENV), os.environ.get(READ_TOKEN_ENV)]
+    tokens = [normalize_token(os.environ.get(ADMIN_TOKEN_ENV)), normalize_token(os.environ.get(READ_TOKEN_ENV))]
     if not any(tokens) and not is_loopback(host):
         fail(f"refusing to listen on {host!r} without a token: set {ADMIN_TOKEN_ENV} (and {READ_TOKEN_ENV} for "
              "read-only access), or listen on 127.0.0.1")

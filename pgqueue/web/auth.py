@@ -68,6 +68,11 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def normalize_token(token: str | None) -> str | None:
+    """A configured token as compared: without surrounding whitespace; None when blank."""
+    return (token or "").strip() or None
+
+
 def _host_name(header: str) -> str:
     if header.startswith("["):  # [::1]:8080
         return header[1:].split("]", 1)[0]
@@ -80,8 +85,10 @@ def _is_json(request: Request) -> bool:
 
 class Authenticator:
     def __init__(self, admin_token: str | None, read_token: str | None) -> None:
-        self.admin_token = admin_token or None
-        self.read_token = read_token or None
+        # Stripped as the tokens people send are: a blank token (PGQUEUE_ADMIN_TOKEN=" ") is none,
+        # not one that a quoted blank cookie matches, and "tok\n" read from a file matches "tok".
+        self.admin_token = normalize_token(admin_token)
+        self.read_token = normalize_token(read_token)
         self._secret = secrets.token_bytes(32)
         if self.admin_token and self.read_token and hmac.compare_digest(self.admin_token, self.read_token):
             raise ValueError(f"{ADMIN_TOKEN_ENV} and {READ_TOKEN_ENV} must differ")

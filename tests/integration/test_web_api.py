@@ -212,6 +212,25 @@ def test_without_tokens_only_loopback_is_served(open_client: TestClient, module_
     assert open_client.get("/api/queues").status_code == 200
 
 
+def test_a_blank_token_is_no_token_so_a_quoted_blank_cookie_opens_nothing(module_dsn: str, db: Conn) -> None:
+    app = create_app(module_dsn, admin_token="   ", read_token="")
+    with TestClient(app, base_url="http://dashboard.example", client=("203.0.113.9", 1),
+                    raise_server_exceptions=False) as remote:
+        blank = remote.get("/api/queues", headers={"Cookie": 'pgqueue_token="   "'})
+
+    assert blank.status_code == 403  # no token configured: loopback only
+    assert "only loopback is served" in blank.json()["error"]
+
+
+def test_a_configured_token_read_from_a_file_with_its_newline_still_matches(module_dsn: str, db: Conn) -> None:
+    app = create_app(module_dsn, admin_token="admin-secret-token\n", read_token="")
+    with TestClient(app, base_url="http://dashboard.example", client=("203.0.113.9", 1),
+                    raise_server_exceptions=False) as remote:
+        response = remote.get("/api/queues", headers=ADMIN)
+
+    assert response.status_code == 200
+
+
 def test_a_browser_session_acts_only_with_the_pages_csrf_token(client: TestClient, module_dsn: str, db: Conn) -> None:
     job_id = enqueue(db, state="failed")
     app = client.app
