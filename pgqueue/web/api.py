@@ -18,7 +18,7 @@ from starlette.routing import Route
 from pgqueue import admin
 from pgqueue._db.server import ServerStore
 from pgqueue._humanize import whole_number
-from pgqueue.errors import InvalidFilter, InvalidQueueLimits, JobNotFound, PgqueueError
+from pgqueue.errors import DatabaseUnavailable, InvalidFilter, InvalidQueueLimits, JobNotFound, PgqueueError
 from pgqueue.web.app import JSON, dashboard_of
 from pgqueue.web.openapi import openapi_document
 
@@ -50,7 +50,11 @@ def readyz(request: Request) -> Response:
     if revision != seen:  # ask alembic only when the stored revision changed
         try:
             current = revision is not None and not _pending(dashboard.dsn)
-        except PgqueueError:
+        except DatabaseUnavailable:
+            # Alembic's own connection failed: nothing is known, so nothing is remembered (a
+            # remembered False would keep /readyz at 503 until the revision changed, i.e. forever).
+            return JSON({"status": "unavailable", "reason": "database unavailable"}, status_code=503)
+        except PgqueueError:  # a revision this pgqueue does not know: not current, for good
             current = False
         dashboard.schema_ok = (revision, current)
     if not current:

@@ -103,6 +103,27 @@ def test_readyz_is_503_when_the_schema_is_missing(empty_dsn: str) -> None:
     assert "pgqueue migrate" in response.json()["reason"]
 
 
+def test_readyz_recovers_when_the_schema_check_could_not_connect_once(module_dsn: str, db: Conn,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgqueue import _migrate
+    from pgqueue.errors import DatabaseUnavailable
+
+    real_check, calls = _migrate.check, []
+
+    def check_failing_once(dsn: str) -> list[str]:
+        calls.append(dsn)
+        if len(calls) == 1:
+            raise DatabaseUnavailable("cannot connect: too many connections")
+        return real_check(dsn)
+
+    monkeypatch.setattr(_migrate, "check", check_failing_once)
+    with TestClient(create_app(module_dsn, admin_token="t"), raise_server_exceptions=False) as c:
+        first, second = c.get("/readyz"), c.get("/readyz")
+
+    assert second.status_code == 200, second.text  # not stuck at 503 for as long as the revision stays
+    assert (first.status_code, first.json()["reason"]) == (503, "database unavailable")
+
+
 def test_the_openapi_schema_lists_every_api_route(client: TestClient, db: Conn) -> None:
     schema = client.get("/api/openapi.json", headers=READ).json()
 
