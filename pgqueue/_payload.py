@@ -172,8 +172,8 @@ def check_queue_name(queue: str) -> str:
     return queue
 
 
-#: Longest task name, in characters. Task names are identifiers: they are shown in every table.
-MAX_TASK_NAME_LENGTH = 200
+#: Longest task name, in characters: what ``@app.task``, schedules and SQL's ``pgqueue.enqueue`` take.
+MAX_TASK_NAME_LENGTH = 255
 #: Longest ``unique_key``, in UTF-8 bytes: the unique index refuses entries over about 2.7 kB
 #: (a "program limit" error), long before a key of that size is sensible.
 MAX_UNIQUE_KEY_BYTES = 512

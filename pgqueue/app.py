@@ -287,8 +287,8 @@ class App:
 
         def register(func: Callable[Concatenate[Job, P], R]) -> Task[P, R]:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
-            if not task_name or len(task_name) > 255:
-                raise ConfigurationError(f"task name {task_name!r} must be 1-255 characters")
+            if not task_name or len(task_name) > MAX_TASK_NAME_LENGTH:
+                raise ConfigurationError(f"task name {task_name!r} must be 1-{MAX_TASK_NAME_LENGTH} characters")
             if max_attempts < 1:
                 raise ConfigurationError(f"task {task_name!r}: max_attempts {max_attempts} must be >= 1")
             if timeout is not None and timeout <= 0:

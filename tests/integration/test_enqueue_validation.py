@@ -18,7 +18,7 @@ from psycopg.rows import TupleRow
 
 from pgqueue import App, admin
 from pgqueue._payload import MAX_JSON_DEPTH, MAX_TASK_NAME_LENGTH, MAX_UNIQUE_KEY_BYTES
-from pgqueue.errors import ArgsNotSerializable, EnqueueError, InvalidEnqueueOption, UnknownTask
+from pgqueue.errors import ArgsNotSerializable, ConfigurationError, EnqueueError, InvalidEnqueueOption, UnknownTask
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -142,3 +142,14 @@ def test_the_limits_themselves_are_accepted(conn: Conn) -> None:
     app.enqueue(conn, "t" * MAX_TASK_NAME_LENGTH, {"a": _nested(MAX_JSON_DEPTH - 1)},
                 unique_key="k" * MAX_UNIQUE_KEY_BYTES, delay=99 * 365 * 86400)
     assert _count(conn) == 1
+
+
+def test_a_task_registered_with_the_longest_name_can_be_enqueued(conn: Conn) -> None:
+    # @app.task, schedules and SQL's pgqueue.enqueue take names of up to 255 characters: a name the
+    # decorator accepts must not be refused by every enqueue afterwards.
+    app = App(conn.info.dsn)
+    longest = app.task(name="t" * 255)(lambda job: None)
+    job_id = longest.enqueue(conn)
+    assert _stored(conn, job_id)[0] == "t" * 255
+    with pytest.raises(ConfigurationError, match="1-255 characters"):
+        app.task(name="t" * 256)(lambda job: None)
