@@ -28,14 +28,14 @@ class Backoff:
 
         Jitter spreads the delay over ±25% so a burst of failures does not retry in lockstep.
         """
-        if initial < 0 or cap < 0:
+        if not (initial >= 0 and cap >= 0):  # written so that NaN is refused too
             raise ValueError(f"backoff initial={initial} and cap={cap} must be >= 0")
         return cls("exponential", float(initial), float(cap), jitter)
 
     @classmethod
     def fixed(cls, seconds: float) -> Backoff:
         """Wait the same number of seconds after every failed attempt."""
-        if seconds < 0:
+        if not seconds >= 0:  # written so that NaN is refused too
             raise ValueError(f"backoff seconds={seconds} must be >= 0")
         return cls("fixed", float(seconds), float(seconds), False)
 

@@ -71,3 +71,15 @@ def test_default_exponential_backoff_starts_at_two_seconds_and_caps_at_an_hour()
 def test_negative_backoff_values_are_refused(build) -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         build()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Backoff.fixed(float("nan")),
+    lambda: Backoff.exponential(initial=float("nan")),
+    lambda: Backoff.exponential(cap=float("nan")),
+])
+def test_nan_backoff_values_are_refused(build) -> None:
+    # A NaN delay reached the database as the retry's run_at, which refused it ("interval out of
+    # range"): the job failed at its first attempt with that error instead of being retried.
+    with pytest.raises(ValueError, match="must be >= 0"):
+        build()
