@@ -50,7 +50,7 @@ class Worker:
     queues; it heartbeats a lease, so if its process dies its running jobs go back to the queue.
     Sync handlers run in a thread pool, ``async def`` handlers on the worker's event loop.
 
-    A worker runs once: build a new one to run again.
+    A worker runs once: build a new one to run again (a second run raises ``RuntimeError``).
 
     Args:
         app: the App whose tasks this worker runs (its DSN and settings too).
@@ -82,6 +82,15 @@ class Worker:
                  metrics: Metrics | None = None) -> None:
         self._loop = WorkerLoop(app, queues=queues, concurrency=concurrency, settings=settings or app.settings,
                                 worker_id=worker_id, observer=metrics.observe_event if metrics is not None else None)
+        self._ran = False
+
+    def _start_once(self) -> None:
+        # A second run would stop at once (the first one's stop stays set) and return 0 with every
+        # new job left waiting: refused loudly instead, as threading.Thread.start() does.
+        if self._ran:
+            raise RuntimeError(f"worker {self.worker_id} has already run: a Worker runs once; "
+                               "build a new pgqueue.Worker to run again")
+        self._ran = True
 
     @property
     def worker_id(self) -> str:
@@ -132,6 +141,7 @@ class Worker:
             ...     worker.stop()
             ...     await task
         """
+        self._start_once()
         return await self._loop.run(install_signal_handlers)
 
     def run_until_empty(self, install_signal_handlers: bool = False) -> int:
@@ -159,6 +169,7 @@ class Worker:
             >>> await pgqueue.Worker(app, queues=["emails"]).run_until_empty_async()
             0
         """
+        self._start_once()
         self._loop.until_empty = True
         return await self._loop.run(install_signal_handlers)
 

@@ -147,3 +147,20 @@ def test_run_until_empty_async_runs_on_the_callers_event_loop(app: App, dsn: str
     assert code == 0
     assert loops == [loop] * 3
     assert states(dsn) == {job_id: ("completed", 1) for job_id in ids}
+
+
+def test_running_a_worker_a_second_time_raises_instead_of_silently_doing_nothing(app: App, dsn: str) -> None:
+    # A worker runs once. Its second run used to return 0 at once with the new jobs left available,
+    # which a script or test that drains twice with the same Worker took for success.
+    @app.task(name="work")
+    def work(job: Job) -> None: ...
+
+    worker = Worker(app, concurrency=1)
+    first = app.enqueue(None, "work")
+    assert returns(worker.run_until_empty) == 0
+    second = app.enqueue(None, "work")
+    with pytest.raises(RuntimeError, match="runs once"):
+        worker.run_until_empty()
+    with pytest.raises(RuntimeError, match="runs once"):
+        asyncio.run(worker.run_async())
+    assert states(dsn) == {first: ("completed", 1), second: ("available", 0)}
