@@ -80,6 +80,17 @@ def _dumps(value: Any) -> str:
     return text
 
 
+def _culprit(args: dict[str, Any]) -> str:
+    """``"argument 'when': "`` for the first argument whose value cannot be encoded on its own, else
+    ``""``. Only called once encoding failed: the usual enqueue never pays for it."""
+    for key, value in args.items():
+        try:
+            _dumps(value)
+        except _UnsupportedValue:
+            return f"argument {key!r}: "
+    return ""
+
+
 def encode_args(args: Any, max_bytes: int) -> str:
     """Serialise job args to the JSON text stored in ``jobs.args``.
 
@@ -97,7 +108,7 @@ def encode_args(args: Any, max_bytes: int) -> str:
     try:
         text = _dumps(args)
     except _UnsupportedValue as exc:
-        raise ArgsNotSerializable(f"job args are not JSON-serialisable: {exc}") from None
+        raise ArgsNotSerializable(f"job args are not JSON-serialisable: {_culprit(args)}{exc}") from None
     size = len(text.encode("utf-8"))
     if size > max_bytes:
         raise PayloadTooLarge(f"job args are {size} bytes, over the {max_bytes}-byte limit")

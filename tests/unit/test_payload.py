@@ -119,3 +119,12 @@ def test_valid_queue_names_are_accepted(name: str) -> None:
 def test_invalid_queue_names_are_refused_naming_the_rule(name: Any) -> None:
     with pytest.raises(InvalidQueueName, match=r"must match \[a-z0-9_-\]\{1,63\}"):
         check_queue_name(name)
+
+
+def test_a_value_json_cannot_encode_is_named_by_its_argument() -> None:
+    # "Object of type datetime is not JSON serializable" alone leaves the caller guessing which of
+    # a task's arguments to convert.
+    with pytest.raises(ArgsNotSerializable, match=r"argument 'when': Object of type datetime"):
+        encode_args({"to": "a@example.com", "when": datetime(2024, 1, 1, tzinfo=UTC)}, LIMIT)
+    with pytest.raises(ArgsNotSerializable, match=r"argument 'ratio': Out of range float"):
+        encode_args({"ratio": math.nan}, LIMIT)
