@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
@@ -633,6 +634,21 @@ def test_a_task_enqueue_passes_keyword_arguments_as_args(app: App, conn: Conn) -
 def test_enqueue_without_a_connection_commits_on_its_own_connection(app: App, observer: Conn) -> None:
     job_id = app.enqueue(None, "t", {"n": 1})
 
+    assert stored(observer, job_id, "state") == ("available",)
+
+
+def test_an_app_given_the_sqlalchemy_form_of_its_dsn_enqueues_on_its_own_connection(
+        dsn: str, observer: Conn) -> None:
+    # The contract accepts postgresql+psycopg:// wherever a DSN is taken; App(dsn=...) passed it to
+    # psycopg as it was, so enqueue(None, ...) and app.connect() failed with psycopg's own
+    # ProgrammingError ("missing '=' ... in connection info string").
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    query = urlencode({key: value for key, value in params.items() if key not in ("user", "dbname")})
+    app = App(f"postgresql+psycopg://{quote(str(params.get('user', '')))}@/{quote(str(params['dbname']))}?{query}")
+
+    job_id = app.enqueue(None, "t", {"n": 1})
+    with app.connect() as own:
+        assert stored(own, job_id, "state") == ("available",)
     assert stored(observer, job_id, "state") == ("available",)
 
 
