@@ -188,9 +188,9 @@ def fresh_database(server: str | None = None) -> Iterator[TestDatabase]:
     """A fresh database at pgqueue's head (a copy of the template), dropped afterwards.
 
     Args:
-        server: the server's DSN (default: :func:`server_dsn`).
+        server: the server's DSN, ``postgresql://`` or ``postgresql+psycopg://`` (default: :func:`server_dsn`).
     """
-    server = server or server_dsn()
+    server = normalize_dsn(server) if server else server_dsn()
     template = template_database(server)
     name = f"{_scratch_run(server).name}_{uuid.uuid4().hex[:8]}"
     database = TestDatabase(create_database(server, name, template=template))
