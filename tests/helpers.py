@@ -263,3 +263,13 @@ def psql() -> str:
     import shutil
 
     return shutil.which("psql") or str(postgres_programs()[0] / "psql")
+
+
+def sqlalchemy_form(dsn: str) -> str:
+    """``dsn`` (a URL or ``key=value`` conninfo) written as SQLAlchemy's ``postgresql+psycopg://`` URL,
+    the other form the contract accepts wherever a DSN is taken."""
+    from urllib.parse import quote, urlencode
+
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    query = urlencode({key: value for key, value in params.items() if key not in ("user", "dbname")})
+    return f"postgresql+psycopg://{quote(str(params.get('user', '')))}@/{quote(str(params['dbname']))}?{query}"

@@ -163,8 +163,10 @@ class AsyncDoneListener:
 
     @classmethod
     async def open(cls, dsn: str) -> AsyncDoneListener:
+        from pgqueue.settings import normalize_dsn  # as connect() does for the sync listener
+
         with translate_errors():
-            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(normalize_dsn(dsn), autocommit=True)
             try:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
             except BaseException:

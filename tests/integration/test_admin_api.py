@@ -33,7 +33,7 @@ from pgqueue.errors import (
     QueueNotFound,
 )
 from pgqueue.settings import Settings
-from tests.helpers import scratch_database, wait_until
+from tests.helpers import scratch_database, sqlalchemy_form, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -501,6 +501,19 @@ def test_wait_for_job_async_wakes_on_a_cancel_times_out_and_refuses_uncommitted_
             job = await admin.wait_for_job_async(conn, job_id, timeout=20, poll_interval=30)
             assert job.state == "cancelled"
             assert time.monotonic() - started < 10
+
+    asyncio.run(scenario())
+
+
+def test_wait_for_job_async_takes_a_listening_dsn_in_the_sqlalchemy_form(dsn: str) -> None:
+    # wait_for_job (sync) took dsn="postgresql+psycopg://..."; the async twin handed it to psycopg
+    # as it was, which refused to parse it.
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            job_id = await App(dsn).enqueue_async(conn, "t", {})
+            await conn.commit()
+            with pytest.raises(JobWaitTimeout, match=f"job {job_id} is still available"):
+                await admin.wait_for_job_async(conn, job_id, timeout=0.3, dsn=sqlalchemy_form(dsn))
 
     asyncio.run(scenario())
 

@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
@@ -47,7 +46,7 @@ from pgqueue.errors import (
     UnknownTask,
 )
 from pgqueue.settings import Settings
-from tests.helpers import empty_tables, scratch_database, wait_until
+from tests.helpers import empty_tables, scratch_database, sqlalchemy_form, wait_until
 
 Conn = psycopg.Connection[TupleRow]
 T = TypeVar("T")
@@ -642,9 +641,7 @@ def test_an_app_given_the_sqlalchemy_form_of_its_dsn_enqueues_on_its_own_connect
     # The contract accepts postgresql+psycopg:// wherever a DSN is taken; App(dsn=...) passed it to
     # psycopg as it was, so enqueue(None, ...) and app.connect() failed with psycopg's own
     # ProgrammingError ("missing '=' ... in connection info string").
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    query = urlencode({key: value for key, value in params.items() if key not in ("user", "dbname")})
-    app = App(f"postgresql+psycopg://{quote(str(params.get('user', '')))}@/{quote(str(params['dbname']))}?{query}")
+    app = App(sqlalchemy_form(dsn))
 
     job_id = app.enqueue(None, "t", {"n": 1})
     with app.connect() as own:

@@ -85,17 +85,10 @@ def test_fresh_database_works_without_pytest_fixtures(pgqueue_server_dsn: str) -
 def test_fresh_database_takes_the_sqlalchemy_form_of_the_server_dsn(pgqueue_server_dsn: str) -> None:
     # Every DSN pgqueue takes may be written postgresql+psycopg://; fresh_database(server) handed
     # it to psycopg as it was, which refused to parse it.
-    from urllib.parse import quote, urlencode
-
-    import psycopg
-
     from pgqueue import App
     from pgqueue.testing import fresh_database
+    from tests.helpers import sqlalchemy_form
 
-    params = psycopg.conninfo.conninfo_to_dict(pgqueue_server_dsn)
-    query = urlencode({key: value for key, value in params.items() if key not in ("user", "dbname")})
-    server = f"postgresql+psycopg://{quote(str(params.get('user', '')))}@/{quote(str(params['dbname']))}?{query}"
-
-    with fresh_database(server) as db:
+    with fresh_database(sqlalchemy_form(pgqueue_server_dsn)) as db:
         job_id = App(db.dsn).enqueue(None, "t", {})
         assert [job.id for job in db.enqueued("t")] == [job_id]
