@@ -731,7 +731,8 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
 
     Raises:
         JobNotFound: no job has that id.
-        InvalidJobState: the job is not failed or cancelled.
+        InvalidJobState: the job is not failed or cancelled, or its ``unique_key`` is held by a live
+            job again (a new job took the key once this one was dead).
 
     Example:
         >>> admin.retry_job(conn, 42, actor="alice")
@@ -748,12 +749,20 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
     state = JobStore(own).job_state(job_id)
     if state is None:
         raise JobNotFound(f"job {job_id} not found")
+    key = get_job(own, job_id).unique_key if state in (JobState.FAILED, JobState.CANCELLED) else None
+    holder = JobStore(own).live_job_with_unique_key(key) if key is not None else None
+    if holder is not None:
+        raise InvalidJobState(f"job {job_id} cannot be retried: its unique_key {key!r} is held by live job {holder} "
+                              "(a retry would make a second live job with that key); retry it once that one is done")
     raise InvalidJobState(f"job {job_id} is {state}; only failed or cancelled jobs can be retried")
 
 
 def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None,
                  source: str = DEFAULT_SOURCE) -> list[int]:
     """Retry every failed job (the dead-letter set), or only one queue's; returns their ids.
+
+    A failed job whose ``unique_key`` a live job holds again stays failed, and of several failed
+    jobs sharing a key only the newest is retried: a key has one live job at most.
 
     Example:
         >>> admin.retry_failed(conn, queue="emails")

@@ -590,6 +590,12 @@ class JobStore:
             }).fetchall()
         return [r[0] for r in rows]
 
+    def live_job_with_unique_key(self, unique_key: str) -> int | None:
+        """The scheduled, available or running job that holds ``unique_key``, if any."""
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": unique_key}).fetchone()
+        return None if row is None else int(row[0])
+
     def cancel_job(self, job_id: int, actor: str | None, source: str | None = None) -> tuple[str | None, bool]:
         with translate_errors():
             row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor, "source": source,

@@ -215,6 +215,34 @@ def test_retry_failed_retries_one_queues_dead_letters_only(tx: Conn) -> None:
     assert [state_of(tx, j) for j in (mine, other, cancelled)] == ["available", "failed", "cancelled"]
 
 
+def test_retry_job_refuses_a_unique_job_whose_key_a_live_job_holds_again(tx: Conn) -> None:
+    # Once a unique job is dead, its key is free: a new job may take it. Retrying the dead one then
+    # made a second live job with that key, which the unique index refused with psycopg's
+    # UniqueViolation (and the caller's transaction was left aborted).
+    dead = enqueue(tx, unique_key="report-7")
+    force_state(tx, dead, "failed")
+    live = enqueue(tx, unique_key="report-7")
+
+    with pytest.raises(InvalidJobState, match=f"unique_key 'report-7'.*live job {live}"):
+        admin.retry_job(tx, dead)
+    assert (state_of(tx, dead), state_of(tx, live)) == ("failed", "available")
+    tx.execute("SELECT 1")  # the caller's transaction is still usable
+
+
+def test_retry_failed_leaves_dead_jobs_whose_unique_key_is_live_again_and_retries_the_rest(tx: Conn) -> None:
+    dead = []
+    for key in ("k1", "k2", "k2", None):  # one at a time: a live job's key would be shared, not taken
+        dead.append(enqueue(tx, queue="u", unique_key=key))
+        force_state(tx, dead[-1], "failed")
+    taken, older, newer, plain = dead
+    live = enqueue(tx, queue="u", unique_key="k1")
+
+    # Two dead jobs of one key: only the newest comes back (both would be two live jobs of one key).
+    assert admin.retry_failed(tx, queue="u") == [newer, plain]
+    assert [state_of(tx, j) for j in (taken, older, newer, plain, live)] == [
+        "failed", "failed", "available", "available", "available"]
+
+
 def test_cancel_and_delete_raise_typed_errors_and_change_nothing_when_refused(tx: Conn) -> None:
     finished, running = enqueue(tx), enqueue(tx)
     force_state(tx, finished, "completed")

@@ -766,13 +766,29 @@ FROM pgqueue.jobs WHERE id = %(id)s;
 -- Failed or cancelled jobs go back to available now. A job that used all its attempts gets one
 -- more, so a manual retry always runs at least once.
 -- The rows are locked first so the audit row can record the state each job left.
-WITH before AS MATERIALIZED (
-    SELECT id, state FROM pgqueue.jobs AS j
+-- A job with a unique_key comes back only if no live job holds that key (a new job may have taken
+-- it since) and only the newest of the dead jobs sharing a key: two live jobs of one key are what
+-- jobs_unique_key_idx refuses, and its error would abort the whole statement and the caller's transaction.
+WITH candidates AS MATERIALIZED (
+    SELECT id, state, unique_key FROM pgqueue.jobs AS j
     WHERE j.state IN ('failed', 'cancelled')
       AND (%(ids)b::bigint[] IS NULL OR j.id = ANY(%(ids)b::bigint[]))
       AND (%(only_failed)s::boolean IS FALSE OR j.state = 'failed')
       AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
     FOR NO KEY UPDATE
+), before AS MATERIALIZED (
+    SELECT id, state FROM (
+        SELECT c.id, c.state, c.unique_key,
+               row_number() OVER (PARTITION BY c.unique_key ORDER BY c.id DESC) AS newest
+        FROM candidates AS c
+        WHERE c.unique_key IS NOT NULL
+    ) AS keyed
+    WHERE keyed.newest = 1
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs AS live
+                      WHERE live.unique_key = keyed.unique_key
+                        AND live.state IN ('scheduled', 'available', 'running'))
+    UNION ALL
+    SELECT id, state FROM candidates WHERE unique_key IS NULL
 ), retried AS (
     UPDATE pgqueue.jobs AS j
     -- A job still counting dependencies down (cancelled by its dependency policy) waits again.
