@@ -58,10 +58,14 @@ def build_pools(queues: Sequence[str] | Mapping[str, int | None] | None, concurr
     names share ``concurrency`` slots; no queues at all: every queue, ``concurrency`` slots.
 
     Raises:
-        ValueError: a malformed entry, a slot count below 1, or a queue given twice.
+        ValueError: a malformed entry, a slot count below 1, a queue given twice, or a single string
+            instead of a list of them.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency {concurrency} must be >= 1")
+    if isinstance(queues, str):
+        # A str is a sequence of str: "emails" would serve the queues 'e', 'm', 'a', 'i', 'l', 's'.
+        raise ValueError(f"queues must be a list of queue names, not a single string: write [{queues!r}]")
     if not queues:
         return [Pool(None, concurrency)]
     entries: list[tuple[str, int | None]] = []

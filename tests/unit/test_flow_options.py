@@ -30,6 +30,13 @@ def test_bad_slots_are_refused(queues: list[str], error: type[Exception]) -> Non
         build_pools(queues, concurrency=10)
 
 
+def test_a_single_string_of_queues_is_refused_instead_of_read_letter_by_letter() -> None:
+    # Worker(app, queues="emails") used to serve the queues 'e', 'm', 'a', 'i', 'l' and 's' (a str is
+    # a sequence of str), so none of its jobs ever ran.
+    with pytest.raises(ValueError, match=r"queues must be a list of queue names, not a single string.*\['emails'\]"):
+        build_pools("emails", concurrency=5)
+
+
 def test_a_pool_counts_only_its_own_jobs_still_running() -> None:
     pool = Pool(["bulk"], 2, claimed={1, 2})
 
