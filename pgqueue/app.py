@@ -306,7 +306,8 @@ class App:
             registered = Task(
                 app=self, fn=func, name=task_name, queue=check_queue_name(queue),
                 priority=resolve_priority(priority), max_attempts=max_attempts, timeout=timeout,
-                backoff=backoff, retry_on=tuple(retry_on), discard_on=tuple(discard_on),
+                backoff=backoff, retry_on=_exception_types(task_name, "retry_on", retry_on),
+                discard_on=_exception_types(task_name, "discard_on", discard_on),
                 transactional=transactional, encrypt=encrypt, tags=_check_tags(tags),
                 circuit_breaker=circuit_breaker,
                 concurrency=concurrency, rate_limit=rate_limit, rate_period_seconds=rate_period,
@@ -688,6 +689,17 @@ class App:
         from pgqueue._results import wait_result_async
 
         return await wait_result_async(self, conn, job_id, timeout, poll_interval)
+
+
+def _exception_types(task_name: str, option: str, value: object) -> tuple[type[BaseException], ...]:
+    # Checked here: the worker matches a handler's error against them with isinstance(), which raised
+    # TypeError for anything else and left the job running under a live worker, never rescued.
+    if isinstance(value, tuple | list | set | frozenset) and all(
+            isinstance(item, type) and issubclass(item, BaseException) for item in value):
+        return tuple(value)
+    hint = f" (write ({value.__name__},) for one)" if isinstance(value, type) else ""
+    raise ConfigurationError(f"task {task_name!r}: {option} must be a tuple of exception classes, "
+                             f"got {value!r}{hint}")
 
 
 def _task_rate(task_name: str, rate: str | None) -> tuple[int | None, int | None]:

@@ -23,6 +23,7 @@ import pytest
 from psycopg.rows import TupleRow, dict_row
 
 from pgqueue import App, Backoff, Discard, Job, Retry, Worker
+from pgqueue.errors import ConfigurationError
 from pgqueue.settings import Settings
 from tests.helpers import empty_tables, scratch_database, wait_until
 
@@ -456,6 +457,18 @@ def test_retry_on_and_discard_on_choose_which_errors_are_retried(
         failed = wait_for_state(db, job_id, "failed")
         assert (failed["attempt"], failed["last_error"]["type"]) == (1, error_type)
         assert "retry_scheduled" not in events(db, job_id)
+
+
+@pytest.mark.parametrize("options", [{"retry_on": ("TimeoutError",)}, {"discard_on": (KeyError, 1)},
+                                     {"retry_on": TimeoutError}, {"discard_on": "KeyError"}])
+def test_retry_on_and_discard_on_that_are_not_tuples_of_exception_classes_are_refused_at_declaration(
+        options: dict[str, Any]) -> None:
+    # retry_on=("TimeoutError",) was accepted; the first failure then raised TypeError inside the
+    # worker's own isinstance check, so the attempt got no outcome and the job stayed running under
+    # the live worker's lease, never rescued. A bare class failed with "'type' object is not iterable".
+    app = App("postgresql://unused@127.0.0.1:1/unused")
+    with pytest.raises(ConfigurationError, match=r"task 'bad': (retry_on|discard_on) must be a tuple of exception"):
+        app.task(name="bad", **options)(lambda job: None)
 
 
 @pytest.mark.parametrize("result", [math.nan, {"ratio": math.inf}, "nul \x00", {1, 2}])
