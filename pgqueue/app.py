@@ -295,6 +295,9 @@ class App:
                 raise ConfigurationError(f"task {task_name!r}: max_attempts {max_attempts} must be >= 1")
             if timeout is not None and timeout <= 0:
                 raise ConfigurationError(f"task {task_name!r}: timeout {timeout} must be > 0")
+            if not isinstance(backoff, Backoff):
+                raise ConfigurationError(f"task {task_name!r}: backoff must be a pgqueue.Backoff such as "
+                                         f"Backoff.exponential() or Backoff.fixed(10), got {backoff!r}")
             if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
                 raise ConfigurationError(f"task {task_name!r}: circuit_breaker must be a pgqueue.CircuitBreaker")
             for option, value in (("concurrency", concurrency), ("group_concurrency", group_concurrency)):

@@ -35,6 +35,7 @@ from pgqueue._db.jobs import TaskLimits
 from pgqueue._db.server import AsyncServerStore
 from pgqueue._db.sessions import AsyncReconnectingSession, capped_backoff
 from pgqueue._log import get_logger
+from pgqueue._payload import encode_json
 from pgqueue._retention import RetentionPolicy
 from pgqueue._worker.acker import Acker, OutcomeObserver, Tally
 from pgqueue._worker.background import crash_site, read_loop_state
@@ -342,7 +343,12 @@ class WorkerLoop:
             # lease, and is never rescued while the worker lives.
             get_logger("pgqueue.worker", worker_id=self.worker_id, job_id=job.id).error(
                 "worker.part_crashed", part="executor", error_type=type(exc).__name__, at=crash_site(exc))
-            outcome = failure_outcome(job, task, exc)
+            try:
+                outcome = failure_outcome(job, task, exc)
+            except Exception as policy_error:  # noqa: BLE001 - the task's retry policy itself fails: the job fails
+                outcome = failure_outcome(job, None, policy_error)
+                if self.sealer.must_seal(job, task):  # its traceback may quote the handler's error: type only
+                    outcome = replace(outcome, error=encode_json({"type": type(policy_error).__name__}))
         finally:
             seconds = time.monotonic() - started
             self.prefetch.observe(seconds)

@@ -471,6 +471,31 @@ def test_retry_on_and_discard_on_that_are_not_tuples_of_exception_classes_are_re
         app.task(name="bad", **options)(lambda job: None)
 
 
+def test_a_backoff_that_is_not_a_backoff_is_refused_at_declaration() -> None:
+    # backoff=Backoff.exponential (the method, not called) was accepted; the first failure then left
+    # the job running forever (see the test below).
+    app = App("postgresql://unused@127.0.0.1:1/unused")
+    with pytest.raises(ConfigurationError, match=r"task 'bad': backoff must be a pgqueue.Backoff"):
+        app.task(name="bad", backoff=Backoff.exponential)(lambda job: None)  # type: ignore[call-overload]
+
+
+def test_a_retry_policy_that_raises_fails_the_job_instead_of_leaving_it_running(
+        app: App, db: Conn, start_worker: StartWorker) -> None:
+    # When deciding retry or failure itself raised, the attempt got no outcome: the job stayed
+    # 'running' under the live worker's lease, never rescued while that worker lived.
+    @app.task(name="broken-policy", max_attempts=3)
+    def broken_policy(job: Job) -> None:
+        raise ValueError("the handler's own error")
+
+    broken_policy.backoff = None  # type: ignore[assignment]  # past the declaration's checks
+    job_id = app.enqueue(None, "broken-policy", {})
+    start_worker()
+
+    failed = wait_for_state(db, job_id, "failed")
+    assert (failed["attempt"], failed["last_error"]["type"]) == (1, "AttributeError")  # the policy's error
+    assert "the handler's own error" in failed["last_error"]["traceback"]  # and, chained, the handler's
+
+
 @pytest.mark.parametrize("result", [math.nan, {"ratio": math.inf}, "nul \x00", {1, 2}])
 def test_a_result_jsonb_refuses_fails_the_job_cleanly_instead_of_leaving_it_running(
         app: App, db: Conn, start_worker: StartWorker, result: Any) -> None:
