@@ -293,7 +293,7 @@ class App:
                 raise ConfigurationError(f"task name {task_name!r} must be 1-{MAX_TASK_NAME_LENGTH} characters")
             if max_attempts < 1:
                 raise ConfigurationError(f"task {task_name!r}: max_attempts {max_attempts} must be >= 1")
-            if timeout is not None and timeout <= 0:
+            if timeout is not None and not timeout > 0:  # written so that NaN is refused too
                 raise ConfigurationError(f"task {task_name!r}: timeout {timeout} must be > 0")
             if not isinstance(backoff, Backoff):
                 raise ConfigurationError(f"task {task_name!r}: backoff must be a pgqueue.Backoff such as "

@@ -471,6 +471,15 @@ def test_retry_on_and_discard_on_that_are_not_tuples_of_exception_classes_are_re
         app.task(name="bad", **options)(lambda job: None)
 
 
+@pytest.mark.parametrize("timeout", [0, -1, math.nan])
+def test_a_timeout_that_is_not_a_positive_number_is_refused_at_declaration(timeout: float) -> None:
+    # timeout=nan passed the "<= 0" check, and every attempt then failed at once with
+    # "attempt exceeded the nans timeout".
+    app = App("postgresql://unused@127.0.0.1:1/unused")
+    with pytest.raises(ConfigurationError, match=r"task 'bad': timeout .* must be > 0"):
+        app.task(name="bad", timeout=timeout)(lambda job: None)
+
+
 def test_a_backoff_that_is_not_a_backoff_is_refused_at_declaration() -> None:
     # backoff=Backoff.exponential (the method, not called) was accepted; the first failure then left
     # the job running forever (see the test below).
