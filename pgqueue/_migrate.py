@@ -16,6 +16,7 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy.pool import NullPool
 
 from pgqueue._db.errors import first_line
+from pgqueue._db.sessions import default_connect_timeout
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, InvalidDSN, PgqueueError
 from pgqueue.settings import normalize_dsn, redact_dsn
 
@@ -71,9 +73,14 @@ def create_engine(dsn: str) -> sa.Engine:
     ``key=value`` strings, Unix-socket hosts, and passwords with any characters.
     """
     conninfo = normalize_dsn(dsn)
-    return sa.create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool
-    )
+
+    def creator() -> psycopg.Connection[Any]:
+        # As every other command's connection: a host that never answers fails in seconds
+        # instead of hanging `pgqueue migrate` (and health's schema check) on the OS's TCP timeout.
+        timeout = default_connect_timeout(psycopg.conninfo.conninfo_to_dict(conninfo))
+        return psycopg.connect(conninfo, **timeout)
+
+    return sa.create_engine("postgresql+psycopg://", creator=creator, poolclass=NullPool)
 
 
 def _first_line(exc: BaseException | None, dsn: str) -> str:

@@ -75,6 +75,14 @@ def capped_backoff(failures: int, *, base: float, cap: float, doublings: int) ->
 DEFAULT_CONNECT_TIMEOUT = 10
 
 
+def default_connect_timeout(params: dict[str, Any]) -> dict[str, Any]:
+    """``connect_timeout`` to pass to ``psycopg.connect`` for a DSN parsed into ``params``: the
+    default unless the DSN or ``PGCONNECT_TIMEOUT`` sets one (an explicit keyword would win over both)."""
+    if "connect_timeout" in params or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+
+
 def _password_of(conninfo: str) -> str | None:
     try:
         return psycopg.conninfo.conninfo_to_dict(conninfo).get("password")  # type: ignore[return-value]
@@ -168,11 +176,8 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
         raise InvalidDSN(f"{shown} is not a valid PostgreSQL DSN: {_reason(exc, password, conninfo)}") from None
-    extra: dict[str, Any] = {}
-    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
-        extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
     try:
-        conn = psycopg.connect(conninfo, autocommit=autocommit, **extra)
+        conn = psycopg.connect(conninfo, autocommit=autocommit, **default_connect_timeout(params))
         tolerate_unreadable_timestamps(conn)
         return conn
     except psycopg.OperationalError as exc:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -366,6 +367,16 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
 
     assert_one_line_error(result, "cannot connect to postgresql://root:***@127.0.0.1:1/postgres")
     assert "s3cret-pw" not in result.stderr
+
+
+def test_migrate_gives_up_in_one_line_on_a_server_that_never_answers() -> None:
+    # A socket that listens but never accepts: the TCP handshake succeeds, then nothing answers
+    # (a firewalled or hung host). Without a connect timeout, migrate waited for it forever.
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        port = silent.getsockname()[1]
+        result = run(f"postgresql://root@127.0.0.1:{port}/postgres", "migrate", "--check")
+
+    assert_one_line_error(result, f"cannot connect to postgresql://root@127.0.0.1:{port}/postgres: connection timeout")
 
 
 def test_audit_show_and_verify_pass_on_an_intact_trail_and_fail_in_one_line_once_it_is_edited(
