@@ -100,7 +100,8 @@ SCHEDULE_COLUMNS = [
     Column("state", "STATE", compute=_state),
     Column("misfire", "MISFIRE"),
     Column("last_run_at", "LAST RUN", render=_local),
-    Column("next_fire_times", "NEXT FIRE TIMES", compute=lambda row: _times(
+    # fold: a multi-line cell (one fire time per line); otherwise its newlines are escaped as \x0a.
+    Column("next_fire_times", "NEXT FIRE TIMES", fold=True, compute=lambda row: _times(
         [_local(t) for t in row["next_fire_times"]])),
 ]
 

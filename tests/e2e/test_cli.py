@@ -244,6 +244,22 @@ def test_queues_purge_on_a_terminal_deletes_only_after_the_operator_says_yes(dsn
     assert job_state(conn, job_id) is None
 
 
+# --- schedules ---
+
+
+def test_schedules_list_prints_each_next_fire_time_on_its_own_line(dsn: str) -> None:
+    ok(dsn, "schedules", "add", "daily", "--cron", "0 0 9 * * *", "--task", "t")  # 6 fields: seconds first
+
+    table = ok(dsn, "schedules", "list")
+    fire_times = ok_json(dsn, "schedules", "list")[0]["next_fire_times"]
+
+    assert "\\x0a" not in table  # the newlines between the times were shown escaped
+    lines = [line.strip() for line in table.splitlines()]
+    for fire_time in fire_times:  # each on a line of its own, the first after the row's other cells
+        assert any(line.endswith(fire_time.replace("T", " ")) for line in lines), (fire_time, table)
+    assert sum(1 for line in lines if re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", line)) == 2
+
+
 # --- stats and health ---
 
 
