@@ -69,7 +69,7 @@ from pgqueue.errors import (
     WorkflowNotFound,
 )
 from pgqueue.jobs import CANCELLABLE_STATES, FINISHED_STATES, JobState
-from pgqueue.settings import Settings, parse_duration, redact_dsn
+from pgqueue.settings import MAX_DURATION_SECONDS, Settings, parse_duration, redact_dsn
 
 __all__ = [
     "UNCHANGED",
@@ -1228,8 +1228,9 @@ def _age(value: _Age | _Unchanged, name: str, default: float | None) -> float | 
         return default
     if value is None or isinstance(value, str):
         return parse_duration(value, name) if value is not None else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigurationError(f"{name} {value!r} must be seconds (>= 0), a duration such as '12h', or None")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_DURATION_SECONDS:
+        raise ConfigurationError(f"{name} {value!r} must be seconds (from 0 to 100 years), a duration such as "
+                                 "'12h', or None")
     return float(value)
 
 

@@ -56,6 +56,10 @@ def _env_prefetch(env: Mapping[str, str]) -> int | None:
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
+#: The longest duration :func:`parse_duration` takes (100 years, as the longest delay): a cutoff
+#: ``now() - interval`` much further back overflows PostgreSQL's timestamps. Longer means 'never'.
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
+
 #: Retention defaults of the contract (seconds): completed 1 day, failed 7 days, audit rows 30 days.
 DEFAULT_RETAIN_COMPLETED = 86400.0
 DEFAULT_RETAIN_FAILED = 7 * 86400.0
@@ -87,7 +91,10 @@ def parse_duration(raw: str, name: str) -> float | None:
     if match is None:
         raise ConfigurationError(
             f"{name} {raw!r} must be a duration such as 90, 90s, 15m, 12h, 1d, 2w, or 'never'")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ConfigurationError(f"{name} {raw!r} is longer than 100 years: use 'never' to keep them forever")
+    return seconds
 
 
 def _env_duration(env: Mapping[str, str], name: str, default: float | None) -> float | None:

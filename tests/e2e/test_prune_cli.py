@@ -86,3 +86,14 @@ def test_a_bad_duration_is_one_line_and_exit_2_and_deletes_nothing(dsn: str, con
     assert_usage_error(result, "pgqueue: error: --completed-older-than '3 days' must be a duration such as "
                                "90, 90s, 15m, 12h, 1d, 2w, or 'never'")
     assert counts(conn) == {"completed": 1}
+
+
+def test_a_duration_too_long_for_the_database_is_one_line_and_exit_2(dsn: str, conn: Conn) -> None:
+    add_jobs(conn, "completed", 1, "400 days")
+
+    result = run(dsn, "prune", "--completed-older-than", "99999999w")
+
+    # It used to reach PostgreSQL, whose timestamps overflow: "unexpected DatetimeFieldOverflow (a bug in pgqueue)".
+    assert_usage_error(result, "pgqueue: error: --completed-older-than '99999999w' is longer than 100 years: use "
+                               "'never' to keep them forever")
+    assert counts(conn) == {"completed": 1}

@@ -28,6 +28,14 @@ def test_anything_else_is_a_one_line_configuration_error_naming_the_option(raw: 
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("raw", ["99999999w", "36501d", "3153600001"])
+def test_a_duration_over_100_years_is_refused_before_it_overflows_the_databases_timestamps(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^--x '{raw}' is longer than 100 years: use 'never'"):
+        parse_duration(raw, "--x")
+
+    assert parse_duration("36500d", "--x") == 36500 * 86400.0
+
+
 def test_retention_defaults_are_the_contracts() -> None:
     settings = Settings.from_env({})
 
