@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import sys
@@ -30,8 +31,8 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} must be a number") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} must be greater than zero")
+    if not 0 < value < math.inf:  # nan too: it compares false with everything, so it passed `value <= 0`
+        raise ConfigurationError(f"{name}={raw!r} must be greater than zero (and finite)")
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import replace
@@ -72,8 +73,8 @@ def worker(
             fail(str(exc))
         for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds),
                             ("--shutdown-grace-seconds", shutdown_grace_seconds)):
-            if value is not None and value <= 0:
-                fail(f"{name} {value} must be greater than zero")
+            if value is not None and not 0 < value < math.inf:  # nan and inf parse as floats
+                fail(f"{name} {value} must be greater than zero (and finite)")
         prefetch_cap = parse_prefetch(prefetch) if prefetch is not None else None
         settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                      shutdown_grace_seconds=shutdown_grace_seconds,

@@ -358,6 +358,8 @@ USER_ERRORS = [
      "job <completed> is completed; only waiting, scheduled, available or running jobs can be cancelled"),
     (["jobs", "delete", "<running>"], "job <running> is running; a running job cannot be deleted: cancel it first"),
     (["queues", "pause", "Bad Queue"], "queue name 'Bad Queue' must match"),
+    # Checked before the app is imported; nan once passed `<= 0` and ran a worker whose leases overflowed.
+    (["worker", "--app", "nowhere:app", "--lease-seconds", "nan"], "--lease-seconds nan must be greater than zero"),
 ]
 
 
