@@ -20,6 +20,7 @@ from pgqueue.cli._admin import open_session
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, print_json
 from pgqueue.cli.queues import QUEUE_COLUMNS, queue_rows
+from pgqueue.settings import MAX_DURATION_SECONDS
 
 NOTIFICATION_NOTE = (
     "NOTIFY is transactional: PostgreSQL holds committed notifications in one server-wide queue until every "
@@ -100,10 +101,11 @@ def health(
     --max-xact-age seconds, naming each one's pid and age: they keep vacuum from cleaning up finished
     jobs, so the queue slows down, but it keeps working.
     """
-    if not max_age > 0:
-        fail(f"--max-age {max_age} must be greater than zero")
-    if not max_xact_age > 0:
-        fail(f"--max-xact-age {max_xact_age} must be greater than zero")
+    # Bounded above too: the database computes now() - interval from them, which overflows.
+    if not 0 < max_age <= MAX_DURATION_SECONDS:
+        fail(f"--max-age {max_age:g} must be seconds, greater than zero and at most 100 years")
+    if not 0 < max_xact_age <= MAX_DURATION_SECONDS:
+        fail(f"--max-xact-age {max_xact_age:g} must be seconds, greater than zero and at most 100 years")
     report = admin.health(resolve(dsn), max_age=max_age, max_xact_age=max_xact_age)
     if json_output:
         print_json(report.as_dict())
