@@ -110,8 +110,10 @@ def verify_command(
     with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
         if seal and _audit.can_seal(conn):
             _audit.seal_pending(conn)
+        errors = Console(stderr=True)
+        # Only on a terminal: off one, the transient bar still leaves an empty line on stderr.
         progress = Progress(TextColumn("verifying seals"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True, disable=json_output)
+                            console=errors, transient=True, disable=json_output or not errors.is_terminal)
         with progress:
             task = progress.add_task("verify", total=None)
             report = _audit.verify(conn, expect_digests=expect or (), min_retention=min_retention,

@@ -76,9 +76,11 @@ def prune(
             except ConfigurationError as exc:
                 fail(str(exc), code=2)
     target = resolve(dsn)
+    errors = Console(stderr=True)
+    # Only on a terminal: off one, the transient bar still leaves an empty line on stderr (cron mails it).
     progress = Progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
-                        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                        disable=json_output or dry_run)
+                        TimeElapsedColumn(), console=errors, transient=True,
+                        disable=json_output or dry_run or not errors.is_terminal)
     try:
         with progress:
             task = progress.add_task("", total=None)

@@ -439,6 +439,8 @@ def test_audit_show_and_verify_pass_on_an_intact_trail_and_fail_in_one_line_once
     # The edited row is the cancel's, in whichever seal took it (see above).
     cancel_seal = trail[1]["seal"].split()[0]
     assert broken.stderr.startswith(f"pgqueue: error: the audit trail was altered: seal {cancel_seal} ")
+    plain = run(dsn, "audit", "verify")
+    assert plain.stderr == broken.stderr  # one line: no empty line left by the progress bar off a terminal
     shown = run(dsn, "audit", "show", str(job_id))
     assert shown.returncode == 1
     assert f"{cancel_seal} ALTERED" in shown.stdout

@@ -97,3 +97,13 @@ def test_a_duration_too_long_for_the_database_is_one_line_and_exit_2(dsn: str, c
     assert_usage_error(result, "pgqueue: error: --completed-older-than '99999999w' is longer than 100 years: use "
                                "'never' to keep them forever")
     assert counts(conn) == {"completed": 1}
+
+
+def test_prune_from_cron_writes_nothing_to_stderr(dsn: str, conn: Conn) -> None:
+    add_jobs(conn, "completed", 1, "2 days")
+
+    result = run(dsn, "prune")  # stderr is a pipe, as under cron (which mails any output)
+
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 rows" in result.stdout
+    assert result.stderr == ""  # the progress bar, off a terminal, used to leave an empty line
