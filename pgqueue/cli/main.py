@@ -275,8 +275,12 @@ def _root(
 
 def _run() -> None:
     try:
-        app()
-    except Exception:
+        # Not standalone: click's own rendering of a usage error is a usage line, a hint and a
+        # boxed message; the CLI prints one line instead (see _usage_error).
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        if _is_click_error(exc):
+            _usage_error(exc)
         if "psycopg" not in sys.modules:
             raise  # no command touched the database, so this is no database error
         # The data layer owns the driver and its one error policy: a database failure becomes its
@@ -285,6 +289,33 @@ def _run() -> None:
 
         with translate_errors():
             raise
+    # A command that returned, or typer.Exit (--help, --version, a command's exit code).
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_click_error(exc: BaseException) -> bool:
+    # By name: click is vendored inside typer since 0.2x (see the note at the top), a package of
+    # its own before; either way these are the classes its parser and prompts raise.
+    return any(cls.__name__ in ("ClickException", "Abort") for cls in type(exc).__mro__)
+
+
+def _usage_error(exc: Exception) -> None:
+    """Exit as click would for ``exc`` (a bad option value, an unknown option or command, an
+    aborted prompt), but with one line on stderr."""
+    from pgqueue.cli._context import one_line_for_terminal
+
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "NoArgsIsHelpError" in names:  # a bare group: typer has printed its help already
+        sys.exit(2)
+    if "Abort" in names:  # Ctrl-D or Ctrl-C at a prompt
+        print("pgqueue: error: aborted", file=sys.stderr)
+        sys.exit(1)
+    message = exc.format_message()  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if "UsageError" in names and ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    print(f"pgqueue: error: {one_line_for_terminal(message)}", file=sys.stderr)
+    sys.exit(int(getattr(exc, "exit_code", 2)))
 
 
 def main() -> None:

@@ -382,6 +382,37 @@ def test_a_user_error_prints_one_line_and_exits_1(error_db: tuple[str, dict[str,
     assert result.stdout == ""
 
 
+USAGE_ERRORS = [
+    (["jobs", "list", "--limit", "abc"], "Invalid value for '--limit' / '-n': ", "pgqueue jobs list --help"),
+    (["jobs", "list", "--bogus"], "No such option: --bogus", "pgqueue jobs list --help"),
+    (["jobs", "show"], "Missing argument 'ID'", "pgqueue jobs show --help"),
+    (["nosuch"], "No such command 'nosuch'", "pgqueue --help"),
+    (["dashboard", "--port", "0"], "Invalid value for '--port'", "pgqueue dashboard --help"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message", "hint"), USAGE_ERRORS, ids=[" ".join(a) for a, _, _ in USAGE_ERRORS])
+def test_a_malformed_command_line_is_one_line_and_exits_2(argv: list[str], message: str, hint: str) -> None:
+    result = run(None, *argv)
+
+    # Was typer's usage line, a "Try ... --help" line and the message in a box.
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"pgqueue: error: {message}"), line
+    assert line.endswith(f"(see `{hint}`)"), line
+    assert result.stdout == ""
+
+
+def test_a_command_line_without_a_command_still_prints_the_help() -> None:
+    bare = run(None)
+    group = run(None, "jobs")
+
+    assert (bare.returncode, group.returncode) == (2, 2)
+    assert "Usage: pgqueue [OPTIONS] COMMAND" in bare.stdout
+    assert "Usage: pgqueue jobs [OPTIONS] COMMAND" in group.stdout
+    assert "list" in group.stdout
+
+
 def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     result = run("postgresql://root:s3cret-pw@127.0.0.1:1/postgres", "jobs", "list")
 
