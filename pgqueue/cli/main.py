@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, MutableMapping
@@ -256,9 +257,25 @@ def _root(
         str, typer.Option("--log-level", envvar="PGQUEUE_LOG_LEVEL",
                           help="debug, info, warning or error (a worker logs every job at info)")
     ] = "info",
+    home: Annotated[str | None, typer.Option(
+        "--home", help="Where the embedded server keeps its data and state (PGQUEUE_HOME).")] = None,
+    encrypt_all: Annotated[bool | None, typer.Option(
+        "--encrypt-all/--no-encrypt-all", show_default=False,
+        help="Compliance mode: encrypt every job this command enqueues, and the result and error of every job "
+             "it runs (PGQUEUE_ENCRYPT_ALL; keys from PGQUEUE_ENCRYPTION_KEYS).")] = None,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version, help="Print pgqueue's version and exit.")] = False,
 ) -> None:
+    # Written to the environment rather than passed down: every command, the embedded server's
+    # resolution and the children of `worker --processes` read their settings from there, and the
+    # variable's own checks (one line naming it) stay the only ones.
+    if home is not None:
+        if not home.strip():
+            print("pgqueue: error: --home must not be empty", file=sys.stderr)
+            raise typer.Exit(2)
+        os.environ["PGQUEUE_HOME"] = home
+    if encrypt_all is not None:
+        os.environ["PGQUEUE_ENCRYPT_ALL"] = "1" if encrypt_all else "0"
     if log_format not in {"console", "json"}:
         print(f"pgqueue: error: --log-format {log_format!r} must be 'console' or 'json'", file=sys.stderr)
         raise typer.Exit(2)

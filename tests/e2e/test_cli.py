@@ -24,6 +24,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App
+from pgqueue._crypto import generate_key
 from tests.helpers import scratch_database, wait_until
 
 _NEXT_TO_PYTHON = Path(sys.executable).with_name("pgqueue")
@@ -124,6 +125,31 @@ def test_enqueue_prints_the_new_jobs_id_and_stores_every_option(dsn: str, conn: 
     delayed = conn.execute("SELECT state, priority, run_at - enqueued_at > interval '59 minutes' FROM pgqueue.jobs "
                            "WHERE id = %s", [second["id"]]).fetchone()
     assert delayed == ("scheduled", 7, True)
+
+
+def test_the_settings_without_a_command_of_their_own_have_root_options(dsn: str, conn: Conn,
+                                                                      tmp_path: Path) -> None:
+    """Contract §2b: PGQUEUE_HOME and PGQUEUE_ENCRYPT_ALL have CLI options, which win over the variables."""
+    def call(*args: str, **env: str) -> str:
+        result = subprocess.run([PGQUEUE, *args], env={**_env(dsn), **env}, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    key = generate_key()
+    sealed = int(call("--encrypt-all", "enqueue", "t", "--args", '{"ssn": "1"}', PGQUEUE_ENCRYPTION_KEYS=key))
+    plain = int(call("--no-encrypt-all", "enqueue", "t", "--args", '{"a": 2}', PGQUEUE_ENCRYPTION_KEYS=key,
+                     PGQUEUE_ENCRYPT_ALL="1"))
+    rows: dict[int, bool] = dict(conn.execute(
+        "SELECT id, (args IS NULL AND args_encrypted IS NOT NULL) FROM pgqueue.jobs WHERE id = ANY(%s)",
+        [[sealed, plain]]).fetchall())
+    assert rows == {sealed: True, plain: False}
+
+    home = tmp_path / "elsewhere"
+    status = json.loads(call("--home", str(home), "embedded", "status", "--json", PGQUEUE_HOME="/nonexistent"))
+    assert (status["home"], status["running"]) == (str(home), False)
+    assert not home.exists()  # status only looks
 
 
 # --- jobs ---
