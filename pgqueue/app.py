@@ -28,7 +28,7 @@ from pgqueue.errors import (
     UnknownTask,
 )
 from pgqueue.jobs import Job, JobSpec
-from pgqueue.settings import Settings, normalize_dsn, resolve_dsn
+from pgqueue.settings import Settings, resolve_dsn
 from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Task, resolve_priority
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class App:
         self.settings = settings if settings is not None else Settings.from_env()
         # Normalised as every other DSN pgqueue takes: the postgresql+psycopg:// form went to
         # psycopg as it was, and App.connect() and enqueue(None, ...) failed to parse it.
-        self._dsn = normalize_dsn(dsn) if dsn is not None else None
+        self._dsn = resolve_dsn(dsn).dsn if dsn is not None else None  # a blank one is refused
         self.tasks: dict[str, Task[..., Any]] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.require_registered_tasks = require_registered_tasks

@@ -322,10 +322,15 @@ def resolve_dsn(explicit: str | None = None, env: Mapping[str, str] | None = Non
     """Find the database: explicit, PGQUEUE_DSN, DATABASE_URL, then the embedded server.
 
     Raises:
-        ConfigurationError: no DSN is configured and ``PGQUEUE_EMBEDDED=0`` forbids the fallback.
+        ConfigurationError: ``explicit`` is blank, or no DSN is configured and ``PGQUEUE_EMBEDDED=0``
+            forbids the fallback.
         EmbeddedServerError: the embedded server could not be started.
     """
     env = os.environ if env is None else env
+    if explicit is not None and not explicit.strip():
+        # `--dsn "$DB"` with DB unset: falling back would run the command on another database.
+        raise ConfigurationError("the DSN given is empty: pass a postgresql:// DSN, or none at all to use "
+                                 "PGQUEUE_DSN, DATABASE_URL or the embedded server")
     for candidate in (explicit, env.get("PGQUEUE_DSN"), env.get("DATABASE_URL")):
         if candidate:
             return ResolvedDSN(normalize_dsn(candidate), embedded=False)

@@ -446,6 +446,13 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     assert "s3cret-pw" not in result.stderr
 
 
+def test_an_empty_dsn_is_refused_rather_than_replaced_by_the_environments(dsn: str) -> None:
+    # `--dsn "$DB"` with DB unset in a deploy script must not migrate PGQUEUE_DSN's database.
+    result = run(dsn, "migrate", "--dsn", "")
+
+    assert_one_line_error(result, "the DSN given is empty")
+
+
 def test_migrate_gives_up_in_one_line_on_a_server_that_never_answers() -> None:
     # A socket that listens but never accepts: the TCP handshake succeeds, then nothing answers
     # (a firewalled or hung host). Without a connect timeout, migrate waited for it forever.

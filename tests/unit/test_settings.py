@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pgqueue import App
 from pgqueue.errors import ConfigurationError, InvalidDSN
 from pgqueue.settings import Settings, embedded_allowed, normalize_dsn, redact_dsn, resolve_dsn
 
@@ -137,6 +138,15 @@ def test_resolve_dsn_prefers_explicit_then_pgqueue_dsn_then_database_url() -> No
     assert resolve_dsn(None, env).dsn == "postgresql://u@env/db"
     assert resolve_dsn(None, {"DATABASE_URL": "postgresql+psycopg://u@url/db"}).dsn == "postgresql://u@url/db"
     assert resolve_dsn(None, env).embedded is False
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_explicit_dsn_is_refused_instead_of_falling_back_to_another_database(blank: str) -> None:
+    env = {"PGQUEUE_DSN": "postgresql://u@env/db"}
+    with pytest.raises(ConfigurationError, match="the DSN given is empty"):
+        resolve_dsn(blank, env)
+    with pytest.raises(ConfigurationError, match="the DSN given is empty"):
+        App(blank)
 
 
 def test_no_dsn_with_pgqueue_embedded_0_is_a_configuration_error() -> None:
