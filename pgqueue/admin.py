@@ -525,15 +525,18 @@ def _check_concurrency(concurrency: int | None) -> int | None:
         return None
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= _MAX_CONCURRENCY:
         raise InvalidQueueLimits(f"concurrency {concurrency!r} must be a whole number from 1 to {_MAX_CONCURRENCY:,} "
-                                 "(None removes the limit; to stop a queue, pause it)")
+                                 "(no limit: None in Python, none in the CLI, null in JSON; to stop a queue, pause it)")
     return concurrency
 
 
-def _require_queue(conn: Any, queue: str, create: bool) -> None:
+def _require_queue(conn: Any, queue: str, create: bool, *, creatable: bool = True) -> None:
     check_queue_name(queue)
     if not create and not QueueStore(conn).exists(queue):
-        raise QueueNotFound(f"queue {queue!r} not found: it has no jobs and no settings "
-                            "(pass create=True, or --create, to configure a queue before its first job)")
+        # The hint names the option on every surface (this message reaches the CLI and the API as is),
+        # and only where the call has one.
+        hint = (" (to configure a queue before its first job: create=True in Python, --create in the CLI, "
+                "\"create\": true in the HTTP API)") if creatable else ""
+        raise QueueNotFound(f"queue {queue!r} not found: it has no jobs and no settings{hint}")
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -950,7 +953,7 @@ def purge_queue(conn: Any, queue: str, *, state: str | None = None, actor: str |
     wanted = _check_state(state, PURGEABLE_STATES)
     where = _source(source)
     own = sync_connection(conn)
-    _require_queue(own, queue, create=False)
+    _require_queue(own, queue, create=False, creatable=False)
     return JobStore(own).purge_queue(queue, wanted, _actor(actor), where)
 
 

@@ -310,12 +310,15 @@ async def set_limits(request: Request) -> Response:
     dashboard = dashboard_of(request)
     actor = dashboard.actor(request)
     body = await _body(request, required=True)
-    unknown = sorted(set(body) - {"concurrency", "rate"})
+    unknown = sorted(set(body) - {"concurrency", "rate", "create"})
     if unknown:
         raise InvalidQueueLimits(f"unknown limit {unknown[0]!r}: give concurrency, rate or both")
+    create = body.get("create", False)
+    if not isinstance(create, bool):
+        raise InvalidQueueLimits(f"create {create!r} must be true or false")
     with dashboard.connection() as conn:
         info = admin.set_queue_limits(conn, _queue_name(request), concurrency=_limit_value(body, "concurrency"),
-                                      rate=_limit_value(body, "rate"), actor=actor, source=SOURCE)
+                                      rate=_limit_value(body, "rate"), actor=actor, create=create, source=SOURCE)
     return _refresh(info.as_dict())
 
 

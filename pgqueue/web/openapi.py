@@ -133,7 +133,9 @@ def openapi_document() -> dict[str, Any]:
             "Set a queue's concurrency and rate limits (null removes; omitted keeps)", "Queue", 400, 404, 415,
             body={"type": "object", "properties": {
                 "concurrency": {"type": ["integer", "null"], "minimum": 1},
-                "rate": {"type": ["string", "null"], "examples": ["20/s", "100/m", "100/30s"]}}})
+                "rate": {"type": ["string", "null"], "examples": ["20/s", "100/m", "100/30s"]},
+                "create": {"type": "boolean", "default": False,
+                           "description": "also for a queue with no job and no settings yet (else a 404)"}}})
             | {"parameters": [_QUEUE]}},
         "/api/jobs": {"get": {"summary": "Jobs, newest first, one page at a time", "parameters": [
             _query("queue", "exact queue name"), _query("task", "exact task name"),

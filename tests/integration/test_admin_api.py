@@ -313,9 +313,10 @@ def test_an_unknown_queue_is_queue_not_found_unless_created_on_purpose(tx: Conn)
         admin.pause_queue(tx, "emials")
     with pytest.raises(QueueNotFound):
         admin.set_queue_limits(tx, "emials", concurrency=3)
-    with pytest.raises(QueueNotFound):
+    with pytest.raises(QueueNotFound) as purged:
         admin.purge_queue(tx, "emials")
     assert all(q.name != "emials" for q in admin.list_queues(tx))
+    assert "create" not in str(purged.value)  # purge has no such option: the hint would mislead
 
     created = admin.set_queue_limits(tx, "fresh", concurrency=3, create=True)
 

@@ -493,6 +493,7 @@ def test_pause_resume_purge_and_limits_of_a_queue(client: TestClient, db: Conn) 
     ("PUT", "/api/queues/sms/limits", {"rate": "10/fortnight"}, 400, "rate '10/fortnight' must look like"),
     ("PUT", "/api/queues/sms/limits", {"concurrency": -1}, 400, "concurrency -1 must be"),
     ("PUT", "/api/queues/sms/limits", {"burst": 3}, 400, "unknown limit 'burst'"),
+    ("PUT", "/api/queues/nope/limits", {"concurrency": 1, "create": "yes"}, 400, "create 'yes' must be true or false"),
     ("PUT", "/api/queues/sms/limits", None, 400, "needs a JSON object body"),
     ("POST", "/api/queues/sms/purge", {"state": "running"}, 409, "running jobs cannot be purged"),
 ])
@@ -508,6 +509,17 @@ def test_queue_errors_are_clear_4xx_json_and_change_nothing(client: TestClient, 
     assert state_of(db, kept) == "available"
     assert db.execute("SELECT count(*) FROM pgqueue.queues").fetchone() == (0,)
     assert db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == before
+
+
+def test_limits_configure_a_queue_before_its_first_job_only_when_asked_to(client: TestClient, db: Conn) -> None:
+    refused = client.put("/api/queues/fresh/limits", headers=ADMIN, json={"concurrency": 3})
+    created = client.put("/api/queues/fresh/limits", headers=ADMIN, json={"concurrency": 3, "create": True})
+
+    assert refused.status_code == 404
+    assert '"create": true in the HTTP API' in refused.json()["error"]
+    assert created.status_code == 200
+    assert (created.json()["name"], created.json()["concurrency"]) == ("fresh", 3)
+    assert db.execute("SELECT concurrency FROM pgqueue.queues WHERE name = 'fresh'").fetchone() == (3,)
 
 
 # --- schedules, workers, health, errors ---
