@@ -203,6 +203,8 @@ class JobRecord:
     args_encrypted: bool = False
     result_encrypted: bool = False
     error_encrypted: bool = False
+    #: The group it was enqueued in (``group="patient:42"``), None outside groups.
+    group_key: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -87,6 +87,7 @@ SHOW_FIELDS = [
     Column("finished_at", "finished at"),
     Column("worker_id", "worker"),
     Column("unique_key", "unique key"),
+    Column("group_key", "group"),
     Column("tags", "tags"),
     Column("progress", "progress", compute=_progress),
     Column("args", "args", compute=_args),

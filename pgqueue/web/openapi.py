@@ -61,6 +61,7 @@ def openapi_document() -> dict[str, Any]:
         "unique_key": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": "string"}},
         "worker_id": {"type": ["string", "null"]}, "args_encrypted": {"type": "boolean"},
         "result_encrypted": {"type": "boolean"}, "error_encrypted": {"type": "boolean"},
+        "group_key": {"type": ["string", "null"], "description": "the group it was enqueued in, if any"},
     }
     counts = {name: {"type": "integer"} for name in
               ("waiting", "scheduled", "available", "running", "failed", "cancelled", "completed_last_hour",

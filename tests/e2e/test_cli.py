@@ -156,7 +156,7 @@ def test_the_settings_without_a_command_of_their_own_have_root_options(dsn: str,
 
 
 def test_jobs_list_and_show_print_tables_for_people_and_every_column_as_json(dsn: str, conn: Conn) -> None:
-    job_id = enqueue(conn, "send-email", "emails", tags=["billing"])
+    job_id = enqueue(conn, "send-email", "emails", tags=["billing"], group="patient:42")
     enqueue(conn, "other", "reports")
     conn.execute("""UPDATE pgqueue.jobs SET state = 'failed', attempt = 2, max_attempts = 2, progress = 40,
                     progress_note = 'page 2', finished_at = now(),
@@ -184,6 +184,8 @@ def test_jobs_list_and_show_print_tables_for_people_and_every_column_as_json(dsn
     assert detail["state"] == "failed"
     assert detail["last_error"]["type"] == "ValueError"
     assert (detail["progress"], detail["progress_note"], detail["tags"]) == (40, "page 2", ["billing"])
+    assert (detail["group_key"], listed[0]["group_key"]) == ("patient:42", "patient:42")
+    assert "patient:42" in shown
     assert detail["enqueued_at"].endswith("+00:00")  # ISO 8601 with its offset
     assert [e["event"] for e in detail["events"]] == ["enqueued"]
 

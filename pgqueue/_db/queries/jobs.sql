@@ -758,7 +758,7 @@ WHERE j.id = p.id AND j.lease_token = p.token AND j.state = p.running;
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
        finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id,
        args_encrypted IS NOT NULL AS args_encrypted, result_encrypted IS NOT NULL AS result_encrypted,
-       error_encrypted IS NOT NULL AS error_encrypted
+       error_encrypted IS NOT NULL AS error_encrypted, group_key
 FROM pgqueue.jobs WHERE id = %(id)s;
 
 
@@ -898,7 +898,7 @@ SELECT j.id, j.task, j.queue, j.state, j.priority, j.args, j.attempt, j.max_atte
        j.started_at, j.finished_at, j.progress, j.progress_note, j.result, j.last_error, j.unique_key, j.tags,
        j.worker_id, j.args_encrypted IS NOT NULL AS args_encrypted,
        j.result_encrypted IS NOT NULL AS result_encrypted, j.error_encrypted IS NOT NULL AS error_encrypted,
-       scan.scanned, scan.lowest_id, scan.newest_enqueued_at
+       j.group_key, scan.scanned, scan.lowest_id, scan.newest_enqueued_at
 FROM scan
 LEFT JOIN (matched JOIN pgqueue.jobs AS j ON j.id = matched.id) ON true
 ORDER BY j.id DESC NULLS LAST;
