@@ -641,6 +641,10 @@ def wait_for_job(conn: Any, job_id: int, timeout: float = 30.0, *, dsn: str | No
     never be claimed, so it can never finish. Commit first, then wait (waiting on the connection
     whose transaction enqueued it raises :class:`InvalidJobState` at once instead of hanging).
 
+    An encrypted job's ``result`` is None here, with ``result_encrypted`` set: ``pgqueue.admin``
+    never decrypts (it serves operators, who need no keys). ``App.result()`` waits the same way
+    and decrypts with the app's keys.
+
     Args:
         conn: the caller's connection; the job is looked up on it first.
         timeout: seconds to wait at most.
