@@ -1359,8 +1359,9 @@ def get_workflow(conn: Any, workflow_id: str | int) -> WorkflowInfo:
         'running'
     """
     store = WorkflowStore(sync_connection(conn))
-    if isinstance(workflow_id, int) or str(workflow_id).isdigit():
-        found = store.workflow_of(int(workflow_id))
+    job_id = workflow_id if isinstance(workflow_id, int) else whole_number(str(workflow_id))
+    if job_id is not None:
+        found = store.workflow_of(job_id)
         if found is None:
             raise WorkflowNotFound(f"job {workflow_id} belongs to no workflow (or does not exist)")
         workflow_id = found

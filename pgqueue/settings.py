@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from pgqueue._humanize import whole_number
 from pgqueue.errors import ConfigurationError, InvalidDSN
 
 _SQLALCHEMY_PREFIX = re.compile(r"^postgres(?:ql)?\+[a-z0-9_]+://", re.IGNORECASE)
@@ -45,9 +46,10 @@ def parse_prefetch(raw: str, name: str = "--prefetch") -> int | None:
     value = raw.strip().lower()
     if value in {"", "auto"}:
         return None
-    if not value.isdigit():
+    number = whole_number(value)
+    if number is None:
         raise ConfigurationError(f"{name} {raw!r} must be 'auto' or a whole number >= 0 (0: off)")
-    return int(value)
+    return number
 
 
 def _env_prefetch(env: Mapping[str, str]) -> int | None:

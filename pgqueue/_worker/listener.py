@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pgqueue._db.errors import DATABASE_ERRORS
 from pgqueue._db.notifications import CANCEL_CHANNEL, LIMITS_CHANNEL, ListenSession
 from pgqueue._db.sessions import capped_backoff
+from pgqueue._humanize import whole_number
 from pgqueue._log import get_logger
 from pgqueue._worker.background import crash_site
 
@@ -102,6 +103,7 @@ class Listener:
                     await session.close()
 
     def _cancelled(self, payload: str) -> None:
-        job_id, _, token = payload.partition(":")
-        if self.cancel is not None and job_id.isdigit() and token:
-            self.cancel(int(job_id), token)
+        raw_id, _, token = payload.partition(":")
+        job_id = whole_number(raw_id)  # anyone may NOTIFY the channel: a malformed payload is ignored
+        if self.cancel is not None and job_id is not None and token:
+            self.cancel(job_id, token)

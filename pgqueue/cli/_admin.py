@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import connect
+from pgqueue._humanize import whole_number
 from pgqueue.admin import default_actor
 from pgqueue.cli._context import fail, resolve
 from pgqueue.jobs import JobState
@@ -32,10 +33,10 @@ def actor() -> str:
 
 def parse_job_id(raw: str) -> int:
     """A job id as typed by an operator; anything else is a one-line error."""
-    text = raw.strip().lstrip("#")
-    if not text.isdigit() or not 1 <= int(text) <= _MAX_BIGINT:
+    job_id = whole_number(raw.strip().lstrip("#"))
+    if job_id is None or not 1 <= job_id <= _MAX_BIGINT:
         fail(f"job id {raw!r} must be a positive integer")
-    return int(text)
+    return job_id
 
 
 def parse_state(raw: str | None, allowed: Iterable[str] = tuple(JobState)) -> str | None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from pgqueue import admin
-from pgqueue._humanize import format_seconds
+from pgqueue._humanize import format_seconds, whole_number
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._admin import SOURCE, actor, open_session, parse_state
 from pgqueue.cli._context import DsnOption, JsonOption, fail
@@ -162,9 +162,10 @@ def _limit_option(raw: str | None, name: str) -> Any:
         return None
     if name == "concurrency":
         text = raw.strip()
-        if not text.lstrip("-").isdigit():
+        number = whole_number(text.removeprefix("-"))  # a negative one is left to admin's message
+        if number is None:
             fail(f"--concurrency {raw!r} must be a whole number >= 1 or 'none'")
-        return int(text)
+        return -number if text.startswith("-") else number
     return raw
 
 

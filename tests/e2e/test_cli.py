@@ -379,6 +379,9 @@ USER_ERRORS = [
     (["jobs", "show", "424242"], "job 424242 not found"),
     (["jobs", "retry", "424242"], "job 424242 not found"),
     (["jobs", "show", "abc"], "job id 'abc' must be a positive integer"),
+    # isdigit() takes superscripts that int() then refuses: once "invalid literal for int()" and a file name.
+    (["jobs", "show", "²"], "job id '²' must be a positive integer"),
+    (["queues", "set", "default", "--concurrency", "²"], "--concurrency '²' must be a whole number >= 1 or 'none'"),
     (["jobs", "list", "--state", "done"],
      "state 'done' is not valid here; valid states: waiting, scheduled, available, running, completed, failed, "
      "cancelled"),

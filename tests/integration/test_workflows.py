@@ -20,7 +20,7 @@ from psycopg.rows import TupleRow
 import pgqueue
 from pgqueue import App, Discard, Job, JobSpec, Worker, admin
 from pgqueue._db.jobs import JobStore, Outcome
-from pgqueue.errors import DependencyCycle, InvalidDependency, InvalidEnqueueOption
+from pgqueue.errors import DependencyCycle, InvalidDependency, InvalidEnqueueOption, WorkflowNotFound
 from pgqueue.settings import Settings
 
 Db = psycopg.Connection[TupleRow]
@@ -433,3 +433,10 @@ def test_queue_listings_count_waiting_jobs(app: App, conn: Db) -> None:
     assert (reports.waiting, reports.available) == (1, 1)
     page = admin.list_jobs(conn, state="waiting")
     assert [job.task for job in page.items] == ["step"]
+
+
+@pytest.mark.parametrize("wanted", ["²", "9" * 5000, "not-a-uuid"])
+def test_a_workflow_id_that_is_neither_a_job_id_nor_a_uuid_is_workflow_not_found(conn: Db, wanted: str) -> None:
+    # "²" passed str.isdigit() and then failed int(); 5000 digits are over int()'s limit.
+    with pytest.raises(WorkflowNotFound, match="is not a UUID"):
+        admin.get_workflow(conn, wanted)

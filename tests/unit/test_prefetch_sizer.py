@@ -63,7 +63,7 @@ def test_the_setting_reads_auto_or_a_whole_number() -> None:
     assert Settings.from_env({"PGQUEUE_PREFETCH": "0"}).prefetch == 0
     assert Settings.from_env({"PGQUEUE_PREFETCH": "64"}).prefetch == 64
     assert parse_prefetch(" AUTO ") is None
-    for bad in ("-1", "many", "1.5"):
+    for bad in ("-1", "many", "1.5", "²"):
         with pytest.raises(ConfigurationError, match="must be 'auto' or a whole number"):
             parse_prefetch(bad)
     with pytest.raises(ConfigurationError, match="PGQUEUE_PREFETCH"):
