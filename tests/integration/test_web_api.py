@@ -707,6 +707,21 @@ def test_pages_render_for_a_reader_and_a_401_shows_the_login_form(client: TestCl
     assert 'name="token"' in anonymous.text
 
 
+def test_a_read_token_sees_no_button_it_may_not_press_and_the_admin_token_sees_them(client: TestClient,
+                                                                                    db: Conn) -> None:
+    failed = enqueue(db, "sms", state="failed")
+    waiting = enqueue(db, "sms")
+    actions = re.compile(r"hx-(post|put|delete)=")
+    pages = ("/jobs?state=failed", f"/jobs/{failed}", f"/jobs/{waiting}", "/queues")
+
+    for path in pages:
+        assert not actions.search(client.get(path, headers=READ).text), path  # each would answer 403
+        assert actions.search(client.get(path, headers=ADMIN).text), path
+    queues = client.get("/queues", headers=READ).text
+    assert "none · none" in queues  # the limits are shown as text instead of a form
+    assert "once flow control ships" not in client.get("/queues", headers=ADMIN).text
+
+
 def test_a_job_page_shows_the_workflow_the_job_belongs_to(client: TestClient, db: Conn) -> None:
     import pgqueue
 
