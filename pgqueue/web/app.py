@@ -174,6 +174,11 @@ def create_app(dsn: str | None = None, *, admin_token: str | None = None, read_t
     async def internal_error(request: Request, exc: Exception) -> Response:
         # The traceback goes to the server's log, never to the client.
         log.error("web.internal_error", error_type=type(exc).__name__, path=request.url.path, exc_info=exc)
+        if _wants_html(request) and not request.headers.get("hx-request"):
+            try:  # a person gets a page with the dashboard's links, as for any other error
+                return pages.error_page(dashboard, request, 500, "internal error (the server's log says why)")
+            except Exception:  # noqa: BLE001 - the page itself failed: the plain answer still goes out
+                log.error("web.error_page_failed", path=request.url.path)
         return _api_error(500, "internal error")
 
     routes: list[Route | Mount] = [

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from pgqueue import App
+from pgqueue import App, admin
 from pgqueue.web import create_app
 from tests.helpers import empty_tables, scratch_database, wait_until
 
@@ -560,6 +560,23 @@ def test_breakers_are_listed_by_the_api_and_on_the_overview(client: TestClient, 
     assert 'pgqueue_circuit_breaker_state{state="closed",task="send-sms"} 0.0' in metrics
     assert "Circuit breakers" in page.text
     assert "send-sms" in page.text
+
+
+def test_a_bug_behind_a_page_is_an_error_page_for_people_and_json_for_the_api(
+        module_dsn: str, db: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a bug with a secret in its message")
+
+    monkeypatch.setattr(admin, "list_queues", broken)
+    with TestClient(create_app(module_dsn, read_token="r"), raise_server_exceptions=False) as c:
+        page = c.get("/queues", headers={"Authorization": "Bearer r"})
+        api = c.get("/api/queues", headers={"Authorization": "Bearer r"})
+
+    assert page.status_code == api.status_code == 500
+    assert "<html" in page.text
+    assert "internal error" in page.text
+    assert api.json() == {"error": "internal error", "status": 500}
+    assert "secret" not in page.text + api.text
 
 
 def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
