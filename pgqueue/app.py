@@ -23,6 +23,7 @@ from pgqueue.errors import (
     ConfigurationError,
     DependencyCycle,
     EncryptionKeyMissing,
+    InvalidArgs,
     InvalidDependency,
     InvalidEnqueueOption,
     UnknownTask,
@@ -316,6 +317,9 @@ class App:
                 concurrency=concurrency, rate_limit=rate_limit, rate_period_seconds=rate_period,
                 group_concurrency=group_concurrency,
             )
+            for spec in self.schedules.values():  # declared before their task: checked now
+                if spec.task == task_name:
+                    _check_schedule_args(registered, spec.name, spec.args)
             self.tasks[task_name] = registered
             return registered
 
@@ -333,6 +337,8 @@ class App:
         from pgqueue.schedules import ScheduleSpec
 
         known = self.tasks.get(task)
+        if known is not None:  # else when the task is declared (a task of another app is not checked)
+            _check_schedule_args(known, name, args or {})
         spec = ScheduleSpec.build(
             name=name, cron=cron, task=task, args=args or {}, timezone=timezone,
             queue=queue or (known.queue if known else DEFAULT_QUEUE),
@@ -692,6 +698,15 @@ class App:
         from pgqueue._results import wait_result_async
 
         return await wait_result_async(self, conn, job_id, timeout, poll_interval)
+
+
+def _check_schedule_args(task: Task[..., Any], schedule: str, args: dict[str, Any]) -> None:
+    # Every run of a schedule whose args do not fit its handler would fail at once (InvalidArgs),
+    # for as long as it is deployed: refused where it is declared instead.
+    try:
+        task.job_args(**args)
+    except InvalidArgs as exc:
+        raise InvalidArgs(f"schedule {schedule!r}: {exc}") from None
 
 
 def _exception_types(task_name: str, option: str, value: object) -> tuple[type[BaseException], ...]:

@@ -10,6 +10,7 @@ import pytest
 import pgqueue
 from pgqueue.errors import (
     ArgsNotSerializable,
+    InvalidArgs,
     InvalidCron,
     InvalidPriority,
     InvalidQueueName,
@@ -112,8 +113,28 @@ def test_app_schedule_takes_queue_and_priority_from_the_registered_task() -> Non
                         timezone="America/New_York")
     assert (spec.queue, spec.priority, spec.timezone) == ("reports", 200, "America/New_York")
     assert app.schedules == {"daily-report": spec}
-    explicit = app.schedule("urgent-report", cron="*/10 * * * * *", task="render-report", queue="urgent", priority=0)
+    explicit = app.schedule("urgent-report", cron="*/10 * * * * *", task="render-report", args={"report_id": 2},
+                            queue="urgent", priority=0)
     assert (explicit.queue, explicit.priority) == ("urgent", 0)
+
+
+def test_a_schedule_whose_args_do_not_fit_its_handler_is_refused_whichever_is_declared_first() -> None:
+    # Each run would otherwise fail at once (InvalidArgs) for as long as the schedule is deployed.
+    app = pgqueue.App(dsn="postgresql://unused@127.0.0.1:1/x")
+
+    @app.task(name="render-report")
+    def render(job: pgqueue.Job, report_id: int) -> None: ...
+
+    with pytest.raises(InvalidArgs, match="schedule 'daily': args do not fit task 'render-report': missing"):
+        app.schedule("daily", cron="0 9 * * *", task="render-report")
+    assert app.schedules == {}
+
+    app.schedule("early", cron="0 9 * * *", task="cleanup", args={"days": 30})  # its task comes later
+    with pytest.raises(InvalidArgs, match="schedule 'early': args do not fit task 'cleanup': unexpected 'days'"):
+        @app.task(name="cleanup")
+        def cleanup(job: pgqueue.Job) -> None: ...
+    assert "cleanup" not in app.tasks
+    app.schedule("elsewhere", cron="0 9 * * *", task="another-apps-task", args={"x": 1})  # unknown here: kept
 
 
 def test_app_schedule_refuses_invalid_input_without_registering_anything() -> None:
