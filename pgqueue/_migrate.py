@@ -21,6 +21,8 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 from alembic import command
+from alembic import context as alembic_context
+from alembic import op as alembic_op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -205,6 +207,25 @@ def upgrade_connection(connection: sa.Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     try:
-        command.upgrade(config, "head")
+        with _callers_alembic_kept():
+            command.upgrade(config, "head")
     except CommandError as exc:
         raise PgqueueError(f"migration failed: {exc}") from exc
+
+
+@contextmanager
+def _callers_alembic_kept() -> Iterator[None]:
+    """Put back the ``alembic.context`` and ``alembic.op`` of a command already running.
+
+    An app's ``env.py`` calls :func:`upgrade_connection` inside its own alembic command, and
+    alembic's module-level proxies hold one command at a time: pgqueue's command removes them when
+    it ends, so the app's ``context`` lost its functions and its command died on leaving
+    (``KeyError: 'script'``).
+    """
+    outer = [getattr(module, "_proxy", None) for module in (alembic_context, alembic_op)]
+    try:
+        yield
+    finally:
+        for proxy in outer:
+            if proxy is not None:
+                proxy._install_proxy()
