@@ -710,6 +710,11 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END LOOP;
+    -- App.enqueue's bounds (migration 0014): an infinite run_at broke every report on queue ages.
+    IF job_run_at < '1970-01-01 00:00:00+00' OR job_run_at > now() + interval '36500 days' THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: run_at % must be between 1970-01-01 and 100 years from now', job_run_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     job_state := CASE WHEN job_run_at > now() THEN 'scheduled' ELSE 'available' END;
     IF enqueue.depends_on IS NOT NULL AND cardinality(enqueue.depends_on) > 0 THEN

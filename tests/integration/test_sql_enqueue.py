@@ -66,6 +66,11 @@ def test_psql_enqueues_a_job_with_its_audit_row_and_named_options(dsn: str, conn
     ("pgqueue.enqueue('t', '{}', tags => array_fill('x'::text, ARRAY[33]))", "at most 32 tags, got 33"),
     ("""pgqueue.enqueue('t', jsonb_build_object('blob', repeat('x', 1048576)))""",
      "over the 1048576-byte limit"),
+    # An available job at -infinity broke queue_stats, `pgqueue stats` and `pgqueue health`.
+    ("pgqueue.enqueue('t', '{}', run_at => '-infinity')", "run_at -infinity must be between 1970-01-01"),
+    ("pgqueue.enqueue('t', '{}', run_at => 'infinity')", "run_at infinity must be between 1970-01-01"),
+    ("pgqueue.enqueue('t', '{}', run_at => now() + interval '101 years')", "and 100 years from now"),
+    ("pgqueue.enqueue('t', '{}', run_at => '0001-01-01 BC')", "must be between 1970-01-01"),
 ])
 def test_bad_input_is_refused_with_a_message_naming_the_value_and_nothing_is_written(
         conn: Conn, call: str, message: str) -> None:
