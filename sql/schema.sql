@@ -715,15 +715,15 @@ BEGIN
         RAISE EXCEPTION 'pgqueue.enqueue: run_at % must be between 1970-01-01 and 100 years from now', job_run_at
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF job_policy NOT IN ('cancel', 'run') THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     job_state := CASE WHEN job_run_at > now() THEN 'scheduled' ELSE 'available' END;
     IF enqueue.depends_on IS NOT NULL AND cardinality(enqueue.depends_on) > 0 THEN
         IF enqueue.unique_key IS NOT NULL THEN
             RAISE EXCEPTION 'pgqueue.enqueue: unique_key cannot be combined with depends_on'
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF job_policy NOT IN ('cancel', 'run') THEN
-            RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         SELECT array_agg(l.id ORDER BY l.id), array_agg(l.state ORDER BY l.id),

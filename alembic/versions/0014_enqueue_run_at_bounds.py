@@ -9,6 +9,8 @@ age cannot be computed: ``pgqueue.queue_stats``, the queue_lag report, ``pgqueue
 ``pgqueue health`` all failed with "cannot subtract infinite timestamps" until the row was
 deleted. ``'infinity'`` and dates after year 9999 or BC made rows no program can read back. The
 function now applies App.enqueue's rule: from 1970-01-01 to 100 years (36,500 days) from now.
+``on_dependency_failure`` is checked for every job, as App.enqueue does, not only for one with
+``depends_on`` (``'x'`` was accepted and ignored).
 """
 
 from __future__ import annotations
@@ -32,8 +34,19 @@ RUN_AT_CHECK = """
         RAISE EXCEPTION 'pgqueue.enqueue: run_at % must be between 1970-01-01 and 100 years from now', job_run_at
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF job_policy NOT IN ('cancel', 'run') THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     job_state := CASE WHEN job_run_at > now() THEN 'scheduled' ELSE 'available' END;"""
+
+# Checked above for every job now, as App.enqueue does, not only for one with dependencies.
+_POLICY_IN_DEPENDENCIES = """
+        IF job_policy NOT IN ('cancel', 'run') THEN
+            RAISE EXCEPTION 'pgqueue.enqueue: on_dependency_failure % must be cancel or run', quote_literal(job_policy)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;"""
 
 _STATE_LINE = """
 
@@ -54,7 +67,8 @@ def _enqueue_0010() -> str:
 def _enqueue_0014() -> str:
     old = _enqueue_0010()
     assert old.count(_STATE_LINE) == 1, "the 0010 function text changed: update this migration"  # noqa: S101
-    return old.replace(_STATE_LINE, RUN_AT_CHECK, 1)
+    assert old.count(_POLICY_IN_DEPENDENCIES) == 1, "the 0010 function text changed"  # noqa: S101
+    return old.replace(_STATE_LINE, RUN_AT_CHECK, 1).replace(_POLICY_IN_DEPENDENCIES, "", 1)
 
 
 def upgrade() -> None:

@@ -71,6 +71,8 @@ def test_psql_enqueues_a_job_with_its_audit_row_and_named_options(dsn: str, conn
     ("pgqueue.enqueue('t', '{}', run_at => 'infinity')", "run_at infinity must be between 1970-01-01"),
     ("pgqueue.enqueue('t', '{}', run_at => now() + interval '101 years')", "and 100 years from now"),
     ("pgqueue.enqueue('t', '{}', run_at => '0001-01-01 BC')", "must be between 1970-01-01"),
+    # As App.enqueue: checked with or without depends_on (it was accepted, and ignored, without).
+    ("pgqueue.enqueue('t', '{}', on_dependency_failure => 'x')", "on_dependency_failure 'x' must be cancel or run"),
 ])
 def test_bad_input_is_refused_with_a_message_naming_the_value_and_nothing_is_written(
         conn: Conn, call: str, message: str) -> None:
