@@ -2,7 +2,7 @@
 
 Code schedules (``app.schedule``) are synced by ``pgqueue scheduler``; these commands manage
 run-time ones, and can pause, resume or remove either kind. Every change writes a
-``pgqueue.job_events`` row (job_id NULL, detail ``{"schedule": ...}``) with actor ``cli:<os user>``.
+``pgqueue.job_events`` row (job_id NULL, detail ``{"schedule": ...}``) with the OS user as actor.
 Bad input is reported in one line before anything is written.
 """
 
