@@ -19,7 +19,8 @@ Pure functions of their arguments: no database, no clock (every "now" is passed 
   (60 s by default) after it passed, i.e. no scheduler was running. ``once`` inserts a single
   run (the latest missed fire time) for the whole missed window, ``skip`` inserts none, ``all``
   inserts each one. Fire times within the grace always run. ``max_catchup`` bounds how many runs
-  one pass inserts for a schedule (the most recent are kept).
+  one pass inserts for a schedule (the most recent are kept); on-time fire times beyond it are
+  counted as missed and dropped, like the others the bound leaves out.
 """
 
 from __future__ import annotations
@@ -433,7 +434,8 @@ class RunPlan:
         fire_times: fire times to insert a job for, ascending (UTC).
         catch_up: per fire time, whether it was missed (inserted late by the misfire policy).
         next_run_at: the schedule's new ``next_run_at``: the first fire time after ``now``.
-        missed: fire times older than the grace (counted up to 10,000; see ``missed_truncated``).
+        missed: fire times older than the grace, and on-time ones beyond ``max_catchup`` (counted up
+            to 10,000; see ``missed_truncated``).
         missed_truncated: counting stopped at 10,000; there were more.
         first_missed: the oldest missed fire time (``next_run_at`` when counting was truncated).
         last_missed: the newest missed fire time.
@@ -505,10 +507,11 @@ def plan_runs(cron: Cron, *, next_run_at: datetime | None, now: datetime, misfir
     for fire_time in cron.iter_at_or_before(now):
         if fire_time < next_run_at:
             break
-        if fire_time >= cutoff:
-            if len(on_time) < limit:
-                on_time.append(fire_time)
+        if fire_time >= cutoff and len(on_time) < limit:
+            on_time.append(fire_time)
             continue
+        # Older than the grace, or on time but beyond max_catchup: either way not inserted by
+        # this pass unless the policy keeps it, and counted, so the drop is never silent.
         missed_count += 1
         last_missed = last_missed or fire_time
         first_missed = fire_time

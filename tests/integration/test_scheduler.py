@@ -496,6 +496,21 @@ def test_misfire_policies_after_the_schedulers_were_down_for_hours(dsn: str, db:
     assert catch_up == [("true",)]
 
 
+def test_on_time_runs_max_catchup_leaves_out_are_recorded_as_a_misfire(dsn: str, db: Db, make_scheduler) -> None:
+    # Nine seconds without a pass (a reconnect), well within the 60 s grace, for a per-second
+    # schedule bounded to 3 runs a pass: 3 are inserted and the others must not vanish silently.
+    add_runtime(dsn, "every-second", "* * * * * *", misfire="all", max_catchup=3)
+    db.execute("UPDATE pgqueue.schedules SET next_run_at = date_trunc('second', now()) - interval '9 seconds'")
+
+    result = make_scheduler(pgqueue.App(dsn)).run_pass()
+
+    assert len(runs(db, "every-second")) == 3
+    assert result.misfired == ["every-second"]
+    (detail,) = [d for event, _, d in events(db) if event == "schedule_misfired"]
+    assert detail["inserted"] == 0
+    assert detail["dropped"] == detail["missed"] >= 7
+
+
 def test_a_paused_schedule_inserts_nothing_and_resuming_does_not_catch_up(dsn: str, db: Db, make_scheduler) -> None:
     add_runtime(dsn, "daily", "0 0 * * *")
     make_due_today(db, "daily")

@@ -375,6 +375,19 @@ def test_all_keeps_the_most_recent_runs_up_to_max_catchup() -> None:
     assert (plan.missed, plan.dropped) == (25, 22)
 
 
+@pytest.mark.parametrize("policy", ["once", "skip", "all"])
+def test_on_time_runs_beyond_max_catchup_are_counted_as_dropped_not_lost_silently(policy: str) -> None:
+    # A per-second schedule whose scheduler paused 9 s (a reconnect): 10 fire times, all within the
+    # grace. max_catchup keeps the 3 newest; the 7 others used to vanish with missed == 0, so no
+    # schedule_misfired event said so.
+    plan = plan_runs(Cron("* * * * * *"), next_run_at=utc(2024, 1, 1, 12, 0, 1), now=utc(2024, 1, 1, 12, 0, 10),
+                     misfire=policy, max_catchup=3, grace=GRACE)
+    assert plan.fire_times == (utc(2024, 1, 1, 12, 0, 8), utc(2024, 1, 1, 12, 0, 9), utc(2024, 1, 1, 12, 0, 10))
+    assert plan.catch_up == (False, False, False)
+    assert (plan.missed, plan.inserted_missed, plan.dropped) == (7, 0, 7)
+    assert (plan.first_missed, plan.last_missed) == (utc(2024, 1, 1, 12, 0, 1), utc(2024, 1, 1, 12, 0, 7))
+
+
 @pytest.mark.parametrize(("policy", "expected"), [
     ("once", [utc(2024, 1, 1, 12, 1, 20), utc(2024, 1, 1, 12, 1, 30), utc(2024, 1, 1, 12, 1, 40)]),
     ("skip", [utc(2024, 1, 1, 12, 1, 30), utc(2024, 1, 1, 12, 1, 40)]),
