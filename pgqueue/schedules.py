@@ -301,6 +301,11 @@ def add_schedule(conn: Any, spec: ScheduleSpec, *, replace: bool = False, actor:
         if existing is None:
             if not store.insert_schedule(spec, source="runtime", next_run_at=next_run_at, actor=actor):
                 raise ScheduleExists(f"schedule {spec.name!r} already exists (it was added concurrently)")
+        elif existing.source == "code" and existing.disabled_at is not None:
+            raise ScheduleExists(
+                f"schedule {spec.name!r} was defined in code and is disabled (no longer in the code); "
+                f"remove it with `pgqueue schedules remove {spec.name}` to reuse the name"
+            )
         elif existing.source == "code":
             raise ScheduleExists(
                 f"schedule {spec.name!r} is defined in code (app.schedule); change it there, "

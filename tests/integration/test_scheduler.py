@@ -632,6 +632,20 @@ def test_adding_a_taken_name_is_refused_and_writes_nothing(dsn: str, db: Db, mak
     assert schedule_row(db, "adhoc")["cron"] == "*/5 * * * *"
 
 
+def test_adding_the_name_of_a_disabled_code_schedule_says_to_remove_it(dsn: str, db: Db, make_scheduler) -> None:
+    # It is no longer in the code: "change it there, or pause it" was no way out.
+    app = pgqueue.App(dsn)
+    app.schedule("retired", cron="0 3 * * *", task="t")
+    make_scheduler(app).sync()
+    del app.schedules["retired"]
+    make_scheduler(app).sync()
+
+    with pytest.raises(ScheduleExists, match=r"no longer in the code.*pgqueue schedules remove retired"):
+        add_schedule(db, ScheduleSpec.build(name="retired", cron="0 1 * * *", task="t"), replace=True)
+    remove_schedule(db, "retired")
+    assert add_schedule(db, ScheduleSpec.build(name="retired", cron="0 1 * * *", task="t")).source == "runtime"
+
+
 def test_adding_a_schedule_joins_the_callers_transaction(dsn: str, db: Db) -> None:
     spec = ScheduleSpec.build(name="adhoc", cron="*/5 * * * *", task="t")
     with psycopg.connect(dsn) as conn:
