@@ -124,10 +124,11 @@ def _run(dsn: str, revision: str, *, downgrade: bool) -> None:
     with connect(dsn) as connection:
         config.attributes["connection"] = connection
         try:
-            if downgrade:
-                command.downgrade(config, revision)
-            else:
-                command.upgrade(config, revision)
+            with _callers_alembic_kept():
+                if downgrade:
+                    command.downgrade(config, revision)
+                else:
+                    command.upgrade(config, revision)
         except sa.exc.DBAPIError as exc:
             raise PgqueueError(f"migration failed and was rolled back: {_first_line(exc.orig, dsn)}") from exc
         except CommandError as exc:
@@ -217,10 +218,10 @@ def upgrade_connection(connection: sa.Connection) -> None:
 def _callers_alembic_kept() -> Iterator[None]:
     """Put back the ``alembic.context`` and ``alembic.op`` of a command already running.
 
-    An app's ``env.py`` calls :func:`upgrade_connection` inside its own alembic command, and
-    alembic's module-level proxies hold one command at a time: pgqueue's command removes them when
-    it ends, so the app's ``context`` lost its functions and its command died on leaving
-    (``KeyError: 'script'``).
+    An app's ``env.py`` calls :func:`upgrade_connection` (or :func:`upgrade` with a DSN) inside its
+    own alembic command, and alembic's module-level proxies hold one command at a time: pgqueue's
+    command removes them when it ends, so the app's ``context`` lost its functions and its command
+    died on leaving (``KeyError: 'script'``).
     """
     outer = [getattr(module, "_proxy", None) for module in (alembic_context, alembic_op)]
     try:

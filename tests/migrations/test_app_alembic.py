@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 
 import pgqueue.migrations
@@ -61,7 +62,7 @@ with connectable.connect() as connection:
     context.configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()
-        pgqueue.migrations.upgrade(connection)   # as docs/operations/migrations.md shows
+        pgqueue.migrations.upgrade(PGQUEUE_TARGET)
 '''
 
 _APP_REVISION = '''
@@ -82,14 +83,18 @@ def downgrade():
 '''
 
 
+@pytest.mark.parametrize("target", [
+    "connection",  # as docs/operations/migrations.md shows: in the app's transaction
+    'os.environ["APP_DATABASE_URL"]',  # a DSN: pgqueue's own connection and transaction
+])
 def test_the_apps_own_alembic_command_runs_pgqueues_migrations_from_its_env_py(
-    tmp_path: Path, empty_dsn: str,
+    tmp_path: Path, empty_dsn: str, target: str,
 ) -> None:
     # The documented env.py runs pgqueue's alembic command inside the app's: the app's `alembic
     # upgrade head` used to die with KeyError: 'script' once pgqueue's command had finished.
     (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
     (tmp_path / "migrations" / "versions").mkdir(parents=True)
-    (tmp_path / "migrations" / "env.py").write_text(_APP_ENV_PY)
+    (tmp_path / "migrations" / "env.py").write_text(_APP_ENV_PY.replace("PGQUEUE_TARGET", target))
     (tmp_path / "migrations" / "versions" / "app0001_orders.py").write_text(_APP_REVISION)
     url = "postgresql+psycopg://" + normalize_dsn(empty_dsn).removeprefix("postgresql://")
     for _ in range(2):  # the second run has nothing left to do
