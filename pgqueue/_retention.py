@@ -142,7 +142,7 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
     Args:
         conn: an autocommit psycopg connection.
         policy: the ages to keep.
-        actor: written to the summary row (``maintenance``, ``cli:<user>``).
+        actor: written to the summary row (``maintenance``, or the OS user from the CLI).
         progress: called after each batch with the step's name and the rows deleted so far.
         batch_size: rows per delete statement.
         max_batches: stop after this many batches (the report is then not ``finished``).

@@ -1,7 +1,7 @@
 """pgqueue breakers list|reset: the circuit breakers of tasks, over :mod:`pgqueue.admin`.
 
 A reset writes a ``breaker_reset`` row in ``pgqueue.job_events`` (job_id NULL, detail
-``{"task": ...}``) with the actor ``cli:<os user>``.
+``{"task": ...}``) with the OS user as actor (source ``cli``).
 """
 
 from __future__ import annotations

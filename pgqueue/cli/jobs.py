@@ -1,7 +1,7 @@
 """pgqueue jobs list|show|retry|cancel|delete: inspect and manage individual jobs.
 
 A thin layer over :mod:`pgqueue.admin`: every change is written with its ``pgqueue.job_events``
-row (actor ``cli:<os user>``) in the same transaction.
+row (actor: the OS user, source ``cli``) in the same transaction.
 """
 
 from __future__ import annotations

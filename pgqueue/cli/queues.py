@@ -1,8 +1,8 @@
 """pgqueue queues list|pause|resume|purge|set: per-queue counts and controls, over :mod:`pgqueue.admin`.
 
 Pausing, resuming and setting limits write a ``pgqueue.job_events`` row (job_id NULL, detail
-``{"queue": ...}``); purging writes one ``purged`` row per deleted job. The actor is
-``cli:<os user>``.
+``{"queue": ...}``); purging writes one ``purged`` row per deleted job. The actor is the OS
+user, with source ``cli``.
 """
 
 from __future__ import annotations

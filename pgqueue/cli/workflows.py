@@ -1,7 +1,7 @@
 """pgqueue workflows show|cancel|retry: a chain or group (see :mod:`pgqueue.workflows`) as a whole.
 
 A thin layer over :mod:`pgqueue.admin` (``get_workflow``, ``cancel_workflow``, ``retry_workflow``);
-every change is audited with actor ``cli:<os user>``.
+every change is audited with the OS user as actor (source ``cli``).
 """
 
 from __future__ import annotations
