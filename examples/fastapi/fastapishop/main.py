@@ -1,4 +1,4 @@
-"""Run it with `PGQUEUE_DSN=postgresql://... uvicorn fastapishop.main:api`.
+"""Run it from examples/fastapi with `PGQUEUE_DSN=postgresql://... uvicorn --factory fastapishop.main:create_api`.
 
 - The pgqueue worker runs inside the web process, started and stopped by the app's lifespan (a
   separate `pgqueue worker --app fastapishop.main:queue` process is the other way).
