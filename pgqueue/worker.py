@@ -24,6 +24,15 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     asyncio.run waits for every task it cancels at the end; an async handler that swallows its
     CancelledError (abandoned after its timeout) would keep the worker from ever exiting.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        main.close()  # never started: no "coroutine was never awaited" warning on top
+        raise RuntimeError(
+            "Worker.run() and run_until_empty() start an event loop of their own, and this thread is "
+            "already running one (an async app or test): await run_async() or run_until_empty_async() instead")
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)

@@ -164,3 +164,18 @@ def test_running_a_worker_a_second_time_raises_instead_of_silently_doing_nothing
     with pytest.raises(RuntimeError, match="runs once"):
         asyncio.run(worker.run_async())
     assert states(dsn) == {first: ("completed", 1), second: ("available", 0)}
+
+
+def test_run_until_empty_inside_a_running_event_loop_says_to_await_the_async_twin(app: App, dsn: str) -> None:
+    @app.task(name="quick")
+    def quick(job: Job) -> None: ...
+
+    job_id = quick.enqueue(None)
+
+    async def an_async_test() -> None:
+        with pytest.raises(RuntimeError, match=r"run_until_empty_async\(\)"):
+            Worker(app).run_until_empty()
+        await Worker(app).run_until_empty_async()
+
+    asyncio.run(an_async_test())
+    assert states(dsn)[job_id] == ("completed", 1)
