@@ -69,6 +69,11 @@ class _HandlerCrashed(Exception):
         self.original = original
 
 
+class _Overran(Exception):
+    """The handler ran past its task's timeout. Not a TimeoutError: that is what a handler's own
+    network call raises (socket.timeout, asyncio.TimeoutError), an error of its own to retry."""
+
+
 def describe_exception(exc: BaseException) -> str:
     """``str(exc)``, or what can be said of it when its ``__str__`` raises (a poison handler's error
     must still become a failed attempt, never an error in the worker itself)."""
@@ -179,7 +184,7 @@ class JobRunner:
             raise _HandlerCrashed(exc) from exc
 
     async def _bounded(self, task: Task[..., Any], job: Job, limit: float, log: Any) -> Any:
-        """Run the handler for up to ``limit`` seconds; raise TimeoutError when it overruns, even when it
+        """Run the handler for up to ``limit`` seconds; raise _Overran when it overruns, even when it
         swallows the CancelledError that should stop it (``asyncio.wait_for`` would wait for it
         forever, and the job would never end). Such a handler is left running, unawaited."""
         inner = asyncio.ensure_future(self._contained(task, job))
@@ -196,7 +201,7 @@ class JobRunner:
             log.warning("job.handler_ignored_cancel", grace_s=_CANCEL_GRACE)
         # Whatever it ends with is no longer anyone's outcome; retrieve it so asyncio does not log it.
         inner.add_done_callback(_forget)
-        raise TimeoutError
+        raise _Overran
 
     async def _call(self, task: Task[..., Any], job: Job) -> Any:
         if task.transactional:
@@ -276,7 +281,7 @@ class JobRunner:
                 result = await self._bounded(task, job, task.timeout, log)
             else:
                 result = await self._contained(task, job)
-        except TimeoutError:
+        except _Overran:
             if not task.is_async and not task.transactional:
                 self._abandon_thread()
             outcome = failure_outcome(job, task, JobTimeout(f"attempt exceeded the {task.timeout:g}s timeout"))

@@ -459,6 +459,30 @@ def test_retry_on_and_discard_on_choose_which_errors_are_retried(
         assert "retry_scheduled" not in events(db, job_id)
 
 
+@pytest.mark.parametrize("timeout", [None, 30.0])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_timeout_error_the_handler_raises_is_its_own_error_not_the_task_timeout(
+        app: App, db: Conn, start_worker: StartWorker, kind: str, timeout: float | None) -> None:
+    # A network call's TimeoutError (socket.timeout, asyncio.TimeoutError) was taken for the task's
+    # own timeout: with none set, formatting it failed the job with a TypeError instead of a retry.
+    if kind == "sync":
+        @app.task(name="call-api", max_attempts=2, backoff=Backoff.fixed(0), timeout=timeout)
+        def call_api(job: Job) -> None:
+            raise TimeoutError("the API did not answer")
+    else:
+        @app.task(name="call-api", max_attempts=2, backoff=Backoff.fixed(0), timeout=timeout)
+        async def call_api_async(job: Job) -> None:
+            raise TimeoutError("the API did not answer")
+
+    job_id = app.enqueue(None, "call-api", {})
+    start_worker()
+
+    failed = wait_for_state(db, job_id, "failed")
+    assert (failed["attempt"], failed["last_error"]["type"], failed["last_error"]["message"]) == (
+        2, "TimeoutError", "the API did not answer")
+    assert events(db, job_id).count("retry_scheduled") == 1
+
+
 @pytest.mark.parametrize("options", [{"retry_on": ("TimeoutError",)}, {"discard_on": (KeyError, 1)},
                                      {"retry_on": TimeoutError}, {"discard_on": "KeyError"}])
 def test_retry_on_and_discard_on_that_are_not_tuples_of_exception_classes_are_refused_at_declaration(
