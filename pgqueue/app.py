@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -307,6 +308,7 @@ class App:
             rate_limit, rate_period = _task_rate(task_name, rate)
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigurationError(f"task {task_name!r} is registered twice")
+            _check_takes_job(task_name, func)
             registered = Task(
                 app=self, fn=func, name=task_name, queue=check_queue_name(queue),
                 priority=resolve_priority(priority), max_attempts=max_attempts, timeout=timeout,
@@ -707,6 +709,21 @@ def _check_schedule_args(task: Task[..., Any], schedule: str, args: dict[str, An
         task.job_args(**args)
     except InvalidArgs as exc:
         raise InvalidArgs(f"schedule {schedule!r}: {exc}") from None
+
+
+def _check_takes_job(task_name: str, func: Callable[..., Any]) -> None:
+    """The worker calls ``func(job, **args)``: a handler with no positional slot for the job failed
+    every enqueue (or every attempt) with a TypeError that never said why."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins and C callables have none: checked at run time
+        return
+    try:
+        signature.bind_partial(None)
+    except TypeError:
+        raise ConfigurationError(
+            f"task {task_name!r}: its handler must take the job (a pgqueue.Job) as its first positional "
+            f"parameter, e.g. def handler(job: pgqueue.Job, ...)") from None
 
 
 def _exception_types(task_name: str, option: str, value: object) -> tuple[type[BaseException], ...]:

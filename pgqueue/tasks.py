@@ -175,6 +175,9 @@ class Task(Generic[P, R]):
         missing = sorted(required - set(args))
         parts = [f"unexpected {', '.join(map(repr, unexpected))}" if unexpected else "",
                  f"missing {', '.join(map(repr, missing))}" if missing else ""]
+        first = next(iter(self._signature.parameters.values()), None)
+        if first is not None and first.name in unexpected and first.kind is not first.POSITIONAL_ONLY:
+            parts[0] += f" (the handler's first parameter, {first.name!r}, receives the pgqueue.Job)"
         return "; ".join(p for p in parts if p) or _GENERIC_MISMATCH
 
     @property

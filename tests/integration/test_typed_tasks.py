@@ -12,7 +12,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from pgqueue import App, Job, Worker
-from pgqueue.errors import EnqueueError, InvalidArgs, InvalidEnqueueOption, InvalidPriority
+from pgqueue.errors import ConfigurationError, EnqueueError, InvalidArgs, InvalidEnqueueOption, InvalidPriority
 from pgqueue.settings import Settings
 
 Conn = psycopg.Connection[TupleRow]
@@ -90,6 +90,32 @@ def test_an_argument_named_like_the_jobs_parameter_is_refused(dsn: str, conn: Co
     with pytest.raises(InvalidArgs, match="multiple values for argument 'job'"):
         loose.enqueue(conn, job=1)
     assert _row(conn, strict.enqueue(conn, job=1))[3] == {"job": 1}  # positional-only: no clash
+
+
+def test_a_handler_with_no_parameter_for_the_job_is_refused_where_it_is_declared() -> None:
+    # It was accepted, and every enqueue then failed with "too many positional arguments"; one
+    # taking it keyword-only enqueued, and each attempt failed with a TypeError.
+    app = App()
+    with pytest.raises(ConfigurationError, match=r"task 'no-job': its handler must take the job .* first"):
+        @app.task(name="no-job")
+        def no_job() -> None: ...
+    with pytest.raises(ConfigurationError, match=r"task 'kw-job': its handler must take the job"):
+        @app.task(name="kw-job")
+        def kw_job(*, job: Job) -> None: ...
+    assert not app.tasks
+
+
+def test_an_argument_named_like_a_handlers_first_parameter_says_that_parameter_gets_the_job(
+        dsn: str, conn: Conn) -> None:
+    app = _app(dsn)
+
+    @app.task(name="resize")
+    def resize(image_id: int) -> None: ...  # a handler that forgot the job
+
+    with pytest.raises(InvalidArgs, match=r"unexpected 'image_id' \(the handler's first parameter, 'image_id', "
+                                          r"receives the pgqueue.Job\)"):
+        resize.enqueue(conn, image_id=7)
+    assert _count(conn) == 0
 
 
 def test_a_handler_taking_star_args_cannot_be_given_positional_extras(dsn: str, conn: Conn) -> None:

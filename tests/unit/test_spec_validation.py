@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgqueue import App, JobSpec
+from pgqueue import App, Job, JobSpec
 from pgqueue._crypto import generate_key
 from pgqueue._db.jobs import NewJob
 from pgqueue._tracing import TRACE_KEY
@@ -22,10 +22,10 @@ def make_app() -> App:
     app = App(DSN, settings=Settings(dsn=DSN, encryption_keys=(generate_key(),), max_payload_bytes=200))
 
     @app.task(name="plain", max_attempts=7, queue="mail")
-    def plain(**_: Any) -> None: ...
+    def plain(job: Job, **_: Any) -> None: ...
 
     @app.task(name="sealed", encrypt=True)
-    def sealed(**_: Any) -> None: ...
+    def sealed(job: Job, **_: Any) -> None: ...
 
     return app
 
