@@ -13,7 +13,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pgqueue import admin as admin  # "as": re-exported for type checkers, not in __all__
     from pgqueue import errors
+    from pgqueue import schedules as schedules
     from pgqueue.app import App
     from pgqueue.backoff import Backoff
     from pgqueue.breakers import CircuitBreaker
@@ -53,9 +55,14 @@ _PUBLIC: dict[str, str] = {
 }
 
 
+# Public modules the documentation calls through the package (`pgqueue.admin.cancel_job(conn, id)`),
+# reachable after `import pgqueue` alone, loaded on first use like the names above.
+_MODULES = frozenset({"admin", "errors", "schedules"})
+
+
 def __getattr__(name: str) -> object:
-    if name == "errors":
-        return importlib.import_module("pgqueue.errors")
+    if name in _MODULES:
+        return importlib.import_module(f"pgqueue.{name}")
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'pgqueue' has no attribute {name!r}")
