@@ -127,8 +127,12 @@ def failure_outcome(job: Job, task: Task[..., Any] | None, exc: BaseException) -
                    delay=delay, event="retry_scheduled", error=error_json(exc))
 
 
-def _traced_outcome(outcome: Outcome | None) -> tuple[str, str | None]:
-    """(outcome, error type) for a job's span: completed, retry, failed or discarded."""
+def _traced_outcome(outcome: Outcome | None, cancelled: bool) -> tuple[str, str | None]:
+    """(outcome, error type) for a job's span: completed, retry, failed, discarded, snoozed or cancelled."""
+    if cancelled:
+        return "cancelled", None  # whatever the attempt produced is refused: the job is cancelled
+    if outcome is not None and outcome.event == "snoozed":
+        return "snoozed", None  # asked to run later, using no attempt: not a failure
     if outcome is None or outcome.state == "completed":
         return "completed", None  # None: a transactional handler wrote its completion itself
     error_type = json.loads(outcome.error).get("type") if outcome.error else None
@@ -247,7 +251,7 @@ class JobRunner:
         else:
             with tracing.job_span(job, carrier) as span:
                 outcome = await self._run(task, job)
-                span.set_outcome(*_traced_outcome(outcome))
+                span.set_outcome(*_traced_outcome(outcome, job.cancelled))
         if job.cancelled:
             # The job is already cancelled in the database (with its audit row): whatever the
             # attempt produced would be refused, and a transactional handler's writes rolled back.

@@ -3,8 +3,8 @@
 After :func:`instrument`, every job attempt runs in a span (``pgqueue.job <task>``, kind
 CONSUMER) with the attributes ``messaging.system`` = ``pgqueue``, ``pgqueue.queue``,
 ``pgqueue.task``, ``pgqueue.job_id``, ``pgqueue.attempt``, ``pgqueue.outcome`` (``completed``,
-``retry``, ``failed``, ``discarded``) and ``error.type`` when it did not complete. The handler's
-own spans are its children. The span is linked to the span that was current when the job was
+``retry``, ``failed``, ``discarded``, ``snoozed``, ``cancelled``) and ``error.type`` when it
+failed. The handler's own spans are its children. The span is linked to the span that was current when the job was
 enqueued: enqueueing stores that trace context with the job (in its args under
 ``_pgqueue_trace``, which the worker removes before calling the handler), only when a span is
 being recorded.
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from pgqueue.jobs import Job
 
 _SCOPE = "pgqueue"
+# A snooze asks to run later and an operator's cancel ends the job on purpose: neither failed.
+_NOT_ERRORS = frozenset({"completed", "snoozed", "cancelled"})
 
 
 class _Span:
@@ -43,7 +45,7 @@ class _Span:
         self._span.set_attribute("pgqueue.outcome", outcome)
         if error_type is not None:
             self._span.set_attribute("error.type", error_type)
-        if outcome != "completed":
+        if outcome not in _NOT_ERRORS:
             self._span.set_status(Status(StatusCode.ERROR, error_type))
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from contextlib import nullcontext
 from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from pgqueue import App, Job, Worker
+from pgqueue import App, Job, Snooze, Worker
 from pgqueue._tracing import TRACE_KEY, JobSpan
+from pgqueue.admin import cancel_job
 from pgqueue.settings import Settings
 
 Conn = psycopg.Connection[TupleRow]
@@ -67,3 +70,55 @@ def test_importing_pgqueue_and_enqueueing_never_loads_opentelemetry() -> None:
             "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'loaded'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+class _RecordingTracing:
+    """Records each job span's outcome, as an integration would report it."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[tuple[str, str | None]]] = {}
+
+    def carrier(self) -> dict[str, str] | None:
+        return None
+
+    def job_span(self, job: Job, carrier: dict[str, str] | None) -> Any:
+        outcomes = self.outcomes.setdefault(job.task, [])
+
+        class _Span:
+            def set_outcome(self, outcome: str, error_type: str | None = None) -> None:
+                outcomes.append((outcome, error_type))
+
+        return nullcontext(_Span())
+
+
+def test_a_snoozed_or_cancelled_attempts_span_says_so_not_retry(dsn: str, conn: Conn) -> None:
+    # Both were reported as outcome "retry" (a cancelled one with error type "Cancelled").
+    settings = Settings(dsn=dsn, poll_seconds=0.2, lease_seconds=5, shutdown_grace_seconds=2)
+    app = App(dsn, settings=settings)
+    app.tracing = tracing = _RecordingTracing()
+    started = threading.Event()
+
+    @app.task(name="nap")
+    def nap(job: Job) -> None:
+        if job.attempt == 1 and not tracing.outcomes["nap"]:
+            raise Snooze(delay=0)
+
+    @app.task(name="long")
+    def long(job: Job) -> None:
+        started.set()
+        for _ in range(600):  # a bound: 30 s
+            job.raise_if_cancelled()
+            time.sleep(0.05)
+
+    nap.enqueue(conn)
+    long_id = long.enqueue(conn)
+    conn.commit()
+    worker = threading.Thread(target=Worker(app, settings=settings).run_until_empty, daemon=True)
+    worker.start()
+    assert started.wait(30)
+    cancel_job(conn, long_id)
+    conn.commit()
+    worker.join(30)
+
+    assert not worker.is_alive()
+    assert tracing.outcomes == {"nap": [("snoozed", None), ("completed", None)], "long": [("cancelled", None)]}
