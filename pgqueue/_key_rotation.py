@@ -55,8 +55,13 @@ def stale_counts(store: KeyStore, keyring: Keyring) -> dict[str, int]:
 def rotate(store: KeyStore, keyring: Keyring, *, batch: int = DEFAULT_BATCH, dry_run: bool = False,
            actor: str | None = None, source: str | None = None,
            on_batch: Callable[[int], None] | None = None) -> RotationReport:
-    """Re-encrypt stale ciphertexts under ``keyring``'s newest key; write one ``keys_rotated`` audit row
-    (``source``, where the run came from, in its detail when given).
+    """Re-encrypt stale ciphertexts under ``keyring``'s newest key, auditing as it goes.
+
+    Every batch that re-encrypts something writes a ``keys_rotated`` row with the counts so far
+    (``"finished": false``) in its own transaction, so a run that is interrupted never leaves
+    re-encrypted payloads without their audit row; the run ends with one ``keys_rotated`` row with
+    the totals and what remains (``"finished": true``). ``source``, where the run came from, is in
+    every row's detail when given.
 
     A dry run decrypts everything it would rotate (so it finds unreadable rows too) and writes nothing.
     """
@@ -69,17 +74,23 @@ def rotate(store: KeyStore, keyring: Keyring, *, batch: int = DEFAULT_BATCH, dry
                 break
             after_id = rows[-1].job_id
             updates = [update for row in rows if (update := _reencrypt(row, keyring, report)) is not None]
+            report.jobs += len(updates)
             if updates and not dry_run:
                 store.update_ciphertexts(updates)
-        report.jobs += len(updates)
+                _record(store, report, actor, source, finished=False)
         if on_batch is not None:
             on_batch(len(rows))
     if not dry_run:
         report.remaining = stale_counts(store, keyring)
         with store.transaction():
-            detail = report.as_dict() | ({"source": source} if source else {})
-            store.record_key_rotation(actor or "", detail)
+            _record(store, report, actor, source, finished=True)
     return report
+
+
+def _record(store: KeyStore, report: RotationReport, actor: str | None, source: str | None, *,
+            finished: bool) -> None:
+    detail = report.as_dict() | {"finished": finished} | ({"source": source} if source else {})
+    store.record_key_rotation(actor or "", detail)
 
 
 def _reencrypt(row: StoredCiphertexts, keyring: Keyring, report: RotationReport) -> StoredCiphertexts | None:

@@ -47,7 +47,7 @@ def rotate_command(
     """Re-encrypt every stored args, result and error ciphertext not under the newest key.
 
     Uses PGQUEUE_ENCRYPTION_KEYS: the first key is the target, the others open older ciphertexts.
-    Safe to re-run and to run while workers are busy; writes one `keys_rotated` audit row.
+    Safe to re-run and to run while workers are busy; audited as `keys_rotated` rows (one per batch, and a summary).
     Exits 1 when some ciphertexts are under a key that is not configured (they are left unchanged).
     """
     if not 1 <= batch <= 10_000:

@@ -80,7 +80,8 @@ def test_enqueue_encrypt_rotate_and_jobs_show(dsn: str, conn: Conn) -> None:
     audit = conn.execute("SELECT actor, detail FROM pgqueue.job_events WHERE job_id IS NULL AND event = 'keys_rotated'"
                          ).fetchall()
     conn.rollback()
-    assert [(a[0], a[1]["source"]) for a in audit] == [(ACTOR, "cli")]
+    # One row for the one batch that re-encrypted, and the run's summary.
+    assert [(a[0], a[1]["source"], a[1]["finished"]) for a in audit] == [(ACTOR, "cli", False), (ACTOR, "cli", True)]
     assert new not in repr(audit)
     assert old not in repr(audit)
 

@@ -361,8 +361,11 @@ def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_ke
     assert row(db, plain)["args"] == {"ssn": "public"}
     audit = db.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'keys_rotated' AND job_id IS NULL "
                        "ORDER BY id").fetchall()
-    assert [a[0] for a in audit] == ["cli:test", "cli:test"]  # the dry run wrote nothing
-    assert audit[0][1]["args"] == 2
+    # The dry run wrote nothing; the first run one row per batch (2 jobs, batch=1) and its summary,
+    # the second (nothing left to do) only its summary.
+    assert [(a[0], a[1]["finished"], a[1]["jobs"]) for a in audit] == [
+        ("cli:test", False, 1), ("cli:test", False, 2), ("cli:test", True, 2), ("cli:test", True, 0)]
+    assert audit[2][1]["args"] == 2
     assert OLD not in repr(audit)
     assert NEW not in repr(audit)
     assert opened((NEW,), row(db, finished)["error_encrypted"], "error", "reject")["type"] == "ValueError"
@@ -372,6 +375,24 @@ def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_ke
 
     assert done["state"] == "completed", done["last_error"]
     assert opened((NEW,), done["result_encrypted"], "result", "verify") == {"verified": SECRET}
+
+
+def test_an_interrupted_rotation_leaves_no_reencrypted_payload_without_its_audit_row(dsn: str, db: Conn) -> None:
+    old_app = make_app(dsn, OLD)
+    ids = [old_app.enqueue(None, "verify", {"ssn": SECRET}, encrypt=True) for _ in range(3)]
+    keyring = Keyring((NEW, OLD))
+
+    def interrupt(rows: int) -> None:  # called after each committed batch: Ctrl-C after the first
+        raise KeyboardInterrupt
+
+    with psycopg.connect(dsn) as conn, pytest.raises(KeyboardInterrupt):
+        rotate(KeyStore(conn), keyring, batch=1, actor="cli:test", source="cli", on_batch=interrupt)
+
+    rotated = [job_id for job_id in ids if keyring.is_current(bytes(row(db, job_id)["args_encrypted"]))]
+    audit = db.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'keys_rotated'").fetchall()
+    assert rotated == ids[:1]
+    assert [(a[0], a[1]["jobs"], a[1]["args"], a[1]["finished"], a[1]["source"]) for a in audit] == [
+        ("cli:test", 1, 1, False, "cli")]
 
 
 def test_rotate_leaves_ciphertexts_under_unknown_keys_untouched_and_reports_them(dsn: str, db: Conn) -> None:
