@@ -157,6 +157,23 @@ def test_dry_run_counts_what_would_go_and_deletes_nothing(db: Conn) -> None:
     assert (real.completed, real.failed, real.cancelled) == (4, 2, 1)
 
 
+def test_dry_run_does_not_count_a_finished_job_that_a_job_still_to_run_depends_on(db: Conn) -> None:
+    completed, failed = add_jobs(db, "completed", 1, "2 hours")[0], add_jobs(db, "failed", 1, "8 days")[0]
+    lone = add_jobs(db, "completed", 1, "2 hours")
+    db.execute("UPDATE pgqueue.jobs SET has_dependents = true WHERE id = ANY(%s)", [[completed, failed]])
+    waiting = add_jobs(db, "waiting", 1, None)[0]
+    db.execute("INSERT INTO pgqueue.job_dependencies (job_id, depends_on) VALUES (%s, %s), (%s, %s)",
+               [waiting, completed, waiting, failed])
+    policy = RetentionPolicy(completed=HOUR, failed=7 * DAY, audit=30 * DAY)
+
+    dry = count_prunable(db, policy)
+    real = prune(db, policy, "test")
+
+    assert (real.completed, real.failed, real.cancelled) == (1, 0, 0)
+    assert remaining(db, [completed, failed, *lone]) == {completed, failed}
+    assert (dry.completed, dry.failed, dry.cancelled) == (real.completed, real.failed, real.cancelled)
+
+
 # --- schedule_runs: the exactly-once guard of cron ---
 
 def add_schedule(db: Conn, name: str, last_run_ago: str | None, next_run_in: str | None) -> None:

@@ -54,13 +54,17 @@ WITH doomed AS (
 SELECT state, count(*) FROM deleted GROUP BY state;
 
 -- name: count_prunable_jobs
--- What a run would delete now (pgqueue prune --dry-run).
+-- What a run would delete now (pgqueue prune --dry-run): the same rule as the deletes above,
+-- so a job that a job still to run depends on is not counted either.
 SELECT count(*) FILTER (WHERE state = 'completed' AND finished_at < %(completed_before)s) AS completed,
        count(*) FILTER (WHERE state = 'failed' AND finished_at < %(failed_before)s) AS failed,
        count(*) FILTER (WHERE state = 'cancelled' AND finished_at < %(failed_before)s) AS cancelled
 FROM pgqueue.jobs
 WHERE state IN ('completed', 'failed', 'cancelled')
-  AND finished_at < GREATEST(%(completed_before)s, %(failed_before)s);
+  AND finished_at < GREATEST(%(completed_before)s, %(failed_before)s)
+  AND NOT (has_dependents AND EXISTS (
+      SELECT FROM pgqueue.job_dependencies AS e JOIN pgqueue.jobs AS d ON d.id = e.job_id
+      WHERE e.depends_on = jobs.id AND d.state IN ('waiting', 'scheduled', 'available', 'running')));
 
 -- name: delete_schedule_runs
 -- schedule_runs rows are the exactly-once guard of cron: a scheduler inserts a fire time only if
