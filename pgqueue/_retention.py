@@ -162,6 +162,7 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
         return report
     current = 0
     committed = PruneReport(cutoffs=cutoffs, finished=False)
+    recorded = False
     while True:
         step = steps[current]
         try:
@@ -176,12 +177,16 @@ def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
                 if done or out_of_budget:
                     report.finished = done
                     _record(store, report, actor, record_empty, source)
-        except DATABASE_ERRORS:
-            _record_failed_run(store, committed, actor, source)
+            recorded = done or out_of_budget
+            committed.add(counts)
+            if progress is not None:
+                progress(step.name, report.total)
+        # Not only database errors: an operator's Ctrl-C (or an exception from `progress`) between
+        # batches must not leave the batches already committed without their audit row.
+        except BaseException:
+            if not recorded:
+                _record_failed_run(store, committed, actor, source)
             raise
-        committed.add(counts)
-        if progress is not None:
-            progress(step.name, report.total)
         if done or out_of_budget:
             return report
 

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.rows import TupleRow
 from structlog.testing import capture_logs
@@ -119,6 +120,33 @@ def test_a_batch_budget_stops_the_run_with_a_summary_and_the_next_run_finishes(d
     assert (second.completed, second.finished) == (2, True)
     assert remaining(db, ids) == set()
     assert [(e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [(10, False), (2, True)]
+
+
+def test_an_interrupted_run_still_audits_the_batches_it_committed(db: Conn) -> None:
+    ids = add_jobs(db, "completed", 12, "2 hours")
+
+    def interrupt(step: str, done: int) -> None:  # called after each committed batch: Ctrl-C after the first
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prune(db, RetentionPolicy(completed=HOUR, failed=None, audit=None), "cli:alice", batch_size=5,
+              progress=interrupt)
+
+    assert len(remaining(db, ids)) == 7
+    assert [(e[1], e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [("cli:alice", 5, False)]
+
+
+def test_a_run_interrupted_after_its_summary_row_writes_no_second_row(db: Conn) -> None:
+    add_jobs(db, "completed", 2, "2 hours")
+
+    def interrupt(step: str, done: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prune(db, RetentionPolicy(completed=HOUR, failed=None, audit=None), "cli:alice", batch_size=5,
+              progress=interrupt)
+
+    assert [(e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [(2, True)]
 
 
 def test_a_summary_row_is_only_written_for_an_empty_run_when_asked(db: Conn) -> None:
