@@ -386,13 +386,17 @@ def _crash_line(exc: BaseException) -> str:
     """One line for an error nobody planned for: its type and where it was raised, and its message
     only when the type is a plain ValueError/TypeError (bad input). Messages of other errors may
     quote a job's payload."""
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    where = _raised_at(exc)
     if type(exc) in (ValueError, TypeError):
         return f"{exc} ({type(exc).__name__}{where})"
     return f"unexpected {type(exc).__name__}{where} (a bug in pgqueue: please report it)"
+
+
+def _raised_at(exc: BaseException) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def _install_crash_hooks() -> None:
@@ -414,7 +418,11 @@ def _install_crash_hooks() -> None:
         from pgqueue.cli._context import one_line_for_terminal
 
         name = args.thread.name if args.thread is not None else "?"
-        print(f"pgqueue: error in thread {name}: {one_line_for_terminal(_crash_line(args.exc_value))}",
+        # Never the message, whatever the type: a thread's error is not bad command-line input, and
+        # the thread may be a handler's own, whose ValueError quotes the decrypted args of its job.
+        error = args.exc_value
+        print(f"pgqueue: error in thread {name}: uncaught {one_line_for_terminal(type(error).__name__)}"
+              f"{one_line_for_terminal(_raised_at(error))} (message not shown: it may quote job data)",
               file=sys.stderr)
 
     sys.excepthook = excepthook

@@ -3,10 +3,12 @@ whether or not it parses; a DSN that does not parse gives one line, never a trac
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from pgqueue._crypto import generate_key
 from pgqueue.settings import Settings, redact_dsn, scrub_secrets
 from tests.e2e.worker_app import EXECUTIONS_DDL
 from tests.helpers import wait_until
@@ -85,6 +87,22 @@ def test_a_working_worker_and_commands_never_log_the_password(worker_dsn: str, d
                timeout=30, message=worker.describe())
     assert worker.stop() == 0
     assert MARKER not in worker.stderr()
+    assert MARKER not in worker.stdout_path.read_text()
+
+
+def test_an_uncaught_error_in_a_handler_s_thread_prints_its_type_never_its_message(
+        worker_dsn: str, db: Db, run_cli: RunCli, spawn_worker: SpawnWorker) -> None:
+    keys = {"PGQUEUE_ENCRYPTION_KEYS": generate_key()}
+    worker = spawn_worker(worker_dsn, env=keys)
+    enqueued = run_cli(["enqueue", "thread-error", "--encrypt", "--args", json.dumps({"ssn": MARKER})],
+                       dsn=worker_dsn, env=keys)
+    assert enqueued.returncode == 0, enqueued.stderr
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed'").fetchone() == (1,),
+               timeout=30, message=worker.describe())
+    assert worker.stop() == 0
+    stderr = worker.stderr()
+    assert "error in thread ssn-check: uncaught ValueError at " in stderr, stderr
+    assert MARKER not in stderr
     assert MARKER not in worker.stdout_path.read_text()
 
 

@@ -82,3 +82,16 @@ def sleep(job: pgqueue.Job, seconds: float, later_seconds: float | None = None, 
     (default: ``seconds``), so a rescued job finishes quickly on its second worker."""
     record_execution(job)
     time.sleep(seconds if job.attempt == 1 or later_seconds is None else later_seconds)
+
+
+@app.task(name="thread-error")
+def thread_error(job: pgqueue.Job, ssn: str) -> None:
+    """Starts a thread that dies of an uncaught ValueError quoting the args, as careless handler
+    code would; the job itself completes."""
+
+    def check() -> None:
+        raise ValueError(f"not a valid ssn: {ssn}")
+
+    helper = threading.Thread(target=check, name="ssn-check")
+    helper.start()
+    helper.join()
