@@ -513,6 +513,10 @@ def test_audit_show_and_verify_pass_on_an_intact_trail_and_fail_in_one_line_once
     shown = run(dsn, "audit", "show", str(job_id))
     assert shown.returncode == 1
     assert f"{cancel_seal} ALTERED" in shown.stdout
+    shown_json = run(dsn, "audit", "show", str(job_id), "--json")
+    assert shown_json.returncode == 1
+    assert json.loads(shown_json.stdout)[1]["seal_intact"] is False
+    assert shown_json.stderr.startswith("pgqueue: error: a seal covering this job's trail does not match")
 
     missing = run(dsn, "audit", "show", "999999")
     assert missing.returncode == 1
