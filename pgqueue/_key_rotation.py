@@ -15,7 +15,7 @@ from typing import Any
 
 from pgqueue._crypto import FIELDS, Field, Keyring, key_id_in
 from pgqueue._db.keys import KeyStore, StoredCiphertexts
-from pgqueue.errors import DecryptionError
+from pgqueue.errors import DecryptionError, UnknownEncryptionKey
 
 DEFAULT_BATCH = 500
 
@@ -30,6 +30,9 @@ class RotationReport:
     rotated: Counter[str] = field(default_factory=Counter)
     from_key_ids: set[str] = field(default_factory=set)
     unreadable: Counter[str] = field(default_factory=Counter)
+    #: Jobs with a ciphertext that is malformed or fails authentication under a configured key
+    #: (altered, or copied from another job): no key will open it, so it is not "unreadable".
+    damaged: set[int] = field(default_factory=set)
     remaining: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -42,6 +45,7 @@ class RotationReport:
             "errors": self.rotated["error"],
             "from_key_ids": sorted(self.from_key_ids),
             "unreadable": dict(sorted(self.unreadable.items())),
+            "damaged_jobs": sorted(self.damaged),
             "remaining": self.remaining,
         }
 
@@ -102,8 +106,11 @@ def _reencrypt(row: StoredCiphertexts, keyring: Keyring, report: RotationReport)
         old_id = key_id_in(blob).hex()
         try:
             plaintext = keyring.decrypt(blob, name, row.task)
-        except DecryptionError:
+        except UnknownEncryptionKey:
             report.unreadable[old_id] += 1
+            continue
+        except DecryptionError:
+            report.damaged.add(row.job_id)
             continue
         fresh[name] = keyring.encrypt(plaintext, name, row.task)
         report.rotated[name] += 1

@@ -48,7 +48,7 @@ def rotate_command(
 
     Uses PGQUEUE_ENCRYPTION_KEYS: the first key is the target, the others open older ciphertexts.
     Safe to re-run and to run while workers are busy; audited as `keys_rotated` rows (one per batch, and a summary).
-    Exits 1 when some ciphertexts are under a key that is not configured (they are left unchanged).
+    Exits 1 when some ciphertexts are under a key that is not configured, or damaged (they are left unchanged).
     """
     if not 1 <= batch <= 10_000:
         fail(f"--batch {batch} must be between 1 and 10000")
@@ -72,7 +72,16 @@ def rotate_command(
             left = report.remaining.get("jobs", 0)
             print(f"{left} jobs still hold ciphertexts under older keys" if left else
                   "every stored ciphertext is under the newest key")
+    problems = []
     if report.unreadable:
         ids = ", ".join(f"{key_id} ({count})" for key_id, count in sorted(report.unreadable.items()))
-        fail(f"{sum(report.unreadable.values())} ciphertexts could not be opened with the configured keys and "
-             f"were left unchanged; key ids: {ids}. Add those keys (after the newest) and run it again")
+        problems.append(f"{sum(report.unreadable.values())} ciphertexts could not be opened with the configured "
+                        f"keys and were left unchanged; key ids: {ids}. Add those keys (after the newest) and run "
+                        "it again")
+    if report.damaged:
+        shown = ", ".join(str(job_id) for job_id in sorted(report.damaged)[:10])
+        more = f" and {len(report.damaged) - 10} more" if len(report.damaged) > 10 else ""
+        problems.append(f"{len(report.damaged)} jobs hold a ciphertext that is malformed or fails authentication "
+                        f"(altered, or copied from another job) and were left unchanged: jobs {shown}{more}")
+    if problems:
+        fail("; ".join(problems))

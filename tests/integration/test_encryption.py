@@ -355,7 +355,8 @@ def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_ke
     assert dry.as_dict()["args"] == 2
     assert report.as_dict() | {"remaining": None} == {
         "newest_key_id": keyring.newest.hex_id, "dry_run": False, "jobs": 2, "args": 2, "results": 0,
-        "errors": 1, "from_key_ids": [Keyring((OLD,)).newest.hex_id], "unreadable": {}, "remaining": None}
+        "errors": 1, "from_key_ids": [Keyring((OLD,)).newest.hex_id], "unreadable": {}, "damaged_jobs": [],
+        "remaining": None}
     assert report.remaining == {"jobs": 0, "args": 0, "results": 0, "errors": 0}
     assert again.jobs == 0
     assert row(db, plain)["args"] == {"ssn": "public"}
@@ -393,6 +394,25 @@ def test_an_interrupted_rotation_leaves_no_reencrypted_payload_without_its_audit
     assert rotated == ids[:1]
     assert [(a[0], a[1]["jobs"], a[1]["args"], a[1]["finished"], a[1]["source"]) for a in audit] == [
         ("cli:test", 1, 1, False, "cli")]
+
+
+def test_rotate_reports_an_altered_ciphertext_under_a_configured_key_as_damaged_not_as_a_missing_key(
+        dsn: str, db: Conn) -> None:
+    old_app = make_app(dsn, OLD)
+    altered, intact = (old_app.enqueue(None, "verify", {"ssn": SECRET}, encrypt=True) for _ in range(2))
+    db.execute("UPDATE pgqueue.jobs SET args_encrypted = set_byte(args_encrypted, 30, (get_byte(args_encrypted, 30) "
+               "+ 1) %% 256) WHERE id = %s", [altered])
+    db.commit()
+    before = bytes(row(db, altered)["args_encrypted"])
+
+    with psycopg.connect(dsn) as conn:
+        report = rotate(KeyStore(conn), Keyring((NEW, OLD)), actor="cli:test")
+
+    assert report.unreadable == {}
+    assert report.as_dict()["damaged_jobs"] == [altered]
+    assert report.jobs == 1
+    assert bytes(row(db, altered)["args_encrypted"]) == before
+    assert Keyring((NEW,)).is_current(bytes(row(db, intact)["args_encrypted"]))
 
 
 def test_rotate_leaves_ciphertexts_under_unknown_keys_untouched_and_reports_them(dsn: str, db: Conn) -> None:
