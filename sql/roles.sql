@@ -97,6 +97,9 @@ GRANT SELECT (id, task, queue, state, priority, attempt, max_attempts, run_at, e
               group_key)
     ON pgqueue.jobs TO pgqueue_enqueuer;
 GRANT SELECT ON pgqueue.queues TO pgqueue_enqueuer;
+-- `pgqueue enqueue` looks up whether a task is declared encrypt=True (then it encrypts the args),
+-- and pgqueue.enqueue() reads it to refuse such a task. Only workers write it.
+GRANT SELECT ON pgqueue.encrypted_tasks TO pgqueue_enqueuer;
 
 -- pgqueue_worker: workers claim, heartbeat, complete, retry and release jobs; their maintenance
 -- duties stage, rescue, seal and prune; the scheduler syncs code schedules and inserts due cron jobs.
@@ -125,6 +128,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.circuit_breakers TO pgqueue_work
 -- queues and tasks keep the start ledger (insert a start, delete the ones that left the window).
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.task_limits TO pgqueue_worker;
 GRANT SELECT, INSERT, DELETE ON pgqueue.rate_starts TO pgqueue_worker;
+-- Encrypted tasks: a worker records at start which of its code's tasks are declared encrypt=True
+-- (and deletes the row of one declared without it).
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.encrypted_tasks TO pgqueue_worker;
 
 -- pgqueue_admin: the management commands (jobs retry/cancel/delete, queues pause/resume/purge,
 -- schedules add/remove/pause/resume, prune, keys rotate, audit verify) and what they audit. It does
@@ -142,7 +148,7 @@ GRANT SELECT ON pgqueue.queue_stats TO pgqueue_admin;
 -- `pgqueue breakers reset`: closes a breaker; its settings are the code's (written by workers).
 GRANT SELECT, UPDATE (state, failures, recent_failures, opened_at, trial_job_id, updated_at)
     ON pgqueue.circuit_breakers TO pgqueue_admin;
-GRANT SELECT ON pgqueue.task_limits, pgqueue.rate_starts TO pgqueue_admin;
+GRANT SELECT ON pgqueue.task_limits, pgqueue.rate_starts, pgqueue.encrypted_tasks TO pgqueue_admin;
 
 -- Row-level security on the audit trail: which rows each role may insert, read and delete. The
 -- table's owner (and superusers) bypass it; any other role with a grant on pgqueue.job_events

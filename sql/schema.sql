@@ -527,6 +527,15 @@ CREATE TABLE pgqueue.rate_starts (
 );
 CREATE INDEX rate_starts_scope_at_idx ON pgqueue.rate_starts (scope, at);
 
+-- Tasks declared encrypt=True (migration 0015): every worker at start upserts the row of each task
+-- its code declares encrypt=True and deletes the row of each one it declares without (a task no
+-- worker declares keeps its row). `pgqueue enqueue` encrypts their args; pgqueue.enqueue() refuses them.
+CREATE TABLE pgqueue.encrypted_tasks (
+    task        text PRIMARY KEY,
+    declared_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgqueue.encrypted_tasks IS 'tasks the code of a started worker declares encrypt=True: pgqueue enqueue encrypts them, SQL enqueue refuses them';
+
 -- Circuit breakers (migration 0008): one row per task declared with a circuit_breaker; the worker
 -- writes the configuration at start. recent_failures keeps at most failure_threshold timestamps of
 -- failed attempts (a sliding window on the database clock); trial_job_id is the half-open trial.
@@ -635,8 +644,9 @@ LEFT JOIN (
 
 -- Enqueue from SQL (migration 0009; depends_on and on_dependency_failure since 0010): triggers, psql and other languages enqueue in their own
 -- transaction with the same validation, audit row and NOTIFY as App.enqueue (plaintext jobs only:
--- encryption needs the application's keys). SECURITY INVOKER: the caller's privileges and the
--- row-level security of sql/roles.sql apply; EXECUTE is granted there, not to PUBLIC.
+-- encryption needs the application's keys; a task in pgqueue.encrypted_tasks is refused since 0015).
+-- SECURITY INVOKER: the caller's privileges and the row-level security of sql/roles.sql apply;
+-- EXECUTE is granted there, not to PUBLIC.
 CREATE FUNCTION pgqueue.enqueue(
     task text,
     args jsonb,
@@ -672,6 +682,12 @@ DECLARE
 BEGIN
     IF enqueue.task IS NULL OR enqueue.task = '' OR length(enqueue.task) > 255 THEN
         RAISE EXCEPTION 'pgqueue.enqueue: task name % must be 1-255 characters', quote_nullable(enqueue.task)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Migration 0015: a task whose workers declare encrypt=True is stored only as ciphertext.
+    IF EXISTS (SELECT 1 FROM pgqueue.encrypted_tasks WHERE encrypted_tasks.task = enqueue.task) THEN
+        RAISE EXCEPTION 'pgqueue.enqueue: task % is declared encrypt=True, and SQL enqueue cannot encrypt: '
+                        'enqueue it from Python or with pgqueue enqueue', quote_literal(enqueue.task)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF jsonb_typeof(job_args) <> 'object' THEN

@@ -184,6 +184,28 @@ def test_an_enqueuer_login_cannot_read_payloads_change_jobs_or_touch_the_trail(s
     assert refusal(shared_role("enqueuer"), statement) is not None
 
 
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO pgqueue.encrypted_tasks (task) VALUES ('forged')",
+    "UPDATE pgqueue.encrypted_tasks SET declared_at = now()",
+    "DELETE FROM pgqueue.encrypted_tasks",
+])
+def test_an_enqueuer_login_reads_encrypted_tasks_and_sql_enqueues_a_plain_task_but_cannot_write_them(
+        as_role: Any, owner: Conn, statement: str) -> None:
+    # `pgqueue enqueue` reads pgqueue.encrypted_tasks to encrypt such a task; pgqueue.enqueue()
+    # (security invoker) reads it to refuse one. Only workers write it.
+    owner.execute("INSERT INTO pgqueue.encrypted_tasks (task) VALUES ('sealed')")
+    enqueuer = as_role("enqueuer")
+    with psycopg.connect(enqueuer, autocommit=True) as conn:
+        assert conn.execute("SELECT task FROM pgqueue.encrypted_tasks").fetchall() == [("sealed",)]
+        plain = count(conn, "SELECT pgqueue.enqueue('plain', '{}')")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="declared encrypt=True"):
+            conn.execute("SELECT pgqueue.enqueue('sealed', '{\"ssn\": \"1\"}')")
+    assert owner.execute("SELECT task FROM pgqueue.jobs").fetchall() == [("plain",)]
+    assert enqueued_events(owner, [plain]) == 1
+    assert refusal(enqueuer, statement) is not None
+    assert owner.execute("SELECT task FROM pgqueue.encrypted_tasks").fetchall() == [("sealed",)]
+
+
 # --- the worker -----------------------------------------------------------------------------------
 
 
