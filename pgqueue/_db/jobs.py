@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString, NamedTuple
@@ -54,6 +54,7 @@ class JobQueries(NamedTuple):
     claim_limited_queue_jobs_all_tasks: LiteralString
     claim_limited_task_jobs: LiteralString
     sync_task_limits: LiteralString
+    sync_encrypted_tasks: LiteralString
     complete_jobs: LiteralString
     fail_jobs: LiteralString
     release_jobs: LiteralString
@@ -823,6 +824,14 @@ class AsyncJobStore:
                 "rate_limits": [t.rate_limit for t in limits], "rate_periods": [t.rate_period_seconds for t in limits],
                 "group_concurrency": [t.group_concurrency for t in limits],
             })
+
+    async def sync_encrypted_tasks(self, declared: Mapping[str, bool]) -> None:
+        """Record which of the worker's tasks its code declares ``encrypt=True`` (task name: encrypt)."""
+        if not declared:
+            return
+        with translate_errors():
+            await self.conn.execute(JOBS.sync_encrypted_tasks, {
+                "tasks": list(declared), "encrypt": [bool(flag) for flag in declared.values()]})
 
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -128,7 +128,8 @@ class Claimer:
                  running: Collection[int], acker: Acker, heartbeat: Heartbeat, dispatch: Callable[[Job], None],
                  on_empty: Callable[[], None] | None = None, limited_tasks: Collection[str] = (),
                  task_limits: Sequence[TaskLimits] = (), breakers: Sequence[BreakerConfig] = (),
-                 unguarded: Sequence[str] = (), prefetch: PrefetchSizer | None = None) -> None:
+                 unguarded: Sequence[str] = (), prefetch: PrefetchSizer | None = None,
+                 encrypted_tasks: Mapping[str, bool] | None = None) -> None:
         self.session = session
         self.flow = flow
         self.worker_id = worker_id
@@ -142,6 +143,9 @@ class Claimer:
         # Stored before the first claim (and retried with it while the database is away): the
         # claim enforces the code's task limits from pgqueue.task_limits, for every worker.
         self._task_limits: list[TaskLimits] | None = list(task_limits)
+        # Stored with them: which tasks the code declares encrypt=True (pgqueue.encrypted_tasks), so
+        # `pgqueue enqueue` encrypts them and pgqueue.enqueue() refuses them.
+        self._encrypted_tasks: dict[str, bool] = dict(encrypted_tasks or {})
         self.limited_tasks: list[str] = sorted(limited_tasks)
         self.limited_queues: list[str] = []
         #: Per limited queue: how many more starts its limits allowed after this worker's last claim.
@@ -378,7 +382,7 @@ class Claimer:
         ``wakeups``: ``flow.wakeup.times`` as the round began; a pool whose every claim came back
         short (and not held back by a limit) is marked drained as of then."""
         if self._task_limits is not None:
-            await self.session.run(self._sync_task_limits)
+            await self.session.run(self._sync_task_declarations)
             self._task_limits = None
         if self._limits_stale():
             # This claim must know them. A busy claimer refreshes them after its claims instead
@@ -511,8 +515,11 @@ class Claimer:
             self._start(pool, job)
         pool.buffer_jobs(jobs[max(free, 0):])
 
-    async def _sync_task_limits(self, conn: AsyncPsycopgConnection) -> None:
-        await AsyncJobStore(conn).sync_task_limits(self._task_limits or [])
+    async def _sync_task_declarations(self, conn: AsyncPsycopgConnection) -> None:
+        """Once, before the first claim: the code's task limits and its encrypt=True tasks."""
+        store = AsyncJobStore(conn)
+        await store.sync_task_limits(self._task_limits or [])
+        await store.sync_encrypted_tasks(self._encrypted_tasks)
 
     async def _read_limits(self, conn: AsyncPsycopgConnection) -> None:
         # Taken before the read: a change announced while it runs is read again next time.

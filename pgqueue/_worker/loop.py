@@ -259,7 +259,8 @@ class WorkerLoop:
             breakers=[(task.name, cb.failures, cb.window, cb.cooldown) for task in self.app.tasks.values()
                       if (cb := task.circuit_breaker) is not None],
             unguarded=[task.name for task in self.app.tasks.values() if task.circuit_breaker is None],
-            prefetch=self.prefetch)
+            prefetch=self.prefetch,
+            encrypted_tasks={task.name: task.encrypt for task in self.app.tasks.values()})
         self._claimer = claimer
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())

@@ -323,6 +323,22 @@ def test_worker_and_enqueuer_logins_run_limited_queues_limited_tasks_and_groups(
     assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE group_key = 'patient:42'") == 2
 
 
+def test_a_worker_login_records_its_codes_encrypted_tasks_at_start(as_role: Any, owner: Conn) -> None:
+    owner.execute("INSERT INTO pgqueue.encrypted_tasks (task) VALUES ('was-sealed')")
+    worker_dsn = as_role("worker")
+    app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
+                                            shutdown_grace_seconds=5))
+
+    @app.task(name="sealed", encrypt=True)
+    def sealed(job: Job) -> None: ...
+
+    @app.task(name="was-sealed")
+    def was_sealed(job: Job) -> None: ...
+
+    assert Worker(app, concurrency=1, settings=app.settings).run_until_empty() == 0
+    assert owner.execute("SELECT task FROM pgqueue.encrypted_tasks").fetchall() == [("sealed",)]
+
+
 @pytest.mark.parametrize(("columns", "values"), [
     # an operator's action, or the scheduler's, or maintenance's, written by a worker
     ("job_id, event, from_state, to_state, attempt, actor", "1, 'retried', 'failed', 'available', 1, 'cli:ops'"),

@@ -583,6 +583,22 @@ WHERE (t.concurrency, t.rate_limit, t.rate_period_seconds, t.group_concurrency)
       IS DISTINCT FROM (EXCLUDED.concurrency, EXCLUDED.rate_limit, EXCLUDED.rate_period_seconds,
                         EXCLUDED.group_concurrency);
 
+-- name: sync_encrypted_tasks
+-- A worker's start: which of its code's tasks are declared encrypt=True (`pgqueue enqueue` encrypts
+-- them, pgqueue.enqueue() refuses them). A task declared without it loses its row, so removing
+-- encrypt=True from the code removes it at the next deploy; a task this code does not declare keeps
+-- its row. declared_at stays the first declaration's: a start that changes nothing writes nothing.
+WITH declared AS (
+    SELECT * FROM unnest(%(tasks)b::text[], %(encrypt)b::boolean[]) AS d(task, encrypt)
+), removed AS (
+    DELETE FROM pgqueue.encrypted_tasks AS e
+    USING declared AS d
+    WHERE e.task = d.task AND NOT d.encrypt
+)
+INSERT INTO pgqueue.encrypted_tasks (task)
+SELECT task FROM declared WHERE encrypt
+ON CONFLICT (task) DO NOTHING;
+
 -- name: complete_jobs
 -- Group commit: many finished jobs in one statement. The lease token fences out a worker whose
 -- claim was rescued and re-run elsewhere; ids missing from the result lost their lease.
