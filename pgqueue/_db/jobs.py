@@ -43,6 +43,7 @@ class JobQueries(NamedTuple):
     rollback_to_enqueue_many: LiteralString
     release_enqueue_many: LiteralString
     find_live_job_by_unique_key: LiteralString
+    task_is_encrypted: LiteralString
     claim_jobs: LiteralString
     claim_jobs_any_queue: LiteralString
     claim_jobs_except_limited_tasks: LiteralString
@@ -596,6 +597,12 @@ class JobStore:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             row = cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": unique_key}).fetchone()
         return None if row is None else int(row[0])
+
+    def task_is_encrypted(self, task: str) -> bool:
+        """Whether a started worker's code declares ``task`` with ``encrypt=True`` (``pgqueue.encrypted_tasks``)."""
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(JOBS.task_is_encrypted, {"task": task}).fetchone()
+        return bool(row and row[0])
 
     def cancel_job(self, job_id: int, actor: str | None, source: str | None = None) -> tuple[str | None, bool]:
         with translate_errors():

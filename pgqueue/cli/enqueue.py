@@ -1,6 +1,9 @@
 """pgqueue enqueue TASK: put one job on a queue from the shell and print its id.
 
 Validation is :meth:`pgqueue.App.enqueue`'s, so the CLI accepts exactly what the Python API accepts.
+The CLI loads no application, so it cannot see a task's ``encrypt=True``: it asks
+``pgqueue.encrypted_tasks`` (written by every worker at start) and encrypts such a task's args as
+``--encrypt`` does.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from pgqueue._payload import check_queue_name
+from pgqueue._db.jobs import JobStore
+from pgqueue._payload import MAX_TASK_NAME_LENGTH, check_queue_name, is_storable_text
 from pgqueue.app import App
 from pgqueue.cli._admin import open_session
 from pgqueue.cli._context import DsnOption, JsonOption, fail
 from pgqueue.cli._output import print_json
+from pgqueue.errors import EncryptionKeyMissing
 from pgqueue.tasks import resolve_priority
 
 
@@ -62,7 +67,9 @@ def enqueue(
         list[str] | None, typer.Option("--tag", "-t", help="A plaintext label (repeatable; no PHI).")
     ] = None,
     encrypt: Annotated[
-        bool, typer.Option("--encrypt", help="Store args encrypted (needs PGQUEUE_ENCRYPTION_KEYS).")
+        bool, typer.Option("--encrypt", help=(
+            "Store args encrypted (needs PGQUEUE_ENCRYPTION_KEYS). Implied for a task its workers declare "
+            "encrypt=True."))
     ] = False,
     group: Annotated[
         str | None, typer.Option("--group", help=(
@@ -99,13 +106,22 @@ def enqueue(
     resolve_priority(priority)
     app = App()
     with open_session(dsn) as conn:
-        # A task the CLI has never seen is fine: producers need not import the workers' code.
-        job_id = app.enqueue(
-            conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
-            max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt else None, tags=tag,
-            group=group,
-            depends_on=depends_on, on_dependency_failure=on_dependency_failure,
-        )
+        # A task the CLI has never seen is fine: producers need not import the workers' code. But a
+        # task that a started worker's code declares encrypt=True is encrypted as with --encrypt.
+        # (A name the database cannot store is not looked up: App.enqueue refuses it with its own message.)
+        storable = 0 < len(task) <= MAX_TASK_NAME_LENGTH and is_storable_text(task)
+        declared = not encrypt and storable and JobStore(conn).task_is_encrypted(task)
+        try:
+            job_id = app.enqueue(
+                conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
+                max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt or declared else None,
+                tags=tag, group=group,
+                depends_on=depends_on, on_dependency_failure=on_dependency_failure,
+            )
+        except EncryptionKeyMissing as exc:
+            if not declared:
+                raise
+            fail(f"{exc}; task {task!r} is declared encrypt=True by its workers (pgqueue.encrypted_tasks)")
     if json_output:
         print_json({"id": job_id})
     else:

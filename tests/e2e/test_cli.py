@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from pgqueue import App
+from pgqueue import App, Job, Worker
 from pgqueue._crypto import generate_key
 from tests.helpers import scratch_database, wait_until
 
@@ -150,6 +150,38 @@ def test_the_settings_without_a_command_of_their_own_have_root_options(dsn: str,
     status = json.loads(call("--home", str(home), "embedded", "status", "--json", PGQUEUE_HOME="/nonexistent"))
     assert (status["home"], status["running"]) == (str(home), False)
     assert not home.exists()  # status only looks
+
+
+def test_enqueue_encrypts_a_task_its_workers_declare_encrypt_true_without_being_told(dsn: str, conn: Conn) -> None:
+    """Contract §8: the CLI loads no application, so it learns encrypt=True from pgqueue.encrypted_tasks."""
+    workers_code = App(dsn)
+
+    @workers_code.task(name="verify-ssn", encrypt=True)
+    def verify_ssn(job: Job, ssn: str) -> None: ...
+
+    assert Worker(workers_code, concurrency=1).run_until_empty() == 0  # its start records the task
+
+    def call(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in _env(dsn).items() if k not in ("PGQUEUE_ENCRYPTION_KEYS", "PGQUEUE_ENCRYPT_ALL")}
+        result = subprocess.run([PGQUEUE, *args], env={**base, **env}, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    refused = call("enqueue", "verify-ssn", "--args", '{"ssn": "123-45-6789"}')
+    assert_one_line_error(refused, "PGQUEUE_ENCRYPTION_KEYS is not set")
+    assert "'verify-ssn' is declared encrypt=True by its workers" in refused.stderr
+    assert conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgqueue.job_events").fetchone() == (0,)
+
+    key = generate_key()
+    sealed = call("enqueue", "verify-ssn", "--args", '{"ssn": "123-45-6789"}', PGQUEUE_ENCRYPTION_KEYS=key)
+    plain = call("enqueue", "send-email", "--args", '{"to": "a@example.com"}', PGQUEUE_ENCRYPTION_KEYS=key)
+    assert (sealed.returncode, plain.returncode) == (0, 0), (sealed.stderr, plain.stderr)
+    rows: dict[int, bool] = dict(
+        conn.execute("SELECT id, (args IS NULL AND args_encrypted IS NOT NULL) FROM pgqueue.jobs").fetchall())
+    assert rows == {int(sealed.stdout): True, int(plain.stdout): False}
+    assert "123-45-6789" not in str(conn.execute("SELECT j::text FROM pgqueue.jobs AS j").fetchall())
 
 
 # --- jobs ---

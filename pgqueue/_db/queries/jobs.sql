@@ -146,6 +146,10 @@ RELEASE SAVEPOINT pgqueue_enqueue_many;
 SELECT id FROM pgqueue.jobs
 WHERE unique_key = %(unique_key)s AND state IN ('scheduled', 'available', 'running');
 
+-- name: task_is_encrypted
+-- `pgqueue enqueue` without --encrypt: is the task declared encrypt=True by a started worker's code?
+SELECT EXISTS (SELECT 1 FROM pgqueue.encrypted_tasks WHERE task = %(task)s);
+
 -- name: claim_jobs
 -- The claim of jobs that no limit holds back: today's claim, unchanged for unlimited queues.
 -- MATERIALIZED keeps the LIMIT applied before the UPDATE, so a batch never takes more rows than
