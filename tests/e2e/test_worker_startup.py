@@ -141,6 +141,20 @@ def test_a_broken_app_fails_the_supervisor_once_before_any_child_starts(
     assert worker.stderr().count("pgqueue: error:") == 1, worker.describe()
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_an_app_that_raises_at_import_is_one_line_naming_the_app_s_error_not_a_pgqueue_bug(
+        dsn: str, spawn_pgqueue: SpawnPgqueue, processes: str) -> None:
+    worker = spawn_pgqueue("worker", "--app", "broken_app:app", "--processes", processes, dsn=dsn)
+
+    assert worker.wait(30) == 1, worker.describe()
+    lines = [line for line in worker.stderr().splitlines() if line.startswith("pgqueue: error:")]
+    assert len(lines) == 1, worker.describe()
+    assert "a bug in pgqueue" not in lines[0]
+    assert "RuntimeError" in lines[0], lines[0]
+    assert "broken_app.py:9" in lines[0], lines[0]
+    assert "missing SMTP_HOST" in lines[0], lines[0]
+
+
 def test_sigterm_while_the_first_child_loads_the_app_stops_the_supervisor_at_once_and_starts_no_other(
         dsn: str, spawn_pgqueue: SpawnPgqueue, tmp_path: Any) -> None:
     marker = tmp_path / "importing"
