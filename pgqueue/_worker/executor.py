@@ -148,7 +148,7 @@ class JobRunner:
     """
 
     def __init__(self, threads_factory: Callable[[], Executor], headroom: int,
-                 transactional: Callable[[Task[..., Any], Job], Any], sealer: PayloadSealer,
+                 transactional: Callable[[Task[..., Any], Job, Executor], Any], sealer: PayloadSealer,
                  max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self._sealer = sealer
         self._max_result_bytes = max_result_bytes
@@ -209,7 +209,7 @@ class JobRunner:
 
     async def _call(self, task: Task[..., Any], job: Job) -> Any:
         if task.transactional:
-            return await self._run_transactional(task, job)
+            return await self._run_transactional(task, job, self._threads)
         if task.is_async:
             return await task.fn(job, **job.args)
         loop = asyncio.get_running_loop()
@@ -286,7 +286,7 @@ class JobRunner:
             else:
                 result = await self._contained(task, job)
         except _Overran:
-            if not task.is_async and not task.transactional:
+            if not task.is_async:
                 self._abandon_thread()
             outcome = failure_outcome(job, task, JobTimeout(f"attempt exceeded the {task.timeout:g}s timeout"))
             self._log_outcome(log, job, task, outcome, started, "JobTimeout")

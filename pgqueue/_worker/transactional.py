@@ -8,6 +8,8 @@ claim was rescued meanwhile, nothing commits and the attempt ends as :class:`Lea
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 from pgqueue._db.jobs import AsyncJobStore, JobStore, Outcome
@@ -44,7 +46,14 @@ class TransactionalRunner:
         self._pool: TransactionPool | None = None
         self._async_pool: AsyncTransactionPool | None = None
 
-    async def run(self, task: Task[..., Any], job: Job) -> None:
+    async def run(self, task: Task[..., Any], job: Job, threads: Executor) -> None:
+        """Run ``task``'s handler for ``job``; a sync one in ``threads``, the worker's job threads.
+
+        Not in asyncio's default executor (``asyncio.to_thread``): the event loop's shutdown waits
+        for that executor's threads, so a handler still running after the grace period kept the
+        worker from exiting until it returned, and the default executor's few threads (cores + 4)
+        capped how many sync transactional jobs ran at once below the worker's concurrency.
+        """
         if task.is_async:
             pool = await self._get_async_pool()
             async with pool.transaction() as conn:
@@ -62,7 +71,7 @@ class TransactionalRunner:
                 if job.id not in JobStore(conn).complete_jobs([self._outcome(job, result)]):
                     raise LeaseLost(f"job {job.id} was rescued before it finished")
 
-        await asyncio.to_thread(run_in_thread)
+        await asyncio.get_running_loop().run_in_executor(threads, copy_context().run, run_in_thread)
 
     def _outcome(self, job: Job, result: Any) -> Outcome:
         progress = self.progress.take(job.id)

@@ -209,6 +209,22 @@ def test_sigterm_releases_a_job_that_outlives_the_grace_without_counting_the_att
     assert stopped_in >= 1.0  # the grace was given
 
 
+def test_sigterm_does_not_wait_for_a_sync_transactional_handler_that_outlives_the_grace(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    # Such a handler ran in asyncio's default executor, whose shutdown waited for it: the worker
+    # released the job after the grace, then kept running until the handler returned.
+    worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=1, lease_seconds=60)
+    wait_for_registration(db, worker)
+    [job_id] = pgqueue.App(worker_dsn).enqueue_many(None, [pgqueue.JobSpec("sleep-transactional", {"seconds": 60})])
+    wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
+
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=1 + 10) == 0, worker.describe()
+
+    assert job_state(db, job_id)[:2] == ("available", 0)
+    assert [e[1] for e in executions(db)] == [1]  # its transaction's write never committed
+
+
 @pytest.mark.timing
 def test_a_second_signal_exits_at_once_and_the_lease_rescues_the_job(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:

@@ -84,6 +84,17 @@ def sleep(job: pgqueue.Job, seconds: float, later_seconds: float | None = None, 
     time.sleep(seconds if job.attempt == 1 or later_seconds is None else later_seconds)
 
 
+@app.task(name="sleep-transactional", transactional=True)
+def sleep_transactional(job: pgqueue.Job, seconds: float) -> None:
+    """Records its execution, writes a row in its transaction (``test_executions`` again, with
+    attempt -1), then blocks its thread in ``time.sleep``, as :func:`sleep` does."""
+    record_execution(job)
+    assert job.connection is not None
+    job.connection.execute("INSERT INTO test_executions (job_id, attempt, pid) VALUES (%s, -1, %s)",
+                           [job.id, os.getpid()])
+    time.sleep(seconds)
+
+
 @app.task(name="thread-error")
 def thread_error(job: pgqueue.Job, ssn: str) -> None:
     """Starts a thread that dies of an uncaught ValueError quoting the args, as careless handler
