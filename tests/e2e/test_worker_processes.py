@@ -318,6 +318,23 @@ def test_supervisor_replaces_a_killed_child_and_stops_all_on_sigterm(
 
 
 @requires_proc
+def test_a_child_that_ignores_the_stop_is_killed_after_grace_plus_10s_logged_and_reaped(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    supervisor = spawn_worker(worker_dsn, processes=2, concurrency=2, grace_seconds=1)
+    wait_until(lambda: len(worker_rows(db)) == 2, timeout=20, message="two children registered")
+    frozen, _ = sorted(supervisor.children())
+    os.kill(frozen, signal.SIGSTOP)  # a child that cannot react to SIGTERM (a hung process)
+
+    supervisor.send(signal.SIGTERM)
+    assert supervisor.wait(timeout=1 + 10 + 10) == 1, supervisor.describe()
+
+    killed = supervisor.log_events("supervisor.child_killed")
+    assert [e["pid"] for e in killed] == [frozen], supervisor.describe()
+    assert not is_running(frozen)  # reaped by the supervisor, not left a zombie for PID 1
+    assert not os.path.exists(f"/proc/{frozen}")
+
+
+@requires_proc
 def test_children_stop_when_the_supervisor_is_sigkilled(worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     supervisor = spawn_worker(worker_dsn, processes=2, concurrency=2, grace_seconds=3)
     wait_until(lambda: len(worker_rows(db)) == 2, timeout=20, message="two children registered")
