@@ -10,6 +10,7 @@ role of its own (``worker_role``).
 from __future__ import annotations
 
 import itertools
+import signal
 import statistics
 import threading
 import time
@@ -285,6 +286,33 @@ def test_a_worker_started_while_the_database_is_down_retries_calmly_and_starts_w
         assert executions(db) == {job_id: 1}
     assert worker.log_events("database.reconnected"), worker.describe()
     assert worker.stop() == 0, worker.describe()
+
+
+def test_sigterm_while_the_database_is_down_gives_the_grace_then_exits_0_within_grace_plus_12s(
+        private_server: PrivateServer, spawn_worker: SpawnWorker) -> None:
+    grace = 4.0
+    # A 60 s lease: the jobs must still be `running` (the worker's) when the database is back.
+    worker = spawn_worker(private_server.dsn, concurrency=2, lease_seconds=60.0, grace_seconds=grace)
+    app = pgqueue.App(private_server.dsn)
+    with private_server.admin() as db:
+        wait_for_registration(db, worker)
+        short = app.enqueue(None, "record", {"seconds": 3.0})  # ends within the grace, database down
+        long = app.enqueue(None, "record", {"seconds": 120.0})  # outlives it: to release, and cannot
+        wait_until(lambda: executions(db).keys() >= {short, long}, timeout=30, message="both jobs started")
+    private_server.stop()
+    signalled_at = time.monotonic()
+    worker.send(signal.SIGTERM)
+
+    assert worker.wait(timeout=grace + 12 + 8) == 0, worker.describe()
+    stopped_in = time.monotonic() - signalled_at
+    print(f"\nstopped {stopped_in:.1f}s after SIGTERM (grace {grace:g}s)")  # noqa: T201
+    assert stopped_in >= grace
+    assert worker.log_events("worker.grace_expired"), worker.describe()
+    assert worker.log_events("worker.acks_unwritten"), worker.describe()
+    private_server.start()
+    with private_server.admin() as db:
+        # Nothing was written: both come back with the lease and run again (at-least-once).
+        assert {job_id: job_states(db)[job_id] for job_id in (short, long)} == {short: "running", long: "running"}
 
 
 # --- 8. the database turns read-only ---
