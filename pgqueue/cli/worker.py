@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
@@ -90,7 +93,11 @@ def worker(
         _import_worker_modules(with_scheduler=with_scheduler, metrics=metrics_port is not None)
         resume_gc()  # before the app's code runs, and before any fork (see pgqueue.cli._startup)
         # A supervisor never imports the app itself (see pgqueue._worker.supervisor): its children each do.
-        app = _load_app(app_path, settings, dsn) if processes == 1 else None
+        if processes == 1:
+            with _sigterm_exits_while_loading():
+                app: App | None = _load_app(app_path, settings, dsn)
+        else:
+            app = None
     except PgqueueError as exc:
         fail(str(exc))
     if app is None:
@@ -158,6 +165,23 @@ def _load_app(app_path: str, settings: Settings, dsn: str | None) -> App:
         app._dsn = resolve(None)
     check_dsn(app.dsn)
     return app
+
+
+@contextlib.contextmanager
+def _sigterm_exits_while_loading() -> Iterator[None]:
+    """SIGTERM while the app is imported (a slow framework set-up) ends the command at once with
+    exit 0, as it does under ``--processes``, rather than killing it (143) without a word. Nothing
+    has been claimed yet; the worker's own handlers take over when it starts."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is stop:  # the app may have installed its own meanwhile
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _export_dsn(dsn: str) -> None:

@@ -167,6 +167,17 @@ def test_sigterm_while_the_first_child_loads_the_app_stops_the_supervisor_at_onc
     assert worker.log_events("supervisor.child_started") == [], worker.describe()
 
 
+def test_sigterm_while_a_single_worker_loads_the_app_exits_0_at_once(
+        dsn: str, spawn_pgqueue: SpawnPgqueue, tmp_path: Any) -> None:
+    # It was killed by SIGTERM's default action (exit 143, nothing said); --processes exits 0 (above).
+    marker = tmp_path / "importing"
+    marker.touch()
+    worker = spawn_pgqueue("worker", "--app", "startup_app:app", dsn=dsn, env={"STARTUP_APP_SLOW": str(marker)})
+    wait_until(lambda: marker.read_text().split(), timeout=30, message="the worker importing the app")
+
+    assert worker.stop(timeout=4) == 0, worker.describe()  # well within the app's 5 s import
+
+
 HANDSHAKE = r"""
 import os, sys, time
 from pgqueue._worker.supervisor import Handshake, Supervisor
