@@ -245,3 +245,17 @@ def test_a_running_jobs_progress_bar_moves_without_a_reload(stack: dict[str, Any
 
     expect(page.locator(".job-head .state")).to_have_text("completed")
     assert page.evaluate("window.__marker") == "same page"
+
+
+def test_a_waiting_job_can_be_cancelled_from_its_page(stack: dict[str, Any], page: Any, db: Conn) -> None:
+    app = stack["app"]
+    later = app.enqueue(db, "send-reminder", {"patient": "later"}, delay=3600)
+    job_id = app.enqueue(db, "send-reminder", {"patient": "after-later"}, depends_on=[later])
+    assert state_of(db, job_id) == "waiting"
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(stack["url"] + f"/jobs/{job_id}")
+    page.locator(".job-head button:has-text('Cancel')").click()
+
+    expect(page.locator(".job-head .state")).to_have_text("cancelled")
+    assert state_of(db, job_id) == "cancelled"
