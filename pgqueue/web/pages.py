@@ -45,11 +45,14 @@ def _pretty(value: Any) -> str:
 
 def _context(dashboard: Dashboard, request: Request, **extra: Any) -> dict[str, Any]:
     principal = getattr(request.state, "principal", None)
+    base = request.scope.get("root_path", "")
+    # The page's own path, without the prefix the app is mounted under (what the nav's links name).
+    path = request.url.path[len(base):] if base and request.url.path.startswith(base) else request.url.path
     return {
-        "base": request.scope.get("root_path", ""), "principal": principal,
+        "base": base, "principal": principal,
         "csrf": json.dumps({CSRF_HEADER: principal.csrf}) if principal and principal.csrf else "",
         "poll": dashboard.poll_seconds, "ago": _ago, "time": _time, "seconds": format_seconds, "pretty": _pretty,
-        "states": [str(s) for s in JobState], "path": request.url.path, **extra,
+        "states": [str(s) for s in JobState], "path": path or "/", **extra,
     }
 
 

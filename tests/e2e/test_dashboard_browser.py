@@ -259,3 +259,38 @@ def test_a_waiting_job_can_be_cancelled_from_its_page(stack: dict[str, Any], pag
 
     expect(page.locator(".job-head .state")).to_have_text("cancelled")
     assert state_of(db, job_id) == "cancelled"
+
+
+@pytest.fixture(scope="module")
+def mounted(stack: dict[str, Any]) -> Iterator[str]:
+    """The dashboard mounted under /pgqueue in the user's own Starlette app, as the docs show."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from pgqueue.web import create_app
+
+    outer = Starlette(routes=[Mount("/pgqueue", app=create_app(stack["dsn"], admin_token="", read_token="",
+                                                               poll_seconds=1))])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}/pgqueue"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.mark.parametrize("label", ["Overview", "Jobs", "Failed", "Queues", "Schedules", "Workers"])
+def test_under_a_prefix_the_nav_marks_the_page_shown_and_only_that_one(mounted: str, page: Any, label: str) -> None:
+    page.goto(mounted + "/")
+    page.click(f"header nav a:has-text('{label}')")
+    page.wait_for_load_state()
+
+    assert page.url.startswith(mounted)
+    expect(page.locator("header nav a.active")).to_have_text([label])
