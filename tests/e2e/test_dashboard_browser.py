@@ -294,3 +294,15 @@ def test_under_a_prefix_the_nav_marks_the_page_shown_and_only_that_one(mounted: 
 
     assert page.url.startswith(mounted)
     expect(page.locator("header nav a.active")).to_have_text([label])
+
+
+def test_every_page_loads_without_a_console_error(stack: dict[str, Any], page: Any) -> None:
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    for path in ("/", "/jobs", "/jobs?state=failed", "/queues", "/schedules", "/workers"):
+        page.goto(stack["url"] + path)
+        page.wait_for_timeout(1500)  # the live part's refreshes too (poll_seconds=1)
+
+    assert errors == []
