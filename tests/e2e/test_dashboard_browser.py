@@ -306,3 +306,19 @@ def test_every_page_loads_without_a_console_error(stack: dict[str, Any], page: A
         page.wait_for_timeout(1500)  # the live part's refreshes too (poll_seconds=1)
 
     assert errors == []
+
+
+def test_a_bulk_action_refused_for_every_job_says_why_as_an_error(stack: dict[str, Any], page: Any,
+                                                                   db: Conn) -> None:
+    job_id = stack["app"].enqueue(db, "send-reminder", {"patient": "done-already"})
+    wait_until(lambda: state_of(db, job_id) == "completed", timeout=30)
+
+    page.goto(stack["url"] + "/jobs?state=completed&queue=emails")
+    page.check(f"input[name=ids][value='{job_id}']")
+    page.click("#bulk .bulk button:has-text('Cancel')")
+
+    toast = page.locator("#toast")
+    expect(toast).to_contain_text("cancel: 0 done, 1 refused")
+    expect(toast).to_contain_text(f"job {job_id} is completed")
+    expect(toast).to_have_class("show bad")
+    assert state_of(db, job_id) == "completed"

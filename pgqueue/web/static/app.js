@@ -42,7 +42,12 @@
   }
 
   function describe(data) {
-    if (data.results) return data.action + ": " + data.done + " done" + (data.refused ? ", " + data.refused + " refused" : "");
+    if (data.results) {
+      // Say why the first refused job was refused (wrong state, not found), not only how many were.
+      var refused = data.results.filter(function (r) { return !r.ok; });
+      return data.action + ": " + data.done + " done" +
+        (refused.length ? ", " + refused.length + " refused (" + refused[0].error + (refused.length > 1 ? ", …" : "") + ")" : "");
+    }
     if (data.retried) return "retried " + data.count + " job" + (data.count === 1 ? "" : "s");
     if (data.purged !== undefined) return "purged " + data.purged + " job" + (data.purged === 1 ? "" : "s");
     if (data.previous_state) return "job " + data.id + ": " + data.previous_state + " → " + (data.state || "deleted");
@@ -57,7 +62,7 @@
     var data = {};
     try { data = JSON.parse(evt.detail.xhr.responseText || "{}"); } catch (e) { data = {}; }
     if (evt.detail.successful) {
-      toast(describe(data), false);
+      toast(describe(data), Boolean(data.refused));
       if (data.state === null && data.previous_state && /\/jobs\/\d+$/.test(window.location.pathname)) {
         window.location.href = window.location.pathname.replace(/\/\d+$/, "");
       }
