@@ -322,3 +322,19 @@ def test_a_bulk_action_refused_for_every_job_says_why_as_an_error(stack: dict[st
     expect(toast).to_contain_text(f"job {job_id} is completed")
     expect(toast).to_have_class("show bad")
     assert state_of(db, job_id) == "completed"
+
+
+def test_deleting_a_job_from_its_page_goes_to_the_jobs_list_without_a_console_error(
+        stack: dict[str, Any], page: Any, db: Conn) -> None:
+    job_id = stack["app"].enqueue(db, "send-reminder", {"patient": "delete-me"}, delay=3600)
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(stack["url"] + f"/jobs/{job_id}")
+
+    with page.expect_navigation(url="**/jobs"):
+        page.locator(".job-head button:has-text('Delete')").click()
+    page.wait_for_timeout(1500)
+
+    assert state_of(db, job_id) is None
+    assert errors == []  # no refresh of the page of the job just deleted (a 404)

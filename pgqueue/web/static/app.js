@@ -56,6 +56,19 @@
     return "done";
   }
 
+  // Deleting the job this page shows: the response's HX-Trigger would refresh the page's live part
+  // (a 404 now) before the redirect to the jobs list below; once it succeeded, refresh nothing more.
+  var leaving = false;
+  document.addEventListener("htmx:beforeOnLoad", function (evt) {
+    var config = evt.detail.requestConfig || {};
+    if (config.verb === "delete" && evt.detail.xhr.status < 400 && /\/jobs\/\d+$/.test(window.location.pathname)) {
+      leaving = true;
+    }
+  });
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    if (leaving && evt.detail.elt && evt.detail.elt.id === "live") evt.preventDefault();
+  });
+
   document.addEventListener("htmx:afterRequest", function (evt) {
     var path = evt.detail.pathInfo && evt.detail.pathInfo.requestPath || "";
     if (path.indexOf("/api/") === -1) return;
