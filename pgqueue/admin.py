@@ -741,7 +741,9 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
     Raises:
         JobNotFound: no job has that id.
         InvalidJobState: the job is not failed or cancelled, or its ``unique_key`` is held by a live
-            job again (a new job took the key once this one was dead).
+            job again (a new job took the key once this one was dead), or it was cancelled because a
+            dependency failed and that dependency is still failed, cancelled or deleted (it would
+            wait for ever: retry the dependency, which brings this job back, or the workflow).
 
     Example:
         >>> admin.retry_job(conn, 42, actor="alice")
@@ -752,6 +754,12 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
     previous = JobStore(own).job_state(_check_job_id(job_id))
     if previous is None:
         raise JobNotFound(f"job {job_id} not found")
+    dead = WorkflowStore(own).dead_dependency(job_id) if previous == JobState.CANCELLED else None
+    if dead is not None:
+        dependency, dependency_state = dead
+        how = (f"is {dependency_state}: retry job {dependency} (that brings job {job_id} back) or its workflow"
+               if dependency_state else "was deleted, so it can never run: enqueue it again")
+        raise InvalidJobState(f"job {job_id} waits for job {dependency}, which {how}")
     if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor), source=where):
         # 'waiting' for a job whose dependencies have not all completed (see pgqueue.workflows).
         return JobChange(job_id, previous, JobStore(own).job_state(job_id) or JobState.AVAILABLE.value)

@@ -18,6 +18,7 @@ class WorkflowQueries(NamedTuple):
     get_job_workflow: LiteralString
     cancel_workflow: LiteralString
     find_workflow_dead_jobs: LiteralString
+    find_dead_dependency: LiteralString
 
 
 WORKFLOWS = load_queries(WorkflowQueries, "workflows.sql")
@@ -38,6 +39,13 @@ class WorkflowStore:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
             row = cur.execute(WORKFLOWS.get_job_workflow, {"id": job_id}).fetchone()
         return row[0] if row else None
+
+    def dead_dependency(self, job_id: int) -> tuple[int, str | None] | None:
+        """A dependency ``job_id`` still waits for that will never complete: (its id, its state or
+        None when deleted), or None."""
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(WORKFLOWS.find_dead_dependency, {"id": job_id}).fetchone()
+        return None if row is None else (int(row[0]), row[1])
 
     def cancel(self, workflow_id: str, actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:

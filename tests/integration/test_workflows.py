@@ -20,7 +20,7 @@ from psycopg.rows import TupleRow
 import pgqueue
 from pgqueue import App, Discard, Job, JobSpec, Worker, admin
 from pgqueue._db.jobs import JobStore, Outcome
-from pgqueue.errors import DependencyCycle, InvalidDependency, InvalidEnqueueOption, WorkflowNotFound
+from pgqueue.errors import DependencyCycle, InvalidDependency, InvalidEnqueueOption, InvalidJobState, WorkflowNotFound
 from pgqueue.settings import Settings
 
 Db = psycopg.Connection[TupleRow]
@@ -270,6 +270,45 @@ def test_retrying_the_failed_dependency_brings_back_cancelled_dependents_and_run
     run_all(app)
     assert states(conn, wf.job_ids) == ["completed", "completed", "completed"]
     assert ("dependency_retried", "cancelled", "waiting") in events(conn, wf.job_ids[2])
+
+
+def test_retrying_a_dependent_cancelled_by_its_failed_dependency_is_refused_not_left_waiting(
+        app: App, conn: Db) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("boom"), pgqueue.sig("step"), pgqueue.sig("step")))
+    conn.commit()
+    run_all(app)
+    assert states(conn, wf.job_ids) == ["failed", "cancelled", "cancelled"]
+
+    with pytest.raises(InvalidJobState, match=f"job {wf.job_ids[1]} waits for job {wf.job_ids[0]}, which is failed"):
+        admin.retry_job(conn, wf.job_ids[1], actor="test")
+    conn.rollback()
+
+    # Nothing changed: retrying the dependency (or the workflow) is the way back, and it works.
+    assert states(conn, wf.job_ids) == ["failed", "cancelled", "cancelled"]
+    admin.retry_workflow(conn, wf.id, actor="test")
+    conn.commit()
+    assert states(conn, wf.job_ids) == ["available", "waiting", "waiting"]
+
+
+def test_retrying_a_dependent_whose_dependency_was_deleted_is_refused(app: App, conn: Db) -> None:
+    first = app.enqueue(conn, "step", delay=3600)
+    dependent = app.enqueue(conn, "step", depends_on=[first])
+    conn.commit()
+    admin.delete_job(conn, first, actor="test")
+    conn.commit()
+    assert states(conn, [dependent]) == ["cancelled"]
+
+    with pytest.raises(InvalidJobState, match=f"job {dependent} waits for job {first}, which was deleted"):
+        admin.retry_job(conn, dependent, actor="test")
+
+
+def test_retrying_a_job_cancelled_while_its_dependency_is_unfinished_waits_again(app: App, conn: Db) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("step", delay=3600), pgqueue.sig("step")))
+    conn.commit()
+    admin.cancel_job(conn, wf.job_ids[1], actor="test")
+    conn.commit()
+
+    assert admin.retry_job(conn, wf.job_ids[1], actor="test").state == "waiting"
 
 
 def test_cancelling_a_waiting_job_cancels_its_dependents(app: App, conn: Db) -> None:

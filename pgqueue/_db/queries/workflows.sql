@@ -49,3 +49,13 @@ SELECT id, (SELECT count(*) FROM woken) + (SELECT count(*) FROM interrupted) AS 
 SELECT id FROM pgqueue.jobs
 WHERE workflow_id = %(workflow_id)s::uuid AND state IN ('failed', 'cancelled')
 ORDER BY id;
+
+-- name: find_dead_dependency
+-- A dependency the job still counts down (an unresolved edge) that will never complete: failed,
+-- cancelled or deleted. Only a job under the "cancel" policy has such an edge ("run" resolves it).
+SELECT e.depends_on, d.state
+FROM pgqueue.job_dependencies AS e
+LEFT JOIN pgqueue.jobs AS d ON d.id = e.depends_on
+WHERE e.job_id = %(id)s AND NOT e.resolved AND (d.id IS NULL OR d.state IN ('failed', 'cancelled'))
+ORDER BY e.depends_on
+LIMIT 1;
