@@ -739,6 +739,16 @@ def test_a_read_token_sees_no_button_it_may_not_press_and_the_admin_token_sees_t
     assert "once flow control ships" not in client.get("/queues", headers=ADMIN).text
 
 
+def test_a_read_token_gets_no_row_checkboxes_that_would_only_stop_the_live_refresh(client: TestClient,
+                                                                                   db: Conn) -> None:
+    enqueue(db, "sms", state="failed")
+    checkbox = 'name="ids"'
+
+    # A tick would have nothing to do, and it pauses the live refresh (pgqueueLive).
+    assert checkbox not in client.get("/jobs", headers=READ).text
+    assert checkbox in client.get("/jobs", headers=ADMIN).text
+
+
 def test_a_job_page_shows_the_workflow_the_job_belongs_to(client: TestClient, db: Conn) -> None:
     import pgqueue
 
