@@ -338,3 +338,38 @@ def test_deleting_a_job_from_its_page_goes_to_the_jobs_list_without_a_console_er
 
     assert state_of(db, job_id) is None
     assert errors == []  # no refresh of the page of the job just deleted (a 404)
+
+
+@pytest.fixture(scope="module")
+def with_tokens(stack: dict[str, Any]) -> Iterator[str]:
+    """A second dashboard on the same database, with an admin token configured."""
+    import uvicorn
+
+    from pgqueue.web import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(stack["dsn"], admin_token="admin-secret", read_token="",
+                                                      poll_seconds=1),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_a_page_whose_login_ended_shows_the_login_form_instead_of_going_stale(with_tokens: str, page: Any) -> None:
+    page.goto(with_tokens + "/queues")
+    page.fill("input[name=token]", "admin-secret")
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(with_tokens + "/")
+    expect(page.locator(".role")).to_have_text("admin")
+
+    page.context.clear_cookies()  # the login ended (logged out elsewhere, or the tokens changed)
+
+    expect(page.locator("input[name=token]")).to_be_visible()

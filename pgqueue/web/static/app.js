@@ -71,7 +71,12 @@
 
   document.addEventListener("htmx:afterRequest", function (evt) {
     var path = evt.detail.pathInfo && evt.detail.pathInfo.requestPath || "";
-    if (path.indexOf("/api/") === -1) return;
+    if (path.indexOf("/api/") === -1) {
+      // A live refresh refused for want of a login (logged out elsewhere, tokens changed): reload,
+      // so the page shows the login form instead of data that silently stopped changing.
+      if (evt.detail.xhr && evt.detail.xhr.status === 401) window.location.reload();
+      return;
+    }
     var data = {};
     try { data = JSON.parse(evt.detail.xhr.responseText || "{}"); } catch (e) { data = {}; }
     if (evt.detail.successful) {
