@@ -373,3 +373,15 @@ def test_a_page_whose_login_ended_shows_the_login_form_instead_of_going_stale(wi
     page.context.clear_cookies()  # the login ended (logged out elsewhere, or the tokens changed)
 
     expect(page.locator("input[name=token]")).to_be_visible()
+
+
+def test_a_limit_typed_but_not_yet_set_survives_the_live_refresh(stack: dict[str, Any], page: Any, db: Conn) -> None:
+    stack["app"].enqueue(db, "send-reminder", {"patient": "limits"})
+    page.goto(stack["url"] + "/queues")
+    rate = page.locator("tr#queue-emails input[name=rate]")
+    rate.fill("7/s")
+    page.locator("h1").click()  # the field loses focus, its value is not sent yet
+
+    page.wait_for_timeout(2500)  # two refreshes at poll_seconds=1
+
+    expect(rate).to_have_value("7/s")

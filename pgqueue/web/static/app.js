@@ -22,13 +22,15 @@
   });
 
   // Live parts refresh only while the user is not in the middle of something inside them: typing
-  // in a field, or having ticked jobs for a bulk action.
+  // in a field, a field typed in but not sent yet (a queue's limits), or jobs ticked for a bulk action.
   window.pgqueueLive = function () {
     var active = document.activeElement;
     if (active && active.closest && active.closest("#live") && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) {
       return false;
     }
-    return !document.querySelector("#live input[name=ids]:checked");
+    var typed = Array.prototype.some.call(document.querySelectorAll("#live input:not([type=checkbox])"),
+      function (field) { return field.value !== field.defaultValue; });
+    return !typed && !document.querySelector("#live input[name=ids]:checked");
   };
 
   var timer = null;
