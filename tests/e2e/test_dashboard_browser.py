@@ -7,6 +7,7 @@ saved under ``PGQUEUE_SCREENSHOTS`` (a directory) or pytest's temporary director
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -70,10 +71,27 @@ def build_app(dsn: str) -> App:
     return app
 
 
-@pytest.fixture(scope="module")
-def stack(pg_server_dsn: str, template_db: str) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def served(asgi_app: Any) -> Iterator[str]:
+    """``asgi_app`` served by uvicorn on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server_dsn: str, template_db: str) -> Iterator[dict[str, Any]]:
     from pgqueue.web import create_app
 
     with scratch_database(pg_server_dsn, template_db) as dsn:
@@ -81,21 +99,12 @@ def stack(pg_server_dsn: str, template_db: str) -> Iterator[dict[str, Any]]:
         worker = Worker(app, concurrency=4, settings=app.settings)
         worker_thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
         worker_thread.start()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(dsn, admin_token="", read_token="", poll_seconds=1),
-                                               host="127.0.0.1", port=port, log_level="warning"))
-        server_thread = threading.Thread(target=server.run, daemon=True)
-        server_thread.start()
-        wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
         try:
-            yield {"dsn": dsn, "app": app, "url": f"http://127.0.0.1:{port}"}
+            with served(create_app(dsn, admin_token="", read_token="", poll_seconds=1)) as url:
+                yield {"dsn": dsn, "app": app, "url": url}
         finally:
             STEPS.stop.set()
-            server.should_exit = True
             worker.stop()
-            server_thread.join(timeout=15)
             worker_thread.join(timeout=30)
 
 
@@ -264,7 +273,6 @@ def test_a_waiting_job_can_be_cancelled_from_its_page(stack: dict[str, Any], pag
 @pytest.fixture(scope="module")
 def mounted(stack: dict[str, Any]) -> Iterator[str]:
     """The dashboard mounted under /pgqueue in the user's own Starlette app, as the docs show."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
@@ -272,18 +280,8 @@ def mounted(stack: dict[str, Any]) -> Iterator[str]:
 
     outer = Starlette(routes=[Mount("/pgqueue", app=create_app(stack["dsn"], admin_token="", read_token="",
                                                                poll_seconds=1))])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}/pgqueue"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with served(outer) as url:
+        yield f"{url}/pgqueue"
 
 
 @pytest.mark.parametrize("label", ["Overview", "Jobs", "Failed", "Queues", "Schedules", "Workers"])
@@ -343,24 +341,10 @@ def test_deleting_a_job_from_its_page_goes_to_the_jobs_list_without_a_console_er
 @pytest.fixture(scope="module")
 def with_tokens(stack: dict[str, Any]) -> Iterator[str]:
     """A second dashboard on the same database, with an admin token configured."""
-    import uvicorn
-
     from pgqueue.web import create_app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(stack["dsn"], admin_token="admin-secret", read_token="",
-                                                      poll_seconds=1),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, message="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with served(create_app(stack["dsn"], admin_token="admin-secret", read_token="", poll_seconds=1)) as url:
+        yield url
 
 
 def test_a_page_whose_login_ended_shows_the_login_form_instead_of_going_stale(with_tokens: str, page: Any) -> None:
