@@ -18,6 +18,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -399,6 +400,10 @@ def _raised_at(exc: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
+#: Where pgqueue's own modules live: their warnings carry no job data and keep their text.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def _install_crash_hooks() -> None:
     """An exception no code caught, in any thread, prints one line: never a traceback, which could
     carry a decrypted payload or a password in its messages."""
@@ -425,5 +430,17 @@ def _install_crash_hooks() -> None:
               f"{one_line_for_terminal(_raised_at(error))} (message not shown: it may quote job data)",
               file=sys.stderr)
 
+    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: Any = None, line: str | None = None) -> None:
+        from pgqueue.cli._context import one_line_for_terminal
+
+        # A handler's warnings.warn(f"... {ssn}") printed its text, job data included, to stderr:
+        # shown like a thread's uncaught error, by type and place only. pgqueue's own keep their text.
+        where = f"{filename}:{lineno}"
+        text = str(message) if filename.startswith(_PACKAGE_DIR) else "message not shown: it may quote job data"
+        print(f"pgqueue: warning: {one_line_for_terminal(category.__name__)} at {one_line_for_terminal(where)} "
+              f"({one_line_for_terminal(text)})", file=sys.stderr if file is None else file)
+
     sys.excepthook = excepthook
     threading.excepthook = thread_excepthook
+    warnings.showwarning = showwarning

@@ -106,6 +106,22 @@ def test_an_uncaught_error_in_a_handler_s_thread_prints_its_type_never_its_messa
     assert MARKER not in worker.stdout_path.read_text()
 
 
+def test_a_handlers_warning_prints_its_category_and_place_never_its_message(
+        worker_dsn: str, db: Db, run_cli: RunCli, spawn_worker: SpawnWorker) -> None:
+    keys = {"PGQUEUE_ENCRYPTION_KEYS": generate_key()}
+    worker = spawn_worker(worker_dsn, env=keys)
+    enqueued = run_cli(["enqueue", "careless-warning", "--encrypt", "--args", json.dumps({"ssn": MARKER})],
+                       dsn=worker_dsn, env=keys)
+    assert enqueued.returncode == 0, enqueued.stderr
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'completed'").fetchone() == (1,),
+               timeout=30, message=worker.describe())
+    assert worker.stop() == 0
+    stderr = worker.stderr()
+    assert "pgqueue: warning: UserWarning at " in stderr, stderr  # Python's own printer showed the text
+    assert MARKER not in stderr
+    assert MARKER not in worker.stdout_path.read_text()
+
+
 def test_settings_repr_and_redaction_never_show_the_password() -> None:
     for dsn in BROKEN_DSNS.values():
         assert MARKER not in repr(Settings(dsn=dsn))

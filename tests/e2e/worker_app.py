@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 import psycopg
@@ -93,6 +94,12 @@ def sleep_transactional(job: pgqueue.Job, seconds: float) -> None:
     job.connection.execute("INSERT INTO test_executions (job_id, attempt, pid) VALUES (%s, -1, %s)",
                            [job.id, os.getpid()])
     time.sleep(seconds)
+
+
+@app.task(name="careless-warning")
+def careless_warning(job: pgqueue.Job, ssn: str) -> None:
+    """Warns with the args in the message, as careless handler code would; the job completes."""
+    warnings.warn(f"odd ssn {ssn}", UserWarning, stacklevel=1)
 
 
 @app.task(name="thread-error")
