@@ -53,6 +53,13 @@ def _host_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: A scheduler's pass lands a few milliseconds after each fire time: a grace shorter than this made
+#: every run count as missed (never fired under ``skip``, a misfire event per run under ``once``).
+MIN_MISFIRE_GRACE_SECONDS = 1.0
+MISFIRE_GRACE_RULE = (f"must be a number of seconds >= {MIN_MISFIRE_GRACE_SECONDS:g} (a scheduler processes a fire "
+                      "time a few milliseconds after it, so a shorter grace would count every run as missed)")
+
+
 def misfire_grace_from_env(env: dict[str, str] | None = None) -> timedelta:
     """``PGQUEUE_MISFIRE_GRACE_SECONDS`` (default 60), for schedulers started by the worker."""
     raw = (env if env is not None else dict(os.environ)).get("PGQUEUE_MISFIRE_GRACE_SECONDS", "")
@@ -62,8 +69,8 @@ def misfire_grace_from_env(env: dict[str, str] | None = None) -> timedelta:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ConfigurationError(f"PGQUEUE_MISFIRE_GRACE_SECONDS {raw!r} must be a number of seconds >= 0")
+    if not MIN_MISFIRE_GRACE_SECONDS <= seconds < float("inf"):
+        raise ConfigurationError(f"PGQUEUE_MISFIRE_GRACE_SECONDS {raw!r} {MISFIRE_GRACE_RULE}")
     return timedelta(seconds=seconds)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from datetime import timedelta
@@ -12,7 +13,7 @@ import typer
 from pgqueue._cron import DEFAULT_MISFIRE_GRACE
 from pgqueue._db.sessions import check_dsn
 from pgqueue._loader import load_app
-from pgqueue._scheduler import Scheduler
+from pgqueue._scheduler import MIN_MISFIRE_GRACE_SECONDS, MISFIRE_GRACE_RULE, Scheduler
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import normalize_dsn
@@ -24,7 +25,7 @@ def scheduler(
     app_path: AppOption,
     misfire_grace_seconds: Annotated[
         float, typer.Option(
-            "--misfire-grace-seconds", envvar="PGQUEUE_MISFIRE_GRACE_SECONDS", min=0,
+            "--misfire-grace-seconds", envvar="PGQUEUE_MISFIRE_GRACE_SECONDS",
             help="A fire time processed later than this was missed (no scheduler ran): the schedule's "
                  "misfire policy (once, skip, all) decides what to do with it."),
     ] = DEFAULT_MISFIRE_GRACE.total_seconds(),
@@ -36,6 +37,8 @@ def scheduler(
     updated; code schedules no longer in the code are disabled. Any number of schedulers may run
     at once: the database admits each fire time once.
     """
+    if not MIN_MISFIRE_GRACE_SECONDS <= misfire_grace_seconds < math.inf:  # nan and inf parse as floats
+        fail(f"--misfire-grace-seconds {misfire_grace_seconds:g} {MISFIRE_GRACE_RULE}")
     try:
         app = load_app(app_path)
         if dsn:

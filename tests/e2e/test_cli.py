@@ -423,6 +423,9 @@ USER_ERRORS = [
     (["queues", "pause", "Bad Queue"], "queue name 'Bad Queue' must match"),
     # Checked before the app is imported; nan once passed `<= 0` and ran a worker whose leases overflowed.
     (["worker", "--app", "nowhere:app", "--lease-seconds", "nan"], "--lease-seconds nan must be greater than zero"),
+    # A pass lands milliseconds after a fire time: with a grace of 0 every run counted as missed.
+    (["scheduler", "--app", "nowhere:app", "--misfire-grace-seconds", "0"],
+     "--misfire-grace-seconds 0 must be a number of seconds >= 1"),
     (["health", "--max-xact-age", "1e300"],  # once reached the database: "unexpected DatetimeFieldOverflow"
      "--max-xact-age 1e+300 must be seconds, greater than zero and at most 100 years"),
 ]

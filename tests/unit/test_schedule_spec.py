@@ -10,6 +10,7 @@ import pytest
 import pgqueue
 from pgqueue.errors import (
     ArgsNotSerializable,
+    ConfigurationError,
     InvalidArgs,
     InvalidCron,
     InvalidPriority,
@@ -170,3 +171,13 @@ def test_paused_and_disabled_schedules_have_no_next_fire_times() -> None:
     disabled = _stored(disabled_at=after)
     assert disabled.state == "disabled"
     assert disabled.next_fire_times(after) == []
+
+
+@pytest.mark.parametrize("raw", ["0", "0.5", "nan", "inf", "-1", "soon"])
+def test_a_misfire_grace_under_a_second_or_not_a_number_is_refused(raw: str) -> None:
+    # A scheduler's pass lands milliseconds after a fire time: a grace of 0 made every run "missed".
+    from pgqueue._scheduler import misfire_grace_from_env
+
+    with pytest.raises(ConfigurationError, match=r"PGQUEUE_MISFIRE_GRACE_SECONDS .* must be a number of seconds >= 1"):
+        misfire_grace_from_env({"PGQUEUE_MISFIRE_GRACE_SECONDS": raw})
+    assert misfire_grace_from_env({"PGQUEUE_MISFIRE_GRACE_SECONDS": "1"}).total_seconds() == 1
