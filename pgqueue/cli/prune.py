@@ -57,7 +57,8 @@ def prune(
     audit_older_than: Annotated[str | None, typer.Option(
         "--audit-older-than", metavar="DURATION",
         help=f"Audit retention ({_DURATION_HELP}; default PGQUEUE_RETAIN_AUDIT, 30d): also prunes cron run "
-             "records no schedule can fire again.", show_default=False)] = None,
+             "records no schedule can fire again. Shorter than PGQUEUE_RETAIN_AUDIT, it makes `audit verify` "
+             "report the early pruning unless given --audit-retention as short.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
