@@ -83,9 +83,13 @@ def test_an_ack_for_a_rescued_job_is_still_a_lost_lease(conn: Conn) -> None:
 
 
 def _expired_worker_with_a_running_job(conn: Conn) -> int:
+    # Its lease length is kept shorter than the server's uptime: a lease also holds for its length
+    # after the server started, so on a server started seconds ago (the embedded one, at the start of
+    # a test run) a 10 s lease was never rescued, whatever the test meant to show.
     conn.execute("INSERT INTO pgqueue.workers (id, hostname, pid, queues, concurrency, heartbeat_at, "
-                 "lease_expires_at) VALUES ('w-1', 'h', 1, '{}', 1, now() - interval '20 s', "
-                 "now() - interval '10 s')")
+                 "lease_expires_at) "
+                 "SELECT 'w-1', 'h', 1, '{}', 1, now() - interval '10 s' - lease, now() - interval '10 s' "
+                 "FROM (SELECT LEAST(interval '10 s', (now() - pg_postmaster_start_time()) / 2) AS lease) AS l")
     job_id, _ = _running_job(conn)
     return job_id
 
