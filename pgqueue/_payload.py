@@ -190,6 +190,12 @@ MAX_TASK_NAME_LENGTH = 255
 MAX_UNIQUE_KEY_BYTES = 512
 
 
+def is_task_name(task: object) -> bool:
+    """Whether ``task`` can name a job: a str of 1 to MAX_TASK_NAME_LENGTH characters that
+    PostgreSQL text can hold."""
+    return isinstance(task, str) and 0 < len(task) <= MAX_TASK_NAME_LENGTH and is_storable_text(task)
+
+
 def is_storable_text(text: str) -> bool:
     """False for a str PostgreSQL text cannot hold: a NUL character or a lone surrogate."""
     if "\x00" in text:

@@ -16,7 +16,14 @@ from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, DependencyLayout, JobStore, NewJob
 from pgqueue._db.sessions import open_connection
-from pgqueue._payload import MAX_TASK_NAME_LENGTH, MAX_UNIQUE_KEY_BYTES, check_queue_name, encode_args, is_storable_text
+from pgqueue._payload import (
+    MAX_TASK_NAME_LENGTH,
+    MAX_UNIQUE_KEY_BYTES,
+    check_queue_name,
+    encode_args,
+    is_storable_text,
+    is_task_name,
+)
 from pgqueue._tracing import Tracing, with_carrier
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
 from pgqueue.breakers import CircuitBreaker
@@ -357,7 +364,7 @@ class App:
                  max_attempts: int | None = None, unique_key: str | None = None,
                  encrypt: bool | None = None, tags: Iterable[str] | None = None,
                  group: str | None = None, dependencies: dict[str, Any] | None = None) -> NewJob:
-        if not isinstance(task, str) or not task or len(task) > MAX_TASK_NAME_LENGTH or not is_storable_text(task):
+        if not is_task_name(task):
             raise UnknownTask(f"task name {_shown(task)} must be a non-empty string of at most "
                               f"{MAX_TASK_NAME_LENGTH} characters, without NUL characters or lone surrogates")
         known = self.tasks.get(task)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from pgqueue._db.jobs import JobStore
-from pgqueue._payload import MAX_TASK_NAME_LENGTH, check_queue_name, is_storable_text
+from pgqueue._payload import check_queue_name, is_task_name
 from pgqueue.app import App
 from pgqueue.cli._admin import open_session
 from pgqueue.cli._context import DsnOption, JsonOption, fail
@@ -109,8 +109,7 @@ def enqueue(
         # A task the CLI has never seen is fine: producers need not import the workers' code. But a
         # task that a started worker's code declares encrypt=True is encrypted as with --encrypt.
         # (A name the database cannot store is not looked up: App.enqueue refuses it with its own message.)
-        storable = 0 < len(task) <= MAX_TASK_NAME_LENGTH and is_storable_text(task)
-        declared = not encrypt and storable and JobStore(conn).task_is_encrypted(task)
+        declared = not encrypt and is_task_name(task) and JobStore(conn).task_is_encrypted(task)
         try:
             job_id = app.enqueue(
                 conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
