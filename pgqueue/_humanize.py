@@ -80,3 +80,16 @@ def printable(text: str, *, multiline: bool = True) -> str:
     """
     pattern = _UNPRINTABLE if multiline else _UNPRINTABLE_LINE
     return pattern.sub(_escape, text) if pattern.search(text) else text
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` at FILE:LINE`` of the frame that raised ``exc`` (a SyntaxError: the offending line), or ``""``.
+
+    Never the message: error lines built on it may not quote a job's payload.
+    """
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 
+from pgqueue._humanize import raised_at
 from pgqueue.app import App
 from pgqueue.errors import ConfigurationError
 
@@ -24,7 +25,7 @@ def load_app(path: str) -> App:
         raise ConfigurationError(f"cannot import {module_name!r} for --app {path!r}: {exc}") from exc
     except Exception as exc:  # the app's own code failed at import: its error, not pgqueue's
         raise ConfigurationError(
-            f"importing {module_name!r} for --app {path!r} raised {type(exc).__name__}{_raised_at(exc)}: {exc}"
+            f"importing {module_name!r} for --app {path!r} raised {type(exc).__name__}{raised_at(exc)}: {exc}"
         ) from exc
     try:
         target = getattr(module, attr)
@@ -33,13 +34,3 @@ def load_app(path: str) -> App:
     if not isinstance(target, App):
         raise ConfigurationError(f"--app {path!r} is a {type(target).__name__}, not a pgqueue.App")
     return target
-
-
-def _raised_at(exc: BaseException) -> str:
-    """`` at FILE:LINE`` of the frame that raised ``exc`` (a SyntaxError: the offending line)."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f" at {exc.filename}:{exc.lineno}"
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""

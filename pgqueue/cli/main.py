@@ -387,17 +387,12 @@ def _crash_line(exc: BaseException) -> str:
     """One line for an error nobody planned for: its type and where it was raised, and its message
     only when the type is a plain ValueError/TypeError (bad input). Messages of other errors may
     quote a job's payload."""
-    where = _raised_at(exc)
+    from pgqueue._humanize import raised_at
+
+    where = raised_at(exc)
     if type(exc) in (ValueError, TypeError):
         return f"{exc} ({type(exc).__name__}{where})"
     return f"unexpected {type(exc).__name__}{where} (a bug in pgqueue: please report it)"
-
-
-def _raised_at(exc: BaseException) -> str:
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 #: Where pgqueue's own modules live: their warnings carry no job data and keep their text.
@@ -420,6 +415,7 @@ def _install_crash_hooks() -> None:
     def thread_excepthook(args: threading.ExceptHookArgs) -> None:
         if args.exc_value is None or isinstance(args.exc_value, SystemExit):
             return
+        from pgqueue._humanize import raised_at
         from pgqueue.cli._context import one_line_for_terminal
 
         name = args.thread.name if args.thread is not None else "?"
@@ -427,7 +423,7 @@ def _install_crash_hooks() -> None:
         # the thread may be a handler's own, whose ValueError quotes the decrypted args of its job.
         error = args.exc_value
         print(f"pgqueue: error in thread {name}: uncaught {one_line_for_terminal(type(error).__name__)}"
-              f"{one_line_for_terminal(_raised_at(error))} (message not shown: it may quote job data)",
+              f"{one_line_for_terminal(raised_at(error))} (message not shown: it may quote job data)",
               file=sys.stderr)
 
     def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
