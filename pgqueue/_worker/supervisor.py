@@ -399,12 +399,13 @@ class Supervisor:
                 log.info("supervisor.stopped")
                 return 0
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                killed = [child for child in self.children.values() if child.poll() is None]
+                killed = []
                 for slot, child in self.children.items():
-                    if child in killed:
+                    if child.poll() is None:
                         log.warning("supervisor.child_killed", slot=slot, pid=child.pid,
                                     reason=f"still running {self.grace_seconds + 10:g}s after the stop signal")
                         child.kill()
+                        killed.append(child)
                 reap_by = time.monotonic() + 2  # reap them: no zombie left behind for PID 1
                 while any(child.poll() is None for child in killed) and time.monotonic() < reap_by:
                     time.sleep(0.02)
