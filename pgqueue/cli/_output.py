@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich import box
 from rich.console import Console
@@ -24,6 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from pgqueue._humanize import format_seconds, json_default, printable
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn
 
 # When the output is piped, rich would wrap tables at 80 columns; a pipe has no width, so lay
 # rows out in full (columns only grow as wide as their content).
@@ -134,3 +137,12 @@ def emit_message(message: str, data: Mapping[str, Any], *, json_output: bool) ->
         print_json(dict(data))
     else:
         print(printable(message))
+
+
+def stderr_progress(*columns: str | ProgressColumn, quiet: bool = False) -> Progress:
+    """A transient progress display on stderr, shown only on a terminal (and not when ``quiet``):
+    off one, even a transient bar leaves an empty line on stderr, which cron mails."""
+    from rich.progress import Progress  # only the commands that show progress pay for its import
+
+    errors = Console(stderr=True)
+    return Progress(*columns, console=errors, transient=True, disable=quiet or not errors.is_terminal)

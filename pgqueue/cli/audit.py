@@ -14,8 +14,7 @@ import math
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from pgqueue import _audit
 from pgqueue._db.errors import translate_errors
@@ -23,7 +22,7 @@ from pgqueue._db.sessions import connect
 from pgqueue._humanize import printable
 from pgqueue.cli._admin import parse_job_id
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
-from pgqueue.cli._output import Column, emit, emit_record, print_json
+from pgqueue.cli._output import Column, emit, emit_record, print_json, stderr_progress
 from pgqueue.cli.jobs import EVENT_COLUMNS
 from pgqueue.errors import ConfigurationError
 from pgqueue.settings import Settings, parse_duration
@@ -111,10 +110,8 @@ def verify_command(
     with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
         if seal and _audit.can_seal(conn):
             _audit.seal_pending(conn)
-        errors = Console(stderr=True)
-        # Only on a terminal: off one, the transient bar still leaves an empty line on stderr.
-        progress = Progress(TextColumn("verifying seals"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=errors, transient=True, disable=json_output or not errors.is_terminal)
+        progress = stderr_progress(TextColumn("verifying seals"), BarColumn(), MofNCompleteColumn(),
+                                   TimeElapsedColumn(), quiet=json_output)
         with progress:
             task = progress.add_task("verify", total=None)
             report = _audit.verify(conn, expect_digests=expect or (), min_retention=min_retention,

@@ -10,15 +10,14 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from pgqueue import _key_rotation
 from pgqueue._crypto import Keyring, generate_key
 from pgqueue._db.keys import KeyStore
 from pgqueue.cli._admin import SOURCE, actor, open_store
 from pgqueue.cli._context import DsnOption, JsonOption, fail
-from pgqueue.cli._output import print_json
+from pgqueue.cli._output import print_json, stderr_progress
 from pgqueue.settings import Settings
 
 app = typer.Typer(help="Encryption keys: generate one, rotate stored payloads to the newest.", no_args_is_help=True)
@@ -55,9 +54,8 @@ def rotate_command(
     keyring = Keyring(Settings.from_env().encryption_keys)
     with open_store(dsn, KeyStore) as store:
         total = _key_rotation.stale_counts(store, keyring)["jobs"]
-        errors = Console(stderr=True)
-        columns = (TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as progress:
+        with stderr_progress(TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn()) as progress:
             bar = progress.add_task("rotate", total=total)
             report = _key_rotation.rotate(store, keyring, batch=batch, dry_run=dry_run, actor=actor(),
                                           source=SOURCE, on_batch=lambda rows: progress.advance(bar, rows))

@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pgqueue import admin
 from pgqueue.cli._admin import SOURCE, actor
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
-from pgqueue.cli._output import Column, emit, print_json
+from pgqueue.cli._output import Column, emit, print_json, stderr_progress
 from pgqueue.errors import ConfigurationError
 from pgqueue.settings import parse_duration
 
@@ -77,11 +76,8 @@ def prune(
             except ConfigurationError as exc:
                 fail(str(exc), code=2)
     target = resolve(dsn)
-    errors = Console(stderr=True)
-    # Only on a terminal: off one, the transient bar still leaves an empty line on stderr (cron mails it).
-    progress = Progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
-                        TimeElapsedColumn(), console=errors, transient=True,
-                        disable=json_output or dry_run or not errors.is_terminal)
+    progress = stderr_progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
+                               TimeElapsedColumn(), quiet=json_output or dry_run)
     try:
         with progress:
             task = progress.add_task("", total=None)
