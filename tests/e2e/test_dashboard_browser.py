@@ -338,6 +338,25 @@ def test_deleting_a_job_from_its_page_goes_to_the_jobs_list_without_a_console_er
     assert errors == []  # no refresh of the page of the job just deleted (a 404)
 
 
+def test_an_action_answered_after_a_live_refresh_was_due_still_ends_as_it_should(
+        stack: dict[str, Any], page: Any, db: Conn) -> None:
+    """The page's live part refreshes every second and holds the action buttons. A refresh that
+    replaced them while an action was in flight detached the button the answer is sent to, so the
+    answer reached no listener: no redirect after a delete, no toast. Here the delete is held back
+    for three refresh periods by a row lock, the way a slow database holds it."""
+    job_id = stack["app"].enqueue(db, "send-reminder", {"patient": "slow-delete"}, delay=3600)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(stack["url"] + f"/jobs/{job_id}")
+    with psycopg.connect(stack["dsn"]) as holder:
+        holder.execute("SELECT 1 FROM pgqueue.jobs WHERE id = %s FOR UPDATE", [job_id])
+        page.locator(".job-head button:has-text('Delete')").click()
+        page.wait_for_timeout(3000)  # at poll_seconds=1, three refreshes were due meanwhile
+        holder.rollback()  # the delete goes through now
+
+    page.wait_for_url("**/jobs", timeout=20_000)
+    assert state_of(db, job_id) is None
+
+
 @pytest.fixture(scope="module")
 def with_tokens(stack: dict[str, Any]) -> Iterator[str]:
     """A second dashboard on the same database, with an admin token configured."""

@@ -23,7 +23,15 @@
 
   // Live parts refresh only while the user is not in the middle of something inside them: typing
   // in a field, a field typed in but not sent yet (a queue's limits), or jobs ticked for a bulk action.
+  // An action in flight also holds the refresh: its button lives in the live part, and a button
+  // swapped out of the page takes the action's answer with it (no toast, no redirect after a delete).
+  var inFlight = 0;
+  function isAction(detail) {
+    return Boolean(detail && detail.requestConfig && detail.requestConfig.verb !== "get");
+  }
+
   window.pgqueueLive = function () {
+    if (inFlight > 0) return false;
     var active = document.activeElement;
     if (active && active.closest && active.closest("#live") && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) {
       return false;
@@ -69,9 +77,11 @@
   });
   document.addEventListener("htmx:beforeRequest", function (evt) {
     if (leaving && evt.detail.elt && evt.detail.elt.id === "live") evt.preventDefault();
+    else if (isAction(evt.detail)) inFlight += 1;
   });
 
   document.addEventListener("htmx:afterRequest", function (evt) {
+    if (isAction(evt.detail)) inFlight = Math.max(0, inFlight - 1);
     var path = evt.detail.pathInfo && evt.detail.pathInfo.requestPath || "";
     if (path.indexOf("/api/") === -1) {
       // A live refresh refused for want of a login (logged out elsewhere, tokens changed): reload,
@@ -91,7 +101,9 @@
     }
   });
   // A failed request is handled above; keep htmx from swapping error bodies into the page.
+  // A refresh already on its way when an action was sent is not swapped in either (the next one is).
   document.addEventListener("htmx:beforeSwap", function (evt) {
     if (evt.detail.xhr.status >= 400) evt.detail.shouldSwap = false;
+    if (inFlight > 0 && evt.detail.target && evt.detail.target.id === "live") evt.detail.shouldSwap = false;
   });
 })();
