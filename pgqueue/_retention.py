@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 #: Rows per delete statement: small enough that one batch locks little and commits in milliseconds.
 BATCH_SIZE = 5_000
+#: The largest batch ``pgqueue prune --batch`` accepts: one transaction must stay short.
+MAX_BATCH_SIZE = 100_000
 
 #: Vacuum once dead rows exceed this fraction of the live ones plus VACUUM_DEAD_MIN (autovacuum's defaults
 #: are 0.2 and 50; the floor is higher because pgqueue's check is cheap but a VACUUM is not).

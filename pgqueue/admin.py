@@ -1254,12 +1254,12 @@ def _age(value: _Age | _Unchanged, name: str, default: float | None) -> float | 
 def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
           failed_older_than: _Age | _Unchanged = UNCHANGED, audit_older_than: _Age | _Unchanged = UNCHANGED,
           dry_run: bool = False, actor: str | None = None, source: str = DEFAULT_SOURCE,
-          progress: Callable[[str, int], None] | None = None) -> PruneReport:
+          progress: Callable[[str, int], None] | None = None, batch_size: int = _retention.BATCH_SIZE) -> PruneReport:
     """Delete finished jobs (and spent cron run records, and sealed audit rows) older than the
     retention, now: what the workers' maintenance leader does every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``.
 
-    Like :func:`health` it takes an address, not a connection: it deletes in batches of 5,000 rows,
-    each its own short transaction on a session of its own (one huge transaction would hold row
+    Like :func:`health` it takes an address, not a connection: it deletes in batches of
+    ``batch_size`` rows (5,000), each its own short transaction on a session of its own (one huge transaction would hold row
     locks and a burst of WAL), and writes one ``pruned`` row in ``pgqueue.job_events`` with the
     counts, the cutoffs, ``actor`` and ``source``.
 
@@ -1272,9 +1272,10 @@ def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
             of ``pgqueue.job_events``, and cron run records no schedule can fire again.
         dry_run: count what would be deleted, delete and record nothing.
         progress: called after each batch with the step's name and the rows deleted so far.
+        batch_size: rows deleted per transaction, 1 to 100,000.
 
     Raises:
-        ConfigurationError: a malformed age or source; nothing is deleted.
+        ConfigurationError: a malformed age, source or batch size; nothing is deleted.
 
     Example:
         >>> admin.prune(dsn, completed_older_than="1h", failed_older_than="never").completed
@@ -1286,10 +1287,14 @@ def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
         failed=_age(failed_older_than, "failed_older_than", settings.retain_failed),
         audit=_age(audit_older_than, "audit_older_than", settings.retain_audit))
     where = _source(source)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or not 1 <= batch_size <= _retention.MAX_BATCH_SIZE:
+        raise ConfigurationError(f"batch_size must be an integer between 1 and {_retention.MAX_BATCH_SIZE}, "
+                                 f"not {batch_size!r}")
     with translate_errors(), connect(dsn, autocommit=True) as conn:
         if dry_run:
             return _retention.count_prunable(conn, policy)
-        return _retention.prune(conn, policy, _actor(actor), progress, source=where)
+        return _retention.prune(conn, policy, _actor(actor), progress, batch_size=batch_size, source=where)
 
 
 # --- workflows (chains, groups, depends_on; see pgqueue.workflows) ---

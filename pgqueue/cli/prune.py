@@ -2,8 +2,8 @@
 
 The same pruning the workers' maintenance leader runs every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``,
 with the same defaults (``PGQUEUE_RETAIN_COMPLETED``, ``_FAILED``, ``_AUDIT``); each option
-overrides one of them for this run. It deletes in batches of 5,000 rows, one short transaction
-each, and writes one ``pruned`` row in ``pgqueue.job_events`` with the counts and cutoffs,
+overrides one of them for this run. It deletes in batches of 5,000 rows (``--batch``), one short
+transaction each, and writes one ``pruned`` row in ``pgqueue.job_events`` with the counts and cutoffs,
 actor the OS user, source ``cli``. A thin layer over :func:`pgqueue.admin.prune`.
 """
 
@@ -15,6 +15,7 @@ import typer
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pgqueue import admin
+from pgqueue._retention import BATCH_SIZE, MAX_BATCH_SIZE
 from pgqueue.cli._admin import SOURCE, actor
 from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
 from pgqueue.cli._output import Column, emit, print_json, stderr_progress
@@ -59,6 +60,9 @@ def prune(
              "records no schedule can fire again. Shorter than PGQUEUE_RETAIN_AUDIT, it makes `audit verify` "
              "report the early pruning unless given --audit-retention as short.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    batch: Annotated[int, typer.Option(
+        "--batch", help=f"Rows deleted per transaction (1-{MAX_BATCH_SIZE}): smaller batches hold fewer locks "
+                        "for less time.")] = BATCH_SIZE,
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
@@ -75,6 +79,8 @@ def prune(
                 parse_duration(raw, option)
             except ConfigurationError as exc:
                 fail(str(exc), code=2)
+    if not 1 <= batch <= MAX_BATCH_SIZE:
+        fail(f"--batch {batch} must be between 1 and {MAX_BATCH_SIZE}", code=2)
     target = resolve(dsn)
     progress = stderr_progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
                                TimeElapsedColumn(), quiet=json_output or dry_run)
@@ -84,6 +90,7 @@ def prune(
             report = admin.prune(
                 target, completed_older_than=_age(completed_older_than), failed_older_than=_age(failed_older_than),
                 audit_older_than=_age(audit_older_than), dry_run=dry_run, actor=actor(), source=SOURCE,
+                batch_size=batch,
                 progress=lambda step, done: progress.update(task, description=step, completed=done))
     except ConfigurationError as exc:  # PGQUEUE_RETAIN_* malformed
         fail(str(exc), code=2)
