@@ -642,6 +642,9 @@ def test_prune_deletes_by_age_counts_on_a_dry_run_and_records_actor_and_source(d
             admin.prune(dsn, completed_older_than="soon")
         with pytest.raises(ConfigurationError, match="source 'Web!'"):
             admin.prune(dsn, completed_older_than=0, source="Web!")
+        for bad in (0, 100_001, 2.5, True):
+            with pytest.raises(ConfigurationError, match="batch_size must be an integer between 1 and 100000"):
+                admin.prune(dsn, completed_older_than=0, batch_size=bad)  # type: ignore[arg-type]
         counted = admin.prune(dsn, completed_older_than="1h", failed_older_than=None, dry_run=True)
         steps: list[tuple[str, int]] = []
         pruned = admin.prune(dsn, completed_older_than=3600.0, failed_older_than="never", actor="olga",
