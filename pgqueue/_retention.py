@@ -2,12 +2,13 @@
 when nothing else will.
 
 A prune run is a sequence of steps (completed jobs, failed and cancelled jobs, ``schedule_runs``
-rows, then audit rows, a whole seal at a time so the chain stays verifiable). Each step deletes in
-batches of ``batch_size`` rows, oldest first, one short transaction per batch, so the pruner never
-holds many row locks or writes one huge burst of WAL. The run's summary row in ``pgqueue.job_events`` (event ``pruned``)
-is written in the transaction of its last batch; a run that fails midway keeps the batches it
-committed and records them in a summary row of their own (``finished: false``) when the session
-still works, so no deleted row goes unaccounted for.
+rows, then audit rows, a whole seal at a time so the chain stays verifiable). It deletes in
+batches of ``batch_size`` rows, oldest first (a step that runs out leaves the rest of its batch to
+the next step), one short transaction per batch, so the pruner never holds many row locks or
+writes one huge burst of WAL. Each batch that deletes anything writes its ``pruned`` row in
+``pgqueue.job_events``, with its own counts, in its own transaction: a run stopped at any point,
+even by SIGKILL, leaves no deleted row unaccounted for. The run's last batch always writes one
+(``finished`` says whether anything was left), except in a maintenance run that deleted nothing.
 
 Why pgqueue vacuums at all: a queue table turns over its whole content every few seconds. With
 autovacuum off (the server's setting or the table's ``autovacuum_enabled``) nothing ever
@@ -18,16 +19,15 @@ ones (autovacuum's own default scale factor), provided its role may.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _audit
-from pgqueue._db.errors import DATABASE_ERRORS
 from pgqueue._db.retention import Cutoffs, RetentionStore
-from pgqueue._db.sessions import longer_answer_timeout, session_broken
+from pgqueue._db.sessions import longer_answer_timeout
 from pgqueue._log import get_logger
 from pgqueue.settings import Settings
 
@@ -137,78 +137,82 @@ def _steps(store: RetentionStore, cutoffs: Cutoffs) -> list[_Step]:
 def prune(conn: PsycopgConnection, policy: RetentionPolicy, actor: str,
           progress: ProgressCallback | None = None, *, batch_size: int = BATCH_SIZE,
           max_batches: int | None = None, record_empty: bool = True, source: str | None = None) -> PruneReport:
-    """Delete what ``policy`` no longer keeps, in batches, and record one ``pruned`` audit row.
+    """Delete what ``policy`` no longer keeps, in batches, each audited by a ``pruned`` row of its own.
 
-    Runs on an autocommit connection: each batch is its own transaction.
+    Runs on an autocommit connection: each batch is its own transaction, and the ``pruned`` row
+    with that batch's counts is written in it, so whenever the run stops (an error, Ctrl-C,
+    SIGKILL, a lost connection) the trail accounts for every row deleted so far.
 
     Args:
         conn: an autocommit psycopg connection.
         policy: the ages to keep.
-        actor: written to the summary row (``maintenance``, or the OS user from the CLI).
+        actor: written to the audit rows (``maintenance``, or the OS user from the CLI).
         progress: called after each batch with the step's name and the rows deleted so far.
-        batch_size: rows per delete statement.
+        batch_size: rows per transaction (an audit batch may exceed it by one seal).
         max_batches: stop after this many batches (the report is then not ``finished``).
-        record_empty: write the summary row even when nothing was deleted.
-        source: where the run came from (``cli``, ``api``), in the summary row's detail when given.
+        record_empty: write a row for a run that deleted nothing.
+        source: where the run came from (``cli``, ``api``), in the rows' detail when given.
 
     Returns:
-        The rows deleted per kind.
+        The rows deleted per kind, over the whole run.
     """
     store = RetentionStore(conn)
     cutoffs = store.cutoffs(policy.completed, policy.failed, policy.audit)
     report = PruneReport(cutoffs=cutoffs)
     steps = _steps(store, cutoffs)
-    if not steps:
-        with conn.transaction():
-            _record(store, report, actor, record_empty, source)
-        return report
+    # The rows of one run share an id, so its totals are the sum of its rows.
+    run = uuid.uuid4().hex
     current = 0
-    committed = PruneReport(cutoffs=cutoffs, finished=False)
-    recorded = False
     while True:
-        step = steps[current]
-        try:
-            with conn.transaction():
-                counts = step.run(batch_size)
-                report.batches += 1
-                report.add(counts)
-                if sum(counts.values()) < batch_size:
-                    current += 1
-                done = current == len(steps)
-                out_of_budget = not done and max_batches is not None and report.batches >= max_batches
-                if done or out_of_budget:
-                    report.finished = done
-                    _record(store, report, actor, record_empty, source)
-            recorded = done or out_of_budget
-            committed.add(counts)
-            if progress is not None:
-                progress(step.name, report.total)
-        # Not only database errors: an operator's Ctrl-C (or an exception from `progress`) between
-        # batches must not leave the batches already committed without their audit row.
-        except BaseException:
-            if not recorded:
-                _record_failed_run(store, committed, actor, source)
-            raise
-        if done or out_of_budget:
+        with conn.transaction():
+            counts, current, step = _batch(steps, current, batch_size)
+            report.batches += 1
+            report.add(counts)
+            done = current == len(steps)
+            last = done or (max_batches is not None and report.batches >= max_batches)
+            # A batch that deleted nothing needs no row, except the run's last one: it says
+            # whether the run finished (and `pgqueue prune` always leaves a row).
+            if sum(counts.values()) or (last and (report.total or record_empty)):
+                batch = PruneReport(cutoffs=cutoffs, finished=done)
+                batch.add(counts)
+                _record(store, batch, actor, source, run=run, number=report.batches)
+        if progress is not None:
+            progress(step, report.total)
+        if last:
+            report.finished = done
             return report
 
 
-def _record(store: RetentionStore, report: PruneReport, actor: str, record_empty: bool,
-            source: str | None = None) -> None:
-    if report.total or record_empty:
-        detail = report.as_dict()
-        del detail["dry_run"]
-        if source:
-            detail["source"] = source
-        store.insert_prune_event(actor, detail)
+def _batch(steps: list[_Step], current: int, limit: int) -> tuple[dict[str, int], int, str]:
+    """Delete up to ``limit`` rows, from ``steps[current]`` on: a step that comes up short is done,
+    and the next one fills the rest of the batch. Returns the counts, the step to go on with
+    (``len(steps)`` when all are done) and, for progress, the last step that deleted something
+    (else the first one run)."""
+    counts: dict[str, int] = {}
+    name = steps[current].name if current < len(steps) else "nothing"
+    left = limit
+    while current < len(steps) and left > 0:
+        step = steps[current]
+        deleted = step.run(left)
+        for kind, count in deleted.items():
+            counts[kind] = counts.get(kind, 0) + count
+        total = sum(deleted.values())
+        if total:
+            name = step.name
+        if total < left:
+            current += 1
+        left -= total
+    return counts, current, name
 
 
-def _record_failed_run(store: RetentionStore, committed: PruneReport, actor: str, source: str | None) -> None:
-    """Account for the batches a failed run committed, if the session still takes a statement."""
-    if not committed.total or session_broken(store.conn):
-        return
-    with suppress(*DATABASE_ERRORS), store.conn.transaction():
-        _record(store, committed, actor, record_empty=False, source=source)
+def _record(store: RetentionStore, batch: PruneReport, actor: str, source: str | None, *, run: str,
+            number: int) -> None:
+    detail = batch.as_dict()
+    del detail["dry_run"]
+    detail |= {"run": run, "batch": number}
+    if source:
+        detail["source"] = source
+    store.insert_prune_event(actor, detail)
 
 
 def count_prunable(conn: PsycopgConnection, policy: RetentionPolicy) -> PruneReport:

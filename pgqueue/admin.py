@@ -1259,9 +1259,10 @@ def prune(dsn: str, *, completed_older_than: _Age | _Unchanged = UNCHANGED,
     retention, now: what the workers' maintenance leader does every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``.
 
     Like :func:`health` it takes an address, not a connection: it deletes in batches of
-    ``batch_size`` rows (5,000), each its own short transaction on a session of its own (one huge transaction would hold row
-    locks and a burst of WAL), and writes one ``pruned`` row in ``pgqueue.job_events`` with the
-    counts, the cutoffs, ``actor`` and ``source``.
+    ``batch_size`` rows (5,000), each its own short transaction on a session of its own (one huge
+    transaction would hold row locks and a burst of WAL), and each batch writes a ``pruned`` row in
+    ``pgqueue.job_events`` in its transaction, with its counts, the run's cutoffs, ``actor`` and
+    ``source``: a run stopped half way has audited every row it deleted. Returns the run's totals.
 
     Args:
         completed_older_than: completed jobs finished longer ago than this: seconds, a duration

@@ -3,8 +3,10 @@
 The same pruning the workers' maintenance leader runs every ``PGQUEUE_PRUNE_INTERVAL_SECONDS``,
 with the same defaults (``PGQUEUE_RETAIN_COMPLETED``, ``_FAILED``, ``_AUDIT``); each option
 overrides one of them for this run. It deletes in batches of 5,000 rows (``--batch``), one short
-transaction each, and writes one ``pruned`` row in ``pgqueue.job_events`` with the counts and cutoffs,
-actor the OS user, source ``cli``. A thin layer over :func:`pgqueue.admin.prune`.
+transaction each, and each batch writes its ``pruned`` row in ``pgqueue.job_events`` in that
+transaction (its counts, the run's cutoffs, actor the OS user, source ``cli``), so a run killed
+half way has audited everything it deleted. It prints the run's totals. A thin layer over
+:func:`pgqueue.admin.prune`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def prune(
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
-    """Delete finished jobs older than the retention now, in batches, and record it in the audit trail.
+    """Delete finished jobs older than the retention now, in batches, each recorded in the audit trail.
 
     Completed jobs go after --completed-older-than, failed and cancelled ones after
     --failed-older-than (each counted from when the job finished); 'never' keeps them.

@@ -1,4 +1,4 @@
-"""Retention against a real PostgreSQL: what prune deletes and keeps, batches, the summary audit row,
+"""Retention against a real PostgreSQL: what prune deletes and keeps, batches and their audit rows,
 the schedule_runs guard, dry runs, the vacuum rule, and the workers' maintenance leader pruning."""
 
 from __future__ import annotations
@@ -70,23 +70,30 @@ def test_never_keeps_that_state_forever(db: Conn) -> None:
     assert remaining(db, failed) == set()
 
 
-def test_one_summary_audit_row_per_run_with_counts_and_cutoffs_not_one_per_job(db: Conn) -> None:
+def test_each_batch_writes_one_audit_row_with_its_own_counts_not_one_per_job(db: Conn) -> None:
     add_jobs(db, "completed", 12, "2 hours")
     add_jobs(db, "failed", 3, "8 days")
     add_jobs(db, "cancelled", 1, "8 days")
     before = db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone()
 
-    prune(db, RetentionPolicy(completed=HOUR, failed=7 * DAY, audit=30 * DAY), "cli:alice", batch_size=5)
+    report = prune(db, RetentionPolicy(completed=HOUR, failed=7 * DAY, audit=30 * DAY), "cli:alice", batch_size=5)
 
     after = db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone()
     assert before is not None
     assert after is not None
-    assert after[0] - before[0] == 1
-    [(job_id, actor, detail)] = pruned_events(db)
-    assert job_id is None
-    assert actor == "cli:alice"
-    assert {k: detail[k] for k in ("completed", "failed", "cancelled", "schedule_runs", "audit_events")} == {
-        "completed": 12, "failed": 3, "cancelled": 1, "schedule_runs": 0, "audit_events": 0}
+    events = pruned_events(db)
+    assert after[0] - before[0] == len(events) == report.batches == 4
+    # 5 completed, 5 completed, the last 2 completed and 3 failed or cancelled, then the last one.
+    assert [sum(e[2][kind] for kind in PruneReport.COUNTS) for e in events] == [5, 5, 5, 1]
+    assert [e[2]["batch"] for e in events] == [1, 2, 3, 4]
+    assert [e[2]["finished"] for e in events] == [False, False, False, True]
+    assert {kind: sum(e[2][kind] for e in events) for kind in PruneReport.COUNTS} == {
+        "completed": 12, "failed": 3, "cancelled": 1, "schedule_runs": 0, "audit_events": 0} == report.counts()
+    assert {(job_id, actor) for job_id, actor, _ in events} == {(None, "cli:alice")}
+    # One run: one id and one set of cutoffs.
+    assert len({(e[2]["run"], e[2]["completed_before"], e[2]["failed_before"], e[2]["audit_before"])
+                for e in events}) == 1
+    detail = events[0][2]
     cutoffs = db.execute("""
         SELECT now() - %s::timestamptz BETWEEN '59 minutes' AND '61 minutes',
                now() - %s::timestamptz BETWEEN '6 days 23 hours' AND '7 days 1 hour'""",
@@ -105,10 +112,23 @@ def test_batches_are_bounded_and_the_run_goes_on_until_a_short_batch(db: Conn) -
     assert report.batches == 3
     assert seen == [("completed", 5), ("completed", 10), ("completed", 10)]
     assert remaining(db, ids) == set()
-    assert len(pruned_events(db)) == 1
+    # The empty last batch still writes the run's last row: it says the run finished.
+    assert [(e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [(5, False), (5, False), (0, True)]
 
 
-def test_a_batch_budget_stops_the_run_with_a_summary_and_the_next_run_finishes(db: Conn) -> None:
+def test_a_step_that_runs_out_leaves_the_rest_of_its_batch_to_the_next(db: Conn) -> None:
+    add_jobs(db, "completed", 2, "2 hours")
+    add_jobs(db, "failed", 2, "8 days")
+
+    report = prune(db, RetentionPolicy(completed=HOUR, failed=7 * DAY, audit=30 * DAY), "maintenance",
+                   record_empty=False)
+
+    # One transaction, one row: the steady state of the maintenance leader.
+    assert (report.completed, report.failed, report.batches, report.finished) == (2, 2, 1, True)
+    assert [(e[2]["completed"], e[2]["failed"], e[2]["finished"]) for e in pruned_events(db)] == [(2, 2, True)]
+
+
+def test_a_batch_budget_stops_the_run_and_the_next_run_finishes(db: Conn) -> None:
     ids = add_jobs(db, "completed", 12, "2 hours")
     policy = RetentionPolicy(completed=HOUR, failed=None, audit=None)
 
@@ -119,7 +139,9 @@ def test_a_batch_budget_stops_the_run_with_a_summary_and_the_next_run_finishes(d
     second = prune(db, policy, "maintenance", batch_size=5, max_batches=2)
     assert (second.completed, second.finished) == (2, True)
     assert remaining(db, ids) == set()
-    assert [(e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [(10, False), (2, True)]
+    events = pruned_events(db)
+    assert [(e[2]["completed"], e[2]["finished"]) for e in events] == [(5, False), (5, False), (2, True)]
+    assert events[0][2]["run"] == events[1][2]["run"] != events[2][2]["run"]
 
 
 def test_an_interrupted_run_still_audits_the_batches_it_committed(db: Conn) -> None:
@@ -136,7 +158,7 @@ def test_an_interrupted_run_still_audits_the_batches_it_committed(db: Conn) -> N
     assert [(e[1], e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [("cli:alice", 5, False)]
 
 
-def test_a_run_interrupted_after_its_summary_row_writes_no_second_row(db: Conn) -> None:
+def test_a_run_interrupted_after_its_last_row_writes_no_second_row(db: Conn) -> None:
     add_jobs(db, "completed", 2, "2 hours")
 
     def interrupt(step: str, done: int) -> None:
@@ -149,7 +171,7 @@ def test_a_run_interrupted_after_its_summary_row_writes_no_second_row(db: Conn) 
     assert [(e[2]["completed"], e[2]["finished"]) for e in pruned_events(db)] == [(2, True)]
 
 
-def test_a_summary_row_is_only_written_for_an_empty_run_when_asked(db: Conn) -> None:
+def test_a_row_is_only_written_for_an_empty_run_when_asked(db: Conn) -> None:
     policy = RetentionPolicy(completed=HOUR, failed=DAY, audit=30 * DAY)
 
     prune(db, policy, "maintenance", record_empty=False)

@@ -592,18 +592,20 @@ def test_a_prune_run_that_fails_midway_records_the_batches_it_committed(as_role:
     ids = [app.enqueue(owner, "t", {}) for _ in range(3)]
     owner.execute("UPDATE pgqueue.jobs SET state = 'completed', attempt = 1, finished_at = now() - interval '2 days' "
                   "WHERE id = ANY(%s)", [ids])
-    # Without the grant retention needs for schedule_runs, the run fails after deleting the jobs.
+    # Without the grant retention needs for schedule_runs, the run fails after a first batch of
+    # jobs: the second batch (the last job, then schedule_runs) rolls back whole, its job kept.
     owner.execute("REVOKE UPDATE (inserted_at) ON pgqueue.schedule_runs FROM pgqueue_worker")
     with psycopg.connect(as_role("worker"), autocommit=True) as conn, \
             pytest.raises(psycopg.errors.InsufficientPrivilege):
-        _retention.prune(conn, _retention.RetentionPolicy(completed=DAY, failed=None, audit=DAY), "maintenance")
+        _retention.prune(conn, _retention.RetentionPolicy(completed=DAY, failed=None, audit=DAY), "maintenance",
+                         batch_size=2)
 
-    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]) == 0
+    assert count(owner, "SELECT count(*) FROM pgqueue.jobs WHERE id = ANY(%s)", [ids]) == 1
     summary = owner.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'pruned'").fetchall()
     assert len(summary) == 1
     actor, detail = summary[0]
     assert actor == "maintenance"
-    assert (detail["completed"], detail["finished"]) == (3, False)
+    assert (detail["completed"], detail["finished"]) == (2, False)
 
 
 

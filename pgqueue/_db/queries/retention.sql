@@ -3,7 +3,7 @@
 -- the pruner never holds many row locks or writes one huge WAL burst.
 
 -- name: retention_cutoffs
--- One clock for the whole run: every batch deletes against the same instants, and the summary
+-- One clock for the whole run: every batch deletes against the same instants, and each batch's
 -- row records them. NULL seconds (retention "never") give a NULL cutoff, which deletes nothing.
 SELECT now() - make_interval(secs => %(completed)s::float8) AS completed_before,
        now() - make_interval(secs => %(failed)s::float8) AS failed_before,
@@ -100,8 +100,9 @@ WHERE r.fire_time < %(before)s
   AND (s.next_run_at IS NULL OR r.fire_time < s.next_run_at);
 
 -- name: insert_prune_event
--- One summary row per run (not one per deleted job: those jobs' own trails already end in
--- completed/failed/cancelled), written in the transaction of the run's last batch.
+-- One row per batch (not one per deleted job: those jobs' own trails already end in
+-- completed/failed/cancelled), written in the batch's own transaction, so a pruner killed between
+-- batches has audited every row it deleted.
 INSERT INTO pgqueue.job_events (job_id, event, actor, detail)
 VALUES (NULL, 'pruned', %(actor)s, %(detail)s::jsonb);
 
