@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pgqueue.cli._context import DsnOption, fail, resolve
+from pgqueue.errors import ConfigurationError
 from pgqueue.settings import redact_dsn
 
 
@@ -20,15 +21,20 @@ def dashboard(
     """Serve the dashboard (pages, JSON API under /api/, /metrics, /healthz, /readyz) until Ctrl-C.
 
     Auth: PGQUEUE_ADMIN_TOKEN may act, PGQUEUE_READ_TOKEN may only read (Authorization: Bearer, or the
-    login page for browsers). With no token set it serves loopback only, and refuses any other --host.
+    login page for browsers); each at least 16 characters, and they must differ. With no token set it
+    serves loopback only, and refuses any other --host.
     """
     try:
         import uvicorn
 
         from pgqueue.web import create_app
-        from pgqueue.web.auth import ADMIN_TOKEN_ENV, READ_TOKEN_ENV, is_loopback, normalize_token
+        from pgqueue.web.auth import ADMIN_TOKEN_ENV, READ_TOKEN_ENV, check_tokens, is_loopback, normalize_token
     except ImportError as exc:
         fail(f"the dashboard needs the web extra: pip install 'pgqueue[web]' ({exc.name} is missing)")
+    try:  # before the DSN is resolved: a weak token is refused even where the database is unset
+        check_tokens(os.environ.get(ADMIN_TOKEN_ENV), os.environ.get(READ_TOKEN_ENV))
+    except ConfigurationError as exc:
+        fail(str(exc))
     tokens = [normalize_token(os.environ.get(ADMIN_TOKEN_ENV)), normalize_token(os.environ.get(READ_TOKEN_ENV))]
     if not any(tokens) and not is_loopback(host):
         fail(f"refusing to listen on {host!r} without a token: set {ADMIN_TOKEN_ENV} (and {READ_TOKEN_ENV} for "

@@ -186,10 +186,12 @@ async def login(request: Request) -> Response:
     token = (form.get("token") or [""])[0]
     if dashboard.auth.open:
         return RedirectResponse(f"{request.scope.get('root_path', '')}/", status_code=303)
-    if dashboard.auth.login_role(token) is None:
+    cookie = dashboard.auth.login(token)
+    if cookie is None:
         return login_page(dashboard, request, status=401, message="That token is not valid.")
     response = RedirectResponse(f"{request.scope.get('root_path', '')}/", status_code=303)
-    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    # The cookie keeps its name from when it held the raw token: logging in again overwrites such an old one.
+    response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=request.url.scheme == "https",
                         path=request.scope.get("root_path", "") or "/")
     return response
 

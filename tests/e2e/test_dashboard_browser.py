@@ -362,13 +362,13 @@ def with_tokens(stack: dict[str, Any]) -> Iterator[str]:
     """A second dashboard on the same database, with an admin token configured."""
     from pgqueue.web import create_app
 
-    with served(create_app(stack["dsn"], admin_token="admin-secret", read_token="", poll_seconds=1)) as url:
+    with served(create_app(stack["dsn"], admin_token="admin-secret-token", read_token="", poll_seconds=1)) as url:
         yield url
 
 
 def test_a_page_whose_login_ended_shows_the_login_form_instead_of_going_stale(with_tokens: str, page: Any) -> None:
     page.goto(with_tokens + "/queues")
-    page.fill("input[name=token]", "admin-secret")
+    page.fill("input[name=token]", "admin-secret-token")
     page.click("button:has-text('Log in')")
     page.wait_for_url(with_tokens + "/")
     expect(page.locator(".role")).to_have_text("admin")

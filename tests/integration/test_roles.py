@@ -499,8 +499,8 @@ def test_an_admin_login_acts_from_the_dashboard_with_source_web(as_role: Any, ow
 
     app = App(dsn)
     job_id = app.enqueue(owner, "t", {}, queue="webq")
-    web = create_app(as_role("admin"), admin_token="admin-secret", read_token="read-secret")
-    bearer = {"Authorization": "Bearer admin-secret"}
+    web = create_app(as_role("admin"), admin_token="admin-secret-token", read_token="read-secret-token")
+    bearer = {"Authorization": "Bearer admin-secret-token"}
     with TestClient(web, base_url="http://dashboard.example") as client:
         answers = [client.post(f"/api/jobs/{job_id}/cancel", headers=bearer),
                    client.post(f"/api/jobs/{job_id}/retry", headers=bearer),

@@ -29,6 +29,7 @@ with warnings.catch_warnings():
 Conn = psycopg.Connection[TupleRow]
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 READ = {"Authorization": "Bearer read-secret-token"}
+TOKEN = "a-long-enough-token"
 LOOPBACK = ("127.0.0.1", 50000)
 
 
@@ -96,7 +97,7 @@ def test_healthz_and_readyz_answer_without_auth(client: TestClient, db: Conn) ->
 
 
 def test_readyz_is_503_when_the_schema_is_missing(empty_dsn: str) -> None:
-    app = create_app(empty_dsn, admin_token="t")
+    app = create_app(empty_dsn, admin_token=TOKEN)
     with TestClient(app, raise_server_exceptions=False) as c:
         response = c.get("/readyz")
     assert response.status_code == 503
@@ -117,7 +118,7 @@ def test_readyz_recovers_when_the_schema_check_could_not_connect_once(module_dsn
         return real_check(dsn)
 
     monkeypatch.setattr(_migrate, "check", check_failing_once)
-    with TestClient(create_app(module_dsn, admin_token="t"), raise_server_exceptions=False) as c:
+    with TestClient(create_app(module_dsn, admin_token=TOKEN), raise_server_exceptions=False) as c:
         first, second = c.get("/readyz"), c.get("/readyz")
 
     assert second.status_code == 200, second.text  # not stuck at 503 for as long as the revision stays
@@ -275,6 +276,111 @@ def test_a_browser_session_acts_only_with_the_pages_csrf_token(client: TestClien
     assert allowed.status_code == 200
     assert state_of(db, job_id) == "available"
     assert actors(db, "retried") == ["admin-token@web"]
+
+
+def login_cookie_of(app: Any, token: str) -> str:
+    """The login cookie ``app`` sets for ``token``, read from its Set-Cookie header."""
+    with TestClient(app, base_url="http://dashboard.example", raise_server_exceptions=False) as browser:
+        login = browser.post("/login", content=f"token={token}", follow_redirects=False,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert login.status_code == 303, login.text
+    found = re.match(r"pgqueue_token=([^;]*);", login.headers["set-cookie"])
+    assert found is not None, login.headers["set-cookie"]
+    return found.group(1)
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r"X-PGQueue-CSRF&#34;: &#34;([0-9a-f]+)|\"X-PGQueue-CSRF\": \"([0-9a-f]+)\"", page)
+    assert found is not None
+    return found.group(1) or found.group(2)
+
+
+def test_the_login_cookie_holds_no_token_and_is_no_bearer_token(client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db, state="failed")
+    cookie = login_cookie_of(client.app, "admin-secret-token")
+    read_cookie = login_cookie_of(client.app, "read-secret-token")
+    with TestClient(client.app, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                    raise_server_exceptions=False) as browser:
+        page = browser.get(f"/jobs/{job_id}")
+        api = browser.get("/api/queues")
+        acted = browser.post(f"/api/jobs/{job_id}/retry", headers={"X-PGQueue-CSRF": csrf_of(page.text)})
+    as_bearer = [client.get("/api/queues", headers={"Authorization": f"Bearer {value}"})
+                 for value in (cookie, read_cookie)]
+
+    for token in ("admin-secret-token", "read-secret-token"):
+        assert token not in cookie + read_cookie
+    assert cookie != read_cookie
+    assert (page.status_code, api.status_code, acted.status_code) == (200, 200, 200), acted.text
+    assert state_of(db, job_id) == "available"
+    assert actors(db, "retried") == ["admin-token@web"]
+    assert [answer.status_code for answer in as_bearer] == [401, 401]
+
+
+def test_every_dashboard_process_with_the_same_tokens_accepts_a_login_and_its_csrf_token(
+        client: TestClient, module_dsn: str, db: Conn) -> None:
+    # Two processes behind a load balancer: the page from one, the action on the other.
+    job_id = enqueue(db, state="failed")
+    cookie = login_cookie_of(client.app, "admin-secret-token")
+    other = create_app(module_dsn, admin_token="admin-secret-token", read_token="read-secret-token")
+    with TestClient(client.app, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                    raise_server_exceptions=False) as first, \
+         TestClient(other, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                    raise_server_exceptions=False) as second:
+        csrf = csrf_of(first.get(f"/jobs/{job_id}").text)
+        acted = second.post(f"/api/jobs/{job_id}/retry", headers={"X-PGQueue-CSRF": csrf})
+
+    assert acted.status_code == 200, acted.text
+    assert state_of(db, job_id) == "available"
+
+
+def test_changing_a_token_ends_its_logins_and_a_raw_token_cookie_logs_in_no_more(
+        client: TestClient, module_dsn: str, db: Conn) -> None:
+    cookie = login_cookie_of(client.app, "admin-secret-token")
+    changed = create_app(module_dsn, admin_token="a-new-admin-secret-token", read_token="read-secret-token")
+    with TestClient(changed, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                    raise_server_exceptions=False) as browser:
+        api, page = browser.get("/api/queues"), browser.get("/queues")
+    # What the previous version set: the token itself. Its browser sees the login form again.
+    with TestClient(client.app, base_url="http://dashboard.example",
+                    cookies={"pgqueue_token": "admin-secret-token"}, raise_server_exceptions=False) as old:
+        old_api, old_page = old.get("/api/queues"), old.get("/queues")
+
+    assert (api.status_code, page.status_code) == (401, 401)
+    assert (old_api.status_code, old_page.status_code) == (401, 401)
+    assert 'name="token"' in page.text + old_page.text
+
+
+@pytest.mark.parametrize(("admin_token", "read_token", "named"), [
+    ("short-token", None, "admin_token"),
+    (None, "fifteen-chars!!", "read_token"),
+    ("  15-characters  ", None, "admin_token"),  # counted as compared: without the whitespace
+])
+def test_a_token_shorter_than_16_characters_is_refused_without_quoting_it(
+        module_dsn: str, admin_token: str | None, read_token: str | None, named: str) -> None:
+    from pgqueue.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as refused:
+        create_app(module_dsn, admin_token=admin_token or "", read_token=read_token or "")
+
+    message = str(refused.value)
+    assert message.startswith(f"{named} is too short: a token needs at least 16 characters")
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(32))"' in message
+    assert (admin_token or read_token or "").strip() not in message
+
+
+def test_weak_tokens_from_the_environment_are_refused_by_their_variable_name(
+        module_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgqueue.errors import ConfigurationError
+
+    monkeypatch.setenv("PGQUEUE_ADMIN_TOKEN", "admin-secret-token")
+    monkeypatch.setenv("PGQUEUE_READ_TOKEN", "read-token")
+    with pytest.raises(ConfigurationError, match=r"^PGQUEUE_READ_TOKEN is too short"):
+        create_app(module_dsn)
+    monkeypatch.setenv("PGQUEUE_READ_TOKEN", " admin-secret-token\n")
+    with pytest.raises(ConfigurationError, match=r"^PGQUEUE_ADMIN_TOKEN and PGQUEUE_READ_TOKEN must differ"):
+        create_app(module_dsn)
+    monkeypatch.setenv("PGQUEUE_READ_TOKEN", "read-secret-token")
+    assert create_app(module_dsn) is not None
 
 
 def test_without_tokens_a_loopback_script_acts_with_a_json_request_but_never_with_a_form(
@@ -568,9 +674,9 @@ def test_a_bug_behind_a_page_is_an_error_page_for_people_and_json_for_the_api(
         raise RuntimeError("a bug with a secret in its message")
 
     monkeypatch.setattr(admin, "list_queues", broken)
-    with TestClient(create_app(module_dsn, read_token="r"), raise_server_exceptions=False) as c:
-        page = c.get("/queues", headers={"Authorization": "Bearer r"})
-        api = c.get("/api/queues", headers={"Authorization": "Bearer r"})
+    with TestClient(create_app(module_dsn, read_token=TOKEN), raise_server_exceptions=False) as c:
+        page = c.get("/queues", headers={"Authorization": f"Bearer {TOKEN}"})
+        api = c.get("/api/queues", headers={"Authorization": f"Bearer {TOKEN}"})
 
     assert page.status_code == api.status_code == 500
     assert "<html" in page.text
@@ -580,10 +686,10 @@ def test_a_bug_behind_a_page_is_an_error_page_for_people_and_json_for_the_api(
 
 
 def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
-    app = create_app("postgresql://root:s3cret@127.0.0.1:1/nowhere", admin_token="t")
+    app = create_app("postgresql://root:s3cret@127.0.0.1:1/nowhere", admin_token=TOKEN)
     with TestClient(app, raise_server_exceptions=False) as c:
         asked = time.monotonic()
-        response = c.get("/api/queues", headers={"Authorization": "Bearer t"})
+        response = c.get("/api/queues", headers={"Authorization": f"Bearer {TOKEN}"})
         api_seconds = time.monotonic() - asked
         asked = time.monotonic()
         ready = c.get("/readyz")
@@ -601,9 +707,9 @@ def test_an_unreachable_database_is_a_503_that_names_no_dsn() -> None:
 
 
 def test_health_of_an_unreachable_database_names_neither_its_address_nor_its_user() -> None:
-    app = create_app("postgresql://app_user:s3cret@127.0.0.1:1/nowhere", admin_token="t")
+    app = create_app("postgresql://app_user:s3cret@127.0.0.1:1/nowhere", admin_token=TOKEN)
     with TestClient(app, raise_server_exceptions=False) as c:
-        response = c.get("/api/health", headers={"Authorization": "Bearer t"})
+        response = c.get("/api/health", headers={"Authorization": f"Bearer {TOKEN}"})
 
     assert response.status_code == 503
     assert response.json()["checks"][0] == {"name": "database", "status": "fail",
