@@ -210,15 +210,17 @@ class Metrics:
         """The text format and its content type, for an HTTP handler."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics port listens for Prometheus
-        """Serve ``GET /metrics`` on ``port`` from a daemon thread."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve ``GET /metrics`` on ``port`` from a daemon thread, without auth: on loopback unless
+        ``host`` says otherwise (``"0.0.0.0"`` for a Prometheus outside the machine or container)."""
         start_http_server(port, addr=host, registry=self.registry)
 
 
-def start_worker_metrics(port: int, dsn: str | None = None, *, host: str = "0.0.0.0") -> Metrics:  # noqa: S104
-    """Serve a worker process's metrics on ``port``: its own outcomes (:meth:`Metrics.observe_job`)
-    and, with ``dsn``, depth, lag and workers read from the database at each scrape (a connection
-    of its own per scrape, so the worker's sessions are never borrowed)."""
+def start_worker_metrics(port: int, dsn: str | None = None, *, host: str = "127.0.0.1") -> Metrics:
+    """Serve a worker process's metrics on ``host:port`` (loopback by default: the endpoint has no
+    auth): its own outcomes (:meth:`Metrics.observe_job`) and, with ``dsn``, depth, lag and workers
+    read from the database at each scrape (a connection of its own per scrape, so the worker's
+    sessions are never borrowed)."""
     connection = (lambda: connect(dsn, autocommit=True)) if dsn else None
     metrics = Metrics(connection)
     metrics.serve(port, host)

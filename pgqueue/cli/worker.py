@@ -60,7 +60,9 @@ def worker(
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs pgqueue[web]); with --processes N, "
              "process i listens on PORT+i.")] = None,
     metrics_host: Annotated[str, typer.Option(
-        "--metrics-host", help="Address the metrics port listens on.")] = "0.0.0.0",  # noqa: S104 - for Prometheus
+        "--metrics-host", envvar="PGQUEUE_METRICS_HOST", show_envvar=False,
+        help="Address the metrics port listens on (it has no auth: loopback unless you choose otherwise, e.g. "
+             "0.0.0.0 for Prometheus to scrape a container).")] = "127.0.0.1",
     dsn: DsnOption = None,
 ) -> None:
     """Run workers until SIGTERM/SIGINT: stop claiming, finish running jobs within the grace

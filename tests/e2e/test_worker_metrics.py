@@ -5,10 +5,12 @@ workers are read from the database at each scrape."""
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -128,6 +130,43 @@ def test_under_processes_each_child_serves_its_own_port_and_counts_only_its_own_
     assert sum(counts) == 40  # each outcome counted once, by the child that wrote it
     assert scrape(port + 2) is None
     assert supervisor.stop() == 0
+
+
+def listening_addresses(pid: int, port: int) -> list[str]:
+    """The addresses process ``pid``'s own sockets listen on at ``port``, from /proc (Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if fields[3] == "0A" and int(port_hex, 16) == port and fields[9] in inodes:  # 0A: LISTEN
+                # The kernel writes each 32-bit word of the address in host (little-endian) order.
+                raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+                found.append(socket.inet_ntop(family, raw))
+    return found
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    ([], {}, "127.0.0.1"),  # no auth on this port: loopback unless asked
+    ([], {"PGQUEUE_METRICS_HOST": "0.0.0.0"}, "0.0.0.0"),
+    (["--metrics-host", "0.0.0.0"], {}, "0.0.0.0"),
+])
+def test_the_metrics_port_listens_on_loopback_unless_another_host_is_chosen(
+        worker_dsn: str, spawn_worker: SpawnWorker, args: list[str], env: dict[str, str], expected: str) -> None:
+    port = free_ports(1)
+    worker = spawn_worker(worker_dsn, args=["--metrics-port", str(port), *args], env=env)
+    wait_until(lambda: scrape(port) is not None, timeout=30, message="the worker serves metrics on 127.0.0.1")
+
+    assert listening_addresses(worker.pid, port) == [expected]
+    assert worker.stop() == 0
 
 
 def test_a_busy_metrics_port_is_a_one_line_error(worker_dsn: str, spawn_worker: SpawnWorker) -> None:
