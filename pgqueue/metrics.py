@@ -30,7 +30,7 @@ count of the worker table, whatever the number of queues.
 
 Example (what ``pgqueue worker --metrics-port 9090`` does; also for a Worker in your own process)::
 
-    metrics = pgqueue.metrics.start_worker_metrics(9090, dsn)   # GET http://host:9090/metrics
+    metrics = pgqueue.metrics.start_worker_metrics(9090, dsn)   # GET http://127.0.0.1:9090/metrics
     pgqueue.Worker(app, metrics=metrics).run()   # its acker counts each outcome it writes
 """
 
