@@ -262,3 +262,22 @@ def test_worker_help_loads_neither_the_driver_nor_the_app() -> None:
     loaded = set(done.stderr.split())
     assert "pgqueue.cli.worker" in loaded
     assert not loaded & {"psycopg", "pgqueue.app", "pgqueue._loader", "pgqueue.worker"}, done.stderr[-2000:]
+
+
+def test_a_worker_started_before_the_migration_waits_saying_so_then_runs_jobs_once_migrated(
+        empty_dsn: str, spawn_pgqueue: SpawnPgqueue, run_cli: Any) -> None:
+    """Deploys often start workers before (or while) the migration job runs: the worker must not
+    crash-loop, must say what is missing, and must start working once the schema is there."""
+    worker = spawn_pgqueue("worker", "--app", "startup_app:app", dsn=empty_dsn)
+    wait_until(lambda: worker.log_events("database.unavailable"), timeout=60, message="the schema warning")
+    warning = worker.log_events("database.unavailable")[0]
+    assert warning["error_type"] == "SchemaNotReady", warning
+    assert "run `pgqueue migrate`" in warning["error"], warning
+    assert worker.alive(), worker.describe()
+
+    migrated = run_cli(["migrate"], dsn=empty_dsn)
+    assert migrated.returncode == 0, migrated.stderr
+    [job_id] = enqueue_whoami(empty_dsn, 1)
+    with psycopg.connect(empty_dsn) as db:
+        wait_until(lambda: results(db, [job_id]), timeout=60, message="the job completed after the migration")
+    assert worker.alive(), worker.describe()
