@@ -112,7 +112,7 @@ COMMANDS: dict[str, CommandEntry] = {
         _OPERATE),
     "prune": CommandEntry(
         "pgqueue.cli.prune:prune",
-        "Delete finished jobs older than the retention now, in batches, and record it in the audit trail.",
+        "Delete finished jobs older than the retention now, in batches, each recorded in the audit trail.",
         _OPERATE),
     "audit": CommandEntry(
         "pgqueue.cli.audit:app",
