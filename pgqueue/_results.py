@@ -99,8 +99,11 @@ def wait_result(app: App, conn: Connection | None, job_id: int, timeout: float, 
 
 
 # The same timeout argument as the sync twin (asyncio.timeout works on top of it too).
-async def wait_result_async(app: App, conn: AsyncConnection, job_id: int, timeout: float,  # noqa: ASYNC109
+async def wait_result_async(app: App, conn: AsyncConnection | None, job_id: int, timeout: float,  # noqa: ASYNC109
                             poll_interval: float) -> Any:
+    if conn is None:
+        async with await app._connect_async(autocommit=True) as connection:
+            return await wait_result_async(app, connection, job_id, timeout, poll_interval)
     own = await async_connection(conn)
     row = await AsyncResultStore(own).get_outcome(_check_id(job_id))
     if row is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import getpass
 import inspect
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 from pgqueue._crypto import Keyring
 from pgqueue._db.connections import async_connection, sync_connection
 from pgqueue._db.jobs import COPY_MIN_JOBS, AsyncJobStore, DependencyLayout, JobStore, NewJob
-from pgqueue._db.sessions import open_connection
+from pgqueue._db.sessions import open_async_connection, open_connection
 from pgqueue._payload import (
     MAX_TASK_NAME_LENGTH,
     MAX_UNIQUE_KEY_BYTES,
@@ -43,7 +44,7 @@ from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE,
 if TYPE_CHECKING:
     from pgqueue.jobs import Job
     from pgqueue.schedules import ScheduleSpec
-    from pgqueue.typing import AsyncConnection, Connection, PsycopgConnection
+    from pgqueue.typing import AsyncConnection, AsyncPsycopgConnection, Connection, PsycopgConnection
     from pgqueue.workflows import Flow, Workflow
 
 P = ParamSpec("P")
@@ -235,6 +236,13 @@ class App:
     def connect(self, *, autocommit: bool = False) -> PsycopgConnection:
         """Open a new psycopg connection to the app's database (the caller closes it)."""
         return open_connection(self.dsn, autocommit=autocommit)
+
+    async def _connect_async(self, *, autocommit: bool = False) -> AsyncPsycopgConnection:
+        """Async twin of :meth:`connect`: what ``enqueue_async(None, ...)`` enqueues on."""
+        # Resolving the DSN the first time may start the embedded server (seconds of blocking
+        # work): on a thread, so the caller's event loop keeps running meanwhile.
+        dsn = self._dsn if self._dsn is not None else await asyncio.to_thread(lambda: self.dsn)
+        return await open_async_connection(dsn, autocommit=autocommit)
 
     @overload
     def task(self, fn: Callable[Concatenate[Job, P], R], /) -> Task[P, R]: ...
@@ -626,7 +634,7 @@ class App:
                 yield ready
             yield pending.result()
 
-    async def enqueue_async(self, conn: AsyncConnection, task: str, args: dict[str, Any] | None = None, *,
+    async def enqueue_async(self, conn: AsyncConnection | None, task: str, args: dict[str, Any] | None = None, *,
                             queue: str | None = None, priority: int | str | None = None,
                             delay: float | timedelta | None = None, run_at: datetime | None = None,
                             max_attempts: int | None = None, unique_key: str | None = None,
@@ -636,6 +644,9 @@ class App:
         """Async twin of :meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy
         ``AsyncSession``/``AsyncConnection``.
 
+        pgqueue never commits or rolls back ``conn``, as with :meth:`enqueue`. Pass ``conn=None``
+        to have pgqueue open its own async connection to the app's database and commit at once.
+
         Example:
             >>> async with await psycopg.AsyncConnection.connect(dsn) as aconn:
             ...     job_id = await app.enqueue_async(aconn, "send-email", {"to": "a@example.com"})
@@ -644,19 +655,32 @@ class App:
                                 max_attempts=max_attempts, unique_key=unique_key, encrypt=encrypt, tags=tags,
                                 group=group)
         dependent = self._single_dependent(new_job, depends_on, on_dependency_failure)
-        if dependent is not None:
-            store = AsyncJobStore(await async_connection(conn))
-            return (await store.insert_dependent_jobs_atomically(*dependent, actor=_actor()))[0]
-        return await AsyncJobStore(await async_connection(conn)).insert_job(new_job, actor=_actor())
+        if conn is None:
+            async with await self._connect_async() as own:
+                return await self._insert_async(AsyncJobStore(own), new_job, dependent)
+        return await self._insert_async(AsyncJobStore(await async_connection(conn)), new_job, dependent)
 
-    async def enqueue_many_async(self, conn: AsyncConnection, jobs: Iterable[JobSpec]) -> list[int]:
-        """Async twin of :meth:`enqueue_many`."""
+    @staticmethod
+    async def _insert_async(store: AsyncJobStore, new_job: NewJob,
+                            dependent: tuple[DependencyLayout, Callable[[int], NewJob]] | None) -> int:
+        if dependent is not None:
+            return (await store.insert_dependent_jobs_atomically(*dependent, actor=_actor()))[0]
+        return await store.insert_job(new_job, actor=_actor())
+
+    async def enqueue_many_async(self, conn: AsyncConnection | None, jobs: Iterable[JobSpec]) -> list[int]:
+        """Async twin of :meth:`enqueue_many` (``conn=None``: on a connection of pgqueue's own,
+        committed at once)."""
         specs = list(jobs)
+        if conn is None:
+            async with await self._connect_async() as own:
+                return await self._enqueue_many_async(AsyncJobStore(own), specs)
+        return await self._enqueue_many_async(AsyncJobStore(await async_connection(conn)), specs)
+
+    async def _enqueue_many_async(self, store: AsyncJobStore, specs: list[JobSpec]) -> list[int]:
         if any(spec.depends_on or spec.on_dependency_failure is not None for spec in specs):
-            store = AsyncJobStore(await async_connection(conn))
             return await store.insert_dependent_jobs_atomically(*self._dependent_batch(specs), actor=_actor())
         new_jobs = list(self._spec_jobs(specs))
-        return await AsyncJobStore(await async_connection(conn)).insert_job_batches([new_jobs], actor=_actor())
+        return await store.insert_job_batches([new_jobs], actor=_actor())
 
     # --- results ---
 
@@ -695,9 +719,10 @@ class App:
         return wait_result(self, conn, job_id, timeout, poll_interval)
 
     # timeout= as in the sync twin; the caller may wrap it in asyncio.timeout() as well.
-    async def result_async(self, conn: AsyncConnection, job_id: int, *, timeout: float = 30.0,  # noqa: ASYNC109
+    async def result_async(self, conn: AsyncConnection | None, job_id: int, *, timeout: float = 30.0,  # noqa: ASYNC109
                            poll_interval: float = 5.0) -> Any:
-        """Async twin of :meth:`result` for psycopg ``AsyncConnection`` and SQLAlchemy async objects.
+        """Async twin of :meth:`result` for psycopg ``AsyncConnection`` and SQLAlchemy async objects
+        (``conn=None``: on a connection of pgqueue's own).
 
         Example:
             >>> job_id = await render.enqueue_async(aconn, report_id=7); await aconn.commit()

@@ -292,8 +292,9 @@ class Task(Generic[P, R]):
 
         return Signature(self.name, self.job_args(**args))
 
-    async def enqueue_async(self, conn: AsyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> int:
-        """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects."""
+    async def enqueue_async(self, conn: AsyncConnection | None, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects
+        (``conn=None``: on a connection of pgqueue's own, committed at once)."""
         return await self.app.enqueue_async(conn, self.name, self.job_args(*args, **kwargs))
 
 
@@ -324,8 +325,8 @@ class BoundTask(Generic[P, R]):
         job_args = self.task.job_args(*args, **kwargs)
         return self.task.app.enqueue(conn, self.task.name, job_args, **self.bound.as_kwargs())
 
-    async def enqueue_async(self, conn: AsyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> int:
-        """Async twin of :meth:`enqueue`."""
+    async def enqueue_async(self, conn: AsyncConnection | None, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Async twin of :meth:`enqueue` (``conn=None`` as there)."""
         job_args = self.task.job_args(*args, **kwargs)
         options = self.bound.as_kwargs()
         return await self.task.app.enqueue_async(conn, self.task.name, job_args, **options)

@@ -4,7 +4,7 @@ The application's connections are :mod:`pgqueue._db.connections`' business; ever
 session pgqueue opens itself:
 
 - :func:`connect`: an operator's command (the CLI), failing fast with the DSN shown without its
-  password; :func:`open_connection`: ``App.connect``.
+  password; :func:`open_connection`: ``App.connect``, and its async twin :func:`open_async_connection`.
 - :func:`session_options`: the options of every long-lived session (worker, listener, scheduler,
   transactional pools): keepalives, a connect timeout, no server-side prepared statements unless
   asked for, a ``pgqueue-<role>`` application name.
@@ -190,6 +190,12 @@ def open_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connection
     """A plain psycopg connection to ``dsn`` (``App.connect``); the caller closes it."""
     with translate_errors():
         return psycopg.connect(dsn, autocommit=autocommit)
+
+
+async def open_async_connection(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
+    """Async twin of :func:`open_connection` (``App.enqueue_async(None, ...)``); the caller closes it."""
+    with translate_errors():
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
 
 
 # --- sessions that must not hang on a lost network path ---

@@ -37,6 +37,7 @@ from pgqueue._db.notifications import NOTIFY_CHANNEL
 from pgqueue.errors import (
     ArgsNotSerializable,
     ConfigurationError,
+    DatabaseUnavailable,
     EncryptionKeyMissing,
     EnqueueError,
     InvalidEnqueueOption,
@@ -634,6 +635,48 @@ def test_enqueue_without_a_connection_commits_on_its_own_connection(app: App, ob
     job_id = app.enqueue(None, "t", {"n": 1})
 
     assert stored(observer, job_id, "state") == ("available",)
+
+
+def test_enqueue_async_without_a_connection_commits_on_its_own_connection(
+        dsn: str, app: App, observer: Conn) -> None:
+    # enqueue(None, ...) has always opened its own connection; enqueue_async(None, ...) refused with
+    # "cannot enqueue on a NoneType". Its own connection commits at once, whatever the caller's
+    # transaction does, while a job enqueued on the caller's connection rolls back with it.
+    async def main() -> tuple[int, list[int], int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            own = await app.enqueue_async(None, "t", {"n": 1})
+            many = await app.enqueue_many_async(None, [JobSpec("t", {"n": 2}), JobSpec("t", {"n": 3})])
+            theirs = await app.enqueue_async(aconn, "t", {"n": 4})
+            assert aconn.info.transaction_status == TransactionStatus.INTRANS
+            await aconn.rollback()
+        return own, many, theirs
+
+    own, many, theirs = asyncio.run(main())
+
+    assert [stored(observer, job_id, "state, args") for job_id in [own, *many]] == [
+        ("available", {"n": 1}), ("available", {"n": 2}), ("available", {"n": 3})]
+    assert count(observer, "SELECT count(*) FROM pgqueue.jobs WHERE id = %s", [theirs]) == 0
+    assert job_count(observer) == 3
+
+
+def test_enqueue_async_without_a_connection_writes_nothing_when_the_job_is_refused(
+        app: App, observer: Conn) -> None:
+    with pytest.raises(InvalidEnqueueOption, match="delay or run_at"):
+        asyncio.run(app.enqueue_async(None, "t", {}, delay=1, run_at=datetime.now(UTC)))
+    with pytest.raises(InvalidQueueName):
+        asyncio.run(app.enqueue_many_async(None, [JobSpec("t", {}), JobSpec("t", {}, queue="no spaces")]))
+
+    assert job_count(observer) == 0
+
+
+def test_enqueue_without_a_connection_to_an_unreachable_database_raises_database_unavailable() -> None:
+    # The same error from both twins (never psycopg's own OperationalError).
+    app = App("postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=2")
+
+    with pytest.raises(DatabaseUnavailable):
+        app.enqueue(None, "t", {})
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(app.enqueue_async(None, "t", {}))
 
 
 def test_an_app_given_the_sqlalchemy_form_of_its_dsn_enqueues_on_its_own_connection(

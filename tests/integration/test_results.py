@@ -141,6 +141,23 @@ def test_result_async_waits_on_an_async_connection(dsn: str) -> None:
     asyncio.run(main())
 
 
+def test_result_async_without_a_connection_waits_on_one_of_pgqueues_own(dsn: str, conn: Conn) -> None:
+    app = _app(dsn)
+    job_id = app.tasks["render"].enqueue(conn, pages=5)
+    conn.commit()
+
+    async def main() -> object:
+        worker = Worker(app, concurrency=2, settings=app.settings)
+        run = asyncio.create_task(worker.run_async())
+        try:
+            return await app.result_async(None, job_id, timeout=30)
+        finally:
+            worker.stop()
+            await run
+
+    assert asyncio.run(main()) == {"pages": 5}
+
+
 def test_an_encrypted_jobs_result_and_error_are_opened_with_the_apps_keys(dsn: str, conn: Conn) -> None:
     key = generate_key()
     app = _app(dsn, encryption_keys=(key,))

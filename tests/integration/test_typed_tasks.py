@@ -199,6 +199,22 @@ def test_enqueue_async_checks_arguments_and_applies_options(dsn: str) -> None:
         assert _row(conn, job_id)[2:4] == (200, {"report_id": 7})
 
 
+def test_typed_enqueue_async_without_a_connection_commits_on_its_own_connection(dsn: str, conn: Conn) -> None:
+    app = _app(dsn)
+
+    @app.task(name="render")
+    async def render(job: Job, report_id: int) -> int:
+        return report_id
+
+    async def main() -> tuple[int, int]:
+        return await render.enqueue_async(None, 7), await render.options(priority="low").enqueue_async(None, 8)
+
+    plain, bound = asyncio.run(main())
+
+    assert _row(conn, plain)[2:5] == (100, {"report_id": 7}, "available")
+    assert _row(conn, bound)[2:5] == (200, {"report_id": 8}, "available")
+
+
 def test_a_typed_job_runs_with_its_positional_arguments_as_keywords(dsn: str) -> None:
     app = _app(dsn)
     seen: list[tuple[str, int]] = []
