@@ -11,6 +11,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import async_execute_on, cursor_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.jobs import _job_from_row
 from pgqueue._db.queries import load_queries
@@ -40,14 +41,15 @@ class BreakerStore:
         self.conn = conn
 
     def list_breakers(self) -> list[dict[str, Any]]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(BREAKERS.list_breakers)
             return cur.fetchall()
 
     def reset_breaker(self, task: str, actor: str | None, source: str | None = None) -> str | None:
         """Close ``task``'s breaker; its state before, or None when the task has no breaker."""
         with translate_errors():
-            row = self.conn.execute(BREAKERS.reset_breaker, {"task": task, "actor": actor, "source": source}).fetchone()
+            row = execute_on(self.conn, BREAKERS.reset_breaker,
+                             {"task": task, "actor": actor, "source": source}).fetchone()
         return None if row is None else str(row[0])
 
 
@@ -59,20 +61,21 @@ class AsyncBreakerStore:
 
     async def upsert_breakers(self, configs: Sequence[BreakerConfig]) -> None:
         with translate_errors():
-            await self.conn.execute(BREAKERS.upsert_breakers, {
+            await async_execute_on(self.conn, BREAKERS.upsert_breakers, {
                 "tasks": [c[0] for c in configs], "failures": [c[1] for c in configs],
                 "windows": [float(c[2]) for c in configs], "cooldowns": [float(c[3]) for c in configs]})
 
     async def remove_breakers(self, tasks: Sequence[str], worker_id: str) -> list[str]:
         """Delete the breakers of ``tasks`` (declared without one now); the tasks that had one."""
         with translate_errors():
-            cur = await self.conn.execute(BREAKERS.remove_breakers, {"tasks": list(tasks), "worker_id": worker_id})
+            cur = await async_execute_on(self.conn, BREAKERS.remove_breakers,
+                                         {"tasks": list(tasks), "worker_id": worker_id})
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
 
     async def find_due_breakers(self, tasks: Sequence[str]) -> list[str]:
         with translate_errors():
-            cur = await self.conn.execute(BREAKERS.find_due_breakers, {"tasks": list(tasks)})
+            cur = await async_execute_on(self.conn, BREAKERS.find_due_breakers, {"tasks": list(tasks)})
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
 
@@ -85,11 +88,11 @@ class AsyncBreakerStore:
         # and may turn half-open between the claim's snapshot and its own lock, the race again.
         with translate_errors():
             async with self.conn.transaction():
-                cur = await self.conn.execute(BREAKERS.lock_breakers_for_trial, {"tasks": list(tasks)})
+                cur = await async_execute_on(self.conn, BREAKERS.lock_breakers_for_trial, {"tasks": list(tasks)})
                 locked = [str(r[0]) for r in await cur.fetchall()]
                 if not locked:
                     return None
-                cur = await self.conn.execute(BREAKERS.claim_breaker_trial, {
+                cur = await async_execute_on(self.conn, BREAKERS.claim_breaker_trial, {
                     "tasks": locked, "queues": list(queues) if queues else None, "worker_id": worker_id,
                     "lease_token": token})
                 row = await cur.fetchone()

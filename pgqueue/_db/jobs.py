@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from pgqueue._db.copy_rows import JobRowWriter, enqueued_event_chunks, workflow_extra
+from pgqueue._db.cursors import async_cursor_on, async_execute_on, cursor_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL, NOTIFY_CHANNEL, WAITERS_LOCK_KEY
 from pgqueue._db.queries import load_queries
@@ -409,10 +410,10 @@ class JobStore:
 
     def insert_job(self, job: NewJob, actor: str | None = None) -> int:
         if job.unique_key is None:
-            with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
                 row = cur.execute(JOBS.insert_job, _insert_params(job, actor)).fetchone()
             return _inserted_id(row)
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             for _ in range(5):
                 cur.execute(JOBS.insert_unique_job, _insert_params(job, actor))
                 row = cur.fetchone()
@@ -431,7 +432,7 @@ class JobStore:
         live job's)."""
         if not jobs:
             return []
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
             ids, unresolved = _bulk_ids(cur.fetchall())
             for index, key in unresolved:
@@ -446,7 +447,7 @@ class JobStore:
         writes rows while Python validates the next ones, and a validation error aborts the COPY.
         Four statements: the caller makes them atomic (savepoint or transaction)."""
         queues: set[str] = set()
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             cur.execute(JOBS.reserve_job_ids, {"count": count})
             ids: list[int] = [row[0] for row in cur.fetchall()]
             rows = JobRowWriter()
@@ -462,7 +463,7 @@ class JobStore:
         """A batch with dependencies (on existing jobs, or on jobs of the same batch); ids in input
         order. ``make_job(i)`` validates the i-th job: the COPY part validates while the server
         writes, as enqueue_many does. Several statements: run them in a savepoint or transaction."""
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             locked: dict[int, tuple[str, Any]] = {}
             if layout.external:
                 cur.execute(JOBS.lock_dependencies, {"ids": layout.external})
@@ -492,7 +493,7 @@ class JobStore:
 
     def dependency_results(self, job_id: int) -> list[tuple[int, str, str, Any, bytes | None]]:
         """(id, task, state, result, result ciphertext) of the jobs ``job_id`` depends on, in id order."""
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             cur.execute(JOBS.dependency_results, {"id": job_id})
             return [(row[0], row[1], row[2], row[3], row[4]) for row in cur.fetchall()]
 
@@ -524,14 +525,14 @@ class JobStore:
         # In the caller's transaction: a savepoint, never conn.transaction(), which would COMMIT an
         # idle connection's implicit transaction for them. SAVEPOINT itself opens that transaction.
         with translate_errors():
-            self.conn.execute(JOBS.savepoint_enqueue_many)
+            execute_on(self.conn, JOBS.savepoint_enqueue_many)
             try:
                 ids = write()
             except BaseException:
                 if not self.conn.closed and not self.conn.broken:
-                    self.conn.execute(JOBS.rollback_to_enqueue_many)
+                    execute_on(self.conn, JOBS.rollback_to_enqueue_many)
                 raise
-            self.conn.execute(JOBS.release_enqueue_many)
+            execute_on(self.conn, JOBS.release_enqueue_many)
         return ids
 
     # --- running jobs (the heartbeat thread, transactional handlers) ---
@@ -539,18 +540,18 @@ class JobStore:
     def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         """Write completed outcomes; returns the ids written (the others lost their lease)."""
         with translate_errors():
-            rows = self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes)).fetchall()
+            rows = execute_on(self.conn, JOBS.complete_jobs, _complete_params(outcomes)).fetchall()
         return {r[0] for r in rows}
 
     def update_progress(self, updates: Sequence[tuple[int, str, float, str | None]]) -> None:
         """(job id, lease token, percent, note) of running jobs; a lost lease is skipped."""
         with translate_errors():
-            self.conn.execute(JOBS.update_progress, _progress_params(updates))
+            execute_on(self.conn, JOBS.update_progress, _progress_params(updates))
 
     # --- an operator's actions (each writes its audit row in the same statement) ---
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(JOBS.get_job, {"id": job_id})
             return cur.fetchone()
 
@@ -561,7 +562,7 @@ class JobStore:
         the newest enqueued_at scanned)."""
         params = {"before": before, "budget": budget, "limit": limit, "indexed_state": indexed_state,
                   "state": state, "queue": queue, "task": task, "tag": tag, "since": since}
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             # Custom plans only: a generic plan cannot drop the unused filters.
             rows = cur.execute(JOBS.list_jobs_page, params, prepare=False).fetchall()
         scanned, lowest, newest = rows[0]["scanned"], rows[0]["lowest_id"], rows[0]["newest_enqueued_at"]
@@ -572,12 +573,12 @@ class JobStore:
     def find_cancelled_jobs(self, ids: Sequence[int]) -> list[int]:
         """Which of ``ids`` are cancelled (the heartbeat's check on the jobs its worker runs)."""
         with translate_errors():
-            rows = self.conn.execute(JOBS.find_cancelled_jobs, {"ids": list(ids)}).fetchall()
+            rows = execute_on(self.conn, JOBS.find_cancelled_jobs, {"ids": list(ids)}).fetchall()
         return [int(r[0]) for r in rows]
 
     def job_state(self, job_id: int) -> str | None:
         with translate_errors():
-            row = self.conn.execute(JOBS.get_job_state, {"id": job_id}).fetchone()
+            row = execute_on(self.conn, JOBS.get_job_state, {"id": job_id}).fetchone()
         return row[0] if row else None
 
     # ``source`` (cli, web, api: where an operator's action came from) is recorded in the audit
@@ -586,7 +587,7 @@ class JobStore:
     def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
                    actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors():
-            rows = self.conn.execute(JOBS.retry_jobs, {
+            rows = execute_on(self.conn, JOBS.retry_jobs, {
                 "ids": list(ids) if ids is not None else None, "queue": queue,
                 "only_failed": only_failed, "actor": actor, "source": source, "channel": NOTIFY_CHANNEL,
             }).fetchall()
@@ -594,19 +595,19 @@ class JobStore:
 
     def live_job_with_unique_key(self, unique_key: str) -> int | None:
         """The scheduled, available or running job that holds ``unique_key``, if any."""
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             row = cur.execute(JOBS.find_live_job_by_unique_key, {"unique_key": unique_key}).fetchone()
         return None if row is None else int(row[0])
 
     def task_is_encrypted(self, task: str) -> bool:
         """Whether a started worker's code declares ``task`` with ``encrypt=True`` (``pgqueue.encrypted_tasks``)."""
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             row = cur.execute(JOBS.task_is_encrypted, {"task": task}).fetchone()
         return bool(row and row[0])
 
     def cancel_job(self, job_id: int, actor: str | None, source: str | None = None) -> tuple[str | None, bool]:
         with translate_errors():
-            row = self.conn.execute(JOBS.cancel_job, {"id": job_id, "actor": actor, "source": source,
+            row = execute_on(self.conn, JOBS.cancel_job, {"id": job_id, "actor": actor, "source": source,
                                                       "done_channel": DONE_CHANNEL,
                                                       "cancel_channel": CANCEL_CHANNEL}).fetchone()
         if row is None:
@@ -616,12 +617,12 @@ class JobStore:
     def delete_job(self, job_id: int, actor: str | None, source: str | None = None) -> bool:
         with translate_errors():
             params = {"id": job_id, "actor": actor, "source": source}
-            return self.conn.execute(JOBS.delete_job, params).fetchone() is not None
+            return execute_on(self.conn, JOBS.delete_job, params).fetchone() is not None
 
     def purge_queue(self, queue: str, state: str | None, actor: str | None, source: str | None = None) -> int:
         with translate_errors():
             params = {"queue": queue, "state": state, "actor": actor, "source": source}
-            row = self.conn.execute(JOBS.purge_queue, params).fetchone()
+            row = execute_on(self.conn, JOBS.purge_queue, params).fetchone()
         return int(row[0]) if row else 0
 
 
@@ -636,12 +637,12 @@ class AsyncJobStore:
     async def insert_job(self, job: NewJob, actor: str | None = None) -> int:
         if job.unique_key is None:
             with translate_errors():
-                async with self.conn.cursor(row_factory=tuple_row) as cur:
+                async with async_cursor_on(self.conn, row_factory=tuple_row) as cur:
                     await cur.execute(JOBS.insert_job, _insert_params(job, actor))
                     row = await cur.fetchone()
             return _inserted_id(row)
         with translate_errors():
-            async with self.conn.cursor(row_factory=tuple_row) as cur:
+            async with async_cursor_on(self.conn, row_factory=tuple_row) as cur:
                 for _ in range(5):
                     await cur.execute(JOBS.insert_unique_job, _insert_params(job, actor))
                     row = await cur.fetchone()
@@ -657,7 +658,7 @@ class AsyncJobStore:
         if not jobs:
             return []
         with translate_errors():
-            async with self.conn.cursor(row_factory=tuple_row) as cur:
+            async with async_cursor_on(self.conn, row_factory=tuple_row) as cur:
                 await cur.execute(JOBS.insert_jobs, _bulk_params(jobs, actor))
                 ids, unresolved = _bulk_ids(await cur.fetchall())
                 for index, key in unresolved:
@@ -669,7 +670,7 @@ class AsyncJobStore:
     async def copy_jobs(self, jobs: Iterable[NewJob], count: int, actor: str | None = None) -> list[int]:
         queues: set[str] = set()
         with translate_errors():
-            async with self.conn.cursor(row_factory=tuple_row) as cur:
+            async with async_cursor_on(self.conn, row_factory=tuple_row) as cur:
                 await cur.execute(JOBS.reserve_job_ids, {"count": count})
                 ids: list[int] = [row[0] for row in await cur.fetchall()]
                 rows = JobRowWriter()
@@ -685,7 +686,7 @@ class AsyncJobStore:
         """The async twin of :meth:`JobStore.insert_dependent_jobs_atomically`."""
 
         async def write() -> list[int]:
-            async with self.conn.cursor(row_factory=tuple_row) as cur:
+            async with async_cursor_on(self.conn, row_factory=tuple_row) as cur:
                 locked: dict[int, tuple[str, Any]] = {}
                 if layout.external:
                     await cur.execute(JOBS.lock_dependencies, {"ids": layout.external})
@@ -735,14 +736,14 @@ class AsyncJobStore:
                     return await write()
         # A savepoint in the caller's transaction, as in JobStore._atomically.
         with translate_errors():
-            await self.conn.execute(JOBS.savepoint_enqueue_many)
+            await async_execute_on(self.conn, JOBS.savepoint_enqueue_many)
             try:
                 ids = await write()
             except BaseException:
                 if not self.conn.closed and not self.conn.broken:
-                    await self.conn.execute(JOBS.rollback_to_enqueue_many)
+                    await async_execute_on(self.conn, JOBS.rollback_to_enqueue_many)
                 raise
-            await self.conn.execute(JOBS.release_enqueue_many)
+            await async_execute_on(self.conn, JOBS.release_enqueue_many)
         return ids
 
     # --- the worker's claim and ack sessions ---
@@ -750,7 +751,7 @@ class AsyncJobStore:
     async def get_job(self, job_id: int) -> dict[str, Any] | None:
         """One job as an operator sees it (``pgqueue.admin.wait_for_job_async``)."""
         with translate_errors():
-            async with self.conn.cursor(row_factory=dict_row) as cur:
+            async with async_cursor_on(self.conn, row_factory=dict_row) as cur:
                 await cur.execute(JOBS.get_job, {"id": job_id})
                 return await cur.fetchone()
 
@@ -773,14 +774,14 @@ class AsyncJobStore:
         else:
             query = JOBS.claim_jobs_any_queue
         with translate_errors():
-            cur = await self.conn.execute(query, params)
+            cur = await async_execute_on(self.conn, query, params)
             rows = await cur.fetchall()
         return [_job_from_row(row, token) for row in rows]
 
     async def list_limited_scopes(self) -> tuple[list[str], list[str]]:
         """(limited queues, limited tasks) as the database has them now."""
         with translate_errors():
-            cur = await self.conn.execute(JOBS.list_limited_scopes)
+            cur = await async_execute_on(self.conn, JOBS.list_limited_scopes)
             rows = await cur.fetchall()
         return [r[1] for r in rows if r[0] == "queue"], [r[1] for r in rows if r[0] == "task"]
 
@@ -797,8 +798,9 @@ class AsyncJobStore:
             query, plan_cache_mode = JOBS.claim_limited_queue_jobs_all_tasks, "force_generic_plan"
         with translate_errors():
             async with _pipelined_transaction(self.conn):
-                await self.conn.execute(JOBS.lock_queue_limits, {"queue": queue, "plan_cache_mode": plan_cache_mode})
-                cur = await self.conn.execute(query, params)
+                await async_execute_on(self.conn, JOBS.lock_queue_limits,
+                                       {"queue": queue, "plan_cache_mode": plan_cache_mode})
+                cur = await async_execute_on(self.conn, query, params)
             rows = await cur.fetchall()
         allowance, headroom, waiting = (int(rows[0][0]), int(rows[0][1]), bool(rows[0][2])) if rows else (0, 0, False)
         jobs = [_job_from_row(row[3:], token) for row in rows if row[3] is not None]
@@ -816,8 +818,8 @@ class AsyncJobStore:
         params = {"task": task, "queues": names, "limit": limit, "worker_id": worker_id, "lease_token": token}
         with translate_errors():
             async with _pipelined_transaction(self.conn):
-                await self.conn.execute(JOBS.lock_task_limits, {"task": task, "queues": names})
-                cur = await self.conn.execute(JOBS.claim_limited_task_jobs, params)
+                await async_execute_on(self.conn, JOBS.lock_task_limits, {"task": task, "queues": names})
+                cur = await async_execute_on(self.conn, JOBS.claim_limited_task_jobs, params)
             rows = await cur.fetchall()
         return _limited_claim(rows, token)
 
@@ -826,7 +828,7 @@ class AsyncJobStore:
         if not limits:
             return
         with translate_errors():
-            await self.conn.execute(JOBS.sync_task_limits, {
+            await async_execute_on(self.conn, JOBS.sync_task_limits, {
                 "tasks": [t.task for t in limits], "concurrency": [t.concurrency for t in limits],
                 "rate_limits": [t.rate_limit for t in limits], "rate_periods": [t.rate_period_seconds for t in limits],
                 "group_concurrency": [t.group_concurrency for t in limits],
@@ -837,12 +839,12 @@ class AsyncJobStore:
         if not declared:
             return
         with translate_errors():
-            await self.conn.execute(JOBS.sync_encrypted_tasks, {
+            await async_execute_on(self.conn, JOBS.sync_encrypted_tasks, {
                 "tasks": list(declared), "encrypt": [bool(flag) for flag in declared.values()]})
 
     async def complete_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():
-            cur = await self.conn.execute(JOBS.complete_jobs, _complete_params(outcomes))
+            cur = await async_execute_on(self.conn, JOBS.complete_jobs, _complete_params(outcomes))
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 
@@ -852,7 +854,7 @@ class AsyncJobStore:
         if not outcomes:
             return set()
         with translate_errors():
-            cur = await self.conn.execute(JOBS.outcomes_already_written, {
+            cur = await async_execute_on(self.conn, JOBS.outcomes_already_written, {
                 "ids": [o.job_id for o in outcomes], "tokens": [o.token for o in outcomes],
                 "states": [o.state for o in outcomes]})
             rows = await cur.fetchall()
@@ -860,20 +862,20 @@ class AsyncJobStore:
 
     async def fail_jobs(self, outcomes: Sequence[Outcome]) -> set[int]:
         with translate_errors():
-            cur = await self.conn.execute(JOBS.fail_jobs, _fail_params(outcomes))
+            cur = await async_execute_on(self.conn, JOBS.fail_jobs, _fail_params(outcomes))
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 
     async def release_lost_claims(self, worker_id: str, tracked: Sequence[int]) -> list[int]:
         with translate_errors():
-            cur = await self.conn.execute(JOBS.release_lost_claims, {
+            cur = await async_execute_on(self.conn, JOBS.release_lost_claims, {
                 "worker_id": worker_id, "tracked": list(tracked), "channel": NOTIFY_CHANNEL})
             rows = await cur.fetchall()
         return [r[0] for r in rows]
 
     async def release_jobs(self, jobs: Sequence[tuple[int, str]], reason: str = "worker shutdown") -> set[int]:
         with translate_errors():
-            cur = await self.conn.execute(JOBS.release_jobs, {
+            cur = await async_execute_on(self.conn, JOBS.release_jobs, {
                 "ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs], "channel": NOTIFY_CHANNEL,
                 "reason": reason,
             })
@@ -884,6 +886,6 @@ class AsyncJobStore:
         """Whether a job of ``queues`` (None: any) runs, or is or becomes claimable without waiting:
         jobs scheduled in the future and jobs of paused queues do not count."""
         with translate_errors():
-            cur = await self.conn.execute(JOBS.find_pending_job, {"queues": list(queues) if queues else None})
+            cur = await async_execute_on(self.conn, JOBS.find_pending_job, {"queues": list(queues) if queues else None})
             row = await cur.fetchone()
         return row is not None

@@ -12,6 +12,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import cursor_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
@@ -51,20 +52,20 @@ class KeyStore:
             yield
 
     def count_stale_ciphertexts(self, key_id: bytes) -> dict[str, int]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(KEYS.count_stale_ciphertexts, {"key_id": key_id})
             row = cur.fetchone()
         return {k: int(v) for k, v in row.items()} if row else {"args": 0, "results": 0, "errors": 0}
 
     def lock_stale_ciphertexts(self, key_id: bytes, after_id: int, limit: int) -> list[StoredCiphertexts]:
         with translate_errors():
-            rows = self.conn.execute(KEYS.lock_stale_ciphertexts,
+            rows = execute_on(self.conn, KEYS.lock_stale_ciphertexts,
                                      {"key_id": key_id, "after_id": after_id, "limit": limit}).fetchall()
         return [StoredCiphertexts(*row) for row in rows]
 
     def update_ciphertexts(self, rows: Sequence[StoredCiphertexts]) -> None:
         with translate_errors():
-            self.conn.execute(KEYS.update_ciphertexts, {
+            execute_on(self.conn, KEYS.update_ciphertexts, {
                 "ids": [r.job_id for r in rows],
                 "args_encrypted": [r.args for r in rows],
                 "results_encrypted": [r.result for r in rows],
@@ -73,4 +74,4 @@ class KeyStore:
 
     def record_key_rotation(self, actor: str, detail: dict[str, Any]) -> None:
         with translate_errors():
-            self.conn.execute(KEYS.record_key_rotation, {"actor": actor, "detail": encode_json(detail)})
+            execute_on(self.conn, KEYS.record_key_rotation, {"actor": actor, "detail": encode_json(detail)})

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgqueue._db.cursors import async_execute_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.server import SERVER, AsyncServerStore
 from pgqueue._db.sessions import BoundedAsyncConnection, connect, session_options
@@ -64,9 +65,9 @@ class ListenSession:
         return cls(conn)
 
     async def listen(self) -> None:
-        await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-        await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
-        await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(LIMITS_CHANNEL)))
+        await async_execute_on(self.conn, sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        await async_execute_on(self.conn, sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
+        await async_execute_on(self.conn, sql.SQL("LISTEN {}").format(sql.Identifier(LIMITS_CHANNEL)))
 
     async def idle_session_timeout(self) -> float:
         return await AsyncServerStore(self.conn).idle_session_timeout()
@@ -113,13 +114,13 @@ class DoneListener:
     def __init__(self, dsn: str) -> None:
         self.conn = connect(dsn, autocommit=True)
         with translate_errors():
-            self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
+            execute_on(self.conn, sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
 
     def join(self, seconds: float) -> bool:
         """Become a waiter (see :data:`WAITERS_LOCK_KEY`); False if that took over ``seconds``."""
         with translate_errors():
             try:
-                self.conn.execute(SERVER.join_job_waiters,
+                execute_on(self.conn, SERVER.join_job_waiters,
                                   {"key": WAITERS_LOCK_KEY, "lock_timeout_ms": _lock_timeout_ms(seconds)})
             except psycopg.errors.LockNotAvailable:
                 return False
@@ -155,7 +156,7 @@ class AsyncDoneListener:
         """Become a waiter (see :data:`WAITERS_LOCK_KEY`); False if that took over ``seconds``."""
         with translate_errors():
             try:
-                await self.conn.execute(SERVER.join_job_waiters,
+                await async_execute_on(self.conn, SERVER.join_job_waiters,
                                         {"key": WAITERS_LOCK_KEY, "lock_timeout_ms": _lock_timeout_ms(seconds)})
             except psycopg.errors.LockNotAvailable:
                 return False
@@ -168,7 +169,7 @@ class AsyncDoneListener:
         with translate_errors():
             conn = await psycopg.AsyncConnection.connect(normalize_dsn(dsn), autocommit=True)
             try:
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
+                await async_execute_on(conn, sql.SQL("LISTEN {}").format(sql.Identifier(DONE_CHANNEL)))
             except BaseException:
                 await conn.close()
                 raise

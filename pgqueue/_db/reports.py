@@ -15,6 +15,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import cursor_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import _parse
 from pgqueue._db.server import ServerStore
@@ -69,7 +70,7 @@ def _run(conn: psycopg.Connection[Any], query: LiteralString, settings: Mapping[
     server = ServerStore(conn)
     if settings:
         server.set_transaction_settings(dict(settings))
-    with conn.cursor(row_factory=dict_row) as cur:
+    with cursor_on(conn, row_factory=dict_row) as cur:
         rows = cur.execute(query).fetchall()
     if settings:
         server.set_transaction_settings(dict.fromkeys(settings, ""))

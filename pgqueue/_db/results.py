@@ -12,6 +12,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import async_cursor_on, cursor_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import load_queries
 
@@ -38,7 +39,7 @@ class ResultStore:
         self.conn = conn
 
     def get_outcome(self, job_id: int) -> dict[str, Any] | None:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(RESULTS.get_outcome, {"id": job_id})
             return _decoded(cur.fetchone())
 
@@ -51,7 +52,7 @@ class AsyncResultStore:
 
     async def get_outcome(self, job_id: int) -> dict[str, Any] | None:
         with translate_errors():
-            async with self.conn.cursor(row_factory=dict_row) as cur:
+            async with async_cursor_on(self.conn, row_factory=dict_row) as cur:
                 await cur.execute(RESULTS.get_outcome, {"id": job_id})
                 return _decoded(await cur.fetchone())
 

@@ -12,6 +12,7 @@ from typing import Any, LiteralString, NamedTuple
 
 import psycopg
 
+from pgqueue._db.cursors import execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import load_queries
 from pgqueue._payload import encode_json
@@ -57,7 +58,7 @@ class RetentionStore:
 
     def cutoffs(self, completed: float | None, failed: float | None, audit: float | None) -> Cutoffs:
         with translate_errors():
-            row = self.conn.execute(RETENTION.retention_cutoffs,
+            row = execute_on(self.conn, RETENTION.retention_cutoffs,
                                     {"completed": completed, "failed": failed, "audit": audit}).fetchone()
         assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
         return Cutoffs(*row)
@@ -72,33 +73,33 @@ class RetentionStore:
 
     def _delete_jobs(self, query: LiteralString, before: datetime, limit: int) -> dict[str, int]:
         with translate_errors():
-            rows = self.conn.execute(query, {"before": before, "limit": limit}).fetchall()
+            rows = execute_on(self.conn, query, {"before": before, "limit": limit}).fetchall()
         return {str(state): int(count) for state, count in rows}
 
     def count_prunable_jobs(self, cutoffs: Cutoffs) -> dict[str, int]:
         with translate_errors():
-            row = self.conn.execute(RETENTION.count_prunable_jobs, {
+            row = execute_on(self.conn, RETENTION.count_prunable_jobs, {
                 "completed_before": cutoffs.completed_before, "failed_before": cutoffs.failed_before}).fetchone()
         assert row is not None  # noqa: S101 - an aggregate without GROUP BY returns one row
         return {"completed": int(row[0]), "failed": int(row[1]), "cancelled": int(row[2])}
 
     def delete_schedule_runs(self, before: datetime, limit: int) -> int:
         with translate_errors():
-            row = self.conn.execute(RETENTION.delete_schedule_runs, {"before": before, "limit": limit}).fetchone()
+            row = execute_on(self.conn, RETENTION.delete_schedule_runs, {"before": before, "limit": limit}).fetchone()
         return int(row[0]) if row else 0
 
     def count_prunable_schedule_runs(self, before: datetime) -> int:
         with translate_errors():
-            row = self.conn.execute(RETENTION.count_prunable_schedule_runs, {"before": before}).fetchone()
+            row = execute_on(self.conn, RETENTION.count_prunable_schedule_runs, {"before": before}).fetchone()
         return int(row[0]) if row else 0
 
     def insert_prune_event(self, actor: str, detail: dict[str, Any]) -> None:
         with translate_errors():
-            self.conn.execute(RETENTION.insert_prune_event, {"actor": actor, "detail": encode_json(detail)})
+            execute_on(self.conn, RETENTION.insert_prune_event, {"actor": actor, "detail": encode_json(detail)})
 
     def vacuum_state(self) -> VacuumState:
         with translate_errors():
-            row = self.conn.execute(RETENTION.jobs_vacuum_state).fetchone()
+            row = execute_on(self.conn, RETENTION.jobs_vacuum_state).fetchone()
         assert row is not None  # noqa: S101 - pgqueue.jobs exists once the schema does
         autovacuum, may_vacuum, live, dead = row
         return VacuumState(bool(autovacuum), bool(may_vacuum), int(live), int(dead))
@@ -106,4 +107,4 @@ class RetentionStore:
     def vacuum_jobs(self) -> None:
         """``VACUUM pgqueue.jobs``; the connection must be in autocommit mode."""
         with translate_errors():
-            self.conn.execute(RETENTION.vacuum_jobs)
+            execute_on(self.conn, RETENTION.vacuum_jobs)

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import cursor_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.notifications import NOTIFY_CHANNEL
 from pgqueue._db.queries import load_queries
@@ -94,20 +95,20 @@ class ScheduleStore:
             return ServerStore(self.conn).now()
 
     def list_schedules(self) -> list[dict[str, Any]]:
-        with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
+        with _translated(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(SCHEDULES.list_schedules)
             return cur.fetchall()
 
     def get_schedule(self, name: str, *, for_update: bool = False) -> dict[str, Any] | None:
         query = SCHEDULES.get_schedule_for_update if for_update else SCHEDULES.get_schedule
-        with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
+        with _translated(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(query, {"name": name})
             return cur.fetchone()
 
     def next_wakeup(self, exclude: Sequence[str] = ()) -> tuple[datetime, datetime | None]:
         """The database's clock and the earliest next_run_at of an active schedule not in ``exclude``."""
         with _translated():
-            row = self.conn.execute(SCHEDULES.next_wakeup, {"exclude": list(exclude)}).fetchone()
+            row = execute_on(self.conn, SCHEDULES.next_wakeup, {"exclude": list(exclude)}).fetchone()
         if row is None:  # pragma: no cover - an aggregate always returns a row
             raise PgqueueError("next_wakeup returned no row")
         return row[0], row[1]
@@ -116,13 +117,13 @@ class ScheduleStore:
 
     def lock_for_sync(self) -> None:
         with _translated():
-            self.conn.execute(SCHEDULES.lock_for_sync)
+            execute_on(self.conn, SCHEDULES.lock_for_sync)
 
     def insert_schedule(self, spec: ScheduleSpec, *, source: str, next_run_at: datetime | None,
                         actor: str | None) -> bool:
         """Insert a schedule; False when the name is taken (nothing written)."""
         with _translated():
-            row = self.conn.execute(SCHEDULES.insert_schedule,
+            row = execute_on(self.conn, SCHEDULES.insert_schedule,
                                     _definition_params(spec, source, next_run_at, actor)).fetchone()
         return row is not None
 
@@ -132,27 +133,29 @@ class ScheduleStore:
         params = _definition_params(spec, source, next_run_at, actor) | {
             "event": event, "changed": encode_json(list(changed)), "keep_next_run_at": keep_next_run_at}
         with _translated():
-            return self.conn.execute(SCHEDULES.update_schedule, params).fetchone() is not None
+            return execute_on(self.conn, SCHEDULES.update_schedule, params).fetchone() is not None
 
     def delete_schedule(self, name: str, *, actor: str | None) -> bool:
         with _translated():
-            return self.conn.execute(SCHEDULES.delete_schedule, {"name": name, "actor": actor}).fetchone() is not None
+            row = execute_on(self.conn, SCHEDULES.delete_schedule, {"name": name, "actor": actor}).fetchone()
+            return row is not None
 
     def set_paused(self, name: str, paused: bool, next_run_at: datetime | None, *, actor: str | None) -> bool:
         params = {"name": name, "paused": paused, "next_run_at": next_run_at, "actor": actor}
         with _translated():
-            return self.conn.execute(SCHEDULES.set_schedule_paused, params).fetchone() is not None
+            return execute_on(self.conn, SCHEDULES.set_schedule_paused, params).fetchone() is not None
 
     def disable_code_schedules(self, keep: Sequence[str], *, actor: str | None) -> list[str]:
         """Disable code schedules whose names are not in ``keep``; returns their names."""
         with _translated():
-            rows = self.conn.execute(SCHEDULES.disable_code_schedules, {"keep": list(keep), "actor": actor}).fetchall()
+            rows = execute_on(self.conn, SCHEDULES.disable_code_schedules,
+                              {"keep": list(keep), "actor": actor}).fetchall()
         return [r[0] for r in rows]
 
     # --- the scheduler's pass ---
 
     def lock_due_schedules(self, limit: int) -> list[dict[str, Any]]:
-        with _translated(), self.conn.cursor(row_factory=dict_row) as cur:
+        with _translated(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(SCHEDULES.lock_due_schedules, {"limit": limit})
             return cur.fetchall()
 
@@ -170,12 +173,12 @@ class ScheduleStore:
             "actor": actor, "channel": NOTIFY_CHANNEL,
         }
         with _translated():
-            rows = self.conn.execute(SCHEDULES.insert_scheduled_jobs, params).fetchall()
+            rows = execute_on(self.conn, SCHEDULES.insert_scheduled_jobs, params).fetchall()
         return [(r[0], r[1]) for r in rows]
 
     def record_misfire(self, schedule: str, *, policy: str, plan: RunPlan, actor: str) -> None:
         with _translated():
-            self.conn.execute(SCHEDULES.record_misfire, {
+            execute_on(self.conn, SCHEDULES.record_misfire, {
                 "schedule": schedule, "policy": policy, "missed": plan.missed,
                 "missed_truncated": plan.missed_truncated, "inserted": plan.inserted_missed,
                 "dropped": plan.dropped, "first_missed": plan.first_missed, "last_missed": plan.last_missed,
@@ -184,7 +187,7 @@ class ScheduleStore:
 
     def advance_schedule(self, name: str, next_run_at: datetime | None, last_run_at: datetime | None) -> None:
         with _translated():
-            self.conn.execute(SCHEDULES.advance_schedule,
+            execute_on(self.conn, SCHEDULES.advance_schedule,
                               {"name": name, "next_run_at": next_run_at, "last_run_at": last_run_at})
 
 

@@ -13,6 +13,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import async_execute_on, cursor_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.queries import load_queries
 
@@ -43,20 +44,20 @@ class ServerStore:
 
     def notification_queue_usage(self) -> float:
         with translate_errors():
-            row = self.conn.execute(SERVER.notification_queue_usage).fetchone()
+            row = execute_on(self.conn, SERVER.notification_queue_usage).fetchone()
         return float(row[0]) if row else 0.0
 
     def long_transactions(self, max_age: float) -> list[dict[str, Any]]:
         """Transactions open for over ``max_age`` seconds in this database (pid, user, application_name,
         state, age_seconds), oldest first, at most 10; this session's own is never listed."""
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(SERVER.long_transactions, {"max_age": max_age})
             return cur.fetchall()
 
     def read_only_reason(self) -> str | None:
         """Why this database takes no writes (None when it does)."""
         with translate_errors():
-            row = self.conn.execute(SERVER.read_only_state).fetchone()
+            row = execute_on(self.conn, SERVER.read_only_state).fetchone()
         if row is None:
             return None
         in_recovery, read_only = row
@@ -67,7 +68,7 @@ class ServerStore:
     def now(self) -> datetime:
         """The database's clock (``now()``: the start of the current transaction)."""
         with translate_errors():
-            row = self.conn.execute(SERVER.read_clock).fetchone()
+            row = execute_on(self.conn, SERVER.read_clock).fetchone()
         assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
         value: datetime = row[0]
         return value
@@ -77,7 +78,7 @@ class ServerStore:
         """The alembic revision the schema is at (None: pgqueue was never migrated here)."""
         with translate_errors():
             try:
-                row = self.conn.execute(SERVER.schema_revision).fetchone()
+                row = execute_on(self.conn, SERVER.schema_revision).fetchone()
             except psycopg.errors.UndefinedTable:
                 self.conn.rollback()
                 return None
@@ -86,7 +87,7 @@ class ServerStore:
     def set_transaction_settings(self, settings: dict[str, str]) -> None:
         """Custom settings (``pgqueue.*``) for the current transaction only."""
         with translate_errors():
-            self.conn.execute(SERVER.set_transaction_settings,
+            execute_on(self.conn, SERVER.set_transaction_settings,
                               {"names": list(settings), "values": list(settings.values())})
 
 
@@ -99,7 +100,7 @@ class AsyncServerStore:
     async def connection_limit(self) -> tuple[str, int | None, str]:
         """(login role, most sessions it may hold here or None when unlimited, what sets that limit)."""
         with translate_errors():
-            cur = await self.conn.execute(SERVER.connection_limits)
+            cur = await async_execute_on(self.conn, SERVER.connection_limits)
             row = await cur.fetchone()
         if row is None:
             return "", None, ""
@@ -115,14 +116,14 @@ class AsyncServerStore:
         """Whether a connection pooler (PgBouncer?) sits between this session and PostgreSQL: the
         backend's pid differs from the one the session was given at connection."""
         with translate_errors():
-            cur = await self.conn.execute(SERVER.backend_pid)
+            cur = await async_execute_on(self.conn, SERVER.backend_pid)
             row = await cur.fetchone()
         return row is not None and row[0] != self.conn.info.backend_pid
 
     async def idle_session_timeout(self) -> float:
         """Seconds after which the server ends this session when idle (0: never)."""
         with translate_errors():
-            cur = await self.conn.execute(SERVER.idle_session_timeout)
+            cur = await async_execute_on(self.conn, SERVER.idle_session_timeout)
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
 
@@ -130,8 +131,8 @@ class AsyncServerStore:
         """This session's commits return before their WAL is flushed (``synchronous_commit=off``):
         only for statements whose loss in a server crash is harmless (the worker's claims)."""
         with translate_errors():
-            await self.conn.execute(SERVER.skip_commit_flush_wait)
+            await async_execute_on(self.conn, SERVER.skip_commit_flush_wait)
 
     async def ping(self) -> None:
         """One round trip (untranslated errors: the caller takes any for a lost session)."""
-        await self.conn.execute(SERVER.ping_server)
+        await async_execute_on(self.conn, SERVER.ping_server)

@@ -10,6 +10,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row
 
+from pgqueue._db.cursors import cursor_on, execute_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.notifications import DONE_CHANNEL, NOTIFY_CHANNEL
 from pgqueue._db.queries import load_queries
@@ -39,38 +40,37 @@ class WorkerStore:
     def heartbeat_worker(self, worker: dict[str, Any]) -> None:
         """Register ``worker`` (id, hostname, pid, queues, concurrency, lease_seconds) or renew its lease."""
         with translate_errors():
-            self.conn.execute(WORKERS.heartbeat_worker, worker)
+            execute_on(self.conn, WORKERS.heartbeat_worker, worker)
 
     def deregister_worker(self, worker_id: str) -> None:
         with translate_errors():
-            self.conn.execute(WORKERS.deregister_worker, {"id": worker_id})
+            execute_on(self.conn, WORKERS.deregister_worker, {"id": worker_id})
 
     def list_workers(self) -> list[dict[str, Any]]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(WORKERS.list_workers)
             return cur.fetchall()
 
     def count_live_workers(self) -> tuple[int, int]:
         """(alive, registered) worker processes."""
         with translate_errors():
-            row = self.conn.execute(WORKERS.count_live_workers).fetchone()
+            row = execute_on(self.conn, WORKERS.count_live_workers).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def acquire_leadership(self, name: str, holder: str, ttl_seconds: float) -> bool:
         with translate_errors():
-            row = self.conn.execute(
-                WORKERS.acquire_leadership, {"name": name, "holder": holder, "ttl_seconds": ttl_seconds}
-            ).fetchone()
+            row = execute_on(self.conn, WORKERS.acquire_leadership,
+                             {"name": name, "holder": holder, "ttl_seconds": ttl_seconds}).fetchone()
         return row is not None
 
     def resign_leadership(self, name: str, holder: str) -> None:
         with translate_errors():
-            self.conn.execute(WORKERS.resign_leadership, {"name": name, "holder": holder})
+            execute_on(self.conn, WORKERS.resign_leadership, {"name": name, "holder": holder})
 
     def stage_jobs(self, limit: int = 1000) -> int:
         """Make up to ``limit`` due scheduled jobs available; returns how many."""
         with translate_errors():
-            row = self.conn.execute(WORKERS.stage_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL}).fetchone()
+            row = execute_on(self.conn, WORKERS.stage_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL}).fetchone()
         return int(row[0]) if row else 0
 
     def rescue_jobs(self, limit: int = 1000, recovered_at: datetime | None = None) -> list[tuple[int, str]]:
@@ -80,11 +80,11 @@ class WorkerStore:
         hold for their full length after it, as after a server restart or promotion.
         """
         with translate_errors():
-            rows = self.conn.execute(WORKERS.rescue_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL,
+            rows = execute_on(self.conn, WORKERS.rescue_jobs, {"limit": limit, "channel": NOTIFY_CHANNEL,
                                                            "done_channel": DONE_CHANNEL,
                                                            "recovered_at": recovered_at}).fetchall()
         return [(r[0], r[1]) for r in rows]
 
     def delete_expired_workers(self, keep_seconds: float) -> int:
         with translate_errors():
-            return self.conn.execute(WORKERS.delete_expired_workers, {"keep_seconds": keep_seconds}).rowcount
+            return execute_on(self.conn, WORKERS.delete_expired_workers, {"keep_seconds": keep_seconds}).rowcount

@@ -7,6 +7,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+from pgqueue._db.cursors import cursor_on
 from pgqueue._db.errors import translate_errors
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.notifications import CANCEL_CHANNEL, DONE_CHANNEL
@@ -31,31 +32,31 @@ class WorkflowStore:
         self.conn = conn
 
     def jobs(self, workflow_id: str) -> list[dict[str, Any]]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(WORKFLOWS.get_workflow_jobs, {"workflow_id": workflow_id})
             return cur.fetchall()
 
     def workflow_of(self, job_id: int) -> str | None:
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             row = cur.execute(WORKFLOWS.get_job_workflow, {"id": job_id}).fetchone()
         return row[0] if row else None
 
     def dead_dependency(self, job_id: int) -> tuple[int, str | None] | None:
         """A dependency ``job_id`` still waits for that will never complete: (its id, its state or
         None when deleted), or None."""
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             row = cur.execute(WORKFLOWS.find_dead_dependency, {"id": job_id}).fetchone()
         return None if row is None else (int(row[0]), row[1])
 
     def cancel(self, workflow_id: str, actor: str | None, source: str | None = None) -> list[int]:
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             cur.execute(WORKFLOWS.cancel_workflow, {"workflow_id": workflow_id, "actor": actor, "source": source,
                                                     "done_channel": DONE_CHANNEL,
                                                     "cancel_channel": CANCEL_CHANNEL})
             return sorted(row[0] for row in cur.fetchall())
 
     def retry(self, workflow_id: str, actor: str | None, source: str | None = None) -> list[int]:
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             ids = [row[0] for row in cur.execute(WORKFLOWS.find_workflow_dead_jobs,
                                                  {"workflow_id": workflow_id}).fetchall()]
         if not ids:

@@ -58,7 +58,8 @@ def enqueue(conn: Conn, task: str = "t", queue: str = "default", **options: Any)
 
 
 def force_state(conn: Conn, job_id: int, state: str) -> None:
-    conn.execute("""UPDATE pgqueue.jobs SET state = %(state)s, attempt = 1,
+    # On a cursor of psycopg's default class: some tests' connections have another cursor_factory.
+    psycopg.Cursor(conn).execute("""UPDATE pgqueue.jobs SET state = %(state)s, attempt = 1,
                     lease_token = CASE WHEN %(state)s = 'running' THEN gen_random_uuid() END,
                     worker_id = CASE WHEN %(state)s = 'running' THEN 'w-test' END,
                     finished_at = CASE WHEN %(state)s IN ('completed', 'failed', 'cancelled') THEN now() END
@@ -71,7 +72,7 @@ def audit(conn: Conn, event: str, job_id: int | None = None) -> list[tuple[Any, 
 
 
 def state_of(conn: Conn, job_id: int) -> str | None:
-    row = conn.execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    row = psycopg.Cursor(conn).execute("SELECT state FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
     return row[0] if row else None
 
 
@@ -284,6 +285,29 @@ def test_admin_functions_accept_a_sqlalchemy_session(module_dsn: str) -> None:
             session.rollback()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("cursor_factory", [psycopg.RawCursor, psycopg.ClientCursor],
+                         ids=["RawCursor", "ClientCursor"])
+def test_admin_functions_run_whatever_the_connections_cursor_factory(
+        module_dsn: str, cursor_factory: type[psycopg.Cursor[Any]]) -> None:
+    # pgqueue's statements use %(name)s placeholders: on a RawCursor connection each admin call
+    # failed with "raw queries require a sequence of parameters".
+    with psycopg.connect(module_dsn, cursor_factory=cursor_factory) as conn:
+        try:
+            job_id = enqueue(conn, queue="cursors")
+            force_state(conn, job_id, "failed")
+
+            assert admin.get_job(conn, job_id).state == "failed"
+            assert [job.id for job in admin.list_jobs(conn, queue="cursors").items] == [job_id]
+            assert admin.retry_failed(conn, queue="cursors", actor="frank") == [job_id]
+            assert admin.cancel_job(conn, job_id, actor="frank").state == "cancelled"
+            assert [e.event for e in admin.list_job_events(conn, job_id)] == ["enqueued", "retried", "cancelled"]
+            assert admin.pause_queue(conn, "cursors", actor="frank").paused
+            assert next(q for q in admin.list_queues(conn) if q.name == "cursors").paused
+            assert isinstance(admin.list_workers(conn), list)
+        finally:
+            conn.rollback()
 
 
 # --- queues ---

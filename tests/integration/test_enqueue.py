@@ -1,9 +1,10 @@
 """Enqueueing on the caller's own transaction, over every connection kind pgqueue accepts.
 
-The first suite is parametrised over the six connection kinds (psycopg sync/async, SQLAlchemy
-Session/Connection sync/async): rollback means the job never existed, commit makes it durable and
-wakes workers with one NOTIFY per queue, and pgqueue never ends the caller's transaction. The rest
-(options, unique keys, typed errors) runs on a plain psycopg connection.
+The first suite is parametrised over the connection kinds (psycopg sync/async, also with a
+RawCursor or ClientCursor cursor_factory, and SQLAlchemy Session/Connection sync/async): rollback
+means the job never existed, commit makes it durable and wakes workers with one NOTIFY per queue,
+and pgqueue never ends the caller's transaction. The rest (options, unique keys, typed errors)
+runs on a plain psycopg connection.
 
 NOTIFY absence is proven without sleeping: a marker notification sent from another connection
 arrives after everything committed before it, so "nothing before the marker" means nothing was sent.
@@ -152,9 +153,10 @@ class Caller:
 
 class PsycopgCaller(Caller):
     kind = "psycopg Connection"
+    cursor_factory: type[psycopg.Cursor[Any]] = psycopg.Cursor
 
     def __init__(self, dsn: str) -> None:
-        self.conn = psycopg.connect(dsn)
+        self.conn = psycopg.connect(dsn, cursor_factory=self.cursor_factory)
 
     def enqueue(self, app: App, task: str, args: dict[str, Any] | None = None, **options: Any) -> int:
         return app.enqueue(self.conn, task, args, **options)
@@ -190,10 +192,11 @@ class _AsyncCaller(Caller):
 
 class PsycopgAsyncCaller(_AsyncCaller):
     kind = "psycopg AsyncConnection"
+    cursor_factory: type[psycopg.AsyncCursor[Any]] = psycopg.AsyncCursor
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
-        self.conn = self.run(psycopg.AsyncConnection.connect(dsn))
+        self.conn = self.run(psycopg.AsyncConnection.connect(dsn, cursor_factory=self.cursor_factory))
 
     def enqueue(self, app: App, task: str, args: dict[str, Any] | None = None, **options: Any) -> int:
         return self.run(app.enqueue_async(self.conn, task, args, **options))
@@ -216,6 +219,31 @@ class PsycopgAsyncCaller(_AsyncCaller):
     def close(self) -> None:
         self.run(self.conn.close())
         self.runner.close()
+
+
+# An application picks its connections' cursor class (RawCursor for $1 placeholders; ClientCursor
+# behind PgBouncer, and Django's default): pgqueue's statements use %(name)s placeholders, and a
+# RawCursor connection refused every one of them ("raw queries require a sequence of parameters").
+
+
+class RawCursorCaller(PsycopgCaller):
+    kind = "psycopg Connection with cursor_factory=RawCursor"
+    cursor_factory = psycopg.RawCursor
+
+
+class ClientCursorCaller(PsycopgCaller):
+    kind = "psycopg Connection with cursor_factory=ClientCursor"
+    cursor_factory = psycopg.ClientCursor
+
+
+class AsyncRawCursorCaller(PsycopgAsyncCaller):
+    kind = "psycopg AsyncConnection with cursor_factory=AsyncRawCursor"
+    cursor_factory = psycopg.AsyncRawCursor
+
+
+class AsyncClientCursorCaller(PsycopgAsyncCaller):
+    kind = "psycopg AsyncConnection with cursor_factory=AsyncClientCursor"
+    cursor_factory = psycopg.AsyncClientCursor
 
 
 def _sqlalchemy_url(dsn: str) -> str:
@@ -356,11 +384,24 @@ CALLERS: dict[str, Callable[[str], Caller]] = {
     "sqlalchemy-connection": SAConnectionCaller,
     "sqlalchemy-async-session": AsyncSessionCaller,
     "sqlalchemy-async-connection": SAAsyncConnectionCaller,
+    "psycopg-sync-raw-cursor": RawCursorCaller,
+    "psycopg-sync-client-cursor": ClientCursorCaller,
+    "psycopg-async-raw-cursor": AsyncRawCursorCaller,
+    "psycopg-async-client-cursor": AsyncClientCursorCaller,
 }
 
 
 @pytest.fixture(params=list(CALLERS))
 def caller(request: pytest.FixtureRequest, dsn: str) -> Iterator[Caller]:
+    made = CALLERS[request.param](dsn)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(params=[kind for kind in CALLERS if kind.endswith("-cursor")])
+def cursor_caller(request: pytest.FixtureRequest, dsn: str) -> Iterator[Caller]:
     made = CALLERS[request.param](dsn)
     try:
         yield made
@@ -382,7 +423,7 @@ def event_count(observer: Conn) -> int:
     return count(observer, "SELECT count(*) FROM pgqueue.job_events")
 
 
-# --- the six connection kinds -----------------------------------------------------------------
+# --- every connection kind ---------------------------------------------------------------------
 
 
 def test_rolled_back_enqueue_leaves_no_job_no_audit_row_and_no_notification(
@@ -470,6 +511,21 @@ def test_an_invalid_spec_in_enqueue_many_enqueues_nothing(caller: Caller, app: A
     caller.commit()
 
     assert job_count(observer) == 0
+
+
+def test_unique_and_dependent_enqueues_run_whatever_the_connections_cursor_factory(
+        cursor_caller: Caller, app: App, observer: Conn) -> None:
+    first = cursor_caller.enqueue(app, "t", {"n": 1}, unique_key="cursor-key")
+    again = cursor_caller.enqueue(app, "t", {"n": 2}, unique_key="cursor-key")
+    later = cursor_caller.enqueue(app, "t", {"n": 3}, delay=3600)
+    child = cursor_caller.enqueue(app, "t", {"n": 4}, depends_on=[first])
+    parent = JobSpec("t", {"n": 5})
+    batch = cursor_caller.enqueue_many(app, [parent, JobSpec("t", {"n": 6}, depends_on=[parent, later])])
+    cursor_caller.commit()
+
+    assert again == first
+    assert [stored(observer, job_id, "state")[0] for job_id in (first, later, child, *batch)] == [
+        "available", "scheduled", "waiting", "available", "waiting"]
 
 
 # --- sync/async mix-ups -----------------------------------------------------------------------
