@@ -34,7 +34,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import Enum
@@ -82,6 +82,7 @@ __all__ = [
     "Page",
     "PruneReport",
     "QueueInfo",
+    "RetriedJobs",
     "ScheduleInfo",
     "TaskLimitsInfo",
     "WorkerInfo",
@@ -266,6 +267,30 @@ class JobChange:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class RetriedJobs(list[int]):
+    """What :func:`retry_failed` returns: the ids of the jobs it retried, in id order (a ``list``
+    of them, as it always was), and in ``skipped`` the ids of the failed jobs it left failed
+    because a live job holds their ``unique_key`` (possibly one this same call brought back).
+
+    Example:
+        >>> retried = admin.retry_failed(conn, queue="reports")
+        >>> retried, retried.skipped
+        ([17, 23], [12])
+    """
+
+    skipped: list[int]
+
+    def __init__(self, retried: Iterable[int] = (), skipped: Iterable[int] = ()) -> None:
+        super().__init__(retried)
+        self.skipped = list(skipped)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shape the CLI's ``--json`` and the HTTP API answer with (``skipped`` and
+        ``skipped_count`` added beside the original ``retried`` and ``count``)."""
+        return {"retried": list(self), "count": len(self), "skipped": list(self.skipped),
+                "skipped_count": len(self.skipped)}
 
 
 @dataclass(frozen=True)
@@ -760,7 +785,7 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
         how = (f"is {dependency_state}: retry job {dependency} (that brings job {job_id} back) or its workflow"
                if dependency_state else "was deleted, so it can never run: enqueue it again")
         raise InvalidJobState(f"job {job_id} waits for job {dependency}, which {how}")
-    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor), source=where):
+    if JobStore(own).retry_jobs([job_id], None, only_failed=False, actor=_actor(actor), source=where).retried:
         # 'waiting' for a job whose dependencies have not all completed (see pgqueue.workflows).
         return JobChange(job_id, previous, JobStore(own).job_state(job_id) or JobState.AVAILABLE.value)
     state = JobStore(own).job_state(job_id)
@@ -775,21 +800,27 @@ def retry_job(conn: Any, job_id: int, *, actor: str | None = None, source: str =
 
 
 def retry_failed(conn: Any, *, queue: str | None = None, actor: str | None = None,
-                 source: str = DEFAULT_SOURCE) -> list[int]:
+                 source: str = DEFAULT_SOURCE) -> RetriedJobs:
     """Retry every failed job (the dead-letter set), or only one queue's; returns their ids.
 
     A failed job whose ``unique_key`` a live job holds again stays failed, and of several failed
-    jobs sharing a key only the newest is retried: a key has one live job at most.
+    jobs sharing a key only the newest is retried: a key has one live job at most. Those left
+    failed are reported in the result's ``skipped``.
+
+    Returns:
+        The retried ids in id order: a :class:`RetriedJobs`, which is a ``list`` of them with the
+        skipped ids in ``.skipped``.
 
     Example:
-        >>> admin.retry_failed(conn, queue="emails")
-        [17, 23]
+        >>> retried = admin.retry_failed(conn, queue="emails")
+        >>> retried, retried.skipped
+        ([17, 23], [12])
     """
     where = _source(source)
     if queue is not None:
         check_queue_name(queue)
-    return sorted(JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor),
-                                                             source=where))
+    done = JobStore(sync_connection(conn)).retry_jobs(None, queue, only_failed=True, actor=_actor(actor), source=where)
+    return RetriedJobs(done.retried, done.skipped)
 
 
 def cancel_job(conn: Any, job_id: int, *, actor: str | None = None, source: str = DEFAULT_SOURCE) -> JobChange:

@@ -91,6 +91,15 @@ class LimitedClaim(NamedTuple):
     headroom: int
 
 
+class Retried(NamedTuple):
+    """What ``retry_jobs`` did, ids in order."""
+
+    retried: list[int]
+    #: Failed or cancelled jobs it left as they were: a live job holds their unique_key (or a newer
+    #: dead job of the same key came back instead).
+    skipped: list[int]
+
+
 @dataclass(slots=True)
 class NewJob:
     """A validated row to insert: args as JSON text, or (encrypted jobs) NULL and the ciphertext."""
@@ -585,13 +594,13 @@ class JobStore:
     # row's detail by the statements below; None leaves it out.
 
     def retry_jobs(self, ids: Sequence[int] | None, queue: str | None, only_failed: bool,
-                   actor: str | None, source: str | None = None) -> list[int]:
+                   actor: str | None, source: str | None = None) -> Retried:
         with translate_errors():
             rows = execute_on(self.conn, JOBS.retry_jobs, {
                 "ids": list(ids) if ids is not None else None, "queue": queue,
                 "only_failed": only_failed, "actor": actor, "source": source, "channel": NOTIFY_CHANNEL,
             }).fetchall()
-        return [r[0] for r in rows]
+        return Retried(retried=sorted(r[0] for r in rows if r[1]), skipped=sorted(r[0] for r in rows if not r[1]))
 
     def live_job_with_unique_key(self, unique_key: str) -> int | None:
         """The scheduled, available or running job that holds ``unique_key``, if any."""

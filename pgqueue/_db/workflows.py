@@ -61,4 +61,4 @@ class WorkflowStore:
                                                  {"workflow_id": workflow_id}).fetchall()]
         if not ids:
             return []
-        return sorted(JobStore(self.conn).retry_jobs(ids, None, only_failed=False, actor=actor, source=source))
+        return JobStore(self.conn).retry_jobs(ids, None, only_failed=False, actor=actor, source=source).retried

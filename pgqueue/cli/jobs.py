@@ -176,7 +176,8 @@ def retry_command(
 ) -> None:
     """Make a failed or cancelled job available again now, or every failed job with --failed.
 
-    A job that used all its attempts gets one more, so a manual retry always runs.
+    A job that used all its attempts gets one more, so a manual retry always runs. With --failed,
+    a failed job whose unique_key a live job holds stays failed, and is named (--json: "skipped").
     """
     if (job_id is None) == (not failed):
         fail("give a job ID or --failed (not both)")
@@ -185,21 +186,33 @@ def retry_command(
     if queue is not None:
         check_queue_name(queue)
     wanted = parse_job_id(job_id) if job_id is not None else None
-    now = "available"
     with open_session(dsn) as conn:
         if wanted is None:
-            ids = admin.retry_failed(conn, queue=queue, actor=actor(), source=SOURCE)
+            retried = admin.retry_failed(conn, queue=queue, actor=actor(), source=SOURCE)
         else:
             change = admin.retry_job(conn, wanted, actor=actor(), source=SOURCE)
-            ids, now = [change.id], change.state or now
-    if wanted is not None:
-        # 'waiting' when some of its dependencies have not completed (pgqueue.workflows).
-        message = (f"retried job {wanted}: it is waiting for its dependencies" if now == "waiting"
-                   else f"retried job {wanted}: it is available again")
-    else:
-        where = f" in queue {queue!r}" if queue else ""
-        message = f"retried {len(ids)} failed job{'' if len(ids) == 1 else 's'}{where}"
-    emit_message(message, {"retried": sorted(ids), "count": len(ids)}, json_output=json_output)
+    if wanted is None:
+        emit_message(_retried_failed_message(retried, queue), retried.as_dict(), json_output=json_output)
+        return
+    # 'waiting' when some of its dependencies have not completed (pgqueue.workflows).
+    message = (f"retried job {wanted}: it is waiting for its dependencies" if change.state == "waiting"
+               else f"retried job {wanted}: it is available again")
+    emit_message(message, {"retried": [wanted], "count": 1}, json_output=json_output)
+
+
+# Ids named in the sentence at most; --json lists them all.
+_SHOWN_IDS = 10
+
+
+def _retried_failed_message(retried: admin.RetriedJobs, queue: str | None) -> str:
+    where = f" in queue {queue!r}" if queue else ""
+    message = f"retried {len(retried)} failed job{'' if len(retried) == 1 else 's'}{where}"
+    skipped = retried.skipped
+    if not skipped:
+        return message
+    ids = ", ".join(str(job_id) for job_id in skipped[:_SHOWN_IDS]) + (", ..." if len(skipped) > _SHOWN_IDS else "")
+    return (f"{message}; left {len(skipped)} failed (id{'' if len(skipped) == 1 else 's'} {ids}): a live job "
+            "holds their unique_key, retry them once it is done")
 
 
 @app.command("cancel")

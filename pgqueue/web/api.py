@@ -219,8 +219,8 @@ async def retry_failed(request: Request) -> Response:
     if queue is not None and not isinstance(queue, str):
         raise InvalidFilter("queue must be a string")
     with dashboard.connection() as conn:
-        ids = admin.retry_failed(conn, queue=queue, actor=actor, source=SOURCE)
-    return _refresh({"retried": ids, "count": len(ids)})
+        retried = admin.retry_failed(conn, queue=queue, actor=actor, source=SOURCE)
+    return _refresh(retried.as_dict())
 
 
 _BULK_ACTIONS = {"retry": admin.retry_job, "cancel": admin.cancel_job, "delete": admin.delete_job}

@@ -173,7 +173,9 @@ def openapi_document() -> dict[str, Any]:
     }
     # bulk and retry-failed answer with their own shapes; say so instead of pointing at Error.
     paths["/api/jobs/retry-failed"]["post"]["responses"]["200"] = _ok({"type": "object", "properties": {
-        "retried": {"type": "array", "items": {"type": "integer"}}, "count": {"type": "integer"}}})
+        "retried": {"type": "array", "items": {"type": "integer"}}, "count": {"type": "integer"},
+        # Failed jobs left failed: a live job holds their unique_key.
+        "skipped": {"type": "array", "items": {"type": "integer"}}, "skipped_count": {"type": "integer"}}})
     paths["/api/jobs/bulk"]["post"]["responses"]["200"] = _ok({"type": "object", "properties": {
         "action": {"type": "string"}, "done": {"type": "integer"}, "refused": {"type": "integer"},
         "results": {"type": "array", "items": {"type": "object"}}}})

@@ -236,7 +236,7 @@ def test_jobs_retry_cancel_and_delete_change_state_and_write_audit_rows_with_the
     deleted = ok_json(dsn, "jobs", "delete", str(completed))
 
     assert f"retried job {failed}" in retried
-    assert bulk == {"retried": [failed_a], "count": 1}
+    assert bulk == {"retried": [failed_a], "count": 1, "skipped": [], "skipped_count": 0}
     assert f"cancelled job {running} (was running)" in cancelled
     assert deleted == {"id": completed, "deleted": True}
     assert [job_state(conn, j) for j in (failed, failed_a, failed_b, running, completed)] == [
@@ -245,6 +245,20 @@ def test_jobs_retry_cancel_and_delete_change_state_and_write_audit_rows_with_the
     assert audit(conn, failed_a, "retried") == [(ACTOR, {"source": "cli"})]
     assert audit(conn, running, "cancelled") == [(ACTOR, {"source": "cli"})]
     assert audit(conn, completed, "deleted") == [(ACTOR, {"source": "cli"})]
+
+
+def test_jobs_retry_failed_reports_the_failed_jobs_a_live_unique_key_leaves_behind(dsn: str, conn: Conn) -> None:
+    held = enqueue(conn, queue="u", state="failed", unique_key="report-7")
+    enqueue(conn, queue="u", unique_key="report-7")  # a live job took the key once the first was dead
+    free = enqueue(conn, queue="u", state="failed")
+
+    table = ok(dsn, "jobs", "retry", "--failed", "--queue", "u")
+    held_again = ok_json(dsn, "jobs", "retry", "--failed", "--queue", "u")
+
+    assert table.strip() == (f"retried 1 failed job in queue 'u'; left 1 failed (id {held}): a live job holds "
+                             "their unique_key, retry them once it is done")
+    assert held_again == {"retried": [], "count": 0, "skipped": [held], "skipped_count": 1}
+    assert (job_state(conn, held), job_state(conn, free)) == ("failed", "available")
 
 
 # --- queues ---

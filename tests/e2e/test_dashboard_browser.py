@@ -322,6 +322,23 @@ def test_a_bulk_action_refused_for_every_job_says_why_as_an_error(stack: dict[st
     assert state_of(db, job_id) == "completed"
 
 
+def test_retry_all_failed_says_which_failed_jobs_a_live_unique_key_left_behind(stack: dict[str, Any], page: Any,
+                                                                               db: Conn) -> None:
+    app = stack["app"]
+    held = app.enqueue(db, "sync-record", {"record": 7}, queue="keyed", unique_key="record-7")
+    wait_until(lambda: state_of(db, held) == "failed", timeout=30)
+    app.enqueue(db, "sync-record", {"record": 7}, queue="keyed", unique_key="record-7", delay=3600)
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    page.goto(stack["url"] + "/jobs?queue=keyed&state=failed")
+    page.click("button:has-text('Retry all failed in keyed')")
+
+    toast = page.locator("#toast")
+    expect(toast).to_contain_text(f"retried 0 jobs, 1 left failed: a live job holds their unique key ({held})")
+    expect(toast).to_have_class("show bad")
+    assert state_of(db, held) == "failed"
+
+
 def test_deleting_a_job_from_its_page_goes_to_the_jobs_list_without_a_console_error(
         stack: dict[str, Any], page: Any, db: Conn) -> None:
     job_id = stack["app"].enqueue(db, "send-reminder", {"patient": "delete-me"}, delay=3600)

@@ -96,7 +96,7 @@ def test_retry_of_a_failed_job_makes_it_available_with_one_more_attempt_and_audi
     job_id = enqueue(tx, max_attempts=3)
     force_state(tx, job_id, "failed", attempt=3)
 
-    assert store.retry_jobs([job_id], None, only_failed=False, actor=ACTOR) == [job_id]
+    assert store.retry_jobs([job_id], None, only_failed=False, actor=ACTOR).retried == [job_id]
 
     job = store.get_job(job_id)
     assert job is not None
@@ -110,7 +110,7 @@ def test_retry_leaves_jobs_that_are_not_failed_or_cancelled_alone(tx: Conn, stat
     job_id = enqueue(tx)
     force_state(tx, job_id, state)
 
-    assert store.retry_jobs([job_id], None, only_failed=False, actor=ACTOR) == []
+    assert store.retry_jobs([job_id], None, only_failed=False, actor=ACTOR).retried == []
     assert state_of(tx, job_id) == state
     assert [e[0] for e in events(tx, job_id)] == ["enqueued"]
 
@@ -123,11 +123,11 @@ def test_retry_of_every_failed_job_in_one_queue_skips_other_queues_and_cancelled
         force_state(tx, job_id, "failed")
     force_state(tx, cancelled_a, "cancelled")
 
-    assert sorted(store.retry_jobs(None, "a", only_failed=True, actor=ACTOR)) == failed_a
+    assert store.retry_jobs(None, "a", only_failed=True, actor=ACTOR) == (failed_a, [])
 
     assert [state_of(tx, j) for j in (*failed_a, cancelled_a, failed_b)] == [
         "available", "available", "cancelled", "failed"]
-    assert sorted(store.retry_jobs(None, None, only_failed=True, actor=ACTOR)) == [failed_b]
+    assert store.retry_jobs(None, None, only_failed=True, actor=ACTOR) == ([failed_b], [])
 
 
 @pytest.mark.parametrize("state", ["scheduled", "available", "running"])

@@ -213,6 +213,7 @@ def test_retry_failed_retries_one_queues_dead_letters_only(tx: Conn) -> None:
         force_state(tx, job_id, state)
 
     assert admin.retry_failed(tx, queue="a", actor="bob") == [mine]
+    assert admin.retry_failed(tx, queue="a", actor="bob").skipped == []
     assert [state_of(tx, j) for j in (mine, other, cancelled)] == ["available", "failed", "cancelled"]
 
 
@@ -239,9 +240,14 @@ def test_retry_failed_leaves_dead_jobs_whose_unique_key_is_live_again_and_retrie
     live = enqueue(tx, queue="u", unique_key="k1")
 
     # Two dead jobs of one key: only the newest comes back (both would be two live jobs of one key).
-    assert admin.retry_failed(tx, queue="u") == [newer, plain]
+    retried = admin.retry_failed(tx, queue="u")
+    assert retried == [newer, plain]
+    # The ones left failed are reported, not silently left behind.
+    assert retried.skipped == [taken, older]
+    assert retried.as_dict() == {"retried": [newer, plain], "count": 2, "skipped": [taken, older], "skipped_count": 2}
     assert [state_of(tx, j) for j in (taken, older, newer, plain, live)] == [
         "failed", "failed", "available", "available", "available"]
+    assert admin.retry_failed(tx, queue="u").skipped == [taken, older]  # still left on a second run
 
 
 def test_cancel_and_delete_raise_typed_errors_and_change_nothing_when_refused(tx: Conn) -> None:

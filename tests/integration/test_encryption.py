@@ -272,7 +272,7 @@ def test_a_worker_without_the_key_fails_the_job_at_once_and_a_retry_with_the_key
     assert_plaintext_nowhere(db, job_id, SECRET)
 
     with psycopg.connect(dsn) as conn:
-        assert JobStore(conn).retry_jobs([job_id], None, False, "test") == [job_id]
+        assert JobStore(conn).retry_jobs([job_id], None, False, "test").retried == [job_id]
     with running_worker(make_app(dsn, NEW, OLD)):
         done = wait_for_state(db, job_id, "completed")
 

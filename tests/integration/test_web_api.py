@@ -543,6 +543,23 @@ def test_cancelling_a_running_job_from_the_web_tells_its_worker_by_notify(client
     assert db.execute("SELECT lease_token FROM pgqueue.jobs WHERE id = %s", [running]).fetchone() == (None,)
 
 
+def test_retry_failed_reports_the_failed_jobs_a_live_unique_key_leaves_behind(client: TestClient, db: Conn) -> None:
+    held = enqueue(db, state="failed", unique_key="report-7")
+    live = enqueue(db, unique_key="report-7")
+    free = enqueue(db, state="failed")
+
+    response = client.post("/api/jobs/retry-failed", headers=ADMIN, json={})
+
+    assert response.status_code == 200
+    assert response.json() == {"retried": [free], "count": 1, "skipped": [held], "skipped_count": 1}
+    states: dict[int, str] = dict(db.execute("SELECT id, state FROM pgqueue.jobs").fetchall())
+    assert states == {held: "failed", live: "available", free: "available"}
+    schema = client.get("/api/openapi.json", headers=READ).json()
+    answer = schema["paths"]["/api/jobs/retry-failed"]["post"]["responses"]["200"]
+    assert {"retried", "count", "skipped", "skipped_count"} <= set(
+        answer["content"]["application/json"]["schema"]["properties"])
+
+
 def test_bulk_actions_report_each_job_and_retry_failed_retries_the_dead_letters(client: TestClient,
                                                                                db: Conn) -> None:
     a, b = enqueue(db, state="failed"), enqueue(db, state="failed")
@@ -560,7 +577,7 @@ def test_bulk_actions_report_each_job_and_retry_failed_retries_the_dead_letters(
     assert bulk.json()["done"] == 1
     assert bulk.json()["refused"] == 1
     assert [r["ok"] for r in bulk.json()["results"]] == [True, False]
-    assert rest.json() == {"retried": [b], "count": 1}
+    assert rest.json() == {"retried": [b], "count": 1, "skipped": [], "skipped_count": 0}
     assert not_json.status_code == 415
     assert form.status_code == 415
     assert bad_action.status_code == 400

@@ -789,6 +789,8 @@ FROM pgqueue.jobs WHERE id = %(id)s;
 -- A job with a unique_key comes back only if no live job holds that key (a new job may have taken
 -- it since) and only the newest of the dead jobs sharing a key: two live jobs of one key are what
 -- jobs_unique_key_idx refuses, and its error would abort the whole statement and the caller's transaction.
+-- Rows: each retried job (retried true), then each candidate left as it was for its key (false),
+-- so that the caller can say which jobs did not come back, and why.
 WITH candidates AS MATERIALIZED (
     SELECT id, state, unique_key FROM pgqueue.jobs AS j
     WHERE j.state IN ('failed', 'cancelled')
@@ -824,7 +826,9 @@ WITH candidates AS MATERIALIZED (
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried WHERE state = 'available') AS q
 )
-SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
+SELECT id, true AS retried, (SELECT count(*) FROM notified) AS notified FROM retried
+UNION ALL
+SELECT id, false, NULL FROM candidates WHERE id NOT IN (SELECT id FROM before);
 
 -- name: cancel_job
 -- A running job may be cancelled too: its worker is told on %(cancel_channel)s (payload

@@ -58,7 +58,10 @@
       return data.action + ": " + data.done + " done" +
         (refused.length ? ", " + refused.length + " refused (" + refused[0].error + (refused.length > 1 ? ", …" : "") + ")" : "");
     }
-    if (data.retried) return "retried " + data.count + " job" + (data.count === 1 ? "" : "s");
+    // Retry all failed: name the dead jobs it had to leave (a live job holds their unique key).
+    if (data.retried) return "retried " + data.count + " job" + (data.count === 1 ? "" : "s") +
+      (data.skipped_count ? ", " + data.skipped_count + " left failed: a live job holds their unique key (" +
+        data.skipped.slice(0, 5).join(", ") + (data.skipped_count > 5 ? ", …" : "") + ")" : "");
     if (data.purged !== undefined) return "purged " + data.purged + " job" + (data.purged === 1 ? "" : "s");
     if (data.previous_state) return "job " + data.id + ": " + data.previous_state + " → " + (data.state || "deleted");
     if (data.name) return "queue " + data.name + (data.paused ? " paused" : " running") +
@@ -92,7 +95,7 @@
     var data = {};
     try { data = JSON.parse(evt.detail.xhr.responseText || "{}"); } catch (e) { data = {}; }
     if (evt.detail.successful) {
-      toast(describe(data), Boolean(data.refused));
+      toast(describe(data), Boolean(data.refused || data.skipped_count));
       if (data.state === null && data.previous_state && /\/jobs\/\d+$/.test(window.location.pathname)) {
         window.location.href = window.location.pathname.replace(/\/\d+$/, "");
       }
