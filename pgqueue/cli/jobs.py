@@ -185,15 +185,14 @@ def retry_command(
         fail("--queue only applies to --failed")
     if queue is not None:
         check_queue_name(queue)
-    wanted = parse_job_id(job_id) if job_id is not None else None
-    with open_session(dsn) as conn:
-        if wanted is None:
+    if job_id is None:
+        with open_session(dsn) as conn:
             retried = admin.retry_failed(conn, queue=queue, actor=actor(), source=SOURCE)
-        else:
-            change = admin.retry_job(conn, wanted, actor=actor(), source=SOURCE)
-    if wanted is None:
         emit_message(_retried_failed_message(retried, queue), retried.as_dict(), json_output=json_output)
         return
+    wanted = parse_job_id(job_id)
+    with open_session(dsn) as conn:
+        change = admin.retry_job(conn, wanted, actor=actor(), source=SOURCE)
     # 'waiting' when some of its dependencies have not completed (pgqueue.workflows).
     message = (f"retried job {wanted}: it is waiting for its dependencies" if change.state == "waiting"
                else f"retried job {wanted}: it is available again")
