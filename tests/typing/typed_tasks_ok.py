@@ -51,3 +51,5 @@ def enqueue_typed(conn: psycopg.Connection[Any]) -> None:
 async def enqueue_async_typed(aconn: psycopg.AsyncConnection[Any]) -> None:
     assert_type(await render.enqueue_async(aconn, report_id=7), int)
     assert_type(await render.options(run_at=None).enqueue_async(aconn, 7), int)
+    assert_type(await render.enqueue_async(None, report_id=7), int)  # on a connection of pgqueue's own
+    assert_type(await render.options(priority="low").enqueue_async(None, 7), int)
