@@ -32,7 +32,7 @@ def cursor_on(conn: psycopg.Connection[Any], *, row_factory: RowFactory[Row]) ->
 
 
 def cursor_on(conn: psycopg.Connection[Any], *, row_factory: RowFactory[Any] = tuple_row) -> psycopg.Cursor[Any]:
-    """A client cursor of psycopg's default class on ``conn`` (``with cursor_on(conn) as cur:``)."""
+    """A ``psycopg.Cursor`` (server-side binding) on ``conn``, whatever its cursor_factory."""
     return psycopg.Cursor(conn, row_factory=row_factory)
 
 
