@@ -24,7 +24,8 @@ from pgqueue.errors import ConfigurationError, InvalidDSN
 _SQLALCHEMY_PREFIX = re.compile(r"^postgres(?:ql)?\+[a-z0-9_]+://", re.IGNORECASE)
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_float(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
+    """``name``'s value: a finite number greater than zero (``zero``: or equal to it)."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -32,8 +33,10 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} must be a number") from None
-    if not 0 < value < math.inf:  # nan too: it compares false with everything, so it passed `value <= 0`
-        raise ConfigurationError(f"{name}={raw!r} must be greater than zero (and finite)")
+    # nan too: it compares false with everything, so it passed `value <= 0`
+    if not (0 <= value if zero else 0 < value) or not value < math.inf:
+        rule = "zero or more" if zero else "greater than zero"
+        raise ConfigurationError(f"{name}={raw!r} must be {rule} (and finite)")
     return value
 
 
@@ -127,7 +130,8 @@ class Settings:
         dsn: the database, or None to resolve it later (see :func:`resolve_dsn`).
         lease_seconds: how long a worker's claim on its running jobs lasts without a heartbeat.
         poll_seconds: fallback poll interval when no notification arrives.
-        shutdown_grace_seconds: how long SIGTERM waits for running jobs.
+        shutdown_grace_seconds: how long SIGTERM waits for running jobs before releasing them
+            (0: release them at once).
         log_format: ``console`` or ``json`` (used by the CLI only).
         max_payload_bytes: upper bound on a job's serialised args.
         max_result_bytes: upper bound on a handler's serialised result (``PGQUEUE_MAX_RESULT_BYTES``);
@@ -183,7 +187,8 @@ class Settings:
             dsn=env.get("PGQUEUE_DSN") or env.get("DATABASE_URL") or None,
             lease_seconds=_env_float(env, "PGQUEUE_LEASE_SECONDS", 30.0),
             poll_seconds=_env_float(env, "PGQUEUE_POLL_SECONDS", 5.0),
-            shutdown_grace_seconds=_env_float(env, "PGQUEUE_SHUTDOWN_GRACE_SECONDS", 30.0),
+            # 0: release running jobs at once on SIGTERM (a preStop hook that already drained them).
+            shutdown_grace_seconds=_env_float(env, "PGQUEUE_SHUTDOWN_GRACE_SECONDS", 30.0, zero=True),
             log_format=log_format,
             encryption_keys=keys,
             encrypt_all=_env_bool(env, "PGQUEUE_ENCRYPT_ALL", False),

@@ -39,7 +39,8 @@ def worker(
     poll_seconds: Annotated[
         float | None, typer.Option(envvar="PGQUEUE_POLL_SECONDS", help="Fallback poll interval.")] = None,
     shutdown_grace_seconds: Annotated[
-        float | None, typer.Option(envvar="PGQUEUE_SHUTDOWN_GRACE_SECONDS", help="SIGTERM grace period.")] = None,
+        float | None, typer.Option(envvar="PGQUEUE_SHUTDOWN_GRACE_SECONDS",
+                                   help="SIGTERM grace period (0: release running jobs at once).")] = None,
     with_scheduler: Annotated[bool, typer.Option(
         "--with-scheduler", help="Also run the cron scheduler in this process (syncs the app's schedules).")] = False,
     listen_dsn: Annotated[str | None, typer.Option(
@@ -76,10 +77,12 @@ def worker(
             build_pools(queues, concurrency)
         except ValueError as exc:
             fail(str(exc))
-        for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds),
-                            ("--shutdown-grace-seconds", shutdown_grace_seconds)):
+        for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds)):
             if value is not None and not 0 < value < math.inf:  # nan and inf parse as floats
                 fail(f"{name} {value} must be greater than zero (and finite)")
+        # 0 is a grace too: SIGTERM releases the running jobs at once (a preStop hook drained them).
+        if shutdown_grace_seconds is not None and not 0 <= shutdown_grace_seconds < math.inf:
+            fail(f"--shutdown-grace-seconds {shutdown_grace_seconds} must be zero or more (and finite)")
         prefetch_cap = parse_prefetch(prefetch) if prefetch is not None else None
         settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                      shutdown_grace_seconds=shutdown_grace_seconds,

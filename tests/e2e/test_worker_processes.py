@@ -209,6 +209,30 @@ def test_sigterm_releases_a_job_that_outlives_the_grace_without_counting_the_att
     assert stopped_in >= 1.0  # the grace was given
 
 
+@pytest.mark.parametrize("given", ["environment", "option"])
+def test_a_grace_of_zero_releases_the_running_job_at_once_on_sigterm_and_exits_0(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker, given: str) -> None:
+    # A 60 s lease and a 60 s handler: an available job right after the exit was released by the
+    # worker, at once, with no grace waited for.
+    if given == "environment":
+        worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=0, lease_seconds=60)
+    else:  # the option wins over the fixture's PGQUEUE_SHUTDOWN_GRACE_SECONDS=10
+        worker = spawn_worker(worker_dsn, concurrency=2, lease_seconds=60, args=["--shutdown-grace-seconds", "0"])
+    worker_id = wait_for_registration(db, worker)
+    [job_id] = enqueue_sleepers(worker_dsn, 1, seconds=60)
+    wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
+
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=8) == 0, worker.describe()
+
+    assert job_state(db, job_id)[:2] == ("available", 0)
+    assert [e[1:] for e in events_of(db, [job_id])] == [
+        ("enqueued", 0, None), ("claimed", 1, worker_id), ("released", 0, worker_id)]
+    [stopping] = worker.log_events("worker.stopping")
+    assert stopping["grace_s"] == 0
+    assert worker_id not in worker_rows(db)
+
+
 def test_sigterm_does_not_wait_for_a_sync_transactional_handler_that_outlives_the_grace(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
     # Such a handler ran in asyncio's default executor, whose shutdown waited for it: the worker

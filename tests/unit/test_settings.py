@@ -61,6 +61,10 @@ def test_explicit_overrides_win_over_the_environment_and_none_means_keep() -> No
     assert settings.poll_seconds == 5.0
 
 
+def test_a_shutdown_grace_of_zero_is_accepted_it_releases_running_jobs_at_once() -> None:
+    assert Settings.from_env({"PGQUEUE_SHUTDOWN_GRACE_SECONDS": "0"}).shutdown_grace_seconds == 0.0
+
+
 def test_empty_environment_values_take_the_default() -> None:
     assert Settings.from_env({"PGQUEUE_LEASE_SECONDS": "", "PGQUEUE_LOG_FORMAT": ""}).lease_seconds == 30.0
 
@@ -73,6 +77,8 @@ def test_empty_environment_values_take_the_default() -> None:
     ("PGQUEUE_POLL_SECONDS", "inf", "must be greater than zero"),
     ("PGQUEUE_MAX_RESULT_BYTES", "inf", "must be greater than zero"),
     ("PGQUEUE_SHUTDOWN_GRACE_SECONDS", "x", "must be a number"),
+    ("PGQUEUE_SHUTDOWN_GRACE_SECONDS", "-1", "must be zero or more"),
+    ("PGQUEUE_SHUTDOWN_GRACE_SECONDS", "nan", "must be zero or more"),
     ("PGQUEUE_LOG_FORMAT", "xml", "must be 'console' or 'json'"),
     ("PGQUEUE_ENCRYPT_ALL", "maybe", "must be 1/0"),
 ])
