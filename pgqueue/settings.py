@@ -33,8 +33,9 @@ def _env_float(env: Mapping[str, str], name: str, default: float, *, zero: bool 
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} must be a number") from None
-    # nan too: it compares false with everything, so it passed `value <= 0`
-    if not (0 <= value if zero else 0 < value) or not value < math.inf:
+    # nan fails both tests: it compares false with everything (it passed a bare `value <= 0`).
+    in_range = value >= 0 if zero else value > 0
+    if not (in_range and value < math.inf):
         rule = "zero or more" if zero else "greater than zero"
         raise ConfigurationError(f"{name}={raw!r} must be {rule} (and finite)")
     return value
