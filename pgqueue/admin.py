@@ -1434,8 +1434,31 @@ def retry_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = Non
     """Retry every failed or cancelled job of a workflow in one statement; returns their ids. Jobs
     whose dependencies have not all completed wait again; the others become available.
 
+    A retry that would leave a job waiting for ever is refused and changes nothing: a job that
+    still waits for a dependency that was deleted (or pruned) can never run again, and one that
+    waits for a failed or cancelled job of another workflow would run only once that job is retried.
+
     Raises:
         WorkflowNotFound: no job carries that workflow id.
+        InvalidJobState: a job of the workflow waits for a deleted dependency, or for a failed or
+            cancelled job of another workflow (the message names it, and the way out).
+
+    Example:
+        >>> admin.retry_workflow(conn, wf.id, actor="alice")
+        [41, 42, 43]
     """
     info = get_workflow(conn, workflow_id)
-    return WorkflowStore(sync_connection(conn)).retry(info.id, _actor(actor), _source(source))
+    store = WorkflowStore(sync_connection(conn))
+    stranded = store.stranded_jobs(info.id)
+    if stranded:
+        job_id, task, dependency, dependency_state = stranded[0]
+        others = len({row[0] for row in stranded}) - 1
+        more = f" (and {others} more job{'' if others == 1 else 's'} of it)" if others else ""
+        if dependency_state is None:
+            why = (f"job {job_id} ({task}){more} waits for job {dependency}, which was deleted, so it could never "
+                   "run again; enqueue the steps that depend on it as a new workflow, or delete this one's jobs")
+        else:
+            why = (f"job {job_id} ({task}){more} waits for job {dependency} of another workflow, which is "
+                   f"{dependency_state}: retry job {dependency} first (that brings job {job_id} back)")
+        raise InvalidJobState(f"workflow {info.id} was not retried: {why}")
+    return store.retry(info.id, _actor(actor), _source(source))

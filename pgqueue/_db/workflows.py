@@ -19,6 +19,7 @@ class WorkflowQueries(NamedTuple):
     get_job_workflow: LiteralString
     cancel_workflow: LiteralString
     find_workflow_dead_jobs: LiteralString
+    find_workflow_stranded_jobs: LiteralString
     find_dead_dependency: LiteralString
 
 
@@ -47,6 +48,13 @@ class WorkflowStore:
         with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             row = cur.execute(WORKFLOWS.find_dead_dependency, {"id": job_id}).fetchone()
         return None if row is None else (int(row[0]), row[1])
+
+    def stranded_jobs(self, workflow_id: str) -> list[tuple[int, str, int, str | None]]:
+        """The failed and cancelled jobs a retry of the workflow would leave waiting for ever:
+        (job id, task, the dependency it waits for, that dependency's state or None when deleted)."""
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(WORKFLOWS.find_workflow_stranded_jobs, {"workflow_id": workflow_id}).fetchall()
+        return [(int(row[0]), str(row[1]), int(row[2]), row[3]) for row in rows]
 
     def cancel(self, workflow_id: str, actor: str | None, source: str | None = None) -> list[int]:
         with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:

@@ -77,7 +77,11 @@ def cancel_command(workflow_id: WorkflowArgument, json_output: JsonOption = Fals
 
 @app.command("retry")
 def retry_command(workflow_id: WorkflowArgument, json_output: JsonOption = False, dsn: DsnOption = None) -> None:
-    """Retry every failed or cancelled job of a workflow; jobs still depending on others wait again."""
+    """Retry every failed or cancelled job of a workflow; jobs still depending on others wait again.
+
+    Refused, changing nothing, when a job would wait for ever: for a dependency that was deleted,
+    or for a failed or cancelled job of another workflow (the error names it).
+    """
     with open_session(dsn) as conn:
         info = admin.get_workflow(conn, workflow_id)
         ids = admin.retry_workflow(conn, info.id, actor=actor(), source=SOURCE)

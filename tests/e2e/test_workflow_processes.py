@@ -159,3 +159,40 @@ def test_the_workflows_commands_show_cancel_and_retry_a_workflow(worker_dsn: str
         assert failed.returncode == 1
         assert message in failed.stderr
         assert "Traceback" not in failed.stderr
+
+
+def test_workflows_retry_refuses_when_a_failed_step_was_deleted_and_leaves_nothing_waiting(
+        worker_dsn: str, db: Db, run_cli: RunCli, spawn_worker: SpawnWorker) -> None:
+    app = pgqueue.App(worker_dsn)
+    with psycopg.connect(worker_dsn) as conn:
+        wf = app.enqueue_workflow(conn, pgqueue.chain(
+            pgqueue.sig("member"), pgqueue.sig("refuse"), pgqueue.sig("member"), pgqueue.sig("member")))
+        conn.commit()
+    _, failed, third, fourth = wf.job_ids
+    worker = spawn_worker(worker_dsn)
+
+    def workflow_states() -> list[str]:
+        found: dict[int, str] = dict(
+            db.execute("SELECT id, state FROM pgqueue.jobs WHERE id = ANY(%s)", [wf.job_ids]).fetchall())
+        return [found.get(job_id, "gone") for job_id in wf.job_ids]
+
+    wait_until(lambda: workflow_states() == ["completed", "failed", "cancelled", "cancelled"], timeout=60,
+               message="the chain to stop at its failed step")
+    deleted = run_cli(["jobs", "delete", str(failed)], dsn=worker_dsn)
+    assert deleted.returncode == 0, deleted.stderr
+
+    retried = run_cli(["workflows", "retry", wf.id], dsn=worker_dsn)
+    assert retried.returncode == 1, retried.stdout
+    assert retried.stderr == (
+        f"pgqueue: error: workflow {wf.id} was not retried: job {third} (member) waits for job {failed}, which was "
+        "deleted, so it could never run again; enqueue the steps that depend on it as a new workflow, or delete "
+        "this one's jobs\n")
+    # Refused as a whole: nothing waits, nothing was audited as retried, and the worker (still
+    # running) has nothing to do.
+    assert workflow_states() == ["completed", "gone", "cancelled", "cancelled"]
+    assert count(db, "SELECT count(*) FROM pgqueue.job_events WHERE job_id = ANY(%s) AND event = 'retried'",
+                 [wf.job_ids]) == 0
+    shown = run_cli(["workflows", "show", wf.id], dsn=worker_dsn)
+    assert shown.stdout.splitlines()[0] == f"workflow {wf.id}: failed (2 cancelled, 1 completed)"
+    assert worker.alive(), worker.describe()
+    assert count(db, "SELECT count(*) FROM wf_executions WHERE job_id = ANY(%s)", [[third, fourth]]) == 0

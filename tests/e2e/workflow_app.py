@@ -57,3 +57,10 @@ def callback(job: pgqueue.Job, **_: Any) -> int:
     results = job.dependency_results()
     _record(job, unfinished=int(row[0]) if row else None, results=sorted(results))
     return len(results)
+
+
+@app.task(name="refuse", max_attempts=1)
+def refuse(job: pgqueue.Job, **_: Any) -> None:
+    """Fails for good on its first attempt: a workflow step that ends ``failed``."""
+    _record(job)
+    raise pgqueue.Discard("refused")

@@ -302,6 +302,50 @@ def test_retrying_a_dependent_whose_dependency_was_deleted_is_refused(app: App, 
         admin.retry_job(conn, dependent, actor="test")
 
 
+def test_retrying_a_workflow_whose_failed_step_was_deleted_is_refused_and_changes_nothing(
+        app: App, conn: Db) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.chain(
+        pgqueue.group([pgqueue.sig("boom"), pgqueue.sig("boom")], then=pgqueue.sig("collect")), pgqueue.sig("step")))
+    conn.commit()
+    run_all(app)
+    deleted, failed, callback, _ = wf.job_ids
+    assert states(conn, wf.job_ids) == ["failed", "failed", "cancelled", "cancelled"]
+    admin.delete_job(conn, deleted, actor="test")
+    conn.commit()
+
+    # Retried, the callback would wait for ever for the deleted member (and the last step for it).
+    with pytest.raises(InvalidJobState, match=(
+            f"workflow {wf.id} was not retried: job {callback} \\(collect\\) waits for job {deleted}, "
+            "which was deleted, so it could never run again; enqueue the steps")):
+        admin.retry_workflow(conn, wf.id, actor="test")
+    conn.commit()
+    assert states(conn, wf.job_ids) == ["gone", "failed", "cancelled", "cancelled"]
+    assert ("retried", "failed", "available") not in events(conn, failed)
+    assert admin.get_workflow(conn, wf.id).state == "failed"
+
+
+def test_retrying_a_workflow_whose_job_waits_for_a_failed_job_of_another_workflow_is_refused(
+        app: App, conn: Db) -> None:
+    ours = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("step")))
+    theirs = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("boom")))
+    joined = app.enqueue(conn, "step", depends_on=[ours.job_ids[0], theirs.job_ids[0]])
+    conn.commit()
+    run_all(app)
+    assert admin.get_workflow(conn, joined).id == ours.id
+    assert states(conn, [*ours.job_ids, joined]) == ["completed", "cancelled"]
+
+    with pytest.raises(InvalidJobState, match=(
+            f"job {joined} \\(step\\) waits for job {theirs.job_ids[0]} of another workflow, which is failed: "
+            f"retry job {theirs.job_ids[0]} first")):
+        admin.retry_workflow(conn, ours.id, actor="test")
+    conn.rollback()
+
+    # The way out the message names: retrying that job brings ours back, and it runs.
+    admin.retry_job(conn, theirs.job_ids[0], actor="test")
+    conn.commit()
+    assert states(conn, [joined]) == ["waiting"]
+
+
 def test_retrying_a_job_cancelled_while_its_dependency_is_unfinished_waits_again(app: App, conn: Db) -> None:
     wf = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("step", delay=3600), pgqueue.sig("step")))
     conn.commit()

@@ -50,6 +50,19 @@ SELECT id FROM pgqueue.jobs
 WHERE workflow_id = %(workflow_id)s::uuid AND state IN ('failed', 'cancelled')
 ORDER BY id;
 
+-- name: find_workflow_stranded_jobs
+-- The failed and cancelled jobs of the workflow that still count down a dependency a workflow
+-- retry cannot bring back: one that was deleted (or pruned), or a failed or cancelled job of
+-- another workflow. Retried, they would wait for ever, so retry_workflow refuses and names them.
+SELECT j.id, j.task, e.depends_on, d.state AS dependency_state
+FROM pgqueue.jobs AS j
+JOIN pgqueue.job_dependencies AS e ON e.job_id = j.id AND NOT e.resolved
+LEFT JOIN pgqueue.jobs AS d ON d.id = e.depends_on
+WHERE j.workflow_id = %(workflow_id)s::uuid AND j.state IN ('failed', 'cancelled')
+  AND (d.id IS NULL
+       OR (d.state IN ('failed', 'cancelled') AND d.workflow_id IS DISTINCT FROM %(workflow_id)s::uuid))
+ORDER BY j.id, e.depends_on;
+
 -- name: find_dead_dependency
 -- A dependency the job still counts down (an unresolved edge) that will never complete: failed,
 -- cancelled or deleted. Only a job under the "cancel" policy has such an edge ("run" resolves it).
