@@ -87,6 +87,62 @@ class ScratchRun:
             self._marker = None
 
 
+class DatabaseClaim:
+    """A session that marks ``database`` as in use by one run of ``purpose`` (the demo), so that a
+    second run does not drop and recreate it under the first.
+
+    The mark is the session's ``application_name`` (``pgqueue-<purpose>:<database>``), visible to
+    every role in ``pg_stat_activity`` on the whole server, whichever database a run connects to;
+    it ends with its process however that ends (a SIGKILL too), so no stale mark outlives a run.
+    Not a session advisory lock: those are scoped to one database, and two runs may connect to
+    the server through different ones.
+    """
+
+    def __init__(self, dsn: str, database: str, purpose: str) -> None:
+        self.dsn = dsn
+        self.database = database
+        self.purpose = purpose
+        self._marker: psycopg.Connection[Any] | None = None
+
+    def acquire(self) -> int | None:
+        """Mark the database; return None when this run holds it, else the server pid of the run
+        that got there first (then nothing is held)."""
+        with translate_errors():
+            marker = psycopg.connect(self.dsn, autocommit=True,
+                                     application_name=f"pgqueue-{self.purpose}:{self.database}")
+            try:
+                # The marker idles for the whole run (see ScratchRun._open_marker).
+                marker.execute("SELECT set_config('idle_session_timeout', '0', false) "
+                               "WHERE current_setting('server_version_num')::int >= 140000")
+                # Two runs starting together both see both marks: the session that started first
+                # wins. Another role's session shows no backend_start: it counts as first (both
+                # may then refuse, and a rerun settles it; neither drops the other's database).
+                # The name as the server shows it (cut to 63 bytes, non-ASCII replaced), not as set.
+                row = marker.execute("""
+                    SELECT other.pid FROM pg_catalog.pg_stat_activity AS other,
+                         (SELECT backend_start, application_name FROM pg_catalog.pg_stat_activity
+                          WHERE pid = pg_backend_pid()) AS me
+                    WHERE other.application_name = me.application_name
+                      AND other.pid <> pg_backend_pid()
+                      AND (other.backend_start IS NULL
+                           OR (other.backend_start, other.pid) < (me.backend_start, pg_backend_pid()))
+                    ORDER BY other.backend_start NULLS FIRST, other.pid
+                    LIMIT 1""").fetchone()
+            except BaseException:
+                marker.close()
+                raise
+        if row is not None:
+            marker.close()
+            return int(row[0])
+        self._marker = marker
+        return None
+
+    def close(self) -> None:
+        if self._marker is not None:
+            self._marker.close()
+            self._marker = None
+
+
 def drop_abandoned_runs(dsn: str, family: str) -> list[str]:
     """Drop the databases of the ``family``'s scratch runs (:class:`ScratchRun`) whose marker
     session is gone; return their names."""

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue._db.databases import recreate_database
+from pgqueue._db.databases import DatabaseClaim, recreate_database
 from pgqueue._db.queues import QueueStore
 from pgqueue.cli._context import DsnOption, fail, resolve
 from pgqueue.cli._logging import set_level
@@ -72,7 +72,8 @@ def demo(
     """Run the whole system once: migrate, enqueue sample jobs, work them with a live view, summarise.
 
     The demo uses its own database (pgqueue_demo, recreated each run) on the configured server,
-    so it never touches your jobs; it is left in place afterwards for you to explore. It prints the
+    so it never touches your jobs; it is left in place afterwards for you to explore. While a demo
+    runs, another one on the same server and database is refused (exit 1) and touches nothing. It prints the
     `pgqueue dashboard --dsn ...` command that opens the dashboard on it (run it in another terminal;
     with --keep-running the demo goes on producing jobs for it to show).
     """
@@ -82,6 +83,16 @@ def demo(
         # Per-job info lines would scroll the live view away; warnings (dead-lettered jobs) stay.
         set_level(logging.WARNING)
     server = resolve(dsn)
+    # Held until the process ends: a second demo on this server refuses to recreate the database
+    # under this one (it would drop it, ending this run's sessions).
+    claim = DatabaseClaim(server, database, "demo")
+    try:
+        holder = claim.acquire()
+    except PgqueueError as exc:
+        fail(str(exc))
+    if holder is not None:
+        fail(f"a demo is already running on database {database!r} (server pid {holder}); wait for it to finish "
+             f"or stop it, or run this one with --database another_name")
     try:
         demo_dsn = recreate_database(server, database)
     except ConfigurationError as exc:
@@ -138,6 +149,7 @@ def demo(
         scheduler.stop()
         worker.stop()
         thread.join(timeout=15)
+        claim.close()
     elapsed = time.monotonic() - started
     total = sum(row["jobs"] for row in summary)
     completed = sum(row["completed"] for row in summary)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from pgqueue._db.databases import RUN_MARKER, ScratchRun
+from pgqueue._db.databases import RUN_MARKER, DatabaseClaim, ScratchRun
 from tests.helpers import wait_until
 
 
@@ -51,3 +51,27 @@ def test_keep_alive_reopens_a_lost_marker(pg_server_dsn: str) -> None:
         wait_until(lambda: len(marker_pids(pg_server_dsn, run)) == 1, message="a new marker session")
     finally:
         run.close()
+
+
+def test_a_database_claim_is_held_by_the_first_run_until_it_closes(pg_server_dsn: str) -> None:
+    # Up to 63 bytes of the marker's name count (the server cuts application_name there): two
+    # claims of a long name still see each other.
+    database = "pgqueue_claimtest_" + "x" * 50
+    first, second = (DatabaseClaim(pg_server_dsn, database, "demo") for _ in range(2))
+    try:
+        assert first.acquire() is None
+        holder = second.acquire()
+        assert holder is not None
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", [holder]).fetchone()
+        assert row is not None
+        assert str(row[0]).startswith("pgqueue-demo:pgqueue_claimtest_")
+        # A claim of another database is independent.
+        other = DatabaseClaim(pg_server_dsn, "pgqueue_claimtest_other", "demo")
+        assert other.acquire() is None
+        other.close()
+        first.close()
+        assert second.acquire() is None
+    finally:
+        first.close()
+        second.close()
