@@ -130,6 +130,55 @@ def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     return result
 
 
+def _check_max_attempts(attempts: Any) -> int:
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10_000:
+        raise InvalidEnqueueOption(f"max_attempts {attempts!r} must be an integer from 1 to 10000")
+    return attempts
+
+
+def _check_unique_key(unique_key: str | None) -> None:
+    if unique_key is not None and (
+            not isinstance(unique_key, str) or not unique_key or not is_storable_text(unique_key)
+            or len(unique_key.encode("utf-8")) > MAX_UNIQUE_KEY_BYTES):
+        raise InvalidEnqueueOption(
+            f"unique_key {_shown(unique_key)} must be a non-empty string of at most {MAX_UNIQUE_KEY_BYTES} "
+            "UTF-8 bytes, without NUL characters or lone surrogates")
+
+
+def _check_group(group: str | None) -> None:
+    if group is not None and (not isinstance(group, str) or not group or not is_storable_text(group)
+                              or len(group) > 255):
+        raise InvalidEnqueueOption(f"group {_shown(group)} must be a non-empty string of at most 255 characters, "
+                                   "without NUL characters or lone surrogates")
+
+
+def check_enqueue_options(*, queue: str | None = None, priority: int | str | None = None,
+                          delay: float | timedelta | None = None, run_at: datetime | None = None,
+                          max_attempts: int | None = None, unique_key: str | None = None,
+                          tags: Iterable[str] | None = None, group: str | None = None,
+                          depends_on: Iterable[int] | None = None, on_dependency_failure: str | None = None) -> None:
+    """Check one job's options as :meth:`App.enqueue` does, with no task, args or database (what
+    ``pgqueue enqueue`` checks before it connects).
+
+    Raises:
+        InvalidQueueName, InvalidPriority, InvalidEnqueueOption, InvalidDependency: as App.enqueue.
+    """
+    if delay is not None and run_at is not None:
+        raise InvalidEnqueueOption("give delay or run_at, not both")
+    if queue is not None:
+        check_queue_name(queue)
+    resolve_priority(priority)
+    _delay_seconds(delay)
+    _check_run_at(run_at)
+    if max_attempts is not None:
+        _check_max_attempts(max_attempts)
+    _check_unique_key(unique_key)
+    _check_group(group)
+    _check_tags(tags)
+    _check_dependency_ids(depends_on or ())
+    _check_policy(on_dependency_failure)
+
+
 def _check_policy(policy: str | None) -> str:
     if policy is None:
         return "cancel"
@@ -386,19 +435,10 @@ class App:
                 "encryption requested but PGQUEUE_ENCRYPTION_KEYS is not set (see `pgqueue keys generate`)")
         if delay is not None and run_at is not None:
             raise InvalidEnqueueOption("give delay or run_at, not both")
-        attempts = max_attempts if max_attempts is not None else (known.max_attempts if known else DEFAULT_MAX_ATTEMPTS)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10_000:
-            raise InvalidEnqueueOption(f"max_attempts {attempts!r} must be an integer from 1 to 10000")
-        if unique_key is not None and (
-                not isinstance(unique_key, str) or not unique_key or not is_storable_text(unique_key)
-                or len(unique_key.encode("utf-8")) > MAX_UNIQUE_KEY_BYTES):
-            raise InvalidEnqueueOption(
-                f"unique_key {_shown(unique_key)} must be a non-empty string of at most {MAX_UNIQUE_KEY_BYTES} "
-                "UTF-8 bytes, without NUL characters or lone surrogates")
-        if group is not None and (not isinstance(group, str) or not group or not is_storable_text(group)
-                                  or len(group) > 255):
-            raise InvalidEnqueueOption(f"group {_shown(group)} must be a non-empty string of at most 255 characters, "
-                                       "without NUL characters or lone surrogates")
+        attempts = _check_max_attempts(
+            max_attempts if max_attempts is not None else (known.max_attempts if known else DEFAULT_MAX_ATTEMPTS))
+        _check_unique_key(unique_key)
+        _check_group(group)
         default_tags = known.tags if known else ()
         args_text = self._args_text(args)
         return NewJob(

@@ -66,7 +66,9 @@ _COMPARED = ("cron", "timezone", "task", "queue", "priority", "misfire", "max_ca
 # --- validation -----------------------------------------------------------------------------------
 
 
-def _check_name(name: str) -> str:
+def check_schedule_name(name: str) -> str:
+    """``name`` if it can name a schedule, else :class:`InvalidSchedule` (every call taking a name
+    checks it first; ``pgqueue schedules add`` checks it apart from the options)."""
     if not isinstance(name, str) or not name or name != name.strip() or len(name) > _MAX_NAME_LENGTH \
             or _UNSAFE_TEXT.search(name):
         raise InvalidSchedule(
@@ -169,7 +171,7 @@ class ScheduleSpec:
             >>> spec.cron_schedule().next_after(datetime(2024, 7, 1, tzinfo=UTC))
             datetime.datetime(2024, 7, 1, 2, 0, tzinfo=datetime.timezone.utc)
         """
-        checked_name = _check_name(name)
+        checked_name = check_schedule_name(name)
         checked_task = _check_task(task)
         expression = parse_cron(cron, timezone).expression
         return cls(
@@ -336,7 +338,7 @@ def remove_schedule(conn: Any, name: str, *, actor: str | None = None) -> Schedu
     Example:
         >>> pgqueue.schedules.remove_schedule(conn, "nightly"); conn.commit()
     """
-    _check_name(name)
+    check_schedule_name(name)
     store = _store(conn)
     with store.transaction():
         schedule = _existing(store, name, for_update=True)
@@ -383,7 +385,7 @@ def get_schedule(conn: Any, name: str) -> Schedule:
         >>> pgqueue.schedules.get_schedule(conn, "nightly").next_run_at
         datetime.datetime(2024, 7, 2, 2, 0, tzinfo=datetime.timezone.utc)
     """
-    _check_name(name)
+    check_schedule_name(name)
     return _existing(_store(conn), name)
 
 
@@ -414,7 +416,7 @@ def _existing(store: ScheduleStore, name: str, *, for_update: bool = False) -> S
 
 
 def _set_paused(conn: Any, name: str, *, paused: bool, actor: str | None) -> Schedule:
-    _check_name(name)
+    check_schedule_name(name)
     store = _store(conn)
     with store.transaction():
         schedule = _existing(store, name, for_update=True)

@@ -10,7 +10,7 @@ from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import connect
 from pgqueue._humanize import whole_number
 from pgqueue.admin import default_actor
-from pgqueue.cli._context import fail, resolve
+from pgqueue.cli._context import fail, resolve, usage_error
 from pgqueue.jobs import JobState
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def parse_state(raw: str | None, allowed: Iterable[str] = tuple(JobState)) -> st
     state = raw.strip().lower()
     valid = [str(s) for s in allowed]
     if state not in valid:
-        fail(f"state {raw!r} is not valid here; valid states: {', '.join(valid)}")
+        usage_error(f"state {raw!r} is not valid here; valid states: {', '.join(valid)}")
     return state
 
 

@@ -11,6 +11,7 @@ as not sealed yet.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated
 
 import typer
@@ -21,7 +22,7 @@ from pgqueue._db.errors import translate_errors
 from pgqueue._db.sessions import connect
 from pgqueue._humanize import printable
 from pgqueue.cli._admin import parse_job_id
-from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve, usage_error
 from pgqueue.cli._output import Column, emit, emit_record, print_json, stderr_progress
 from pgqueue.cli.jobs import EVENT_COLUMNS
 from pgqueue.errors import ConfigurationError
@@ -106,7 +107,11 @@ def verify_command(
     try:
         min_retention = _min_retention(audit_retention)
     except ConfigurationError as exc:
-        fail(str(exc), code=2)
+        usage_error(str(exc))
+    for digest in expect or ():
+        # A typo must not read as "the trail was altered" (its digest is in no chain).
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest.strip()):
+            usage_error(f"--expect {digest!r} must be a head digest as audit verify prints it (64 hex characters)")
     with translate_errors(), connect(resolve(dsn), autocommit=True) as conn:
         if seal and _audit.can_seal(conn):
             _audit.seal_pending(conn)

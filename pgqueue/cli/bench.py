@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pgqueue._bench import SCENARIOS, run_bench
-from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve, usage_error
 from pgqueue.cli._output import console
 from pgqueue.errors import PgqueueError
 
@@ -59,7 +59,7 @@ def bench(
     """
     unknown = [name for name in scenario or [] if name not in SCENARIOS]
     if unknown:
-        fail(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)}", code=2)
+        usage_error(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)}")
     server = resolve(dsn)
     errors = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

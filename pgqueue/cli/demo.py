@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from rich.text import Text
 
 from pgqueue._db.databases import DatabaseClaim, recreate_database
 from pgqueue._db.queues import QueueStore
-from pgqueue.cli._context import DsnOption, fail, resolve
+from pgqueue.cli._context import DsnOption, fail, resolve, usage_error
 from pgqueue.cli._logging import set_level
 from pgqueue.errors import ConfigurationError, PgqueueError
 from pgqueue.settings import Settings, redact_dsn
@@ -72,11 +73,16 @@ def demo(
     """Run the whole system once: migrate, enqueue sample jobs, work them with a live view, summarise.
 
     The demo uses its own database (pgqueue_demo, recreated each run) on the configured server,
-    so it never touches your jobs; it is left in place afterwards for you to explore. While a demo
-    runs, another one on the same server and database is refused (exit 1) and touches nothing. It prints the
+    so it never touches your jobs; it is left in place afterwards for you to explore. It prints the
     `pgqueue dashboard --dsn ...` command that opens the dashboard on it (run it in another terminal;
-    with --keep-running the demo goes on producing jobs for it to show).
+    with --keep-running the demo goes on producing jobs for it to show). While a demo runs, another
+    one on the same server and database is refused (exit 1) and touches nothing.
     """
+    if not 0 < timeout < math.inf:  # nan and inf parse as floats
+        usage_error(f"--timeout {timeout:g} must be seconds, greater than zero (and finite)")
+    # PostgreSQL cuts a longer name to 63 bytes: the demo would then connect to a database it never made.
+    if not 0 < len(database.encode("utf-8")) <= 63 or "\x00" in database:
+        usage_error(f"--database {database!r} must be a database name of 1-63 bytes")
     console = Console()
     errors = Console(stderr=True)
     if not verbose:

@@ -16,23 +16,23 @@ from typing import Annotated, Any
 import typer
 
 from pgqueue._db.jobs import JobStore
-from pgqueue._payload import check_queue_name, is_task_name
-from pgqueue.app import App
+from pgqueue._payload import is_task_name
+from pgqueue.app import App, check_enqueue_options
 from pgqueue.cli._admin import open_session
-from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._context import DsnOption, JsonOption, checking_options, fail, usage_error
 from pgqueue.cli._output import print_json
 from pgqueue.errors import EncryptionKeyMissing
-from pgqueue.tasks import resolve_priority
 
 
 def _parse_args(raw: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        fail(f"--args is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (character {exc.pos})")
+        usage_error(f"--args is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
+                    f"(character {exc.pos})")
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        fail(f"--args must be a JSON object such as '{{\"to\": \"a@example.com\"}}', got {kind}")
+        usage_error(f"--args must be a JSON object such as '{{\"to\": \"a@example.com\"}}', got {kind}")
     return value
 
 
@@ -40,9 +40,9 @@ def _parse_run_at(raw: str) -> datetime:
     try:
         when = datetime.fromisoformat(raw.strip())
     except ValueError:
-        fail(f"--run-at {raw!r} is not an ISO 8601 date-time such as 2030-01-01T09:00:00+00:00")
+        usage_error(f"--run-at {raw!r} is not an ISO 8601 date-time such as 2030-01-01T09:00:00+00:00")
     if when.tzinfo is None or when.utcoffset() is None:
-        fail(f"--run-at {raw!r} needs a UTC offset (e.g. {raw.strip()}+00:00 or {raw.strip()}Z)")
+        usage_error(f"--run-at {raw!r} needs a UTC offset (e.g. {raw.strip()}+00:00 or {raw.strip()}Z)")
     return when
 
 
@@ -97,14 +97,16 @@ def enqueue(
     payload = _parse_args(args) if args is not None else {}
     when = _parse_run_at(run_at) if run_at is not None else None
     if delay is not None and when is not None:
-        fail("give --delay or --run-at, not both")
+        usage_error("give --delay or --run-at, not both")
     if delay is not None and not 0 <= delay < math.inf:
-        fail(f"--delay {delay:g} must be a number of seconds, 0 or more")
-    # Cheap checks before connecting (App.enqueue repeats them): a typo should not need a database.
-    if queue is not None:
-        check_queue_name(queue)
-    resolve_priority(priority)
+        usage_error(f"--delay {delay:g} must be a number of seconds, 0 or more")
     app = App()
+    # The options' own checks before connecting, as App.enqueue makes them (it repeats them): a
+    # typo is a usage error and needs no database. The task's name and --args are checked there.
+    with checking_options():
+        check_enqueue_options(queue=queue, priority=priority, delay=delay, run_at=when,
+                              max_attempts=max_attempts, unique_key=unique_key, tags=tag, group=group,
+                              depends_on=depends_on, on_dependency_failure=on_dependency_failure)
     with open_session(dsn) as conn:
         # A task the CLI has never seen is fine: producers need not import the workers' code. But a
         # task that a started worker's code declares encrypt=True is encrypted as with --encrypt.

@@ -15,8 +15,9 @@ from pgqueue import admin
 from pgqueue._humanize import printable
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._admin import SOURCE, actor, open_session, parse_job_id, parse_state
-from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._context import DsnOption, JsonOption, checking_options, usage_error
 from pgqueue.cli._output import Column, emit, emit_message, emit_record, format_value, print_json
+from pgqueue.errors import InvalidFilter
 
 app = typer.Typer(help="Inspect and manage jobs: list, show, retry, cancel, delete.", no_args_is_help=True)
 
@@ -122,14 +123,16 @@ def list_command(
 
     With --json, prints a JSON array with every column of pgqueue.jobs (as `jobs show`, without events).
     """
-    if queue is not None:
-        check_queue_name(queue)
-    wanted = parse_state(state)
-    if not 1 <= limit <= _MAX_LIMIT:
-        fail(f"--limit {limit} must be between 1 and {_MAX_LIMIT}")
+    with checking_options():
+        if queue is not None:
+            check_queue_name(queue)
+        wanted = parse_state(state)
+        if not 1 <= limit <= _MAX_LIMIT:
+            usage_error(f"--limit {limit} must be between 1 and {_MAX_LIMIT}")
     jobs: list[admin.JobRecord] = []
     cursor: str | None = None
-    with open_session(dsn) as conn:
+    # list_jobs checks --task and --tag before it reads anything (a database error still exits 1).
+    with checking_options(InvalidFilter), open_session(dsn) as conn:
         while len(jobs) < limit:
             page = admin.list_jobs(conn, queue=queue, state=wanted, task=task, tag=tag, cursor=cursor,
                                    limit=min(limit - len(jobs), admin.MAX_PAGE_SIZE))
@@ -180,11 +183,12 @@ def retry_command(
     a failed job whose unique_key a live job holds stays failed, and is named (--json: "skipped").
     """
     if (job_id is None) == (not failed):
-        fail("give a job ID or --failed (not both)")
+        usage_error("give a job ID or --failed (not both)")
     if queue is not None and not failed:
-        fail("--queue only applies to --failed")
+        usage_error("--queue only applies to --failed")
     if queue is not None:
-        check_queue_name(queue)
+        with checking_options():
+            check_queue_name(queue)
     if job_id is None:
         with open_session(dsn) as conn:
             retried = admin.retry_failed(conn, queue=queue, actor=actor(), source=SOURCE)

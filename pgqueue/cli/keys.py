@@ -16,7 +16,7 @@ from pgqueue import _key_rotation
 from pgqueue._crypto import Keyring, generate_key
 from pgqueue._db.keys import KeyStore
 from pgqueue.cli._admin import SOURCE, actor, open_store
-from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._context import DsnOption, JsonOption, fail, usage_error
 from pgqueue.cli._output import print_json, stderr_progress
 from pgqueue.settings import Settings
 
@@ -50,7 +50,7 @@ def rotate_command(
     Exits 1 when some ciphertexts are under a key that is not configured, or damaged (they are left unchanged).
     """
     if not 1 <= batch <= 10_000:
-        fail(f"--batch {batch} must be between 1 and 10000")
+        usage_error(f"--batch {batch} must be between 1 and 10000")
     keyring = Keyring(Settings.from_env().encryption_keys)
     with open_store(dsn, KeyStore) as store:
         total = _key_rotation.stale_counts(store, keyring)["jobs"]

@@ -19,7 +19,7 @@ from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 from pgqueue import admin
 from pgqueue._retention import BATCH_SIZE, MAX_BATCH_SIZE
 from pgqueue.cli._admin import SOURCE, actor
-from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve, usage_error
 from pgqueue.cli._output import Column, emit, print_json, stderr_progress
 from pgqueue.errors import ConfigurationError
 from pgqueue.settings import parse_duration
@@ -80,9 +80,9 @@ def prune(
             try:  # checked here first so the message names the option
                 parse_duration(raw, option)
             except ConfigurationError as exc:
-                fail(str(exc), code=2)
+                usage_error(str(exc))
     if not 1 <= batch <= MAX_BATCH_SIZE:
-        fail(f"--batch {batch} must be between 1 and {MAX_BATCH_SIZE}", code=2)
+        usage_error(f"--batch {batch} must be between 1 and {MAX_BATCH_SIZE}")
     target = resolve(dsn)
     progress = stderr_progress(SpinnerColumn(), TextColumn("pruning {task.description}: {task.completed:,} rows"),
                                TimeElapsedColumn(), quiet=json_output or dry_run)

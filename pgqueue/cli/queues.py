@@ -16,8 +16,9 @@ from pgqueue import admin
 from pgqueue._humanize import format_seconds, whole_number
 from pgqueue._payload import check_queue_name
 from pgqueue.cli._admin import SOURCE, actor, open_session, parse_state
-from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._context import DsnOption, JsonOption, checking_options, fail, usage_error
 from pgqueue.cli._output import Column, emit, emit_message, format_value
+from pgqueue.errors import InvalidQueueLimits
 from pgqueue.jobs import JobState
 
 app = typer.Typer(help="Per-queue counts and controls: list, pause, resume, purge, set limits.",
@@ -120,7 +121,8 @@ def purge_command(
     """
     check_queue_name(queue)
     if state is not None and state.strip().lower() == JobState.RUNNING:
-        fail("running jobs cannot be purged: their workers hold them; cancel them first (pgqueue jobs cancel ID)")
+        usage_error("running jobs cannot be purged: their workers hold them; cancel them first "
+                    "(pgqueue jobs cancel ID)")
     wanted = parse_state(state, admin.PURGEABLE_STATES)
     scope = f"{wanted} jobs" if wanted else "jobs"
     if not yes:
@@ -164,7 +166,7 @@ def _limit_option(raw: str | None, name: str) -> Any:
         text = raw.strip()
         number = whole_number(text.removeprefix("-"))  # a negative one is left to admin's message
         if number is None:
-            fail(f"--concurrency {raw!r} must be a whole number >= 1 or 'none'")
+            usage_error(f"--concurrency {raw!r} must be a whole number >= 1 or 'none'")
         return -number if text.startswith("-") else number
     return raw
 
@@ -187,9 +189,10 @@ def set_command(
     Stored in pgqueue.queues (concurrency, rate_limit, rate_period_seconds) with an audit row.
     """
     if concurrency is None and rate is None:
-        fail("give --concurrency, --rate or both ('none' removes a limit)")
+        usage_error("give --concurrency, --rate or both ('none' removes a limit)")
     check_queue_name(queue)
-    with open_session(dsn) as conn:
+    # set_queue_limits checks the values before it reads anything (a database error still exits 1).
+    with checking_options(InvalidQueueLimits), open_session(dsn) as conn:
         info = admin.set_queue_limits(conn, queue, concurrency=_limit_option(concurrency, "concurrency"),
                                       rate=_limit_option(rate, "rate"), actor=actor(), create=create, source=SOURCE)
     message = (f"queue {queue!r}: concurrency {format_value(info.concurrency) if info.concurrency else 'unlimited'}, "

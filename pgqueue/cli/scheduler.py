@@ -14,7 +14,7 @@ from pgqueue._cron import DEFAULT_MISFIRE_GRACE
 from pgqueue._db.sessions import check_dsn
 from pgqueue._loader import load_app
 from pgqueue._scheduler import MIN_MISFIRE_GRACE_SECONDS, MISFIRE_GRACE_RULE, Scheduler
-from pgqueue.cli._context import DsnOption, fail, resolve
+from pgqueue.cli._context import DsnOption, fail, resolve, usage_error
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import normalize_dsn
 
@@ -38,7 +38,7 @@ def scheduler(
     at once: the database admits each fire time once.
     """
     if not MIN_MISFIRE_GRACE_SECONDS <= misfire_grace_seconds < math.inf:  # nan and inf parse as floats
-        fail(f"--misfire-grace-seconds {misfire_grace_seconds:g} {MISFIRE_GRACE_RULE}")
+        usage_error(f"--misfire-grace-seconds {misfire_grace_seconds:g} {MISFIRE_GRACE_RULE}")
     try:
         app = load_app(app_path)
         if dsn:

@@ -20,13 +20,14 @@ import typer
 from pgqueue._cron import DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP, MISFIRE_POLICIES, load_timezone
 from pgqueue._db.schedules import ScheduleStore
 from pgqueue.cli._admin import actor, open_store
-from pgqueue.cli._context import DsnOption, JsonOption, fail
+from pgqueue.cli._context import DsnOption, JsonOption, checking_options, fail, usage_error
 from pgqueue.cli._output import Column, emit, emit_message
 from pgqueue.errors import InvalidTimezone, PgqueueError
 from pgqueue.schedules import (
     Schedule,
     ScheduleSpec,
     add_schedule,
+    check_schedule_name,
     list_schedules,
     pause_schedule,
     remove_schedule,
@@ -126,9 +127,9 @@ def _parse_args(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        fail(f"--args {raw!r} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+        usage_error(f"--args {raw!r} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
     if not isinstance(value, dict):
-        fail(f"--args must be a JSON object such as '{{\"report_id\": 1}}', got {type(value).__name__}")
+        usage_error(f"--args must be a JSON object such as '{{\"report_id\": 1}}', got {type(value).__name__}")
     return value
 
 
@@ -136,7 +137,7 @@ def _parse_max_catchup(raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        fail(f"--max-catchup {raw!r} must be an integer from 1 to {MAX_MAX_CATCHUP}")
+        usage_error(f"--max-catchup {raw!r} must be an integer from 1 to {MAX_MAX_CATCHUP}")
 
 
 @app.command("add")
@@ -161,16 +162,20 @@ def add_command(
     dsn: DsnOption = None,
 ) -> None:
     """Add a run-time schedule (or replace one with --replace). Its first run is the next fire time."""
-    if misfire not in MISFIRE_POLICIES:
-        fail(f"--misfire {misfire!r} must be one of {', '.join(MISFIRE_POLICIES)}")
     try:
+        # The NAME argument names a schedule, as for remove or pause: a bad one exits 1 there too.
+        check_schedule_name(name)
+        max_payload_bytes = Settings.from_env().max_payload_bytes
+    except PgqueueError as exc:
+        fail(str(exc))
+    if misfire not in MISFIRE_POLICIES:
+        usage_error(f"--misfire {misfire!r} must be one of {', '.join(MISFIRE_POLICIES)}")
+    with checking_options():  # the options: --cron, --task, --args, --timezone, --queue, --priority, ...
         spec = ScheduleSpec.build(
             name=name, cron=cron, task=task, args=_parse_args(args), timezone=timezone, queue=queue,
             priority=priority, misfire=misfire, max_catchup=_parse_max_catchup(max_catchup),
-            max_payload_bytes=Settings.from_env().max_payload_bytes,
+            max_payload_bytes=max_payload_bytes,
         )
-    except PgqueueError as exc:
-        fail(str(exc))
     with _connection(dsn) as store:
         schedule = add_schedule(store.conn, spec, replace=replace, actor=actor())
         [summary] = describe([schedule], store.db_now())

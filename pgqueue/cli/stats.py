@@ -17,7 +17,7 @@ import typer
 
 from pgqueue import admin
 from pgqueue.cli._admin import open_session
-from pgqueue.cli._context import DsnOption, JsonOption, fail, resolve
+from pgqueue.cli._context import DsnOption, JsonOption, resolve, usage_error
 from pgqueue.cli._output import Column, emit, print_json
 from pgqueue.cli.queues import QUEUE_COLUMNS, queue_rows
 from pgqueue.settings import MAX_DURATION_SECONDS
@@ -103,9 +103,9 @@ def health(
     """
     # Bounded above too: the database computes now() - interval from them, which overflows.
     if not 0 < max_age <= MAX_DURATION_SECONDS:
-        fail(f"--max-age {max_age:g} must be seconds, greater than zero and at most 100 years")
+        usage_error(f"--max-age {max_age:g} must be seconds, greater than zero and at most 100 years")
     if not 0 < max_xact_age <= MAX_DURATION_SECONDS:
-        fail(f"--max-xact-age {max_xact_age:g} must be seconds, greater than zero and at most 100 years")
+        usage_error(f"--max-xact-age {max_xact_age:g} must be seconds, greater than zero and at most 100 years")
     report = admin.health(resolve(dsn), max_age=max_age, max_xact_age=max_xact_age)
     if json_output:
         print_json(report.as_dict())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pgqueue.cli._context import DsnOption, fail, resolve
+from pgqueue.cli._context import DsnOption, checking_options, fail, resolve, usage_error
 from pgqueue.cli._startup import resume_gc
 from pgqueue.errors import PgqueueError
 from pgqueue.settings import Settings, normalize_dsn, parse_prefetch
@@ -73,17 +73,21 @@ def worker(
 
     try:
         queues = list(queue) if queue else None
-        try:
-            build_pools(queues, concurrency)
-        except ValueError as exc:
-            fail(str(exc))
-        for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds)):
-            if value is not None and not 0 < value < math.inf:  # nan and inf parse as floats
-                fail(f"{name} {value} must be greater than zero (and finite)")
-        # 0 is a grace too: SIGTERM releases the running jobs at once (a preStop hook drained them).
-        if shutdown_grace_seconds is not None and not 0 <= shutdown_grace_seconds < math.inf:
-            fail(f"--shutdown-grace-seconds {shutdown_grace_seconds} must be zero or more (and finite)")
-        prefetch_cap = parse_prefetch(prefetch) if prefetch is not None else None
+        with checking_options():
+            try:
+                build_pools(queues, concurrency)
+            except ValueError as exc:
+                usage_error(str(exc))
+            for name, value in (("--lease-seconds", lease_seconds), ("--poll-seconds", poll_seconds)):
+                if value is not None and not 0 < value < math.inf:  # nan and inf parse as floats
+                    usage_error(f"{name} {value} must be greater than zero (and finite)")
+            # 0 is a grace too: SIGTERM releases the running jobs at once (a preStop hook drained them).
+            if shutdown_grace_seconds is not None and not 0 <= shutdown_grace_seconds < math.inf:
+                usage_error(f"--shutdown-grace-seconds {shutdown_grace_seconds} must be zero or more (and finite)")
+            prefetch_cap = parse_prefetch(prefetch) if prefetch is not None else None
+            if metrics_port is not None and metrics_port + processes - 1 > 65535:
+                usage_error(f"--metrics-port {metrics_port} with --processes {processes} needs ports up to "
+                            f"{metrics_port + processes - 1}; the highest is 65535")
         settings = Settings.from_env(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                      shutdown_grace_seconds=shutdown_grace_seconds,
                                      listen_dsn=normalize_dsn(listen_dsn) if listen_dsn else None,
@@ -91,7 +95,7 @@ def worker(
         if prefetch is not None:
             settings = replace(settings, prefetch=prefetch_cap)
         if metrics_port is not None:
-            _check_metrics(metrics_port, processes)
+            _check_metrics_extra()
         # The worker's own code first, then the app: from the app's import on, only the database
         # set-up and the first claim stand between it and the first job. A supervisor's children
         # are forks of it (see pgqueue._worker.supervisor): they then import nothing of pgqueue's.
@@ -242,15 +246,12 @@ def _run_worker(app: App, settings: Settings, queues: list[str] | None, concurre
     return code
 
 
-def _check_metrics(port: int, processes: int) -> None:
-    """Before anything starts: the extra is installed and every process's port exists."""
+def _check_metrics_extra() -> None:
+    """Before anything starts: the web extra is installed."""
     try:
         import prometheus_client  # noqa: F401 - only checks the web extra is there
     except ImportError:
         fail("--metrics-port needs prometheus-client: pip install 'pgqueue[web]'")
-    if port + processes - 1 > 65535:
-        fail(f"--metrics-port {port} with --processes {processes} needs ports up to {port + processes - 1}; "
-             "the highest is 65535")
 
 
 def _serve_metrics(base_port: int, host: str, dsn: str) -> Metrics:

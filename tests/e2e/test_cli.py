@@ -417,31 +417,17 @@ def error_db(pg_server_dsn: str, template_db: str) -> Iterator[tuple[str, dict[s
 
 
 USER_ERRORS = [
-    (["enqueue", "t", "--args", '{"to": oops}'], "--args is not valid JSON: Expecting value at line 1, column 8"),
-    (["enqueue", "t", "--args", "[1, 2]"], "--args must be a JSON object"),
-    (["enqueue", "t", "--priority", "urgent"], "priority 'urgent' must be an integer or one of critical, high"),
-    (["enqueue", "t", "--queue", "Bad Queue"], "queue name 'Bad Queue' must match [a-z0-9_-]{1,63}"),
-    (["enqueue", "t", "--run-at", "2030-01-01T09:00"], "needs a UTC offset"),
     (["jobs", "show", "424242"], "job 424242 not found"),
     (["jobs", "retry", "424242"], "job 424242 not found"),
     (["jobs", "show", "abc"], "job id 'abc' must be a positive integer"),
     # isdigit() takes superscripts that int() then refuses: once "invalid literal for int()" and a file name.
     (["jobs", "show", "²"], "job id '²' must be a positive integer"),
-    (["queues", "set", "default", "--concurrency", "²"], "--concurrency '²' must be a whole number >= 1 or 'none'"),
-    (["jobs", "list", "--state", "done"],
-     "state 'done' is not valid here; valid states: waiting, scheduled, available, running, completed, failed, "
-     "cancelled"),
     (["jobs", "cancel", "<completed>"],
      "job <completed> is completed; only waiting, scheduled, available or running jobs can be cancelled"),
     (["jobs", "delete", "<running>"], "job <running> is running; a running job cannot be deleted: cancel it first"),
+    # An argument names something (a job, a queue, a schedule): a malformed one reads as not found.
     (["queues", "pause", "Bad Queue"], "queue name 'Bad Queue' must match"),
-    # Checked before the app is imported; nan once passed `<= 0` and ran a worker whose leases overflowed.
-    (["worker", "--app", "nowhere:app", "--lease-seconds", "nan"], "--lease-seconds nan must be greater than zero"),
-    # A pass lands milliseconds after a fire time: with a grace of 0 every run counted as missed.
-    (["scheduler", "--app", "nowhere:app", "--misfire-grace-seconds", "0"],
-     "--misfire-grace-seconds 0 must be a number of seconds >= 1"),
-    (["health", "--max-xact-age", "1e300"],  # once reached the database: "unexpected DatetimeFieldOverflow"
-     "--max-xact-age 1e+300 must be seconds, greater than zero and at most 100 years"),
+    (["schedules", "add", " padded", "--cron", "* * * * *", "--task", "t"], "schedule name ' padded' must be"),
 ]
 
 
@@ -460,6 +446,97 @@ def test_a_user_error_prints_one_line_and_exits_1(error_db: tuple[str, dict[str,
 
     assert_one_line_error(result, fill(message))
     assert result.stdout == ""
+
+# --- a bad option value: a usage error, one line on stderr, exit 2 (as click's own checks) --------
+
+BAD_OPTION_VALUES = [
+    # pgqueue worker: checked before the app is imported (nan once passed `<= 0` and ran a worker
+    # whose leases overflowed).
+    (["worker", "--app", "nowhere:app", "--lease-seconds", "nan"], "--lease-seconds nan must be greater than zero"),
+    (["worker", "--app", "nowhere:app", "--poll-seconds", "0"], "--poll-seconds 0.0 must be greater than zero"),
+    (["worker", "--app", "nowhere:app", "--shutdown-grace-seconds", "-1"],
+     "--shutdown-grace-seconds -1.0 must be zero or more"),
+    (["worker", "--app", "nowhere:app", "--queue", "Bad Queue"], "queue name 'Bad Queue' must match"),
+    (["worker", "--app", "nowhere:app", "--queue", "emails=0"], "queue 'emails': slots 0 must be a whole number"),
+    (["worker", "--app", "nowhere:app", "--prefetch", "lots"], "--prefetch 'lots' must be 'auto' or a whole number"),
+    (["worker", "--app", "nowhere:app", "--metrics-port", "65535", "--processes", "2"],
+     "--metrics-port 65535 with --processes 2 needs ports up to 65536"),
+    (["worker", "--app", "nowhere:app", "--concurrency", "0"], "Invalid value for '--concurrency'"),  # click's own
+    # A pass lands milliseconds after a fire time: with a grace of 0 every run counted as missed.
+    (["scheduler", "--app", "nowhere:app", "--misfire-grace-seconds", "0"],
+     "--misfire-grace-seconds 0 must be a number of seconds >= 1"),
+    (["enqueue", "t", "--args", '{"to": oops}'], "--args is not valid JSON: Expecting value at line 1, column 8"),
+    (["enqueue", "t", "--args", "[1, 2]"], "--args must be a JSON object"),
+    (["enqueue", "t", "--priority", "urgent"], "priority 'urgent' must be an integer or one of critical, high"),
+    (["enqueue", "t", "--queue", "Bad Queue"], "queue name 'Bad Queue' must match [a-z0-9_-]{1,63}"),
+    (["enqueue", "t", "--run-at", "2030-01-01T09:00"], "needs a UTC offset"),
+    (["enqueue", "t", "--run-at", "9999-01-01T00:00:00Z"], "run_at 9999-01-01T00:00:00+00:00 must be between"),
+    (["enqueue", "t", "--delay", "-1"], "--delay -1 must be a number of seconds, 0 or more"),
+    (["enqueue", "t", "--delay", "1", "--run-at", "2030-01-01T09:00Z"], "give --delay or --run-at, not both"),
+    (["enqueue", "t", "--max-attempts", "0"], "max_attempts 0 must be an integer from 1 to 10000"),
+    (["enqueue", "t", "--tag", ""], "tag '' must be a non-empty string"),
+    (["enqueue", "t", "--group", ""], "group '' must be a non-empty string"),
+    (["enqueue", "t", "--unique-key", ""], "unique_key '' must be a non-empty string"),
+    (["enqueue", "t", "--depends-on", "0"], "depends_on item 0 must be a job id"),
+    (["enqueue", "t", "--on-dependency-failure", "skip"], "on_dependency_failure 'skip' must be 'cancel' or 'run'"),
+    (["jobs", "list", "--limit", "0"], "--limit 0 must be between 1 and 10000"),
+    (["jobs", "list", "--state", "done"],
+     "state 'done' is not valid here; valid states: waiting, scheduled, available, running, completed, failed, "
+     "cancelled"),
+    (["jobs", "list", "--queue", "Bad Queue"], "queue name 'Bad Queue' must match"),
+    (["jobs", "list", "--tag", ""], "tag '' must be a non-empty string"),
+    (["jobs", "retry", "--failed", "--queue", "Bad Queue"], "queue name 'Bad Queue' must match"),
+    (["jobs", "retry", "<completed>", "--failed"], "give a job ID or --failed (not both)"),
+    (["queues", "purge", "default", "--state", "done", "--yes"], "state 'done' is not valid here"),
+    (["queues", "purge", "default", "--state", "running", "--yes"], "running jobs cannot be purged"),
+    (["queues", "set", "default", "--concurrency", "²"], "--concurrency '²' must be a whole number >= 1 or 'none'"),
+    (["queues", "set", "default", "--concurrency", "0"], "concurrency 0 must be a whole number from 1 to"),
+    (["queues", "set", "default", "--rate", "20/fortnight"], "rate '20/fortnight' must look like N/s"),
+    (["queues", "set", "default"], "give --concurrency, --rate or both"),
+    (["schedules", "add", "s", "--cron", "61 * * * *", "--task", "t"], "61"),
+    (["schedules", "add", "s", "--cron", "* * * * *", "--task", "t", "--timezone", "Mars/Base"],
+     "unknown time zone 'Mars/Base'"),
+    (["schedules", "add", "s", "--cron", "* * * * *", "--task", "t", "--args", "{"], "--args '{' is not valid JSON"),
+    (["schedules", "add", "s", "--cron", "* * * * *", "--task", "t", "--misfire", "twice"],
+     "--misfire 'twice' must be one of once, skip, all"),
+    (["schedules", "add", "s", "--cron", "* * * * *", "--task", "t", "--max-catchup", "0"],
+     "max_catchup 0 must be an integer from 1 to 10000"),
+    (["schedules", "add", "s", "--cron", "* * * * *", "--task", "t", "--queue", "Bad Queue"],
+     "queue name 'Bad Queue' must match"),
+    (["health", "--max-age", "0"], "--max-age 0 must be seconds, greater than zero"),
+    (["health", "--max-xact-age", "1e300"],  # once reached the database: "unexpected DatetimeFieldOverflow"
+     "--max-xact-age 1e+300 must be seconds, greater than zero and at most 100 years"),
+    (["prune", "--completed-older-than", "soon"], "--completed-older-than 'soon' must be a duration"),
+    (["audit", "verify", "--audit-retention", "soon"], "--audit-retention 'soon' must be a duration"),
+    # A typo once read as "the audit trail was altered" (its digest is in no chain).
+    (["audit", "verify", "--expect", "abc"], "--expect 'abc' must be a head digest"),
+    (["keys", "rotate", "--batch", "0"], "--batch 0 must be between 1 and 10000"),
+    (["bench", "--scenario", "nope"], "unknown scenario 'nope'"),
+    (["demo", "--timeout", "-1"], "--timeout -1 must be seconds, greater than zero"),
+    (["demo", "--database", ""], "--database '' must be a database name of 1-63 bytes"),  # was a crash
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_OPTION_VALUES, ids=[
+    " ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(BAD_OPTION_VALUES)])
+def test_a_bad_option_value_is_a_usage_error_one_line_exit_2_and_changes_nothing(
+        error_db: tuple[str, dict[str, int]], argv: list[str], message: str) -> None:
+    database_dsn, ids = error_db
+    argv = [arg.replace("<completed>", str(ids["completed"])) for arg in argv]
+    with psycopg.connect(database_dsn) as conn:
+        before = conn.execute("SELECT (SELECT count(*) FROM pgqueue.jobs), (SELECT count(*) FROM pgqueue.job_events),"
+                              " (SELECT count(*) FROM pgqueue.queues)").fetchone()
+
+    result = run(database_dsn, *argv)
+
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("pgqueue: error: "), line
+    assert message in line, line
+    assert result.stdout == ""
+    with psycopg.connect(database_dsn) as conn:
+        assert conn.execute("SELECT (SELECT count(*) FROM pgqueue.jobs), (SELECT count(*) FROM pgqueue.job_events),"
+                            " (SELECT count(*) FROM pgqueue.queues)").fetchone() == before
 
 
 USAGE_ERRORS = [

@@ -161,28 +161,30 @@ def test_schedules_commands_manage_runtime_schedules_and_report_bad_input_in_one
     assert paused.returncode == 0, paused.stderr
 
     before = db.execute("SELECT count(*) FROM pgqueue.job_events").fetchone()
+    # Exit 2: a bad option value is a usage error; exit 1: the NAME (malformed, taken or missing).
     bad_input = [
-        (("add", "bad", "--cron", "61 * * * *", "--task", "t"), "invalid cron expression '61 * * * *'"),
-        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--timezone", "Mars/Base"), "unknown time zone"),
-        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--queue", "Bad Queue"), "queue name 'Bad Queue'"),
-        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--args", "{nope"), "--args '{nope' is not valid JSON"),
-        (("add", "nightly", "--cron", "* * * * *", "--task", "t"), "already exists; pass --replace"),
-        (("remove", "missing"), "no schedule named 'missing'"),
+        (("add", "bad", "--cron", "61 * * * *", "--task", "t"), 2, "invalid cron expression '61 * * * *'"),
+        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--timezone", "Mars/Base"), 2, "unknown time zone"),
+        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--queue", "Bad Queue"), 2, "queue name 'Bad Queue'"),
+        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--args", "{nope"), 2,
+         "--args '{nope' is not valid JSON"),
+        (("add", "nightly", "--cron", "* * * * *", "--task", "t"), 1, "already exists; pass --replace"),
+        (("remove", "missing"), 1, "no schedule named 'missing'"),
         # Refused before any SQL (issue 14): croniter would have wrapped the reversed range; the
         # undecodable byte in argv reaches Python as a lone surrogate; the escape never reaches
         # the terminal raw.
-        (("add", "bad", "--cron", "5-1 * * * *", "--task", "t"), "range 5-1 in the minute field is reversed"),
-        (("add", "bad" + chr(0xDCFF), "--cron", "* * * * *", "--task", "t"), "lone surrogates"),
-        (("add", "\x1b[31mred", "--cron", "* * * * *", "--task", "t"), "schedule name '\\x1b[31mred'"),
-        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--args", '{"a": "\\ud800"}'), "lone surrogate"),
-        (("pause", "bad" + chr(0xDCFF)), "lone surrogates"),
+        (("add", "bad", "--cron", "5-1 * * * *", "--task", "t"), 2, "range 5-1 in the minute field is reversed"),
+        (("add", "bad" + chr(0xDCFF), "--cron", "* * * * *", "--task", "t"), 1, "lone surrogates"),
+        (("add", "\x1b[31mred", "--cron", "* * * * *", "--task", "t"), 1, "schedule name '\\x1b[31mred'"),
+        (("add", "bad", "--cron", "* * * * *", "--task", "t", "--args", '{"a": "\\ud800"}'), 2, "lone surrogate"),
+        (("pause", "bad" + chr(0xDCFF)), 1, "lone surrogates"),
     ]
     listed, table, *results = side_by_side(
         run_cli, dsn, ("schedules", "list", "--json"), ("schedules", "list"),
-        *[("schedules", *args) for args, _ in bad_input])
+        *[("schedules", *args) for args, _, _ in bad_input])
 
-    for (args, message), result in zip(bad_input, results, strict=True):
-        assert result.returncode == 1, (args, result.stdout, result.stderr)
+    for (args, code, message), result in zip(bad_input, results, strict=True):
+        assert result.returncode == code, (args, result.stdout, result.stderr)
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("pgqueue: error: ")
         assert message in line
