@@ -86,6 +86,7 @@ __all__ = [
     "ScheduleInfo",
     "TaskLimitsInfo",
     "WorkerInfo",
+    "WorkflowHead",
     "WorkflowInfo",
     "WorkflowJob",
     "cancel_job",
@@ -94,6 +95,7 @@ __all__ = [
     "format_rate",
     "get_job",
     "get_workflow",
+    "get_workflow_head",
     "health",
     "list_breakers",
     "list_job_events",
@@ -1374,16 +1376,44 @@ class WorkflowInfo:
 
     @property
     def state(self) -> str:
-        states = {job.state for job in self.jobs}
-        if states == {"completed"}:
-            return "completed"
-        if states <= set(FINISHED_STATES):
-            return "failed"
-        return "running"
+        return _workflow_state({job.state for job in self.jobs})
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "counts": self.counts,
                 "jobs": [job.as_dict() for job in self.jobs]}
+
+
+@dataclass(frozen=True)
+class WorkflowHead:
+    """The head of a workflow, for a view that polls it (:func:`get_workflow_head`): its first
+    jobs in enqueue order (and one wanted job wherever it is), with counts per state for all of them.
+    """
+
+    id: str
+    jobs: list[WorkflowJob]
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def hidden(self) -> int:
+        """How many jobs of the workflow :attr:`jobs` leaves out."""
+        return max(self.total - len(self.jobs), 0)
+
+    @property
+    def state(self) -> str:
+        """As :attr:`WorkflowInfo.state`."""
+        return _workflow_state({state for state, n in self.counts.items() if n})
+
+
+def _workflow_state(states: set[str]) -> str:
+    if states == {"completed"}:
+        return "completed"
+    if states <= set(FINISHED_STATES):
+        return "failed"
+    return "running"
 
 
 def _check_workflow_id(workflow_id: Any) -> str:
@@ -1415,6 +1445,38 @@ def get_workflow(conn: Any, workflow_id: str | int) -> WorkflowInfo:
     if not rows:
         raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
     return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
+
+
+def get_workflow_head(conn: Any, workflow_id: str | int, *, limit: int = 50,
+                      include: int | None = None) -> WorkflowHead:
+    """The first ``limit`` jobs of a workflow (and job ``include`` wherever it is), with counts per
+    state of all its jobs, computed in the database: for a view that polls a workflow of any size
+    (the dashboard's job page). A job id is accepted as ``workflow_id`` too, as for :func:`get_workflow`.
+
+    Raises:
+        WorkflowNotFound: no job carries that workflow id (or that job belongs to no workflow).
+
+    Example:
+        >>> head = admin.get_workflow_head(conn, wf.id, limit=50)
+        >>> len(head.jobs), head.counts
+        (50, {'available': 5000, 'waiting': 1})
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidFilter(f"limit {limit!r} must be between 1 and {MAX_PAGE_SIZE}")
+    store = WorkflowStore(sync_connection(conn))
+    job_id = workflow_id if isinstance(workflow_id, int) else whole_number(str(workflow_id))
+    if job_id is not None:
+        found = store.workflow_of(job_id)
+        if found is None:
+            raise WorkflowNotFound(f"job {workflow_id} belongs to no workflow (or does not exist)")
+        workflow_id = found
+    wanted = _check_workflow_id(workflow_id)
+    counts = store.counts(wanted)
+    if not counts:
+        raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
+    rows = store.head(wanted, limit, include)
+    return WorkflowHead(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows],
+                        counts)
 
 
 def cancel_workflow(conn: Any, workflow_id: str | int, *, actor: str | None = None,

@@ -16,6 +16,8 @@ from pgqueue._db.queries import load_queries
 
 class WorkflowQueries(NamedTuple):
     get_workflow_jobs: LiteralString
+    get_workflow_head: LiteralString
+    count_workflow_jobs: LiteralString
     get_job_workflow: LiteralString
     cancel_workflow: LiteralString
     find_workflow_dead_jobs: LiteralString
@@ -36,6 +38,17 @@ class WorkflowStore:
         with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(WORKFLOWS.get_workflow_jobs, {"workflow_id": workflow_id})
             return cur.fetchall()
+
+    def head(self, workflow_id: str, limit: int, job_id: int | None) -> list[dict[str, Any]]:
+        """The first ``limit`` jobs of the workflow, and ``job_id``'s row wherever it is (as :meth:`jobs`)."""
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(WORKFLOWS.get_workflow_head, {"workflow_id": workflow_id, "limit": limit, "job_id": job_id})
+            return cur.fetchall()
+
+    def counts(self, workflow_id: str) -> dict[str, int]:
+        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(WORKFLOWS.count_workflow_jobs, {"workflow_id": workflow_id}).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
 
     def workflow_of(self, job_id: int) -> str | None:
         with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:

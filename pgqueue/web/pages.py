@@ -26,6 +26,8 @@ from pgqueue.web.auth import COOKIE, CSRF_HEADER
 
 CHART_BUCKET = timedelta(minutes=5)
 CHART_BUCKETS = 12  # the last hour
+#: Jobs of its workflow a job page lists (and the job itself); the counts cover all of them.
+WORKFLOW_ROWS = 50
 
 
 def _ago(value: datetime | None) -> str:
@@ -140,7 +142,10 @@ def job(request: Request) -> Response:
         record = admin.get_job(conn, job_id)
         events = admin.list_job_events(conn, job_id)
         try:  # a chain or group the job belongs to (pgqueue.workflows), shown below the job
-            workflow: admin.WorkflowInfo | None = admin.get_workflow(conn, record.id)
+            # The page polls: its first rows (and this job's) and counts from SQL, never the
+            # whole of a 5,000-job group each refresh.
+            workflow: admin.WorkflowHead | None = admin.get_workflow_head(
+                conn, record.id, limit=WORKFLOW_ROWS, include=record.id)
         except WorkflowNotFound:
             workflow = None
     return _render(request, "job.html", "_job.html", title=f"Job {record.id}", job=record, events=events,

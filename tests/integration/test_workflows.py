@@ -523,3 +523,32 @@ def test_a_workflow_id_that_is_neither_a_job_id_nor_a_uuid_is_workflow_not_found
     # "²" passed str.isdigit() and then failed int(); 5000 digits are over int()'s limit.
     with pytest.raises(WorkflowNotFound, match="is not a UUID"):
         admin.get_workflow(conn, wanted)
+
+
+def test_the_head_of_a_5000_job_group_is_its_first_50_rows_and_counts_for_all(app: App, conn: Db) -> None:
+    # What the dashboard's job page polls: it loaded the whole workflow each refresh.
+    wf = app.enqueue_workflow(conn, pgqueue.group([pgqueue.sig("step", {"n": n}) for n in range(5000)],
+                                                  then=pgqueue.sig("collect")))
+    conn.commit()
+    members, callback = wf.job_ids[:-1], wf.job_ids[-1]
+    admin.cancel_job(conn, members[-1], actor="test")  # its callback is cancelled with it
+    conn.commit()
+
+    head = admin.get_workflow_head(conn, wf.id, limit=50)
+    assert [job.id for job in head.jobs] == members[:50]
+    assert head.counts == {"available": 4999, "cancelled": 2}
+    assert (head.total, head.hidden, head.state) == (5001, 4951, "running")
+    assert head.jobs[0].depends_on == []
+
+    # The job a page is about is listed too, wherever it is; a job id finds its workflow.
+    mine = admin.get_workflow_head(conn, callback, limit=50, include=callback)
+    assert [job.id for job in mine.jobs] == [*members[:50], callback]
+    assert mine.jobs[-1].depends_on == members
+    assert mine.jobs[-1].state == "cancelled"
+    assert mine.hidden == 4950
+    whole = admin.get_workflow(conn, wf.id)
+    assert mine.counts == whole.counts
+    assert mine.state == whole.state
+
+    with pytest.raises(WorkflowNotFound):
+        admin.get_workflow_head(conn, str(uuid.uuid4()))

@@ -12,6 +12,26 @@ FROM pgqueue.jobs AS j
 WHERE j.workflow_id = %(workflow_id)s::uuid
 ORDER BY j.id;
 
+-- name: get_workflow_head
+-- The first %(limit)s jobs of the workflow in id order, and %(job_id)s's own row wherever it is:
+-- what a page that polls shows (the dashboard's job page), not the whole of a 5,000-job group.
+-- Columns as get_workflow_jobs.
+WITH head AS (
+    SELECT id FROM pgqueue.jobs WHERE workflow_id = %(workflow_id)s::uuid ORDER BY id LIMIT %(limit)s
+)
+SELECT j.id, j.task, j.queue, j.state, j.attempt, j.max_attempts, j.pending_dependencies,
+       j.on_dependency_failure, j.enqueued_at, j.started_at, j.finished_at, j.last_error ->> 'type' AS error_type,
+       ARRAY(SELECT e.depends_on FROM pgqueue.job_dependencies AS e WHERE e.job_id = j.id ORDER BY e.depends_on)
+           AS depends_on
+FROM pgqueue.jobs AS j
+WHERE j.workflow_id = %(workflow_id)s::uuid
+  AND (j.id IN (SELECT id FROM head) OR j.id = %(job_id)s::bigint)
+ORDER BY j.id;
+
+-- name: count_workflow_jobs
+-- Through jobs_workflow_idx: how many jobs of the workflow are in each state.
+SELECT state, count(*)::int AS n FROM pgqueue.jobs WHERE workflow_id = %(workflow_id)s::uuid GROUP BY state;
+
 -- name: get_job_workflow
 SELECT workflow_id::text FROM pgqueue.jobs WHERE id = %(id)s;
 
