@@ -64,6 +64,7 @@ class JobQueries(NamedTuple):
     update_progress: LiteralString
     get_job: LiteralString
     retry_jobs: LiteralString
+    cancel_stranded_dependents: LiteralString
     cancel_job: LiteralString
     delete_job: LiteralString
     purge_queue: LiteralString
@@ -600,7 +601,13 @@ class JobStore:
                 "ids": list(ids) if ids is not None else None, "queue": queue,
                 "only_failed": only_failed, "actor": actor, "source": source, "channel": NOTIFY_CHANNEL,
             }).fetchall()
-        return Retried(retried=sorted(r[0] for r in rows if r[1]), skipped=sorted(r[0] for r in rows if not r[1]))
+            retried = sorted(r[0] for r in rows if r[1])
+            if retried:
+                # A separate statement: the dependents the retry revived are waiting only once the
+                # retry's own statement (and its settle trigger) has ended.
+                execute_on(self.conn, JOBS.cancel_stranded_dependents, {
+                    "ids": retried, "actor": actor, "source": source, "done_channel": DONE_CHANNEL}).fetchall()
+        return Retried(retried=retried, skipped=sorted(r[0] for r in rows if not r[1]))
 
     def live_job_with_unique_key(self, unique_key: str) -> int | None:
         """The scheduled, available or running job that holds ``unique_key``, if any."""

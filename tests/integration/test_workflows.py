@@ -324,6 +324,35 @@ def test_retrying_a_workflow_whose_failed_step_was_deleted_is_refused_and_change
     assert admin.get_workflow(conn, wf.id).state == "failed"
 
 
+@pytest.mark.parametrize("retry", ["job", "failed"])
+def test_retrying_a_member_does_not_leave_a_callback_waiting_for_a_deleted_member(
+        app: App, conn: Db, retry: str) -> None:
+    wf = app.enqueue_workflow(conn, pgqueue.group([pgqueue.sig("boom"), pgqueue.sig("boom")],
+                                                  then=pgqueue.sig("collect")))
+    conn.commit()
+    run_all(app)
+    deleted, member, callback = wf.job_ids
+    assert states(conn, wf.job_ids) == ["failed", "failed", "cancelled"]
+    admin.delete_job(conn, deleted, actor="test")
+    conn.commit()
+
+    # The retry brings the callback back (its failed member is retried), but it could only wait
+    # for ever for the deleted one: its policy cancels it again, in the same transaction.
+    if retry == "job":
+        admin.retry_job(conn, member, actor="alice")
+    else:
+        assert admin.retry_failed(conn, actor="alice") == [member]
+    conn.commit()
+    assert states(conn, wf.job_ids) == ["gone", "available", "cancelled"]
+    assert events(conn, callback)[-2:] == [("dependency_retried", "cancelled", "waiting"),
+                                           ("cancelled", "waiting", "cancelled")]
+    row = conn.execute("SELECT actor, detail FROM pgqueue.job_events WHERE job_id = %s ORDER BY id DESC LIMIT 1",
+                       [callback]).fetchone()
+    assert row == ("alice", {"reason": "dependency deleted", "source": "api", "dependencies": [deleted]})
+    run_all(app)
+    assert states(conn, wf.job_ids) == ["gone", "failed", "cancelled"]  # nothing is left waiting
+
+
 def test_retrying_a_workflow_whose_job_waits_for_a_failed_job_of_another_workflow_is_refused(
         app: App, conn: Db) -> None:
     ours = app.enqueue_workflow(conn, pgqueue.chain(pgqueue.sig("step")))

@@ -830,6 +830,46 @@ SELECT id, true AS retried, (SELECT count(*) FROM notified) AS notified FROM ret
 UNION ALL
 SELECT id, false, NULL FROM candidates WHERE id NOT IN (SELECT id FROM before);
 
+-- name: cancel_stranded_dependents
+-- After retry_jobs, in its transaction. Retrying a job makes the dependents its failure cancelled
+-- wait again (the settle trigger of migration 0010), also one that still waits for another
+-- dependency that was deleted since: that one could never run (a group's callback whose other
+-- member was deleted). Its policy ('cancel'; 'run' resolved that edge already) ends it cancelled
+-- again, with an audit row saying why, so nothing waits for ever. last_error is left as is: the
+-- admin role may not write it (sql/roles.sql), and the audit row names the reason.
+WITH RECURSIVE below(id) AS (
+    SELECT e.job_id FROM pgqueue.job_dependencies AS e WHERE e.depends_on = ANY(%(ids)s::bigint[])
+    UNION
+    SELECT e.job_id FROM below JOIN pgqueue.job_dependencies AS e ON e.depends_on = below.id
+), stranded AS MATERIALIZED (
+    SELECT j.id FROM pgqueue.jobs AS j
+    WHERE j.id IN (SELECT id FROM below) AND j.state = 'waiting'
+      AND EXISTS (SELECT FROM pgqueue.job_dependencies AS e
+                  WHERE e.job_id = j.id AND NOT e.resolved
+                    AND NOT EXISTS (SELECT FROM pgqueue.jobs AS x WHERE x.id = e.depends_on))
+    ORDER BY j.id
+    FOR NO KEY UPDATE
+), cancelled AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'cancelled', finished_at = now()
+    FROM stranded
+    WHERE j.id = stranded.id AND j.state = 'waiting'
+    RETURNING j.id, j.attempt
+), audit AS (
+    INSERT INTO pgqueue.job_events (job_id, event, from_state, to_state, attempt, actor, detail)
+    SELECT c.id, 'cancelled', 'waiting', 'cancelled', c.attempt, %(actor)s,
+           jsonb_strip_nulls(jsonb_build_object(
+               'reason', 'dependency deleted', 'source', %(source)s::text,
+               'dependencies', (SELECT jsonb_agg(e.depends_on ORDER BY e.depends_on)
+                                FROM pgqueue.job_dependencies AS e
+                                WHERE e.job_id = c.id AND NOT e.resolved
+                                  AND NOT EXISTS (SELECT FROM pgqueue.jobs AS x WHERE x.id = e.depends_on))))
+    FROM cancelled AS c
+), woken AS (
+    SELECT pg_notify(%(done_channel)s, '') FROM (SELECT 1 FROM cancelled LIMIT 1) AS any_row
+)
+SELECT id, (SELECT count(*) FROM woken) AS notified FROM cancelled;
+
 -- name: cancel_job
 -- A running job may be cancelled too: its worker is told on %(cancel_channel)s (payload
 -- '<id>:<lease token>', so a late notification never hits a later attempt), and its heartbeat
