@@ -837,8 +837,10 @@ SELECT id, false, NULL FROM candidates WHERE id NOT IN (SELECT id FROM before);
 -- member was deleted). Its policy ('cancel'; 'run' resolved that edge already) ends it cancelled
 -- again, with an audit row saying why, so nothing waits for ever. last_error is left as is: the
 -- admin role may not write it (sql/roles.sql), and the audit row names the reason.
+-- The retried jobs themselves are looked at too (retry_job and retry_workflow refuse such a job
+-- first; this keeps every way of retrying to the same rule).
 WITH RECURSIVE below(id) AS (
-    SELECT e.job_id FROM pgqueue.job_dependencies AS e WHERE e.depends_on = ANY(%(ids)s::bigint[])
+    SELECT unnest(%(ids)s::bigint[])
     UNION
     SELECT e.job_id FROM below JOIN pgqueue.job_dependencies AS e ON e.depends_on = below.id
 ), stranded AS MATERIALIZED (
