@@ -41,12 +41,12 @@ class WorkflowStore:
 
     def head(self, workflow_id: str, limit: int, job_id: int | None) -> list[dict[str, Any]]:
         """The first ``limit`` jobs of the workflow, and ``job_id``'s row wherever it is (as :meth:`jobs`)."""
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(WORKFLOWS.get_workflow_head, {"workflow_id": workflow_id, "limit": limit, "job_id": job_id})
             return cur.fetchall()
 
     def counts(self, workflow_id: str) -> dict[str, int]:
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             rows = cur.execute(WORKFLOWS.count_workflow_jobs, {"workflow_id": workflow_id}).fetchall()
         return {str(row[0]): int(row[1]) for row in rows}
 
@@ -65,7 +65,7 @@ class WorkflowStore:
     def stranded_jobs(self, workflow_id: str) -> list[tuple[int, str, int, str | None]]:
         """The failed and cancelled jobs a retry of the workflow would leave waiting for ever:
         (job id, task, the dependency it waits for, that dependency's state or None when deleted)."""
-        with translate_errors(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translate_errors(), cursor_on(self.conn, row_factory=tuple_row) as cur:
             rows = cur.execute(WORKFLOWS.find_workflow_stranded_jobs, {"workflow_id": workflow_id}).fetchall()
         return [(int(row[0]), str(row[1]), int(row[2]), row[3]) for row in rows]
 
