@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, LiteralString
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
@@ -87,6 +88,21 @@ class ScratchRun:
             self._marker = None
 
 
+#: How long a claim waits for an earlier holder's session that is ending to leave pg_stat_activity.
+_ENDING_SESSION_GRACE = 1.0
+# The earliest other session with this session's mark, if any (see DatabaseClaim.acquire).
+_EARLIER_CLAIM: LiteralString = """
+                    SELECT other.pid FROM pg_catalog.pg_stat_activity AS other,
+                         (SELECT backend_start, application_name FROM pg_catalog.pg_stat_activity
+                          WHERE pid = pg_backend_pid()) AS me
+                    WHERE other.application_name = me.application_name
+                      AND other.pid <> pg_backend_pid()
+                      AND (other.backend_start IS NULL
+                           OR (other.backend_start, other.pid) < (me.backend_start, pg_backend_pid()))
+                    ORDER BY other.backend_start NULLS FIRST, other.pid
+                    LIMIT 1"""
+
+
 class DatabaseClaim:
     """A session that marks ``database`` as in use by one run of ``purpose`` (the demo), so that a
     second run does not drop and recreate it under the first.
@@ -118,16 +134,13 @@ class DatabaseClaim:
                 # wins. Another role's session shows no backend_start: it counts as first (both
                 # may then refuse, and a rerun settles it; neither drops the other's database).
                 # The name as the server shows it (cut to 63 bytes, non-ASCII replaced), not as set.
-                row = marker.execute("""
-                    SELECT other.pid FROM pg_catalog.pg_stat_activity AS other,
-                         (SELECT backend_start, application_name FROM pg_catalog.pg_stat_activity
-                          WHERE pid = pg_backend_pid()) AS me
-                    WHERE other.application_name = me.application_name
-                      AND other.pid <> pg_backend_pid()
-                      AND (other.backend_start IS NULL
-                           OR (other.backend_start, other.pid) < (me.backend_start, pg_backend_pid()))
-                    ORDER BY other.backend_start NULLS FIRST, other.pid
-                    LIMIT 1""").fetchone()
+                # A run that just ended can stay listed for a moment while its backend exits: a
+                # demo started right after another (a script) waits that out before refusing.
+                deadline = time.monotonic() + _ENDING_SESSION_GRACE
+                row = marker.execute(_EARLIER_CLAIM).fetchone()
+                while row is not None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    row = marker.execute(_EARLIER_CLAIM).fetchone()
             except BaseException:
                 marker.close()
                 raise
