@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -16,33 +15,38 @@ from pgqueue.settings import redact_dsn
 def dashboard(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    users_file: Annotated[str | None, typer.Option(
+        "--users-file", envvar="PGQUEUE_DASHBOARD_USERS_FILE", show_envvar=False, metavar="PATH",
+        help="Named users, one '<name> <role> <token>' a line (role admin or read): each acts under their "
+             "own name in the audit trail. Also PGQUEUE_DASHBOARD_USERS_FILE.")] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Serve the dashboard (pages, JSON API under /api/, /metrics, /healthz, /readyz) until Ctrl-C.
 
     Auth: PGQUEUE_ADMIN_TOKEN may act, PGQUEUE_READ_TOKEN may only read (Authorization: Bearer, or the
-    login page for browsers); each at least 16 characters, and they must differ. With no token set it
+    login page for browsers); each at least 16 characters, and they must differ. A users file gives
+    each person a token of their own, so that the audit trail names who acted. With no token set it
     serves loopback only, and refuses any other --host.
     """
     try:
         import uvicorn
 
-        from pgqueue.web import create_app
-        from pgqueue.web.auth import ADMIN_TOKEN_ENV, READ_TOKEN_ENV, check_tokens, is_loopback, normalize_token
+        from pgqueue.web.app import build_app
+        from pgqueue.web.auth import ADMIN_TOKEN_ENV, READ_TOKEN_ENV, USERS_FILE_ENV, Authenticator, is_loopback
     except ImportError as exc:
         fail(f"the dashboard needs the web extra: pip install 'pgqueue[web]' ({exc.name} is missing)")
-    try:  # before the DSN is resolved: a weak token is refused even where the database is unset
-        check_tokens(os.environ.get(ADMIN_TOKEN_ENV), os.environ.get(READ_TOKEN_ENV))
+    try:  # before the DSN is resolved: a weak token or a bad users file is refused even where the database is unset
+        auth = Authenticator.from_env(users_file=users_file or "")
     except ConfigurationError as exc:
         fail(str(exc))
-    tokens = [normalize_token(os.environ.get(ADMIN_TOKEN_ENV)), normalize_token(os.environ.get(READ_TOKEN_ENV))]
-    if not any(tokens) and not is_loopback(host):
+    if auth.open and not is_loopback(host):
         fail(f"refusing to listen on {host!r} without a token: set {ADMIN_TOKEN_ENV} (and {READ_TOKEN_ENV} for "
-             "read-only access), or listen on 127.0.0.1")
+             f"read-only access) or {USERS_FILE_ENV}, or listen on 127.0.0.1")
     target = resolve(dsn)
-    app = create_app(target)
+    app = build_app(target, auth)
     shown = f"[{host}]" if ":" in host else host
-    auth = "bearer tokens / login" if any(tokens) else "no auth (loopback only)"
-    print(f"pgqueue dashboard on http://{shown}:{port}/ for {redact_dsn(target)} ({auth}); Ctrl-C stops it",
+    named = f", {len(auth.users)} named users" if auth.users else ""
+    mode = f"bearer tokens / login{named}" if not auth.open else "no auth (loopback only)"
+    print(f"pgqueue dashboard on http://{shown}:{port}/ for {redact_dsn(target)} ({mode}); Ctrl-C stops it",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)

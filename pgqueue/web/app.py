@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -114,25 +115,38 @@ def _wants_html(request: Request) -> bool:
 
 
 def create_app(dsn: str | None = None, *, admin_token: str | None = None, read_token: str | None = None,
-               poll_seconds: float = 3.0) -> Starlette:
+               users_file: str | os.PathLike[str] | None = None, poll_seconds: float = 3.0) -> Starlette:
     """The dashboard and HTTP admin API as an ASGI app, to serve alone (``pgqueue dashboard``) or to
     mount in your own Starlette/FastAPI app (``app.mount("/pgqueue", create_app(dsn))``).
 
     Args:
         dsn: the database (default: ``PGQUEUE_DSN``, ``DATABASE_URL``, then the embedded server).
         admin_token, read_token: bearer tokens (default: ``PGQUEUE_ADMIN_TOKEN``,
-            ``PGQUEUE_READ_TOKEN``). With neither, only loopback clients are answered.
+            ``PGQUEUE_READ_TOKEN``). With no token and no users file, only loopback clients are answered.
+        users_file: a file of named users, one ``<name> <role> <token>`` a line (default:
+            ``PGQUEUE_DASHBOARD_USERS_FILE``; see :func:`pgqueue.web.auth.load_users`). What a
+            user does is audited under their name.
         poll_seconds: how often open pages refresh their live parts.
+
+    Raises:
+        ConfigurationError: a token under 16 characters, a read token equal to the admin token, or
+            a users file that cannot be read, may be written by other users, or has a bad line.
 
     Example:
         >>> from fastapi import FastAPI
         >>> api = FastAPI()
-        >>> api.mount("/pgqueue", pgqueue.web.create_app(dsn, admin_token=os.environ["PGQUEUE_ADMIN_TOKEN"]))
+        >>> api.mount("/pgqueue", pgqueue.web.create_app(dsn, users_file="/run/secrets/pgqueue-users"))
     """
+    auth = Authenticator.from_env(admin_token, read_token, users_file)
+    return build_app(resolve_dsn(dsn).dsn, auth, poll_seconds=poll_seconds)
+
+
+def build_app(dsn: str, auth: Authenticator, *, poll_seconds: float = 3.0) -> Starlette:
+    """:func:`create_app` with its authenticator already made: ``pgqueue dashboard`` checks the
+    tokens and reads the users file before it resolves the DSN, and serves what it checked."""
     from pgqueue.web import api, pages
 
-    target = resolve_dsn(dsn).dsn
-    dashboard = Dashboard(target, Authenticator.from_env(admin_token, read_token), poll_seconds=poll_seconds)
+    dashboard = Dashboard(dsn, auth, poll_seconds=poll_seconds)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -184,7 +184,8 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "pgqueue admin API", "version": __version__,
-                 "description": "Operate pgqueue over HTTP. Actions need the admin token; the read token only reads. "
+                 "description": "Operate pgqueue over HTTP. Actions need an admin token (PGQUEUE_ADMIN_TOKEN, or a "
+                                "named user's with role admin); a read token only reads. "
                                 "Errors are {\"error\": message, \"status\": code}."},
         "security": [{"bearer": []}],
         "paths": paths,

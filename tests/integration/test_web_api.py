@@ -12,13 +12,16 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
+from structlog.testing import capture_logs
 
 from pgqueue import App, admin
+from pgqueue.errors import ConfigurationError
 from pgqueue.web import create_app
 from tests.helpers import empty_tables, scratch_database, wait_until
 
@@ -399,6 +402,162 @@ def test_without_tokens_a_loopback_script_acts_with_a_json_request_but_never_wit
     assert scripted.status_code == 200, scripted.text
     assert state_of(db, job_id) == "available"
     assert actors(db, "retried") == [f"{default_actor()}@web"]
+
+
+
+# --- named users (PGQUEUE_DASHBOARD_USERS_FILE) ---
+
+ALICE_TOKEN = "alice-secret-token-0001"
+BOB_TOKEN = "bob-secret-token-000002"
+USERS = f"""# the dashboard's operators
+alice admin {ALICE_TOKEN}
+
+bob read {BOB_TOKEN}
+"""
+
+
+def write_users(directory: Path, text: str, mode: int = 0o600) -> Path:
+    path = directory / "dashboard-users"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def header_of(page: str) -> tuple[str | None, str]:
+    """Who the page header says is logged in: (user name or None, role badge)."""
+    user = re.search(r'<span class="user"[^>]*>([^<]*)</span>', page)
+    role = re.search(r'<span class="role [^"]*"[^>]*>([^<]*)</span>', page)
+    assert role is not None
+    return (user.group(1) if user else None), role.group(1)
+
+
+@pytest.fixture(scope="module")
+def users_client(module_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A dashboard with the environment's two tokens and a users file: alice (admin) and bob (read)."""
+    path = write_users(tmp_path_factory.mktemp("users"), USERS)
+    app = create_app(module_dsn, admin_token="admin-secret-token", read_token="read-secret-token", users_file=path)
+    with TestClient(app, base_url="http://dashboard.example", client=("203.0.113.9", 40000),
+                    raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_a_named_users_api_actions_are_audited_under_their_name_and_a_named_reader_may_only_read(
+        users_client: TestClient, db: Conn) -> None:
+    alices, bobs, shared = enqueue(db), enqueue(db), enqueue(db)
+
+    by_alice = users_client.post(f"/api/jobs/{alices}/cancel", headers=bearer(ALICE_TOKEN))
+    by_bob = [users_client.post(f"/api/jobs/{bobs}/cancel", headers=bearer(BOB_TOKEN)),
+              users_client.post("/api/queues/emails/pause", headers=bearer(BOB_TOKEN))]
+    read_by_bob = users_client.get(f"/api/jobs/{bobs}", headers=bearer(BOB_TOKEN))
+    by_env_token = users_client.post(f"/api/jobs/{shared}/cancel", headers=ADMIN)
+
+    assert (by_alice.status_code, by_env_token.status_code) == (200, 200), by_alice.text
+    assert [r.status_code for r in by_bob] == [403, 403]
+    assert "may only read" in by_bob[0].json()["error"]
+    assert read_by_bob.status_code == 200
+    assert [state_of(db, j) for j in (alices, bobs, shared)] == ["cancelled", "available", "cancelled"]
+    # Each person by name; the environment's shared token keeps its old actor.
+    assert actors(db, "cancelled") == ["alice@web", "admin-token@web"]
+    assert actors(db, "queue_paused") == []
+
+
+def test_a_named_users_login_acts_under_their_name_and_the_page_header_names_them(
+        users_client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db)
+    app = users_client.app
+    alice_cookie, bob_cookie = login_cookie_of(app, ALICE_TOKEN), login_cookie_of(app, BOB_TOKEN)
+    with TestClient(app, base_url="http://dashboard.example", cookies={"pgqueue_token": bob_cookie},
+                    raise_server_exceptions=False) as bob:
+        bob_page = bob.get(f"/jobs/{job_id}")
+        refused = bob.post(f"/api/jobs/{job_id}/cancel", headers={"X-PGQueue-CSRF": csrf_of(bob_page.text)})
+    with TestClient(app, base_url="http://dashboard.example", cookies={"pgqueue_token": alice_cookie},
+                    raise_server_exceptions=False) as alice:
+        alice_page = alice.get(f"/jobs/{job_id}")
+        forged = alice.post(f"/api/jobs/{job_id}/cancel")
+        acted = alice.post(f"/api/jobs/{job_id}/cancel", headers={"X-PGQueue-CSRF": csrf_of(alice_page.text)})
+    shared_page = users_client.get("/queues", headers=ADMIN)
+
+    assert ALICE_TOKEN not in alice_cookie
+    assert BOB_TOKEN not in bob_cookie
+    assert len({alice_cookie, bob_cookie, login_cookie_of(app, "admin-secret-token")}) == 3
+    assert header_of(alice_page.text) == ("alice", "admin")
+    assert header_of(bob_page.text) == ("bob", "read only")
+    assert header_of(shared_page.text) == (None, "admin")
+    assert (refused.status_code, forged.status_code, acted.status_code) == (403, 403, 200), acted.text
+    assert state_of(db, job_id) == "cancelled"
+    assert actors(db, "cancelled") == ["alice@web"]
+
+
+def test_removing_a_user_from_the_file_ends_their_logins_and_every_process_with_the_file_accepts_them(
+        users_client: TestClient, module_dsn: str, db: Conn, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cookie = login_cookie_of(users_client.app, ALICE_TOKEN)
+    without_alice = create_app(module_dsn, admin_token="", read_token="",
+                               users_file=write_users(tmp_path, f"bob read {BOB_TOKEN}\n"))
+    # Another process, configured by the environment variable with the same users.
+    (tmp_path / "other").mkdir()
+    monkeypatch.setenv("PGQUEUE_DASHBOARD_USERS_FILE", str(write_users(tmp_path / "other", USERS)))
+    same_users = create_app(module_dsn, admin_token="", read_token="")
+    answers = {}
+    for name, app in (("without", without_alice), ("same", same_users)):
+        with TestClient(app, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                        client=("203.0.113.9", 1), raise_server_exceptions=False) as browser:
+            answers[name] = (browser.get("/api/queues").status_code, browser.get("/queues").status_code,
+                             browser.get("/api/queues", headers=bearer(ALICE_TOKEN)).status_code)
+
+    assert answers == {"without": (401, 401, 401), "same": (200, 200, 200)}
+
+
+def test_a_users_file_other_users_may_read_is_served_with_a_warning(module_dsn: str, tmp_path: Path) -> None:
+    with capture_logs() as private:
+        create_app(module_dsn, admin_token="", read_token="", users_file=write_users(tmp_path, USERS, 0o600))
+    with capture_logs() as readable:
+        # What Kubernetes (0644) and Docker (0444) mount secrets as: refusing it would break them.
+        create_app(module_dsn, admin_token="", read_token="", users_file=write_users(tmp_path, USERS, 0o644))
+
+    assert [entry for entry in private if entry["event"].startswith("web.")] == []
+    warned = [entry for entry in readable if entry["event"] == "web.users_file_readable"]
+    assert [(entry["log_level"], entry["mode"]) for entry in warned] == [("warning", "0644")]
+    assert ALICE_TOKEN not in str(warned)
+
+
+@pytest.mark.parametrize(("text", "mode", "expected"), [
+    (None, 0o600, ": cannot read it (No such file or directory)"),
+    (USERS, 0o620, ": other users may write it (mode 0620), and so give themselves admin rights: chmod go-w it"),
+    (USERS, 0o606, ": other users may write it (mode 0606)"),
+    ("# nobody yet\n\n", 0o600, ": names no user: add a line '<name> <role> <token>' for each person"),
+    (f"alice owner {ALICE_TOKEN}\n", 0o600, ", line 1: the role must be admin or read"),
+    (f"# ops\nal/ice admin {ALICE_TOKEN}\n", 0o600, ", line 2: a name is 1 to 64 characters of A-Z a-z 0-9 . _ @ -"),
+    (f"{'a' * 65} admin {ALICE_TOKEN}\n", 0o600, ", line 1: a name is 1 to 64 characters"),
+    (f"Admin-Token admin {ALICE_TOKEN}\n", 0o600, ", line 1: the names admin-token, maintenance, read-token, "
+                                                  "scheduler are taken"),
+    ("alice admin 15-characters!!\n", 0o600, ", line 1: the token is too short: a token needs at least 16 "
+                                             "characters; generate one with python -c"),
+    # Its fields in the wrong order: the token in the name's place is not quoted either.
+    (f"{ALICE_TOKEN} admin alice\n", 0o600, ", line 1: the token is too short"),
+    (f"alice admin {ALICE_TOKEN}\nAlice read {BOB_TOKEN}\n", 0o600,
+     ", line 2: the same name as line 1 (names are compared ignoring case)"),
+    (f"alice admin {ALICE_TOKEN}\n\nbob read {ALICE_TOKEN}\n", 0o600, ", line 3: the token is the same as line 1's"),
+    ("alice admin admin-secret-token\n", 0o600, ", line 1: the token is the same as admin_token"),
+    (f"alice admin {ALICE_TOKEN} # on call\n", 0o600,
+     ", line 1: expected '<name> <role> <token>' separated by spaces, found 6 fields"),
+], ids=["missing", "group-writable", "world-writable", "no-user", "role", "name-charset", "name-length", "reserved",
+        "short-token", "fields-swapped", "same-name", "same-token", "env-token", "inline-comment"])
+def test_a_bad_users_file_is_refused_naming_the_file_and_line_but_never_a_token(
+        module_dsn: str, tmp_path: Path, text: str | None, mode: int, expected: str) -> None:
+    path = write_users(tmp_path, text, mode) if text is not None else tmp_path / "dashboard-users"
+
+    with pytest.raises(ConfigurationError) as refused:
+        create_app(module_dsn, admin_token="admin-secret-token", read_token="", users_file=path)
+
+    message = str(refused.value)
+    assert message.startswith(f"users file {path}{expected}"), message
+    for token in (ALICE_TOKEN, BOB_TOKEN, "admin-secret-token", "15-characters!!"):
+        assert token not in message
 
 
 # --- jobs ---
