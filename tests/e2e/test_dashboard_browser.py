@@ -395,6 +395,40 @@ def test_a_page_whose_login_ended_shows_the_login_form_instead_of_going_stale(wi
     expect(page.locator("input[name=token]")).to_be_visible()
 
 
+@pytest.fixture(scope="module")
+def with_users(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A dashboard on the same database whose only admin is alice, a named user of its users file."""
+    from pgqueue.web import create_app
+
+    users = tmp_path_factory.mktemp("users") / "dashboard-users"
+    users.write_text("alice admin alice-secret-token-0001\n")
+    users.chmod(0o600)
+    with served(create_app(stack["dsn"], admin_token="", read_token="", users_file=users, poll_seconds=1)) as url:
+        yield url
+
+
+def test_a_named_user_logs_in_sees_their_name_and_their_cancel_is_audited_under_it(
+        stack: dict[str, Any], with_users: str, page: Any, db: Conn) -> None:
+    app = stack["app"]
+    later = app.enqueue(db, "send-reminder", {"patient": "later"}, delay=3600)
+    job_id = app.enqueue(db, "send-reminder", {"patient": "after-later"}, depends_on=[later])
+    page.goto(with_users + f"/jobs/{job_id}")
+    page.fill("input[name=token]", "alice-secret-token-0001")
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(with_users + "/")
+    expect(page.locator("header .user")).to_have_text("alice")
+    expect(page.locator("header .role")).to_have_text("admin")
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(with_users + f"/jobs/{job_id}")
+    page.locator(".job-head button:has-text('Cancel')").click()
+
+    expect(page.locator(".job-head .state")).to_have_text("cancelled")
+    audited = db.execute("SELECT actor, detail FROM pgqueue.job_events WHERE job_id = %s AND event = 'cancelled'",
+                         [job_id]).fetchall()
+    assert audited == [("alice", {"source": "web"})]
+
+
 def test_a_limit_typed_but_not_yet_set_survives_the_live_refresh(stack: dict[str, Any], page: Any, db: Conn) -> None:
     stack["app"].enqueue(db, "send-reminder", {"patient": "limits"})
     page.goto(stack["url"] + "/queues")
