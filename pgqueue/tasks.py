@@ -282,15 +282,20 @@ class Task(Generic[P, R]):
         """
         return self.app.enqueue(conn, self.name, self.job_args(*args, **kwargs))
 
-    def s(self, **args: Any) -> Signature:
-        """A signature of this task with ``args``, for :func:`pgqueue.chain` and :func:`pgqueue.group`.
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """A signature of this task with the handler's arguments, for :func:`pgqueue.chain` and
+        :func:`pgqueue.group`. A type checker checks them against the handler, as for :meth:`enqueue`,
+        and pgqueue checks them again here (positional ones are stored under their names).
+
+        Raises:
+            pgqueue.errors.InvalidArgs: the arguments do not fit the handler.
 
         Example:
             >>> app.enqueue_workflow(conn, pgqueue.chain(render.s(report_id=1), email.s(to="a@example.com")))
         """
         from pgqueue.workflows import Signature
 
-        return Signature(self.name, self.job_args(**args))
+        return Signature(self.name, self.job_args(*args, **kwargs))
 
     async def enqueue_async(self, conn: AsyncConnection | None, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Async twin of :meth:`enqueue` for psycopg AsyncConnection or SQLAlchemy async objects

@@ -20,7 +20,14 @@ from psycopg.rows import TupleRow
 import pgqueue
 from pgqueue import App, Discard, Job, JobSpec, Worker, admin
 from pgqueue._db.jobs import JobStore, Outcome
-from pgqueue.errors import DependencyCycle, InvalidDependency, InvalidEnqueueOption, InvalidJobState, WorkflowNotFound
+from pgqueue.errors import (
+    DependencyCycle,
+    InvalidArgs,
+    InvalidDependency,
+    InvalidEnqueueOption,
+    InvalidJobState,
+    WorkflowNotFound,
+)
 from pgqueue.settings import Settings
 
 Db = psycopg.Connection[TupleRow]
@@ -127,6 +134,21 @@ def test_a_chain_runs_in_order_and_each_step_sees_the_previous_result(app: App, 
         assert result["deps"] == [previous]
     assert {str(r[0]) for r in conn.execute("SELECT workflow_id FROM pgqueue.jobs WHERE id = ANY(%s)",
                                             [wf.job_ids])} == {wf.id}
+
+
+def test_task_s_takes_the_handlers_arguments_by_position_or_name_and_checks_them(app: App, conn: Db) -> None:
+    @app.task(name="render")
+    def render(job: Job, report_id: int, fmt: str = "pdf") -> None: ...
+
+    wf = app.enqueue_workflow(conn, pgqueue.chain(render.s(7, fmt="csv"), render.s(report_id=8)))
+    conn.commit()
+
+    rows = conn.execute("SELECT args FROM pgqueue.jobs WHERE id = ANY(%s) ORDER BY id", [wf.job_ids]).fetchall()
+    assert [r[0] for r in rows] == [{"report_id": 7, "fmt": "csv"}, {"report_id": 8}]
+    with pytest.raises(InvalidArgs, match="missing 'report_id'"):
+        render.s(fmt="csv")  # type: ignore[call-arg]  # what an untyped caller gets
+    with pytest.raises(InvalidArgs, match="unexpected 'zzz'"):
+        render.s(report_id=1, zzz=2)  # type: ignore[call-arg]
 
 
 def test_a_group_callback_runs_once_after_all_members_with_their_results(app: App, conn: Db) -> None:

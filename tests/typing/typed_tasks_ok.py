@@ -11,6 +11,7 @@ import psycopg
 
 import pgqueue
 from pgqueue.tasks import BoundTask, Task
+from pgqueue.workflows import Chain, Signature
 
 app = pgqueue.App()
 
@@ -53,3 +54,12 @@ async def enqueue_async_typed(aconn: psycopg.AsyncConnection[Any]) -> None:
     assert_type(await render.options(run_at=None).enqueue_async(aconn, 7), int)
     assert_type(await render.enqueue_async(None, report_id=7), int)  # on a connection of pgqueue's own
     assert_type(await render.options(priority="low").enqueue_async(None, 7), int)
+
+
+def workflow_signatures_typed(conn: psycopg.Connection[Any]) -> None:
+    assert_type(send_email.s(to="a@example.com", subject="hi"), Signature)
+    assert_type(send_email.s("a@example.com", "hi", cc=["b@example.com"]), Signature)
+    assert_type(loose.s(anything=1), Signature)
+    flow = pgqueue.chain(render.s(report_id=1), send_email.s(to="a@example.com", subject="hi"))
+    assert_type(flow, Chain)
+    assert_type(app.enqueue_workflow(conn, flow).job_ids, list[int])

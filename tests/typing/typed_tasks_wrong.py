@@ -30,6 +30,13 @@ def wrong(conn: psycopg.Connection[Any]) -> None:
     send_email.enqueue("not a connection", to="a@example.com", subject="hi")  # E: arg-type
 
 
+def wrong_signatures() -> None:
+    send_email.s(to="a@example.com", subject="hi", zzz=3)  # E: call-arg
+    send_email.s(to=1, subject="hi")  # E: arg-type
+    send_email.s(to="a@example.com")  # E: call-arg
+    render.s(report_id="7")  # E: arg-type
+
+
 async def wrong_async(aconn: psycopg.AsyncConnection[Any]) -> None:
     await render.enqueue_async(aconn, report_id="7")  # E: arg-type
     await render.enqueue_async(aconn)  # E: call-arg
