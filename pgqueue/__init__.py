@@ -20,15 +20,15 @@ if TYPE_CHECKING:
     from pgqueue.backoff import Backoff
     from pgqueue.breakers import CircuitBreaker
     from pgqueue.jobs import Cancelled, Discard, Job, JobSpec, JobState, Retry, Snooze
-    from pgqueue.tasks import Task
+    from pgqueue.tasks import Priority, Task
     from pgqueue.worker import Worker
     from pgqueue.workflows import Signature, Workflow, chain, group, sig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Backoff", "Cancelled", "CircuitBreaker", "Discard", "Job", "JobSpec", "JobState", "Retry", "Signature",
-    "Snooze", "Task", "Worker", "Workflow", "__version__", "chain", "errors", "group", "sig",
+    "App", "Backoff", "Cancelled", "CircuitBreaker", "Discard", "Job", "JobSpec", "JobState", "Priority", "Retry",
+    "Signature", "Snooze", "Task", "Worker", "Workflow", "__version__", "chain", "errors", "group", "sig",
 ]
 
 # Each public name is imported on first use: `import pgqueue` runs before every `pgqueue` command
@@ -44,6 +44,7 @@ _PUBLIC: dict[str, str] = {
     "JobState": "pgqueue.jobs",
     "Retry": "pgqueue.jobs",
     "Snooze": "pgqueue.jobs",
+    "Priority": "pgqueue.tasks",
     "Task": "pgqueue.tasks",
     "Signature": "pgqueue.workflows",
     "Workflow": "pgqueue.workflows",

@@ -39,7 +39,7 @@ from pgqueue.errors import (
 )
 from pgqueue.jobs import Job, JobSpec
 from pgqueue.settings import Settings, resolve_dsn
-from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Task, resolve_priority
+from pgqueue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Priority, Task, resolve_priority
 
 if TYPE_CHECKING:
     from pgqueue.jobs import Job
@@ -302,7 +302,7 @@ class App:
     @overload
     def task(
         self, fn: None = None, /, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
-        priority: int | str = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        priority: Priority = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
@@ -313,7 +313,7 @@ class App:
     def task(
         self, fn: Callable[Concatenate[Job, P], R] | None = None, /, *, name: str | None = None,
         queue: str = DEFAULT_QUEUE,
-        priority: int | str = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        priority: Priority = DEFAULT_PRIORITY, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None, backoff: Backoff = DEFAULT_BACKOFF,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         discard_on: tuple[type[BaseException], ...] = (), transactional: bool = False,
@@ -392,7 +392,7 @@ class App:
         return register(fn) if fn is not None else register  # type: ignore[return-value]
 
     def schedule(self, name: str, *, cron: str, task: str, args: dict[str, Any] | None = None,
-                 timezone: str = "UTC", queue: str | None = None, priority: int | str | None = None,
+                 timezone: str = "UTC", queue: str | None = None, priority: Priority | None = None,
                  misfire: str = "once", max_catchup: int = 100) -> ScheduleSpec:
         """Declare a cron schedule in code; ``pgqueue scheduler`` syncs it to the database.
 
@@ -491,7 +491,7 @@ class App:
         )
 
     def enqueue(self, conn: Connection | None, task: str, args: dict[str, Any] | None = None, *,
-                queue: str | None = None, priority: int | str | None = None, delay: float | timedelta | None = None,
+                queue: str | None = None, priority: Priority | None = None, delay: float | timedelta | None = None,
                 run_at: datetime | None = None, max_attempts: int | None = None, unique_key: str | None = None,
                 encrypt: bool | None = None, tags: Iterable[str] | None = None, group: str | None = None,
                 depends_on: Iterable[int] | None = None, on_dependency_failure: str | None = None) -> int:
@@ -507,7 +507,8 @@ class App:
                 :data:`pgqueue.typing.Connection`; None to use a connection of pgqueue's own.
             task: the task name.
             args: keyword arguments for the handler (a JSON object).
-            queue, priority, max_attempts: override the task's defaults.
+            queue, priority, max_attempts: override the task's defaults; priority is an int
+                (smaller runs first) or critical/high/normal/low (:data:`pgqueue.Priority`).
             delay: seconds (or timedelta) to wait before the job becomes available.
             run_at: aware datetime at which the job becomes available.
             unique_key: while a job with this key is scheduled, available or running, return its
@@ -675,7 +676,7 @@ class App:
             yield pending.result()
 
     async def enqueue_async(self, conn: AsyncConnection | None, task: str, args: dict[str, Any] | None = None, *,
-                            queue: str | None = None, priority: int | str | None = None,
+                            queue: str | None = None, priority: Priority | None = None,
                             delay: float | timedelta | None = None, run_at: datetime | None = None,
                             max_attempts: int | None = None, unique_key: str | None = None,
                             encrypt: bool | None = None, tags: Iterable[str] | None = None,

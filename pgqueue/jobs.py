@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pgqueue.tasks import Priority
+
 
 class JobState(enum.StrEnum):
     """The states a job moves through; the strings are what SQL, the CLI and the API show."""
@@ -40,7 +42,7 @@ class JobSpec:
     task: str
     args: Mapping[str, Any] = field(default_factory=dict)
     queue: str | None = None
-    priority: int | str | None = None
+    priority: Priority | None = None
     delay: float | timedelta | None = None
     run_at: datetime | None = None
     max_attempts: int | None = None

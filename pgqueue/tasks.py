@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeAlias, TypeVar
 
 from pgqueue.backoff import DEFAULT_BACKOFF, Backoff
 from pgqueue.breakers import CircuitBreaker
@@ -28,6 +28,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _GENERIC_MISMATCH = "args do not match the signature"
+#: The named priorities (each maps to an integer in :data:`PRIORITIES`).
+PriorityName: TypeAlias = Literal["critical", "high", "normal", "low"]
+#: What a ``priority`` parameter takes: an integer from -32768 to 32767 (smaller runs first) or a
+#: name, so that a type checker refuses a misspelt name such as ``"urgent"``. Exported as
+#: ``pgqueue.Priority`` for annotating a variable passed on.
+Priority: TypeAlias = int | PriorityName
 PRIORITIES: dict[str, int] = {"critical": 0, "high": 25, "normal": 100, "low": 200}
 DEFAULT_PRIORITY = 100
 DEFAULT_MAX_ATTEMPTS = 20
@@ -60,7 +66,7 @@ class EnqueueOptions:
     """Per-call enqueue options (see :meth:`Task.options`); ``None`` means "the task's default"."""
 
     queue: str | None = None
-    priority: int | str | None = None
+    priority: Priority | None = None
     delay: float | timedelta | None = None
     run_at: datetime | None = None
     max_attempts: int | None = None
@@ -81,7 +87,7 @@ class EnqueueOptions:
         return kwargs
 
 
-def _options(queue: str | None, priority: int | str | None, delay: float | timedelta | None,
+def _options(queue: str | None, priority: Priority | None, delay: float | timedelta | None,
              run_at: datetime | None, max_attempts: int | None, unique_key: str | None,
              tags: Iterable[str] | None, encrypt: bool | None, group: str | None,
              depends_on: Iterable[int] | None) -> EnqueueOptions:
@@ -241,7 +247,7 @@ class Task(Generic[P, R]):
     def __call__(self, job: Job, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(job, *args, **kwargs)
 
-    def options(self, *, queue: str | None = None, priority: int | str | None = None,
+    def options(self, *, queue: str | None = None, priority: Priority | None = None,
                 delay: float | timedelta | None = None, run_at: datetime | None = None,
                 max_attempts: int | None = None, unique_key: str | None = None,
                 tags: Sequence[str] | None = None, encrypt: bool | None = None, group: str | None = None,
@@ -316,7 +322,7 @@ class BoundTask(Generic[P, R]):
     task: Task[P, R]
     bound: EnqueueOptions
 
-    def options(self, *, queue: str | None = None, priority: int | str | None = None,
+    def options(self, *, queue: str | None = None, priority: Priority | None = None,
                 delay: float | timedelta | None = None, run_at: datetime | None = None,
                 max_attempts: int | None = None, unique_key: str | None = None,
                 tags: Sequence[str] | None = None, encrypt: bool | None = None, group: str | None = None,

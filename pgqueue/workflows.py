@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Union
 
 from pgqueue.jobs import JobSpec
+from pgqueue.tasks import Priority
 
 if TYPE_CHECKING:
     from pgqueue.tasks import Task
@@ -47,7 +48,7 @@ class Signature:
     task: str
     args: Mapping[str, Any] = field(default_factory=dict)
     queue: str | None = None
-    priority: int | str | None = None
+    priority: Priority | None = None
     delay: float | timedelta | None = None
     run_at: datetime | None = None
     max_attempts: int | None = None

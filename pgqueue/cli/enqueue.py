@@ -22,6 +22,7 @@ from pgqueue.cli._admin import open_session
 from pgqueue.cli._context import DsnOption, JsonOption, checking_options, fail, usage_error
 from pgqueue.cli._output import print_json
 from pgqueue.errors import EncryptionKeyMissing
+from pgqueue.tasks import resolve_priority
 
 
 def _parse_args(raw: str) -> dict[str, Any]:
@@ -107,6 +108,8 @@ def enqueue(
         check_enqueue_options(queue=queue, priority=priority, delay=delay, run_at=when,
                               max_attempts=max_attempts, unique_key=unique_key, tags=tag, group=group,
                               depends_on=depends_on, on_dependency_failure=on_dependency_failure)
+    # --priority is text ("high", "7"); App.enqueue takes an int or a priority name (pgqueue.Priority).
+    rank = None if priority is None else resolve_priority(priority)
     with open_session(dsn) as conn:
         # A task the CLI has never seen is fine: producers need not import the workers' code. But a
         # task that a started worker's code declares encrypt=True is encrypted as with --encrypt.
@@ -114,7 +117,7 @@ def enqueue(
         declared = not encrypt and is_task_name(task) and JobStore(conn).task_is_encrypted(task)
         try:
             job_id = app.enqueue(
-                conn, task, payload, queue=queue, priority=priority, delay=delay, run_at=when,
+                conn, task, payload, queue=queue, priority=rank, delay=delay, run_at=when,
                 max_attempts=max_attempts, unique_key=unique_key, encrypt=True if encrypt or declared else None,
                 tags=tag, group=group,
                 depends_on=depends_on, on_dependency_failure=on_dependency_failure,

@@ -136,7 +136,7 @@ def test_options_are_validated_when_the_job_is_enqueued(dsn: str, conn: Conn) ->
     def handler(job: Job, n: int) -> None: ...
 
     with pytest.raises(InvalidPriority, match="'urgent'"):
-        handler.options(priority="urgent").enqueue(conn, n=1)
+        handler.options(priority="urgent").enqueue(conn, n=1)  # type: ignore[arg-type]  # an untyped caller's
     with pytest.raises(InvalidEnqueueOption, match="delay or run_at"):
         handler.options(delay=5, run_at=datetime.now(UTC)).enqueue(conn, n=1)
     with pytest.raises(InvalidEnqueueOption, match="not a single string"):

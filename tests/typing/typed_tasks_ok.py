@@ -63,3 +63,18 @@ def workflow_signatures_typed(conn: psycopg.Connection[Any]) -> None:
     flow = pgqueue.chain(render.s(report_id=1), send_email.s(to="a@example.com", subject="hi"))
     assert_type(flow, Chain)
     assert_type(app.enqueue_workflow(conn, flow).job_ids, list[int])
+
+
+def priorities_typed(conn: psycopg.Connection[Any], vip: bool) -> None:
+    level: pgqueue.Priority = "high" if vip else 7
+    assert_type(send_email.options(priority=level).enqueue(conn, to="a@example.com", subject="hi"), int)
+    assert_type(send_email.options(priority=-5).options(priority="critical").enqueue(conn, "a", "hi"), int)
+    assert_type(app.enqueue(conn, "send-email", {"to": "a"}, priority="low"), int)
+    assert_type(app.enqueue(conn, "send-email", {"to": "a"}, priority=3), int)
+    assert_type(app.enqueue_many(conn, [pgqueue.JobSpec("send-email", priority="normal")]), list[int])
+    assert_type(pgqueue.sig("send-email", {"to": "a"}, priority="urgent"), Signature)  # **options: untyped
+    assert_type(pgqueue.Signature("render", priority="low"), Signature)
+
+
+async def priorities_typed_async(aconn: psycopg.AsyncConnection[Any]) -> None:
+    assert_type(await app.enqueue_async(aconn, "render", {"report_id": 1}, priority="high"), int)

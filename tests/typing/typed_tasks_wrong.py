@@ -37,6 +37,17 @@ def wrong_signatures() -> None:
     render.s(report_id="7")  # E: arg-type
 
 
+def wrong_priorities(conn: psycopg.Connection[Any], name: str) -> None:
+    send_email.options(priority="urgent")  # E: arg-type
+    send_email.options(priority=name)  # E: arg-type
+    send_email.options(delay=1).options(priority="hihg")  # E: arg-type
+    app.enqueue(conn, "send-email", {"to": "a"}, priority="urgent")  # E: arg-type
+    pgqueue.JobSpec("send-email", priority="urgent")  # E: arg-type
+    app.task(name="misfiled", priority="urgent")  # E: call-overload
+    app.schedule("nightly", cron="0 3 * * *", task="render", priority="urgent")  # E: arg-type
+
+
 async def wrong_async(aconn: psycopg.AsyncConnection[Any]) -> None:
     await render.enqueue_async(aconn, report_id="7")  # E: arg-type
     await render.enqueue_async(aconn)  # E: call-arg
+    await app.enqueue_async(aconn, "render", {"report_id": 7}, priority="urgent")  # E: arg-type
