@@ -6,7 +6,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -17,7 +16,6 @@ from sqlalchemy.engine import make_url
 from pgqueue.testing import TestDatabase
 
 WORKER_END_TIMEOUT = 60.0
-ROLES_SQL = Path(__file__).resolve().parents[2] / "sql" / "roles.sql"
 
 
 @pytest.fixture
@@ -81,15 +79,21 @@ def test_the_readiness_probe_says_ok_while_the_worker_runs(client: TestClient) -
 
 @pytest.fixture
 def limited_role(pgqueue_db: TestDatabase) -> Iterator[str]:
-    """The DSN of a login role with pgqueue's least-privilege grants (sql/roles.sql) but allowed
+    """The DSN of a login role with the grants a worker needs in this database, but allowed
     only 3 sessions: fewer than a worker needs, so the worker's start-up check fails (a
     ConfigurationError) once the app is up, while the shop's requests still work."""
     name = f"shop_{uuid.uuid4().hex[:12]}"
     with pgqueue_db.connect(autocommit=True) as db:
-        db.execute(ROLES_SQL.read_text().encode())  # idempotent; the group roles are cluster-wide
-        db.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 3").format(sql.Identifier(name)))
-        db.execute(sql.SQL("GRANT pgqueue_enqueuer, pgqueue_worker TO {}").format(sql.Identifier(name)))
-        db.execute(sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(name)))
+        # Grants in this database only, not sql/roles.sql: its group roles are cluster-wide, and
+        # other tests running at the same time create them under a lock of their own.
+        role = sql.Identifier(name)
+        db.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 3").format(role))
+        for grant in ("GRANT USAGE ON SCHEMA pgqueue TO {}",
+                      "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgqueue TO {}",
+                      "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA pgqueue TO {}",
+                      "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgqueue TO {}",
+                      "GRANT CREATE, USAGE ON SCHEMA public TO {}"):
+            db.execute(sql.SQL(grant).format(role))
     try:
         yield make_url(pgqueue_db.dsn).set(username=name).render_as_string(hide_password=False)
     finally:
