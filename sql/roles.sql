@@ -106,7 +106,7 @@ GRANT SELECT ON pgqueue.encrypted_tasks TO pgqueue_enqueuer;
 -- It changes a job's state and outcome, never what the job is (task, queue, args, priority...).
 GRANT SELECT, DELETE ON pgqueue.jobs TO pgqueue_worker;
 GRANT UPDATE (state, attempt, worker_id, lease_token, started_at, finished_at, run_at, progress, progress_note,
-              result, result_encrypted, last_error, error_encrypted)
+              progress_note_encrypted, result, result_encrypted, last_error, error_encrypted)
     ON pgqueue.jobs TO pgqueue_worker;
 GRANT SELECT, DELETE ON pgqueue.job_events TO pgqueue_worker;
 -- Seals: the chain's trigger accepts only a seal that continues it; pruned_at is the one column
@@ -137,7 +137,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.encrypted_tasks TO pgqueue_worke
 -- not run workers: a login that does both gets pgqueue_worker too.
 GRANT SELECT, DELETE ON pgqueue.jobs TO pgqueue_admin;
 -- Retry, cancel and the re-encryption of `keys rotate`.
-GRANT UPDATE (state, run_at, finished_at, lease_token, max_attempts, args_encrypted, result_encrypted, error_encrypted)
+GRANT UPDATE (state, run_at, finished_at, lease_token, max_attempts, args_encrypted, result_encrypted, error_encrypted,
+              progress_note_encrypted)
     ON pgqueue.jobs TO pgqueue_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.queues, pgqueue.schedules, pgqueue.schedule_runs,
     pgqueue.workers, pgqueue.leaders TO pgqueue_admin;

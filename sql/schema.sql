@@ -41,6 +41,9 @@ CREATE TABLE pgqueue.jobs (
     pending_dependencies  integer     NOT NULL DEFAULT 0,
     has_dependents        boolean     NOT NULL DEFAULT false,
     on_dependency_failure text,
+    -- Encrypted jobs (migration 0016): the progress note only as ciphertext (progress_note NULL),
+    -- in the format of the columns above.
+    progress_note_encrypted bytea,
     -- The checks run for every row written, and every statement parses and folds them again
     -- (PostgreSQL caches neither): array literals, typed constants and no bounded regex
     -- repetition keep that cheap (migration 0011).
@@ -102,7 +105,8 @@ CREATE TRIGGER jobs_insert_fresh AFTER INSERT ON pgqueue.jobs
     FOR EACH ROW
     WHEN (NEW.state <> ALL ('{waiting,scheduled,available}'::text[]) OR NEW.attempt <> 0 OR NEW.lease_token IS NOT NULL
           OR NEW.worker_id IS NOT NULL OR NEW.started_at IS NOT NULL OR NEW.finished_at IS NOT NULL
-          OR NEW.progress IS NOT NULL OR NEW.progress_note IS NOT NULL OR NEW.result IS NOT NULL
+          OR NEW.progress IS NOT NULL OR NEW.progress_note IS NOT NULL OR NEW.progress_note_encrypted IS NOT NULL
+          OR NEW.result IS NOT NULL
           OR NEW.result_encrypted IS NOT NULL OR NEW.last_error IS NOT NULL OR NEW.error_encrypted IS NOT NULL
           OR NEW.enqueued_at <> now())
     EXECUTE FUNCTION pgqueue.jobs_insert_fresh();

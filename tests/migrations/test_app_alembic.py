@@ -39,14 +39,14 @@ def test_upgrade_on_the_apps_connection_joins_its_transaction_and_keeps_its_own_
     finally:
         engine.dispose()
     assert app_versions == ["app0001"]
-    assert ours == ["0015"]
+    assert ours == ["0016"]
     assert pgqueue.migrations.pending(empty_dsn) == []
 
 
 def test_upgrade_with_a_dsn_commits_by_itself(empty_dsn: str) -> None:
     assert sorted(pgqueue.migrations.pending(empty_dsn)) == [
         "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014",
-        "0015"]
+        "0015", "0016"]
     pgqueue.migrations.upgrade(empty_dsn)
     assert pgqueue.migrations.pending(empty_dsn) == []
 
@@ -106,6 +106,6 @@ def test_the_apps_own_alembic_command_runs_pgqueues_migrations_from_its_env_py(
         assert "Traceback" not in ran.stderr
     with psycopg.connect(empty_dsn) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("app0001",)]
-        assert conn.execute("SELECT version_num FROM pgqueue_alembic_version").fetchall() == [("0015",)]
+        assert conn.execute("SELECT version_num FROM pgqueue_alembic_version").fetchall() == [("0016",)]
         assert conn.execute("SELECT to_regclass('public.orders') IS NOT NULL, "
                             "to_regclass('pgqueue.jobs') IS NOT NULL").fetchone() == (True, True)

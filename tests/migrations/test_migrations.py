@@ -18,7 +18,7 @@ from pgqueue import _migrate
 from pgqueue.errors import DatabaseUnavailable
 from tests.helpers import REPO_ROOT, psql, scratch_database, wait_until
 
-HEAD = "0015"
+HEAD = "0016"
 UNREACHABLE = "postgresql://nobody:s3cret-pw@127.0.0.1:1/x"
 
 # What "the same catalog" means: every object in schema pgqueue, rendered by PostgreSQL itself.
@@ -189,7 +189,7 @@ def test_check_and_current_report_pending_revisions(empty_dsn: str) -> None:
     assert _migrate.current(empty_dsn) is None
     assert _migrate.check(empty_dsn) == [
         "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013", "0014",
-        HEAD]
+        "0015", HEAD]
 
     _migrate.upgrade(empty_dsn)
 
