@@ -6,8 +6,8 @@ bookkeeping outside the row::
     version (1 byte) | key id (8 bytes) | nonce (12 bytes) | AES-GCM ciphertext + tag (16 bytes)
 
 The key id is the first 8 bytes of sha256(key): it names a key without revealing it. The
-associated data binds each ciphertext to its header, the column it lives in (args, result or
-error) and the job's task name, so a ciphertext copied into another column or onto another
+associated data binds each ciphertext to its header, the column it lives in (args, result,
+error or progress note) and the job's task name, so a ciphertext copied into another column or onto another
 task's job fails authentication instead of being fed to the wrong handler.
 """
 
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     # cryptography is imported by the first key parsed: a worker or an app without keys never loads it.
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-Field = Literal["args", "result", "error"]
-FIELDS: tuple[Field, ...] = ("args", "result", "error")
+Field = Literal["args", "result", "error", "progress_note"]
+FIELDS: tuple[Field, ...] = ("args", "result", "error", "progress_note")
 
 
 def generate_key() -> str:

@@ -43,6 +43,7 @@ class RotationReport:
             "args": self.rotated["args"],
             "results": self.rotated["result"],
             "errors": self.rotated["error"],
+            "progress_notes": self.rotated["progress_note"],
             "from_key_ids": sorted(self.from_key_ids),
             "unreadable": dict(sorted(self.unreadable.items())),
             "damaged_jobs": sorted(self.damaged),
@@ -99,7 +100,7 @@ def _record(store: KeyStore, report: RotationReport, actor: str | None, source: 
 
 def _reencrypt(row: StoredCiphertexts, keyring: Keyring, report: RotationReport) -> StoredCiphertexts | None:
     fresh: dict[Field, bytes | None] = {}
-    for name, blob in zip(FIELDS, (row.args, row.result, row.error), strict=True):
+    for name, blob in zip(FIELDS, (row.args, row.result, row.error, row.progress_note), strict=True):
         fresh[name] = None
         if blob is None or keyring.is_current(blob):
             continue
@@ -117,4 +118,5 @@ def _reencrypt(row: StoredCiphertexts, keyring: Keyring, report: RotationReport)
         report.from_key_ids.add(old_id)
     if not any(fresh.values()):
         return None
-    return StoredCiphertexts(row.job_id, row.task, fresh["args"], fresh["result"], fresh["error"])
+    return StoredCiphertexts(row.job_id, row.task, fresh["args"], fresh["result"], fresh["error"],
+                             fresh["progress_note"])

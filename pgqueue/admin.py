@@ -180,8 +180,9 @@ def _source(source: str) -> str:
 class JobRecord:
     """One row of ``pgqueue.jobs`` as an operator sees it (see ``sql/README.md`` for the columns).
 
-    For an encrypted job ``args`` and ``result`` are None and ``last_error`` holds only the error's
-    type: the flags say which payloads exist only as ciphertext. Nothing here ever decrypts.
+    For an encrypted job ``args``, ``result`` and ``progress_note`` are None and ``last_error`` holds
+    only the error's type: the flags say which payloads exist only as ciphertext. Nothing here ever
+    decrypts.
     """
 
     id: int
@@ -208,6 +209,8 @@ class JobRecord:
     error_encrypted: bool = False
     #: The group it was enqueued in (``group="patient:42"``), None outside groups.
     group_key: str | None = None
+    #: An encrypted job's progress note exists, only as ciphertext (``progress_note`` is None).
+    progress_note_encrypted: bool = False
 
     @property
     def finished(self) -> bool:
@@ -216,7 +219,7 @@ class JobRecord:
 
     @property
     def encrypted(self) -> bool:
-        return self.args_encrypted or self.result_encrypted or self.error_encrypted
+        return self.args_encrypted or self.result_encrypted or self.error_encrypted or self.progress_note_encrypted
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, tags as a list: ready for JSON (datetimes left as datetimes)."""
@@ -450,7 +453,7 @@ class HealthReport:
 def _job(row: dict[str, Any]) -> JobRecord:
     fields: dict[str, Any] = {name: row.get(name) for name in JobRecord.__dataclass_fields__}
     fields["tags"] = tuple(row.get("tags") or ())
-    for flag in ("args_encrypted", "result_encrypted", "error_encrypted"):
+    for flag in ("args_encrypted", "result_encrypted", "error_encrypted", "progress_note_encrypted"):
         fields[flag] = bool(row.get(flag))
     return JobRecord(**fields)
 

@@ -131,7 +131,7 @@ class Job:
         attempt: this attempt's number, starting at 1.
         max_attempts: attempts allowed before the job is ``failed``.
         enqueued_at: when the job was enqueued (database clock).
-        encrypted: whether the job's args, result and error are stored only as ciphertext.
+        encrypted: whether the job's args, result, error and progress note are stored only as ciphertext.
         connection: for ``transactional=True`` tasks, the psycopg connection whose transaction
             also marks the job completed; None otherwise.
     """
@@ -198,6 +198,10 @@ class Job:
 
     def set_progress(self, percent: float, note: str | None = None) -> None:
         """Record progress (0-100) and an optional note, visible to other processes within a second.
+
+        The note of an encrypted job (``job.encrypted``, its task's ``encrypt=True``, or compliance
+        mode) is stored only as ciphertext, as its result is: operators' views show that a note
+        exists, never its text. The percentage stays readable.
 
         Raises:
             ValueError: ``percent`` is outside 0-100.

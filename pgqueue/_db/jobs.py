@@ -144,6 +144,8 @@ class Outcome:
     event: str = "completed"
     progress: float | None = None
     progress_note: str | None = None
+    # Sealed jobs: progress_note is None and the note is this ciphertext.
+    progress_note_encrypted: bytes | None = None
 
 
 def _insert_params(job: NewJob, actor: str | None) -> dict[str, Any]:
@@ -226,9 +228,14 @@ def _notify_params(queues: Iterable[str]) -> dict[str, Any]:
     return {"queues": sorted(queues), "channel": NOTIFY_CHANNEL}
 
 
-def _progress_params(updates: Sequence[tuple[int, str, float, str | None]]) -> dict[str, Any]:
+#: (job id, lease token, percent, note, note ciphertext) of a running job.
+ProgressRow = tuple[int, str, float, str | None, bytes | None]
+
+
+def _progress_params(updates: Sequence[ProgressRow]) -> dict[str, Any]:
     return {"ids": [u[0] for u in updates], "tokens": [u[1] for u in updates],
-            "progress": [u[2] for u in updates], "notes": [u[3] for u in updates]}
+            "progress": [u[2] for u in updates], "notes": [u[3] for u in updates],
+            "notes_encrypted": [u[4] for u in updates]}
 
 
 def _job_from_row(row: tuple[Any, ...], token: str) -> Job:
@@ -281,6 +288,7 @@ def _complete_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "results_encrypted": [o.result_encrypted for o in outcomes],
         "progress": [o.progress for o in outcomes],
         "progress_notes": [o.progress_note for o in outcomes],
+        "progress_notes_encrypted": [o.progress_note_encrypted for o in outcomes],
         "done_channel": DONE_CHANNEL, "waiters_lock": WAITERS_LOCK_KEY,
     }
 
@@ -553,8 +561,8 @@ class JobStore:
             rows = execute_on(self.conn, JOBS.complete_jobs, _complete_params(outcomes)).fetchall()
         return {r[0] for r in rows}
 
-    def update_progress(self, updates: Sequence[tuple[int, str, float, str | None]]) -> None:
-        """(job id, lease token, percent, note) of running jobs; a lost lease is skipped."""
+    def update_progress(self, updates: Sequence[ProgressRow]) -> None:
+        """(job id, lease token, percent, note, note ciphertext) of running jobs; a lost lease is skipped."""
         with translate_errors():
             execute_on(self.conn, JOBS.update_progress, _progress_params(updates))
 

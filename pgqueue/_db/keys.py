@@ -37,6 +37,7 @@ class StoredCiphertexts:
     args: bytes | None
     result: bytes | None
     error: bytes | None
+    progress_note: bytes | None = None
 
 
 class KeyStore:
@@ -55,7 +56,8 @@ class KeyStore:
         with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
             cur.execute(KEYS.count_stale_ciphertexts, {"key_id": key_id})
             row = cur.fetchone()
-        return {k: int(v) for k, v in row.items()} if row else {"args": 0, "results": 0, "errors": 0}
+        return ({k: int(v) for k, v in row.items()} if row
+                else {"args": 0, "results": 0, "errors": 0, "progress_notes": 0})
 
     def lock_stale_ciphertexts(self, key_id: bytes, after_id: int, limit: int) -> list[StoredCiphertexts]:
         with translate_errors():
@@ -70,6 +72,7 @@ class KeyStore:
                 "args_encrypted": [r.args for r in rows],
                 "results_encrypted": [r.result for r in rows],
                 "errors_encrypted": [r.error for r in rows],
+                "progress_notes_encrypted": [r.progress_note for r in rows],
             })
 
     def record_key_rotation(self, actor: str, detail: dict[str, Any]) -> None:

@@ -90,7 +90,7 @@ class WorkerLoop:
         self.exit_code = 0
         self.stuck_threads = False
         self.tally = Tally()
-        self.progress = ProgressBook()
+        self.progress = ProgressBook(self.sealer.keyring)
         self.flow = Flow()
         self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self.transactional = TransactionalRunner(app, self.sealer, self.progress, concurrency=concurrency)
@@ -326,9 +326,10 @@ class WorkerLoop:
         return read_dependency_results(self.app, self.app.dsn, job)
 
     def _dispatch(self, job: Job, runner: JobRunner) -> None:
-        job._progress_sink = self.progress.record
         job._dependency_reader = self._read_dependencies
         task = self.app.tasks.get(job.task)
+        # A sealed job's note often quotes its args: it is stored only as ciphertext.
+        job._progress_sink = self.progress.record_sealed if self.sealer.must_seal(job, task) else self.progress.record
         handle = asyncio.create_task(self._execute(job, task, runner))
         self.running[job.id] = (job, handle)
 
@@ -368,7 +369,8 @@ class WorkerLoop:
             return
         progress = self.progress.take(job.id)
         if progress is not None:
-            outcome = replace(outcome, progress=progress[1], progress_note=progress[2])
+            outcome = replace(outcome, progress=progress.percent, progress_note=progress.note,
+                              progress_note_encrypted=progress.note_encrypted)
         assert self._acker is not None  # noqa: S101 - dispatch starts after run() made it
         self._acker.add(outcome, queue=job.queue, task=job.task, seconds=seconds)
 

@@ -1,5 +1,6 @@
 """The worker's side of encryption at rest: open a job's args before its handler runs, and seal the
-result and error text it leaves behind, so an encrypted job's payloads never reach a plaintext column.
+result, error text and progress note it leaves behind, so an encrypted job's payloads never reach a
+plaintext column.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class PayloadSealer:
             job.args = json.loads(self.keyring.decrypt(sealed, "args", job.task))
 
     def seal(self, job: Job, task: Task[..., Any] | None, outcome: Outcome) -> Outcome:
-        """The outcome to store: for a sealed job, the result and the error text only as ciphertext."""
+        """The outcome to store: for a sealed job, the result, the error text and the progress note
+        only as ciphertext."""
         if self.keyring is None or not self.must_seal(job, task):
             return outcome
         result_encrypted = error_encrypted = None
@@ -72,5 +74,8 @@ class PayloadSealer:
             error_encrypted = self.keyring.encrypt(outcome.error.encode("utf-8"), "error", job.task)
             # The type stays readable: reports, the audit trail's error_type and alerting need it.
             error = encode_json({"type": json.loads(outcome.error).get("type"), "encrypted": True})
+        note_encrypted = outcome.progress_note_encrypted
+        if outcome.progress_note is not None:  # the ProgressBook seals these already: never store one in plaintext
+            note_encrypted = self.keyring.encrypt(outcome.progress_note.encode("utf-8"), "progress_note", job.task)
         return replace(outcome, result=None, result_encrypted=result_encrypted, error=error,
-                       error_encrypted=error_encrypted)
+                       error_encrypted=error_encrypted, progress_note=None, progress_note_encrypted=note_encrypted)

@@ -77,8 +77,9 @@ class TransactionalRunner:
         progress = self.progress.take(job.id)
         result_text = encode_result(result, self.app.settings.max_result_bytes)
         outcome = Outcome(job_id=job.id, token=job.lease_token, state="completed", result=result_text,
-                          progress=progress[1] if progress else None,
-                          progress_note=progress[2] if progress else None)
+                          progress=progress.percent if progress else None,
+                          progress_note=progress.note if progress else None,
+                          progress_note_encrypted=progress.note_encrypted if progress else None)
         return self.sealer.seal(job, self.app.tasks.get(job.task), outcome)
 
     def _pool_size(self) -> int:

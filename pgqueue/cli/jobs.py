@@ -30,9 +30,13 @@ def _attempts(row: Mapping[str, Any]) -> str:
 
 
 def _progress(row: Mapping[str, Any]) -> str:
+    # An encrypted job's note exists only as ciphertext: say so, as for its result.
+    encrypted = row.get("progress_note_encrypted")
     if row.get("progress") is None:
-        return format_value(row.get("progress_note"))
+        return "(encrypted)" if encrypted else format_value(row.get("progress_note"))
     text = f"{row['progress']:g}%"
+    if encrypted:
+        return f"{text} (note encrypted)"
     return f"{text} ({row['progress_note']})" if row.get("progress_note") else text
 
 

@@ -43,7 +43,7 @@ def rotate_command(
     json_output: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
-    """Re-encrypt every stored args, result and error ciphertext not under the newest key.
+    """Re-encrypt every stored args, result, error and progress note ciphertext not under the newest key.
 
     Uses PGQUEUE_ENCRYPTION_KEYS: the first key is the target, the others open older ciphertexts.
     Safe to re-run and to run while workers are busy; audited as `keys_rotated` rows (one per batch, and a summary).
@@ -64,8 +64,9 @@ def rotate_command(
         print_json(summary)
     else:
         verb = "would re-encrypt" if dry_run else "re-encrypted"
-        print(f"{verb} {summary['args']} args, {summary['results']} results and {summary['errors']} errors "
-              f"on {summary['jobs']} jobs to key id {report.newest_key_id}")
+        print(f"{verb} {summary['args']} args, {summary['results']} results, {summary['errors']} errors and "
+              f"{summary['progress_notes']} progress notes on {summary['jobs']} jobs to key id "
+              f"{report.newest_key_id}")
         if not dry_run:
             left = report.remaining.get("jobs", 0)
             print(f"{left} jobs still hold ciphertexts under older keys" if left else

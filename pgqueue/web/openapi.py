@@ -54,7 +54,8 @@ def openapi_document() -> dict[str, Any]:
         "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
         "run_at": {"type": "string", "format": "date-time"}, "enqueued_at": {"type": "string", "format": "date-time"},
         "started_at": _NULLABLE_TIME, "finished_at": _NULLABLE_TIME,
-        "progress": {"type": ["number", "null"]}, "progress_note": {"type": ["string", "null"]},
+        "progress": {"type": ["number", "null"]},
+        "progress_note": {"type": ["string", "null"], "description": "null when encrypted"},
         "result": {"description": "the handler's return value; null when encrypted"},
         "last_error": {"type": ["object", "null"],
                        "description": "type, message, traceback (only type when encrypted)"},
@@ -62,6 +63,8 @@ def openapi_document() -> dict[str, Any]:
         "worker_id": {"type": ["string", "null"]}, "args_encrypted": {"type": "boolean"},
         "result_encrypted": {"type": "boolean"}, "error_encrypted": {"type": "boolean"},
         "group_key": {"type": ["string", "null"], "description": "the group it was enqueued in, if any"},
+        "progress_note_encrypted": {"type": "boolean",
+                                    "description": "the progress note exists only as ciphertext"},
     }
     counts = {name: {"type": "integer"} for name in
               ("waiting", "scheduled", "available", "running", "failed", "cancelled", "completed_last_hour",

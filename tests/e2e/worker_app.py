@@ -113,3 +113,25 @@ def thread_error(job: pgqueue.Job, ssn: str) -> None:
     helper = threading.Thread(target=check, name="ssn-check")
     helper.start()
     helper.join()
+
+
+def _released(job: pgqueue.Job) -> bool:
+    with _get_pool().connection(timeout=10) as conn:
+        return conn.execute("SELECT 1 FROM test_executions WHERE job_id = %s AND attempt = 0",
+                            [job.id]).fetchone() is not None
+
+
+def _write_letter(job: pgqueue.Job, patient: str) -> None:
+    """Reports progress with a note quoting its args, as handlers do; stays running until the test
+    releases it (a ``test_executions`` row with attempt 0), then notes that it finished."""
+    job.set_progress(50, note=f"letter for {patient}")
+    deadline = time.monotonic() + 60
+    while not _released(job):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.id} was never released")
+        time.sleep(0.05)
+    job.set_progress(100, note=f"sent to {patient}")
+
+
+letter = app.task(name="letter", encrypt=True)(_write_letter)
+plain_letter = app.task(name="plain-letter")(_write_letter)

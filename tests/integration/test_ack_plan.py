@@ -51,7 +51,7 @@ def _params(name: str, ids: list[int], token: str) -> dict[str, Any]:
     if name == "release_jobs":
         return {"ids": ids, "tokens": [token] * len(ids), "reason": "plan test", "channel": NOTIFY_CHANNEL}
     assert name == "update_progress"
-    return _progress_params([(i, token, 50.0, None) for i in ids])
+    return _progress_params([(i, token, 50.0, None, None) for i in ids])
 
 
 @pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])

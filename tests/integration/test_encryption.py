@@ -20,7 +20,7 @@ import structlog
 from psycopg.rows import TupleRow, dict_row
 from structlog.typing import EventDict
 
-from pgqueue import App, Backoff, Job, JobSpec, Worker
+from pgqueue import App, Backoff, Job, JobSpec, Worker, admin
 from pgqueue._crypto import Keyring, generate_key, key_id_in
 from pgqueue._db.jobs import JobStore
 from pgqueue._db.keys import KeyStore
@@ -100,8 +100,8 @@ def assert_plaintext_nowhere(db: Conn, job_id: int, *secrets: str) -> None:
     assert text is not None
     assert trail is not None
     blobs = b"".join(bytes(v) for v in db.execute(
-        "SELECT coalesce(args_encrypted, ''), coalesce(result_encrypted, ''), coalesce(error_encrypted, '') "
-        "FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone() or ())
+        "SELECT coalesce(args_encrypted, ''), coalesce(result_encrypted, ''), coalesce(error_encrypted, ''), "
+        "coalesce(progress_note_encrypted, '') FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone() or ())
     for secret in secrets:
         assert secret not in text[0], f"{secret!r} is stored in plaintext in job {job_id}"
         assert secret not in trail[0], f"{secret!r} reached job {job_id}'s audit trail"
@@ -312,6 +312,91 @@ def test_a_transactional_encrypted_task_stores_its_result_encrypted(dsn: str, db
     assert_plaintext_nowhere(db, job_id, SECRET)
 
 
+# --- progress notes -------------------------------------------------------------------------------
+
+PATIENT = "Jane Doe"
+
+
+def add_letter_tasks(app: App, release: threading.Event) -> None:
+    """``letter`` (encrypt=True) and ``plain-letter``: a note quoting the args, then a second one
+    once ``release`` is set (the first is written by the heartbeat, the second with the outcome)."""
+
+    def write(job: Job, patient: str) -> None:
+        job.set_progress(50, note=f"letter for {patient}")
+        assert release.wait(WAIT), "the test never released the handler"
+        job.set_progress(100, note=f"sent to {patient}")
+
+    app.task(name="letter", encrypt=True)(write)
+    app.task(name="plain-letter")(write)
+
+
+def test_an_encrypted_jobs_progress_notes_are_stored_only_as_ciphertext_and_a_plain_jobs_as_before(
+        app: App, db: Conn) -> None:
+    release = threading.Event()
+    add_letter_tasks(app, release)
+    sealed_id = app.enqueue(None, "letter", {"patient": PATIENT})
+    plain_id = app.enqueue(None, "plain-letter", {"patient": "John Roe"})
+
+    with running_worker(app):
+        wait_until(lambda: row(db, sealed_id)["progress"] == 50 and row(db, plain_id)["progress"] == 50,
+                   timeout=WAIT, message="both jobs' progress to be written while they run")
+        running, plain_running = row(db, sealed_id), row(db, plain_id)
+        release.set()
+        done = wait_for_state(db, sealed_id, "completed")
+        plain_done = wait_for_state(db, plain_id, "completed")
+
+    assert running["progress_note"] is None
+    assert Keyring((NEW,)).decrypt(bytes(running["progress_note_encrypted"]), "progress_note", "letter") == (
+        f"letter for {PATIENT}".encode())
+    assert (done["progress"], done["progress_note"]) == (100, None)
+    assert Keyring((NEW,)).decrypt(bytes(done["progress_note_encrypted"]), "progress_note", "letter") == (
+        f"sent to {PATIENT}".encode())
+    assert_plaintext_nowhere(db, sealed_id, PATIENT)
+    with psycopg.connect(app.dsn) as conn:
+        record = admin.get_job(conn, sealed_id)
+    assert (record.progress_note, record.progress_note_encrypted, record.encrypted) == (None, True, True)
+    # A job that is not encrypted keeps its notes readable, and no ciphertext.
+    assert (plain_running["progress_note"], plain_running["progress_note_encrypted"]) == ("letter for John Roe", None)
+    assert (plain_done["progress_note"], plain_done["progress_note_encrypted"]) == ("sent to John Roe", None)
+
+
+def test_a_note_set_by_a_transactional_or_compliance_mode_job_is_sealed_with_its_outcome(dsn: str, db: Conn) -> None:
+    app = make_app(dsn, NEW, encrypt_all=True)
+
+    @app.task(name="tx-note", transactional=True)
+    def tx_note(job: Job, patient: str) -> None:
+        job.set_progress(100, note=f"filed for {patient}")
+
+    @app.task(name="note")
+    def note(job: Job, patient: str) -> None:
+        job.set_progress(100, note=f"filed for {patient}")
+
+    ids = {task: app.enqueue(None, task, {"patient": PATIENT}) for task in ("tx-note", "note")}
+    with running_worker(app):
+        done = {task: wait_for_state(db, job_id, "completed") for task, job_id in ids.items()}
+
+    for task, found in done.items():
+        assert found["progress_note"] is None
+        assert Keyring((NEW,)).decrypt(bytes(found["progress_note_encrypted"]), "progress_note", task) == (
+            f"filed for {PATIENT}".encode())
+        assert_plaintext_nowhere(db, ids[task], PATIENT)
+
+
+def test_a_new_attempt_clears_the_note_ciphertext_of_the_last_one(app: App, db: Conn) -> None:
+    @app.task(name="noted-once", encrypt=True, max_attempts=2, backoff=Backoff.fixed(0))
+    def noted_once(job: Job, patient: str) -> None:
+        if job.attempt == 1:
+            job.set_progress(10, note=f"tried {patient}")
+            raise ValueError("first attempt fails")
+
+    job_id = app.enqueue(None, "noted-once", {"patient": PATIENT})
+    with running_worker(app):
+        done = wait_for_state(db, job_id, "completed")
+
+    assert (done["attempt"], done["progress"], done["progress_note"], done["progress_note_encrypted"]) == (
+        2, None, None, None)
+
+
 # --- scheduler ------------------------------------------------------------------------------------
 
 
@@ -355,9 +440,9 @@ def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_ke
     assert dry.as_dict()["args"] == 2
     assert report.as_dict() | {"remaining": None} == {
         "newest_key_id": keyring.newest.hex_id, "dry_run": False, "jobs": 2, "args": 2, "results": 0,
-        "errors": 1, "from_key_ids": [Keyring((OLD,)).newest.hex_id], "unreadable": {}, "damaged_jobs": [],
-        "remaining": None}
-    assert report.remaining == {"jobs": 0, "args": 0, "results": 0, "errors": 0}
+        "errors": 1, "progress_notes": 0, "from_key_ids": [Keyring((OLD,)).newest.hex_id], "unreadable": {},
+        "damaged_jobs": [], "remaining": None}
+    assert report.remaining == {"jobs": 0, "args": 0, "results": 0, "errors": 0, "progress_notes": 0}
     assert again.jobs == 0
     assert row(db, plain)["args"] == {"ssn": "public"}
     audit = db.execute("SELECT actor, detail FROM pgqueue.job_events WHERE event = 'keys_rotated' AND job_id IS NULL "
@@ -376,6 +461,27 @@ def test_rotate_reencrypts_every_old_ciphertext_so_a_worker_with_only_the_new_ke
 
     assert done["state"] == "completed", done["last_error"]
     assert opened((NEW,), done["result_encrypted"], "result", "verify") == {"verified": SECRET}
+
+
+def test_rotate_reencrypts_progress_notes_so_they_open_once_the_old_key_is_retired(dsn: str, db: Conn) -> None:
+    old_app = make_app(dsn, OLD)
+    release = threading.Event()
+    release.set()
+    add_letter_tasks(old_app, release)
+    job_id = old_app.enqueue(None, "letter", {"patient": PATIENT})
+    with running_worker(old_app):
+        before = bytes(wait_for_state(db, job_id, "completed")["progress_note_encrypted"])
+    assert Keyring((OLD,)).is_current(before)
+
+    with psycopg.connect(dsn) as conn:
+        report = rotate(KeyStore(conn), Keyring((NEW, OLD)), actor="cli:test")
+
+    assert (report.jobs, report.as_dict()["progress_notes"], report.as_dict()["args"]) == (1, 1, 1)
+    assert report.remaining["progress_notes"] == 0
+    after = bytes(row(db, job_id)["progress_note_encrypted"])
+    assert after != before
+    assert Keyring((NEW,)).decrypt(after, "progress_note", "letter") == f"sent to {PATIENT}".encode()
+    assert row(db, job_id)["progress_note"] is None
 
 
 def test_an_interrupted_rotation_leaves_no_reencrypted_payload_without_its_audit_row(dsn: str, db: Conn) -> None:

@@ -21,6 +21,9 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from pgqueue import App, Backoff, CircuitBreaker, Discard, Job, JobSpec, Snooze, Worker, _audit, _retention
+from pgqueue._crypto import Keyring, generate_key
+from pgqueue._db.keys import KeyStore
+from pgqueue._key_rotation import rotate
 from pgqueue._scheduler import Scheduler
 from pgqueue.settings import Settings
 from tests.e2e.test_cli import ACTOR, run
@@ -146,6 +149,10 @@ def test_a_login_that_does_not_own_the_table_gets_the_fresh_jobs_rule_even_with_
     message = refusal(as_role("enqueuer"), "INSERT INTO pgqueue.jobs (task, state) VALUES ('t', 'completed')")
     assert message is not None
     assert "must be inserted fresh" in message
+    noted = refusal(as_role("enqueuer"),
+                    "INSERT INTO pgqueue.jobs (task, progress_note_encrypted) VALUES ('t', '\\x01')")
+    assert noted is not None
+    assert "must be inserted fresh" in noted
     # The owner may still load history (an import, a test fixture).
     owner.execute("INSERT INTO pgqueue.jobs (task, state, attempt, finished_at) VALUES ('t', 'completed', 1, now())")
 
@@ -337,6 +344,32 @@ def test_a_worker_login_records_its_codes_encrypted_tasks_at_start(as_role: Any,
 
     assert Worker(app, concurrency=1, settings=app.settings).run_until_empty() == 0
     assert owner.execute("SELECT task FROM pgqueue.encrypted_tasks").fetchall() == [("sealed",)]
+
+
+def test_a_worker_login_seals_an_encrypted_jobs_note_and_an_admin_login_rotates_it(as_role: Any, owner: Conn) -> None:
+    old, new = generate_key(), generate_key()
+    worker_dsn = as_role("worker")
+    app = App(worker_dsn, settings=Settings(dsn=worker_dsn, lease_seconds=5, poll_seconds=0.2,
+                                            shutdown_grace_seconds=5, encryption_keys=(old,)))
+
+    @app.task(name="letter", encrypt=True)
+    def letter(job: Job, patient: str) -> None:
+        job.set_progress(50, note=f"letter for {patient}")
+
+    job_id = app.enqueue(owner, "letter", {"patient": "Jane Doe"})
+    assert Worker(app, concurrency=1, settings=app.settings).run_until_empty() == 0
+    state, note, sealed = owner.execute("SELECT state, progress_note, progress_note_encrypted FROM pgqueue.jobs "
+                                        "WHERE id = %s", [job_id]).fetchone() or (None, None, None)
+    assert (state, note) == ("completed", None)
+    assert sealed is not None
+
+    with psycopg.connect(as_role("admin")) as conn:
+        report = rotate(KeyStore(conn), Keyring((new, old)), actor="cli:test")
+
+    assert report.as_dict()["progress_notes"] == 1
+    rotated = owner.execute("SELECT progress_note_encrypted FROM pgqueue.jobs WHERE id = %s", [job_id]).fetchone()
+    assert rotated is not None
+    assert Keyring((new,)).decrypt(bytes(rotated[0]), "progress_note", "letter") == b"letter for Jane Doe"
 
 
 @pytest.mark.parametrize(("columns", "values"), [

@@ -113,7 +113,8 @@ WITH due AS MATERIALIZED (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,

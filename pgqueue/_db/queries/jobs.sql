@@ -179,7 +179,8 @@ WITH picked AS MATERIALIZED (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
@@ -213,7 +214,8 @@ WITH picked AS MATERIALIZED (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
@@ -243,7 +245,8 @@ WITH picked AS MATERIALIZED (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
@@ -269,7 +272,8 @@ WITH picked AS MATERIALIZED (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = now(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.task, j.queue, j.args, j.attempt, j.max_attempts, j.enqueued_at, j.priority, j.tags,
@@ -363,7 +367,8 @@ WITH settings AS (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
     -- otherwise hash-join it against a scan of the whole table.
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -438,7 +443,8 @@ WITH settings AS (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
     -- otherwise hash-join it against a scan of the whole table.
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -531,7 +537,8 @@ WITH settings AS (
 ), claimed AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL
+        lease_token = %(lease_token)s::uuid, started_at = statement_timestamp(), progress = NULL, progress_note = NULL,
+        progress_note_encrypted = NULL
     -- By primary key: the LIMIT is computed, so the planner cannot size `picked` and would
     -- otherwise hash-join it against a scan of the whole table.
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
@@ -615,12 +622,13 @@ ON CONFLICT (task) DO NOTHING;
 WITH done AS MATERIALIZED (
     SELECT d.*, 'running'::text AS running
     FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(results)b::text[], %(results_encrypted)b::bytea[],
-                %(progress)b::real[], %(progress_notes)b::text[])
-        AS d(id, token, result, result_encrypted, progress, progress_note)
+                %(progress)b::real[], %(progress_notes)b::text[], %(progress_notes_encrypted)b::bytea[])
+        AS d(id, token, result, result_encrypted, progress, progress_note, progress_note_encrypted)
 ), updated AS (
     UPDATE pgqueue.jobs AS j
     SET state = 'completed', finished_at = now(), result = d.result::jsonb, result_encrypted = d.result_encrypted,
-        progress = COALESCE(d.progress, j.progress), progress_note = COALESCE(d.progress_note, j.progress_note)
+        progress = COALESCE(d.progress, j.progress), progress_note = COALESCE(d.progress_note, j.progress_note),
+        progress_note_encrypted = COALESCE(d.progress_note_encrypted, j.progress_note_encrypted)
     FROM done AS d
     WHERE j.id = d.id AND j.lease_token = d.token AND j.state = d.running
     RETURNING j.id, j.attempt, j.worker_id
@@ -766,11 +774,13 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM lost;
 -- By primary key: see complete_jobs.
 WITH batch AS MATERIALIZED (
     SELECT p.*, 'running'::text AS running
-    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(progress)b::real[], %(notes)b::text[])
-        AS p(id, token, progress, note)
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(progress)b::real[], %(notes)b::text[],
+                %(notes_encrypted)b::bytea[])
+        AS p(id, token, progress, note, note_encrypted)
 )
+-- A sealed job's note arrives only as note_encrypted (note NULL), a plain job's only as note.
 UPDATE pgqueue.jobs AS j
-SET progress = p.progress, progress_note = p.note
+SET progress = p.progress, progress_note = p.note, progress_note_encrypted = p.note_encrypted
 FROM batch AS p
 WHERE j.id = p.id AND j.lease_token = p.token AND j.state = p.running;
 
@@ -778,7 +788,8 @@ WHERE j.id = p.id AND j.lease_token = p.token AND j.state = p.running;
 SELECT id, task, queue, state, priority, args, attempt, max_attempts, run_at, enqueued_at, started_at,
        finished_at, progress, progress_note, result, last_error, unique_key, tags, worker_id,
        args_encrypted IS NOT NULL AS args_encrypted, result_encrypted IS NOT NULL AS result_encrypted,
-       error_encrypted IS NOT NULL AS error_encrypted, group_key
+       error_encrypted IS NOT NULL AS error_encrypted, group_key,
+       progress_note_encrypted IS NOT NULL AS progress_note_encrypted
 FROM pgqueue.jobs WHERE id = %(id)s;
 
 
@@ -964,7 +975,8 @@ SELECT j.id, j.task, j.queue, j.state, j.priority, j.args, j.attempt, j.max_atte
        j.started_at, j.finished_at, j.progress, j.progress_note, j.result, j.last_error, j.unique_key, j.tags,
        j.worker_id, j.args_encrypted IS NOT NULL AS args_encrypted,
        j.result_encrypted IS NOT NULL AS result_encrypted, j.error_encrypted IS NOT NULL AS error_encrypted,
-       j.group_key, scan.scanned, scan.lowest_id, scan.newest_enqueued_at
+       j.group_key, j.progress_note_encrypted IS NOT NULL AS progress_note_encrypted,
+       scan.scanned, scan.lowest_id, scan.newest_enqueued_at
 FROM scan
 LEFT JOIN (matched JOIN pgqueue.jobs AS j ON j.id = matched.id) ON true
 ORDER BY j.id DESC NULLS LAST;
