@@ -53,6 +53,17 @@ def test_a_ciphertext_moved_to_another_field_or_task_fails_authentication(field:
     assert "secret" not in str(raised.value)
 
 
+@pytest.mark.parametrize(("sealed_as", "opened_as"), [("progress_note", "result"), ("args", "progress_note")])
+def test_a_progress_note_ciphertext_and_a_payload_ciphertext_cannot_stand_in_for_each_other(
+        sealed_as: str, opened_as: str) -> None:
+    ring = Keyring((NEW,))
+    sealed = ring.encrypt(b"letter for Jane Doe", sealed_as, "send-letter")  # type: ignore[arg-type]
+
+    assert ring.decrypt(sealed, sealed_as, "send-letter") == b"letter for Jane Doe"  # type: ignore[arg-type]
+    with pytest.raises(DecryptionError):
+        ring.decrypt(sealed, opened_as, "send-letter")  # type: ignore[arg-type]
+
+
 def test_an_altered_ciphertext_or_header_fails_authentication() -> None:
     ring = Keyring((NEW, OLD))
     sealed = bytearray(ring.encrypt(b"secret", "args", "t"))
