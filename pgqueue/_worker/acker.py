@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from pgqueue._payload import encode_json
 
 if TYPE_CHECKING:
     from pgqueue._db.types import AsyncPsycopgConnection
+    from pgqueue.jobs import Job
 
 _CLOSE_WAIT = 10.0
 
@@ -30,6 +31,13 @@ _CLOSE_WAIT = 10.0
 #: event the outcome wrote (completed, retry_scheduled, failed, discarded). Runs on the event loop
 #: after the batch's statement: it must be cheap (Prometheus counters), never a database call.
 OutcomeObserver = Callable[[str, str, str, float | None], None]
+
+
+def described(jobs: Sequence[Job], only: Collection[int] | None = None) -> list[dict[str, Any]]:
+    """``jobs`` (those whose id is in ``only``, when given) for a log line: id, task and queue,
+    never args or results."""
+    return [{"job_id": job.id, "task": job.task, "queue": job.queue}
+            for job in sorted(jobs, key=lambda job: job.id) if only is None or job.id in only]
 
 
 @dataclass
@@ -204,14 +212,15 @@ class Acker:
                     # owns the outcome now, and ours must not overwrite it.
                     log.warning("job.lease_lost", job_id=outcome.job_id, outcome=outcome.state)
 
-    async def release(self, unfinished: Sequence[tuple[int, str]], reason: str = "worker shutdown") -> None:
+    async def release(self, jobs: Sequence[Job], reason: str = "worker shutdown") -> None:
         """Hand jobs this worker will not finish back at once (their attempt not counted); after
         three failed tries their leases expire and the rescuer hands them back instead."""
         log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        unfinished = [(job.id, job.lease_token) for job in jobs]
         for attempt in range(3):
             try:
                 released = await AsyncJobStore(await self.session.get()).release_jobs(unfinished, reason)
-                log.info("worker.released", released=sorted(released))
+                log.info("worker.released", released=described(jobs, released))
                 break
             except DATABASE_ERRORS as exc:
                 await self.session.close()

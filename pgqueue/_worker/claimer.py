@@ -177,9 +177,13 @@ class Claimer:
         """(id, lease token) of every prefetched job not started yet (safe from another thread)."""
         return read_loop_state(lambda: [(job.id, job.lease_token) for pool in self.pools for job in list(pool.buffer)])
 
-    def take_buffered(self) -> list[tuple[int, str]]:
-        """Empty every buffer: (id, lease token) of the jobs that will not be started here."""
-        taken = self.buffered()
+    def buffered_jobs(self) -> list[Job]:
+        """Every prefetched job not started yet (safe from another thread)."""
+        return read_loop_state(lambda: [job for pool in self.pools for job in list(pool.buffer)])
+
+    def take_buffered(self) -> list[Job]:
+        """Empty every buffer: the jobs that will not be started here."""
+        taken = self.buffered_jobs()
         for pool in self.pools:
             pool.buffer.clear()
         return taken
@@ -227,7 +231,7 @@ class Claimer:
         now = time.monotonic()
         for pool in self.pools:
             if pool.buffer and now - pool.last_start > BUFFER_TTL_SECONDS:
-                stale = [(job.id, job.lease_token) for job in pool.buffer]
+                stale = list(pool.buffer)
                 pool.buffer.clear()
                 get_logger("pgqueue.worker", worker_id=self.worker_id).info(
                     "worker.prefetch_released", jobs=len(stale), idle_s=round(now - pool.last_start, 1))

@@ -394,7 +394,7 @@ class WorkerLoop:
     async def _release_unfinished(self, acker: Acker) -> None:
         if not self.running:
             return
-        unfinished = [(job.id, job.lease_token) for job, _ in self.running.values()]
+        unfinished = [job for job, _ in self.running.values()]
         for _, handle in self.running.values():
             handle.cancel()
         await acker.release(unfinished)
