@@ -128,6 +128,11 @@ class Worker:
         SIGINT; then stop claiming, give running jobs the shutdown grace period to finish, and hand
         back those that do not (their attempt is not counted). A second signal exits at once.
 
+        With ``install_signal_handlers``, the grace holds even when an ``async def`` handler
+        blocks the event loop (calls blocking code): at the grace, a watchdog thread hands back the
+        running jobs on a connection of its own, logs ``worker.loop_blocked`` and ends the process
+        (exit code 0, as a graceful stop), since the loop would never come back to do it.
+
         Args:
             install_signal_handlers: handle SIGTERM and SIGINT (only possible in the main thread).
 

@@ -232,6 +232,10 @@ def _notify_params(queues: Iterable[str]) -> dict[str, Any]:
 ProgressRow = tuple[int, str, float, str | None, bytes | None]
 
 
+def _release_params(jobs: Sequence[tuple[int, str]], reason: str) -> dict[str, Any]:
+    return {"ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs], "channel": NOTIFY_CHANNEL, "reason": reason}
+
+
 def _progress_params(updates: Sequence[ProgressRow]) -> dict[str, Any]:
     return {"ids": [u[0] for u in updates], "tokens": [u[1] for u in updates],
             "progress": [u[2] for u in updates], "notes": [u[3] for u in updates],
@@ -559,6 +563,13 @@ class JobStore:
         """Write completed outcomes; returns the ids written (the others lost their lease)."""
         with translate_errors():
             rows = execute_on(self.conn, JOBS.complete_jobs, _complete_params(outcomes)).fetchall()
+        return {r[0] for r in rows}
+
+    def release_jobs(self, jobs: Sequence[tuple[int, str]], reason: str = "worker shutdown") -> set[int]:
+        """:meth:`AsyncJobStore.release_jobs` from a thread: the shutdown watchdog's, when the
+        worker's event loop is blocked."""
+        with translate_errors():
+            rows = execute_on(self.conn, JOBS.release_jobs, _release_params(jobs, reason)).fetchall()
         return {r[0] for r in rows}
 
     def update_progress(self, updates: Sequence[ProgressRow]) -> None:
@@ -898,11 +909,10 @@ class AsyncJobStore:
         return [r[0] for r in rows]
 
     async def release_jobs(self, jobs: Sequence[tuple[int, str]], reason: str = "worker shutdown") -> set[int]:
+        """Hand (id, lease token) ``jobs`` back to ``available`` uncounted, each with its audit row;
+        returns the ids released (the others ended or lost their lease meanwhile)."""
         with translate_errors():
-            cur = await async_execute_on(self.conn, JOBS.release_jobs, {
-                "ids": [j[0] for j in jobs], "tokens": [j[1] for j in jobs], "channel": NOTIFY_CHANNEL,
-                "reason": reason,
-            })
+            cur = await async_execute_on(self.conn, JOBS.release_jobs, _release_params(jobs, reason))
             rows = await cur.fetchall()
         return {r[0] for r in rows}
 

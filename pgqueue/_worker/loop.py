@@ -11,6 +11,8 @@ One asyncio loop per process. The parts, each in its own module:
 - :mod:`~pgqueue._worker.heartbeat` and :mod:`~pgqueue._worker.maintenance` (with its
   :mod:`~pgqueue._worker.duties`): threads with sessions of their own, so that a handler
   blocking the event loop or every thread of the pool cannot stop them.
+- :mod:`~pgqueue._worker.watchdog`: signals read off the loop, and the release of the running
+  jobs at the grace when a handler blocks the loop.
 
 Shutdown (a signal, :meth:`WorkerLoop.stop`, or nothing left to run until empty): stop claiming,
 give running jobs the grace period, write their outcomes, release what is still running.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import threading
 import time
@@ -38,7 +39,7 @@ from pgqueue._log import get_logger
 from pgqueue._payload import encode_json
 from pgqueue._retention import RetentionPolicy
 from pgqueue._worker.acker import Acker, OutcomeObserver, Tally
-from pgqueue._worker.background import crash_site, read_loop_state
+from pgqueue._worker.background import SessionThread, crash_site, read_loop_state
 from pgqueue._worker.claimer import Claimer, Flow
 from pgqueue._worker.duties import leader_duties
 from pgqueue._worker.duties.pruner import Pruner
@@ -53,6 +54,7 @@ from pgqueue._worker.preflight import check_connection
 from pgqueue._worker.progress import ProgressBook
 from pgqueue._worker.supervisor import PARENT_ENV
 from pgqueue._worker.transactional import TransactionalRunner
+from pgqueue._worker.watchdog import StopSignals, Watchdog
 from pgqueue.jobs import Job
 from pgqueue.settings import Settings
 
@@ -100,6 +102,14 @@ class WorkerLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Told about every outcome this worker writes (``pgqueue worker --metrics-port``).
         self.observer = observer
+        #: Run by the shutdown watchdog before it ends a process whose event loop is blocked
+        #: (the CLI ends a handler's child processes): the code after run() never runs then.
+        self.exit_hooks: list[Callable[[], object]] = []
+        self._dsn: str | None = None
+        self._background: list[SessionThread] = []
+        self._signalled = False
+        self._stop_requested_at: float | None = None
+        self._finished = threading.Event()
 
     # --- stopping ---
 
@@ -115,6 +125,8 @@ class WorkerLoop:
         if self.flow.stopping:
             return
         self.flow.stopping = True
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         get_logger("pgqueue.worker", worker_id=self.worker_id).info(
             "worker.stopping", running=len(self.running), grace_s=self.settings.shutdown_grace_seconds)
         self.flow.wakeup.set()
@@ -125,7 +137,9 @@ class WorkerLoop:
         self._begin_stop()
 
     def _on_signal(self, signum: int) -> None:
-        if self.flow.stopping:
+        """SIGTERM/SIGINT, in the signal thread (see :mod:`~pgqueue._worker.watchdog`): never on
+        the event loop, which a handler may be blocking."""
+        if self._signalled or self.flow.stopping:
             log = get_logger("pgqueue.worker", worker_id=self.worker_id)
             if os.environ.get(PARENT_ENV):
                 # Under --processes, Ctrl-C (the terminal signals the whole process group) and a
@@ -137,7 +151,17 @@ class WorkerLoop:
             # A second signal means "now": leases return the running jobs to the queue.
             log.warning("worker.exit_now", signal=signum)
             os._exit(130)
-        self._begin_stop()
+        self._signalled = True
+        # The grace counts from the signal, also for a loop that sees it late.
+        self._stop_requested_at = time.monotonic()
+        loop = self._loop
+        if loop is not None:
+            Watchdog(dsn=self._dsn, worker_id=self.worker_id, grace_seconds=self.settings.shutdown_grace_seconds,
+                     loop=loop, finished=self._finished, running=self._running_jobs,
+                     buffered=self._buffered_jobs,
+                     background=lambda: self._background, tally=self.tally, exit_hooks=self.exit_hooks,
+                     exit_code=self.exit_code).start()
+        self.stop()
 
     def _on_loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
         exc = context.get("exception")
@@ -166,6 +190,12 @@ class WorkerLoop:
         self.flow.limits_version += 1
 
     # --- cancelling running jobs ---
+
+    def _running_jobs(self) -> list[Job]:
+        return read_loop_state(lambda: [job for job, _ in self.running.values()])
+
+    def _buffered_jobs(self) -> list[Job]:
+        return self._claimer.buffered_jobs() if self._claimer is not None else []
 
     def _running_ids(self) -> list[int]:
         # Read from the heartbeat thread. Prefetched jobs too: one cancelled while it waits must never start.
@@ -212,15 +242,24 @@ class WorkerLoop:
     # --- running ---
 
     async def run(self, install_signal_handlers: bool = False) -> int:
-        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
         self._loop = asyncio.get_running_loop()
         # asyncio's default handler logs an unretrieved task exception with its traceback, whose
         # messages may quote a (decrypted) payload: log its type and where it was raised instead.
         self._loop.set_exception_handler(self._on_loop_error)
-        if install_signal_handlers:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._loop.add_signal_handler(signum, self._on_signal, signum)
-        dsn = self.app.dsn
+        # Not the loop's add_signal_handler: a handler blocking the loop would hold the signal back.
+        signals = StopSignals(self._on_signal) if install_signal_handlers else None
+        if signals is not None:
+            signals.install()
+        try:
+            return await self._run()
+        finally:
+            self._finished.set()  # the watchdog has nothing left to do
+            if signals is not None:
+                signals.uninstall()
+
+    async def _run(self) -> int:
+        log = get_logger("pgqueue.worker", worker_id=self.worker_id)
+        dsn = self._dsn = self.app.dsn
         facts = await check_connection(dsn, self.settings,
                                        transactional=any(task.transactional for task in self.app.tasks.values()))
         self.transactional.connection_limit = facts.connection_limit
@@ -262,6 +301,7 @@ class WorkerLoop:
             prefetch=self.prefetch,
             encrypted_tasks={task.name: task.encrypt for task in self.app.tasks.values()})
         self._claimer = claimer
+        self._background = [heartbeat, maintenance]
         log.info("worker.started", queues=self.queues or "*", concurrency=self.concurrency,
                  tasks=len(self.app.tasks), pid=os.getpid())
         heartbeat.start()
@@ -381,7 +421,10 @@ class WorkerLoop:
         if not self.running:
             return
         handles = [handle for _, handle in self.running.values()]
-        _, pending = await asyncio.wait(handles, timeout=self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        if self._stop_requested_at is not None:
+            grace = max(0.0, grace - (time.monotonic() - self._stop_requested_at))
+        _, pending = await asyncio.wait(handles, timeout=grace)
         if pending:
             get_logger("pgqueue.worker", worker_id=self.worker_id).warning("worker.grace_expired",
                                                                            unfinished=len(pending))

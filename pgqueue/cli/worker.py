@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -231,6 +232,11 @@ def _run_worker(app: App, settings: Settings, queues: list[str] | None, concurre
             fail(str(exc))
     metrics = _serve_metrics(metrics_port, metrics_host, app.dsn) if metrics_port is not None else None
     runner = Worker(app, queues=queues, concurrency=concurrency, settings=settings, metrics=metrics)
+    # What the finally below does, for a worker whose blocked event loop never lets run() return:
+    # its shutdown watchdog releases the jobs and ends the process instead.
+    runner._loop.exit_hooks.append(end_children)
+    if cron is not None:
+        runner._loop.exit_hooks.append(functools.partial(cron.stop, timeout=2.0))
     try:
         code = runner.run()
     finally:

@@ -249,6 +249,75 @@ def test_sigterm_does_not_wait_for_a_sync_transactional_handler_that_outlives_th
     assert [e[1] for e in executions(db)] == [1]  # its transaction's write never committed
 
 
+def enqueue_task(dsn: str, task: str, **args: float) -> int:
+    [job_id] = pgqueue.App(dsn).enqueue_many(None, [pgqueue.JobSpec(task, args)])
+    return job_id
+
+
+def released_detail(db: Db, job_id: int) -> dict[str, object]:
+    row = db.execute("SELECT detail FROM pgqueue.job_events WHERE job_id = %s AND event = 'released'",
+                     [job_id]).fetchone()
+    assert row is not None
+    return dict(row[0])
+
+
+def test_sigterm_releases_the_job_of_an_async_handler_blocking_the_event_loop_at_the_grace_and_exits_0(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    # The handler blocks the event loop for 120 s, so the loop never sees the signal: the worker's
+    # watchdog thread releases the job at the grace and ends the process. A 60 s lease: an
+    # available job right after the exit was released by the worker, not rescued.
+    worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=2, lease_seconds=60)
+    worker_id = wait_for_registration(db, worker)
+    job_id = enqueue_task(worker_dsn, "block-loop", seconds=120)
+    wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
+
+    signalled_at = time.monotonic()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=2 + 8) == 0, worker.describe()
+    stopped_in = time.monotonic() - signalled_at
+    print(f"\nSIGTERM with the event loop blocked for 120 s, grace 2 s: exited 0 after {stopped_in:.1f}s")  # noqa: T201
+    assert stopped_in >= 2.0  # the grace was given
+
+    assert job_state(db, job_id)[:2] == ("available", 0)
+    assert [e[1:] for e in events_of(db, [job_id])] == [
+        ("enqueued", 0, None), ("claimed", 1, worker_id), ("released", 0, worker_id)]
+    assert released_detail(db, job_id) == {"reason": "worker shutdown", "counted_attempt": False}
+    [blocked] = worker.log_events("worker.loop_blocked")
+    assert blocked["level"] == "warning"
+    assert blocked["jobs"] == [{"job_id": job_id, "task": "block-loop", "queue": "default"}], blocked
+    [released] = worker.log_events("worker.released")
+    assert released["released"] == [{"job_id": job_id, "task": "block-loop", "queue": "default"}], released
+    assert worker_id not in worker_rows(db)  # it deregistered on its way out
+    assert running_count(db) == 0
+
+
+@pytest.mark.parametrize(("seconds", "grace", "outcome"), [(1, 10, "completed"), (60, 1, "released")])
+def test_the_watchdog_stays_quiet_when_an_async_handler_leaves_the_event_loop_free(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker, seconds: float, grace: float, outcome: str) -> None:
+    # A healthy loop: a job within the grace completes, one beyond it is released by the loop's own
+    # path, once; the watchdog neither logs nor releases anything.
+    worker = spawn_worker(worker_dsn, concurrency=2, grace_seconds=grace, lease_seconds=60)
+    worker_id = wait_for_registration(db, worker)
+    job_id = enqueue_task(worker_dsn, "async-sleep", seconds=seconds)
+    wait_until(lambda: len(executions(db)) == 1, timeout=10, message="the job started")
+
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=grace + 10) == 0, worker.describe()
+
+    events = [e[1:] for e in events_of(db, [job_id])]
+    if outcome == "completed":
+        assert job_state(db, job_id) == ("completed", 1, worker_id)
+        assert events == [("enqueued", 0, None), ("claimed", 1, worker_id), ("completed", 1, worker_id)]
+        assert worker.log_events("worker.released") == []
+    else:
+        assert job_state(db, job_id)[:2] == ("available", 0)
+        assert events == [("enqueued", 0, None), ("claimed", 1, worker_id), ("released", 0, worker_id)]
+        [released] = worker.log_events("worker.released")  # the loop's own release: one, naming the job
+        assert released["released"] == [{"job_id": job_id, "task": "async-sleep", "queue": "default"}], released
+    assert worker.log_events("worker.loop_blocked") == []
+    assert worker_id not in worker_rows(db)
+
+
 @pytest.mark.timing
 def test_a_second_signal_exits_at_once_and_the_lease_rescues_the_job(
         worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
@@ -283,6 +352,31 @@ def test_a_second_signal_exits_at_once_and_the_lease_rescues_the_job(
 
 # Child processes are found and checked through /proc; PR_SET_PDEATHSIG is Linux-only as well.
 requires_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+
+
+@requires_proc
+def test_a_supervised_child_whose_event_loop_is_blocked_releases_its_job_at_the_grace_and_exits(
+        worker_dsn: str, db: Db, spawn_worker: SpawnWorker) -> None:
+    supervisor = spawn_worker(worker_dsn, processes=2, concurrency=2, grace_seconds=2, lease_seconds=60)
+    rows = wait_until(lambda: worker_rows(db) if len(worker_rows(db)) == 2 else {}, timeout=20,
+                      message="two children registered")
+    job_id = enqueue_task(worker_dsn, "block-loop", seconds=120)
+    [(_, _, blocked_pid)] = wait_until(lambda: executions(db), timeout=10, message="the job started")
+    blocked_id = {pid: wid for wid, pid in rows.items()}[blocked_pid]
+
+    supervisor.send(signal.SIGTERM)
+    # 0: every child exited by itself; a child the supervisor had to SIGKILL (at grace + 10 s) makes it 1.
+    assert supervisor.wait(timeout=2 + 8) == 0, supervisor.describe()
+    assert not is_running(blocked_pid)
+
+    assert job_state(db, job_id)[:2] == ("available", 0)
+    assert [e[1:] for e in events_of(db, [job_id])] == [
+        ("enqueued", 0, None), ("claimed", 1, blocked_id), ("released", 0, blocked_id)]
+    [blocked] = supervisor.log_events("worker.loop_blocked")
+    assert blocked["worker_id"] == blocked_id
+    assert [job["job_id"] for job in blocked["jobs"]] == [job_id]
+    assert "supervisor.child_killed" not in supervisor.stderr()
+    assert worker_rows(db) == {}
 
 
 @pytest.mark.slow

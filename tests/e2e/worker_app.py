@@ -11,6 +11,7 @@ from that table, independently of what pgqueue wrote about the job.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -135,3 +136,18 @@ def _write_letter(job: pgqueue.Job, patient: str) -> None:
 
 letter = app.task(name="letter", encrypt=True)(_write_letter)
 plain_letter = app.task(name="plain-letter")(_write_letter)
+
+
+@app.task(name="block-loop")
+async def block_loop(job: pgqueue.Job, seconds: float) -> None:
+    """Records its execution, then blocks the event loop itself in ``time.sleep``: the common
+    mistake of blocking code in an ``async def`` handler (the worker's loop stops until it returns)."""
+    record_execution(job)
+    time.sleep(seconds)  # noqa: ASYNC251 - the mistake this task exists to make
+
+
+@app.task(name="async-sleep")
+async def async_sleep(job: pgqueue.Job, seconds: float) -> None:
+    """Records its execution, then awaits ``asyncio.sleep``: a well-behaved async handler."""
+    record_execution(job)
+    await asyncio.sleep(seconds)

@@ -309,6 +309,8 @@ def test_sigterm_while_the_database_is_down_gives_the_grace_then_exits_0_within_
     assert stopped_in >= grace
     assert worker.log_events("worker.grace_expired"), worker.describe()
     assert worker.log_events("worker.acks_unwritten"), worker.describe()
+    # Slow to stop, but its event loop was free all along: the shutdown watchdog left it alone.
+    assert worker.log_events("worker.loop_blocked") == [], worker.describe()
     private_server.start()
     with private_server.admin() as db:
         # Nothing was written: both come back with the lease and run again (at-least-once).
