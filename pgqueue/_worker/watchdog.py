@@ -72,11 +72,11 @@ class StopSignals(threading.Thread):
         """Take SIGTERM and SIGINT over and start reading them (in the main thread only)."""
         try:
             self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        except ValueError as exc:  # not the main thread: nothing was taken over
+        except ValueError as exc:  # not the main thread (or a platform without this): nothing was taken over
             os.close(self._read_fd)
             os.close(self._write_fd)
-            raise RuntimeError(f"signals can only be handled in the main thread ({exc}): "
-                               "pass install_signal_handlers=False and call stop()") from exc
+            raise RuntimeError(f"cannot handle SIGTERM/SIGINT here ({exc}); in a thread other than the main "
+                               "one, pass install_signal_handlers=False and call stop()") from exc
         for signum in STOP_SIGNALS:
             self._previous_handlers[signum] = signal.signal(signum, _ignore)
         self.start()
@@ -84,7 +84,8 @@ class StopSignals(threading.Thread):
     def uninstall(self) -> None:
         """Give the signals back to what handled them before :meth:`install`; end the thread."""
         for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
+            # None: a handler installed outside Python, which cannot be put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         signal.set_wakeup_fd(self._previous_fd)
         with contextlib.suppress(OSError):
             os.write(self._write_fd, bytes([_STOP_BYTE]))
