@@ -1437,17 +1437,22 @@ def get_workflow(conn: Any, workflow_id: str | int) -> WorkflowInfo:
         'running'
     """
     store = WorkflowStore(sync_connection(conn))
+    wanted = _resolve_workflow(store, workflow_id)
+    rows = store.jobs(wanted)
+    if not rows:
+        raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
+    return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
+
+
+def _resolve_workflow(store: WorkflowStore, workflow_id: str | int) -> str:
+    """The workflow id ``workflow_id`` names: itself, or the workflow of the job it is the id of."""
     job_id = workflow_id if isinstance(workflow_id, int) else whole_number(str(workflow_id))
     if job_id is not None:
         found = store.workflow_of(job_id)
         if found is None:
             raise WorkflowNotFound(f"job {workflow_id} belongs to no workflow (or does not exist)")
         workflow_id = found
-    wanted = _check_workflow_id(workflow_id)
-    rows = store.jobs(wanted)
-    if not rows:
-        raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
-    return WorkflowInfo(wanted, [WorkflowJob(**{**row, "depends_on": list(row["depends_on"])}) for row in rows])
+    return _check_workflow_id(workflow_id)
 
 
 def get_workflow_head(conn: Any, workflow_id: str | int, *, limit: int = 50,
@@ -1467,13 +1472,7 @@ def get_workflow_head(conn: Any, workflow_id: str | int, *, limit: int = 50,
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidFilter(f"limit {limit!r} must be between 1 and {MAX_PAGE_SIZE}")
     store = WorkflowStore(sync_connection(conn))
-    job_id = workflow_id if isinstance(workflow_id, int) else whole_number(str(workflow_id))
-    if job_id is not None:
-        found = store.workflow_of(job_id)
-        if found is None:
-            raise WorkflowNotFound(f"job {workflow_id} belongs to no workflow (or does not exist)")
-        workflow_id = found
-    wanted = _check_workflow_id(workflow_id)
+    wanted = _resolve_workflow(store, workflow_id)
     counts = store.counts(wanted)
     if not counts:
         raise WorkflowNotFound(f"workflow {wanted} not found (no job carries it; its jobs may have been pruned)")
