@@ -16,7 +16,6 @@ from pgqueue._db.queries import load_queries
 
 class WorkflowQueries(NamedTuple):
     get_workflow_jobs: LiteralString
-    get_workflow_head: LiteralString
     count_workflow_jobs: LiteralString
     get_job_workflow: LiteralString
     cancel_workflow: LiteralString
@@ -35,14 +34,13 @@ class WorkflowStore:
         self.conn = conn
 
     def jobs(self, workflow_id: str) -> list[dict[str, Any]]:
-        with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
-            cur.execute(WORKFLOWS.get_workflow_jobs, {"workflow_id": workflow_id})
-            return cur.fetchall()
+        """Every job of the workflow, in id order, each with the ids it depends on."""
+        return self.head(workflow_id, None, None)
 
-    def head(self, workflow_id: str, limit: int, job_id: int | None) -> list[dict[str, Any]]:
-        """The first ``limit`` jobs of the workflow, and ``job_id``'s row wherever it is (as :meth:`jobs`)."""
+    def head(self, workflow_id: str, limit: int | None, job_id: int | None) -> list[dict[str, Any]]:
+        """The first ``limit`` jobs of the workflow (None: all), and ``job_id``'s row wherever it is."""
         with translate_errors(), cursor_on(self.conn, row_factory=dict_row) as cur:
-            cur.execute(WORKFLOWS.get_workflow_head, {"workflow_id": workflow_id, "limit": limit, "job_id": job_id})
+            cur.execute(WORKFLOWS.get_workflow_jobs, {"workflow_id": workflow_id, "limit": limit, "job_id": job_id})
             return cur.fetchall()
 
     def counts(self, workflow_id: str) -> dict[str, int]:

@@ -4,18 +4,8 @@
 
 -- name: get_workflow_jobs
 -- Through jobs_workflow_idx; each job with the ids it depends on, in id order (enqueue order).
-SELECT j.id, j.task, j.queue, j.state, j.attempt, j.max_attempts, j.pending_dependencies,
-       j.on_dependency_failure, j.enqueued_at, j.started_at, j.finished_at, j.last_error ->> 'type' AS error_type,
-       ARRAY(SELECT e.depends_on FROM pgqueue.job_dependencies AS e WHERE e.job_id = j.id ORDER BY e.depends_on)
-           AS depends_on
-FROM pgqueue.jobs AS j
-WHERE j.workflow_id = %(workflow_id)s::uuid
-ORDER BY j.id;
-
--- name: get_workflow_head
--- The first %(limit)s jobs of the workflow in id order, and %(job_id)s's own row wherever it is:
--- what a page that polls shows (the dashboard's job page), not the whole of a 5,000-job group.
--- Columns as get_workflow_jobs.
+-- The first %(limit)s jobs (NULL: all of them), and %(job_id)s's own row wherever it is: what a
+-- page that polls shows (the dashboard's job page), not the whole of a 5,000-job group.
 WITH head AS (
     SELECT id FROM pgqueue.jobs WHERE workflow_id = %(workflow_id)s::uuid ORDER BY id LIMIT %(limit)s
 )
