@@ -11,7 +11,9 @@
 
 - Run a worker with ``python manage.py pgqueue_worker --app myproject.tasks:app`` after adding
   ``"pgqueue.contrib.django"`` to ``INSTALLED_APPS``. It connects to the App's DSN, else
-  ``PGQUEUE_DSN``, else Django's ``default`` database (``--database`` picks another alias).
+  ``PGQUEUE_DSN``, else Django's ``default`` database (``--database`` picks another alias). Each
+  job, sync or async, runs between two ``close_old_connections()``, as a request does, in the thread
+  of its ORM calls.
 - :func:`database_dsn` turns a Django database's settings into a DSN for ``pgqueue.App``.
 
 See docs/guide/integrations.md.

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -49,13 +50,18 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped here (no 
 
 
 def _close_old_connections_around_jobs(app: App) -> None:
-    """Give each sync handler what Django gives each request: ``close_old_connections()`` before
-    and after it. A worker thread keeps its Django connection from job to job; without this, one
-    that died (a database restart, an idle timeout) failed every later job of that thread, and
-    ``CONN_MAX_AGE`` was never applied. Async handlers reach the ORM through asgiref's threads,
-    which are not the worker's."""
+    """Give each handler what Django gives each request: ``close_old_connections()`` before and
+    after it, in the thread where its ORM calls run. A connection stays open from job to job in
+    that thread; without this, one that died (a database restart, a failover, an idle timeout, a
+    DBA's ``pg_terminate_backend``) failed every later job there, and ``CONN_MAX_AGE`` was never
+    applied. Sync handlers use the ORM in the worker's job threads; async ones through
+    ``sync_to_async``, in asgiref's one shared thread."""
     for name, task in list(app.tasks.items()):
-        if not task.is_async and not getattr(task.fn, "_pgqueue_django", False):
+        if getattr(task.fn, "_pgqueue_django", False):
+            continue
+        if task.is_async:
+            app.tasks[name] = dataclasses.replace(task, fn=_with_fresh_connections_async(task.fn))
+        else:
             app.tasks[name] = dataclasses.replace(task, fn=_with_fresh_connections(task.fn))
 
 
@@ -72,3 +78,54 @@ def _with_fresh_connections(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     run._pgqueue_django = True  # type: ignore[attr-defined]
     return run
+
+
+# The async jobs of this process between their cleanups. They all share asgiref's one thread
+# (``sync_to_async(thread_sensitive=True)``, the default, outside a request) and so its Django
+# connections; process-wide like that thread, hence the lock (a process may run a worker per thread).
+_async_jobs = 0
+_async_jobs_lock = threading.Lock()
+
+
+def _with_fresh_connections_async(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    from asgiref.sync import sync_to_async
+    from django.db import close_old_connections
+
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        global _async_jobs
+        with _async_jobs_lock:
+            _async_jobs += 1
+            first = _async_jobs == 1
+        try:
+            if first:
+                await sync_to_async(close_old_connections)()
+            return await fn(*args, **kwargs)
+        finally:
+            with _async_jobs_lock:
+                _async_jobs -= 1
+                last = _async_jobs == 0
+            # With another async job running, its state may span its sync_to_async calls (the
+            # server-side cursor of QuerySet.aiterator()): closing a sound connection for its age
+            # would break it, so only a broken one goes, and CONN_MAX_AGE waits for a quiet moment.
+            await sync_to_async(close_old_connections if last else _close_broken_connections)()
+
+    run._pgqueue_django = True  # type: ignore[attr-defined]
+    return run
+
+
+def _close_broken_connections() -> None:
+    """``close_old_connections()`` without its CONN_MAX_AGE and autocommit checks: close this
+    thread's Django connections that had an error and no longer work, and let
+    ``CONN_HEALTH_CHECKS`` check the others again before their next use."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        conn.health_check_done = False
+        if conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
