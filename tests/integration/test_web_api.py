@@ -418,7 +418,7 @@ bob read {BOB_TOKEN}
 
 def write_users(directory: Path, text: str, mode: int = 0o600) -> Path:
     path = directory / "dashboard-users"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     path.chmod(mode)
     return path
 
@@ -512,6 +512,25 @@ def test_removing_a_user_from_the_file_ends_their_logins_and_every_process_with_
     assert answers == {"without": (401, 401, 401), "same": (200, 200, 200)}
 
 
+def test_a_bearer_token_and_a_login_cookie_of_two_users_in_one_request_act_as_the_token_alone(
+        users_client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db)
+    app = users_client.app
+    alice_cookie = login_cookie_of(app, ALICE_TOKEN)
+    with TestClient(app, base_url="http://dashboard.example", cookies={"pgqueue_token": alice_cookie},
+                    raise_server_exceptions=False) as alice:
+        alice_csrf = csrf_of(alice.get("/queues").text)
+        # Bob (read) sends his token from alice's browser, her cookie and her page's CSRF header along.
+        by_bob = alice.post(f"/api/jobs/{job_id}/cancel", headers={**bearer(BOB_TOKEN), "X-PGQueue-CSRF": alice_csrf})
+        # A token that is no one's is refused, whatever cookie comes with it.
+        by_nobody = alice.post(f"/api/jobs/{job_id}/cancel",
+                               headers={**bearer("not-a-configured-token"), "X-PGQueue-CSRF": alice_csrf})
+
+    assert (by_bob.status_code, by_nobody.status_code) == (403, 401)
+    assert state_of(db, job_id) == "available"
+    assert actors(db, "cancelled") == []
+
+
 def test_a_users_file_other_users_may_read_is_served_with_a_warning(module_dsn: str, tmp_path: Path) -> None:
     with capture_logs() as private:
         create_app(module_dsn, admin_token="", read_token="", users_file=write_users(tmp_path, USERS, 0o600))
@@ -523,6 +542,58 @@ def test_a_users_file_other_users_may_read_is_served_with_a_warning(module_dsn: 
     warned = [entry for entry in readable if entry["event"] == "web.users_file_readable"]
     assert [(entry["log_level"], entry["mode"]) for entry in warned] == [("warning", "0644")]
     assert ALICE_TOKEN not in str(warned)
+
+
+# Each web action: (method, path, JSON body, the audit event it writes, the job's state before it).
+# {job} is a job of queue "emails" in that state; None: the action is on the queue.
+WEB_ACTIONS = {
+    "retry": ("POST", "/api/jobs/{job}/retry", None, "retried", "failed"),
+    "cancel": ("POST", "/api/jobs/{job}/cancel", None, "cancelled", "available"),
+    "delete": ("DELETE", "/api/jobs/{job}", None, "deleted", "completed"),
+    "bulk-retry": ("POST", "/api/jobs/bulk", {"action": "retry", "ids": ["{job}"]}, "retried", "failed"),
+    "bulk-cancel": ("POST", "/api/jobs/bulk", {"action": "cancel", "ids": ["{job}"]}, "cancelled", "available"),
+    "bulk-delete": ("POST", "/api/jobs/bulk", {"action": "delete", "ids": ["{job}"]}, "deleted", "failed"),
+    "retry-failed": ("POST", "/api/jobs/retry-failed", {"queue": "emails"}, "retried", "failed"),
+    "pause": ("POST", "/api/queues/emails/pause", None, "queue_paused", "available"),
+    "resume": ("POST", "/api/queues/emails/resume", None, "queue_resumed", None),
+    "purge": ("POST", "/api/queues/emails/purge", {"state": "failed"}, "purged", "failed"),
+    "limits": ("PUT", "/api/queues/emails/limits", {"concurrency": 3, "create": True}, "queue_limits_set", None),
+}
+
+
+@pytest.mark.parametrize("via", ["bearer", "login"])
+@pytest.mark.parametrize("action", sorted(WEB_ACTIONS))
+def test_every_web_action_of_a_named_user_is_audited_under_their_name_from_the_web(
+        users_client: TestClient, db: Conn, action: str, via: str) -> None:
+    method, path, body, event, state = WEB_ACTIONS[action]
+    job_id = enqueue(db, state=state) if state else None
+    if action == "resume":
+        admin.pause_queue(db, "emails", actor="someone-else", create=True)  # audited as queue_paused
+    fill = with_job(body, job_id) if body is not None else None
+    url = path.format(job=job_id)
+    if via == "bearer":
+        # A bob's login cookie besides alice's bearer token: the token is who acts, and is audited.
+        bobs = login_cookie_of(users_client.app, BOB_TOKEN)
+        answer = users_client.request(method, url, json=fill,
+                                      headers={**bearer(ALICE_TOKEN), "Cookie": f"pgqueue_token={bobs}"})
+    else:
+        cookie = login_cookie_of(users_client.app, ALICE_TOKEN)
+        with TestClient(users_client.app, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                        raise_server_exceptions=False) as alice:
+            csrf = csrf_of(alice.get("/queues").text)
+            # As the page's buttons send it: JSON with the page's CSRF header.
+            answer = alice.request(method, url, json=fill, headers={"X-PGQueue-CSRF": csrf})
+
+    assert answer.status_code == 200, answer.text
+    rows = db.execute("SELECT actor, detail ->> 'source' FROM pgqueue.job_events WHERE event = %s", [event]).fetchall()
+    assert rows, f"no {event} row"
+    assert set(rows) == {("alice", "web")}, rows
+
+
+def with_job(body: dict[str, Any], job_id: int | None) -> dict[str, Any]:
+    """``body`` with its ``"{job}"`` placeholders replaced by ``job_id``."""
+    return {key: [job_id if item == "{job}" else item for item in value] if isinstance(value, list) else value
+            for key, value in body.items()}
 
 
 @pytest.mark.parametrize(("text", "mode", "expected"), [
