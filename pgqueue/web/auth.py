@@ -343,7 +343,8 @@ class Authenticator:
             raise AuthError(403, "this token may only read: actions need an admin token")
         if principal.via != "bearer" and not _is_json(request):
             supplied = request.headers.get(CSRF_HEADER, "")
-            if not supplied or not hmac.compare_digest(supplied, principal.csrf):
+            # As bytes: compare_digest raises TypeError for a str beyond ASCII, and a header may hold any byte.
+            if not supplied or not hmac.compare_digest(supplied.encode(), principal.csrf.encode()):
                 raise AuthError(403, f"missing or wrong {CSRF_HEADER} header (actions from a page must come "
                                      "from that page's own buttons; scripts send Content-Type: application/json)")
 

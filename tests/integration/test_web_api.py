@@ -531,6 +531,23 @@ def test_a_bearer_token_and_a_login_cookie_of_two_users_in_one_request_act_as_th
     assert actors(db, "cancelled") == []
 
 
+def test_a_csrf_header_beyond_ascii_is_refused_as_a_wrong_one_not_a_server_error(
+        users_client: TestClient, open_client: TestClient, db: Conn) -> None:
+    job_id = enqueue(db)
+    cookie = login_cookie_of(users_client.app, ALICE_TOKEN)
+    # Bytes as a client may send them: the server hands them over as latin-1 text.
+    odd = {"X-PGQueue-CSRF": "caf\xe9".encode("latin-1")}
+    with TestClient(users_client.app, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                    raise_server_exceptions=False) as alice:
+        by_login = alice.post(f"/api/jobs/{job_id}/cancel", headers=odd)
+    on_loopback = open_client.post(f"/api/jobs/{job_id}/cancel", headers=odd)
+
+    for answer in (by_login, on_loopback):
+        assert answer.status_code == 403, answer.text
+        assert "X-PGQueue-CSRF" in answer.json()["error"]
+    assert state_of(db, job_id) == "available"
+
+
 def test_a_users_file_other_users_may_read_is_served_with_a_warning(module_dsn: str, tmp_path: Path) -> None:
     with capture_logs() as private:
         create_app(module_dsn, admin_token="", read_token="", users_file=write_users(tmp_path, USERS, 0o600))
