@@ -24,7 +24,7 @@ def dashboard(
     """Serve the dashboard (pages, JSON API under /api/, /metrics, /healthz, /readyz) until Ctrl-C.
 
     Auth: PGQUEUE_ADMIN_TOKEN may act, PGQUEUE_READ_TOKEN may only read (Authorization: Bearer, or the
-    login page for browsers); each at least 16 characters, and they must differ. A users file gives
+    login page for browsers); each at least 16 characters of printable ASCII, and they must differ. A users file gives
     each person a token of their own, so that the audit trail names who acted. With no token set it
     serves loopback only, and refuses any other --host.
     """

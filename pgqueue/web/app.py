@@ -129,8 +129,9 @@ def create_app(dsn: str | None = None, *, admin_token: str | None = None, read_t
         poll_seconds: how often open pages refresh their live parts.
 
     Raises:
-        ConfigurationError: a token under 16 characters, a read token equal to the admin token, or
-            a users file that cannot be read, may be written by other users, or has a bad line.
+        ConfigurationError: a token under 16 characters or beyond printable ASCII, a read token
+            equal to the admin token, or a users file that cannot be read, may be written by other
+            users, or has a bad line.
 
     Example:
         >>> from fastapi import FastAPI

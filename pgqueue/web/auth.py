@@ -52,6 +52,9 @@ _ROLES_BY_NAME: dict[str, Role] = {"admin": "admin", "read": "read"}
 _RESERVED_NAMES = frozenset({"admin-token", "read-token", "scheduler", "maintenance"})
 _LOOPBACK_NAMES = frozenset({"localhost"})
 MIN_TOKEN_LENGTH = 16
+# What a client can put in an Authorization header as is (RFC 9110 field values are ASCII in
+# practice; servers hand other bytes over as latin-1, browsers' fetch() sends latin-1, curl UTF-8).
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 GENERATE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'  # noqa: S105 - a command
 # Versioned, so that a future change of derivation ends old logins instead of misreading them.
 _LOGIN_PURPOSE = b"pgqueue dashboard login v1:"
@@ -111,23 +114,29 @@ def login_cookie(token: str, role: Literal["admin", "read"]) -> str:
     return base64.urlsafe_b64encode(_derive(token, _LOGIN_PURPOSE, role)).rstrip(b"=").decode()
 
 
-def _too_short(token: str) -> str | None:
-    """Why ``token`` is refused for its length (None: long enough); never quotes it."""
-    if len(token) >= MIN_TOKEN_LENGTH:
-        return None
-    return f"a token needs at least {MIN_TOKEN_LENGTH} characters; generate one with {GENERATE_TOKEN}"
+def _weakness(token: str) -> str | None:
+    """Why ``token`` is refused (None: it is not), said after its name; never quotes it."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"is too short: a token needs at least {MIN_TOKEN_LENGTH} characters; generate one with {GENERATE_TOKEN}"
+    if not _PRINTABLE_ASCII.fullmatch(token):
+        # Such a token would match on the login page (a form is UTF-8) but never as a bearer token,
+        # whose header bytes each client encodes its own way.
+        return ("has a character outside printable ASCII, which an Authorization header cannot carry "
+                f"reliably; generate one with {GENERATE_TOKEN}")
+    return None
 
 
 def check_tokens(admin_token: str | None, read_token: str | None, *,
                  names: tuple[str, str] = (ADMIN_TOKEN_ENV, READ_TOKEN_ENV)) -> None:
-    """Raise :class:`~pgqueue.errors.ConfigurationError` for a configured token that is too short,
-    or for a read token equal to the admin token (every reader would be an admin). ``names`` are
-    what the message calls them; the message never quotes a token."""
+    """Raise :class:`~pgqueue.errors.ConfigurationError` for a configured token that is too short
+    or holds a character beyond printable ASCII, or for a read token equal to the admin token
+    (every reader would be an admin). ``names`` are what the message calls them; the message never
+    quotes a token."""
     admin, read = normalize_token(admin_token), normalize_token(read_token)
     for name, token in zip(names, (admin, read), strict=True):
-        short = _too_short(token) if token is not None else None
-        if short:
-            raise ConfigurationError(f"{name} is too short: {short}")
+        weakness = _weakness(token) if token is not None else None
+        if weakness:
+            raise ConfigurationError(f"{name} {weakness}")
     if admin and read and hmac.compare_digest(admin.encode(), read.encode()):
         raise ConfigurationError(f"{names[0]} and {names[1]} must differ: a read token equal to the admin "
                                  "token lets every reader act")
@@ -160,10 +169,10 @@ def load_users(path: str | os.PathLike[str], *,
         ConfigurationError: the file cannot be read, may be written by other users, names no user,
             or has a bad line: not three fields, a name outside ``[A-Za-z0-9._@-]{1,64}`` or one the
             audit trail uses already (``admin-token``, ``read-token``, ``scheduler``,
-            ``maintenance``), an unknown role, a token under 16 characters, a name (ignoring case)
-            or token that another line (or ``other_tokens``) has. The message names the file and
-            the line, never a token nor anything else of the line (a line with its fields in the
-            wrong order would show its token).
+            ``maintenance``), an unknown role, a token under 16 characters or beyond printable
+            ASCII, a name (ignoring case) or token that another line (or ``other_tokens``) has.
+            The message names the file and the line, never a token nor anything else of the line
+            (a line with its fields in the wrong order would show its token).
 
     A file other users may read is served with a warning (``web.users_file_readable``): Kubernetes
     mounts secrets 0644 and Docker 0444 by default, where no other user is there to read them; on
@@ -208,9 +217,9 @@ def load_users(path: str | os.PathLike[str], *,
         if role not in _ROLES_BY_NAME:
             raise ConfigurationError(f"{at}: the role must be admin or read (the line is not shown: it may "
                                      "hold a token)")
-        short = _too_short(token)
-        if short:
-            raise ConfigurationError(f"{at}: the token is too short: {short}")
+        weakness = _weakness(token)
+        if weakness:
+            raise ConfigurationError(f"{at}: the token {weakness}")
         if name.lower() in names:
             raise ConfigurationError(f"{at}: the same name as line {names[name.lower()]} (names are compared "
                                      "ignoring case): each person needs a name of their own")

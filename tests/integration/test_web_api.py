@@ -548,6 +548,23 @@ def test_a_csrf_header_beyond_ascii_is_refused_as_a_wrong_one_not_a_server_error
     assert state_of(db, job_id) == "available"
 
 
+@pytest.mark.parametrize("token", ["tr\u00e8s-secret-token-0001", "secret-token-0001\u2603"])
+def test_a_token_beyond_printable_ascii_is_refused_as_no_header_could_carry_it(
+        module_dsn: str, tmp_path: Path, token: str) -> None:
+    # On the login page it would match (a form is UTF-8), as a bearer token never: each client
+    # encodes header bytes its own way. Refused at start, as a short token is.
+    with pytest.raises(ConfigurationError) as from_env:
+        create_app(module_dsn, admin_token=token, read_token="")
+    path = write_users(tmp_path, f"alice admin {token}\n")
+    with pytest.raises(ConfigurationError) as from_file:
+        create_app(module_dsn, admin_token="", read_token="", users_file=path)
+
+    assert str(from_env.value).startswith("admin_token has a character outside printable ASCII"), from_env.value
+    assert str(from_file.value).startswith(f"users file {path}, line 1: the token has a character outside "
+                                           "printable ASCII"), from_file.value
+    assert token not in str(from_env.value) + str(from_file.value)
+
+
 def test_a_users_file_other_users_may_read_is_served_with_a_warning(module_dsn: str, tmp_path: Path) -> None:
     with capture_logs() as private:
         create_app(module_dsn, admin_token="", read_token="", users_file=write_users(tmp_path, USERS, 0o600))
