@@ -169,6 +169,41 @@ def test_the_metrics_port_listens_on_loopback_unless_another_host_is_chosen(
     assert worker.stop() == 0
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc: Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: the parent's pid
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "127.0.0.1"),
+    ({"PGQUEUE_METRICS_HOST": "0.0.0.0"}, "0.0.0.0"),
+])
+def test_under_processes_each_child_listens_on_the_chosen_host_and_the_supervisor_on_none(
+        worker_dsn: str, spawn_worker: SpawnWorker, env: dict[str, str], expected: str) -> None:
+    port = free_ports(2)
+    supervisor = spawn_worker(worker_dsn, processes=2, concurrency=1, args=["--metrics-port", str(port)], env=env)
+    wait_until(lambda: scrape(port) is not None and scrape(port + 1) is not None, timeout=30,
+               message="both children serve metrics")
+    children = children_of(supervisor.pid)
+
+    assert len(children) == 2, children
+    # Child i listens on PORT+i, on the host chosen (loopback by default) and nowhere else.
+    assert sorted(address for child in children for child_port in (port, port + 1)
+                  for address in listening_addresses(child, child_port)) == [expected, expected]
+    assert listening_addresses(supervisor.pid, port) == listening_addresses(supervisor.pid, port + 1) == []
+    assert supervisor.stop() == 0
+
+
 def test_a_busy_metrics_port_is_a_one_line_error(worker_dsn: str, spawn_worker: SpawnWorker) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
