@@ -13,7 +13,8 @@
   header the pages embed (a cross-site form cannot set a header, and a cross-site script cannot
   read it), or be a JSON request (``Content-Type: application/json``, as the contract allows: a
   cross-site page can send that type only after a CORS preflight, which this app never approves).
-  Bearer requests need neither: browsers never attach that header by themselves.
+  Bearer requests need neither: browsers never attach that header by themselves. An
+  ``Authorization`` header of another scheme (a proxy's HTTP Basic login) is not ours and is ignored.
 - With no token configured, only loopback is served: the client address and the ``Host`` header
   (DNS rebinding) must both be loopback. Anyone on the machine may then act, as the dashboard's OS user.
 """
@@ -325,10 +326,11 @@ class Authenticator:
 
     def identify(self, request: Request) -> Principal:
         """The principal of ``request``, or :class:`AuthError` (401) when there is none."""
-        header = request.headers.get("authorization", "")
-        if header:
-            scheme, _, token = header.partition(" ")
-            found = self._of_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # Only a Bearer header is ours. Another scheme is someone else's credential (nginx's
+        # auth_basic passes the browser's Basic header on): the login cookie, or loopback, decides.
+        if scheme.lower() == "bearer":
+            found = self._of_token(token.strip()) if token.strip() else None
             if found is None:
                 raise AuthError(401, "invalid bearer token")
             return Principal(found.role, found.actor, "bearer", "", found.user)

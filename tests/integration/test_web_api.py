@@ -531,6 +531,25 @@ def test_a_bearer_token_and_a_login_cookie_of_two_users_in_one_request_act_as_th
     assert actors(db, "cancelled") == []
 
 
+def test_another_authorization_scheme_is_not_ours_so_a_login_behind_a_basic_auth_proxy_still_works(
+        users_client: TestClient, open_client: TestClient, db: Conn) -> None:
+    # nginx's auth_basic passes the browser's Authorization header on to the dashboard.
+    basic = {"Authorization": "Basic " + base64.b64encode(b"ops:proxy-password").decode()}
+    job_id = enqueue(db)
+    cookie = login_cookie_of(users_client.app, ALICE_TOKEN)
+    with TestClient(users_client.app, base_url="http://dashboard.example", cookies={"pgqueue_token": cookie},
+                    raise_server_exceptions=False) as alice:
+        page = alice.get("/queues", headers=basic)
+        acted = alice.post(f"/api/jobs/{job_id}/cancel", headers={**basic, "X-PGQueue-CSRF": csrf_of(page.text)})
+    alone = users_client.get("/api/queues", headers=basic)
+    on_loopback = open_client.get("/api/queues", headers=basic)
+
+    assert (page.status_code, acted.status_code, on_loopback.status_code) == (200, 200, 200), acted.text
+    assert actors(db, "cancelled") == ["alice@web"]
+    assert alone.status_code == 401  # nothing of ours: as a request without any credential
+    assert alone.json()["error"].startswith("authentication required")
+
+
 def test_a_csrf_header_beyond_ascii_is_refused_as_a_wrong_one_not_a_server_error(
         users_client: TestClient, open_client: TestClient, db: Conn) -> None:
     job_id = enqueue(db)
