@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
@@ -49,4 +50,12 @@ def dashboard(
     mode = f"bearer tokens / login{named}" if not auth.open else "no auth (loopback only)"
     print(f"pgqueue dashboard on http://{shown}:{port}/ for {redact_dsn(target)} ({mode}); Ctrl-C stops it",
           file=sys.stderr)
+    # uvicorn logs its own copy of an error the app raised, as a plain-text traceback: not the log
+    # format asked for, and not scrubbed of passwords. The app logged it already (web.internal_error).
+    # A logger's filter outlives uvicorn's logging set-up, which replaces only handlers.
+    logging.getLogger("uvicorn.error").addFilter(_not_an_app_error)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)
+
+
+def _not_an_app_error(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Exception in ASGI application")
