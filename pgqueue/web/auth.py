@@ -264,6 +264,11 @@ class _Credential(NamedTuple):
     # another purpose), so that every process accepts it, and a page's copy of it opens nothing.
     csrf: str
 
+    def __repr__(self) -> str:
+        # Never the token, the cookie or the CSRF token: a traceback that prints its frames'
+        # variables (Sentry, rich) would show them, as DashboardUser's repr never does.
+        return f"_Credential(role={self.role!r}, actor={self.actor!r})"
+
 
 def _credential(token: str, role: Role, user: str | None) -> _Credential:
     return _Credential(role, user or f"{role}-token", user, token.encode(), login_cookie(token, role),

@@ -550,6 +550,19 @@ def test_another_authorization_scheme_is_not_ours_so_a_login_behind_a_basic_auth
     assert alone.json()["error"].startswith("authentication required")
 
 
+def test_no_repr_of_what_the_authenticator_holds_shows_a_token_or_what_opens_a_login(users_client: TestClient) -> None:
+    # What a traceback with its frames' variables (Sentry, rich, structlog's dict tracebacks) prints.
+    app: Any = users_client.app
+    auth = app.state.dashboard.auth
+    secrets = [ALICE_TOKEN, BOB_TOKEN, "admin-secret-token", "read-secret-token",
+               *(login_cookie_of(users_client.app, token) for token in (ALICE_TOKEN, BOB_TOKEN, "admin-secret-token"))]
+
+    shown = repr(auth.users) + repr(auth._credentials) + repr(auth)
+
+    assert "alice" in shown
+    assert [secret for secret in secrets if secret in shown] == []
+
+
 def test_a_csrf_header_beyond_ascii_is_refused_as_a_wrong_one_not_a_server_error(
         users_client: TestClient, open_client: TestClient, db: Conn) -> None:
     job_id = enqueue(db)
