@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import signal
 import sys
 import threading
@@ -46,27 +45,28 @@ _ANSWER_SECONDS = 1.5
 _STOP_BYTE = 0  # no signal is numbered 0: tells the reader thread to end
 
 
-def _ignore(_signum: int, _frame: FrameType | None) -> None:
-    """The Python-level handler: only replaces the default action (exit, KeyboardInterrupt); the
-    signal itself is read from the wakeup fd by :class:`StopSignals`."""
-
-
 class StopSignals(threading.Thread):
     """SIGTERM and SIGINT, each passed to ``on_signal`` (in this thread) as it is delivered.
 
     Every delivery is one byte in the wakeup fd, so a quick second signal is never merged into
     the first. Other signals whose bytes arrive (an event loop's ``add_signal_handler`` for
-    another signal) are passed on to the wakeup fd that was there before.
+    another signal) are passed on to the wakeup fd that was there before, and so is a stop signal
+    that the code on the loop has since taken for itself (its own ``add_signal_handler``): it is
+    that code's now.
     """
 
     def __init__(self, on_signal: Callable[[int], None]) -> None:
         super().__init__(name="pgqueue-signals", daemon=True)
         self._on_signal = on_signal
         self._read_fd, self._write_fd = os.pipe()
-        for fd in (self._read_fd, self._write_fd):
-            os.set_blocking(fd, False)
+        # The C-level handler writes without blocking; this thread reads blocking, so no
+        # select() (limited to fds below 1024, which a busy process in-app may be past).
+        os.set_blocking(self._write_fd, False)
         self._previous_fd = -1
         self._previous_handlers: dict[int, signal._HANDLER] = {}
+        # One bound method: compared by identity with what signal.getsignal() returns.
+        self._handler: Callable[[int, FrameType | None], None] = self._handle
+        self._uninstalling = False
 
     def install(self) -> None:
         """Take SIGTERM and SIGINT over and start reading them (in the main thread only)."""
@@ -78,34 +78,61 @@ class StopSignals(threading.Thread):
             raise RuntimeError(f"cannot handle SIGTERM/SIGINT here ({exc}); in a thread other than the main "
                                "one, pass install_signal_handlers=False and call stop()") from exc
         for signum in STOP_SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, _ignore)
+            self._previous_handlers[signum] = signal.signal(signum, self._handler)
         self.start()
 
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        """The Python-level handler (main thread): replaces the default action (exit,
+        KeyboardInterrupt); the signal itself is read from the wakeup fd by this thread.
+
+        Unless the wakeup fd is no longer ours: ``loop.add_signal_handler`` (for any signal) sets
+        the loop's own, and removing a loop's last handler unsets it, so code on the worker's loop
+        could leave the worker deaf to SIGTERM. Then this delivery never reached the reader: the
+        fd is taken back (the other signals are passed on to the new one) and the signal with it.
+        """
+        if self._uninstalling:
+            return
+        try:
+            previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return
+        if previous != self._write_fd:
+            self._previous_fd = previous
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, bytes([signum]))
+
     def uninstall(self) -> None:
-        """Give the signals back to what handled them before :meth:`install`; end the thread."""
+        """Give the signals back to what handled them before :meth:`install`; end the thread.
+
+        What code on the loop installed meanwhile for itself (its own SIGTERM handler, its wakeup
+        fd) stays.
+        """
+        self._uninstalling = True
         for signum, handler in self._previous_handlers.items():
-            # None: a handler installed outside Python, which cannot be put back.
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        signal.set_wakeup_fd(self._previous_fd)
+            if signal.getsignal(signum) is self._handler:
+                # None: a handler installed outside Python, which cannot be put back.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        current = signal.set_wakeup_fd(self._previous_fd)
+        if current != self._write_fd:  # not ours any more: leave it to whoever set it
+            signal.set_wakeup_fd(current)
         with contextlib.suppress(OSError):
             os.write(self._write_fd, bytes([_STOP_BYTE]))
+        # The thread closes the pipe when it ends (no fd left behind if it is slow to).
         self.join(2)
-        if not self.is_alive():
-            os.close(self._read_fd)
-            os.close(self._write_fd)
 
     def run(self) -> None:
         while True:
-            select.select([self._read_fd], [], [])
-            try:
-                received = os.read(self._read_fd, 64)
-            except BlockingIOError:
-                continue
-            for signum in received:
+            for signum in os.read(self._read_fd, 64):
                 if signum == _STOP_BYTE:
+                    os.close(self._read_fd)
+                    os.close(self._write_fd)
                     return
-                if signum in STOP_SIGNALS:
-                    self._on_signal(signum)
+                if signum in STOP_SIGNALS and signal.getsignal(signum) is self._handler:
+                    try:
+                        self._on_signal(signum)
+                    except Exception as exc:  # noqa: BLE001 - this thread must go on reading the signals
+                        get_logger("pgqueue.worker").error("worker.signal_failed", signal=signum,
+                                                           error_type=type(exc).__name__)
                 elif self._previous_fd >= 0:
                     with contextlib.suppress(OSError):
                         os.write(self._previous_fd, bytes([signum]))
