@@ -134,7 +134,8 @@ class Worker:
         (exit code 0, as a graceful stop), since the loop would never come back to do it.
 
         Args:
-            install_signal_handlers: handle SIGTERM and SIGINT (only possible in the main thread).
+            install_signal_handlers: handle SIGTERM and SIGINT while it runs (only possible in the
+                main thread); what handled them before is put back when it returns.
 
         Returns:
             The exit code for the process: 0.
@@ -147,6 +148,13 @@ class Worker:
 
     async def run_async(self, install_signal_handlers: bool = False) -> int:
         """:meth:`run` on the running event loop (``async def`` handlers share it).
+
+        It handles no signal by default: in an app (a web server, its lifespan), the app keeps
+        SIGTERM and Ctrl-C, and its own shutdown calls :meth:`stop`. With
+        ``install_signal_handlers=True`` (main thread only) SIGTERM and SIGINT are the worker's
+        while it runs: the app's handlers for them run only if the app installs them after the
+        worker started (its handlers for other signals always run). They are given back when it
+        returns.
 
         Example:
             >>> async def main() -> None:
