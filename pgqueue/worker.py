@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -93,12 +94,16 @@ class Worker:
                                 worker_id=worker_id, observer=metrics.observe_event if metrics is not None else None)
         self._ran = False
 
-    def _start_once(self) -> None:
+    def _start_once(self, install_signal_handlers: bool) -> None:
         # A second run would stop at once (the first one's stop stays set) and return 0 with every
         # new job left waiting: refused loudly instead, as threading.Thread.start() does.
         if self._ran:
             raise RuntimeError(f"worker {self.worker_id} has already run: a Worker runs once; "
                                "build a new pgqueue.Worker to run again")
+        # Refused before it counts as the run: the same worker may then run without them, as the message says.
+        if install_signal_handlers and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("cannot handle SIGTERM/SIGINT in a thread other than the main one: pass "
+                               "install_signal_handlers=False and call stop()")
         self._ran = True
 
     @property
@@ -163,7 +168,7 @@ class Worker:
             ...     worker.stop()
             ...     await task
         """
-        self._start_once()
+        self._start_once(install_signal_handlers)
         return await self._loop.run(install_signal_handlers)
 
     def run_until_empty(self, install_signal_handlers: bool = False) -> int:
@@ -191,7 +196,7 @@ class Worker:
             >>> await pgqueue.Worker(app, queues=["emails"]).run_until_empty_async()
             0
         """
-        self._start_once()
+        self._start_once(install_signal_handlers)
         self._loop.until_empty = True
         return await self._loop.run(install_signal_handlers)
 

@@ -166,6 +166,30 @@ def test_running_a_worker_a_second_time_raises_instead_of_silently_doing_nothing
     assert states(dsn) == {first: ("completed", 1), second: ("available", 0)}
 
 
+def test_a_worker_refused_signal_handlers_off_the_main_thread_runs_when_asked_again_without(
+        app: App, dsn: str) -> None:
+    # The refusal says to pass install_signal_handlers=False; doing so with the same Worker used
+    # to raise "a Worker runs once", the refused attempt counting as its run.
+    @app.task(name="work")
+    def work(job: Job) -> None: ...
+
+    worker = Worker(app, concurrency=1)
+    job_id = app.enqueue(None, "work")
+    refusals: list[BaseException] = []
+
+    def refused() -> int:
+        try:
+            return worker.run_until_empty(install_signal_handlers=True)
+        except RuntimeError as exc:
+            refusals.append(exc)
+            return -1
+
+    assert returns(refused) == -1
+    assert "install_signal_handlers=False" in str(refusals[0])
+    assert returns(worker.run_until_empty) == 0
+    assert states(dsn) == {job_id: ("completed", 1)}
+
+
 def test_run_until_empty_inside_a_running_event_loop_says_to_await_the_async_twin(app: App, dsn: str) -> None:
     @app.task(name="quick")
     def quick(job: Job) -> None: ...
