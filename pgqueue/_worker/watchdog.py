@@ -206,6 +206,10 @@ class Watchdog(threading.Thread):
             thread.stop()
         for thread in threads:
             thread.join(2)
+        if self.finished.is_set():
+            # The loop came back and ended the run meanwhile (the lease tokens fenced whichever
+            # release came second): what follows run() in the caller is not ours to cut short.
+            return
         for hook in self.exit_hooks:
             with contextlib.suppress(Exception):
                 hook()

@@ -141,3 +141,27 @@ def test_the_stop_signal_reader_passes_other_signals_on_to_the_event_loop_that_h
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
         loop.close()
+
+
+def test_a_take_over_that_the_loop_overtakes_leaves_the_process_alone(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop came back and ended the run while the watchdog was releasing: the run's caller
+    goes on (a script's code after run()), so no exit hook runs and the process is not ended."""
+    finished = threading.Event()
+    exits: list[int] = []
+    hooks: list[str] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+
+    class SessionThreadOvertaken:
+        def stop(self) -> None:
+            finished.set()  # meanwhile, run() returned
+
+        def join(self, _timeout: float) -> None:
+            pass
+
+    watchdog = Watchdog(dsn=None, worker_id="test", grace_seconds=0.0, loop=loop, finished=finished,
+                        running=list, buffered=list, background=lambda: [SessionThreadOvertaken()],  # type: ignore[list-item]
+                        tally=Tally(), exit_hooks=[lambda: hooks.append("ran")])
+    watchdog._take_over()
+
+    assert (exits, hooks) == ([], [])
