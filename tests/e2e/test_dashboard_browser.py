@@ -36,17 +36,21 @@ Conn = psycopg.Connection[TupleRow]
 
 
 class Steps:
-    """Lets the test move a running job's progress forward one step at a time."""
+    """Lets the test move a running job's progress forward one step at a time.
+
+    One per ``stack``, never one for the module: the stack's teardown sets ``stop`` for good, and
+    one process can set the stack up twice (pytest-xdist's worksteal hands a process tests of this
+    module, then of another, then of this one again). A module-wide ``Steps`` stopped by the first
+    stack made the second stack's render-report return at its first 0.2 s wait without a permit:
+    the job completed at 25 % while the test waited for 75 %.
+    """
 
     def __init__(self) -> None:
         self.go = threading.Semaphore(0)
         self.stop = threading.Event()
 
 
-STEPS = Steps()
-
-
-def build_app(dsn: str) -> App:
+def build_app(dsn: str, steps: Steps) -> App:
     app = App(dsn, settings=Settings(dsn=dsn, lease_seconds=10, poll_seconds=1, shutdown_grace_seconds=5))
 
     @app.task(name="send-reminder", queue="emails")
@@ -62,8 +66,8 @@ def build_app(dsn: str) -> App:
     @app.task(name="render-report", queue="reports")
     def render_report(job: Job, pages: int) -> dict[str, Any]:
         for page in range(1, pages + 1):
-            while not STEPS.go.acquire(timeout=0.2):
-                if STEPS.stop.is_set():
+            while not steps.go.acquire(timeout=0.2):
+                if steps.stop.is_set():
                     return {"pages": page}
             job.set_progress(100 * page / pages, note=f"page {page}/{pages}")
         return {"pages": pages}
@@ -95,15 +99,16 @@ def stack(pg_server_dsn: str, template_db: str) -> Iterator[dict[str, Any]]:
     from pgqueue.web import create_app
 
     with scratch_database(pg_server_dsn, template_db) as dsn:
-        app = build_app(dsn)
+        steps = Steps()
+        app = build_app(dsn, steps)
         worker = Worker(app, concurrency=4, settings=app.settings)
         worker_thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
         worker_thread.start()
         try:
             with served(create_app(dsn, admin_token="", read_token="", poll_seconds=1)) as url:
-                yield {"dsn": dsn, "app": app, "url": url}
+                yield {"dsn": dsn, "app": app, "url": url, "steps": steps}
         finally:
-            STEPS.stop.set()
+            steps.stop.set()
             worker.stop()
             worker_thread.join(timeout=30)
 
@@ -238,19 +243,20 @@ def test_pausing_and_resuming_a_queue_from_the_queues_page(stack: dict[str, Any]
 
 def test_a_running_jobs_progress_bar_moves_without_a_reload(stack: dict[str, Any], page: Any, db: Conn,
                                                            shots: Path) -> None:
+    steps: Steps = stack["steps"]
     job_id = stack["app"].enqueue(db, "render-report", {"pages": 4})
     wait_until(lambda: state_of(db, job_id) == "running", timeout=20)
-    STEPS.go.release()
+    steps.go.release()
     page.goto(stack["url"] + f"/jobs/{job_id}")
     bar = page.locator("[role=progressbar]")
     expect(bar).to_have_attribute("aria-valuenow", "25.0")
     page.evaluate("window.__marker = 'same page'")  # survives only if the page never reloads
 
-    STEPS.go.release()
-    STEPS.go.release()
+    steps.go.release()
+    steps.go.release()
     expect(bar).to_have_attribute("aria-valuenow", "75.0")
     page.screenshot(path=str(shots / "job-progress.png"), full_page=True)
-    STEPS.go.release()
+    steps.go.release()
 
     expect(page.locator(".job-head .state")).to_have_text("completed")
     assert page.evaluate("window.__marker") == "same page"
