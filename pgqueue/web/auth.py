@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -284,14 +284,13 @@ class Authenticator:
         check_tokens(admin_token, read_token, names=names)
         # Stripped as the tokens people send are: a blank token (PGQUEUE_ADMIN_TOKEN=" ") is none,
         # not one that a quoted blank cookie matches, and "tok\n" read from a file matches "tok".
-        self.admin_token = normalize_token(admin_token)
-        self.read_token = normalize_token(read_token)
         self.users = tuple(users)
         # Only for the loopback principal's CSRF token: a login's derives from its token instead,
         # so that every process behind a load balancer accepts it.
         self._secret = secrets.token_bytes(32)
         # Derived once: each configured token's login cookie and CSRF token, and who it is.
-        env: list[tuple[Role, str | None]] = [("admin", self.admin_token), ("read", self.read_token)]
+        env: list[tuple[Role, str | None]] = [("admin", normalize_token(admin_token)),
+                                              ("read", normalize_token(read_token))]
         self._credentials = [_credential(token, role, None) for role, token in env if token]
         self._credentials += [_credential(user.token, user.role, user.name) for user in self.users]
 
@@ -314,17 +313,18 @@ class Authenticator:
         """No token configured: loopback only, no login."""
         return not self._credentials
 
-    def _of_token(self, token: str) -> _Credential | None:
-        supplied = token.encode()
-        # Every token compared every time, in constant time, so timing tells nothing about any.
-        matches = [hmac.compare_digest(supplied, credential.token) for credential in self._credentials]
+    def _matching(self, supplied: str, held: Callable[[_Credential], bytes]) -> _Credential | None:
+        """The credential whose ``held`` value (its token, its login cookie) is ``supplied``."""
+        value = supplied.encode()
+        # Every credential compared every time, in constant time, so timing tells nothing about any.
+        matches = [hmac.compare_digest(value, held(credential)) for credential in self._credentials]
         return next((credential for credential, match in zip(self._credentials, matches, strict=True) if match), None)
 
+    def _of_token(self, token: str) -> _Credential | None:
+        return self._matching(token, lambda credential: credential.token)
+
     def _of_cookie(self, cookie: str) -> _Credential | None:
-        supplied = cookie.encode()
-        # As in _of_token: every login compared every time, in constant time.
-        matches = [hmac.compare_digest(supplied, credential.cookie.encode()) for credential in self._credentials]
-        return next((credential for credential, match in zip(self._credentials, matches, strict=True) if match), None)
+        return self._matching(cookie, lambda credential: credential.cookie.encode())
 
     def _loopback_csrf(self) -> str:
         return hmac.new(self._secret, b"loopback", hashlib.sha256).hexdigest()
