@@ -38,6 +38,20 @@ def with_database(dsn: str, database: str) -> str:
 RUN_MARKER = "pgqueue-scratch:"
 
 
+def _marker_session(dsn: str, application_name: str) -> psycopg.Connection[Any]:
+    """A session that marks something in use by its ``application_name`` for as long as it lives."""
+    conn = psycopg.connect(dsn, autocommit=True, application_name=application_name)
+    try:
+        # A marker idles for its whole run: a server's idle_session_timeout (PostgreSQL 14+) must
+        # not end it, or what it marks would look abandoned while in use.
+        conn.execute("SELECT set_config('idle_session_timeout', '0', false) "
+                     "WHERE current_setting('server_version_num')::int >= 140000")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class ScratchRun:
     """One run's scratch databases on a server, named :attr:`name` (``family`` + a random token)
     or :attr:`name` + ``_`` + a suffix.
@@ -75,12 +89,7 @@ class ScratchRun:
 
     def _open_marker(self) -> psycopg.Connection[Any]:
         with translate_errors():
-            conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"{RUN_MARKER}{self.name}")
-            # The marker idles for the whole run: a server's idle_session_timeout (PostgreSQL 14+)
-            # must not end it, or the run's databases would look abandoned while in use.
-            conn.execute("SELECT set_config('idle_session_timeout', '0', false) "
-                         "WHERE current_setting('server_version_num')::int >= 140000")
-        return conn
+            return _marker_session(self.dsn, f"{RUN_MARKER}{self.name}")
 
     def close(self) -> None:
         if self._marker is not None:
@@ -124,12 +133,8 @@ class DatabaseClaim:
         """Mark the database; return None when this run holds it, else the server pid of the run
         that got there first (then nothing is held)."""
         with translate_errors():
-            marker = psycopg.connect(self.dsn, autocommit=True,
-                                     application_name=f"pgqueue-{self.purpose}:{self.database}")
+            marker = _marker_session(self.dsn, f"pgqueue-{self.purpose}:{self.database}")
             try:
-                # The marker idles for the whole run (see ScratchRun._open_marker).
-                marker.execute("SELECT set_config('idle_session_timeout', '0', false) "
-                               "WHERE current_setting('server_version_num')::int >= 140000")
                 # Two runs starting together both see both marks: the session that started first
                 # wins. Another role's session shows no backend_start: it counts as first (both
                 # may then refuse, and a rerun settles it; neither drops the other's database).
