@@ -159,6 +159,12 @@ def assert_trail_accounts_for_everything(run_cli: RunCli, dsn: str, db: Conn, jo
     return now
 
 
+def wait_for_its_sessions_to_end(db: Conn) -> None:
+    """The killed process's sessions are gone too, so nothing it sent can still commit behind the checks."""
+    wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND pid <> pg_backend_pid()").fetchone() == (0,), timeout=30)
+
+
 @pytest.mark.parametrize(("kill_during", "completed", "seals"), [
     pytest.param("jobs", 6_000, 20, id="killed-deleting-jobs"),
     pytest.param("audit rows", 10, 600, id="killed-deleting-audit-rows"),
@@ -184,9 +190,7 @@ def test_a_prune_killed_mid_run_has_audited_every_batch_it_committed(
                    message="the first seals pruned")
     prune.send(signal.SIGKILL)
     prune.wait(timeout=10)
-    # Its session is gone too, so nothing it sent can still commit behind the checks.
-    wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                  "AND pid <> pg_backend_pid()").fetchone() == (0,), timeout=30)
+    wait_for_its_sessions_to_end(db)
 
     killed = assert_trail_accounts_for_everything(run_cli, dsn, db, jobs)
     assert killed["jobs_left"] > 0 or killed["events_deleted"] < 2 * seals, ("the run ended before the kill", killed)
@@ -211,8 +215,7 @@ def test_a_worker_killed_while_its_leader_prunes_has_audited_every_batch(
                message="the leader's first batch deleted")
     worker.send(signal.SIGKILL)
     worker.wait(timeout=10)
-    wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                  "AND pid <> pg_backend_pid()").fetchone() == (0,), timeout=30)
+    wait_for_its_sessions_to_end(db)
 
     killed = assert_trail_accounts_for_everything(run_cli, worker_dsn, db, jobs)
     assert killed["jobs_left"] > 0, ("the leader pruned everything before the kill", killed)
